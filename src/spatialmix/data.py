@@ -1,0 +1,371 @@
+"""Data sets held in memory as uint8 tensors, and a batch loader that augments whole batches.
+
+Small data sets (Fashion-MNIST, MNIST, CIFAR) fit in memory many times over, so we keep them as
+one uint8 tensor on the training device and do cropping, flipping and normalization on whole
+batches there: no per-sample Python, no worker processes, and the same order for the same seed
+whatever the hardware. Image folders (ImageNet layout) are decoded by a torchvision DataLoader.
+
+Files are looked for in this order: an explicit ``data_dir``; the ``SPATIALMIX_DATA``
+environment variable; the operating system's data package (Debian's ``dataset-fashion-mnist``);
+then torchvision's download into ``~/.cache/spatialmix`` (needs internet).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import SpatialmixError, unknown_name
+
+ENV_VAR = "SPATIALMIX_DATA"
+DOWNLOAD_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spatialmix" / "data"
+AUGMENTATIONS = ("none", "flip", "crop", "crop-flip")
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                   "Bag", "Ankle boot"]
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    format: str                      # "idx", "cifar" or "folder"
+    subdirs: tuple[str, ...]         # where the files sit below a root (torchvision's layouts too)
+    system_dirs: tuple[str, ...]     # operating system data packages
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    default_augment: str
+    torchvision_class: str | None
+    how_to_get: str
+    classes: list[str] = field(default_factory=list)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist", "idx", ("", "fashion-mnist", "FashionMNIST/raw"), ("/usr/share/datasets/fashion-mnist",),
+        (0.2860,), (0.3530,), "crop-flip", "FashionMNIST",
+        "install it with `apt-get install dataset-fashion-mnist` or pass --data-dir DIR with the four IDX files",
+        FASHION_CLASSES),
+    "mnist": DatasetSpec(
+        "mnist", "idx", ("", "mnist", "MNIST/raw"), ("/usr/share/datasets/mnist",), (0.1307,), (0.3081,), "crop",
+        "MNIST", "pass --data-dir DIR with the four MNIST IDX files, or run once with internet to download",
+        [str(i) for i in range(10)]),
+    "cifar10": DatasetSpec(
+        "cifar10", "cifar", ("cifar-10-batches-py",), (), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        "crop-flip", "CIFAR10", "pass --data-dir DIR holding cifar-10-batches-py/, or run once with internet"),
+    "cifar100": DatasetSpec(
+        "cifar100", "cifar", ("cifar-100-python",), (), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        "crop-flip", "CIFAR100", "pass --data-dir DIR holding cifar-100-python/, or run once with internet"),
+    "imagefolder": DatasetSpec(
+        "imagefolder", "folder", ("",), (), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "crop-flip", None,
+        "pass --data-dir DIR with train/ and val/ folders of class subfolders (ImageNet layout)"),
+}
+
+
+@dataclass
+class ImageData:
+    """A data set in memory: uint8 images (N, C, H, W) and int64 labels, plus its statistics."""
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str]
+    source: str = ""
+
+    @property
+    def in_chans(self) -> int:
+        return self.train_images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_images.shape[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "ImageData":
+        """A fixed, seeded random subset (for quick runs and tests); ``None`` keeps everything."""
+        def pick(images, labels, n):
+            if n is None or n >= len(labels):
+                return images, labels
+            idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+            return images[idx], labels[idx]
+
+        train = pick(self.train_images, self.train_labels, n_train)
+        test = pick(self.test_images, self.test_labels, n_test)
+        return ImageData(self.name, *train, *test, self.mean, self.std, self.classes, self.source)
+
+
+# --------------------------------------------------------------------------- file formats
+
+def _open_maybe_gz(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file (the MNIST format), gzipped or not, into a uint8 tensor."""
+    with _open_maybe_gz(path) as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise SpatialmixError(f"{path} is not an uint8 IDX file (bad magic number); re-download it")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape))
+    if len(data) - header != expected:
+        raise SpatialmixError(f"{path} is truncated or corrupt: header says {shape}, "
+                              f"found {len(data) - header} of {expected} bytes; re-download it")
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy())
+
+
+def _find_idx_file(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_idx_dir(directory: Path) -> tuple[torch.Tensor, ...] | None:
+    paths = [_find_idx_file(directory, stem) for split in ("train", "test") for stem in IDX_FILES[split]]
+    if any(p is None for p in paths):
+        return None
+    tr_x, tr_y, te_x, te_y = (read_idx(p) for p in paths)
+    for images, labels, split in ((tr_x, tr_y, "train"), (te_x, te_y, "test")):
+        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+            raise SpatialmixError(f"{directory}: {split} images {tuple(images.shape)} and labels "
+                                  f"{tuple(labels.shape)} do not match; re-download the data set")
+    return tr_x[:, None], tr_y.long(), te_x[:, None], te_y.long()
+
+
+def _load_cifar_dir(directory: Path, name: str) -> tuple[torch.Tensor, ...] | None:
+    """Read the python-pickle batches of CIFAR-10/100 (the format torchvision downloads)."""
+    if name == "cifar10":
+        train_files, test_files, label_key = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"
+    else:
+        train_files, test_files, label_key = ["train"], ["test"], "fine_labels"
+    if not all((directory / f).is_file() for f in train_files + test_files):
+        return None
+
+    def load(files):
+        images, labels = [], []
+        for f in files:
+            try:
+                with open(directory / f, "rb") as fh:
+                    entry = pickle.load(fh, encoding="latin1")
+                images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(entry[label_key])
+            except Exception as err:  # any unreadable batch is a corrupt download
+                raise SpatialmixError(f"{directory / f} is corrupt ({type(err).__name__}); re-download it") from None
+        return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
+
+    return (*load(train_files), *load(test_files))
+
+
+def _cifar_classes(directory: Path, name: str, num: int) -> list[str]:
+    meta = directory / ("batches.meta" if name == "cifar10" else "meta")
+    key = "label_names" if name == "cifar10" else "fine_label_names"
+    try:
+        with open(meta, "rb") as fh:
+            return list(pickle.load(fh, encoding="latin1")[key])
+    except Exception:
+        return [str(i) for i in range(num)]
+
+
+# --------------------------------------------------------------------------- lookup
+
+def candidate_dirs(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> list[Path]:
+    """Where we look, in order: --data-dir, $SPATIALMIX_DATA, the OS package, the download cache."""
+    roots = []
+    if data_dir is not None:
+        roots.append(Path(data_dir))
+    elif os.environ.get(ENV_VAR):
+        roots.append(Path(os.environ[ENV_VAR]))
+    dirs = [root / sub if sub else root for root in roots for sub in spec.subdirs]
+    if data_dir is None:
+        dirs += [Path(d) for d in spec.system_dirs]
+        dirs += [DOWNLOAD_ROOT / sub if sub else DOWNLOAD_ROOT for sub in spec.subdirs if sub]
+    return dirs
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> ImageData:
+    """Load a small data set into memory as uint8 tensors (see the module doc for the search order)."""
+    if name not in DATASETS:
+        raise unknown_name("dataset", name, DATASETS)
+    spec = DATASETS[name]
+    if spec.format == "folder":
+        raise SpatialmixError("imagefolder data is streamed from disk; use load_image_folder(data_dir)")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise SpatialmixError(f"--data-dir {data_dir} does not exist; {spec.how_to_get}")
+    searched = candidate_dirs(spec, data_dir)
+    for directory in searched:
+        found = _load_from(directory, spec)
+        if found is not None:
+            return _make_image_data(spec, directory, found)
+    if download and data_dir is None:
+        directory = _download(spec)
+        found = _load_from(directory, spec)
+        if found is not None:
+            return _make_image_data(spec, directory, found)
+    looked = ", ".join(str(d) for d in searched)
+    raise SpatialmixError(f"{name} not found (looked in {looked}); {spec.how_to_get}")
+
+
+def _load_from(directory: Path, spec: DatasetSpec):
+    if not directory.is_dir():
+        return None
+    return _load_idx_dir(directory) if spec.format == "idx" else _load_cifar_dir(directory, spec.name)
+
+
+def _make_image_data(spec: DatasetSpec, directory: Path, tensors) -> ImageData:
+    tr_x, tr_y, te_x, te_y = tensors
+    num_classes = int(max(tr_y.max(), te_y.max())) + 1
+    classes = spec.classes or (_cifar_classes(directory, spec.name, num_classes) if spec.format == "cifar"
+                               else [str(i) for i in range(num_classes)])
+    if num_classes > len(classes):
+        raise SpatialmixError(f"{directory}: labels go up to {num_classes - 1} but {spec.name} has "
+                              f"{len(classes)} classes; the files belong to another data set")
+    return ImageData(spec.name, tr_x.contiguous(), tr_y, te_x.contiguous(), te_y, spec.mean, spec.std, classes,
+                     str(directory))
+
+
+def _download(spec: DatasetSpec) -> Path:
+    """torchvision's download, for users with internet. Returns the folder the files landed in."""
+    import torchvision
+
+    cls = getattr(torchvision.datasets, spec.torchvision_class)
+    try:
+        for train in (True, False):
+            cls(str(DOWNLOAD_ROOT), train=train, download=True)
+    except Exception as err:
+        raise SpatialmixError(f"{spec.name} is not on this machine and the download failed "
+                              f"({type(err).__name__}); {spec.how_to_get}") from None
+    return DOWNLOAD_ROOT / spec.subdirs[-1]
+
+
+# --------------------------------------------------------------------------- batches
+
+def check_augment(name: str) -> str:
+    if name not in AUGMENTATIONS:
+        raise unknown_name("augmentation", name, AUGMENTATIONS)
+    return name
+
+
+class BatchLoader:
+    """Iterate over (normalized float images, labels) batches of an in-memory data set.
+
+    The order and the augmentation of epoch ``e`` depend only on ``(seed, e)``, so a resumed run
+    sees exactly the batches an uninterrupted one would. For distributed training each of the
+    ``world_size`` ranks takes every ``world_size``-th example of the shuffled order.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std, *,
+                 train: bool, augment: str = "none", seed: int = 0, device: str | torch.device = "cpu",
+                 channels_last: bool = False, drop_last: bool | None = None, rank: int = 0, world_size: int = 1):
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.augment = check_augment(augment) if train else "none"
+        self.seed = seed
+        self.channels_last = channels_last
+        self.drop_last = train if drop_last is None else drop_last
+        self.rank, self.world_size = rank, world_size
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.train:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self._epoch_seed(0)))
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            # Pad by wrapping so every rank gets the same number of examples (as DistributedSampler).
+            per_rank = -(-n // self.world_size)
+            order = torch.cat([order, order[: per_rank * self.world_size - n]])
+            order = order[self.rank::self.world_size]
+        return order
+
+    def _epoch_seed(self, salt: int) -> int:
+        return (self.seed * 1_000_003 + self.epoch * 7919 + salt) % (2**63)
+
+    def __len__(self) -> int:
+        n = -(-len(self.labels) // self.world_size)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def num_examples(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else -(-len(self.labels) // self.world_size)
+
+    def __iter__(self):
+        order = self._indices()
+        generator = torch.Generator().manual_seed(self._epoch_seed(1))
+        # Draw every random number of the epoch up front, on the CPU, so results do not depend
+        # on the device.
+        size = self.images.shape[-1]
+        pad = max(1, size // 8)
+        offsets = torch.randint(0, 2 * pad + 1, (len(order), 2), generator=generator)
+        flips = torch.rand(len(order), generator=generator) < 0.5
+        stop = len(self) * self.batch_size
+        for start in range(0, min(stop, len(order)), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = self.images[idx.to(self.device)]
+            if "crop" in self.augment:
+                x = random_crop(x, offsets[start:start + len(idx)].to(self.device), pad)
+            if "flip" in self.augment:
+                x = random_flip(x, flips[start:start + len(idx)].to(self.device))
+            yield self.normalize(x), self.labels[idx.to(self.device)]
+
+    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = torch.addcmul(self.shift, x_uint8.float(), self.scale)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def random_crop(x: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per-sample random translation: zero-pad by ``pad`` and cut the original size at ``offsets``."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (offsets[:, 0:1] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (offsets[:, 1:2] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def random_flip(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    return torch.where(flips[:, None, None, None], x.flip(-1), x)
+
+
+def to_unit_range(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [0, 1] (the input space of attacks)."""
+    return x_uint8.float() / 255.0
+
+
+class Normalize(torch.nn.Module):
+    """(x - mean) / std as a module, so a model can take [0, 1] inputs (attacks need that)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std

@@ -1,0 +1,266 @@
+"""Separable vision models, and a registry to build them by name.
+
+Every model takes ``in_chans`` and ``num_classes`` and is a plain ``nn.Module`` whose
+spatial mixing is done by depthwise convolutions and whose channel mixing is done by
+1 x 1 convolutions, so that :mod:`spatialmix.mixing` can freeze either kind.
+
+Names understood by :func:`create_model`:
+
+* ``convmixer-W/D``: a named ConvMixer configuration (see ``CONVMIXER_CONFIGS``);
+* ``convmixer``: a ConvMixer with explicit ``width``, ``depth``, ``kernel_size``, ``patch_size``;
+* ``resnet18-sep``, ``resnet34-sep``, ``resnet50-sep`` (and ``resnet18`` ... for the ordinary
+  ResNet baseline);
+* ``timm:NAME`` and ``torchvision:NAME``: any model of those libraries (random weights unless
+  ``pretrained=True``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import SpatialmixError, check_positive, unknown_name
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise unknown_name("activation", name, ACTIVATIONS)
+    return ACTIVATIONS[name]()
+
+
+def check_kernel_size(kernel_size: int) -> None:
+    check_positive(kernel_size=kernel_size)
+    if kernel_size % 2 == 0:
+        raise SpatialmixError(
+            f"kernel size {kernel_size} is even: spatial mixers use symmetric 'same' padding, "
+            f"which needs an odd kernel (try {kernel_size - 1} or {kernel_size + 1})"
+        )
+
+
+class Residual(nn.Module):
+    def __init__(self, fn: nn.Module):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x) + x
+
+
+def spatial_mixer(dim: int, kernel_size: int, act: str) -> nn.Sequential:
+    """Depthwise k x k conv (one filter per channel) -> activation -> BatchNorm."""
+    return nn.Sequential(
+        nn.Conv2d(dim, dim, kernel_size, groups=dim, padding=kernel_size // 2),
+        make_activation(act),
+        nn.BatchNorm2d(dim),
+    )
+
+
+def channel_mixer(dim: int, act: str) -> nn.Sequential:
+    """Pointwise 1 x 1 conv -> activation -> BatchNorm."""
+    return nn.Sequential(nn.Conv2d(dim, dim, kernel_size=1), make_activation(act), nn.BatchNorm2d(dim))
+
+
+def convmixer_block(dim: int, kernel_size: int, act: str) -> nn.Sequential:
+    """One ConvMixer block: residual spatial mixing, then channel mixing."""
+    return nn.Sequential(Residual(spatial_mixer(dim, kernel_size, act)), *channel_mixer(dim, act))
+
+
+class ConvMixer(nn.Module):
+    """ConvMixer (Trockman & Kolter), laid out like the reference implementation.
+
+    stem (patch embedding) -> ``depth`` blocks -> global average pool -> linear head.
+    """
+
+    def __init__(self, width: int, depth: int, kernel_size: int = 9, patch_size: int = 7,
+                 in_chans: int = 3, num_classes: int = 1000, activation: str = "gelu"):
+        super().__init__()
+        check_positive(width=width, depth=depth, patch_size=patch_size, in_chans=in_chans,
+                       num_classes=num_classes)
+        check_kernel_size(kernel_size)
+        self.width, self.depth = width, depth
+        self.kernel_size, self.patch_size = kernel_size, patch_size
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size),
+            make_activation(activation),
+            nn.BatchNorm2d(width),
+        )
+        self.blocks = nn.Sequential(*[convmixer_block(width, kernel_size, activation) for _ in range(depth)])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(width, num_classes)
+
+    def forward_features(self, x):
+        return self.blocks(self.stem(x))
+
+    def forward(self, x):
+        return self.head(self.pool(self.forward_features(x)))
+
+
+# --------------------------------------------------------------------------- separable ResNet
+
+def separable_conv(conv: nn.Conv2d) -> nn.Sequential:
+    """Replace a k x k conv by depthwise k x k (carrying the stride) + pointwise 1 x 1.
+
+    The pointwise conv takes over the bias, so the pair has the same interface as ``conv``.
+    """
+    depthwise = nn.Conv2d(conv.in_channels, conv.in_channels, conv.kernel_size, stride=conv.stride,
+                          padding=conv.padding, dilation=conv.dilation, groups=conv.in_channels,
+                          bias=False)
+    pointwise = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
+    return nn.Sequential(depthwise, pointwise)
+
+
+def make_separable(model: nn.Module, skip: tuple[str, ...] = ()) -> nn.Module:
+    """Turn every k x k (k > 1) full convolution of ``model`` into a separable pair, in place.
+
+    Modules whose qualified name is in ``skip`` (the stem) stay full convolutions.
+    """
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full_name = f"{name}.{child_name}" if name else child_name
+            if (isinstance(child, nn.Conv2d) and full_name not in skip and child.groups == 1
+                    and max(child.kernel_size) > 1):
+                setattr(module, child_name, separable_conv(child))
+    return model
+
+
+RESNET_DEPTHS = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
+                 "resnet101": "resnet101"}
+
+
+def resnet(arch: str = "resnet18", in_chans: int = 3, num_classes: int = 1000, separable: bool = True,
+           stem: str = "imagenet") -> nn.Module:
+    """A torchvision ResNet, made separable after the stem unless ``separable=False``.
+
+    ``stem="cifar"`` replaces the 7 x 7 stride-2 stem and max-pool with a 3 x 3 stride-1 conv,
+    the usual choice for 32 x 32 images (otherwise a 28 x 28 input shrinks to 1 x 1).
+    """
+    import torchvision
+
+    if arch not in RESNET_DEPTHS:
+        raise unknown_name("ResNet", arch, RESNET_DEPTHS)
+    if stem not in ("imagenet", "cifar"):
+        raise unknown_name("ResNet stem", stem, ("imagenet", "cifar"))
+    check_positive(in_chans=in_chans, num_classes=num_classes)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if stem == "cifar":
+        model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_chans != 3:
+        model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if separable:
+        make_separable(model, skip=("conv1",))
+    model.num_classes = num_classes
+    return model
+
+
+# --------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    defaults: dict
+    description: str
+
+
+MODEL_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], description: str, **defaults) -> None:
+    MODEL_REGISTRY[name] = ModelInfo(name, builder, defaults, description)
+
+
+# The published configurations (kernel, patch, activation as in the ConvMixer paper / timm).
+CONVMIXER_CONFIGS = {
+    "convmixer-1536/20": dict(width=1536, depth=20, kernel_size=9, patch_size=7, activation="gelu"),
+    "convmixer-768/32": dict(width=768, depth=32, kernel_size=7, patch_size=7, activation="relu"),
+    "convmixer-1024/20": dict(width=1024, depth=20, kernel_size=9, patch_size=14, activation="gelu"),
+    "convmixer-256/8": dict(width=256, depth=8, kernel_size=5, patch_size=2, activation="gelu"),
+    "convmixer-128/6": dict(width=128, depth=6, kernel_size=5, patch_size=2, activation="gelu"),
+}
+
+register_model("convmixer", ConvMixer, "ConvMixer with explicit width/depth/kernel_size/patch_size",
+               width=256, depth=8, kernel_size=5, patch_size=2, activation="gelu")
+for _name, _cfg in CONVMIXER_CONFIGS.items():
+    register_model(_name, ConvMixer, f"ConvMixer {_cfg}", **_cfg)
+for _arch in RESNET_DEPTHS:
+    register_model(f"{_arch}-sep", resnet, f"{_arch}, separable after the stem", arch=_arch, separable=True)
+    register_model(_arch, resnet, f"ordinary {_arch} (baseline)", arch=_arch, separable=False)
+
+
+def list_models() -> list[str]:
+    return sorted(MODEL_REGISTRY) + ["timm:NAME", "torchvision:NAME"]
+
+
+def _external_model(name: str, in_chans: int, num_classes: int, pretrained: bool) -> nn.Module:
+    library, _, arch = name.partition(":")
+    if library == "timm":
+        import timm
+
+        if not timm.is_model(arch):
+            raise SpatialmixError(f"timm has no model {arch!r}; see timm.list_models() for the names")
+        return timm.create_model(arch, pretrained=pretrained, in_chans=in_chans, num_classes=num_classes)
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(arch)
+    except ValueError:
+        raise SpatialmixError(f"torchvision has no model {arch!r}; see torchvision.models.list_models()") from None
+    model = builder(weights="DEFAULT" if pretrained else None, num_classes=num_classes)
+    if in_chans != 3:
+        _adapt_first_conv(model, in_chans)
+    return model
+
+
+def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
+    """Give a torchvision model (built for RGB) a first conv with ``in_chans`` inputs."""
+    for module in model.modules():
+        for child_name, child in module.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                new = nn.Conv2d(in_chans, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                child.dilation, 1, child.bias is not None)
+                setattr(module, child_name, new)
+                return
+    raise SpatialmixError("could not find the first 3-channel conv to adapt to in_chans; use 3-channel data")
+
+
+def model_kwargs(name: str, image_size: int | None = None, **overrides) -> dict:
+    """The resolved constructor arguments of a registered model (defaults, then overrides)."""
+    if name not in MODEL_REGISTRY:
+        raise unknown_name("model", name, list_models())
+    info = MODEL_REGISTRY[name]
+    kwargs = dict(info.defaults)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    if info.builder is resnet and "stem" not in overrides:
+        kwargs["stem"] = "cifar" if image_size is not None and image_size <= 64 else "imagenet"
+    return kwargs
+
+
+def create_model(name: str, in_chans: int = 3, num_classes: int = 1000, image_size: int | None = None,
+                 pretrained: bool = False, **overrides) -> nn.Module:
+    """Build a model by name. ``overrides`` replace the named configuration's sizes.
+
+    ``image_size`` lets the builder reject impossible sizes (a patch larger than the image) and
+    pick the small-image ResNet stem.
+    """
+    if name.startswith(("timm:", "torchvision:")):
+        return _external_model(name, in_chans, num_classes, pretrained)
+    kwargs = model_kwargs(name, image_size, **overrides)
+    info = MODEL_REGISTRY[name]
+    if info.builder is ConvMixer and image_size is not None and kwargs["patch_size"] > image_size:
+        raise SpatialmixError(
+            f"patch size {kwargs['patch_size']} is larger than the {image_size} x {image_size} image; "
+            f"use --patch-size {max(1, image_size // 8)} or smaller")
+    try:
+        return info.builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise SpatialmixError(f"model {name!r} does not take these options: {err}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

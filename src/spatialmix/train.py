@@ -1,0 +1,408 @@
+"""Training one configuration: config, model construction, the loop, checkpoints and resume.
+
+Read top to bottom: :class:`TrainConfig` says everything a run depends on; :func:`build_model`
+turns it into a model with its mixers initialized and frozen; :func:`train` runs the loop and
+keeps the run directory (see :mod:`spatialmix.runs`) up to date after every epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__, runs
+from .data import AUGMENTATIONS, DATASETS, BatchLoader, ImageData, load_dataset
+from .errors import NonFiniteLossError, SpatialmixError, check_positive, unknown_name
+from .mixing import INITS, MODES, InitSpec, apply_mixing, frozen_fingerprint, summarize
+from .models import create_model, list_models
+from .reporting import TrainProgress
+
+AMP_CHOICES = ("auto", "bf16", "none")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# Fields that may change between an interrupted run and its resumption.
+RESUMABLE_FIELDS = {"device", "data_dir", "download", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Saved as ``config.json`` in the run directory."""
+
+    # data
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = True
+    train_subset: int | None = None   # a fixed seeded subset of the training set (quick runs)
+    test_subset: int | None = None
+    augment: str | None = None        # None: the data set's default
+    # model
+    model: str = "convmixer-128/6"
+    width: int | None = None          # overrides of the named configuration
+    depth: int | None = None
+    kernel_size: int | None = None
+    patch_size: int | None = None
+    activation: str | None = None
+    # mixing: what is frozen and how it is initialized
+    mode: str = "full"
+    spatial_init: str = "default"
+    channel_init: str = "default"
+    init_std: float = 0.1
+    smooth_sigma: float = 0.0
+    init_seed: int | None = None      # None: same as seed
+    # optimization (the ConvMixer CIFAR recipe)
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    clip_grad: float = 1.0
+    # speed
+    amp: str = "auto"                 # auto: bf16 where the hardware computes it natively
+    channels_last: bool = True
+    device: str = "auto"
+    sync_bn: bool = False
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Reject bad values with one clear message before anything is built or written."""
+        if self.dataset not in DATASETS:
+            raise unknown_name("dataset", self.dataset, DATASETS)
+        known = list_models()
+        if self.model not in known and not self.model.startswith(("timm:", "torchvision:")):
+            raise unknown_name("model", self.model, known)
+        if self.mode not in MODES:
+            raise unknown_name("mode", self.mode, MODES)
+        for init in (self.spatial_init, self.channel_init):
+            if init not in INITS:
+                raise unknown_name("init", init, INITS)
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            raise unknown_name("augmentation", self.augment, AUGMENTATIONS)
+        if self.amp not in AMP_CHOICES:
+            raise unknown_name("amp setting", self.amp, AMP_CHOICES)
+        if self.device not in DEVICE_CHOICES:
+            raise unknown_name("device", self.device, DEVICE_CHOICES)
+        check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        for name in ("width", "depth", "kernel_size", "patch_size", "train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None:
+                check_positive(**{name: value})
+        for name in ("weight_decay", "label_smoothing", "clip_grad"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise SpatialmixError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
+        if self.label_smoothing >= 1:
+            raise SpatialmixError(f"label smoothing must be below 1, got {self.label_smoothing}")
+        self.spatial_init_spec(), self.channel_init_spec()
+        return self
+
+    def spatial_init_spec(self) -> InitSpec:
+        return InitSpec(self.spatial_init, self.init_std, self.smooth_sigma)
+
+    def channel_init_spec(self) -> InitSpec:
+        return InitSpec(self.channel_init, self.init_std, 0.0)
+
+    @property
+    def resolved_init_seed(self) -> int:
+        return self.seed if self.init_seed is None else self.init_seed
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise SpatialmixError(f"config has unknown fields {sorted(unknown)}: written by another spatialmix version")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- building blocks
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpatialmixError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig, in_chans: int, num_classes: int, image_size: int) -> nn.Module:
+    """The model of ``config`` with its mixers initialized from the seeded init specs and frozen per mode.
+
+    Construction runs under a fixed seed too, so every tensor (not only the mixers) is a function
+    of the config: the same config always rebuilds the same initial model.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.resolved_init_seed)
+        model = create_model(config.model, in_chans=in_chans, num_classes=num_classes, image_size=image_size,
+                             width=config.width, depth=config.depth, kernel_size=config.kernel_size,
+                             patch_size=config.patch_size, activation=config.activation)
+    return apply_mixing(model, config.mode, spatial_init=config.spatial_init_spec(),
+                        channel_init=config.channel_init_spec(), seed=config.resolved_init_seed)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only; no weight decay on norms and biases (timm's rule)."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, "adamw", lr=config.lr, weight_decay=config.weight_decay,
+                               filter_bias_and_bn=True)
+
+
+def piecewise_linear_lr(step: int, total_steps: int, lr_max: float) -> float:
+    """The ConvMixer CIFAR schedule: 0 -> lr_max at 2/5, -> lr_max/20 at 4/5, -> 0 at the end."""
+    t = step / max(1, total_steps)
+    return float(np.interp(t, [0, 0.4, 0.8, 1.0], [0, lr_max, lr_max / 20, 0]))
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``auto`` picks bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX); elsewhere bf16 is
+    emulated and several times slower than fp32, so it picks ``none``."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "none"
+
+
+def autocast_context(device: torch.device, amp: str):
+    if resolve_amp(amp, device) == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, device: torch.device, amp: str = "none") -> dict:
+    """Loss and accuracy of ``model`` over every example of ``loader``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    count = 0
+    for x, y in loader:
+        with autocast_context(device, amp):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    model.train(was_training)
+    return {"loss": loss_sum.item() / max(1, count), "acc": correct.item() / max(1, count), "n": count}
+
+
+# --------------------------------------------------------------------------- the run directory
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
+    """Check that starting or resuming in ``run_dir`` cannot damage anything already there."""
+    run_dir = Path(run_dir)
+    if resume:
+        runs.check_run_dir(run_dir)
+        saved = runs.read_json(run_dir / runs.CONFIG, "run")["train"]
+        ours = config.to_dict()
+        diff = [k for k in ours if k not in RESUMABLE_FIELDS and saved.get(k) != ours[k]]
+        if diff:
+            details = ", ".join(f"{k}={saved.get(k)!r} (saved) vs {ours[k]!r}" for k in diff[:4])
+            raise SpatialmixError(f"cannot resume {run_dir}: it was made with a different config ({details}); "
+                                  f"resume with the saved settings or start a new run with another --out")
+    elif runs.is_run_dir(run_dir) or (run_dir.exists() and any(run_dir.iterdir())):
+        raise SpatialmixError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+
+
+def run_record(config: TrainConfig, data: ImageData, model: nn.Module) -> dict:
+    summary = summarize(model)
+    return {
+        "format_version": runs.FORMAT_VERSION,
+        "spatialmix_version": __version__,
+        "torch_version": torch.__version__,
+        "train": config.to_dict(),
+        "data": {"name": data.name, "in_chans": data.in_chans, "image_size": data.image_size,
+                 "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std),
+                 "n_train": len(data.train_labels), "n_test": len(data.test_labels), "source": data.source},
+        "params": {"trainable": summary.trainable, "frozen": summary.frozen, "by_kind": summary.rows},
+        "frozen_fingerprint": frozen_fingerprint(model),
+    }
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+@dataclass
+class TrainState:
+    epoch: int = 0             # epochs completed
+    step: int = 0              # optimizer steps taken
+    best_acc: float = 0.0
+    train_time: float = 0.0    # seconds spent in training steps (not evaluation)
+    images_seen: int = 0
+    history: list = field(default_factory=list)
+
+
+def load_data_for(config: TrainConfig) -> ImageData:
+    data = load_dataset(config.dataset, config.data_dir, download=config.download)
+    return data.subset(config.train_subset, config.test_subset, seed=config.seed)
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: ImageData | None = None,
+          max_steps: int | None = None) -> dict:
+    """Train ``config`` in ``run_dir`` (or continue it with ``resume=True``); return the summary.
+
+    ``max_steps`` stops early after that many optimizer steps in this call (for benchmarks and
+    tests); the run is then left resumable, not finished.
+    """
+    config.validate()
+    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    amp = resolve_amp(config.amp, device)
+    prepare_run_dir(run_dir, config, resume)
+    data = data if data is not None else load_data_for(config)
+    model = build_model(config, data.in_chans, data.num_classes, data.image_size)
+    init_fingerprint = frozen_fingerprint(model)
+    record = run_record(config, data, model)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    state = TrainState()
+
+    checkpoint = runs.latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        state = _restore(model, optimizer, checkpoint, init_fingerprint, run_dir)
+    elif not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.save_weights(run_dir / runs.INIT, model.state_dict())
+        runs.atomic_write_json(run_dir / runs.CONFIG, record)
+    if state.epoch >= config.epochs:
+        return runs.read_json(run_dir / runs.SUMMARY, "run summary")
+
+    augment = config.augment or DATASETS[config.dataset].default_augment
+    train_loader = BatchLoader(data.train_images, data.train_labels, config.batch_size, data.mean, data.std,
+                               train=True, augment=augment, seed=config.seed, device=device,
+                               channels_last=config.channels_last)
+    test_loader = BatchLoader(data.test_images, data.test_labels, max(256, config.batch_size), data.mean,
+                              data.std, train=False, device=device, channels_last=config.channels_last)
+    total_steps = config.epochs * len(train_loader)
+    if len(train_loader) == 0:
+        raise SpatialmixError(f"batch size {config.batch_size} is larger than the {len(data.train_labels)} "
+                              f"training images; lower --batch-size")
+    runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": state.epoch})
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    progress = TrainProgress(enabled=config.progress, total_epochs=config.epochs, steps_per_epoch=len(train_loader),
+                             title=f"{config.model} {config.mode}")
+    steps_this_call = 0
+    with progress:
+        for epoch in range(state.epoch, config.epochs):
+            train_loader.set_epoch(epoch)
+            model.train()
+            progress.start_epoch(epoch)
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            seen = 0
+            t0 = time.perf_counter()
+            for i, (x, y) in enumerate(train_loader):
+                for group in optimizer.param_groups:
+                    group["lr"] = piecewise_linear_lr(state.step, total_steps, config.lr)
+                with autocast_context(device, amp):
+                    logits = model(x)
+                    loss = criterion(logits.float(), y)
+                if not torch.isfinite(loss):
+                    _stop_on_nonfinite(run_dir, state, loss, epoch, i)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, config.clip_grad)
+                optimizer.step()
+                state.step += 1
+                steps_this_call += 1
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                progress.update(i + 1, loss_sum, correct, seen, time.perf_counter() - t0)
+                if max_steps is not None and steps_this_call >= max_steps:
+                    break
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            epoch_time = time.perf_counter() - t0
+            if max_steps is not None and steps_this_call >= max_steps:
+                state.train_time += epoch_time
+                state.images_seen += seen
+                return {"images_per_s": seen / epoch_time, "steps": steps_this_call, "train_time": epoch_time}
+            state.train_time += epoch_time
+            state.images_seen += seen
+            test = evaluate(model, test_loader, device, amp)
+            state.epoch = epoch + 1
+            state.best_acc = max(state.best_acc, test["acc"])
+            metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum.item() / seen,
+                       "train_acc": correct.item() / seen, "test_loss": test["loss"], "test_acc": test["acc"],
+                       "lr": piecewise_linear_lr(state.step, total_steps, config.lr),
+                       "epoch_time": epoch_time, "images_per_s": seen / epoch_time}
+            state.history.append(metrics)
+            runs.append_jsonl(run_dir / runs.METRICS, metrics)
+            _save(run_dir, model, optimizer, state)
+            progress.end_epoch(metrics)
+
+    final_fingerprint = frozen_fingerprint(model)
+    if final_fingerprint != init_fingerprint:
+        raise SpatialmixError(f"frozen tensors changed during training in {run_dir}: this is a bug in spatialmix, "
+                              f"please report it")
+    summary = {"mode": config.mode, "model": config.model, "dataset": config.dataset, "seed": config.seed,
+               "trainable_params": record["params"]["trainable"], "frozen_params": record["params"]["frozen"],
+               "test_acc": state.history[-1]["test_acc"] if state.history else None,
+               "best_acc": state.best_acc, "epochs": state.epoch, "train_time": state.train_time,
+               "images_per_s": state.images_seen / max(state.train_time, 1e-9),
+               "frozen_unchanged": True, "frozen_fingerprint": final_fingerprint}
+    runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+    runs.atomic_write_json(run_dir / runs.STATUS, {"state": "finished", "epoch": state.epoch})
+    return summary
+
+
+def _save(run_dir: Path, model: nn.Module, optimizer, state: TrainState) -> None:
+    train_state = {"optimizer": optimizer.state_dict(), "rng": _rng_state(),
+                   "progress": {k: v for k, v in dataclasses.asdict(state).items()}}
+    runs.save_checkpoint(run_dir, state.epoch, model.state_dict(), train_state)
+
+
+def _restore(model: nn.Module, optimizer, folder: Path, init_fingerprint: str, run_dir: Path) -> TrainState:
+    model_state, train_state = runs.load_checkpoint(folder)
+    try:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(train_state["optimizer"])
+        progress = train_state["progress"]
+        _set_rng_state(train_state["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise SpatialmixError(f"checkpoint {folder} does not match this run's model ({first}); "
+                              f"start a new run with another --out") from None
+    if frozen_fingerprint(model) != init_fingerprint:
+        raise SpatialmixError(f"checkpoint {folder}: frozen tensors differ from the ones this config rebuilds; "
+                              f"the checkpoint belongs to another config or was modified")
+    return TrainState(**progress)
+
+
+def _stop_on_nonfinite(run_dir: Path, state: TrainState, loss, epoch: int, step: int):
+    reason = (f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+              f"the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}; "
+              f"lower --lr, raise --clip-grad or use --amp none")
+    runs.atomic_write_json(run_dir / runs.STATUS, {"state": "failed", "epoch": state.epoch, "reason": reason})
+    raise NonFiniteLossError(f"training stopped: {reason}")
