@@ -139,13 +139,35 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--image-size", type=int, default=32)
     p.set_defaults(func=cmd_models)
 
-    for register in COMMAND_REGISTRARS:
-        register(sub)
+    add_attack_command(sub)
+    add_unshuffle_command(sub)
+    add_report_command(sub)
+    add_sweep_command(sub)
     return parser
 
 
-# Further commands (attack, unshuffle, report, sweep) add their parsers from these functions.
-COMMAND_REGISTRARS: list = []
+# --------------------------------------------------------------------------- attack (robustness study)
+
+def add_attack_command(sub) -> None:
+    """`spatialmix attack RUN_DIR ...`: robust accuracy of saved runs."""
+
+
+# --------------------------------------------------------------------------- unshuffle (pixel un-shuffling)
+
+def add_unshuffle_command(sub) -> None:
+    """`spatialmix unshuffle`: reconstruct pixel-shuffled images in Full / Chans / Space."""
+
+
+# --------------------------------------------------------------------------- report (filter analysis)
+
+def add_report_command(sub) -> None:
+    """`spatialmix report RUN_OR_STUDY_DIR ... -o report.html`."""
+
+
+# --------------------------------------------------------------------------- sweep (scale out)
+
+def add_sweep_command(sub) -> None:
+    """`spatialmix sweep GRID.yaml`: independent jobs, locally or on Slurm."""
 
 
 def main(argv: list[str] | None = None) -> int:
