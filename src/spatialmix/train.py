@@ -406,3 +406,36 @@ def _stop_on_nonfinite(run_dir: Path, state: TrainState, loss, epoch: int, step:
               f"lower --lr, raise --clip-grad or use --amp none")
     runs.atomic_write_json(run_dir / runs.STATUS, {"state": "failed", "epoch": state.epoch, "reason": reason})
     raise NonFiniteLossError(f"training stopped: {reason}")
+
+
+# --------------------------------------------------------------------------- loading saved runs
+
+def load_trained_model(run_dir: str | Path, weights: str = "latest", device: str | torch.device = "cpu"
+                       ) -> tuple[nn.Module, dict]:
+    """Rebuild the model of a saved run and load its weights; returns ``(model in eval mode, run record)``.
+
+    ``weights``: ``latest`` (the newest checkpoint) or ``init`` (the weights at initialization).
+    The run record is ``config.json``: ``record["train"]`` is the TrainConfig, ``record["data"]``
+    has ``mean``/``std``/``in_chans``/``num_classes``/``image_size``.
+    """
+    run_dir = runs.check_run_dir(Path(run_dir))
+    record = runs.read_json(run_dir / runs.CONFIG, "run")
+    config = TrainConfig.from_dict(record["train"])
+    d = record["data"]
+    model = build_model(config, d["in_chans"], d["num_classes"], d["image_size"])
+    if weights == "init":
+        state = runs.load_weights(run_dir / runs.INIT)
+    elif weights == "latest":
+        folder = runs.latest_checkpoint(run_dir)
+        if folder is None:
+            raise SpatialmixError(f"{run_dir} has no checkpoint yet (training never finished an epoch); "
+                                  f"train it first with `spatialmix train --resume --out {run_dir}`")
+        state = runs.load_weights(folder / runs.MODEL_FILE)
+    else:
+        raise unknown_name("weights", weights, ("latest", "init"))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise SpatialmixError(f"weights in {run_dir} do not fit the model its config builds "
+                              f"({str(err).splitlines()[0][:160]}); the run is damaged") from None
+    return model.to(device).eval(), record
