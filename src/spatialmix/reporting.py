@@ -22,8 +22,10 @@ class TrainProgress:
     slow training down.
     """
 
-    def __init__(self, enabled: bool, total_epochs: int, steps_per_epoch: int, title: str = "train"):
+    def __init__(self, enabled: bool, total_epochs: int, steps_per_epoch: int, title: str = "train",
+                 score: str = "acc"):
         self.enabled = enabled
+        self.score = score
         self.total_epochs = total_epochs
         self.steps_per_epoch = steps_per_epoch
         self.title = title
@@ -51,21 +53,22 @@ class TrainProgress:
             self._task = self._progress.add_task(f"{self.title} epoch {epoch + 1}/{self.total_epochs}",
                                                  total=self.steps_per_epoch, stats="")
 
-    def update(self, step: int, loss_sum, correct, seen: int, elapsed: float) -> None:
+    def update(self, step: int, loss_sum, score_sum, seen: int, elapsed: float) -> None:
         if self._progress is None:
             return
         now = time.monotonic()
         if now - self._last < 0.25 and step < self.steps_per_epoch:
             return
         self._last = now
-        stats = (f"loss {loss_sum.item() / seen:.3f} acc {correct.item() / seen:.3f} "
+        stats = (f"loss {loss_sum.item() / seen:.3f} {self.score} {score_sum.item() / seen:.3f} "
                  f"{seen / max(elapsed, 1e-9):.0f} img/s")
         self._progress.update(self._task, completed=step, stats=stats)
 
     def end_epoch(self, m: dict) -> None:
         if self.enabled:
+            tests = " ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("test_"))
             console.print(f"{self.title} epoch {m['epoch']}/{self.total_epochs}: train loss {m['train_loss']:.4f} "
-                          f"acc {m['train_acc']:.4f} | test loss {m['test_loss']:.4f} acc {m['test_acc']:.4f} | "
+                          f"{self.score} {m[f'train_{self.score}']:.4f} | test {tests} | "
                           f"{m['images_per_s']:.0f} img/s, {m['epoch_time']:.1f} s", highlight=False)
 
 

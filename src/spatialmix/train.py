@@ -137,17 +137,70 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(config: TrainConfig, in_chans: int, num_classes: int, image_size: int) -> nn.Module:
+class ClassificationTask:
+    """What a run learns: here, labels from images. Other tasks (un-shuffling) follow the same shape.
+
+    A task builds the network for the data, turns loader batches into (inputs, targets), gives the
+    loss, a running score for the progress bar, and the test metrics. ``score`` names the metric
+    (higher is better) that ``best_<score>`` in the summary tracks.
+    """
+
+    name = "classification"
+    score = "acc"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name}
+
+    def create_model(self, config: "TrainConfig", data_info: dict) -> nn.Module:
+        return create_model(config.model, in_chans=data_info["in_chans"], num_classes=data_info["num_classes"],
+                            image_size=data_info["image_size"], width=config.width, depth=config.depth,
+                            kernel_size=config.kernel_size, patch_size=config.patch_size,
+                            activation=config.activation)
+
+    def batch(self, x, y):
+        return x, y
+
+    def loss_fn(self, config: "TrainConfig"):
+        return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def running_score(self, outputs, targets) -> torch.Tensor:
+        """Summed over the batch; the progress bar divides by the examples seen."""
+        return (outputs.argmax(1) == targets).sum()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device, amp: str = "none") -> dict:
+        return evaluate(model, loader, device, amp)
+
+
+TASKS: dict[str, type] = {"classification": ClassificationTask}
+
+
+def task_from_dict(d: dict | None):
+    d = dict(d or {"name": "classification"})
+    name = d.pop("name")
+    if name not in TASKS:
+        raise unknown_name("task", name, TASKS)
+    return TASKS[name](**d)
+
+
+def data_info(data: ImageData) -> dict:
+    """What building a model needs to know about its data (saved in config.json)."""
+    return {"name": data.name, "in_chans": data.in_chans, "image_size": data.image_size,
+            "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std),
+            "n_train": len(data.train_labels), "n_test": len(data.test_labels), "source": data.source}
+
+
+def build_model(config: TrainConfig, in_chans: int, num_classes: int, image_size: int, task=None) -> nn.Module:
     """The model of ``config`` with its mixers initialized from the seeded init specs and frozen per mode.
 
     Construction runs under a fixed seed too, so every tensor (not only the mixers) is a function
     of the config: the same config always rebuilds the same initial model.
     """
+    task = task or ClassificationTask()
+    info = {"in_chans": in_chans, "num_classes": num_classes, "image_size": image_size}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.resolved_init_seed)
-        model = create_model(config.model, in_chans=in_chans, num_classes=num_classes, image_size=image_size,
-                             width=config.width, depth=config.depth, kernel_size=config.kernel_size,
-                             patch_size=config.patch_size, activation=config.activation)
+        model = task.create_model(config, info)
     return apply_mixing(model, config.mode, spatial_init=config.spatial_init_spec(),
                         channel_init=config.channel_init_spec(), seed=config.resolved_init_seed)
 
@@ -202,13 +255,14 @@ def evaluate(model: nn.Module, loader: BatchLoader, device: torch.device, amp: s
 
 # --------------------------------------------------------------------------- the run directory
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
+def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, task) -> None:
     """Check that starting or resuming in ``run_dir`` cannot damage anything already there."""
     run_dir = Path(run_dir)
     if resume:
         runs.check_run_dir(run_dir)
-        saved = runs.read_json(run_dir / runs.CONFIG, "run")["train"]
-        ours = config.to_dict()
+        record = runs.read_json(run_dir / runs.CONFIG, "run")
+        saved, ours = dict(record["train"]), config.to_dict()
+        saved["task"], ours["task"] = record.get("task", {"name": "classification"}), task.to_dict()
         diff = [k for k in ours if k not in RESUMABLE_FIELDS and saved.get(k) != ours[k]]
         if diff:
             details = ", ".join(f"{k}={saved.get(k)!r} (saved) vs {ours[k]!r}" for k in diff[:4])
@@ -218,16 +272,15 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
         raise SpatialmixError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
 
 
-def run_record(config: TrainConfig, data: ImageData, model: nn.Module) -> dict:
+def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task) -> dict:
     summary = summarize(model)
     return {
         "format_version": runs.FORMAT_VERSION,
         "spatialmix_version": __version__,
         "torch_version": torch.__version__,
+        "task": task.to_dict(),
         "train": config.to_dict(),
-        "data": {"name": data.name, "in_chans": data.in_chans, "image_size": data.image_size,
-                 "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std),
-                 "n_train": len(data.train_labels), "n_test": len(data.test_labels), "source": data.source},
+        "data": data_info(data),
         "params": {"trainable": summary.trainable, "frozen": summary.frozen, "by_kind": summary.rows},
         "frozen_fingerprint": frozen_fingerprint(model),
     }
@@ -252,7 +305,7 @@ def _set_rng_state(state: dict) -> None:
 class TrainState:
     epoch: int = 0             # epochs completed
     step: int = 0              # optimizer steps taken
-    best_acc: float = 0.0
+    best_score: float = float("-inf")
     train_time: float = 0.0    # seconds spent in training steps (not evaluation)
     images_seen: int = 0
     history: list = field(default_factory=list)
@@ -263,22 +316,37 @@ def load_data_for(config: TrainConfig) -> ImageData:
     return data.subset(config.train_subset, config.test_subset, seed=config.seed)
 
 
+def make_loaders(config: TrainConfig, data: ImageData, device: torch.device) -> tuple[BatchLoader, BatchLoader]:
+    augment = config.augment or DATASETS[config.dataset].default_augment
+    train_loader = BatchLoader(data.train_images, data.train_labels, config.batch_size, data.mean, data.std,
+                               train=True, augment=augment, seed=config.seed, device=device,
+                               channels_last=config.channels_last)
+    test_loader = BatchLoader(data.test_images, data.test_labels, max(256, config.batch_size), data.mean,
+                              data.std, train=False, device=device, channels_last=config.channels_last)
+    if len(train_loader) == 0:
+        raise SpatialmixError(f"batch size {config.batch_size} is larger than the {len(data.train_labels)} "
+                              f"training images; lower --batch-size")
+    return train_loader, test_loader
+
+
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: ImageData | None = None,
-          max_steps: int | None = None) -> dict:
+          max_steps: int | None = None, task=None) -> dict:
     """Train ``config`` in ``run_dir`` (or continue it with ``resume=True``); return the summary.
 
-    ``max_steps`` stops early after that many optimizer steps in this call (for benchmarks and
-    tests); the run is then left resumable, not finished.
+    ``task`` is what is learned (default: classification). ``max_steps`` stops early after that
+    many optimizer steps in this call (for benchmarks and tests); the run is then left resumable.
     """
     config.validate()
+    task = task or ClassificationTask()
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
     amp = resolve_amp(config.amp, device)
-    prepare_run_dir(run_dir, config, resume)
+    prepare_run_dir(run_dir, config, resume, task)
     data = data if data is not None else load_data_for(config)
-    model = build_model(config, data.in_chans, data.num_classes, data.image_size)
+    model = build_model(config, data.in_chans, data.num_classes, data.image_size, task)
     init_fingerprint = frozen_fingerprint(model)
-    record = run_record(config, data, model)
+    record = run_record(config, data, model, task)
+    train_loader, test_loader = make_loaders(config, data, device)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -287,7 +355,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
 
     checkpoint = runs.latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
-        state = _restore(model, optimizer, checkpoint, init_fingerprint, run_dir)
+        state = _restore(model, optimizer, checkpoint, init_fingerprint)
     elif not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.save_weights(run_dir / runs.INIT, model.state_dict())
@@ -295,21 +363,12 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
     if state.epoch >= config.epochs:
         return runs.read_json(run_dir / runs.SUMMARY, "run summary")
 
-    augment = config.augment or DATASETS[config.dataset].default_augment
-    train_loader = BatchLoader(data.train_images, data.train_labels, config.batch_size, data.mean, data.std,
-                               train=True, augment=augment, seed=config.seed, device=device,
-                               channels_last=config.channels_last)
-    test_loader = BatchLoader(data.test_images, data.test_labels, max(256, config.batch_size), data.mean,
-                              data.std, train=False, device=device, channels_last=config.channels_last)
     total_steps = config.epochs * len(train_loader)
-    if len(train_loader) == 0:
-        raise SpatialmixError(f"batch size {config.batch_size} is larger than the {len(data.train_labels)} "
-                              f"training images; lower --batch-size")
     runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": state.epoch})
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = task.loss_fn(config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     progress = TrainProgress(enabled=config.progress, total_epochs=config.epochs, steps_per_epoch=len(train_loader),
-                             title=f"{config.model} {config.mode}")
+                             title=f"{config.model} {config.mode}", score=task.score)
     steps_this_call = 0
     with progress:
         for epoch in range(state.epoch, config.epochs):
@@ -317,15 +376,16 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
             model.train()
             progress.start_epoch(epoch)
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
+            score_sum = torch.zeros((), device=device, dtype=torch.float64)
             seen = 0
             t0 = time.perf_counter()
-            for i, (x, y) in enumerate(train_loader):
+            for i, batch in enumerate(train_loader):
+                inputs, targets = task.batch(*batch)
                 for group in optimizer.param_groups:
                     group["lr"] = piecewise_linear_lr(state.step, total_steps, config.lr)
                 with autocast_context(device, amp):
-                    logits = model(x)
-                    loss = criterion(logits.float(), y)
+                    outputs = model(inputs)
+                    loss = criterion(outputs.float(), targets)
                 if not torch.isfinite(loss):
                     _stop_on_nonfinite(run_dir, state, loss, epoch, i)
                 optimizer.zero_grad(set_to_none=True)
@@ -335,26 +395,26 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
                 optimizer.step()
                 state.step += 1
                 steps_this_call += 1
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
-                progress.update(i + 1, loss_sum, correct, seen, time.perf_counter() - t0)
+                n = len(targets)
+                loss_sum += loss.detach() * n
+                score_sum += task.running_score(outputs.detach(), targets)
+                seen += n
+                progress.update(i + 1, loss_sum, score_sum, seen, time.perf_counter() - t0)
                 if max_steps is not None and steps_this_call >= max_steps:
                     break
             if device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_time = time.perf_counter() - t0
-            if max_steps is not None and steps_this_call >= max_steps:
-                state.train_time += epoch_time
-                state.images_seen += seen
-                return {"images_per_s": seen / epoch_time, "steps": steps_this_call, "train_time": epoch_time}
             state.train_time += epoch_time
             state.images_seen += seen
-            test = evaluate(model, test_loader, device, amp)
+            if max_steps is not None and steps_this_call >= max_steps:
+                return {"images_per_s": seen / epoch_time, "steps": steps_this_call, "train_time": epoch_time}
+            test = task.evaluate(model, test_loader, device, amp)
             state.epoch = epoch + 1
-            state.best_acc = max(state.best_acc, test["acc"])
+            state.best_score = max(state.best_score, test[task.score])
             metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum.item() / seen,
-                       "train_acc": correct.item() / seen, "test_loss": test["loss"], "test_acc": test["acc"],
+                       f"train_{task.score}": score_sum.item() / seen,
+                       **{f"test_{k}": v for k, v in test.items() if k != "n"},
                        "lr": piecewise_linear_lr(state.step, total_steps, config.lr),
                        "epoch_time": epoch_time, "images_per_s": seen / epoch_time}
             state.history.append(metrics)
@@ -362,16 +422,17 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
             _save(run_dir, model, optimizer, state)
             progress.end_epoch(metrics)
 
-    final_fingerprint = frozen_fingerprint(model)
-    if final_fingerprint != init_fingerprint:
+    if frozen_fingerprint(model) != init_fingerprint:
         raise SpatialmixError(f"frozen tensors changed during training in {run_dir}: this is a bug in spatialmix, "
                               f"please report it")
-    summary = {"mode": config.mode, "model": config.model, "dataset": config.dataset, "seed": config.seed,
-               "trainable_params": record["params"]["trainable"], "frozen_params": record["params"]["frozen"],
-               "test_acc": state.history[-1]["test_acc"] if state.history else None,
-               "best_acc": state.best_acc, "epochs": state.epoch, "train_time": state.train_time,
+    last = state.history[-1]
+    summary = {"task": task.name, "mode": config.mode, "model": config.model, "dataset": config.dataset,
+               "seed": config.seed, "trainable_params": record["params"]["trainable"],
+               "frozen_params": record["params"]["frozen"],
+               **{k: v for k, v in last.items() if k.startswith("test_")},
+               f"best_{task.score}": state.best_score, "epochs": state.epoch, "train_time": state.train_time,
                "images_per_s": state.images_seen / max(state.train_time, 1e-9),
-               "frozen_unchanged": True, "frozen_fingerprint": final_fingerprint}
+               "frozen_unchanged": True, "frozen_fingerprint": init_fingerprint}
     runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
     runs.atomic_write_json(run_dir / runs.STATUS, {"state": "finished", "epoch": state.epoch})
     return summary
@@ -383,7 +444,7 @@ def _save(run_dir: Path, model: nn.Module, optimizer, state: TrainState) -> None
     runs.save_checkpoint(run_dir, state.epoch, model.state_dict(), train_state)
 
 
-def _restore(model: nn.Module, optimizer, folder: Path, init_fingerprint: str, run_dir: Path) -> TrainState:
+def _restore(model: nn.Module, optimizer, folder: Path, init_fingerprint: str) -> TrainState:
     model_state, train_state = runs.load_checkpoint(folder)
     try:
         model.load_state_dict(model_state)
@@ -422,7 +483,7 @@ def load_trained_model(run_dir: str | Path, weights: str = "latest", device: str
     record = runs.read_json(run_dir / runs.CONFIG, "run")
     config = TrainConfig.from_dict(record["train"])
     d = record["data"]
-    model = build_model(config, d["in_chans"], d["num_classes"], d["image_size"])
+    model = build_model(config, d["in_chans"], d["num_classes"], d["image_size"], task_from_dict(record.get("task")))
     if weights == "init":
         state = runs.load_weights(run_dir / runs.INIT)
     elif weights == "latest":
