@@ -126,4 +126,7 @@ class ResultTable:
         return out.getvalue()
 
     def print(self, file=None) -> None:
-        Console(file=file or sys.stdout).print(self.to_rich())
+        out = Console(file=file or sys.stdout)
+        if not out.is_terminal:   # logs and pipes: do not squeeze the table into 80 columns
+            out = Console(file=file or sys.stdout, width=160)
+        out.print(self.to_rich())
