@@ -79,12 +79,15 @@ def config_overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> di
 # --------------------------------------------------------------------------- commands
 
 def cmd_train(args) -> None:
+    from .distributed import is_main
     from .train import TrainConfig, train
 
     config = TrainConfig(**config_overrides(args))
     out = Path(args.out or f"runs/{config.dataset}-{config.model.replace('/', '-').replace(':', '-')}-"
                           f"{config.mode}-seed{config.seed}")
     summary = train(config, out, resume=args.resume)
+    if not is_main():   # under torchrun: one line, from rank 0
+        return
     print(f"run saved in {out}: test acc {summary['test_acc']:.4f} (best {summary['best_acc']:.4f}), "
           f"{summary['trainable_params']:,} trainable / {summary['frozen_params']:,} frozen params, "
           f"{summary['images_per_s']:.0f} img/s")
@@ -111,7 +114,22 @@ def cmd_models(args) -> None:
     model = create_model(args.name, in_chans=args.in_chans, num_classes=args.num_classes,
                          image_size=args.image_size)
     print(f"{args.name}: {sum(p.numel() for p in model.parameters()):,} parameters")
-    print(summarize(model))
+    summary = summarize(model)
+    print(summary)
+    print(mixer_counts_line(summary))
+
+
+def mixer_counts_line(summary) -> str:
+    """How many mixers of each kind a model has, and which modes it can train in."""
+    from .mixing import CHANNEL, MODES, SPATIAL, frozen_kind
+
+    layers = {row["kind"]: row["layers"] for row in summary.rows}
+    missing = [m for m in MODES if frozen_kind(m) is not None and not layers.get(frozen_kind(m))]
+    modes = ", ".join(m for m in MODES if m not in missing)
+    why = "".join(f"; {m} needs {'depthwise' if frozen_kind(m) == SPATIAL else '1 x 1'} convolutions to freeze"
+                  for m in missing)
+    return (f"{layers.get(SPATIAL, 0)} spatial mixers (depthwise convolutions), {layers.get(CHANNEL, 0)} channel "
+            f"mixers (1 x 1 convolutions and linear layers); modes: {modes}{why}")
 
 
 def build_parser() -> ArgumentParser:
@@ -150,24 +168,217 @@ def build_parser() -> ArgumentParser:
 
 def add_attack_command(sub) -> None:
     """`spatialmix attack RUN_DIR ...`: robust accuracy of saved runs."""
+    from .attacks import ATTACKS, AttackSettings
+
+    d = AttackSettings()
+    p = sub.add_parser("attack", help="clean and robust accuracy of saved runs (FGSM, PGD, AutoAttack) with "
+                                      "checks against gradient masking")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (spatialmix train / reproduce)")
+    p.add_argument("--eps", default="0,1/255,2/255,4/255,8/255",
+                   help="comma-separated budgets in [0, 1], fractions allowed (default: 0,1/255,2/255,4/255,8/255)")
+    p.add_argument("--norm", default=d.norm, help="Linf or L2 (default: Linf)")
+    p.add_argument("--attacks", default=",".join(d.attacks),
+                   help=f"comma-separated white-box attacks: {', '.join(ATTACKS)} (default: all)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"PGD steps (default: {d.steps})")
+    p.add_argument("--restarts", type=int, default=d.restarts, help=f"PGD random restarts (default: {d.restarts})")
+    p.add_argument("--n-examples", default=str(d.n_examples), metavar="N",
+                   help=f"a fixed seeded subset of the test set, or 'all' (default: {d.n_examples})")
+    p.add_argument("--autoattack", default=d.autoattack, metavar="on|off|check",
+                   help="AutoAttack (standard) at every budget, never, or only at the check budget (default: on)")
+    p.add_argument("--autoattack-examples", type=int, default=None, metavar="N",
+                   help="run AutoAttack on the first N examples only (default: all)")
+    p.add_argument("--square-examples", type=int, default=d.square_examples, metavar="N",
+                   help=f"examples of the black-box Square check (default: {d.square_examples})")
+    p.add_argument("--square-queries", type=int, default=d.square_queries, metavar="Q",
+                   help=f"queries of the Square check (default: {d.square_queries})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the subset and the attacks (default: 0)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--out-name", default="robustness",
+                   help="results go to RUN_DIR/OUT_NAME.json and the plot to OUT_NAME.png (default: robustness)")
+    p.add_argument("--plot", default="auto", metavar="PATH",
+                   help="where to draw robust accuracy vs eps (default: OUT_NAME.png in the run directory, or in "
+                        "the runs' common parent folder); 'none' to skip")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_attack)
+
+
+def cmd_attack(args) -> None:
+    from .attacks import AttackSettings, attack_runs, parse_eps_list, robustness_table
+    from .reporting import console
+
+    n_examples = None if args.n_examples.lower() == "all" else _parse_int("--n-examples", args.n_examples)
+    settings = AttackSettings(eps=parse_eps_list(args.eps), norm=args.norm, attacks=args.attacks, steps=args.steps,
+                              restarts=args.restarts, n_examples=n_examples, autoattack=args.autoattack,
+                              autoattack_examples=args.autoattack_examples, square_examples=args.square_examples,
+                              square_queries=args.square_queries, seed=args.seed, batch_size=args.batch_size,
+                              device=args.device).validate()
+    plot = None if args.plot.lower() == "none" else args.plot
+    results = attack_runs(args.run_dirs, settings, out_name=args.out_name, plot=plot, progress=args.progress)
+    robustness_table(results).print()
+    for result in results:
+        for warning in result["warnings"]:
+            console.print(f"[yellow]warning[/] ({result['label']}): {warning}", highlight=False)
+    saved = ", ".join(str(Path(r["run"]) / f"{args.out_name}.json") for r in results)
+    print(f"results saved in {saved}" + (f"; plot in {results[0]['plot']}" if plot else ""))
+
+
+def _parse_int(flag: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise SpatialmixError(f"{flag} must be a whole number or 'all', got {text!r}") from None
 
 
 # --------------------------------------------------------------------------- unshuffle (pixel un-shuffling)
 
 def add_unshuffle_command(sub) -> None:
     """`spatialmix unshuffle`: reconstruct pixel-shuffled images in Full / Chans / Space."""
+    p = sub.add_parser("unshuffle", help="learn to un-shuffle pixel-scrambled images in Full / Chans / Space, "
+                                         "with the scrambled input and a kernel-1 model as references")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100 "
+                                                               "(default: fashion-mnist)")
+    p.add_argument("--preset", default="small", help="small (UnshuffleNet-32/8, kernel 7, CPU minutes) or large "
+                                                     "(UnshuffleNet-512/16, kernel 7, as in the paper; GPU)")
+    p.add_argument("--modes", default="full,chans,space", help="comma-separated modes (default: full,chans,space)")
+    p.add_argument("--window", type=int, default=None, metavar="PIXELS",
+                   help="permute only within PIXELS x PIXELS tiles (must divide the image; default: whole image)")
+    p.add_argument("--loss", default="mse", help="mse or l1 (default: mse)")
+    p.add_argument("--perm-seed", type=int, default=0, help="seed of the pixel permutation (default: 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
+    preset_default = "(default: the preset's)"
+    for flag, kind, what in (("--epochs", int, f"epochs {preset_default}"),
+                             ("--train-subset", int, f"training images {preset_default}"),
+                             ("--test-subset", int, f"test images {preset_default}"),
+                             ("--batch-size", int, f"batch size {preset_default}"),
+                             ("--lr", float, f"peak learning rate {preset_default}"),
+                             ("--width", int, f"channels {preset_default}"),
+                             ("--depth", int, f"blocks {preset_default}"),
+                             ("--kernel-size", int, f"depthwise kernel size {preset_default}"),
+                             ("--amp", str, CONFIG_HELP["amp"] + " (default: auto)"),
+                             ("--device", str, CONFIG_HELP["device"] + " (default: auto)"),
+                             ("--data-dir", str, CONFIG_HELP["data_dir"])):
+        p.add_argument(flag, type=kind, default=None, help=what)
+    p.add_argument("--no-references", dest="references", action="store_false",
+                   help="skip the kernel-1 reference model (the scrambled-input floor is always shown)")
+    p.add_argument("--figure-images", type=int, default=8, help="test images in the figure (default: 8)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--out", default="runs/unshuffle", help="study folder (default: runs/unshuffle)")
+    p.set_defaults(func=cmd_unshuffle)
+
+
+UNSHUFFLE_SETTINGS = ("dataset", "epochs", "train_subset", "test_subset", "batch_size", "lr", "width", "depth",
+                      "kernel_size", "amp", "device", "data_dir")
+
+
+def cmd_unshuffle(args) -> None:
+    from .unshuffle import FIGURE_FILE, TABLE_FILES, unshuffle_study
+
+    overrides = {k: getattr(args, k) for k in UNSHUFFLE_SETTINGS if getattr(args, k) is not None}
+    table = unshuffle_study(args.out, preset=args.preset, modes=[m for m in args.modes.split(",") if m],
+                            window=args.window, loss=args.loss, perm_seed=args.perm_seed, seeds=tuple(args.seeds),
+                            references=args.references, figure_images=args.figure_images,
+                            progress=args.progress, **overrides)
+    table.print()
+    out = Path(args.out)
+    print(f"table saved in {out / TABLE_FILES[0]} (also .csv, .json), figure in {out / FIGURE_FILE}")
 
 
 # --------------------------------------------------------------------------- report (filter analysis)
 
 def add_report_command(sub) -> None:
     """`spatialmix report RUN_OR_STUDY_DIR ... -o report.html`."""
+    p = sub.add_parser("report", help="one self-contained HTML page (and Markdown tables) of runs and studies")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_STUDY_DIR",
+                   help="run directories (spatialmix train) and study folders (spatialmix reproduce)")
+    p.add_argument("-o", "--out", default="report.html",
+                   help="the HTML file to write; the Markdown tables go beside it as .md (default: report.html)")
+    p.add_argument("--fft-size", type=int, default=32,
+                   help="zero-pad each spatial filter to this size before its DFT (default: 32)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    files = write_report(args.paths, args.out, fft_size=args.fft_size)
+    absent = f"; left out (no results): {', '.join(files.absent)}" if files.absent else ""
+    print(f"report written to {files.html} (tables in {files.markdown}); sections: {', '.join(files.present)}"
+          f"{absent}")
 
 
 # --------------------------------------------------------------------------- sweep (scale out)
 
 def add_sweep_command(sub) -> None:
     """`spatialmix sweep GRID.yaml`: independent jobs, locally or on Slurm."""
+    p = sub.add_parser(
+        "sweep", help="many configurations as independent jobs (a grid file or a study), here or on Slurm",
+        description="Run every configuration of a grid file (YAML: `preset:`, `base:` fields, `grid:` field -> list "
+                    "of values) or of a study preset's classification runs as independent jobs, then gather the "
+                    "result tables. Started again, a sweep skips the configurations that finished.")
+    p.add_argument("grid", nargs="?", metavar="GRID.yaml", help="grid file (or use --preset)")
+    p.add_argument("--preset", help="sweep the classification runs of this study preset (quick, paper) instead")
+    p.add_argument("--seeds", type=int, nargs="+", help="with --preset: the seeds (default: the preset's)")
+    p.add_argument("--out", help="sweep folder (default: runs/sweep-GRID, or runs/reproduce with --preset)")
+    p.add_argument("--executor", default="local", choices=("local", "submitit-local", "slurm"),
+                   help="local: here, one after another (default); submitit-local: a process per job on this "
+                        "machine; slurm: a Slurm job per configuration")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs per job (slurm; one DDP process per GPU)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes per job (slurm)")
+    p.add_argument("--time", default="60", help="time limit per job: minutes or H:M:S (default: 60)")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--cpus", type=int, help="CPUs per process of a job")
+    p.add_argument("--mem-gb", type=float, help="memory per node of a job, in GB")
+    p.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. account=abc or qos=high (repeatable)")
+    p.add_argument("--max-running", type=int, help="submit at most this many jobs at a time (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="list the configurations and their state; run nothing")
+    add_config_arguments(p, skip=("mode", "seed"))
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> None:
+    from .sweep import (JobResources, grid_sweep, job_states, load_grid_file, parse_time, run_sweep,
+                        study_sweep)
+
+    overrides = config_overrides(args, skip=("mode", "seed"))
+    if (args.grid is None) == (args.preset is None):
+        raise SpatialmixError("give either a grid file or --preset (a study's runs), not both or neither")
+    if args.grid is not None:
+        if args.seeds:
+            raise SpatialmixError("--seeds is for --preset sweeps; put `seed: [...]` in the grid file")
+        sweep = grid_sweep(load_grid_file(args.grid), args.out or f"runs/sweep-{Path(args.grid).stem}", **overrides)
+    else:
+        sweep = study_sweep(args.preset, args.out or "runs/reproduce", seeds=tuple(args.seeds or ()) or None,
+                            **overrides)
+    if args.dry_run:
+        for job, state in job_states(sweep):
+            print(f"{state:<9} {job.name:<40} {job.run_dir}")
+        return
+    options = {}
+    for item in args.slurm_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpatialmixError(f"--slurm-option {item!r} is not KEY=VALUE (e.g. account=abc)")
+        options[key.strip().lstrip("-").replace("-", "_")] = value
+    for name in ("gpus", "cpus"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise SpatialmixError(f"--{name} must be 0 or more, got {getattr(args, name)}")
+    if args.nodes < 1:
+        raise SpatialmixError(f"--nodes must be 1 or more, got {args.nodes}")
+    resources = JobResources(gpus=args.gpus, nodes=args.nodes, time_min=parse_time(args.time),
+                             partition=args.partition, cpus=args.cpus, mem_gb=args.mem_gb, slurm_options=options)
+    try:
+        outcome = run_sweep(sweep, args.executor, resources, max_running=args.max_running)
+    except KeyboardInterrupt:
+        print("spatialmix: sweep interrupted; run the same command again to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"sweep {sweep.out_dir}: {len(outcome.skipped)} configuration(s) finished before, {len(outcome.ran)} now"
+          + (f"; results in {sweep.out_dir}/results.md" if outcome.tables else ""))
+    if outcome.failed:
+        names = ", ".join(outcome.failed)
+        raise SpatialmixError(f"{len(outcome.failed)} of {len(sweep.jobs)} configurations failed ({names}); the "
+                              f"first: {next(iter(outcome.failed.values()))}; fix it and run the sweep again")
 
 
 def main(argv: list[str] | None = None) -> int:

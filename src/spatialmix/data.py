@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,8 +117,11 @@ def _open_maybe_gz(path: Path):
 
 def read_idx(path: Path) -> torch.Tensor:
     """Read an IDX file (the MNIST format), gzipped or not, into a uint8 tensor."""
-    with _open_maybe_gz(path) as f:
-        data = f.read()
+    try:
+        with _open_maybe_gz(path) as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # a cut-off or damaged download
+        raise SpatialmixError(f"{path} is truncated or corrupt ({err}); re-download it") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise SpatialmixError(f"{path} is not an uint8 IDX file (bad magic number); re-download it")
     ndim = data[3]
@@ -298,32 +302,49 @@ class BatchLoader:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self._epoch_seed(0)))
         else:
             order = torch.arange(n)
-        if self.world_size > 1:
-            # Pad by wrapping so every rank gets the same number of examples (as DistributedSampler).
-            per_rank = -(-n // self.world_size)
-            order = torch.cat([order, order[: per_rank * self.world_size - n]])
-            order = order[self.rank::self.world_size]
-        return order
+        return self._shard(order)
+
+    def _shard(self, values: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a per-example sequence of the epoch: every ``world_size``-th entry.
+
+        Global batch ``i`` is then the union of the ranks' batches ``i``: the examples one process
+        with ``world_size`` times the batch size takes. Training pads by wrapping so every rank takes
+        the same number of steps (as DistributedSampler); evaluation does not, so no example counts twice.
+        """
+        if self.world_size == 1:
+            return values
+        if self.train:
+            per_rank = -(-len(values) // self.world_size)
+            values = torch.cat([values, values[: per_rank * self.world_size - len(values)]])
+        return values[self.rank::self.world_size]
+
+    def _shard_size(self) -> int:
+        n = len(self.labels)
+        return -(-n // self.world_size) if self.train else len(range(self.rank, n, self.world_size))
 
     def _epoch_seed(self, salt: int) -> int:
         return (self.seed * 1_000_003 + self.epoch * 7919 + salt) % (2**63)
 
     def __len__(self) -> int:
-        n = -(-len(self.labels) // self.world_size)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.drop_last:
+            # Whole global batches only: the steps per epoch do not depend on the number of processes.
+            return len(self.labels) // (self.batch_size * self.world_size)
+        return -(-self._shard_size() // self.batch_size)
 
     def num_examples(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else -(-len(self.labels) // self.world_size)
+        return len(self) * self.batch_size if self.drop_last else self._shard_size()
 
     def __iter__(self):
         order = self._indices()
         generator = torch.Generator().manual_seed(self._epoch_seed(1))
-        # Draw every random number of the epoch up front, on the CPU, so results do not depend
-        # on the device.
+        # Draw every random number of the epoch up front, on the CPU, for every example of the
+        # epoch (then keep this rank's share), so results depend neither on the device nor on the
+        # number of processes.
         size = self.images.shape[-1]
         pad = max(1, size // 8)
-        offsets = torch.randint(0, 2 * pad + 1, (len(order), 2), generator=generator)
-        flips = torch.rand(len(order), generator=generator) < 0.5
+        n = len(self.labels)
+        offsets = self._shard(torch.randint(0, 2 * pad + 1, (n, 2), generator=generator))
+        flips = self._shard(torch.rand(n, generator=generator) < 0.5)
         stop = len(self) * self.batch_size
         for start in range(0, min(stop, len(order)), self.batch_size):
             idx = order[start:start + self.batch_size]
@@ -369,3 +390,114 @@ class Normalize(torch.nn.Module):
 
     def forward(self, x):
         return (x - self.mean) / self.std
+
+
+# --------------------------------------------------------------------------- image folders (ImageNet layout)
+
+@dataclass
+class FolderData:
+    """An image-folder data set (``train/CLASS/*.jpg``, ``val/CLASS/*.jpg``), decoded on the fly.
+
+    Images too many to hold in memory are decoded and cropped per sample by DataLoader workers
+    (to uint8, so little crosses between processes); flipping and normalization then happen on
+    whole batches on the training device, as for the in-memory data sets.
+    """
+
+    name: str
+    train_set: torch.utils.data.Dataset
+    test_set: torch.utils.data.Dataset
+    train_labels: torch.Tensor
+    test_labels: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str]
+    image_size: int
+    source: str = ""
+    in_chans: int = 3
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "FolderData":
+        def pick(dataset, labels, n):
+            if n is None or n >= len(labels):
+                return dataset, labels
+            idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+            return torch.utils.data.Subset(dataset, idx.tolist()), labels[idx]
+
+        train = pick(self.train_set, self.train_labels, n_train)
+        test = pick(self.test_set, self.test_labels, n_test)
+        return dataclasses_replace(self, train_set=train[0], train_labels=train[1], test_set=test[0],
+                                   test_labels=test[1])
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def load_image_folder(data_dir: str | os.PathLike | None, image_size: int = 224) -> FolderData:
+    """An ImageNet-layout folder: ``DATA_DIR/train/CLASS/...`` and ``DATA_DIR/val/CLASS/...``."""
+    import torchvision
+    import torchvision.transforms as T
+
+    spec = DATASETS["imagefolder"]
+    root = Path(data_dir or os.environ.get(ENV_VAR, ""))
+    if not str(root) or not root.is_dir():
+        raise SpatialmixError(f"imagefolder needs a folder: {spec.how_to_get}")
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise SpatialmixError(f"{root} has no train/ and val/ folders; {spec.how_to_get}")
+    to_uint8 = T.PILToTensor()
+    train_tf = T.Compose([T.RandomResizedCrop(image_size, antialias=True), to_uint8])
+    test_tf = T.Compose([T.Resize(round(image_size * 256 / 224), antialias=True), T.CenterCrop(image_size), to_uint8])
+    rgb = lambda path: torchvision.datasets.folder.default_loader(path).convert("RGB")  # noqa: E731
+    try:
+        train_set = torchvision.datasets.ImageFolder(str(root / "train"), transform=train_tf, loader=rgb)
+        test_set = torchvision.datasets.ImageFolder(str(test_dir), transform=test_tf, loader=rgb)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise SpatialmixError(f"{root}: {err}; {spec.how_to_get}") from None
+    if train_set.classes != test_set.classes:
+        raise SpatialmixError(f"{root}: train/ and {test_dir.name}/ have different class folders; make them match")
+    return FolderData("imagefolder", train_set, test_set, torch.tensor(train_set.targets),
+                      torch.tensor(test_set.targets), spec.mean, spec.std, train_set.classes, image_size, str(root))
+
+
+class _SeededOrder(torch.utils.data.Sampler):
+    """The order of one epoch, given up front (so it depends only on the seed and the epoch)."""
+
+    def __init__(self, order: torch.Tensor):
+        self.order = order.tolist()
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self):
+        return len(self.order)
+
+
+class FolderLoader(BatchLoader):
+    """BatchLoader's interface over a FolderData split: workers decode, the device flips and normalizes."""
+
+    def __init__(self, dataset, labels: torch.Tensor, batch_size: int, mean, std, *, train: bool,
+                 augment: str = "none", seed: int = 0, device="cpu", channels_last: bool = False,
+                 drop_last: bool | None = None, rank: int = 0, world_size: int = 1, workers: int = 4):
+        super().__init__(torch.empty(0, dtype=torch.uint8), labels, batch_size, mean, std, train=train,
+                         augment=augment, seed=seed, device="cpu", channels_last=channels_last,
+                         drop_last=drop_last, rank=rank, world_size=world_size)
+        self.device = torch.device(device)
+        self.scale, self.shift = self.scale.to(self.device), self.shift.to(self.device)
+        self.dataset, self.workers = dataset, workers
+
+    def __iter__(self):
+        order = self._indices()[: len(self) * self.batch_size] if self.drop_last else self._indices()
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=_SeededOrder(order),
+                                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        generator = torch.Generator().manual_seed(self._epoch_seed(1))
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True)
+            if "flip" in self.augment:   # crops were done by the workers (RandomResizedCrop)
+                x = random_flip(x, (torch.rand(len(x), generator=generator) < 0.5).to(self.device))
+            yield self.normalize(x), y.to(self.device, non_blocking=True)

@@ -197,24 +197,53 @@ def list_models() -> list[str]:
     return sorted(MODEL_REGISTRY) + ["timm:NAME", "torchvision:NAME"]
 
 
-def _external_model(name: str, in_chans: int, num_classes: int, pretrained: bool) -> nn.Module:
+def _external_model(name: str, in_chans: int, num_classes: int, pretrained: bool, image_size: int | None = None,
+                    patch_size: int | None = None) -> nn.Module:
+    """A timm or torchvision model. ``patch_size`` goes to timm models that take one (ConvNeXt's stem
+    stride, a ViT's patch); the other size options are for the built-in models only."""
     library, _, arch = name.partition(":")
     if library == "timm":
         import timm
 
         if not timm.is_model(arch):
             raise SpatialmixError(f"timm has no model {arch!r}; see timm.list_models() for the names")
-        return timm.create_model(arch, pretrained=pretrained, in_chans=in_chans, num_classes=num_classes)
-    import torchvision
+        kwargs = dict(pretrained=pretrained, in_chans=in_chans, num_classes=num_classes)
+        try:
+            model = timm.create_model(arch, **kwargs, **({} if patch_size is None else {"patch_size": patch_size}))
+        except TypeError as err:
+            if "patch_size" not in str(err):
+                raise
+            model = timm.create_model(arch, **kwargs)
+    else:
+        import torchvision
 
-    try:
-        builder = torchvision.models.get_model_builder(arch)
-    except ValueError:
-        raise SpatialmixError(f"torchvision has no model {arch!r}; see torchvision.models.list_models()") from None
-    model = builder(weights="DEFAULT" if pretrained else None, num_classes=num_classes)
-    if in_chans != 3:
-        _adapt_first_conv(model, in_chans)
+        try:
+            builder = torchvision.models.get_model_builder(arch)
+        except ValueError:
+            raise SpatialmixError(f"torchvision has no model {arch!r}; see torchvision.models.list_models()") from None
+        model = builder(weights="DEFAULT" if pretrained else None, num_classes=num_classes)
+        if in_chans != 3:
+            _adapt_first_conv(model, in_chans)
+    if image_size is not None:
+        _check_image_fits(model, name, in_chans, image_size)
     return model
+
+
+@torch.no_grad()
+def _check_image_fits(model: nn.Module, name: str, in_chans: int, image_size: int) -> None:
+    """One image through the model now: an image too small for its downsampling is then a clear
+    error here, not a traceback in the first training step (ImageNet models shrink by 32)."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, in_chans, image_size, image_size))
+    except RuntimeError as err:
+        raise SpatialmixError(
+            f"{name} cannot take {image_size} x {image_size} images ({str(err).strip().splitlines()[0][:120]}); "
+            f"it downsamples them to nothing: use larger images or a model that downsamples less (timm models "
+            f"with a patch stem take --patch-size: ConvNeXt with --patch-size 1 fits 28 x 28 images)") from None
+    finally:
+        model.train(was_training)
 
 
 def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
@@ -249,7 +278,7 @@ def create_model(name: str, in_chans: int = 3, num_classes: int = 1000, image_si
     pick the small-image ResNet stem.
     """
     if name.startswith(("timm:", "torchvision:")):
-        return _external_model(name, in_chans, num_classes, pretrained)
+        return _external_model(name, in_chans, num_classes, pretrained, image_size, overrides.get("patch_size"))
     kwargs = model_kwargs(name, image_size, **overrides)
     info = MODEL_REGISTRY[name]
     if info.builder is ConvMixer and image_size is not None and kwargs["patch_size"] > image_size:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import runs
+from .distributed import is_main
 from .errors import SpatialmixError, unknown_name
 from .mixing import MODES
 from .reporting import ResultTable, console, mean_std
@@ -71,7 +72,7 @@ class StudyResult:
 StudyFn = Callable[[StudyContext], StudyResult]
 STUDIES: dict[str, StudyFn] = {}
 # Modules that register further studies, in the order they run (the report comes last).
-STUDY_MODULES: list[str] = []
+STUDY_MODULES: list[str] = ["spatialmix.robustness", "spatialmix.unshuffle", "spatialmix.report"]
 
 
 def load_studies() -> dict[str, StudyFn]:
@@ -156,9 +157,10 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/reproduce", see
     for name in chosen:
         result = STUDIES[name](ctx)
         ctx.results[name] = result
-        for table in result.tables:
-            table.print()
-        save_results(ctx)
+        if is_main():   # under torchrun every rank runs the studies; rank 0 prints and writes
+            for table in result.tables:
+                table.print()
+            save_results(ctx)
     return ctx.results
 
 

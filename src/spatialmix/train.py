@@ -7,6 +7,7 @@ keeps the run directory (see :mod:`spatialmix.runs`) up to date after every epoc
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, runs
+from . import __version__, distributed, runs
 from .data import AUGMENTATIONS, DATASETS, BatchLoader, ImageData, load_dataset
 from .errors import NonFiniteLossError, SpatialmixError, check_positive, unknown_name
 from .mixing import INITS, MODES, InitSpec, apply_mixing, frozen_fingerprint, summarize
@@ -173,11 +174,17 @@ class ClassificationTask:
 
 
 TASKS: dict[str, type] = {"classification": ClassificationTask}
+# Tasks that register themselves in TASKS when their module is imported (so load_trained_model finds them).
+TASK_MODULES = {"unshuffle": "spatialmix.unshuffle"}
 
 
 def task_from_dict(d: dict | None):
     d = dict(d or {"name": "classification"})
     name = d.pop("name")
+    if name not in TASKS and name in TASK_MODULES:   # register a task of another module on first use
+        import importlib
+
+        importlib.import_module(TASK_MODULES[name])
     if name not in TASKS:
         raise unknown_name("task", name, TASKS)
     return TASKS[name](**d)
@@ -289,14 +296,20 @@ def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task) -> 
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This process's GPU only: reading all of them would open a context on every GPU of the node
+        # in every process, and a run resumed on fewer GPUs could not restore them.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, torch.Tensor):
+            torch.cuda.set_rng_state(cuda)
+        else:   # checkpoints written before: one state per GPU
+            torch.cuda.set_rng_state_all(list(cuda)[:torch.cuda.device_count()])
 
 
 # --------------------------------------------------------------------------- the loop
@@ -316,13 +329,20 @@ def load_data_for(config: TrainConfig) -> ImageData:
     return data.subset(config.train_subset, config.test_subset, seed=config.seed)
 
 
-def make_loaders(config: TrainConfig, data: ImageData, device: torch.device) -> tuple[BatchLoader, BatchLoader]:
+def make_loaders(config: TrainConfig, data: ImageData, device: torch.device, rank: int = 0, world_size: int = 1
+                 ) -> tuple[BatchLoader, BatchLoader]:
+    """Loaders of this rank's shard; ``config.batch_size`` is the global batch, split over the ranks."""
+    if config.batch_size % world_size:
+        raise SpatialmixError(f"batch size {config.batch_size} (the global batch) does not split evenly over "
+                              f"{world_size} processes; use a multiple of {world_size}")
     augment = config.augment or DATASETS[config.dataset].default_augment
-    train_loader = BatchLoader(data.train_images, data.train_labels, config.batch_size, data.mean, data.std,
-                               train=True, augment=augment, seed=config.seed, device=device,
-                               channels_last=config.channels_last)
-    test_loader = BatchLoader(data.test_images, data.test_labels, max(256, config.batch_size), data.mean,
-                              data.std, train=False, device=device, channels_last=config.channels_last)
+    shard = dict(rank=rank, world_size=world_size)
+    train_loader = BatchLoader(data.train_images, data.train_labels, config.batch_size // world_size, data.mean,
+                               data.std, train=True, augment=augment, seed=config.seed, device=device,
+                               channels_last=config.channels_last, **shard)
+    test_loader = BatchLoader(data.test_images, data.test_labels, max(256, config.batch_size) // world_size,
+                              data.mean, data.std, train=False, device=device, channels_last=config.channels_last,
+                              **shard)
     if len(train_loader) == 0:
         raise SpatialmixError(f"batch size {config.batch_size} is larger than the {len(data.train_labels)} "
                               f"training images; lower --batch-size")
@@ -335,40 +355,59 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
 
     ``task`` is what is learned (default: classification). ``max_steps`` stops early after that
     many optimizer steps in this call (for benchmarks and tests); the run is then left resumable.
+
+    Under ``torchrun`` every process calls this with the same arguments: the model is wrapped in
+    DistributedDataParallel, each rank trains on its shard of every global batch of
+    ``config.batch_size`` examples, the numbers printed and saved are global, and only rank 0
+    writes to ``run_dir`` (see :mod:`spatialmix.distributed`).
     """
     config.validate()
     task = task or ClassificationTask()
     run_dir = Path(run_dir)
-    device = resolve_device(config.device)
+    world = distributed.setup(resolve_device(config.device))
+    device = world.device
     amp = resolve_amp(config.amp, device)
-    prepare_run_dir(run_dir, config, resume, task)
+    distributed.run_on_main(lambda: prepare_run_dir(run_dir, config, resume, task))
     data = data if data is not None else load_data_for(config)
     model = build_model(config, data.in_chans, data.num_classes, data.image_size, task)
     init_fingerprint = frozen_fingerprint(model)
     record = run_record(config, data, model, task)
-    train_loader, test_loader = make_loaders(config, data, device)
+    train_loader, test_loader = make_loaders(config, data, device, world.rank, world.world_size)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    if config.sync_bn and world.distributed:
+        model = distributed.convert_sync_batchnorm(model, device)
     optimizer = make_optimizer(model, config)
     state = TrainState()
 
     checkpoint = runs.latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state = _restore(model, optimizer, checkpoint, init_fingerprint)
-    elif not resume:
+    elif not resume and world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.save_weights(run_dir / runs.INIT, model.state_dict())
         runs.atomic_write_json(run_dir / runs.CONFIG, record)
-    if state.epoch >= config.epochs:
+    if resume and world.is_main and runs.read_jsonl(run_dir / runs.METRICS) != state.history:
+        # Killed between an epoch's metrics line and its checkpoint: that epoch runs again, so its
+        # line goes now instead of appearing twice.
+        runs.atomic_write_bytes(run_dir / runs.METRICS,
+                                "".join(json.dumps(m, sort_keys=True) + "\n" for m in state.history).encode())
+    if state.epoch >= config.epochs and (run_dir / runs.SUMMARY).is_file():
+        # (Killed after the last checkpoint but before the summary: fall through and write it.)
         return runs.read_json(run_dir / runs.SUMMARY, "run summary")
 
     total_steps = config.epochs * len(train_loader)
-    runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": state.epoch})
+    if world.is_main:
+        runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": state.epoch})
     criterion = task.loss_fn(config)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    progress = TrainProgress(enabled=config.progress, total_epochs=config.epochs, steps_per_epoch=len(train_loader),
-                             title=f"{config.model} {config.mode}", score=task.score)
+    # Forward and backward go through DDP (gradient all-reduce); evaluation and checkpoints use the
+    # plain module, so saved weights load in any number of processes.
+    ddp_model = distributed.wrap_model(model, world)
+    progress = TrainProgress(enabled=config.progress and world.is_main, total_epochs=config.epochs,
+                             steps_per_epoch=len(train_loader), title=f"{config.model} {config.mode}",
+                             score=task.score)
     steps_this_call = 0
     with progress:
         for epoch in range(state.epoch, config.epochs):
@@ -384,9 +423,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
                 for group in optimizer.param_groups:
                     group["lr"] = piecewise_linear_lr(state.step, total_steps, config.lr)
                 with autocast_context(device, amp):
-                    outputs = model(inputs)
+                    outputs = ddp_model(inputs)
                     loss = criterion(outputs.float(), targets)
-                if not torch.isfinite(loss):
+                if not distributed.all_true(torch.isfinite(loss), device):   # every rank stops together
                     _stop_on_nonfinite(run_dir, state, loss, epoch, i)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -399,17 +438,24 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
                 loss_sum += loss.detach() * n
                 score_sum += task.running_score(outputs.detach(), targets)
                 seen += n
-                progress.update(i + 1, loss_sum, score_sum, seen, time.perf_counter() - t0)
+                # The bar shows rank 0's running loss and score; counts scaled to all ranks for img/s.
+                progress.update(i + 1, loss_sum * world.world_size, score_sum * world.world_size,
+                                seen * world.world_size, time.perf_counter() - t0)
                 if max_steps is not None and steps_this_call >= max_steps:
                     break
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            epoch_time = time.perf_counter() - t0
+            loss_sum, score_sum, seen, epoch_time = _global_epoch_totals(loss_sum, score_sum, seen,
+                                                                         time.perf_counter() - t0)
             state.train_time += epoch_time
             state.images_seen += seen
             if max_steps is not None and steps_this_call >= max_steps:
                 return {"images_per_s": seen / epoch_time, "steps": steps_this_call, "train_time": epoch_time}
-            test = task.evaluate(model, test_loader, device, amp)
+            # Evaluate the model rank 0 saves (without SyncBatchNorm the running statistics of the
+            # ranks differ); every rank evaluates its shard of the test set, and the means combine.
+            distributed.broadcast_buffers(model)
+            test = distributed.mean_over_ranks(task.evaluate(model, test_loader, device, amp),
+                                               test_loader.num_examples(), device)
             state.epoch = epoch + 1
             state.best_score = max(state.best_score, test[task.score])
             metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum.item() / seen,
@@ -418,8 +464,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
                        "lr": piecewise_linear_lr(state.step, total_steps, config.lr),
                        "epoch_time": epoch_time, "images_per_s": seen / epoch_time}
             state.history.append(metrics)
-            runs.append_jsonl(run_dir / runs.METRICS, metrics)
-            _save(run_dir, model, optimizer, state)
+            if world.is_main:
+                runs.append_jsonl(run_dir / runs.METRICS, metrics)
+                _save(run_dir, model, optimizer, state)
             progress.end_epoch(metrics)
 
     if frozen_fingerprint(model) != init_fingerprint:
@@ -433,9 +480,20 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
                f"best_{task.score}": state.best_score, "epochs": state.epoch, "train_time": state.train_time,
                "images_per_s": state.images_seen / max(state.train_time, 1e-9),
                "frozen_unchanged": True, "frozen_fingerprint": init_fingerprint}
-    runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
-    runs.atomic_write_json(run_dir / runs.STATUS, {"state": "finished", "epoch": state.epoch})
+    if world.is_main:
+        runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
+        runs.atomic_write_json(run_dir / runs.STATUS, {"state": "finished", "epoch": state.epoch})
+    distributed.barrier()   # the run's files exist on return, on every rank
     return summary
+
+
+def _global_epoch_totals(loss_sum: torch.Tensor, score_sum: torch.Tensor, seen: int, elapsed: float):
+    """Sums over all ranks (and the slowest rank's time), so every rank records the same numbers."""
+    sums = distributed.all_reduce_sum(torch.stack([loss_sum.double(), score_sum.double(),
+                                                   torch.tensor(float(seen), dtype=torch.float64,
+                                                                device=loss_sum.device)]))
+    elapsed = distributed.all_reduce_max(torch.tensor([elapsed], dtype=torch.float64, device=loss_sum.device))
+    return sums[0], sums[1], int(sums[2].item()), elapsed.item()
 
 
 def _save(run_dir: Path, model: nn.Module, optimizer, state: TrainState) -> None:
@@ -465,7 +523,8 @@ def _stop_on_nonfinite(run_dir: Path, state: TrainState, loss, epoch: int, step:
     reason = (f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
               f"the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}; "
               f"lower --lr, raise --clip-grad or use --amp none")
-    runs.atomic_write_json(run_dir / runs.STATUS, {"state": "failed", "epoch": state.epoch, "reason": reason})
+    if distributed.is_main():
+        runs.atomic_write_json(run_dir / runs.STATUS, {"state": "failed", "epoch": state.epoch, "reason": reason})
     raise NonFiniteLossError(f"training stopped: {reason}")
 
 

@@ -1,0 +1,185 @@
+"""The paper's second claim, as two studies of ``spatialmix reproduce``.
+
+* ``robustness``: the classification study's Full, Chans and Space runs under attack
+  (:mod:`spatialmix.attacks`): clean and robust accuracy per budget, with the gradient-masking
+  checks of every evaluation.
+* ``smoothing``: Chans models whose frozen random spatial filters are Gaussian-smoothed at a
+  list of sigmas (``smooth_sigma``, see :class:`spatialmix.mixing.InitSpec`), trained and
+  attacked the same way; clean and robust accuracy against sigma (table and plot).
+
+Settings come from ``Preset.options["robustness"]`` and ``Preset.options["smoothing"]``; every
+key is optional (defaults below, sized for the quick preset on 2 CPU cores). The attack results
+are saved in each run directory (``robustness.json``) and read back when ``reproduce`` runs
+again with the same settings and weights, so an interrupted study loses no attack either.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from . import runs
+from .attacks import DEFAULT_EPS, RESULT_NAME, AttackSettings, attack_runs, eps_label
+from .reporting import ResultTable, console, mean_std
+from .study import PRESETS, StudyContext, StudyResult, classification_run_dir, register_study, train_or_reuse
+
+# Defaults for the quick preset (Fashion-MNIST, CPU): a fixed subset of 500 test images, PGD-10,
+# AutoAttack only as a check at one budget (it is minutes per budget on a CPU).
+ROBUSTNESS_DEFAULTS = {"eps": DEFAULT_EPS, "norm": "Linf", "attacks": ("fgsm", "pgd"), "steps": 10, "restarts": 1,
+                       "n_examples": 500, "autoattack": "check", "autoattack_examples": 100,
+                       "square_examples": 100, "square_queries": 1000, "seed": 0}
+SMOOTHING_DEFAULTS = {"sigmas": (0.0, 0.5, 1.0, 2.0)}
+# On a GPU the paper preset can afford the full evaluation.
+PRESETS["paper"].options.setdefault("robustness", {"n_examples": 1000, "steps": 20, "autoattack": "on",
+                                                   "autoattack_examples": None, "batch_size": 1000})
+
+
+def attack_settings(ctx: StudyContext) -> AttackSettings:
+    """The attack settings of the preset (``options["robustness"]``), on the study's device."""
+    options = ctx.preset.options.get("robustness", {})
+    names = [f for f in AttackSettings.__dataclass_fields__ if f != "device"]
+    values = {name: options.get(name, ROBUSTNESS_DEFAULTS.get(name, getattr(AttackSettings, name)))
+              for name in names}
+    return AttackSettings(**values, device=ctx.config().device).validate()
+
+
+def smoothing_sigmas(ctx: StudyContext) -> tuple[float, ...]:
+    sigmas = ctx.preset.options.get("smoothing", {}).get("sigmas", SMOOTHING_DEFAULTS["sigmas"])
+    return tuple(float(s) for s in sigmas)
+
+
+def _train_runs(ctx: StudyContext, study: str, jobs: list[tuple[object, Path]]) -> list[Path]:
+    for config, run_dir in jobs:
+        console.print(f"[bold]{study}[/]: {config.mode} σ={config.smooth_sigma:g} seed {config.seed} -> {run_dir}",
+                      highlight=False)
+        train_or_reuse(config, run_dir)
+    return [run_dir for _, run_dir in jobs]
+
+
+@register_study("robustness")
+def robustness_study(ctx: StudyContext) -> StudyResult:
+    """Claim 2: are models with random frozen spatial mixers (Chans) more robust than Full ones?"""
+    settings = attack_settings(ctx)
+    jobs = [(ctx.config(mode=mode, seed=seed), classification_run_dir(ctx.out_dir, mode, seed))
+            for seed in ctx.seeds for mode in ctx.preset.modes]
+    run_dirs = _train_runs(ctx, "robustness", jobs)   # the classification study's runs: reused when finished
+    folder = ctx.out_dir / "robustness"
+    results = attack_runs(run_dirs, settings, out_name=RESULT_NAME, plot=folder / "robustness.png", reuse=True,
+                          progress=ctx.config().progress)
+    groups = {}
+    for result in results:
+        groups.setdefault(str(result["mode"]).capitalize(), []).append(result)
+    title = (f"Robustness ({ctx.config().dataset}, {settings.norm}, {settings.n_examples or 'all'} test images, "
+             f"worst case of {describe_attacks(settings)})")
+    tables = [accuracy_table(groups, "mode", title, settings),
+              survival_table(groups, "mode", "Share of the correctly classified images that stay robust", settings)]
+    return StudyResult("robustness", tables, study_data(results, settings, "mode"), [str(folder / "robustness.png")])
+
+
+@register_study("smoothing")
+def smoothing_study(ctx: StudyContext) -> StudyResult:
+    """Claim 2, second half: does smoothing the frozen random filters make Chans models more robust?"""
+    settings = attack_settings(ctx)
+    sigmas = smoothing_sigmas(ctx)
+    jobs = []
+    for seed in ctx.seeds:
+        for sigma in sigmas:
+            config = ctx.config(mode="chans", seed=seed, smooth_sigma=sigma)
+            if config == ctx.config(mode="chans", seed=seed):
+                run_dir = classification_run_dir(ctx.out_dir, "chans", seed)   # the same run: train it once
+            else:
+                run_dir = ctx.out_dir / "smoothing" / f"chans-sigma{sigma:g}-seed{seed}"
+            jobs.append((config, run_dir))
+    run_dirs = _train_runs(ctx, "smoothing", jobs)
+    folder = ctx.out_dir / "smoothing"
+    results = attack_runs(run_dirs, settings, out_name=RESULT_NAME, plot=folder / "smoothing-robustness.png",
+                          reuse=True, progress=ctx.config().progress)
+    groups = {}
+    for result in results:
+        groups.setdefault(float(result["smooth_sigma"] or 0.0), []).append(result)
+    groups = dict(sorted(groups.items()))
+    title = (f"Smoothed frozen filters (Chans, {ctx.config().dataset}, {settings.norm}, worst case of "
+             f"{describe_attacks(settings)})")
+    tables = [accuracy_table(groups, "sigma", title, settings),
+              survival_table(groups, "sigma", "Smoothing: share of the correctly classified images that stay "
+                                              "robust", settings)]
+    plot = plot_against_sigma(groups, settings, folder / "smoothing.png")
+    return StudyResult("smoothing", tables, study_data(results, settings, "smooth_sigma"),
+                       [str(plot), str(folder / "smoothing-robustness.png")])
+
+
+# --------------------------------------------------------------------------- tables, data, plot
+
+def describe_attacks(settings: AttackSettings) -> str:
+    names = [{"fgsm": "FGSM", "pgd": f"PGD-{settings.steps}" + (f"x{settings.restarts}" if settings.restarts > 1
+                                                                 else "")}[a] for a in settings.attacks]
+    if settings.autoattack == "on":
+        names.append("AutoAttack")
+    return ", ".join(names) + " and the checks' attacks"
+
+
+def _budget(result: dict, eps: float) -> dict:
+    return next(b for b in result["budgets"] if b["eps"] == eps)
+
+
+def accuracy_table(groups: dict, key: str, title: str, settings: AttackSettings) -> ResultTable:
+    """Clean and robust accuracy per group (mode or sigma), mean ± std over seeds."""
+    budgets = [e for e in settings.eps if e > 0]
+    columns = [(key, key, ".2g" if key == "sigma" else ""), ("clean_acc", "clean acc", ".3f")]
+    columns += [(f"robust {eps_label(e)}", f"robust {eps_label(e)}", ".3f") for e in budgets]
+    columns += [("warnings", "checks", ""), ("seeds", "seeds", "")]
+    table = ResultTable(title, columns)
+    for group, results in groups.items():
+        row = {key: group, "clean_acc": mean_std([r["clean_acc"] for r in results]), "seeds": len(results),
+               "warnings": ", ".join(dict.fromkeys(c["name"] for r in results for c in r["checks"] if not c["ok"]))
+               or "ok"}
+        for e in budgets:
+            row[f"robust {eps_label(e)}"] = mean_std([_budget(r, e)["robust_acc"] for r in results])
+        table.add(**row)
+    return table
+
+
+def survival_table(groups: dict, key: str, title: str, settings: AttackSettings) -> ResultTable:
+    """Robust accuracy divided by clean accuracy: compares models of different clean accuracy fairly."""
+    budgets = [e for e in settings.eps if e > 0]
+    table = ResultTable(title, [(key, key, ".2g" if key == "sigma" else "")]
+                        + [(f"kept {eps_label(e)}", f"kept {eps_label(e)}", ".3f") for e in budgets])
+    for group, results in groups.items():
+        row = {key: group}
+        for e in budgets:
+            row[f"kept {eps_label(e)}"] = mean_std([_budget(r, e)["robust_acc"] / r["clean_acc"]
+                                                    for r in results if r["clean_acc"] > 0])
+        table.add(**row)
+    return table
+
+
+def study_data(results: list[dict], settings: AttackSettings, key: str) -> dict:
+    """What results.json keeps: the settings, per run its numbers, and every warning."""
+    runs_data = [{"run": r["run"], key: r[key], "mode": r["mode"], "seed": r["seed"], "clean_acc": r["clean_acc"],
+                  "robust_acc": {b["eps_label"]: b["robust_acc"] for b in r["budgets"]},
+                  "warnings": r["warnings"], "time_s": r.get("time_s")} for r in results]
+    warnings = [f"{r['label']}: {w}" for r in results for w in r["warnings"]]
+    return {"settings": settings.to_dict(), "runs": runs_data, "warnings": warnings}
+
+
+def plot_against_sigma(groups: dict, settings: AttackSettings, path: Path) -> Path:
+    """Clean and robust accuracy (mean over seeds, one line per budget) against the smoothing sigma."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    sigmas = list(groups)
+    for eps in settings.eps:
+        means = [mean_std([_budget(r, eps)["robust_acc"] for r in groups[s]])[0] for s in sigmas]
+        ax.plot(sigmas, means, marker="o", label="clean" if eps == 0 else f"eps {eps_label(eps)}")
+    ax.set_xlabel("smoothing sigma of the frozen spatial filters (pixels)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Chans: accuracy vs smoothing ({settings.norm})", fontsize=9)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    runs.atomic_write_bytes(path, buffer.getvalue())
+    return path

@@ -1,0 +1,502 @@
+"""Sweeps: many training configurations run as independent jobs, here or on a Slurm cluster.
+
+A sweep is a list of configurations, each with its own run directory. It comes from
+
+* a grid file (YAML): every combination of the listed values is one configuration::
+
+      preset: quick            # optional: start from a study preset's training config
+      base:                    # optional: TrainConfig fields shared by every configuration
+        epochs: 2
+      grid:                    # TrainConfig field -> the values to try
+        model: [convmixer-128/6, "timm:convnext_atto"]
+        mode: [full, chans, space]
+        seed: [0, 1, 2]
+
+  whose runs land in ``OUT/runs/model=...,mode=...,seed=...``; or
+* a study preset: the runs of the classification study of ``spatialmix reproduce`` (every mode
+  and seed), in the folders ``reproduce`` uses, so its tables (and the later studies, with
+  ``spatialmix reproduce --out OUT``) are made from runs trained elsewhere.
+
+Each configuration is one job, which trains its run, resumes it from its last checkpoint, or
+reads it back when it finished. Jobs run one after another in this process (``local``, the
+default), each in its own process on this machine through submitit (``submitit-local``), or one
+Slurm job per configuration through submitit (``slurm``; GPUs, time and partition per job; a job
+that runs out of time or is preempted is requeued and resumes). A finished configuration is never
+run again, so a sweep that was interrupted continues when it is started again. When every job has
+finished, the results are gathered into the same tables as a local run (``results.md``,
+``results.json`` in the sweep folder).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import submitit
+
+from . import distributed, runs
+from .errors import SpatialmixError, unknown_name
+from .reporting import ResultTable, console
+from .train import RESUMABLE_FIELDS, TrainConfig
+
+EXECUTORS = ("local", "submitit-local", "slurm")
+GRID_KEYS = ("preset", "base", "grid")
+
+
+@dataclass
+class SweepJob:
+    """One configuration of a sweep and where its run lives."""
+
+    name: str
+    config: TrainConfig
+    run_dir: Path
+    labels: dict            # the values that set this configuration apart (grid values, or mode and seed)
+
+
+@dataclass
+class Sweep:
+    out_dir: Path
+    jobs: list[SweepJob]
+    title: str
+    preset: str | None = None            # a study sweep: the study's own code gathers the results
+    seeds: tuple[int, ...] | None = None
+    overrides: dict = field(default_factory=dict)
+    varying: tuple[str, ...] = ()        # the grid's keys, in file order
+
+
+@dataclass
+class JobResources:
+    """What each submitit job asks for. ``gpus`` > 1 starts one process per GPU (DDP) in the job."""
+
+    gpus: int = 0
+    nodes: int = 1
+    time_min: int = 60
+    partition: str | None = None
+    cpus: int | None = None
+    mem_gb: float | None = None
+    slurm_options: dict = field(default_factory=dict)   # any other sbatch option, e.g. {"account": "abc"}
+
+    def executor_parameters(self, name: str) -> dict:
+        """The submitit AutoExecutor parameters (generic ones, and ``slurm_*`` used only on Slurm)."""
+        tasks = max(1, self.gpus)
+        params = {"name": name, "timeout_min": self.time_min, "nodes": self.nodes, "gpus_per_node": self.gpus,
+                  "tasks_per_node": tasks, "cpus_per_task": self.cpus, "mem_gb": self.mem_gb,
+                  "slurm_partition": self.partition}
+        if self.slurm_options:
+            params["slurm_additional_parameters"] = dict(self.slurm_options)
+        return {k: v for k, v in params.items() if v is not None}
+
+
+@dataclass
+class SweepOutcome:
+    skipped: list[str]                  # finished before this call
+    ran: list[str]                      # finished in this call
+    failed: dict[str, str]              # name -> why
+    tables: list[ResultTable]
+
+
+# --------------------------------------------------------------------------- planning
+
+def load_grid_file(path: str | Path) -> dict:
+    """Read a grid file (YAML), checking its shape."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpatialmixError(f"grid file {path} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise SpatialmixError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(spec, dict):
+        raise SpatialmixError(f"{path} must be a mapping with the keys {', '.join(GRID_KEYS)} (see `spatialmix "
+                              f"sweep --help`)")
+    return spec
+
+
+def grid_sweep(spec: dict, out_dir: str | Path, **overrides) -> Sweep:
+    """The sweep of a grid (see the module doc); ``overrides`` change ``base`` for every configuration."""
+    from .study import PRESETS
+
+    unknown = set(spec) - set(GRID_KEYS)
+    if unknown:
+        raise SpatialmixError(f"unknown keys {sorted(unknown)} in the grid file; valid ones: {', '.join(GRID_KEYS)}")
+    base = TrainConfig()
+    if spec.get("preset") is not None:
+        if spec["preset"] not in PRESETS:
+            raise unknown_name("preset", spec["preset"], PRESETS)
+        base = PRESETS[spec["preset"]].base
+    grid = spec.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise SpatialmixError("the grid file needs a `grid:` mapping of TrainConfig fields to lists of values")
+    base_values = spec.get("base") or {}
+    if not isinstance(base_values, dict):
+        raise SpatialmixError("`base:` in the grid file must be a mapping of TrainConfig fields to values")
+    _check_fields({**base_values, **grid, **overrides})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SpatialmixError(f"grid entry {key!r} must be a non-empty list of values, got {values!r}")
+    base_values = _typed(base_values)
+    grid = {key: [_typed({key: v})[key] for v in values] for key, values in grid.items()}
+    for key, values in grid.items():
+        if len(set(map(repr, values))) != len(values):
+            raise SpatialmixError(f"grid entry {key!r} lists a value twice: {values}")
+    clash = (set(base_values) | set(overrides)) & set(grid)
+    if clash:
+        raise SpatialmixError(f"{', '.join(sorted(clash))} is both swept in `grid:` and fixed (in `base:` or on the "
+                              f"command line); keep one")
+    base = base.replace(**{**base_values, **overrides})
+    out_dir = Path(out_dir)
+    jobs = []
+    for values in itertools.product(*grid.values()):
+        labels = dict(zip(grid, values))
+        name = run_name(labels)
+        jobs.append(SweepJob(name, _validated(base.replace(**labels), name), out_dir / "runs" / name, labels))
+    return Sweep(out_dir, jobs, title=f"Sweep {out_dir.name}", overrides=dict(overrides), varying=tuple(grid))
+
+
+def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None = None, **overrides) -> Sweep:
+    """The training runs of the classification study of ``preset`` (every mode and seed) as a sweep."""
+    from .study import PRESETS, classification_run_dir
+
+    if preset not in PRESETS:
+        raise unknown_name("preset", preset, PRESETS)
+    _check_fields(overrides)
+    if {"mode", "seed"} & set(overrides):
+        raise SpatialmixError("a study sweep runs every mode and seed of the preset; choose seeds with --seeds")
+    p = PRESETS[preset]
+    seeds = tuple(seeds or p.seeds)
+    jobs = []
+    for seed in seeds:
+        for mode in p.modes:
+            name = f"{mode}-seed{seed}"
+            config = _validated(p.base.replace(**overrides, mode=mode, seed=seed), name)
+            jobs.append(SweepJob(name, config, classification_run_dir(out_dir, mode, seed), {"mode": mode, "seed": seed}))
+    return Sweep(Path(out_dir), jobs, title=f"Study {preset}", preset=preset, seeds=seeds, overrides=dict(overrides),
+                 varying=("mode", "seed"))
+
+
+_PATH_UNSAFE = re.compile(r"[/:\s]+")
+
+
+def run_name(labels: dict) -> str:
+    """A folder name for a configuration: ``key=value`` pairs, with path separators replaced."""
+    return ",".join(f"{k}={_PATH_UNSAFE.sub('-', str(v))}" for k, v in labels.items())
+
+
+def _check_fields(values: dict) -> None:
+    known = {f for f in TrainConfig().to_dict()}
+    bad = set(values) - known
+    if bad:
+        raise SpatialmixError(f"unknown training settings {sorted(bad)}; valid ones are the fields of TrainConfig "
+                              f"(the options of `spatialmix train`, with _ for -)")
+
+
+def _typed(values: dict) -> dict:
+    """YAML reads ``1e-3`` as a string and ``1`` as an int: float fields get floats, as on the command line."""
+    hints = typing.get_type_hints(TrainConfig)
+    typed = {}
+    for name, value in values.items():
+        kinds = [a for a in typing.get_args(hints[name]) if a is not type(None)] or [hints[name]]
+        if kinds == [float] and isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except ValueError:
+                pass   # validate() names the configuration and the bad value
+        typed[name] = value
+    return typed
+
+
+def _validated(config: TrainConfig, name: str) -> TrainConfig:
+    try:
+        return config.validate()
+    except SpatialmixError as err:
+        raise SpatialmixError(f"configuration {name}: {err}") from None
+    except TypeError as err:
+        raise SpatialmixError(f"configuration {name}: a value has the wrong type ({err})") from None
+
+
+# --------------------------------------------------------------------------- state on disk
+
+def finished_summary(job: SweepJob) -> dict | None:
+    """The summary of ``job``'s run if it finished, else None. A finished run of another config is an error."""
+    run_dir = job.run_dir
+    if not (run_dir / runs.SUMMARY).is_file():
+        return None
+    if runs.read_json(run_dir / runs.STATUS, "run").get("state") != "finished":
+        return None
+    saved = runs.read_json(run_dir / runs.CONFIG, "run")["train"]
+    ours = job.config.to_dict()
+    diff = [k for k in ours if k not in RESUMABLE_FIELDS and saved.get(k) != ours[k]]
+    if diff:
+        details = ", ".join(f"{k}={saved.get(k)!r} there, {ours[k]!r} now" for k in diff[:3])
+        raise SpatialmixError(f"{run_dir} finished with another configuration ({details}): the sweep changed since "
+                              f"it ran; use another --out, or delete that run to train it again")
+    return runs.read_json(run_dir / runs.SUMMARY, "run summary")
+
+
+def _clear_cut_short_start(run_dir: Path) -> None:
+    """A job stopped between writing ``init.safetensors`` and ``config.json`` leaves a folder that is not a
+    run yet but not empty; remove what it wrote, so the configuration starts again from scratch."""
+    if run_dir.is_dir() and not runs.is_run_dir(run_dir):
+        leftovers = list(run_dir.iterdir())
+        if leftovers and all(p.name == runs.INIT or (p.name.startswith(".") and p.name.endswith(".tmp"))
+                             for p in leftovers):
+            for p in leftovers:
+                p.unlink()
+
+
+# --------------------------------------------------------------------------- one job
+
+def run_job(config: dict, run_dir: str) -> dict:
+    """What every job runs: train one configuration, resume it, or read it back when it finished."""
+    from .study import train_or_reuse
+
+    if distributed.launched_rank() == 0:   # the one process of the job that writes
+        _clear_cut_short_start(Path(run_dir))
+    return train_or_reuse(TrainConfig.from_dict(config), Path(run_dir))
+
+
+class SubmititJob(submitit.helpers.Checkpointable):
+    """A sweep job as submitit runs it: the job's processes (one per GPU) join one DDP group, and
+    submitit requeues the job when Slurm stops it for time or preemption (it resumes from its checkpoint)."""
+
+    def __call__(self, config: dict, run_dir: str) -> dict:
+        _export_torch_distributed_env()
+        return run_job(config, run_dir)
+
+
+def _export_torch_distributed_env() -> None:
+    """Inside a submitit job with several tasks: set RANK, WORLD_SIZE, MASTER_ADDR... as torchrun would."""
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:
+        return
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
+# --------------------------------------------------------------------------- running
+
+def job_states(sweep: Sweep) -> list[tuple[SweepJob, str]]:
+    """Each configuration with ``finished``, ``started`` (a run to resume) or ``new``."""
+    states = []
+    for job in sweep.jobs:
+        if finished_summary(job) is not None:
+            states.append((job, "finished"))
+        else:
+            states.append((job, "started" if runs.is_run_dir(job.run_dir) else "new"))
+    return states
+
+
+def run_sweep(sweep: Sweep, executor: str = "local", resources: JobResources | None = None,
+              max_running: int | None = None, poll_s: float | None = None,
+              on_finish: Callable[[SweepJob, dict], None] | None = None) -> SweepOutcome:
+    """Run the configurations of ``sweep`` that have not finished, then gather the results.
+
+    ``executor``: ``local`` (in this process, one after another), ``submitit-local`` (a process per
+    job on this machine) or ``slurm`` (a Slurm job per configuration, asking for ``resources``).
+    ``max_running`` bounds the submitit jobs in flight (default: all at once). ``on_finish(job,
+    summary)`` is called in this process as each job finishes. An interruption (Ctrl-C) cancels the
+    submitted jobs that have not finished; starting the sweep again runs only the unfinished ones.
+    """
+    if executor not in EXECUTORS:
+        raise unknown_name("executor", executor, EXECUTORS)
+    resources = resources or JobResources()
+    if executor == "local" and (resources.gpus > 1 or resources.nodes > 1):
+        raise SpatialmixError("--gpus/--nodes above 1 ask for a DDP job per configuration: use --executor slurm; "
+                              "to use several GPUs of this machine, start the sweep itself under torchrun")
+    if max_running is not None:
+        check_positive_int("max running", max_running)
+    _check_distinct_run_dirs(sweep)
+    states = job_states(sweep)
+    skipped = [job.name for job, state in states if state == "finished"]
+    pending = [job for job, state in states if state != "finished"]
+    _say(f"[bold]{sweep.title}[/]: {len(sweep.jobs)} configurations, {len(skipped)} finished before, "
+         f"{len(pending)} to run ({executor})")
+    if executor == "local":
+        ran, failed = _run_here(pending, on_finish)
+    else:
+        ran, failed = _run_with_submitit(sweep, pending, executor, resources, max_running, poll_s, on_finish)
+    tables = gather(sweep) if sweep.preset is None or not failed else []
+    return SweepOutcome(skipped, ran, failed, tables)
+
+
+def check_positive_int(what: str, value) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise SpatialmixError(f"{what} must be a positive whole number, got {value!r}")
+
+
+def _check_distinct_run_dirs(sweep: Sweep) -> None:
+    seen = {}
+    for job in sweep.jobs:
+        if job.run_dir in seen:
+            raise SpatialmixError(f"configurations {seen[job.run_dir]} and {job.name} would share the run directory "
+                                  f"{job.run_dir}; make their grid values differ by more than / : or spaces")
+        seen[job.run_dir] = job.name
+
+
+def _say(message: str) -> None:
+    if distributed.is_main():
+        console.print(message, highlight=False, soft_wrap=True)
+
+
+def _run_here(pending: list[SweepJob], on_finish) -> tuple[list[str], dict[str, str]]:
+    ran, failed = [], {}
+    for i, job in enumerate(pending):
+        _say(f"[{i + 1}/{len(pending)}] {job.name} -> {job.run_dir}")
+        try:
+            summary = run_job(job.config.to_dict(), str(job.run_dir))
+        except SpatialmixError as err:   # this configuration is wrong or diverged: the others still run
+            failed[job.name] = str(err)
+            _say(f"[red]failed[/] {job.name}: {err}")
+            continue
+        ran.append(job.name)
+        if on_finish is not None:
+            on_finish(job, summary)
+    return ran, failed
+
+
+def make_executor(executor: str, folder: Path, resources: JobResources):
+    """A submitit executor for ``submitit-local`` or ``slurm``, with the job resources set."""
+    cluster = {"submitit-local": "local", "slurm": "slurm"}[executor]
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as err:
+        raise SpatialmixError(f"--executor {executor} cannot start here ({err}); run the sweep on a Slurm login node, "
+                              f"or use --executor local") from None
+    ex.update_parameters(**resources.executor_parameters(name="spatialmix"))
+    return ex
+
+
+def _run_with_submitit(sweep: Sweep, pending: list[SweepJob], executor: str, resources: JobResources,
+                       max_running: int | None, poll_s: float | None, on_finish) -> tuple[list[str], dict[str, str]]:
+    if not pending:
+        return [], {}
+    ex = make_executor(executor, sweep.out_dir / "submitit", resources)
+    poll_s = poll_s if poll_s is not None else (1.0 if executor == "submitit-local" else 30.0)
+    limit = max_running or len(pending)
+    waiting, running = list(pending), {}
+    ran, failed = [], {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < limit:
+                job = waiting.pop(0)
+                # Job logs are files: no progress bar redrawn into them.
+                submitted = ex.submit(SubmititJob(), job.config.replace(progress=False).to_dict(), str(job.run_dir))
+                running[submitted] = job
+                _say(f"submitted {job.name} (job {submitted.job_id})")
+            for submitted in [s for s in running if s.done()]:
+                job = running.pop(submitted)
+                try:
+                    summary = submitted.result()
+                except Exception as err:   # the job's traceback is in its log, next to the job
+                    failed[job.name] = f"{_last_line(err)} (log: {submitted.paths.stderr})"
+                    _say(f"[red]failed[/] {job.name}: {failed[job.name]}")
+                    continue
+                ran.append(job.name)
+                _say(f"finished {job.name}: test acc {summary.get('test_acc', float('nan')):.4f}")
+                if on_finish is not None:
+                    on_finish(job, summary)
+            if running:
+                time.sleep(poll_s)
+    except BaseException:
+        for submitted in running:
+            submitted.cancel(check=False)
+        _say(f"sweep interrupted: {len(ran)} configuration(s) finished in this call, {len(running)} running job(s) "
+             f"cancelled; start the same sweep again to run the rest (finished ones are kept)")
+        raise
+    return ran, failed
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(err).__name__
+
+
+# --------------------------------------------------------------------------- gathering
+
+def gather(sweep: Sweep) -> list[ResultTable]:
+    """The result tables of the finished runs; written to ``results.md`` and ``results.json`` in the sweep folder.
+
+    A study sweep is gathered by the study itself (``reproduce`` reads the finished runs back), so
+    its tables are those of a local ``spatialmix reproduce``.
+    """
+    if sweep.preset is not None:
+        if any(finished_summary(job) is None for job in sweep.jobs):
+            return []
+        from .study import reproduce
+
+        results = reproduce(sweep.preset, sweep.out_dir, seeds=sweep.seeds, studies=["classification"],
+                            **sweep.overrides)
+        return [table for result in results.values() for table in result.tables]
+    summaries = [(job, finished_summary(job)) for job in sweep.jobs]
+    tables = grid_tables(sweep, summaries)
+    if distributed.is_main():
+        payload = {"title": sweep.title, "varying": list(sweep.varying), "overrides": sweep.overrides,
+                   "runs": [{"name": job.name, "labels": job.labels, "run_dir": str(job.run_dir), "summary": summary}
+                            for job, summary in summaries],
+                   "tables": [table.rows for table in tables]}
+        runs.atomic_write_bytes(sweep.out_dir / "results.json", json.dumps(payload, indent=2, default=str).encode())
+        runs.atomic_write_bytes(sweep.out_dir / "results.md", "\n".join(t.to_markdown() for t in tables).encode())
+        for table in tables:
+            table.print()
+    return tables
+
+
+def grid_tables(sweep: Sweep, summaries: list[tuple[SweepJob, dict | None]]) -> list[ResultTable]:
+    """One classification table (Full / Chans / Space, mean ± std over seeds) per combination of the
+    other swept values, then one row per configuration."""
+    from .study import classification_table
+
+    group_keys = [k for k in sweep.varying if k not in ("mode", "seed")]
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for job, summary in summaries:
+        if summary is not None:
+            key = tuple((k, job.labels[k]) for k in group_keys)
+            groups.setdefault(key, {}).setdefault(job.config.mode, []).append(summary)
+    tables = []
+    for key, by_mode in groups.items():
+        what = ", ".join(f"{k}={v}" for k, v in key)
+        seeds = max(len(rows) for rows in by_mode.values())
+        tables.append(classification_table(by_mode, title=f"{sweep.title}{': ' + what if what else ''} "
+                                                          f"({seeds} seed(s))"))
+    every = ResultTable(f"{sweep.title}: every configuration",
+                        [(k, k, "") for k in sweep.varying]
+                        + [("state", "state", ""), ("test_acc", "test acc", ".4f"), ("best_acc", "best acc", ".4f"),
+                           ("frozen", "frozen params", ","), ("train_time", "train time (s)", ".1f"),
+                           ("images_per_s", "images/s", ".0f")])
+    for job, summary in summaries:
+        numbers = {} if summary is None else dict(
+            test_acc=summary["test_acc"], best_acc=summary["best_acc"], frozen=summary["frozen_params"],
+            train_time=summary["train_time"], images_per_s=summary["images_per_s"])
+        every.add(**job.labels, state="finished" if summary is not None else "not finished", **numbers)
+    return tables + [every]
+
+
+def parse_time(text: str) -> int:
+    """A Slurm time limit in minutes. Slurm's formats: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
+    if not match:
+        raise SpatialmixError(f"--time {text!r} is not a Slurm time limit; write minutes (90), H:M:S (1:30:00) "
+                              f"or D-H:M (1-12:00)")
+    days, *parts = match.groups()
+    parts = [int(p) for p in parts if p is not None]
+    if days is None:
+        # M, M:S or H:M:S
+        units = {1: (1,), 2: (1, 1 / 60), 3: (60, 1, 1 / 60)}[len(parts)]
+    else:
+        # D-H, D-H:M or D-H:M:S
+        units = {1: (60,), 2: (60, 1), 3: (60, 1, 1 / 60)}[len(parts)]
+    minutes = int(days or 0) * 1440 + sum(p * u for p, u in zip(parts, units))
+    if minutes <= 0:
+        raise SpatialmixError(f"--time {text!r} is not a positive time limit")
+    return max(1, math.ceil(minutes))

@@ -1,0 +1,620 @@
+"""Pixel un-shuffling (the paper's third claim): reconstruct images from scrambled pixels.
+
+One fixed, seeded permutation of the H x W pixel positions scrambles every image, train and test
+alike (the channels of a pixel move together). An image-to-image network, :class:`UnshuffleNet`,
+receives the scrambled image and must output the original. It is an isotropic ConvMixer at full
+resolution built from the classifier's blocks, so Full, Chans and Space apply unchanged.
+
+Pieces, top to bottom:
+
+* :class:`PixelPermutation` / :func:`make_permutation`: the scrambling, optionally only within
+  local ``window x window`` tiles (a milder scrambling); saved as ``permutation.safetensors``
+  beside a run's ``config.json`` together with its inverse;
+* :class:`UnshuffleNet`: stem (1 x 1 conv) -> ConvMixer blocks -> 1 x 1 head to the image channels;
+* :class:`UnshuffleTask`: the task the training loop of :mod:`spatialmix.train` runs (MSE or L1
+  loss on normalized images; test metrics PSNR and SSIM on images in [0, 1]);
+* :func:`unshuffle_study`: Full / Chans / Space plus two references (the scrambled input itself
+  and a model without spatial mixing, kernel size 1) in one table, and a figure of ground truth,
+  scrambled input and each model's reconstruction.
+
+Choices the paper leaves open, made explicit here: one permutation shared by all images; a 1 x 1
+output head learned in every mode; MSE on normalized images by default. With a patch size of 1
+the stem is itself a pointwise conv, so it counts as a channel mixer (frozen in Space mode).
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import runs
+from .data import DATASETS, ImageData
+from .errors import SpatialmixError, check_positive, unknown_name
+from .mixing import MODES
+from .models import check_kernel_size, convmixer_block, create_model, make_activation, register_model
+from .reporting import ResultTable, console, mean_std
+from .study import StudyContext, StudyResult, register_study
+from .train import (TASKS, TrainConfig, autocast_context, load_data_for, load_trained_model, prepare_run_dir,
+                    task_from_dict, train)
+
+PERMUTATION_FILE = "permutation.safetensors"
+PERMUTATION_FORMAT = "spatialmix-pixel-permutation/1"
+FIGURE_FILE = "unshuffle.png"
+TABLE_FILES = ("unshuffle.md", "unshuffle.csv", "unshuffle.json")
+MODEL_NAME = "unshufflenet"
+LOSSES = ("mse", "l1")
+REFERENCE = "kernel1"           # run-directory name of the no-spatial-mixing reference
+PSNR_CAP_MSE = 1e-10            # an exact reconstruction scores 100 dB instead of infinity
+
+
+# --------------------------------------------------------------------------- the permutation
+
+def check_window(image_size: int, window: int | None) -> int:
+    """The tile size actually used (``None``: the whole image); clear error when it cannot tile."""
+    if window is None:
+        return image_size
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise SpatialmixError(f"window must be a positive whole number of pixels, got {window!r}")
+    if image_size % window:
+        divisors = ", ".join(str(d) for d in range(1, image_size + 1) if image_size % d == 0)
+        raise SpatialmixError(f"window {window} does not divide the {image_size} x {image_size} image; "
+                              f"choose one of {divisors}")
+    return window
+
+
+class PixelPermutation:
+    """A fixed permutation of the pixel positions of ``image_size`` x ``image_size`` images.
+
+    ``source[i]`` is the (row-major) position whose pixel lands at position ``i`` of the scrambled
+    image; ``inverse`` undoes it. Both are int64 tensors of length ``image_size ** 2``.
+    """
+
+    def __init__(self, source: torch.Tensor, image_size: int, seed: int, window: int | None,
+                 inverse: torch.Tensor | None = None, origin: str = "this permutation"):
+        source = torch.as_tensor(source).to(torch.int64).reshape(-1)
+        n = image_size * image_size
+        if len(source) != n or not torch.equal(torch.sort(source).values, torch.arange(n)):
+            raise SpatialmixError(f"{origin} is not a permutation of {n} pixel positions; it is damaged, "
+                                  f"delete it so that it is rebuilt from its seed")
+        computed = torch.empty_like(source)
+        computed[source] = torch.arange(n)
+        if inverse is not None and not torch.equal(torch.as_tensor(inverse).to(torch.int64).reshape(-1), computed):
+            raise SpatialmixError(f"{origin}: the stored inverse does not undo the permutation; it is damaged, "
+                                  f"delete it so that it is rebuilt from its seed")
+        self.source, self.inverse = source, computed
+        self.image_size, self.seed, self.window = image_size, seed, window
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, PixelPermutation) and self.image_size == other.image_size
+                and torch.equal(self.source, other.source))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        tiles = "whole image" if self.window is None else f"{self.window} x {self.window} windows"
+        return f"PixelPermutation({self.image_size} x {self.image_size}, seed {self.seed}, {tiles})"
+
+    def scramble(self, images: torch.Tensor) -> torch.Tensor:
+        """Move the pixels of ``images`` (..., H, W) to their scrambled positions (any dtype)."""
+        return self._gather(images, 0)
+
+    def unscramble(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`scramble` exactly."""
+        return self._gather(images, 1)
+
+    def _gather(self, images: torch.Tensor, which: int) -> torch.Tensor:
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise SpatialmixError(f"images are {tuple(images.shape[-2:])} but the permutation is for "
+                                  f"{self.image_size} x {self.image_size} images")
+        index = self._index(images.device)[which]
+        out = images.flatten(-2).index_select(-1, index).view(images.shape)
+        if images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on_device:
+            self._on_device[device] = (self.source.to(device), self.inverse.to(device))
+        return self._on_device[device]
+
+    def moved_fraction(self) -> float:
+        """The share of pixels that leave their place (0: identity, about 1: a thorough scrambling)."""
+        return (self.source != torch.arange(len(self.source))).float().mean().item()
+
+    # ----------------------------------------------------------------------- files
+
+    def save(self, path: str | Path) -> None:
+        """Write ``path`` (safetensors: ``source`` and ``inverse``, sizes in the metadata) atomically."""
+        metadata = {"format": PERMUTATION_FORMAT, "image_size": str(self.image_size), "seed": str(self.seed),
+                    "window": "" if self.window is None else str(self.window)}
+        runs.save_weights(Path(path), {"source": self.source, "inverse": self.inverse}, metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | Path, image_size: int | None = None) -> "PixelPermutation":
+        """Read a permutation file; with ``image_size``, refuse one made for another image size."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise SpatialmixError(f"permutation file {path} does not exist")
+        tensors = runs.load_weights(path)
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != PERMUTATION_FORMAT or not {"source", "inverse"} <= set(tensors):
+            raise SpatialmixError(f"{path} is not a spatialmix pixel permutation; pass a {PERMUTATION_FILE} "
+                                  f"written by spatialmix")
+        try:
+            size, seed = int(meta["image_size"]), int(meta["seed"])
+            window = int(meta["window"]) if meta.get("window") else None
+        except (KeyError, ValueError):
+            raise SpatialmixError(f"{path} has damaged metadata; delete it so that it is rebuilt from its "
+                                  f"seed") from None
+        if image_size is not None and size != image_size:
+            raise SpatialmixError(f"{path} scrambles {size} x {size} images but these images are "
+                                  f"{image_size} x {image_size}; use another --out (or delete that file)")
+        return cls(tensors["source"], size, seed, window, inverse=tensors["inverse"], origin=str(path))
+
+
+def make_permutation(image_size: int, seed: int = 0, window: int | None = None) -> PixelPermutation:
+    """The permutation of ``seed``: the same in every process and on every machine.
+
+    With ``window`` the image is cut into ``window`` x ``window`` tiles and pixels move only inside
+    their tile (``window=1`` is the identity, ``window=None`` or the image size scrambles the
+    whole image).
+    """
+    check_positive(image_size=image_size)
+    tile = check_window(image_size, window)
+    tiles_per_side = image_size // tile
+    n_tiles = tiles_per_side * tiles_per_side
+    generator = torch.Generator().manual_seed(int(seed))
+    # argsort of uniform keys is a uniform random permutation per tile, drawn for all tiles at once.
+    local = torch.rand(n_tiles, tile * tile, generator=generator, dtype=torch.float64).argsort(dim=1, stable=True)
+    tile_row, tile_col = torch.arange(n_tiles) // tiles_per_side, torch.arange(n_tiles) % tiles_per_side
+    in_row, in_col = torch.arange(tile * tile) // tile, torch.arange(tile * tile) % tile
+    position = (tile_row[:, None] * tile + in_row) * image_size + tile_col[:, None] * tile + in_col
+    source = torch.empty(image_size * image_size, dtype=torch.int64)
+    source[position.reshape(-1)] = position.gather(1, local).reshape(-1)
+    return PixelPermutation(source, image_size, int(seed), window)
+
+
+def check_or_save_permutation(path: Path, permutation: PixelPermutation) -> None:
+    """Save ``permutation`` at ``path``, or check that the file already there is the same one."""
+    path = Path(path)
+    if not path.exists():
+        permutation.save(path)
+        return
+    stored = PixelPermutation.load(path, permutation.image_size)
+    if stored != permutation:
+        raise SpatialmixError(f"{path} holds another permutation (seed {stored.seed}, window {stored.window}) "
+                              f"than this one (seed {permutation.seed}, window {permutation.window}); "
+                              f"use the saved settings or another --out")
+
+
+# --------------------------------------------------------------------------- metrics
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image, in dB: ``10 log10(data_range^2 / MSE)``."""
+    mse = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range ** 2 / mse.clamp_min(PSNR_CAP_MSE))
+
+
+def ssim(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Structural similarity per image (pytorch-msssim, Gaussian window 11, sigma 1.5).
+
+    The window shrinks to the largest odd size that fits images smaller than 11 pixels.
+    """
+    from pytorch_msssim import ssim as msssim_ssim
+
+    size = min(prediction.shape[-2:])
+    win_size = min(11, size if size % 2 else size - 1)
+    return msssim_ssim(prediction.float(), target.float(), data_range=data_range, size_average=False,
+                       win_size=win_size)
+
+
+def _unit_range(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Normalized images back to [0, 1] (clamped: a prediction may overshoot)."""
+    return (x.float() * std.to(x.device) + mean.to(x.device)).clamp(0, 1)
+
+
+def _stats(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+            torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+
+def scrambled_floor(images: torch.Tensor, permutation: PixelPermutation, batch_size: int = 1024) -> dict:
+    """PSNR and SSIM of the scrambled images themselves against the originals (uint8 images in)."""
+    psnr_sum = ssim_sum = 0.0
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].float() / 255
+        scrambled = permutation.scramble(x)
+        psnr_sum += psnr(scrambled, x).sum().item()
+        ssim_sum += ssim(scrambled, x).sum().item()
+    return {"psnr": psnr_sum / len(images), "ssim": ssim_sum / len(images), "n": len(images)}
+
+
+# --------------------------------------------------------------------------- the model
+
+class UnshuffleNet(nn.Module):
+    """An isotropic ConvMixer that keeps the full resolution and outputs an image.
+
+    stem (1 x 1 conv -> activation -> BatchNorm) -> ``depth`` ConvMixer blocks -> 1 x 1 conv head
+    to ``in_chans`` channels (the head is learned in every mode). ``num_classes`` is accepted so
+    that the model registry can build it, and ignored.
+    """
+
+    def __init__(self, width: int = 256, depth: int = 8, kernel_size: int = 7, patch_size: int = 1,
+                 in_chans: int = 3, num_classes: int | None = None, activation: str = "gelu"):
+        super().__init__()
+        check_positive(width=width, depth=depth, in_chans=in_chans)
+        check_kernel_size(kernel_size)
+        if patch_size != 1:
+            raise SpatialmixError(f"UnshuffleNet works at full resolution: patch size must be 1, got {patch_size}")
+        self.width, self.depth, self.kernel_size, self.patch_size = width, depth, kernel_size, 1
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, kernel_size=1), make_activation(activation),
+                                  nn.BatchNorm2d(width))
+        self.blocks = nn.Sequential(*[convmixer_block(width, kernel_size, activation) for _ in range(depth)])
+        self.head = nn.Conv2d(width, in_chans, kernel_size=1)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+register_model(MODEL_NAME, UnshuffleNet, "image-to-image ConvMixer at full resolution (pixel un-shuffling)",
+               width=256, depth=8, kernel_size=7, patch_size=1, activation="gelu")
+
+
+# --------------------------------------------------------------------------- the task
+
+class UnshuffleTask:
+    """Learn to undo one fixed pixel permutation (see :class:`spatialmix.train.ClassificationTask`).
+
+    Inputs are the scrambled normalized images, targets the original normalized images; the loss
+    (``mse`` or ``l1``) is taken there. Test metrics: ``loss``, ``psnr`` (the score) and ``ssim``
+    on images brought back to [0, 1]. Train and test batches are scrambled by the same permutation,
+    built from ``perm_seed`` and ``window`` once the image size is known.
+    """
+
+    name = "unshuffle"
+    score = "psnr"
+
+    def __init__(self, perm_seed: int = 0, window: int | None = None, loss: str = "mse"):
+        if loss not in LOSSES:
+            raise unknown_name("loss", loss, LOSSES)
+        if isinstance(perm_seed, bool) or not isinstance(perm_seed, int) or perm_seed < 0:
+            raise SpatialmixError(f"permutation seed must be a whole number >= 0, got {perm_seed!r}")
+        if window is not None:
+            check_window(window, window)   # a positive integer; whether it divides the image is checked later
+        self.perm_seed, self.window, self.loss = perm_seed, window, loss
+        self.permutation: PixelPermutation | None = None
+        self._mean, self._std = _stats((0.0,), (1.0,))   # replaced by the data's in create_model
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "perm_seed": self.perm_seed, "window": self.window, "loss": self.loss}
+
+    def permutation_for(self, image_size: int) -> PixelPermutation:
+        if self.permutation is None or self.permutation.image_size != image_size:
+            self.permutation = make_permutation(image_size, self.perm_seed, self.window)
+        return self.permutation
+
+    def check_config(self, config: TrainConfig) -> None:
+        if config.model != MODEL_NAME:
+            raise SpatialmixError(f"the un-shuffling task trains the image-to-image model {MODEL_NAME!r}, "
+                                  f"not {config.model!r}; pass model={MODEL_NAME!r}")
+        augment = config.augment or DATASETS[config.dataset].default_augment
+        if augment != "none":
+            raise SpatialmixError(f"un-shuffling needs augment='none' (the target is the exact original "
+                                  f"image), got {augment!r}")
+
+    def create_model(self, config: TrainConfig, data_info: dict) -> nn.Module:
+        self.check_config(config)
+        self.permutation_for(data_info["image_size"])
+        spec = DATASETS[config.dataset]
+        self._mean, self._std = _stats(data_info.get("mean", spec.mean), data_info.get("std", spec.std))
+        return create_model(MODEL_NAME, in_chans=data_info["in_chans"], num_classes=data_info["num_classes"],
+                            image_size=data_info["image_size"], width=config.width, depth=config.depth,
+                            kernel_size=config.kernel_size, patch_size=config.patch_size,
+                            activation=config.activation)
+
+    def scramble(self, x: torch.Tensor) -> torch.Tensor:
+        return self.permutation_for(x.shape[-1]).scramble(x)
+
+    def batch(self, x, y):
+        return self.scramble(x), x
+
+    def loss_fn(self, config: TrainConfig | None = None) -> nn.Module:
+        return nn.MSELoss() if self.loss == "mse" else nn.L1Loss()
+
+    def running_score(self, outputs, targets) -> torch.Tensor:
+        """Summed PSNR of the batch (for the progress bar)."""
+        return psnr(_unit_range(outputs, self._mean, self._std), _unit_range(targets, self._mean, self._std)).sum()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device, amp: str = "none") -> dict:
+        """Loss, PSNR and SSIM over every test image, each image scrambled by the run's permutation."""
+        was_training = model.training
+        model.eval()
+        # The loader normalizes x -> x * scale + shift from uint8; invert exactly that.
+        std = (1.0 / (loader.scale * 255.0)).float().cpu()
+        mean = (-loader.shift * std.to(loader.shift.device)).float().cpu()
+        per_element = F.mse_loss if self.loss == "mse" else F.l1_loss
+        totals = {"loss": 0.0, "psnr": 0.0, "ssim": 0.0}
+        count = 0
+        for x, _ in loader:
+            inputs, targets = self.batch(x, None)
+            with autocast_context(device, amp):
+                outputs = model(inputs)
+            outputs = outputs.float()
+            totals["loss"] += per_element(outputs, targets, reduction="none").flatten(1).mean(1).sum().item()
+            pred, true = _unit_range(outputs, mean, std), _unit_range(targets, mean, std)
+            totals["psnr"] += psnr(pred, true).sum().item()
+            totals["ssim"] += ssim(pred, true).sum().item()
+            count += len(x)
+        model.train(was_training)
+        return {**{k: v / max(1, count) for k, v in totals.items()}, "n": count}
+
+
+TASKS[UnshuffleTask.name] = UnshuffleTask
+
+
+# --------------------------------------------------------------------------- presets and training
+
+@dataclass(frozen=True)
+class UnshufflePreset:
+    name: str
+    description: str
+    config: TrainConfig
+
+
+UNSHUFFLE_PRESETS: dict[str, UnshufflePreset] = {
+    "small": UnshufflePreset(
+        "small", "UnshuffleNet-32/8 (kernel 7) on 4,000 training images, 3 epochs: minutes on 2 CPU cores",
+        TrainConfig(dataset="fashion-mnist", model=MODEL_NAME, width=32, depth=8, kernel_size=7, patch_size=1,
+                    augment="none", label_smoothing=0.0, epochs=3, batch_size=32, lr=0.005, weight_decay=0.0,
+                    train_subset=4000, test_subset=1000)),
+    "large": UnshufflePreset(
+        "large", "UnshuffleNet-512/16 (kernel 7) as in the paper, whole data set, 20 epochs (GPU)",
+        TrainConfig(dataset="fashion-mnist", model=MODEL_NAME, width=512, depth=16, kernel_size=7, patch_size=1,
+                    augment="none", label_smoothing=0.0, epochs=20, batch_size=128, lr=0.002, weight_decay=0.0)),
+}
+# What the preset fixes: the task needs exactly this model, at full resolution, on unaugmented images.
+FIXED_FIELDS = ("model", "patch_size", "augment")
+# Settings of `spatialmix reproduce` that also apply to its un-shuffling study (not the classifier's sizes).
+REPRODUCE_SETTINGS = ("dataset", "data_dir", "download", "train_subset", "test_subset", "epochs", "amp", "device",
+                      "channels_last", "progress")
+
+
+def unshuffle_config(preset: str = "small", mode: str = "full", seed: int = 0, **overrides) -> TrainConfig:
+    """The training config of ``preset`` for one mode and seed; ``overrides`` are TrainConfig fields."""
+    if preset not in UNSHUFFLE_PRESETS:
+        raise unknown_name("un-shuffling preset", preset, UNSHUFFLE_PRESETS)
+    known = set(UNSHUFFLE_PRESETS[preset].config.to_dict())
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise SpatialmixError(f"unknown training settings {bad}; valid ones are the fields of TrainConfig")
+    fixed = sorted(k for k in FIXED_FIELDS if overrides.get(k) is not None)
+    if fixed:
+        raise SpatialmixError(f"un-shuffling fixes {fixed} (model {MODEL_NAME}, patch size 1, no augmentation); "
+                              f"drop those settings")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return UNSHUFFLE_PRESETS[preset].config.replace(**changes, mode=mode, seed=seed).validate()
+
+
+def train_unshuffle(config: TrainConfig, run_dir: str | Path, task: UnshuffleTask | None = None,
+                    resume: bool = False, data: ImageData | None = None, max_steps: int | None = None) -> dict:
+    """Train an un-shuffling run (``spatialmix.train.train`` with :class:`UnshuffleTask`).
+
+    The permutation is saved as ``permutation.safetensors`` in ``run_dir``; when resuming, the one
+    already there must be the one the task rebuilds from its seed.
+    """
+    task = task or UnshuffleTask()
+    config.validate()
+    task.check_config(config)
+    run_dir = Path(run_dir)
+    data = data if data is not None else load_data_for(config)
+    permutation = task.permutation_for(data.image_size)
+    if resume and (run_dir / PERMUTATION_FILE).exists():
+        check_or_save_permutation(run_dir / PERMUTATION_FILE, permutation)
+    summary = train(config, run_dir, resume=resume, data=data, max_steps=max_steps, task=task)
+    check_or_save_permutation(run_dir / PERMUTATION_FILE, permutation)
+    return summary
+
+
+def load_run_permutation(run_dir: str | Path) -> PixelPermutation:
+    """The permutation of a saved un-shuffling run, checked against the one its seed rebuilds."""
+    run_dir = runs.check_run_dir(Path(run_dir))
+    record = runs.read_json(run_dir / runs.CONFIG, "run")
+    task = task_from_dict(record.get("task"))
+    if not isinstance(task, UnshuffleTask):
+        raise SpatialmixError(f"{run_dir} is not an un-shuffling run (its task is {task.name!r})")
+    rebuilt = task.permutation_for(record["data"]["image_size"])
+    path = run_dir / PERMUTATION_FILE
+    if not path.exists():
+        return rebuilt
+    stored = PixelPermutation.load(path, rebuilt.image_size)
+    if stored != rebuilt:
+        raise SpatialmixError(f"{path} does not match the run's seed {task.perm_seed} and window {task.window}: "
+                              f"the file was replaced or edited")
+    return stored
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, images: torch.Tensor, permutation: PixelPermutation, mean, std) -> torch.Tensor:
+    """Scramble uint8 ``images``, run ``model`` and return its reconstructions in [0, 1]."""
+    mean_t, std_t = _stats(mean, std)
+    device = next(model.parameters()).device
+    x = (images.float().to(device) / 255 - mean_t.to(device)) / std_t.to(device)
+    return _unit_range(model.eval()(permutation.scramble(x)), mean_t, std_t).cpu()
+
+
+# --------------------------------------------------------------------------- the study
+
+FLOOR_LABEL = "Scrambled input (floor)"
+REFERENCE_LABEL = "No spatial mixing (k=1)"
+
+
+@dataclass
+class _PlannedRun:
+    label: str
+    seed: int
+    config: TrainConfig
+    run_dir: Path
+
+
+def _plan(out_dir: Path, preset: str, modes, seeds, references: bool, overrides: dict) -> list[_PlannedRun]:
+    plan = []
+    for seed in seeds:
+        for mode in modes:
+            plan.append(_PlannedRun(mode.capitalize(), seed, unshuffle_config(preset, mode, seed, **overrides),
+                                    out_dir / f"{mode}-seed{seed}"))
+        if references:
+            reference = unshuffle_config(preset, "full", seed, **{**overrides, "kernel_size": 1})
+            plan.append(_PlannedRun(REFERENCE_LABEL, seed, reference, out_dir / f"{REFERENCE}-seed{seed}"))
+    return plan
+
+
+def unshuffle_study(out_dir: str | Path = "runs/unshuffle", preset: str = "small", modes=MODES,
+                    window: int | None = None, loss: str = "mse", perm_seed: int = 0, seeds=(0,),
+                    references: bool = True, figure_images: int = 8, **overrides) -> ResultTable:
+    """Train Full / Chans / Space (and the kernel-1 reference) to un-shuffle, and compare them.
+
+    Returns the table (mode, trainable and frozen parameters, test PSNR and SSIM, train time), with
+    the scrambled input itself as the floor. Writes into ``out_dir``: one run directory per mode
+    and seed, ``permutation.safetensors``, the table as ``unshuffle.md/.csv/.json`` and the figure
+    ``unshuffle.png`` (ground truth, scrambled, each model's reconstruction of the same test
+    images). Finished runs are reused and interrupted ones resumed; everything is checked before
+    anything is written, so a bad setting leaves ``out_dir`` as it was.
+    """
+    out_dir = Path(out_dir)
+    task = UnshuffleTask(perm_seed, window, loss)
+    for name, instead in (("mode", "modes=[...]"), ("seed", "seeds=[...]")):
+        if name in overrides:
+            raise SpatialmixError(f"unshuffle_study trains several runs: pass {instead} instead of {name}=")
+    modes, seeds = tuple(modes), tuple(seeds)
+    for mode in modes:
+        if mode not in MODES:
+            raise unknown_name("mode", mode, MODES)
+    if not modes and not references:
+        raise SpatialmixError("nothing to train: pass at least one mode")
+    if not seeds:
+        raise SpatialmixError("pass at least one seed")
+    check_positive(figure_images=figure_images)
+    plan = _plan(out_dir, preset, modes, seeds, references, overrides)
+    data = {seed: load_data_for(next(r.config for r in plan if r.seed == seed)) for seed in seeds}
+    permutation = task.permutation_for(data[seeds[0]].image_size)
+    if (out_dir / PERMUTATION_FILE).exists():
+        check_or_save_permutation(out_dir / PERMUTATION_FILE, permutation)
+    for run in plan:
+        prepare_run_dir(run.run_dir, run.config, resume=runs.is_run_dir(run.run_dir), task=task)
+        if (run.run_dir / PERMUTATION_FILE).exists():
+            check_or_save_permutation(run.run_dir / PERMUTATION_FILE, permutation)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_or_save_permutation(out_dir / PERMUTATION_FILE, permutation)
+    summaries: dict[str, list[dict]] = {}
+    for run in plan:
+        console.print(f"[bold]unshuffle[/]: {run.label} seed {run.seed} -> {run.run_dir}", highlight=False)
+        summary = train_unshuffle(run.config, run.run_dir, UnshuffleTask(perm_seed, window, loss),
+                                  resume=runs.is_run_dir(run.run_dir), data=data[run.seed])
+        summaries.setdefault(run.label, []).append(summary)
+    floors = [scrambled_floor(data[seed].test_images, permutation) for seed in seeds]
+
+    settings = {"preset": preset, "dataset": plan[0].config.dataset, "window": window, "loss": loss,
+                "perm_seed": perm_seed, "seeds": list(seeds), "moved_fraction": permutation.moved_fraction()}
+    table = unshuffle_table(summaries, floors, title=_title(settings, plan[0].config))
+    first = data[seeds[0]]
+    models = {run.label: run.run_dir for run in plan if run.seed == seeds[0]}
+    save_figure(out_dir / FIGURE_FILE, first, permutation, models, table, n=figure_images)
+    _save_table(out_dir, table, {"settings": settings, "runs": summaries, "floor": floors})
+    return table
+
+
+def _title(settings: dict, config: TrainConfig) -> str:
+    scrambling = "whole image" if settings["window"] is None else f"{settings['window']}x{settings['window']} windows"
+    model = f"UnshuffleNet-{config.width}/{config.depth} k{config.kernel_size}"
+    return (f"Pixel un-shuffling ({settings['dataset']}, {model}, "
+            f"{scrambling}, {settings['loss'].upper()} loss, {len(settings['seeds'])} seed(s))")
+
+
+def unshuffle_table(summaries: dict[str, list[dict]], floors: list[dict], title: str) -> ResultTable:
+    table = ResultTable(title, [("mode", "mode", ""), ("trainable", "trainable params", ","),
+                                ("frozen", "frozen params", ","), ("psnr", "PSNR (dB)", ".2f"),
+                                ("ssim", "SSIM", ".4f"), ("train_time", "train time (s)", ".1f"),
+                                ("seeds", "seeds", "")])
+    table.add(mode=FLOOR_LABEL, psnr=mean_std([f["psnr"] for f in floors]),
+              ssim=mean_std([f["ssim"] for f in floors]), seeds=len(floors))
+    for label, rows in summaries.items():
+        table.add(mode=label, trainable=rows[0]["trainable_params"], frozen=rows[0]["frozen_params"],
+                  psnr=mean_std([r["test_psnr"] for r in rows]), ssim=mean_std([r["test_ssim"] for r in rows]),
+                  train_time=mean_std([r["train_time"] for r in rows]), seeds=len(rows))
+    return table
+
+
+def _save_table(out_dir: Path, table: ResultTable, data: dict) -> None:
+    md, csv_name, json_name = TABLE_FILES
+    runs.atomic_write_bytes(out_dir / md, table.to_markdown().encode())
+    runs.atomic_write_bytes(out_dir / csv_name, table.to_csv().encode())
+    payload = {"title": table.title, "rows": table.rows, **data}
+    runs.atomic_write_bytes(out_dir / json_name, json.dumps(payload, indent=2, default=str).encode())
+
+
+def save_figure(path: Path, data: ImageData, permutation: PixelPermutation, run_dirs: dict[str, Path],
+                table: ResultTable, n: int = 8) -> Path:
+    """Rows: ground truth, scrambled, then each run's reconstruction of the same ``n`` test images."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    images = data.test_images[:n]
+    truth = images.float() / 255
+    psnr_of = {row["mode"]: row["psnr"] for row in table.rows}
+    rows = [("Ground truth", truth), (f"Scrambled\n{_db(psnr_of.get(FLOOR_LABEL))}", permutation.scramble(truth))]
+    for label, run_dir in run_dirs.items():
+        model, record = load_trained_model(run_dir, device="cpu")
+        rows.append((f"{label}\n{_db(psnr_of.get(label))}",
+                     reconstruct(model, images, permutation, record["data"]["mean"], record["data"]["std"])))
+    fig = Figure(figsize=(1.0 * len(images) + 1.6, 1.05 * len(rows)), dpi=120)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), len(images), squeeze=False)
+    for r, (label, batch) in enumerate(rows):
+        for c in range(len(images)):
+            ax = axes[r][c]
+            picture = batch[c].permute(1, 2, 0).numpy()
+            if picture.shape[-1] == 1:
+                ax.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(picture.clip(0, 1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(table.title, fontsize=8)
+    fig.subplots_adjust(left=0.2, right=0.99, top=0.9, bottom=0.01, wspace=0.05, hspace=0.08)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    runs.atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def _db(value) -> str:
+    if value is None:
+        return ""
+    mean = value[0] if isinstance(value, tuple) else value
+    return f"{mean:.1f} dB"
+
+
+@register_study("unshuffle")
+def unshuffle_reproduce_study(ctx: StudyContext) -> StudyResult:
+    """Claim 3: un-shuffling with the small preset (settings in ``preset.options['unshuffle']``)."""
+    options = dict(ctx.preset.options.get("unshuffle", {}))
+    settings = {k: v for k, v in ctx.overrides.items() if k in REPRODUCE_SETTINGS}
+    settings.setdefault("dataset", ctx.preset.base.dataset)
+    settings.update(options)
+    out_dir = ctx.out_dir / "unshuffle"
+    table = unshuffle_study(out_dir, seeds=ctx.seeds, **settings)
+    files = [str(out_dir / FIGURE_FILE)] + [str(out_dir / name) for name in TABLE_FILES]
+    return StudyResult("unshuffle", [table], {"rows": table.rows, "settings": settings}, files)

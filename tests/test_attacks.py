@@ -1,0 +1,370 @@
+"""Adversarial evaluation: exact answers on linear models, the eps ball, the masking checks, the
+``spatialmix attack`` command and the robustness / smoothing studies.
+
+A linear classifier is the one model whose worst case is known in closed form: for an example of
+class y and every other class j, the margin m_j(x) = (w_y - w_j).x + b_y - b_j is linear, so its
+minimum over the L-inf ball intersected with the [0, 1] box is reached coordinate by coordinate
+(move each pixel by eps against the sign of (w_y - w_j), as far as the box allows). The example
+is robust iff every such minimum stays positive.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from spatialmix import attacks, cli, runs
+from spatialmix.attacks import AttackSettings, attack_examples, evaluate_robustness
+from spatialmix.errors import SpatialmixError
+
+from conftest import TINY, run_cli, snapshot_files, write_fake_idx_dir
+
+FAST = dict(autoattack="off", square_examples=16, square_queries=50, progress=False)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def linear_model(d: int, classes: int, seed: int) -> nn.Sequential:
+    g = torch.Generator().manual_seed(seed)
+    layer = nn.Linear(d, classes)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(classes, d, generator=g))
+        layer.bias.copy_(torch.randn(classes, generator=g) * 0.1)
+    return nn.Sequential(nn.Flatten(), layer)
+
+
+def analytic_robust(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Exact L-inf robustness of each example for a linear model, box [0, 1] included (float64)."""
+    w, b = model[1].weight.detach().double(), model[1].bias.detach().double()
+    xf = x.flatten(1).double()
+    robust = []
+    for xi, yi in zip(xf, y.tolist()):
+        ok = True
+        for j in range(len(b)):
+            if j == yi:
+                continue
+            d = w[yi] - w[j]
+            # Lowering the margin: pixels with d > 0 go down (at most to 0), the others up (at most to 1).
+            room = torch.where(d > 0, xi.clamp(max=eps), (1 - xi).clamp(max=eps))
+            ok &= bool(d @ xi + b[yi] - b[j] - (d.abs() * room).sum() > 0)
+        robust.append(ok)
+    return torch.tensor(robust)
+
+
+def bits(budget: dict) -> torch.Tensor:
+    return torch.tensor([c == "1" for c in budget["robust_bits"]])
+
+
+def linear_problem(classes: int, n: int = 160, seed: int = 0):
+    """Inputs anywhere in [0, 1] (so the box binds on some pixels), labels mostly the model's own."""
+    model = linear_model(16, classes, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(n, 1, 4, 4, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[: n // 10] = (y[: n // 10] + 1) % classes      # a few misclassified examples
+    return model, x, y
+
+
+# --------------------------------------------------------------------------- settings
+
+def test_eps_parsing_and_labels():
+    assert attacks.parse_eps("8/255") == pytest.approx(8 / 255)
+    assert attacks.parse_eps_list("0, 1/255,0.5") == (0.0, pytest.approx(1 / 255), 0.5)
+    assert attacks.eps_label(4 / 255) == "4/255" and attacks.eps_label(0.0) == "0"
+    assert attacks.eps_label(0.3) == "0.3"
+    for bad in ("abc", "1/0", ""):
+        with pytest.raises(SpatialmixError, match="eps"):
+            attacks.parse_eps_list(bad)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"eps": (0, 2.0)}, "outside"), ({"eps": (-1 / 255,)}, "outside"), ({"attacks": ("fgsm", "cw")}, "unknown attack"),
+    ({"norm": "L1"}, "unknown norm"), ({"n_examples": 0}, "at least 1"), ({"autoattack": "maybe"}, "autoattack"),
+    ({"steps": 0}, "steps"), ({"bogus": 1}, "unknown attack settings")])
+def test_bad_settings_are_one_clear_line(changes, message):
+    with pytest.raises(SpatialmixError, match=message) as err:
+        AttackSettings().replace(**changes).validate()
+    assert "\n" not in str(err.value)
+
+
+def test_settings_are_canonical():
+    s = AttackSettings(eps=("8/255", 0, 0), norm="linf", attacks="pgd,fgsm", autoattack=False).validate()
+    assert s.eps == (0.0, pytest.approx(8 / 255)) and s.norm == "Linf"
+    assert s.attacks == ("pgd", "fgsm") and s.autoattack == "off"
+
+
+# --------------------------------------------------------------------------- exact answers
+
+def test_linf_pgd_equals_the_analytic_worst_case_of_a_linear_classifier():
+    model, x, y = linear_problem(classes=2)
+    result = evaluate_robustness(model, x, y, eps=(0, 0.02, 0.05, 0.1, 0.2), attacks=("pgd",), **FAST)
+    assert result["warnings"] == []
+    for budget in result["budgets"]:
+        expected = analytic_robust(model, x, y, budget["eps"])
+        assert torch.equal(bits(budget), expected), budget["eps_label"]
+        if budget["eps"] > 0:    # PGD alone already reaches the optimum
+            assert budget["attacks"]["pgd"]["robust_acc"] == pytest.approx(expected.float().mean().item())
+    accs = [b["robust_acc"] for b in result["budgets"]]
+    assert accs[0] > accs[-1] > 0                      # the test covers robust and broken examples
+
+
+def test_autoattack_equals_the_analytic_worst_case_of_a_multiclass_linear_classifier():
+    model, x, y = linear_problem(classes=10, n=40, seed=3)
+    result = evaluate_robustness(model, x, y, eps=(0.05,), attacks=("fgsm",), autoattack="on", square_examples=0,
+                                 progress=False)
+    budget = result["budgets"][0]
+    expected = analytic_robust(model, x, y, 0.05)
+    assert torch.equal(bits(budget), expected)
+    assert 0 < expected.float().mean() < result["clean_acc"]
+    assert budget["attacks"]["autoattack"]["attacked"] > 0
+
+
+def test_l2_pgd_never_beats_the_optimum_and_finds_it_away_from_the_boundary():
+    model, x, y = linear_problem(classes=2, seed=5)
+    x = 0.3 + 0.4 * x                                   # the box cannot bind for eps <= 0.3
+    w = model[1].weight.detach().double()
+    d = (w[y] - w[1 - y]).norm(dim=1)
+    with torch.no_grad():
+        logits = model(x).double()
+    margin = logits.gather(1, y[:, None])[:, 0] - logits.gather(1, (1 - y)[:, None])[:, 0]
+    eps = 0.25
+    result = evaluate_robustness(model, x, y, eps=(eps,), norm="L2", attacks=("pgd",), steps=20, **FAST)
+    got = bits(result["budgets"][0])
+    slack = margin - eps * d                            # > 0: robust under the L2 optimum
+    assert not (got & (slack <= 0)).any()               # never claims robust what the optimum breaks
+    clear = slack.abs() > 0.02 * eps * d
+    assert torch.equal(got[clear], (slack > 0)[clear])
+    assert result["budgets"][0]["max_perturbation"] <= eps + 1e-5
+
+
+def test_eps_zero_is_the_clean_accuracy_and_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))
+    model.train()
+    x = torch.rand(32, 1, 8, 8)
+    y = torch.arange(32) % 10
+    model.eval()
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+    model.train()
+    result = evaluate_robustness(model, x, y, eps=(0,), **FAST)
+    assert result["clean_acc"] == pytest.approx(clean) and result["budgets"][0]["robust_acc"] == pytest.approx(clean)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    for name in ("fgsm", "pgd", "square"):
+        adv = attack_examples(model.eval(), x, y, name, 0.0, square_queries=20)
+        assert torch.equal(adv, x), name
+
+
+# Budgets at which AutoAttack's first attack already succeeds, so its Square (5000 queries) has no work.
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 1.0)])
+def test_perturbations_stay_inside_the_eps_ball_and_the_box(norm, eps):
+    model = linear_model(16, 10, seed=4)
+    x = torch.rand(12, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    x[:, :, 0] = 0.0                                    # pixels on the edges of the box
+    x[:, :, -1] = 1.0
+    with torch.no_grad():
+        y = model(x).argmax(1)                          # all correct: every attack has work to do
+    for name in ("fgsm", "pgd", "square", "autoattack"):
+        adv = attack_examples(model, x, y, name, eps, norm, seed=3, square_queries=50, steps=5)
+        delta = (adv - x).flatten(1)
+        size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+        assert (size <= eps + 1e-5).all(), name
+        assert adv.min() >= 0 and adv.max() <= 1, name
+        if name in ("fgsm", "pgd"):                     # (the others return unbroken examples unchanged)
+            assert size.min() > 0.5 * eps, name
+    result = evaluate_robustness(model, x, y, eps=(eps,), norm=norm, **FAST)
+    assert 0 < result["budgets"][0]["max_perturbation"] <= eps + 1e-5
+
+
+def test_worst_case_never_rises_with_eps_and_is_below_every_attack():
+    model, x, y = linear_problem(classes=3, seed=7)
+    result = evaluate_robustness(model, x, y, eps=(0, 0.01, 0.03, 0.06), **FAST)
+    masks = [bits(b) for b in result["budgets"]]
+    for smaller, larger in zip(masks, masks[1:]):
+        assert not (larger & ~smaller).any()            # robust at a larger eps implies robust at a smaller
+    for b in result["budgets"][1:]:
+        for attack in ("fgsm", "pgd"):
+            assert b["robust_acc"] <= b["attacks"][attack]["robust_acc"] + 1e-9
+    again = evaluate_robustness(model, x, y, eps=(0, 0.01, 0.03, 0.06), **FAST)
+    assert [b["robust_bits"] for b in again["budgets"]] == [b["robust_bits"] for b in result["budgets"]]
+
+
+def test_bad_examples_are_rejected():
+    model = linear_model(16, 2, 0)
+    with pytest.raises(SpatialmixError, match="zero examples"):
+        evaluate_robustness(model, torch.zeros(0, 1, 4, 4), torch.zeros(0, dtype=torch.long), **FAST)
+    with pytest.raises(SpatialmixError, match=r"\[0, 1\]"):
+        evaluate_robustness(model, torch.full((2, 1, 4, 4), 3.0), torch.zeros(2, dtype=torch.long), **FAST)
+
+
+# --------------------------------------------------------------------------- gradient masking
+
+class RoundInput(nn.Module):
+    """x -> round(4x) / 4: the forward pass of a quantizer, whose gradient is zero everywhere."""
+
+    def forward(self, x):
+        return torch.round(x * 4) / 4
+
+
+def two_blob_problem():
+    """Dark images (class 0) and bright ones (class 1); a linear model on the mean brightness."""
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    y = torch.arange(n) % 2
+    x = torch.where(y[:, None, None, None] == 1, 0.8 + 0.15 * torch.rand(n, 1, 6, 6, generator=g),
+                    0.05 + 0.15 * torch.rand(n, 1, 6, 6, generator=g))
+    layer = nn.Linear(36, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.stack([torch.full((36,), -5 / 36), torch.full((36,), 5 / 36)]))
+        layer.bias.copy_(torch.tensor([2.5, -2.5]))
+    return x, y, layer
+
+
+def test_masking_checks_fire_on_a_gradient_masking_model_and_not_on_a_normal_one():
+    x, y, layer = two_blob_problem()
+    settings = dict(eps=(0, 0.1, 0.3, 0.45), square_examples=40, square_queries=300, autoattack="off",
+                    progress=False)
+    plain = evaluate_robustness(nn.Sequential(nn.Flatten(), layer), x, y, **settings)
+    assert plain["warnings"] == [] and all(c["ok"] for c in plain["checks"])
+    assert [b["robust_acc"] for b in plain["budgets"]] == [1.0, 1.0, 1.0, 0.0]   # mean moves by eps: exact
+
+    masked = evaluate_robustness(nn.Sequential(RoundInput(), nn.Flatten(), layer), x, y, **settings)
+    failed = {c["name"] for c in masked["checks"] if not c["ok"]}
+    assert {"chance", "black-box"} <= failed
+    # What Square found is counted: the reported number is not the white-box one.
+    last = masked["budgets"][-1]
+    assert last["attacks"]["pgd"]["robust_acc"] == 1.0 and last["robust_acc"] < 1.0
+    assert "black-box" in last["warnings"]
+    assert any("gradient masking" in w or "masked" in w for w in masked["warnings"])
+
+
+def test_check_functions():
+    assert not attacks.check_monotone([0, 0.1, 0.2], [0.9, 0.5, 0.6], 0.02)["ok"]
+    assert attacks.check_monotone([0, 0.1, 0.2], [0.9, 0.5, 0.51], 0.02)["ok"]
+    assert not attacks.check_iterative_vs_single_step(0.1, fgsm_acc=0.2, pgd_acc=0.5, tolerance=0.02)["ok"]
+    assert attacks.check_iterative_vs_single_step(0.1, fgsm_acc=0.5, pgd_acc=0.2, tolerance=0.02)["ok"]
+    assert attacks.check_iterative_vs_single_step(0.1, None, 0.2, 0.02) is None
+    assert not attacks.check_stronger_attack(0.1, "PGD-40", extra_broken=10, n=100, tolerance=0.02)["ok"]
+    assert attacks.check_stronger_attack(0.1, "PGD-40", extra_broken=1, n=100, tolerance=0.02)["ok"]
+    assert not attacks.check_chance(0.5, acc=0.4, bound=0.1, tolerance=0.02, norm="Linf")["ok"]
+    assert not attacks.check_black_box(0.1, extra_broken=5, n=50, tolerance=0.02)["ok"]
+
+
+# --------------------------------------------------------------------------- saved runs and the command line
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from spatialmix.train import TrainConfig, train
+
+    data_dir = tmp_path_factory.mktemp("fake-fashion-attacks")
+    write_fake_idx_dir(data_dir, n_train=256, n_test=64, seed=2)
+    run_dir = tmp_path_factory.mktemp("attack-runs") / "run"
+    train(TrainConfig(**{**TINY, "data_dir": str(data_dir)}), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def two_runs(trained_run, tmp_path):
+    dirs = [tmp_path / "runs" / name for name in ("a", "b")]
+    for d in dirs:
+        shutil.copytree(trained_run, d)
+    return dirs
+
+
+CLI_FAST = ["--eps", "0,8/255", "--n-examples", "16", "--steps", "2", "--autoattack", "off", "--square-examples",
+            "4", "--square-queries", "10", "--no-progress"]
+
+
+def test_attack_command_prints_the_table_saves_json_and_plot(two_runs, capsys):
+    assert cli.main(["attack", *map(str, two_runs), *CLI_FAST]) == 0
+    out = capsys.readouterr().out
+    assert "robust acc" in out and "8/255" in out and "(a)" in out and "(b)" in out
+    for run_dir in two_runs:
+        saved = json.loads((run_dir / "robustness.json").read_text())
+        assert [b["eps_label"] for b in saved["budgets"]] == ["0", "8/255"] and saved["n_examples"] == 16
+        assert saved["rows"][0]["clean_acc"] == saved["clean_acc"]
+        assert saved["weights"]["checkpoint"] == "epoch-0001"
+    png = two_runs[0].parent / "robustness.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attack_runs_reuses_a_result_only_for_the_same_settings(two_runs, monkeypatch):
+    settings = AttackSettings(eps=(0, 8 / 255), n_examples=8, steps=2, autoattack="off", square_examples=4,
+                              square_queries=10)
+    first = attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False)
+    monkeypatch.setattr(attacks, "evaluate_run", lambda *a, **k: pytest.fail("recomputed a saved result"))
+    again = attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, reuse=True)
+    assert again[0]["budgets"] == first[0]["budgets"]
+    with pytest.raises(pytest.fail.Exception):
+        attacks.attack_runs(two_runs[:1], settings.replace(steps=3), plot=None, progress=False, reuse=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{missing}"], "does not exist"),
+    (["{not_a_run}"], "not a spatialmix run"),
+    (["{run}", "--eps", "0,2"], "outside [0, 1]"),
+    (["{run}", "--eps=-1/255"], "outside [0, 1]"),
+    (["{run}", "--eps", "0,eight"], "not a number"),
+    (["{run}", "--attacks", "pgd,deepfool"], "unknown attack"),
+    (["{run}", "--norm", "L1"], "unknown norm"),
+    (["{run}", "--n-examples", "0"], "at least 1"),
+    (["{run}", "--out-name", "../x"], "plain file stem"),
+    (["{run}", "{missing}"], "does not exist"),
+])
+def test_attack_command_bad_input_is_one_line_exit_2_and_touches_nothing(two_runs, tmp_path, capsys, args,
+                                                                         message):
+    run_dir = two_runs[0]
+    runs.atomic_write_json(run_dir / "robustness.json", {"earlier": "result"})
+    (tmp_path / "not-a-run").mkdir()
+    (tmp_path / "not-a-run" / "notes.txt").write_text("hello")
+    before = snapshot_files(tmp_path)
+    names = {"run": run_dir, "missing": tmp_path / "missing", "not_a_run": tmp_path / "not-a-run"}
+    argv = ["attack", *[a.format(**names) for a in args], *CLI_FAST[2:]]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spatialmix: error:") and message in err and "\n" not in err
+    assert snapshot_files(tmp_path) == before
+
+
+def test_attack_command_error_in_a_fresh_process(tmp_path):
+    result = run_cli(["attack", str(tmp_path / "nowhere")], timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("spatialmix: error:") and "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- the studies
+
+def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypatch, fake_fashion_dir):
+    from spatialmix import study
+    from spatialmix.train import TrainConfig
+
+    options = {"robustness": {"eps": (0, 8 / 255), "n_examples": 16, "steps": 2, "autoattack": "off",
+                              "square_examples": 4, "square_queries": 10},
+               "smoothing": {"sigmas": (0, 1.0)}}
+    preset = study.Preset("tiny", "tiny", TrainConfig(**{**TINY, "data_dir": str(fake_fashion_dir),
+                                                          "train_subset": 128}), options=options)
+    monkeypatch.setitem(study.PRESETS, "tiny", preset)
+    out = tmp_path / "study"
+    results = study.reproduce("tiny", out, studies=["classification", "robustness", "smoothing"])
+    robustness, smoothing = results["robustness"], results["smoothing"]
+    assert [row["mode"] for row in robustness.tables[0].rows] == ["Full", "Chans", "Space"]
+    assert "robust 8/255" in robustness.tables[0].rows[0]
+    assert [row["sigma"] for row in smoothing.tables[0].rows] == [0.0, 1.0]
+    # sigma 0 is the classification study's Chans run: trained and attacked once.
+    smoothing_runs = [r["run"] for r in smoothing.data["runs"]]
+    assert smoothing_runs[0] == str(study.classification_run_dir(out, "chans", 0))
+    assert sorted(p.name for p in (out / "smoothing").iterdir() if p.is_dir()) == ["chans-sigma1-seed0"]
+    for path in robustness.files + smoothing.files:
+        assert path.endswith(".png") and (tmp_path / path).read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((out / "results.json").read_text())["studies"]
+    assert isinstance(saved["robustness"]["data"]["warnings"], list)
+    assert saved["smoothing"]["data"]["settings"]["n_examples"] == 16
+    # Started again, nothing is trained or attacked a second time.
+    monkeypatch.setattr(attacks, "evaluate_run", lambda *a, **k: pytest.fail("attacked again"))
+    again = study.reproduce("tiny", out, studies=["robustness", "smoothing"])
+    assert again["smoothing"].tables[0].rows == smoothing.tables[0].rows

@@ -1,0 +1,156 @@
+"""Models: the published ConvMixer sizes, the separable ResNet's layout, the registry."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from spatialmix.errors import SpatialmixError
+from spatialmix.models import ConvMixer, count_parameters, create_model, list_models
+
+# Published sizes (ConvMixer paper, Table 1; timm's exact counts for 1000 classes).
+PUBLISHED = [
+    ("convmixer-1536/20", "convmixer_1536_20", 51.6, 51_625_960),
+    ("convmixer-768/32", "convmixer_768_32", 21.1, 21_110_248),
+    ("convmixer-1024/20", "convmixer_1024_20_ks9_p14", 24.4, 24_383_464),
+]
+
+
+def convmixer_formula(width, depth, kernel, patch, in_chans, num_classes) -> int:
+    """Parameters of a ConvMixer counted by hand: conv weights + biases, BatchNorm scale + shift."""
+    stem = in_chans * width * patch * patch + width + 2 * width
+    block = (width * kernel * kernel + width + 2 * width) + (width * width + width + 2 * width)
+    head = width * num_classes + num_classes
+    return stem + depth * block + head
+
+
+@pytest.mark.parametrize("name,timm_name,millions,exact", PUBLISHED)
+def test_named_convmixer_has_published_parameter_count(name, timm_name, millions, exact):
+    import timm
+
+    with torch.device("meta"):   # shapes only: no memory, no init time
+        ours = create_model(name, in_chans=3, num_classes=1000)
+        reference = timm.create_model(timm_name, pretrained=False)
+    n = count_parameters(ours)
+    assert n == count_parameters(reference)
+    assert n == exact
+    assert round(n / 1e6, 1) == millions
+    cfg = {"convmixer-1536/20": (1536, 20, 9, 7), "convmixer-768/32": (768, 32, 7, 7),
+           "convmixer-1024/20": (1024, 20, 9, 14)}[name]
+    assert n == convmixer_formula(*cfg, in_chans=3, num_classes=1000)
+    # Same layout as the reference, tensor by tensor (so timm checkpoints would load).
+    ours_shapes = [(k, tuple(v.shape)) for k, v in ours.state_dict().items()]
+    ref_shapes = [(k, tuple(v.shape)) for k, v in reference.state_dict().items()]
+    assert ours_shapes == ref_shapes
+    ours_acts = [type(m) for m in ours.modules() if isinstance(m, (nn.GELU, nn.ReLU))]
+    ref_acts = [type(m) for m in reference.modules() if isinstance(m, (nn.GELU, nn.ReLU))]
+    assert ours_acts == ref_acts and len(ours_acts) == 2 * cfg[1] + 1
+
+
+def test_convmixer_256_8_on_cifar10_has_059m_parameters():
+    from timm.models.convmixer import ConvMixer as TimmConvMixer
+
+    model = create_model("convmixer-256/8", in_chans=3, num_classes=10, image_size=32)
+    n = count_parameters(model)
+    assert round(n / 1e6, 2) == 0.59
+    assert n == convmixer_formula(256, 8, 5, 2, in_chans=3, num_classes=10)
+    assert n == count_parameters(TimmConvMixer(256, 8, kernel_size=5, patch_size=2, num_classes=10))
+
+
+def test_convmixer_layout_and_forward_shapes():
+    model = ConvMixer(width=24, depth=2, kernel_size=5, patch_size=4, in_chans=1, num_classes=7)
+    x = torch.randn(3, 1, 28, 28)
+    # Depthwise convs use 'same' padding: the feature map keeps the patch grid size.
+    assert model.forward_features(x).shape == (3, 24, 7, 7)
+    assert model(x).shape == (3, 7)
+    stem = model.stem[0]
+    assert stem.kernel_size == (4, 4) and stem.stride == (4, 4)
+    for block in model.blocks:
+        dw, pw = block[0].fn[0], block[1]
+        assert dw.groups == 24 and dw.kernel_size == (5, 5) and dw.padding == (2, 2)
+        assert pw.kernel_size == (1, 1) and pw.groups == 1
+
+
+def test_convmixer_named_config_accepts_overrides():
+    model = create_model("convmixer-256/8", in_chans=1, num_classes=10, image_size=28, width=32, depth=3)
+    assert model.width == 32 and model.depth == 3 and model.kernel_size == 5 and model.patch_size == 2
+    assert count_parameters(model) == convmixer_formula(32, 3, 5, 2, in_chans=1, num_classes=10)
+
+
+def test_even_kernel_and_oversized_patch_are_rejected():
+    with pytest.raises(SpatialmixError, match="even"):
+        create_model("convmixer", in_chans=1, num_classes=10, image_size=28, kernel_size=4)
+    with pytest.raises(SpatialmixError, match="larger than the 28 x 28"):
+        create_model("convmixer", in_chans=1, num_classes=10, image_size=28, patch_size=29)
+    with pytest.raises(SpatialmixError, match="width must be a positive"):
+        create_model("convmixer", in_chans=1, num_classes=10, width=0)
+
+
+def test_unknown_model_lists_the_valid_names():
+    with pytest.raises(SpatialmixError) as err:
+        create_model("convmixer-999/1")
+    message = str(err.value)
+    assert "unknown model 'convmixer-999/1'" in message
+    for name in ("convmixer-256/8", "convmixer", "resnet18-sep", "resnet50-sep", "timm:NAME"):
+        assert name in message
+    assert "\n" not in message
+    with pytest.raises(SpatialmixError, match="timm has no model"):
+        create_model("timm:no_such_net")
+    with pytest.raises(SpatialmixError, match="torchvision has no model"):
+        create_model("torchvision:no_such_net")
+
+
+def test_registry_names():
+    names = list_models()
+    for name in ("convmixer-256/8", "convmixer-768/32", "convmixer-1536/20", "convmixer-1024/20",
+                 "resnet18-sep", "resnet50-sep", "resnet18", "resnet50"):
+        assert name in names
+
+
+# --------------------------------------------------------------------------- separable ResNet
+
+def convs(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("in_chans,size", [(1, 28), (3, 32)])
+def test_separable_resnet_spatial_convs_are_all_depthwise(arch, in_chans, size):
+    separable = create_model(f"{arch}-sep", in_chans=in_chans, num_classes=10, image_size=size)
+    baseline = create_model(arch, in_chans=in_chans, num_classes=10, image_size=size)
+
+    sep_convs = convs(separable)
+    stem = sep_convs.pop("conv1")
+    assert stem.groups == 1 and max(stem.kernel_size) > 1 and stem.in_channels == in_chans
+    spatial = {n: m for n, m in sep_convs.items() if max(m.kernel_size) > 1}
+    assert spatial, "the separable ResNet has no spatial convs at all"
+    for name, conv in spatial.items():
+        assert conv.groups == conv.in_channels == conv.out_channels, name
+
+    base_convs = convs(baseline)
+    assert not any(m.groups > 1 for m in base_convs.values())
+    base_spatial = {n: m for n, m in base_convs.items() if n != "conv1" and max(m.kernel_size) > 1}
+    # Each k x k conv of the baseline became depthwise k x k (same stride) + pointwise 1 x 1.
+    assert len(spatial) == len(base_spatial)
+    modules = dict(separable.named_modules())
+    for name, conv in base_spatial.items():
+        pair = modules[name]
+        assert isinstance(pair, nn.Sequential) and len(pair) == 2
+        depthwise, pointwise = pair
+        assert depthwise.kernel_size == conv.kernel_size and depthwise.stride == conv.stride
+        assert depthwise.padding == conv.padding and depthwise.in_channels == conv.in_channels
+        assert pointwise.kernel_size == (1, 1) and pointwise.out_channels == conv.out_channels
+
+    x = torch.randn(2, in_chans, size, size)
+    separable.eval(), baseline.eval()
+    with torch.no_grad():
+        assert separable(x).shape == (2, 10)
+        assert baseline(x).shape == (2, 10)
+    assert count_parameters(separable) < count_parameters(baseline)
+
+
+def test_separable_resnet_imagenet_stem_on_small_images():
+    model = create_model("resnet18-sep", in_chans=1, num_classes=10)
+    assert model.conv1.kernel_size == (7, 7) and model.conv1.stride == (2, 2)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -1,0 +1,290 @@
+"""The HTML report: valid, self-contained, every section with results present, the rest noted absent."""
+import base64
+import io
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+from spatialmix import report, runs
+from spatialmix.cli import main
+from spatialmix.data import ImageData
+from spatialmix.study import PRESETS, STUDIES, STUDY_MODULES, StudyContext, StudyResult, classification_table, \
+    load_studies, save_results
+from spatialmix.train import TrainConfig, train
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+ALL_SECTIONS = ("configuration", "classification", "curves", "robustness", "smoothing", "unshuffle", "filters")
+
+
+class StrictParser(HTMLParser):
+    """Fails on any unbalanced tag; collects every src/href and tag name."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.errors, self.urls, self.tags, self.ids = [], [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href"):
+                self.urls.append(value)
+            if name == "id":
+                self.ids.append(value)
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if tag not in VOID:
+            self.stack.pop()
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def check_page(page: str) -> StrictParser:
+    """Assert the page parses with balanced tags and needs nothing outside itself."""
+    assert page.startswith("<!DOCTYPE html>")
+    parser = StrictParser()
+    parser.feed(page)
+    parser.close()
+    assert parser.errors == [] and parser.stack == []
+    assert "http://" not in page and "https://" not in page
+    assert "link" not in parser.tags and "script" not in parser.tags and "iframe" not in parser.tags
+    for url in parser.urls:
+        assert url.startswith(("data:image/", "#")), url
+        if url.startswith("#"):
+            assert url[1:] in parser.ids
+    return parser
+
+
+def section_html(page: str, section_id: str) -> str:
+    start = page.index(f'<section id="{section_id}"')
+    return page[start:page.index("</section>", start)]
+
+
+def png_bytes(color: str) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1), dpi=20)
+    fig.add_subplot().plot([0, 1], [0, 1], color=color)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- fixtures: a small study folder
+
+def random_data() -> ImageData:
+    gen = torch.Generator().manual_seed(0)
+    images = lambda n: torch.randint(0, 256, (n, 1, 16, 16), generator=gen, dtype=torch.uint8)  # noqa: E731
+    labels = lambda n: torch.randint(0, 4, (n,), generator=gen)  # noqa: E731
+    return ImageData("fashion-mnist", images(64), labels(64), images(32), labels(32), (0.5,), (0.25,),
+                     ["a", "b", "c", "d"])
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory) -> Path:
+    """A study folder like `spatialmix reproduce` makes: classification runs and results.json."""
+    out = tmp_path_factory.mktemp("study")
+    base = TrainConfig(dataset="fashion-mnist", model="convmixer", width=8, depth=2, kernel_size=3, patch_size=4,
+                       epochs=2, batch_size=32, progress=False, device="cpu")
+    data = random_data()
+    summaries = {}
+    for mode in ("full", "chans"):
+        for seed in (0, 1):
+            run_dir = out / "classification" / f"{mode}-seed{seed}"
+            summaries.setdefault(mode, []).append(train(base.replace(mode=mode, seed=seed), run_dir, data=data))
+    smoothed = out / "robustness" / "chans-sigma1-seed0"
+    train(base.replace(mode="chans", smooth_sigma=1.0), smoothed, data=data)
+    ctx = StudyContext(PRESETS["quick"], out, (0, 1), {"epochs": 2})
+    ctx.results["classification"] = StudyResult("classification", [classification_table(summaries, "cls")],
+                                                {"runs": summaries})
+    save_results(ctx)
+    return out
+
+
+def with_studies(study_dir: Path, dest: Path, entries: dict) -> Path:
+    """A copy of ``study_dir`` whose results.json also holds ``entries`` (name -> tables, files)."""
+    shutil.copytree(study_dir, dest)
+    results = json.loads((dest / "results.json").read_text())
+    results["studies"].update(entries)
+    (dest / "results.json").write_text(json.dumps(results))
+    return dest
+
+
+# --------------------------------------------------------------------------- contents
+
+@pytest.fixture(scope="module")
+def study_report(study_dir, tmp_path_factory):
+    """The report step of `spatialmix reproduce`, run on a copy of the study folder."""
+    load_studies()
+    dest = tmp_path_factory.mktemp("reproduced") / "study"
+    shutil.copytree(study_dir, dest)
+    result = STUDIES["report"](StudyContext(PRESETS["quick"], dest, (0, 1), {}))
+    return dest, result
+
+
+def test_report_study_is_registered_last_and_writes_into_the_study(study_report):
+    dest, result = study_report
+    # `reproduce` imports the study modules in this order, so the report sees every other study's results
+    assert STUDY_MODULES[-1] == "spatialmix.report" and "report" in STUDIES
+    assert result.name == "report" and result.tables == []
+    assert result.files == [str(dest / "report.html"), str(dest / "report.md")]
+    assert result.data["absent"] == ["robustness", "smoothing", "unshuffle"]
+
+
+def test_report_of_a_classification_study(study_dir, study_report):
+    dest, result = study_report
+    page = (dest / "report.html").read_text()
+    parser = check_page(page)
+    assert result.data["present"] == ["configuration", "classification", "curves", "filters"]
+    for section in ALL_SECTIONS:
+        assert section in parser.ids
+    for section in result.data["absent"]:
+        assert "Absent: " + report.ABSENT[section] in section_html(page, section)
+        assert "<img" not in section_html(page, section)
+    for section in result.data["present"]:
+        assert "Absent:" not in section_html(page, section)
+    # mean ± std over the two seeds of the classification study
+    summaries = json.loads((study_dir / "results.json").read_text())["studies"]["classification"]["data"]["runs"]
+    accs = [s["test_acc"] for s in summaries["full"]]
+    mean = sum(accs) / 2
+    std = (sum((a - mean) ** 2 for a in accs)) ** 0.5   # sample std of two values: |a - b| / sqrt(2)
+    cls = section_html(page, "classification")
+    assert f"{mean:.4f} ± {std:.4f}" in cls or (std == 0 and f"{mean:.4f}" in cls)
+    # filter analysis: three figures, learned vs frozen vs smoothed random, and the frozen check
+    filters = section_html(page, "filters")
+    assert filters.count("<img") == 3
+    for state in ("learned", "frozen random", "frozen smoothed random"):
+        assert f"<td>{state}</td>" in filters
+    assert "frozen layers are bit-for-bit at their initialization" in filters
+    assert "robustness: Chans σ=1 seed 0" in filters
+    assert section_html(page, "curves").count("<img") == 1
+    # the Markdown tables beside it
+    markdown = (dest / "report.md").read_text()
+    assert "## Filter analysis" in markdown and "| low/high energy" in markdown
+    assert "_Absent: " + report.ABSENT["robustness"] in markdown
+
+
+def test_every_section_present_when_every_study_has_results(study_dir, tmp_path):
+    robust_png, smooth_png, recon_png = png_bytes("red"), png_bytes("green"), png_bytes("blue")
+    dest = tmp_path / "full-study"
+    entries = {
+        "robustness": {"data": {"warnings": ["Space: accuracy rises with eps"]},
+                       "files": [str(dest / "robustness" / "robust_acc.png"), "robustness/smoothing.png"],
+                       "tables": [[{"run": "Full", "eps": 0.0, "robust_acc": [0.81, 0.01]},
+                                   {"run": "Full", "eps": 8 / 255, "robust_acc": [0.12, 0.02]}],
+                                  [{"sigma": 0.0, "clean_acc": 0.7, "robust_acc": 0.2},
+                                   {"sigma": 1.0, "clean_acc": 0.68, "robust_acc": 0.31}]]},
+        "unshuffle": {"data": {}, "files": ["unshuffle/reconstructions.png", "unshuffle/table.csv", "gone.png"],
+                      "tables": [[{"mode": "Chans", "psnr": 31.25, "ssim": 0.9712}]]},
+        "sweep": {"data": {}, "files": [], "tables": [[{"job": 1, "state": "done"}]]},
+    }
+    with_studies(study_dir, dest, entries)
+    (dest / "robustness" / "robust_acc.png").write_bytes(robust_png)
+    (dest / "robustness" / "smoothing.png").write_bytes(smooth_png)
+    (dest / "unshuffle").mkdir()
+    (dest / "unshuffle" / "reconstructions.png").write_bytes(recon_png)
+    (dest / "unshuffle" / "table.csv").write_text("mode,psnr\n")
+    files = report.write_report([dest], tmp_path / "report.html")
+    page = files.html.read_text()
+    check_page(page)
+    assert files.absent == [] and files.present == list(ALL_SECTIONS) + ["other"]
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    robustness, smoothing, unshuffle = (section_html(page, s) for s in ("robustness", "smoothing", "unshuffle"))
+    # without a smoothing study of its own, the sigma table and plot move to the smoothing section
+    assert b64(robust_png) in robustness and b64(smooth_png) not in robustness
+    assert "<td>0.81 ± 0.01</td>" in robustness and "<td>0.03137</td>" in robustness
+    assert "accuracy rises with eps" in robustness and "sigma" not in robustness
+    assert b64(smooth_png) in smoothing and "<td>0.31</td>" in smoothing
+    assert b64(recon_png) in unshuffle and "<td>31.25</td>" in unshuffle and "table.csv" in unshuffle
+    assert "Listed in results.json but not found: gone.png" in unshuffle
+    assert "<td>done</td>" in section_html(page, "other")
+    assert "| 31.25 | 0.9712 |" in files.markdown.read_text()
+
+
+def test_report_of_single_runs_and_an_interrupted_study(study_dir, tmp_path):
+    files = report.write_report([study_dir / "classification" / "full-seed0",
+                                 study_dir / "classification" / "chans-seed1"], tmp_path / "runs.html")
+    page = files.html.read_text()
+    check_page(page)
+    assert files.present == ["configuration", "classification", "curves", "filters"]
+    assert "Classification, runs given" in page and "<td>Full</td>" in page and "<td>Chans</td>" in page
+    # a study folder without results.json: its runs are still found
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(study_dir / "classification", interrupted / "classification")
+    inputs = report.read_inputs([interrupted])
+    assert inputs.loose_runs == [] and inputs.studies[0].results == {}
+    assert [r.label for r in inputs.runs] == ["Full seed 0", "Full seed 1", "Chans seed 0", "Chans seed 1"]
+    assert report.classification_section(inputs).present
+
+
+def test_page_check_catches_broken_or_external_pages():
+    good = '<!DOCTYPE html><html><body><p id="a"><a href="#a">x</a><img src="data:image/png;base64,AA"></p></body></html>'
+    check_page(good)
+    for bad in (good.replace("</p>", ""), good.replace("#a", "https://example.com"),
+                good.replace("data:image/png;base64,AA", "//cdn.example.com/x.png"),
+                good.replace("<body>", '<body><script src="x.js"></script>'), good.replace('href="#a"', 'href="#b"')):
+        with pytest.raises(AssertionError):
+            check_page(bad)
+
+
+# --------------------------------------------------------------------------- command line
+
+def test_cli_writes_the_report(study_dir, tmp_path, capsys):
+    out = tmp_path / "cli.html"
+    assert main(["report", str(study_dir), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"report written to {out}" in printed and "robustness, smoothing, unshuffle" in printed
+    check_page(out.read_text())
+
+
+def _incompatible_run(study_dir: Path, dest: Path) -> Path:
+    shutil.copytree(study_dir / "classification" / "full-seed0", dest)
+    config = json.loads((dest / runs.CONFIG).read_text())
+    config["format_version"] = 99
+    (dest / runs.CONFIG).write_text(json.dumps(config))
+    return dest
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("empty", "is an empty directory"),
+    ("file", "is a file, not a run directory"),
+    ("junk", "is neither a spatialmix run"),
+    ("incompatible", "incompatible spatialmix (run format 99"),
+    ("corrupt_results", "is corrupt (not JSON)"),
+    ("bad_output", "must end in .html"),
+    ("fft", "FFT size 2 is smaller than the 3 x 3 filters"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_keeps_the_old_report(case, message, study_dir, tmp_path, capsys):
+    out = tmp_path / "report.html"
+    out.write_text("previous report")
+    args = {
+        "missing": lambda: [str(tmp_path / "nope")],
+        "empty": lambda: [str((tmp_path / "empty").mkdir() or tmp_path / "empty")],
+        "file": lambda: [str(out)],
+        "junk": lambda: [str((tmp_path / "junk").mkdir() or (tmp_path / "junk" / "notes.txt").write_text("x")
+                             and tmp_path / "junk")],
+        "incompatible": lambda: [str(_incompatible_run(study_dir, tmp_path / "old-run"))],
+        "corrupt_results": lambda: [str(with_studies(study_dir, tmp_path / "c", {}) and
+                                        (tmp_path / "c" / "results.json").write_text("{oops") and tmp_path / "c")],
+        "bad_output": lambda: [str(study_dir), "-o", str(tmp_path / "report.txt")],
+        "fft": lambda: [str(study_dir / "classification" / "full-seed0"), "--fft-size", "2"],
+    }[case]()
+    if "-o" not in args:
+        args += ["-o", str(out)]
+    assert main(["report", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spatialmix: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert out.read_text() == "previous report"
+    assert not (tmp_path / "report.md").exists()

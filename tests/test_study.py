@@ -1,0 +1,158 @@
+"""The classification study end to end on real Fashion-MNIST (tiny model, small subsets)."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spatialmix import runs, study
+from spatialmix.errors import SpatialmixError
+from spatialmix.study import PRESETS, classification_run_dir, reproduce
+
+OVERRIDES = dict(train_subset=512, test_subset=256, epochs=1, width=16, depth=1, progress=False)
+SEEDS = (0, 1)
+MODES = ("full", "chans", "space")
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """Run the study once for the module; the tests read what it left."""
+    out = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("SPATIALMIX_DATA", raising=False)
+        printed = _capture(lambda: reproduce("quick", out, seeds=SEEDS, studies=["classification"], **OVERRIDES))
+    return out, printed
+
+
+def _capture(fn):
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        results = fn()
+    return results, buffer.getvalue()
+
+
+def summaries(out, mode):
+    return [runs.read_json(classification_run_dir(out, mode, seed) / runs.SUMMARY) for seed in SEEDS]
+
+
+def test_prints_and_saves_the_table(study_dir):
+    out, (results, printed) = study_dir
+    for name in ("Full", "Chans", "Space", "test acc", "frozen params"):
+        assert name in printed
+    assert (out / "results.json").is_file() and (out / "results.md").is_file()
+    markdown = (out / "results.md").read_text()
+    for mode in ("| Full |", "| Chans |", "| Space |"):
+        assert mode in markdown
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["preset"] == "quick" and saved["seeds"] == list(SEEDS)
+    assert saved["overrides"] == OVERRIDES
+    table = results["classification"].tables[0]
+    assert [row["mode"] for row in table.rows] == ["Full", "Chans", "Space"]
+    for mode in MODES:
+        assert runs.read_json(classification_run_dir(out, mode, 0) / runs.STATUS)["state"] == "finished"
+        record = runs.read_json(classification_run_dir(out, mode, 0) / runs.CONFIG)
+        assert record["data"]["source"] == "/usr/share/datasets/fashion-mnist"   # the real data
+        assert (record["data"]["n_train"], record["data"]["n_test"]) == (512, 256)
+
+
+def test_parameter_counts(study_dir):
+    out, (results, _) = study_dir
+    base = PRESETS["quick"].base
+    width, depth, k, p = OVERRIDES["width"], OVERRIDES["depth"], base.kernel_size, base.patch_size
+    spatial = depth * (width * k * k + width)              # depthwise weights + biases
+    channel = depth * (width * width + width)              # pointwise weights + biases
+    batchnorms = (1 + 2 * depth) * 2 * width                # scale + shift after the stem and each conv
+    stem = 1 * width * p * p + width                        # 1 input channel (grey images)
+    head = width * 10 + 10
+    total = stem + spatial + channel + batchnorms + head
+    rows = {row["mode"]: row for row in results["classification"].tables[0].rows}
+    assert rows["Full"]["frozen"] == 0 and rows["Full"]["trainable"] == total
+    assert rows["Chans"]["frozen"] == spatial and rows["Chans"]["trainable"] == total - spatial
+    assert rows["Space"]["frozen"] == channel and rows["Space"]["trainable"] == total - channel
+
+
+def test_same_seed_modes_start_from_the_same_filters(study_dir):
+    out, _ = study_dir
+    init = {mode: load_file(str(classification_run_dir(out, mode, 0) / runs.INIT)) for mode in MODES}
+    assert init["full"].keys() == init["chans"].keys() == init["space"].keys()
+    for name in init["full"]:
+        assert torch.equal(init["full"][name], init["chans"][name])
+        assert torch.equal(init["full"][name], init["space"][name])
+    other_seed = load_file(str(classification_run_dir(out, "chans", 1) / runs.INIT))
+    assert not torch.equal(other_seed["blocks.0.0.fn.0.weight"], init["chans"]["blocks.0.0.fn.0.weight"])
+
+
+def test_two_seeds_give_mean_and_std(study_dir):
+    out, (results, printed) = study_dir
+    rows = {row["mode"]: row for row in results["classification"].tables[0].rows}
+    for mode in MODES:
+        accs = [s["test_acc"] for s in summaries(out, mode)]
+        mean, std = rows[mode.capitalize()]["test_acc"]
+        assert mean == pytest.approx(statistics.fmean(accs))
+        assert std == pytest.approx(statistics.stdev(accs))
+        assert rows[mode.capitalize()]["seeds"] == 2
+    assert "±" in printed
+    # The two seeds are different runs, not one run counted twice.
+    first, second = (runs.read_jsonl(classification_run_dir(out, "full", seed) / runs.METRICS) for seed in SEEDS)
+    assert first[0]["train_loss"] != second[0]["train_loss"]
+    assert summaries(out, "chans")[0]["frozen_fingerprint"] != summaries(out, "chans")[1]["frozen_fingerprint"]
+
+
+def test_second_call_reuses_finished_runs(study_dir, monkeypatch):
+    out, (first, _) = study_dir
+    files = {}
+    for mode in MODES:
+        for seed in SEEDS:
+            run = classification_run_dir(out, mode, seed)
+            files[run] = (snapshot := {p: (p.read_bytes(), p.stat().st_mtime_ns)
+                                       for p in run.rglob("*") if p.is_file()})
+            assert snapshot
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+    monkeypatch.setattr(study, "train", no_training)
+    again, printed = _capture(lambda: reproduce("quick", out, seeds=SEEDS, studies=["classification"],
+                                                **OVERRIDES))
+    for run, snapshot in files.items():
+        assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()} == snapshot
+    assert again["classification"].tables[0].rows == first["classification"].tables[0].rows
+    assert "Chans" in printed
+
+
+def test_interrupted_study_run_is_continued(tmp_path):
+    """A study killed in the middle of a run continues that run in place instead of refusing it."""
+    overrides = dict(OVERRIDES, train_subset=256, test_subset=128)
+    out = tmp_path / "study"
+    config = PRESETS["quick"].base.replace(**overrides, mode="chans", seed=0)
+    run_dir = classification_run_dir(out, "chans", 0)
+    study.train(config, run_dir, max_steps=1)     # stopped after one step: no checkpoint yet
+    assert runs.read_json(run_dir / runs.STATUS)["state"] == "running"
+    init = (run_dir / runs.INIT).read_bytes()
+    _capture(lambda: reproduce("quick", out, seeds=(0,), studies=["classification"], **overrides))
+    assert runs.read_json(run_dir / runs.STATUS)["state"] == "finished"
+    assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1]
+    assert (run_dir / runs.INIT).read_bytes() == init
+    # Asking for another config in the same study folder is refused, and the run is kept.
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": 1})
+    before[run_dir / runs.STATUS] = (run_dir / runs.STATUS).read_bytes()
+    with pytest.raises(SpatialmixError, match="different config"):
+        _capture(lambda: reproduce("quick", out, seeds=(0,), studies=["classification"],
+                                   **{**overrides, "lr": 0.02}))
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_unknown_names(tmp_path):
+    with pytest.raises(SpatialmixError, match="unknown preset 'fast'; choose one of: paper, quick"):
+        reproduce("fast", tmp_path)
+    with pytest.raises(SpatialmixError, match="unknown study 'segmentation'"):
+        reproduce("quick", tmp_path, studies=["segmentation"])
+    with pytest.raises(SpatialmixError, match="unknown training settings"):
+        reproduce("quick", tmp_path, studies=["classification"], warmup_epochs=3)
+    assert not any(tmp_path.iterdir())
