@@ -21,9 +21,9 @@ from spatialmix import attacks, cli, runs
 from spatialmix.attacks import AttackSettings, attack_examples, evaluate_robustness
 from spatialmix.errors import SpatialmixError
 
-from conftest import TINY, run_cli, snapshot_files, write_fake_idx_dir
+from conftest import TINY, run_cli, snapshot_files, write_idx
 
-FAST = dict(autoattack="off", square_examples=16, square_queries=50, progress=False)
+FAST = dict(autoattack="off", check_examples=16, square_queries=50, progress=False)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -115,13 +115,26 @@ def test_linf_pgd_equals_the_analytic_worst_case_of_a_linear_classifier():
 
 def test_autoattack_equals_the_analytic_worst_case_of_a_multiclass_linear_classifier():
     model, x, y = linear_problem(classes=10, n=40, seed=3)
-    result = evaluate_robustness(model, x, y, eps=(0.05,), attacks=("fgsm",), autoattack="on", square_examples=0,
+    result = evaluate_robustness(model, x, y, eps=(0.05,), attacks=("fgsm",), autoattack="on", check_examples=0,
                                  progress=False)
     budget = result["budgets"][0]
     expected = analytic_robust(model, x, y, 0.05)
     assert torch.equal(bits(budget), expected)
     assert 0 < expected.float().mean() < result["clean_acc"]
     assert budget["attacks"]["autoattack"]["attacked"] > 0
+
+
+def test_autoattack_as_a_check_runs_at_the_check_budget_on_the_check_subset():
+    model, x, y = linear_problem(classes=10, n=40, seed=3)
+    result = evaluate_robustness(model, x, y, eps=(0, 0.02, 0.05), attacks=("fgsm", "pgd"), autoattack="check",
+                                 check_examples=20, square_queries=20, progress=False)
+    check = next(b for b in result["budgets"] if b["eps"] == result["check_eps"])
+    assert check["attacks"]["autoattack"]["examples"] == 20
+    assert all("autoattack" not in b["attacks"] for b in result["budgets"] if b is not check)
+    assert any(c["name"] == "steps" and "AutoAttack" in c["message"] for c in result["checks"])
+    expected = analytic_robust(model, x, y, result["check_eps"])
+    assert not (bits(check) & ~expected).any()          # never robust where the optimum breaks it
+    assert torch.equal(bits(check)[:20], expected[:20])   # exact where AutoAttack ran
 
 
 def test_l2_pgd_never_beats_the_optimum_and_finds_it_away_from_the_boundary():
@@ -163,8 +176,8 @@ def test_eps_zero_is_the_clean_accuracy_and_leaves_the_model_as_it_was():
 # Budgets at which AutoAttack's first attack already succeeds, so its Square (5000 queries) has no work.
 @pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 1.0)])
 def test_perturbations_stay_inside_the_eps_ball_and_the_box(norm, eps):
-    model = linear_model(16, 10, seed=4)
-    x = torch.rand(12, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    model = linear_model(64, 10, seed=4)
+    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     x[:, :, 0] = 0.0                                    # pixels on the edges of the box
     x[:, :, -1] = 1.0
     with torch.no_grad():
@@ -227,7 +240,7 @@ def two_blob_problem():
 
 def test_masking_checks_fire_on_a_gradient_masking_model_and_not_on_a_normal_one():
     x, y, layer = two_blob_problem()
-    settings = dict(eps=(0, 0.1, 0.3, 0.45), square_examples=40, square_queries=300, autoattack="off",
+    settings = dict(eps=(0, 0.1, 0.3, 0.45), check_examples=40, square_queries=300, autoattack="off",
                     progress=False)
     plain = evaluate_robustness(nn.Sequential(nn.Flatten(), layer), x, y, **settings)
     assert plain["warnings"] == [] and all(c["ok"] for c in plain["checks"])
@@ -257,14 +270,28 @@ def test_check_functions():
 
 # --------------------------------------------------------------------------- saved runs and the command line
 
+def write_band_dataset(directory, n_train: int = 512, n_test: int = 64) -> None:
+    """Fashion-MNIST files whose class (0-3) is the bright band of rows: learnable in one epoch."""
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = torch.arange(n) % 4
+        images = torch.randint(0, 64, (n, 28, 28), generator=g).to(torch.uint8)
+        for band in range(4):
+            images[labels == band, band * 7:(band + 1) * 7, :] += 150
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images.numpy())
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels.to(torch.uint8).numpy())
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     from spatialmix.train import TrainConfig, train
 
-    data_dir = tmp_path_factory.mktemp("fake-fashion-attacks")
-    write_fake_idx_dir(data_dir, n_train=256, n_test=64, seed=2)
+    data_dir = tmp_path_factory.mktemp("band-data")
+    write_band_dataset(data_dir)
     run_dir = tmp_path_factory.mktemp("attack-runs") / "run"
-    train(TrainConfig(**{**TINY, "data_dir": str(data_dir)}), run_dir)
+    summary = train(TrainConfig(**{**TINY, "data_dir": str(data_dir), "epochs": 2, "lr": 0.02, "augment": "none"}),
+                    run_dir)
+    assert summary["test_acc"] > 0.5
     return run_dir
 
 
@@ -276,7 +303,7 @@ def two_runs(trained_run, tmp_path):
     return dirs
 
 
-CLI_FAST = ["--eps", "0,8/255", "--n-examples", "16", "--steps", "2", "--autoattack", "off", "--square-examples",
+CLI_FAST = ["--eps", "0,8/255", "--n-examples", "16", "--steps", "2", "--autoattack", "off", "--check-examples",
             "4", "--square-queries", "10", "--no-progress"]
 
 
@@ -288,13 +315,14 @@ def test_attack_command_prints_the_table_saves_json_and_plot(two_runs, capsys):
         saved = json.loads((run_dir / "robustness.json").read_text())
         assert [b["eps_label"] for b in saved["budgets"]] == ["0", "8/255"] and saved["n_examples"] == 16
         assert saved["rows"][0]["clean_acc"] == saved["clean_acc"]
-        assert saved["weights"]["checkpoint"] == "epoch-0001"
+        assert saved["weights"]["checkpoint"] == "epoch-0002"
+        assert saved["clean_acc"] > 0.5 and saved["budgets"][1]["robust_acc"] < saved["clean_acc"]
     png = two_runs[0].parent / "robustness.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_attack_runs_reuses_a_result_only_for_the_same_settings(two_runs, monkeypatch):
-    settings = AttackSettings(eps=(0, 8 / 255), n_examples=8, steps=2, autoattack="off", square_examples=4,
+    settings = AttackSettings(eps=(0, 8 / 255), n_examples=8, steps=2, autoattack="off", check_examples=4,
                               square_queries=10)
     first = attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False)
     monkeypatch.setattr(attacks, "evaluate_run", lambda *a, **k: pytest.fail("recomputed a saved result"))
@@ -324,7 +352,7 @@ def test_attack_command_bad_input_is_one_line_exit_2_and_touches_nothing(two_run
     (tmp_path / "not-a-run" / "notes.txt").write_text("hello")
     before = snapshot_files(tmp_path)
     names = {"run": run_dir, "missing": tmp_path / "missing", "not_a_run": tmp_path / "not-a-run"}
-    argv = ["attack", *[a.format(**names) for a in args], *CLI_FAST[2:]]
+    argv = ["attack", *CLI_FAST[2:], *[a.format(**names) for a in args]]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("spatialmix: error:") and message in err and "\n" not in err
@@ -344,7 +372,7 @@ def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypat
     from spatialmix.train import TrainConfig
 
     options = {"robustness": {"eps": (0, 8 / 255), "n_examples": 16, "steps": 2, "autoattack": "off",
-                              "square_examples": 4, "square_queries": 10},
+                              "check_examples": 4, "square_queries": 10},
                "smoothing": {"sigmas": (0, 1.0)}}
     preset = study.Preset("tiny", "tiny", TrainConfig(**{**TINY, "data_dir": str(fake_fashion_dir),
                                                           "train_subset": 128}), options=options)

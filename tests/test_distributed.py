@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -162,7 +163,6 @@ def test_only_one_set_of_run_files_with_global_numbers(two_process_runs, single_
 
 def test_one_process_resumes_a_two_process_checkpoint(two_process_runs, single_process_run, tiny_data, tmp_path):
     run_dir = tmp_path / "resumed"
-    import shutil
     shutil.copytree(two_process_runs / "interrupted", run_dir)
     assert runs.read_json(runs.latest_checkpoint(run_dir).parent / runs.LATEST)["epoch"] == 1
     summary = train(TrainConfig(**CONFIG), run_dir, resume=True, data=tiny_data)

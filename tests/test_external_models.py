@@ -32,8 +32,8 @@ def test_external_model_trains_in_chans_mode_with_its_depthwise_convs_frozen(nam
     init, _ = load_trained_model(tmp_path / "run", weights="init")
     depthwise = depthwise_convs(model)
     assert len(depthwise) == published
-    frozen_layers = [m for m in model.modules()
-                     if list(m.parameters(recurse=False)) and not any(p.requires_grad for p in m.parameters(recurse=False))]
+    own = {m: list(m.parameters(recurse=False)) for m in model.modules()}
+    frozen_layers = [m for m, params in own.items() if params and not any(p.requires_grad for p in params)]
     assert len(frozen_layers) == len(depthwise) and all(a is b for a, b in zip(frozen_layers, depthwise))
     frozen_numel = sum(p.numel() for m in depthwise for p in m.parameters())
     assert summary["frozen_params"] == frozen_numel

@@ -185,7 +185,10 @@ def test_every_section_present_when_every_study_has_results(study_dir, tmp_path)
                                   [{"sigma": 0.0, "clean_acc": 0.7, "robust_acc": 0.2},
                                    {"sigma": 1.0, "clean_acc": 0.68, "robust_acc": 0.31}]]},
         "unshuffle": {"data": {}, "files": ["unshuffle/reconstructions.png", "unshuffle/table.csv", "gone.png"],
-                      "tables": [[{"mode": "Chans", "psnr": 31.25, "ssim": 0.9712}]]},
+                      "tables": [[{"mode": "Chans", "psnr": [31.25, 0.5], "ssim": 0.9712}]],
+                      # titles and column formats, where results.json keeps them
+                      "table_titles": ["Pixel un-shuffling (tiny)"],
+                      "table_columns": [[["mode", "mode", ""], ["psnr", "PSNR (dB)", ".2f"], ["ssim", "SSIM", ".3f"]]]},
         "sweep": {"data": {}, "files": [], "tables": [[{"job": 1, "state": "done"}]]},
     }
     with_studies(study_dir, dest, entries)
@@ -205,19 +208,33 @@ def test_every_section_present_when_every_study_has_results(study_dir, tmp_path)
     assert "<td>0.81 ± 0.01</td>" in robustness and "<td>0.03137</td>" in robustness
     assert "accuracy rises with eps" in robustness and "sigma" not in robustness
     assert b64(smooth_png) in smoothing and "<td>0.31</td>" in smoothing
-    assert b64(recon_png) in unshuffle and "<td>31.25</td>" in unshuffle and "table.csv" in unshuffle
+    assert b64(recon_png) in unshuffle and "table.csv" in unshuffle
+    assert "<caption>Pixel un-shuffling (tiny) (full-study)</caption>" in unshuffle
+    assert "<th>PSNR (dB)</th>" in unshuffle and "<td>31.25 ± 0.50</td>" in unshuffle and "<td>0.971</td>" in unshuffle
     assert "Listed in results.json but not found: gone.png" in unshuffle
     assert "<td>done</td>" in section_html(page, "other")
-    assert "| 31.25 | 0.9712 |" in files.markdown.read_text()
+    assert "| Chans | 31.25 ± 0.50 | 0.971 |" in files.markdown.read_text()
 
 
 def test_report_of_single_runs_and_an_interrupted_study(study_dir, tmp_path):
-    files = report.write_report([study_dir / "classification" / "full-seed0",
-                                 study_dir / "classification" / "chans-seed1"], tmp_path / "runs.html")
+    # a run evaluated by `spatialmix attack`: its robustness.json and plot sit in the run directory
+    attacked = tmp_path / "attacked"
+    shutil.copytree(study_dir / "classification" / "full-seed0", attacked)
+    result = {"label": "Full seed 0", "settings": {"norm": "Linf"}, "clean_acc": 0.75,
+              "budgets": [{"eps": 0.0, "eps_label": "0", "robust_acc": 0.75, "attacks": {}, "warnings": []},
+                          {"eps": 8 / 255, "eps_label": "8/255", "robust_acc": 0.4531, "attacks": {}, "warnings": []}],
+              "warnings": ["robust accuracy rises with eps"]}
+    (attacked / "robustness.json").write_text(json.dumps(result))
+    plot = png_bytes("black")
+    (attacked / "robustness.png").write_bytes(plot)
+    files = report.write_report([attacked, study_dir / "classification" / "chans-seed1"], tmp_path / "runs.html")
     page = files.html.read_text()
     check_page(page)
-    assert files.present == ["configuration", "classification", "curves", "filters"]
+    assert files.present == ["configuration", "classification", "curves", "robustness", "filters"]
     assert "Classification, runs given" in page and "<td>Full</td>" in page and "<td>Chans</td>" in page
+    robustness = section_html(page, "robustness")
+    assert "<td>0.4531</td>" in robustness and "8/255" in robustness and "rises with eps" in robustness
+    assert base64.b64encode(plot).decode() in robustness
     # a study folder without results.json: its runs are still found
     interrupted = tmp_path / "interrupted"
     shutil.copytree(study_dir / "classification", interrupted / "classification")

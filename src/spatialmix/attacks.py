@@ -10,8 +10,7 @@ What one evaluation does, for every budget ``eps > 0`` of the list:
 
 1. FGSM and PGD (``restarts`` random starts; a restart only attacks the examples the earlier
    ones missed) on every correctly classified example. Their accuracies alone are reported too.
-2. AutoAttack on the examples that survived (``autoattack="on"``: at every budget;
-   ``"check"``: only at the check budget below).
+2. With ``autoattack="on"``, AutoAttack on the examples that survived.
 
 An example counts as robust at ``eps`` only if it survived every attack run at ``eps`` *and* at
 every smaller budget (an adversarial example found inside a smaller ball is inside the larger
@@ -19,18 +18,23 @@ one too), so the reported curve never rises with eps and no attack of the evalua
 lower a reported number. Every adversarial example is projected back into the eps ball and
 [0, 1] and classified again by this module; nothing an attack claims is taken on trust.
 
-The checks against gradient masking (warnings in the result, the table and the JSON):
+The checks against gradient masking run at the *check budget*, the largest one at which some
+example survived; their stronger attacks run on the survivors among the first
+``check_examples`` examples, and what they break counts in the results. A failed check is a
+warning in the result, the table and the JSON:
 
 * ``monotone``: the accuracy each budget got from its own attacks must not rise with eps;
-* ``steps``: at the check budget (the largest one at which some example survived), iterative
-  PGD must not do worse than single-step FGSM, and a stronger PGD (``check_steps_factor`` times
-  the steps, ``check_restarts`` restarts) and AutoAttack must not find many more adversarial
-  examples than the standard attacks did;
+* ``steps``: iterative PGD must not do worse than single-step FGSM, and neither a stronger PGD
+  (``check_steps_factor`` times the steps, ``check_restarts`` restarts) nor AutoAttack
+  (``autoattack="check"`` runs it here only) may break many examples the standard attacks missed;
+* ``black-box``: the black-box Square attack must not break examples every white-box attack missed;
 * ``chance``: at a very large budget (L-inf 0.5, or L2 0.5 sqrt(d)) every image can be moved to
-  the uniform gray image, so an attack that works leaves at most the examples of the class the
-  model predicts for gray;
-* ``black-box``: on a subset, the black-box Square attack must not break examples that every
-  white-box attack missed.
+  the uniform gray image, so PGD must leave at most the examples of the class the model predicts
+  for gray.
+
+AutoAttack here is torchattacks' ``AutoAttack(version="standard")``: APGD-CE, APGD-T, FAB-T and
+Square, with torchattacks' defaults (10 iterations for the first three, 5000 queries for Square).
+On a CPU it takes seconds per robust example, hence ``"check"`` by default.
 """
 from __future__ import annotations
 
@@ -114,9 +118,9 @@ class AttackSettings:
     steps: int = 10
     restarts: int = 1
     step_size: float = 2.5
-    autoattack: str = "on"
-    autoattack_examples: int | None = None     # AutoAttack on the first N examples only (None: all)
-    square_examples: int = 100
+    autoattack: str = "check"
+    autoattack_examples: int | None = None     # autoattack="on": on the first N examples only (None: all)
+    check_examples: int = 100                  # the checks' stronger attacks run on the first N examples
     square_queries: int = 1000
     check_steps_factor: int = 4
     check_restarts: int = 2
@@ -155,8 +159,8 @@ class AttackSettings:
         for name in ("autoattack_examples",):
             if getattr(self, name) is not None:
                 check_positive(**{name: getattr(self, name)})
-        if self.square_examples < 0:
-            raise SpatialmixError(f"square examples must be >= 0, got {self.square_examples}")
+        if self.check_examples < 0:
+            raise SpatialmixError(f"check examples must be >= 0, got {self.check_examples}")
         if not 0 <= self.tolerance < 1:
             raise SpatialmixError(f"tolerance must be in [0, 1), got {self.tolerance}")
         return dataclasses.replace(self, eps=tuple(sorted(set(eps))), attacks=tuple(dict.fromkeys(attacks)),
@@ -218,7 +222,7 @@ def derive_seed(seed: int, *parts) -> int:
 
 
 def make_attack(name: str, model: nn.Module, eps: float, norm: str, *, steps: int = 10, step_size: float = 2.5,
-                num_classes: int = 10, seed: int = 0, square_queries: int = 1000):
+                num_classes: int = 10, seed: int = 0, square_queries: int = 1000, image_size=(32, 32)):
     """The torchattacks object for ``name`` (fgsm, pgd, autoattack, square) at one budget.
 
     Under L2, ``fgsm`` is its L2 analogue: one step of length eps along the normalized gradient.
@@ -241,6 +245,9 @@ def make_attack(name: str, model: nn.Module, eps: float, norm: str, *, steps: in
         return torchattacks.AutoAttack(model, norm=norm, eps=eps, version="standard", n_classes=num_classes,
                                        seed=seed)
     if name == "square":
+        if norm == "L2" and min(image_size) < 5:
+            raise SpatialmixError(f"torchattacks' L2 Square attack needs images of at least 5 x 5 pixels, these are "
+                                  f"{image_size[0]} x {image_size[1]}; set check_examples=0")
         return torchattacks.Square(model, norm=norm, eps=eps, n_queries=square_queries, n_restarts=1, seed=seed)
     raise unknown_name("attack", name, (*ATTACKS, "autoattack", "square"))
 
@@ -273,7 +280,7 @@ def attack_examples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     if len(images) == 0:
         return images.clone()
     with attack_mode(model), _seeded(seed, images.device):
-        attack = make_attack(name, model, eps, norm, seed=seed, **params)
+        attack = make_attack(name, model, eps, norm, seed=seed, image_size=tuple(images.shape[-2:]), **params)
         adv = attack(images, labels).detach()
     return project(adv.to(images.dtype), images, eps, _canonical_norm(norm))
 
@@ -312,7 +319,7 @@ class _Evaluation:
         broken = torch.zeros(len(self.y), dtype=torch.bool)
         index = candidates.nonzero().flatten()
         params = {"steps": self.s.steps, "step_size": self.s.step_size, "num_classes": self.num_classes,
-                  "square_queries": self.s.square_queries, **params}
+                  "square_queries": self.s.square_queries, "image_size": tuple(self.x.shape[-2:]), **params}
         for b, start in enumerate(range(0, len(index), self.s.batch_size)):
             idx = index[start:start + self.s.batch_size]
             x, y = self.x[idx].to(self.device), self.y[idx].to(self.device)
@@ -482,7 +489,7 @@ def _evaluate(model, x, y, s: AttackSettings, device, label: str, progress: bool
         if checks and budgets:
             with_survivors = [e for e in budgets if robust[e].any()]
             check_eps = max(with_survivors) if with_survivors else max(budgets)
-            check_list, chance = _masking_checks(ev, raw, robust, standalone, extra, check_eps, n_aa, aa_cost)
+            check_list, chance = _masking_checks(ev, raw, robust, standalone, extra, check_eps, aa_cost)
             robust = _cumulative(robust, s.eps)
     return _result(label, s, y, correct, raw, robust, standalone, extra, check_list, chance, check_eps,
                    num_classes, ev)
@@ -600,17 +607,18 @@ def _check(name: str, ok: bool, message: str, eps: float | None = None) -> dict:
     return {"name": name, "ok": ok, "eps": eps, "message": message}
 
 
-def _masking_checks(ev: _Evaluation, raw, robust, standalone, extra, check_eps, n_aa, aa_cost
+def _masking_checks(ev: _Evaluation, raw, robust, standalone, extra, check_eps, aa_cost
                     ) -> tuple[list[dict], dict]:
     """Run the checks of the module doc; what their attacks break at ``check_eps`` is added to ``robust``."""
     s, n, bar = ev.s, len(ev.y), ev.progress
     budgets = sorted(raw)
     strong_steps = s.steps * s.check_steps_factor
-    n_square = min(n, s.square_examples)
-    survivors = robust[check_eps]
-    bar.expect(int(survivors.sum()) * strong_steps * s.check_restarts
-               + int(survivors[:n_square].sum()) * s.square_queries * _FORWARD_COST
-               + int(raw[0.0].sum()) * s.steps + (s.autoattack == "check") * n_aa * aa_cost)
+    n_check = min(n, s.check_examples)
+    subset = torch.zeros(n, dtype=torch.bool)
+    subset[:n_check] = True
+    targets = int((robust[check_eps] & subset).sum())
+    bar.expect(targets * (strong_steps * s.check_restarts + s.square_queries * _FORWARD_COST
+                          + (s.autoattack == "check") * aa_cost) + int(raw[0.0].sum()) * s.steps)
     out = [check_monotone(budgets, [float(raw[e].float().mean()) for e in budgets], s.tolerance)]
     alone = standalone.get(check_eps, {})
     step_check = check_iterative_vs_single_step(check_eps, alone.get("fgsm", {}).get("robust_acc"),
@@ -618,41 +626,38 @@ def _masking_checks(ev: _Evaluation, raw, robust, standalone, extra, check_eps, 
     if step_check:
         out.append(step_check)
     extra[check_eps] = {}
-    if s.autoattack == "check":
-        aa = _run_autoattack(ev, check_eps, robust[check_eps], n_aa, aa_cost)
+    if n_check:
+        # A stronger PGD, then AutoAttack ("check" mode), then black-box Square, each on what is left.
+        name = f"PGD-{strong_steps} x{s.check_restarts}"
+        mark = bar.stage(f"check: {name} at eps {eps_label(check_eps)}",
+                         int((robust[check_eps] & subset).sum()) * strong_steps * s.check_restarts)
+        attacked = int((robust[check_eps] & subset).sum())
+        strong = ev.pgd(check_eps, robust[check_eps] & subset, "strong", strong_steps, s.check_restarts)
+        bar.end_stage(mark)
+        robust[check_eps] &= ~strong
+        extra[check_eps]["pgd-strong"] = {"steps": strong_steps, "restarts": s.check_restarts, "examples": n_check,
+                                          "attacked": attacked, "extra_broken": int(strong.sum())}
+        out.append(check_stronger_attack(check_eps, f"PGD with {s.check_steps_factor}x the steps and "
+                                                    f"{s.check_restarts} restarts", int(strong.sum()), n_check,
+                                         s.tolerance))
+    if s.autoattack == "check" and n_check:
+        aa = _run_autoattack(ev, check_eps, robust[check_eps], n_check, aa_cost)
         robust[check_eps] &= ~aa.pop("broken_mask")
         extra[check_eps]["autoattack"] = aa
     else:
         aa = alone.get("autoattack")
     if aa is not None:
         out.append(check_stronger_attack(check_eps, "AutoAttack", aa["extra_broken"], aa["examples"], s.tolerance))
-
-    # A stronger PGD on the examples that are still robust.
-    name = f"PGD-{strong_steps} x{s.check_restarts}"
-    mark = bar.stage(f"check: {name} at eps {eps_label(check_eps)}",
-                     int(robust[check_eps].sum()) * strong_steps * s.check_restarts)
-    attacked = int(robust[check_eps].sum())
-    strong = ev.pgd(check_eps, robust[check_eps], "strong", strong_steps, s.check_restarts)
-    bar.end_stage(mark)
-    robust[check_eps] &= ~strong
-    extra[check_eps]["pgd-strong"] = {"steps": strong_steps, "restarts": s.check_restarts, "attacked": attacked,
-                                      "extra_broken": int(strong.sum())}
-    out.append(check_stronger_attack(check_eps, f"PGD with {s.check_steps_factor}x the steps and {s.check_restarts} "
-                                                f"restarts", int(strong.sum()), n, s.tolerance))
-
-    # Black-box Square on a subset, against what every white-box attack left robust.
-    if n_square:
-        subset = torch.zeros(n, dtype=torch.bool)
-        subset[:n_square] = True
-        targets = robust[check_eps] & subset
+    if n_check:
+        square_targets = robust[check_eps] & subset
         mark = bar.stage(f"check: Square at eps {eps_label(check_eps)}",
-                         int(targets.sum()) * s.square_queries * _FORWARD_COST)
-        square = ev.broken_by("square", check_eps, targets, "check", s.square_queries * _FORWARD_COST)
+                         int(square_targets.sum()) * s.square_queries * _FORWARD_COST)
+        square = ev.broken_by("square", check_eps, square_targets, "check", s.square_queries * _FORWARD_COST)
         bar.end_stage(mark)
         robust[check_eps] &= ~square
-        extra[check_eps]["square"] = {"examples": n_square, "queries": s.square_queries,
-                                      "attacked": int(targets.sum()), "extra_broken": int(square.sum())}
-        out.append(check_black_box(check_eps, int(square.sum()), n_square, s.tolerance))
+        extra[check_eps]["square"] = {"examples": n_check, "queries": s.square_queries,
+                                      "attacked": int(square_targets.sum()), "extra_broken": int(square.sum())}
+        out.append(check_black_box(check_eps, int(square.sum()), n_check, s.tolerance))
 
     # Chance at a budget that reaches the uniform gray image from every image.
     large_eps = 0.5 if s.norm == "Linf" else 0.5 * math.sqrt(ev.x[0].numel())

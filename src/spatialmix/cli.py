@@ -184,11 +184,13 @@ def add_attack_command(sub) -> None:
     p.add_argument("--n-examples", default=str(d.n_examples), metavar="N",
                    help=f"a fixed seeded subset of the test set, or 'all' (default: {d.n_examples})")
     p.add_argument("--autoattack", default=d.autoattack, metavar="on|off|check",
-                   help="AutoAttack (standard) at every budget, never, or only at the check budget (default: on)")
+                   help="AutoAttack (standard) at every budget, never, or only as one of the masking checks "
+                        f"(seconds per robust example on a CPU; default: {d.autoattack})")
     p.add_argument("--autoattack-examples", type=int, default=None, metavar="N",
-                   help="run AutoAttack on the first N examples only (default: all)")
-    p.add_argument("--square-examples", type=int, default=d.square_examples, metavar="N",
-                   help=f"examples of the black-box Square check (default: {d.square_examples})")
+                   help="with --autoattack on: run it on the first N examples only (default: all)")
+    p.add_argument("--check-examples", type=int, default=d.check_examples, metavar="N",
+                   help=f"the masking checks' stronger attacks run on the first N examples (default: "
+                        f"{d.check_examples})")
     p.add_argument("--square-queries", type=int, default=d.square_queries, metavar="Q",
                    help=f"queries of the Square check (default: {d.square_queries})")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the subset and the attacks (default: 0)")
@@ -210,7 +212,7 @@ def cmd_attack(args) -> None:
     n_examples = None if args.n_examples.lower() == "all" else _parse_int("--n-examples", args.n_examples)
     settings = AttackSettings(eps=parse_eps_list(args.eps), norm=args.norm, attacks=args.attacks, steps=args.steps,
                               restarts=args.restarts, n_examples=n_examples, autoattack=args.autoattack,
-                              autoattack_examples=args.autoattack_examples, square_examples=args.square_examples,
+                              autoattack_examples=args.autoattack_examples, check_examples=args.check_examples,
                               square_queries=args.square_queries, seed=args.seed, batch_size=args.batch_size,
                               device=args.device).validate()
     plot = None if args.plot.lower() == "none" else args.plot
@@ -338,6 +340,7 @@ def add_sweep_command(sub) -> None:
 
 
 def cmd_sweep(args) -> None:
+    from .distributed import is_main
     from .sweep import (JobResources, grid_sweep, job_states, load_grid_file, parse_time, run_sweep,
                         study_sweep)
 
@@ -373,8 +376,10 @@ def cmd_sweep(args) -> None:
     except KeyboardInterrupt:
         print("spatialmix: sweep interrupted; run the same command again to continue", file=sys.stderr)
         raise SystemExit(130) from None
-    print(f"sweep {sweep.out_dir}: {len(outcome.skipped)} configuration(s) finished before, {len(outcome.ran)} now"
-          + (f"; results in {sweep.out_dir}/results.md" if outcome.tables else ""))
+    if is_main():
+        print(f"sweep {sweep.out_dir}: {len(outcome.skipped)} configuration(s) finished before, "
+              f"{len(outcome.ran)} now"
+              + (f"; results in {sweep.out_dir}/results.md" if outcome.tables else ""))
     if outcome.failed:
         names = ", ".join(outcome.failed)
         raise SpatialmixError(f"{len(outcome.failed)} of {len(sweep.jobs)} configurations failed ({names}); the "

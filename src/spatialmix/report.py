@@ -248,6 +248,23 @@ def rows_table(title: str, rows: list[dict]) -> ResultTable:
     return table
 
 
+def saved_table(title: str, rows: list[dict], columns) -> ResultTable:
+    """A table from results.json: with its saved (key, header, format) columns when it has them."""
+    valid = isinstance(columns, list) and columns and all(
+        isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(x, str) for x in c) for c in columns)
+    if not valid:
+        return rows_table(title, rows)
+    table = ResultTable(title, [tuple(c) for c in columns])
+    for row in rows:
+        # JSON turned (mean, std) tuples into lists; ResultTable formats tuples as "mean ± std"
+        table.add(**{k: tuple(v) if isinstance(v, list) and len(v) == 2 else v for k, v in row.items()})
+    try:
+        table.cells()
+    except (TypeError, ValueError):   # a saved format that does not fit the saved values
+        return rows_table(title, rows)
+    return table
+
+
 def _json_rows(obj) -> list[dict] | None:
     """Rows out of a JSON value of unknown layout: a list of dicts, or a dict holding one."""
     if isinstance(obj, list) and obj and all(isinstance(r, dict) for r in obj):
@@ -431,11 +448,15 @@ def study_items(study: StudyInfo, name: str, entry: dict, keep_table=lambda rows
     """Tables (rows from results.json) and embedded images (its files) of one study entry."""
     items: list = []
     tables = entry.get("tables") if isinstance(entry.get("tables"), list) else []
+    titles = entry.get("table_titles") if isinstance(entry.get("table_titles"), list) else []
+    columns = entry.get("table_columns") if isinstance(entry.get("table_columns"), list) else []
     for i, rows in enumerate(tables):
         rows = _json_rows(rows)
         if rows and keep_table(rows):
             title = f"{name} ({study.path.name})" + (f", table {i + 1}" if len(tables) > 1 else "")
-            items.append(rows_table(title, rows))
+            if i < len(titles) and isinstance(titles[i], str):
+                title = f"{titles[i]} ({study.path.name})"
+            items.append(saved_table(title, rows, columns[i] if i < len(columns) else None))
     data = entry.get("data") if isinstance(entry.get("data"), dict) else {}
     warnings = data.get("warnings")
     if isinstance(warnings, list) and warnings:
@@ -483,20 +504,48 @@ def robustness_section(inputs: Inputs, has_smoothing_study: bool) -> Section:
             keep_table=lambda rows: has_smoothing_study or not _is_smoothing_table(rows),
             keep_file=lambda path: has_smoothing_study or not _is_smoothing_file(path))
     for r in inputs.loose_runs:
-        for path in sorted(r.path.glob("*.json")):
-            if path.name in (runs.CONFIG, runs.STATUS, runs.SUMMARY) or not any(
-                    w in path.name.lower() for w in ("robust", "attack")):
-                continue
-            try:
-                rows = _json_rows(json.loads(path.read_text()))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                section.items.append(f"{path} is not valid JSON; left out.")
-                continue
-            if rows:
-                section.items.append(rows_table(f"{r.label}: {path.name}", rows))
+        section.items += run_robustness_items(r)
     if not section.items:
         section.absent = ABSENT["robustness"]
     return section
+
+
+def run_robustness_items(run: RunInfo) -> list:
+    """What `spatialmix attack` saved in a run directory: its result JSON as a table, its plot."""
+    items: list = []
+    for path in sorted(run.path.glob("*.json")):
+        if path.name in (runs.CONFIG, runs.STATUS, runs.SUMMARY):
+            continue
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            items.append(f"{path} is not valid JSON; left out.")
+            continue
+        if isinstance(saved, dict) and isinstance(saved.get("budgets"), list):
+            rows = attack_result_rows(saved)
+        elif any(word in path.name.lower() for word in ("robust", "attack")):
+            rows = _json_rows(saved)
+        else:
+            continue
+        if rows:
+            items.append(rows_table(f"{run.label}: {path.name}", rows))
+            if isinstance(saved, dict) and isinstance(saved.get("warnings"), list):
+                items += [f"{run.label}: {w}" for w in saved["warnings"]]
+    items += file_items(run.path, [p.name for p in sorted(run.path.glob("*.png"))
+                                   if any(word in p.name.lower() for word in ("robust", "attack"))])
+    return items
+
+
+def attack_result_rows(result: dict) -> list[dict] | None:
+    """One row per budget of a `spatialmix attack` result, as the attack module lays them out."""
+    try:
+        from .attacks import result_rows
+    except ImportError:   # an installation without the robustness study
+        return _json_rows(result.get("budgets"))
+    try:
+        return result_rows(result)
+    except (KeyError, TypeError, AttributeError):   # written by another version: show what is there
+        return _json_rows(result.get("budgets"))
 
 
 def smoothing_section(inputs: Inputs) -> Section:

@@ -80,6 +80,12 @@ def load_studies() -> dict[str, StudyFn]:
 
     for module in STUDY_MODULES:
         importlib.import_module(module)
+    # Run in the order of STUDY_MODULES (the report last) whatever order they were imported in.
+    order = [__name__] + STUDY_MODULES
+    ranked = sorted(STUDIES.items(), key=lambda item: order.index(item[1].__module__)
+                    if item[1].__module__ in order else len(order))
+    STUDIES.clear()
+    STUDIES.update(ranked)
     return STUDIES
 
 
@@ -165,9 +171,25 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/reproduce", see
 
 
 def save_results(ctx: StudyContext) -> None:
-    data = {name: {"data": r.data, "files": r.files, "tables": [t.rows for t in r.tables]}
-            for name, r in ctx.results.items()}
-    payload = {"preset": ctx.preset.name, "seeds": list(ctx.seeds), "overrides": ctx.overrides, "studies": data}
-    runs.atomic_write_bytes(ctx.out_dir / "results.json", json.dumps(payload, indent=2, default=str).encode())
-    markdown = "\n".join(t.to_markdown() for r in ctx.results.values() for t in r.tables)
+    """Write results.json / results.md, keeping the entries of studies run by earlier calls."""
+    path = ctx.out_dir / "results.json"
+    previous = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            if old.get("preset") == ctx.preset.name:
+                previous = old.get("studies", {})
+        except (json.JSONDecodeError, OSError):
+            previous = {}   # unreadable: replaced by this call's results
+    studies = {**previous, **{name: study_entry(r) for name, r in ctx.results.items()}}
+    payload = {"preset": ctx.preset.name, "seeds": list(ctx.seeds), "overrides": ctx.overrides, "studies": studies}
+    runs.atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
+    markdown = "\n".join(entry.get("markdown", "") for entry in studies.values())
     runs.atomic_write_bytes(ctx.out_dir / "results.md", markdown.encode())
+
+
+def study_entry(result: StudyResult) -> dict:
+    return {"data": result.data, "files": result.files, "tables": [t.rows for t in result.tables],
+            "table_titles": [t.title for t in result.tables],
+            "table_columns": [[list(c) for c in t.columns] for t in result.tables],
+            "markdown": "\n".join(t.to_markdown() for t in result.tables)}

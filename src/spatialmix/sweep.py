@@ -179,7 +179,8 @@ def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None 
         for mode in p.modes:
             name = f"{mode}-seed{seed}"
             config = _validated(p.base.replace(**overrides, mode=mode, seed=seed), name)
-            jobs.append(SweepJob(name, config, classification_run_dir(out_dir, mode, seed), {"mode": mode, "seed": seed}))
+            run_dir = classification_run_dir(out_dir, mode, seed)
+            jobs.append(SweepJob(name, config, run_dir, {"mode": mode, "seed": seed}))
     return Sweep(Path(out_dir), jobs, title=f"Study {preset}", preset=preset, seeds=seeds, overrides=dict(overrides),
                  varying=("mode", "seed"))
 
