@@ -10,7 +10,6 @@ is robust iff every such minimum stays positive.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import pytest
@@ -85,7 +84,7 @@ def test_eps_parsing_and_labels():
 @pytest.mark.parametrize("changes, message", [
     ({"eps": (0, 2.0)}, "outside"), ({"eps": (-1 / 255,)}, "outside"), ({"attacks": ("fgsm", "cw")}, "unknown attack"),
     ({"norm": "L1"}, "unknown norm"), ({"n_examples": 0}, "at least 1"), ({"autoattack": "maybe"}, "autoattack"),
-    ({"steps": 0}, "steps"), ({"bogus": 1}, "unknown attack settings")])
+    ({"steps": 0}, "steps"), ({"bogus": 1}, "unknown attack settings"), ({"device": "tpu"}, "unknown device")])
 def test_bad_settings_are_one_clear_line(changes, message):
     with pytest.raises(SpatialmixError, match=message) as err:
         AttackSettings().replace(**changes).validate()
@@ -396,3 +395,22 @@ def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypat
     monkeypatch.setattr(attacks, "evaluate_run", lambda *a, **k: pytest.fail("attacked again"))
     again = study.reproduce("tiny", out, studies=["robustness", "smoothing"])
     assert again["smoothing"].tables[0].rows == smoothing.tables[0].rows
+
+
+def test_study_settings_come_from_the_preset_options_and_are_checked(tmp_path):
+    from spatialmix import robustness, study
+
+    def context(options):
+        preset = study.Preset("t", "t", study.PRESETS["quick"].base, options=options)
+        return study.StudyContext(preset, tmp_path, (0,), {})
+
+    quick = robustness.attack_settings(context({}))
+    assert (quick.n_examples, quick.steps, quick.eps) == (500, 10, attacks.DEFAULT_EPS)
+    assert robustness.smoothing_sigmas(context({})) == (0.0, 0.5, 1.0, 2.0)
+    assert robustness.attack_settings(context({"robustness": {"steps": 3}})).steps == 3
+    with pytest.raises(SpatialmixError, match="robustness.stepz"):
+        robustness.attack_settings(context({"robustness": {"stepz": 3}}))
+    with pytest.raises(SpatialmixError, match="sigmas"):
+        robustness.smoothing_sigmas(context({"smoothing": {"sigmas": (0, -1)}}))
+    with pytest.raises(SpatialmixError, match="outside"):
+        robustness.attack_settings(context({"robustness": {"eps": (0, 3)}}))

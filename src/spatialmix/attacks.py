@@ -12,10 +12,10 @@ What one evaluation does, for every budget ``eps > 0`` of the list:
    ones missed) on every correctly classified example. Their accuracies alone are reported too.
 2. With ``autoattack="on"``, AutoAttack on the examples that survived.
 
-An example counts as robust at ``eps`` only if it survived every attack run at ``eps`` *and* at
-every smaller budget (an adversarial example found inside a smaller ball is inside the larger
-one too), so the reported curve never rises with eps and no attack of the evaluation could
-lower a reported number. Every adversarial example is projected back into the eps ball and
+An example counts as robust at ``eps`` only if no attack of the evaluation, at any budget, found a
+misclassified input within distance ``eps`` of it: in particular it survived every attack run at
+``eps`` and at every smaller budget (a smaller ball lies inside the larger one). So the reported
+curve never rises with eps and no attack of the evaluation could lower a reported number. Every adversarial example is projected back into the eps ball and
 [0, 1] and classified again by this module; nothing an attack claims is taken on trust.
 
 The checks against gradient masking run at the *check budget*, the largest one at which some
@@ -61,7 +61,6 @@ ATTACKS = ("fgsm", "pgd")
 AUTOATTACK_CHOICES = ("on", "off", "check")
 DEFAULT_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 RESULT_NAME = "robustness"
-CHECKS = ("monotone", "steps", "chance", "black-box")
 # Rough cost of one example in units of one gradient step, for the progress bar's ETA only.
 _FORWARD_COST = 1 / 3
 
@@ -156,11 +155,14 @@ class AttackSettings:
         check_positive(steps=self.steps, restarts=self.restarts, step_size=self.step_size,
                        batch_size=self.batch_size, square_queries=self.square_queries,
                        check_steps_factor=self.check_steps_factor, check_restarts=self.check_restarts)
-        for name in ("autoattack_examples",):
-            if getattr(self, name) is not None:
-                check_positive(**{name: getattr(self, name)})
+        if self.autoattack_examples is not None:
+            check_positive(autoattack_examples=self.autoattack_examples)
         if self.check_examples < 0:
             raise SpatialmixError(f"check examples must be >= 0, got {self.check_examples}")
+        from .train import DEVICE_CHOICES
+
+        if self.device not in DEVICE_CHOICES:
+            raise unknown_name("device", str(self.device), DEVICE_CHOICES)
         if not 0 <= self.tolerance < 1:
             raise SpatialmixError(f"tolerance must be in [0, 1), got {self.tolerance}")
         return dataclasses.replace(self, eps=tuple(sorted(set(eps))), attacks=tuple(dict.fromkeys(attacks)),
@@ -179,8 +181,8 @@ class AttackSettings:
         return d
 
     def identity(self) -> dict:
-        """The settings the numbers depend on (not where they were computed)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("device", "batch_size")}
+        """The settings as saved, less the device (compared as resolved: "auto" may mean either)."""
+        return {k: v for k, v in self.to_dict().items() if k != "device"}
 
 
 # --------------------------------------------------------------------------- the attacked model
@@ -305,6 +307,9 @@ class _Evaluation:
         self.progress = progress
         self.outside_ball = 0     # adversarial examples an attack returned outside the ball or [0, 1]
         self.max_perturbation: dict[float, float] = {}
+        # Per example, the distance of the closest misclassified input any attack found: it breaks
+        # the example at every budget at least that large, whichever budget it was found at.
+        self.nearest = torch.full((len(labels),), math.inf)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -334,8 +339,10 @@ class _Evaluation:
             self.max_perturbation[eps] = max(self.max_perturbation.get(eps, 0.0),
                                              float(distance(adv, x, self.s.norm).max()))
             with torch.no_grad():
-                wrong = self.model(adv).argmax(1) != y
-            broken[idx] = wrong.cpu()
+                wrong = (self.model(adv).argmax(1) != y).cpu()
+            broken[idx] = wrong
+            distances = distance(adv, x, self.s.norm).cpu()
+            self.nearest[idx[wrong]] = torch.minimum(self.nearest[idx[wrong]], distances[wrong])
             self.progress.advance(len(idx) * cost)
         return broken
 
@@ -490,7 +497,9 @@ def _evaluate(model, x, y, s: AttackSettings, device, label: str, progress: bool
             with_survivors = [e for e in budgets if robust[e].any()]
             check_eps = max(with_survivors) if with_survivors else max(budgets)
             check_list, chance = _masking_checks(ev, raw, robust, standalone, extra, check_eps, aa_cost)
-            robust = _cumulative(robust, s.eps)
+        for eps in s.eps:
+            robust[eps] &= ~(ev.nearest <= eps)
+        robust = _cumulative(robust, s.eps)
     return _result(label, s, y, correct, raw, robust, standalone, extra, check_list, chance, check_eps,
                    num_classes, ev)
 
@@ -823,8 +832,12 @@ def _reusable(path: Path, settings: AttackSettings, fingerprint: dict) -> dict |
         saved = runs.read_json(path, "robustness result")
     except SpatialmixError:
         return None
-    saved_settings = {k: v for k, v in (saved.get("settings") or {}).items() if k not in ("device", "batch_size")}
-    if saved_settings == settings.identity() and saved.get("weights") == fingerprint:
+    from .train import resolve_device
+
+    saved_settings = {k: v for k, v in (saved.get("settings") or {}).items() if k != "device"}
+    # The device matters too: the random starts come from its generator.
+    same_device = saved.get("device") == str(resolve_device(settings.device))
+    if saved_settings == settings.identity() and same_device and saved.get("weights") == fingerprint:
         return saved
     return None
 

@@ -37,6 +37,10 @@ CONFIG_HELP = {
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (no usage dump) with exit code 2."""
 
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)   # `--mode` must never be read as `--model`
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -194,7 +198,8 @@ def add_attack_command(sub) -> None:
     p.add_argument("--square-queries", type=int, default=d.square_queries, metavar="Q",
                    help=f"queries of the Square check (default: {d.square_queries})")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the subset and the attacks (default: 0)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default: {d.batch_size})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"examples attacked at once (default: {d.batch_size})")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda (default: auto)")
     p.add_argument("--out-name", default="robustness",
                    help="results go to RUN_DIR/OUT_NAME.json and the plot to OUT_NAME.png (default: robustness)")

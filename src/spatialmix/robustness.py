@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import runs
 from .attacks import DEFAULT_EPS, RESULT_NAME, AttackSettings, attack_runs, eps_label
+from .errors import SpatialmixError
 from .reporting import ResultTable, console, mean_std
 from .study import PRESETS, StudyContext, StudyResult, classification_run_dir, register_study, train_or_reuse
 
@@ -37,14 +38,25 @@ def attack_settings(ctx: StudyContext) -> AttackSettings:
     """The attack settings of the preset (``options["robustness"]``), on the study's device."""
     options = ctx.preset.options.get("robustness", {})
     names = [f for f in AttackSettings.__dataclass_fields__ if f != "device"]
+    _check_keys("robustness", options, names)
     values = {name: options.get(name, ROBUSTNESS_DEFAULTS.get(name, getattr(AttackSettings, name)))
               for name in names}
     return AttackSettings(**values, device=ctx.config().device).validate()
 
 
 def smoothing_sigmas(ctx: StudyContext) -> tuple[float, ...]:
-    sigmas = ctx.preset.options.get("smoothing", {}).get("sigmas", SMOOTHING_DEFAULTS["sigmas"])
-    return tuple(float(s) for s in sigmas)
+    options = ctx.preset.options.get("smoothing", {})
+    _check_keys("smoothing", options, SMOOTHING_DEFAULTS)
+    sigmas = tuple(float(s) for s in options.get("sigmas", SMOOTHING_DEFAULTS["sigmas"]))
+    if not sigmas or any(not s >= 0 for s in sigmas):
+        raise SpatialmixError(f"smoothing sigmas must be a non-empty list of numbers >= 0, got {list(sigmas)}")
+    return sigmas
+
+
+def _check_keys(study: str, options: dict, valid) -> None:
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise SpatialmixError(f"preset option {study}.{unknown[0]} is unknown; valid ones: {', '.join(sorted(valid))}")
 
 
 def _train_runs(ctx: StudyContext, study: str, jobs: list[tuple[object, Path]]) -> list[Path]:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__, distributed, runs
-from .data import AUGMENTATIONS, DATASETS, BatchLoader, ImageData, load_dataset
+from .data import (AUGMENTATIONS, DATASETS, BatchLoader, FolderData, FolderLoader, ImageData, load_dataset,
+                   load_image_folder)
 from .errors import NonFiniteLossError, SpatialmixError, check_positive, unknown_name
 from .mixing import INITS, MODES, InitSpec, apply_mixing, frozen_fingerprint, summarize
 from .models import create_model, list_models
@@ -71,6 +72,8 @@ class TrainConfig:
     device: str = "auto"
     sync_bn: bool = False
     progress: bool = True
+    image_size: int | None = None     # imagefolder only: the crop size (default 224)
+    workers: int = 4                  # imagefolder only: DataLoader processes decoding images
 
     def validate(self) -> "TrainConfig":
         """Reject bad values with one clear message before anything is built or written."""
@@ -91,7 +94,9 @@ class TrainConfig:
         if self.device not in DEVICE_CHOICES:
             raise unknown_name("device", self.device, DEVICE_CHOICES)
         check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
-        for name in ("width", "depth", "kernel_size", "patch_size", "train_subset", "test_subset"):
+        if self.workers < 0:
+            raise SpatialmixError(f"workers must be >= 0, got {self.workers}")
+        for name in ("width", "depth", "kernel_size", "patch_size", "train_subset", "test_subset", "image_size"):
             value = getattr(self, name)
             if value is not None:
                 check_positive(**{name: value})
@@ -324,8 +329,11 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
-def load_data_for(config: TrainConfig) -> ImageData:
-    data = load_dataset(config.dataset, config.data_dir, download=config.download)
+def load_data_for(config: TrainConfig) -> ImageData | FolderData:
+    if config.dataset == "imagefolder":
+        data = load_image_folder(config.data_dir, config.image_size or 224)
+    else:
+        data = load_dataset(config.dataset, config.data_dir, download=config.download)
     return data.subset(config.train_subset, config.test_subset, seed=config.seed)
 
 
@@ -337,12 +345,19 @@ def make_loaders(config: TrainConfig, data: ImageData, device: torch.device, ran
                               f"{world_size} processes; use a multiple of {world_size}")
     augment = config.augment or DATASETS[config.dataset].default_augment
     shard = dict(rank=rank, world_size=world_size)
-    train_loader = BatchLoader(data.train_images, data.train_labels, config.batch_size // world_size, data.mean,
-                               data.std, train=True, augment=augment, seed=config.seed, device=device,
-                               channels_last=config.channels_last, **shard)
-    test_loader = BatchLoader(data.test_images, data.test_labels, max(256, config.batch_size) // world_size,
-                              data.mean, data.std, train=False, device=device, channels_last=config.channels_last,
-                              **shard)
+    if isinstance(data, FolderData):
+        folder = dict(device=device, channels_last=config.channels_last, workers=config.workers, **shard)
+        train_loader = FolderLoader(data.train_set, data.train_labels, config.batch_size // world_size, data.mean,
+                                    data.std, train=True, augment=augment, seed=config.seed, **folder)
+        test_loader = FolderLoader(data.test_set, data.test_labels, max(256, config.batch_size) // world_size,
+                                   data.mean, data.std, train=False, **folder)
+    else:
+        train_loader = BatchLoader(data.train_images, data.train_labels, config.batch_size // world_size,
+                                   data.mean, data.std, train=True, augment=augment, seed=config.seed,
+                                   device=device, channels_last=config.channels_last, **shard)
+        test_loader = BatchLoader(data.test_images, data.test_labels, max(256, config.batch_size) // world_size,
+                                  data.mean, data.std, train=False, device=device,
+                                  channels_last=config.channels_last, **shard)
     if len(train_loader) == 0:
         raise SpatialmixError(f"batch size {config.batch_size} is larger than the {len(data.train_labels)} "
                               f"training images; lower --batch-size")
