@@ -112,28 +112,31 @@ def test_linf_pgd_equals_the_analytic_worst_case_of_a_linear_classifier():
     assert accs[0] > accs[-1] > 0                      # the test covers robust and broken examples
 
 
-def test_autoattack_equals_the_analytic_worst_case_of_a_multiclass_linear_classifier():
+def test_autoattack_check_equals_the_analytic_worst_case_of_a_multiclass_linear_classifier():
+    # CE-based FGSM and PGD need not find a multi-class linear model's worst case; AutoAttack's
+    # targeted attacks (one per class) must. It runs at the check budget on the check subset.
     model, x, y = linear_problem(classes=10, n=40, seed=3)
-    result = evaluate_robustness(model, x, y, eps=(0.05,), attacks=("fgsm",), autoattack="on", check_examples=0,
-                                 progress=False)
-    budget = result["budgets"][0]
-    expected = analytic_robust(model, x, y, 0.05)
-    assert torch.equal(bits(budget), expected)
-    assert 0 < expected.float().mean() < result["clean_acc"]
-    assert budget["attacks"]["autoattack"]["attacked"] > 0
-
-
-def test_autoattack_as_a_check_runs_at_the_check_budget_on_the_check_subset():
-    model, x, y = linear_problem(classes=10, n=40, seed=3)
-    result = evaluate_robustness(model, x, y, eps=(0, 0.02, 0.05), attacks=("fgsm", "pgd"), autoattack="check",
-                                 check_examples=20, square_queries=20, progress=False)
+    result = evaluate_robustness(model, x, y, eps=(0, 0.02, 0.05), autoattack="check", check_examples=30,
+                                 square_queries=20, progress=False)
     check = next(b for b in result["budgets"] if b["eps"] == result["check_eps"])
-    assert check["attacks"]["autoattack"]["examples"] == 20
+    assert check["attacks"]["autoattack"]["examples"] == 30 and check["attacks"]["autoattack"]["attacked"] > 0
     assert all("autoattack" not in b["attacks"] for b in result["budgets"] if b is not check)
     assert any(c["name"] == "steps" and "AutoAttack" in c["message"] for c in result["checks"])
     expected = analytic_robust(model, x, y, result["check_eps"])
-    assert not (bits(check) & ~expected).any()          # never robust where the optimum breaks it
-    assert torch.equal(bits(check)[:20], expected[:20])   # exact where AutoAttack ran
+    assert 0 < expected.float().mean() < result["clean_acc"]
+    assert not (bits(check) & ~expected).any()            # never robust where the optimum breaks it
+    assert torch.equal(bits(check)[:30], expected[:30])   # exact where AutoAttack ran
+
+
+def test_autoattack_on_runs_at_every_budget():
+    model, x, y = linear_problem(classes=10, n=20, seed=4)
+    # Budgets at which no example is robust: AutoAttack's first attacks break what FGSM left, and
+    # its Square (5000 queries) has no work.
+    result = evaluate_robustness(model, x, y, eps=(0, 0.12, 0.15), attacks=("fgsm",), autoattack="on",
+                                 check_examples=0, progress=False)
+    assert sum(b["attacks"]["autoattack"]["extra_broken"] for b in result["budgets"][1:]) > 0
+    for budget in result["budgets"][1:]:
+        assert torch.equal(bits(budget), analytic_robust(model, x, y, budget["eps"]))
 
 
 def test_l2_pgd_never_beats_the_optimum_and_finds_it_away_from_the_boundary():

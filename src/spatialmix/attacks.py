@@ -491,6 +491,7 @@ def _evaluate(model, x, y, s: AttackSettings, device, label: str, progress: bool
         for eps in budgets:
             raw[eps], standalone[eps] = _attack_budget(ev, eps, correct, n_aa, aa_cost)
         robust = _cumulative(raw, s.eps)
+        attacks_done = time.perf_counter()
         check_list, extra, chance = [], {}, {}
         check_eps = max(budgets) if budgets else None
         if checks and budgets:
@@ -500,8 +501,10 @@ def _evaluate(model, x, y, s: AttackSettings, device, label: str, progress: bool
         for eps in s.eps:
             robust[eps] &= ~(ev.nearest <= eps)
         robust = _cumulative(robust, s.eps)
-    return _result(label, s, y, correct, raw, robust, standalone, extra, check_list, chance, check_eps,
-                   num_classes, ev)
+    result = _result(label, s, y, correct, raw, robust, standalone, extra, check_list, chance, check_eps,
+                     num_classes, ev)
+    result["checks_time_s"] = time.perf_counter() - attacks_done
+    return result
 
 
 def _attack_budget(ev: _Evaluation, eps: float, correct: torch.Tensor, n_aa: int, aa_cost: float
@@ -905,7 +908,7 @@ def plot_robustness(results: list[dict], path: str | Path) -> Path:
         warned = [b for b in budgets if b["warnings"]]
         if warned:
             ax.scatter([b["eps"] for b in warned], [b["robust_acc"] for b in warned], s=120, facecolors="none",
-                       edgecolors="red", label="masking warning")
+                       edgecolors="red", label="check warning")
         title = result["label"] + (f"\n{len(result['warnings'])} warning(s)" if result["warnings"] else "")
         ax.set_title(title, fontsize=8, color="red" if result["warnings"] else "black")
         ax.legend(fontsize=6)
