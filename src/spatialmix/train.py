@@ -273,7 +273,8 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, task) -> N
     if resume:
         runs.check_run_dir(run_dir)
         record = runs.read_json(run_dir / runs.CONFIG, "run")
-        saved, ours = dict(record["train"]), config.to_dict()
+        # A field added after the run was made counts as its default (what the run behaved as).
+        saved, ours = {**TrainConfig().to_dict(), **record["train"]}, config.to_dict()
         saved["task"], ours["task"] = record.get("task", {"name": "classification"}), task.to_dict()
         diff = [k for k in ours if k not in RESUMABLE_FIELDS and saved.get(k) != ours[k]]
         if diff:
