@@ -165,6 +165,20 @@ def test_kill_after_last_checkpoint_before_summary(tiny_config, tiny_data, tmp_p
     assert runs.read_json(run_dir / runs.STATUS)["state"] == "finished"
 
 
+def test_kill_before_the_first_checkpoint_resumes_from_the_config_alone(tiny_config, tiny_data, tmp_path):
+    """Killed after config.json but before init.safetensors (or any checkpoint): --resume starts over."""
+    config = tiny_config(epochs=1)
+    reference = train(config, tmp_path / "reference", data=tiny_data)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.CONFIG).write_bytes((tmp_path / "reference" / runs.CONFIG).read_bytes())
+    summary = train(config, run_dir, resume=True, data=tiny_data)
+    assert (run_dir / runs.INIT).read_bytes() == (tmp_path / "reference" / runs.INIT).read_bytes()
+    assert summary["test_acc"] == reference["test_acc"]
+    for name, tensor in final_weights(tmp_path / "reference").items():
+        assert torch.equal(final_weights(run_dir)[name], tensor), name
+
+
 def test_resume_of_a_finished_run_changes_nothing(tiny_config, tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     summary = train(tiny_config(), run_dir, data=tiny_data)

@@ -15,7 +15,7 @@ import gzip
 import os
 import pickle
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -428,14 +428,8 @@ class FolderData:
 
         train = pick(self.train_set, self.train_labels, n_train)
         test = pick(self.test_set, self.test_labels, n_test)
-        return dataclasses_replace(self, train_set=train[0], train_labels=train[1], test_set=test[0],
+        return replace(self, train_set=train[0], train_labels=train[1], test_set=test[0],
                                    test_labels=test[1])
-
-
-def dataclasses_replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def load_image_folder(data_dir: str | os.PathLike | None, image_size: int = 224) -> FolderData:

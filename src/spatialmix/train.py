@@ -400,10 +400,13 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
     checkpoint = runs.latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state = _restore(model, optimizer, checkpoint, init_fingerprint)
-    elif not resume and world.is_main:
+    elif world.is_main:
+        # A fresh run, or one killed before its first checkpoint: (re)write the start, which the
+        # config determines bit for bit. config.json goes first, so a kill between the two files
+        # leaves a run that --resume recognizes.
         run_dir.mkdir(parents=True, exist_ok=True)
-        runs.save_weights(run_dir / runs.INIT, model.state_dict())
         runs.atomic_write_json(run_dir / runs.CONFIG, record)
+        runs.save_weights(run_dir / runs.INIT, model.state_dict())
     if resume and world.is_main and runs.read_jsonl(run_dir / runs.METRICS) != state.history:
         # Killed between an epoch's metrics line and its checkpoint: that epoch runs again, so its
         # line goes now instead of appearing twice.
