@@ -36,11 +36,16 @@ CONFIG, INIT, METRICS, STATUS, SUMMARY = "config.json", "init.safetensors", "met
 CKPT_DIR, LATEST, MODEL_FILE, STATE_FILE = "checkpoints", "latest.json", "model.safetensors", "train_state.pt"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
