@@ -99,14 +99,19 @@ class ImageData:
     def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "ImageData":
         """A fixed, seeded random subset (for quick runs and tests); ``None`` keeps everything."""
         def pick(images, labels, n):
-            if n is None or n >= len(labels):
-                return images, labels
-            idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
-            return images[idx], labels[idx]
+            idx = seeded_subset(len(labels), n, seed)
+            return (images, labels) if idx is None else (images[idx], labels[idx])
 
         train = pick(self.train_images, self.train_labels, n_train)
         test = pick(self.test_images, self.test_labels, n_test)
         return ImageData(self.name, *train, *test, self.mean, self.std, self.classes, self.source)
+
+
+def seeded_subset(n_total: int, n: int | None, seed: int) -> torch.Tensor | None:
+    """Indices of a fixed random subset of ``n`` of ``n_total`` examples; ``None`` when all are kept."""
+    if n is None or n >= n_total:
+        return None
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
 
 
 # --------------------------------------------------------------------------- file formats
@@ -421,15 +426,12 @@ class FolderData:
 
     def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "FolderData":
         def pick(dataset, labels, n):
-            if n is None or n >= len(labels):
-                return dataset, labels
-            idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
-            return torch.utils.data.Subset(dataset, idx.tolist()), labels[idx]
+            idx = seeded_subset(len(labels), n, seed)
+            return (dataset, labels) if idx is None else (torch.utils.data.Subset(dataset, idx.tolist()), labels[idx])
 
         train = pick(self.train_set, self.train_labels, n_train)
         test = pick(self.test_set, self.test_labels, n_test)
-        return replace(self, train_set=train[0], train_labels=train[1], test_set=test[0],
-                                   test_labels=test[1])
+        return replace(self, train_set=train[0], train_labels=train[1], test_set=test[0], test_labels=test[1])
 
 
 def load_image_folder(data_dir: str | os.PathLike | None, image_size: int = 224) -> FolderData:

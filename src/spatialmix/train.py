@@ -285,7 +285,7 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, task) -> N
         raise SpatialmixError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
 
 
-def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task) -> dict:
+def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task, fingerprint: str) -> dict:
     summary = summarize(model)
     return {
         "format_version": runs.FORMAT_VERSION,
@@ -295,7 +295,7 @@ def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task) -> 
         "train": config.to_dict(),
         "data": data_info(data),
         "params": {"trainable": summary.trainable, "frozen": summary.frozen, "by_kind": summary.rows},
-        "frozen_fingerprint": frozen_fingerprint(model),
+        "frozen_fingerprint": fingerprint,
     }
 
 
@@ -387,7 +387,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
     data = data if data is not None else load_data_for(config)
     model = build_model(config, data.in_chans, data.num_classes, data.image_size, task)
     init_fingerprint = frozen_fingerprint(model)
-    record = run_record(config, data, model, task)
+    record = run_record(config, data, model, task, init_fingerprint)
     train_loader, test_loader = make_loaders(config, data, device, world.rank, world.world_size)
     model.to(device)
     if config.channels_last:
