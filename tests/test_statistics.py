@@ -30,7 +30,7 @@ def test_paired_t_interval_pairs_by_seed_not_by_position():
     second[99] = 100.0                                                            # unpaired: ignored
     est = paired_t_interval(first, second)
     assert (est.low, est.high) == pytest.approx(SLEEP_CI, abs=1e-6) and est.n_seeds == 10
-    assert "seed-paired" in est.method
+    assert "seed-paired t-interval" in est.method
 
 
 def test_t_interval_by_hand_for_three_seeds():

@@ -95,7 +95,7 @@ def paired_t_interval(first: dict, second: dict, level: float = LEVEL) -> Estima
         raise SpatialmixError("paired comparison: the two models share no seed; train both with the same seeds")
     estimate = mean_interval([first[s] - second[s] for s in seeds], level)
     method = ("one seed: interval undefined" if len(seeds) == 1
-              else f"t-interval of the seed-paired differences ({len(seeds)} seeds, df={len(seeds) - 1})")
+              else f"seed-paired t-interval ({len(seeds)} seeds, df={len(seeds) - 1})")
     return Estimate(estimate.value, estimate.low, estimate.high, method, len(seeds), level=level)
 
 
@@ -134,9 +134,9 @@ def paired_bootstrap(differences_by_seed, level: float = LEVEL, resamples: int =
     low, high = np.percentile(replicates, [50 * (1 - level), 50 * (1 + level)])
     value = float(np.mean([g.mean() for g in groups]))
     n_examples = groups[0].size if len({g.size for g in groups}) == 1 else None   # per seed
-    how = "examples" if n_seeds == 1 else f"{n_seeds} seeds, then examples within each"
+    how = "examples" if n_seeds == 1 else f"{n_seeds} seeds, then examples"
     return Estimate(value, float(low), float(high),
-                    f"paired percentile bootstrap over {how} ({resamples:,} resamples)", n_seeds, n_examples, level)
+                    f"paired bootstrap over {how} ({resamples:,} resamples, percentile)", n_seeds, n_examples, level)
 
 
 def mcnemar_exact(first_correct, second_correct) -> McNemar:

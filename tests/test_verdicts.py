@@ -1,0 +1,354 @@
+"""Verdicts from hand-made study data whose right answer is known, from study folders and run folders."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spatialmix import verdicts as V
+from spatialmix.errors import SpatialmixError
+from spatialmix.statistics import Estimate
+from spatialmix.verdicts import (CLAIMS, CONTRADICTS, INCONCLUSIVE, NOT_RUN, SUPPORTS, claim_verdicts, decide,
+                                 verdict_table, verdicts_for_runs, verdicts_for_study)
+
+
+def bits_of(array) -> str:
+    return "".join("1" if b else "0" for b in array)
+
+
+def correct(p: float, n: int = 500, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(n) < p
+
+
+def with_changes(base: np.ndarray, to_right: int = 0, to_wrong: int = 0) -> np.ndarray:
+    """``base`` with the first ``to_right`` wrong examples made right and the first ``to_wrong`` right ones wrong."""
+    out = base.copy()
+    out[np.flatnonzero(~base)[:to_right]] = True
+    out[np.flatnonzero(base)[:to_wrong]] = False
+    return out
+
+
+def by_claim(verdicts, claim):
+    return [v for v in verdicts if v.claim == claim]
+
+
+def est(low, high, value=None):
+    return Estimate((low + high) / 2 if value is None else value, low, high, "test", 3)
+
+
+# --------------------------------------------------------------------------- the rule
+
+@pytest.mark.parametrize("claim, low, high, word", [
+    ("1a", -0.008, 0.004, SUPPORTS),        # within 1 point of Full
+    ("1a", 0.01, 0.03, SUPPORTS),            # better than Full is not "worse than nearly the same"
+    ("1a", -0.05, -0.02, CONTRADICTS),
+    ("1a", -0.02, 0.0, INCONCLUSIVE),        # covers -1 point
+    ("1a", -0.01, 0.0, INCONCLUSIVE),        # touches the margin: not decided
+    ("1b", -0.06, -0.01, SUPPORTS),          # Space below Full
+    ("1b", 0.01, 0.02, CONTRADICTS),
+    ("1b", -0.01, 0.01, INCONCLUSIVE),
+    ("2a", 0.001, 0.03, SUPPORTS),
+    ("2a", -0.03, -0.001, CONTRADICTS),
+    ("2a", 0.0, 0.0, INCONCLUSIVE),          # identical models are not "more robust"
+    ("3a", -0.9, 0.5, SUPPORTS),
+    ("3a", -3.0, -1.5, CONTRADICTS),
+    ("3b", 0.95, 1.01, SUPPORTS),
+    ("3b", 0.5, 0.8, CONTRADICTS),
+])
+def test_the_rule(claim, low, high, word):
+    assert decide(CLAIMS[claim], est(low, high)) == word
+
+
+def test_no_interval_is_inconclusive_and_no_data_is_not_run():
+    assert decide(CLAIMS["1a"], Estimate(0.0, None, None, "one seed: interval undefined", 1)) == INCONCLUSIVE
+    assert decide(CLAIMS["1a"], None) == NOT_RUN
+
+
+# --------------------------------------------------------------------------- claim 1
+
+def classification(acc_by_mode: dict, bits_by_mode: dict | None = None) -> dict:
+    out = {}
+    for mode, accs in acc_by_mode.items():
+        out[mode] = []
+        for seed, acc in enumerate(accs):
+            row = {"mode": mode, "seed": seed, "test_acc": acc}
+            if bits_by_mode:
+                row["test_correct_bits"] = bits_of(bits_by_mode[mode][seed])
+            out[mode].append(row)
+    return out
+
+
+def test_claim_1_from_seed_accuracies_uses_the_seed_paired_t_interval():
+    full, chans, space = [0.900, 0.904, 0.898], [0.897, 0.903, 0.894], [0.860, 0.870, 0.850]
+    verdicts = claim_verdicts(classification({"full": full, "chans": chans, "space": space}))
+    one_a, one_b = by_claim(verdicts, "1a")[0], by_claim(verdicts, "1b")[0]
+    diffs = np.array(chans) - np.array(full)
+    half = 4.302653 * diffs.std(ddof=1) / math.sqrt(3)   # t(0.975, 2) from a table
+    assert one_a.estimate.value == pytest.approx(diffs.mean())
+    assert (one_a.estimate.low, one_a.estimate.high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert one_a.verdict == SUPPORTS and one_a.estimate.n_seeds == 3 and "seed-paired" in one_a.estimate.method
+    assert one_b.verdict == SUPPORTS and one_b.estimate.value == pytest.approx(np.mean(space) - np.mean(full))
+
+
+def test_claim_1_contradicted_and_inconclusive():
+    far_behind = claim_verdicts(classification({"full": [0.90, 0.91, 0.90], "chans": [0.85, 0.86, 0.86]}))
+    assert by_claim(far_behind, "1a")[0].verdict == CONTRADICTS
+    noisy = claim_verdicts(classification({"full": [0.90, 0.91, 0.90], "chans": [0.86, 0.93, 0.89]}))
+    assert by_claim(noisy, "1a")[0].verdict == INCONCLUSIVE
+    one_seed = by_claim(claim_verdicts(classification({"full": [0.90], "chans": [0.899]})), "1a")[0]
+    assert one_seed.verdict == INCONCLUSIVE and not one_seed.estimate.defined
+    assert "undefined" in one_seed.estimate.method
+
+
+def test_claim_1_pairs_examples_when_both_runs_saved_them():
+    full = [correct(0.9, seed=s) for s in range(3)]
+    chans = [with_changes(f, to_right=1, to_wrong=2) for f in full]   # 1 example fewer right per seed
+    data = classification({"full": [f.mean() for f in full], "chans": [c.mean() for c in chans]},
+                          {"full": full, "chans": chans})
+    verdict = by_claim(claim_verdicts(data), "1a")[0]
+    assert verdict.estimate.value == pytest.approx(-1 / 500)
+    assert "bootstrap" in verdict.estimate.method and verdict.estimate.n_examples == 500
+    assert verdict.verdict == SUPPORTS and -0.01 < verdict.estimate.low < -1 / 500 < verdict.estimate.high
+    assert "1/2 p=1" in verdict.details   # McNemar: 1 only Chans right, 2 only Full right, each seed
+    # bits of another length in one pair: back to the seed-paired t-interval
+    data["chans"][1]["test_correct_bits"] = data["chans"][1]["test_correct_bits"][:-1]
+    assert "seed-paired" in by_claim(claim_verdicts(data), "1a")[0].estimate.method
+
+
+def test_modes_without_a_common_seed_are_not_compared():
+    data = {"full": [{"seed": 0, "test_acc": 0.9}], "chans": [{"seed": 1, "test_acc": 0.9}]}
+    verdict = by_claim(claim_verdicts(data), "1a")[0]
+    assert verdict.verdict == INCONCLUSIVE and "share no seed" in verdict.details
+
+
+# --------------------------------------------------------------------------- claim 2
+
+def robust_records(chans_change: dict, seeds=(0, 1, 2)) -> list[dict]:
+    """Full and Chans runs on the same 500 examples; Chans differs from Full at 8/255 by ``chans_change``."""
+    records = []
+    for seed in seeds:
+        clean = correct(0.9, seed=seed)
+        full = {"0": clean, "8/255": clean & correct(0.5, seed=100 + seed)}
+        chans = {"0": clean, "8/255": with_changes(full["8/255"], **chans_change)}
+        for mode, bits in (("full", full), ("chans", chans)):
+            records.append({"mode": mode, "seed": seed, "robust_acc": {k: float(b.mean()) for k, b in bits.items()},
+                            "robust_bits": {k: bits_of(b) for k, b in bits.items()}})
+    return records
+
+
+@pytest.mark.parametrize("change, word", [({"to_right": 30}, SUPPORTS), ({"to_wrong": 30}, CONTRADICTS),
+                                          ({}, INCONCLUSIVE), ({"to_right": 2, "to_wrong": 2}, INCONCLUSIVE)])
+def test_claim_2a_pairs_examples_per_budget(change, word):
+    verdicts = by_claim(claim_verdicts(robustness=robust_records(change)), "2a")
+    assert len(verdicts) == 1 and "8/255" in verdicts[0].effect   # eps 0 is claim 1's business
+    verdict = verdicts[0]
+    expected = (change.get("to_right", 0) - change.get("to_wrong", 0)) / 500
+    assert verdict.estimate.value == pytest.approx(expected) and verdict.verdict == word
+    assert verdict.estimate.n_seeds == 3 and verdict.estimate.n_examples == 500
+    if change == {"to_right": 30}:
+        # every seed: 30 examples only Chans survives, none only Full: p = 2 * 0.5**30
+        assert f"30/0 p={2 * 0.5 ** 30:.2g}" in verdict.details
+    if not change:
+        assert (verdict.estimate.low, verdict.estimate.high) == (0.0, 0.0)
+
+
+def test_claim_2a_without_bits_falls_back_to_seeds():
+    records = robust_records({"to_right": 30})
+    for r in records:
+        r.pop("robust_bits")
+    verdict = by_claim(claim_verdicts(robustness=records), "2a")[0]
+    assert "seed-paired" in verdict.estimate.method and verdict.estimate.value == pytest.approx(30 / 500)
+    assert verdict.verdict == SUPPORTS   # the same shift on every seed: a zero-width interval
+
+
+def smoothing_records(slope: float, seeds=(0, 1, 2), noise: float = 0.005) -> list[dict]:
+    rng = np.random.default_rng(0)
+    return [{"mode": "chans", "seed": seed, "smooth_sigma": sigma,
+             "robust_acc": {"0": 0.9, "8/255": 0.4 + slope * sigma + noise * rng.standard_normal()}}
+            for seed in seeds for sigma in (0.0, 0.5, 1.0, 2.0)]
+
+
+@pytest.mark.parametrize("slope, word", [(0.05, SUPPORTS), (-0.05, CONTRADICTS), (0.0, INCONCLUSIVE)])
+def test_claim_2b_is_the_slope_against_sigma(slope, word):
+    records = smoothing_records(slope, noise=0.0 if slope == 0.0 else 0.005)
+    if slope == 0.0:   # flat but noisy, symmetric around the line: the slope's interval covers 0
+        for r, wobble in zip(records, [0.01, -0.01, -0.01, 0.01] * 3):
+            r["robust_acc"]["8/255"] += wobble
+    verdict = by_claim(claim_verdicts(smoothing=records, robust_examples=500), "2b")[0]
+    assert verdict.verdict == word and verdict.estimate.n_seeds == 3 and verdict.estimate.n_examples == 500
+    assert verdict.estimate.value == pytest.approx(slope, abs=0.01)
+    assert "df=10" in verdict.estimate.method and "sigmas 0, 0.5, 1, 2" in verdict.details
+
+
+# --------------------------------------------------------------------------- claim 3
+
+def unshuffle_payload(full, chans, floor=7.0):
+    seeds = list(range(len(full)))
+    return {"runs": {"Full": [{"seed": s, "test_psnr": p} for s, p in zip(seeds, full)],
+                     "Chans": [{"seed": s, "test_psnr": p} for s, p in zip(seeds, chans)],
+                     "No spatial mixing (k=1)": [{"seed": s, "test_psnr": 9.0} for s in seeds]},
+            "floor": [{"psnr": floor, "ssim": 0.1} for _ in seeds], "settings": {"seeds": seeds}}
+
+
+def test_claim_3_relative_to_full_and_to_the_floor():
+    keeps_up = claim_verdicts(unshuffle=unshuffle_payload([30.0, 31.0, 30.5], [29.8, 30.6, 30.4]))
+    three_a, three_b = by_claim(keeps_up, "3a")[0], by_claim(keeps_up, "3b")[0]
+    assert three_a.estimate.value == pytest.approx(-0.7 / 3) and three_a.verdict == SUPPORTS
+    fractions = [(c - 7) / (f - 7) for f, c in zip([30.0, 31.0, 30.5], [29.8, 30.6, 30.4])]
+    assert three_b.estimate.value == pytest.approx(np.mean(fractions)) and three_b.verdict == SUPPORTS
+    falls_behind = claim_verdicts(unshuffle=unshuffle_payload([16.0, 16.5, 16.2], [12.0, 12.1, 11.9]))
+    assert [v.verdict for v in falls_behind if v.claim.startswith("3")] == [CONTRADICTS, CONTRADICTS]
+
+
+# --------------------------------------------------------------------------- not run, the table
+
+def test_claims_without_data_are_not_run_with_the_command():
+    commands = V.reproduce_commands(Path("runs/study"))
+    verdicts = claim_verdicts(classification({"full": [0.9, 0.91], "chans": [0.9, 0.905]}), commands=commands)
+    assert [v.claim for v in verdicts] == ["1a", "1b", "2a", "2b", "3a", "3b"]   # 1b: no Space runs
+    assert [v.verdict for v in verdicts][1:] == [NOT_RUN] * 5
+    assert "spatialmix reproduce --out runs/study --studies robustness" in verdicts[2].details
+    assert claim_verdicts() == []   # nothing and no commands: nothing to say
+
+
+def test_verdict_table_lists_every_line_with_its_numbers():
+    verdicts = claim_verdicts(classification({"full": [0.9, 0.91, 0.9], "chans": [0.85, 0.86, 0.86]}),
+                              commands=V.reproduce_commands(Path("x")))
+    table = verdict_table(verdicts)
+    cells = table.cells()
+    headers = [h for _, h, _ in table.columns]
+    row = dict(zip(headers, cells[0]))
+    assert row["claim"] == "1a" and row["verdict"] == CONTRADICTS and row["seeds"] == "3"
+    assert row["estimate"] == "-4.67 pts" and row["supports if interval"] == "> -1 pts"
+    assert row["95% interval"].startswith("[-") and row["95% interval"].endswith("] pts")
+    assert [dict(zip(headers, c))["verdict"] for c in cells[1:]] == [NOT_RUN] * 5
+    assert "setting" not in headers
+    assert "| 1a |" in table.to_markdown()
+
+
+# --------------------------------------------------------------------------- folders
+
+def write_run(path: Path, train: dict, summary: dict | None, robustness: dict | None = None,
+              task: dict | None = None) -> Path:
+    path.mkdir(parents=True)
+    data = {"in_chans": 1, "num_classes": 10, "image_size": 28, "mean": [0.3], "std": [0.3]}
+    (path / "config.json").write_text(json.dumps({"format_version": 1, "train": train, "data": data,
+                                                  "task": task or {"name": "classification"}}))
+    if summary is not None:
+        (path / "summary.json").write_text(json.dumps({"task": (task or {}).get("name", "classification"),
+                                                       **summary}))
+        (path / "status.json").write_text(json.dumps({"state": "finished", "epoch": 1}))
+    if robustness is not None:
+        (path / "robustness.json").write_text(json.dumps(robustness))
+    return path
+
+
+def robustness_json(record: dict, settings: dict) -> dict:
+    return {"settings": settings, "n_examples": 500,
+            "budgets": [{"eps": V._eps_value(k), "eps_label": k, "robust_acc": record["robust_acc"][k],
+                         "robust_bits": record["robust_bits"][k]} for k in record["robust_acc"]]}
+
+
+SETTINGS = {"eps": [0.0, 8 / 255], "norm": "Linf", "n_examples": 500, "seed": 0, "device": "cpu"}
+
+
+def make_study(out: Path, moved_from: str = "/elsewhere/study") -> Path:
+    """A reproduce folder: classification and robustness in results.json, robustness.json in the runs,
+    whose paths were written where the study first ran (it has been moved since)."""
+    records = robust_records({"to_right": 30})
+    cls = classification({"full": [0.900, 0.904, 0.898], "chans": [0.897, 0.903, 0.894]})
+    runs_data = []
+    for r in records:
+        name = f"{r['mode']}-seed{r['seed']}"
+        summary = next(s for s in cls[r["mode"]] if s["seed"] == r["seed"])
+        write_run(out / "classification" / name, {"mode": r["mode"], "seed": r["seed"], "model": "convmixer"},
+                  summary, robustness_json(r, SETTINGS))
+        runs_data.append({"run": f"{moved_from}/classification/{name}", "mode": r["mode"], "seed": r["seed"],
+                          "clean_acc": r["robust_acc"]["0"], "robust_acc": r["robust_acc"], "warnings": []})
+    results = {"preset": "quick", "seeds": [0, 1, 2], "studies": {
+        "classification": {"data": {"runs": cls}},
+        "robustness": {"data": {"settings": {**SETTINGS, "device": "cuda"}, "runs": runs_data, "warnings": []}}}}
+    (out / "results.json").write_text(json.dumps(results))
+    return out
+
+
+def test_verdicts_for_a_study_folder(tmp_path):
+    study = make_study(tmp_path / "study")
+    verdicts = verdicts_for_study(study)
+    assert [v.claim for v in verdicts] == ["1a", "1b", "2a", "2b", "3a", "3b"]
+    two_a = by_claim(verdicts, "2a")[0]
+    # robust_bits found in the moved run folders: paired per example
+    assert "bootstrap" in two_a.estimate.method and two_a.verdict == SUPPORTS
+    assert by_claim(verdicts, "1a")[0].verdict == SUPPORTS
+    assert all(v.verdict == NOT_RUN and f"--out {study}" in v.details for v in verdicts if v.claim[0] != "2"
+               and v.claim != "1a")
+
+
+def test_a_robustness_json_of_another_evaluation_is_not_paired(tmp_path):
+    study = make_study(tmp_path / "study")
+    path = study / "classification" / "chans-seed1" / "robustness.json"
+    saved = json.loads(path.read_text())
+    saved["settings"]["n_examples"] = 1000   # `spatialmix attack` re-ran it with other settings
+    path.write_text(json.dumps(saved))
+    assert "seed-paired" in by_claim(verdicts_for_study(study), "2a")[0].estimate.method
+
+
+def test_verdicts_for_an_empty_or_corrupt_study(tmp_path):
+    verdicts = verdicts_for_study(tmp_path / "never-ran")
+    assert [v.verdict for v in verdicts] == [NOT_RUN] * len(CLAIMS)
+    assert "--studies classification" in verdicts[0].details
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{oops")
+    with pytest.raises(SpatialmixError, match="corrupt"):
+        verdicts_for_study(tmp_path / "bad")
+
+
+def test_study_and_run_folders_give_the_same_verdicts(tmp_path):
+    study = make_study(tmp_path / "study")
+    from_study = [v for v in verdicts_for_study(study) if v.verdict != NOT_RUN]
+    from_runs = [v for v in verdicts_for_runs(sorted((study / "classification").iterdir())) if v.verdict != NOT_RUN]
+    assert from_runs == from_study
+
+
+def test_verdicts_for_a_grid_of_runs_are_grouped_by_setting(tmp_path):
+    accs = {("convmixer-a", "full"): [0.90, 0.91, 0.90], ("convmixer-a", "chans"): [0.899, 0.909, 0.898],
+            ("convmixer-b", "full"): [0.90, 0.91, 0.90], ("convmixer-b", "chans"): [0.85, 0.86, 0.86]}
+    dirs = []
+    for (model, mode), values in accs.items():
+        for seed, acc in enumerate(values):
+            train = {"model": model, "mode": mode, "seed": seed, "lr": 0.01, "progress": seed == 0}
+            dirs.append(write_run(tmp_path / f"model={model},mode={mode},seed={seed}", train,
+                                  {"mode": mode, "seed": seed, "test_acc": acc}))
+    dirs.append(write_run(tmp_path / "unfinished", {"model": "convmixer-a", "mode": "space", "seed": 0}, None))
+    verdicts = verdicts_for_runs(dirs)
+    one_a = by_claim(verdicts, "1a")
+    assert [(v.scope, v.verdict) for v in one_a] == [("model=convmixer-a", SUPPORTS),
+                                                     ("model=convmixer-b", CONTRADICTS)]
+    assert by_claim(verdicts, "2a")[0].verdict == NOT_RUN and "spatialmix attack" in by_claim(verdicts, "2a")[0].details
+    table = verdict_table(verdicts)
+    assert table.columns[1][1] == "setting"
+    assert verdicts_for_runs([d for d in dirs if "chans" not in d.name]) == []   # no pair of modes: no verdict
+
+
+def test_smoothing_and_unshuffling_from_run_folders(tmp_path):
+    dirs = []
+    for r in smoothing_records(0.05):
+        bits = {"0": bits_of(correct(0.9)), "8/255": None}
+        budgets = [{"eps_label": k, "robust_acc": v, "robust_bits": bits[k]} for k, v in r["robust_acc"].items()]
+        train = {"model": "convmixer", "mode": "chans", "seed": r["seed"], "smooth_sigma": r["smooth_sigma"]}
+        dirs.append(write_run(tmp_path / f"chans-sigma{r['smooth_sigma']}-seed{r['seed']}", train,
+                              {"mode": "chans", "seed": r["seed"], "test_acc": 0.9},
+                              {"settings": SETTINGS, "n_examples": 500, "budgets": budgets}))
+    for mode, psnr in (("full", 30.0), ("chans", 29.9)):
+        for seed in (0, 1):
+            dirs.append(write_run(tmp_path / f"unshuffle-{mode}-{seed}",
+                                  {"model": "unshufflenet", "mode": mode, "seed": seed},
+                                  {"mode": mode, "seed": seed, "test_psnr": psnr + 0.1 * seed},
+                                  task={"name": "unshuffle", "perm_seed": 0, "window": None, "loss": "mse"}))
+    verdicts = verdicts_for_runs(dirs)
+    two_b = by_claim(verdicts, "2b")[0]
+    assert two_b.verdict == SUPPORTS and two_b.estimate.n_examples == 500 and two_b.scope == ""
+    three_a = by_claim(verdicts, "3a")[0]
+    assert three_a.estimate.value == pytest.approx(-0.1) and three_a.verdict == SUPPORTS
+    assert [v.verdict for v in by_claim(verdicts, "1a") + by_claim(verdicts, "3b")] == [NOT_RUN, NOT_RUN]
