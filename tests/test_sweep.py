@@ -119,8 +119,9 @@ def test_submitit_sweep_interrupted_after_two_runs_only_the_other_two(tiny_grid,
     for name in done:   # not run again: not a byte changed
         assert snapshot_files(tmp_path / "sweep" / "runs" / name) == before[name]
 
-    # Gathered: the classification table (Full and Chans over 2 seeds) and every configuration.
-    classification, every = outcome.tables
+    # Gathered: the classification table (Full and Chans over 2 seeds), every configuration, the verdicts.
+    classification, every, verdicts = outcome.tables
+    assert [(r["claim"], r["seeds"]) for r in verdicts.rows][0] == ("1a", 2) and verdicts.title.startswith("Verdicts")
     assert [(r["mode"], r["seeds"]) for r in classification.rows] == [("Full", 2), ("Chans", 2)]
     assert len(every.rows) == 4 and {r["state"] for r in every.rows} == {"finished"}
     for row in every.rows:

@@ -480,7 +480,11 @@ def grid_tables(sweep: Sweep, summaries: list[tuple[SweepJob, dict | None]]) -> 
             test_acc=summary["test_acc"], best_acc=summary["best_acc"], frozen=summary["frozen_params"],
             train_time=summary["train_time"], images_per_s=summary["images_per_s"])
         every.add(**job.labels, state="finished" if summary is not None else "not finished", **numbers)
-    return tables + [every]
+    # The same verdicts as `spatialmix report` and `reproduce`, for every setting of the grid that has the modes.
+    from .verdicts import verdict_table, verdicts_for_runs
+
+    verdicts = verdicts_for_runs([job.run_dir for job, summary in summaries if summary is not None])
+    return tables + [every] + ([verdict_table(verdicts)] if verdicts else [])
 
 
 def parse_time(text: str) -> int:
