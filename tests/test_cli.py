@@ -30,6 +30,7 @@ def assert_one_error_line(code, err, prefix="spatialmix: error:") -> str:
 
 
 # (id, arguments, substrings the message must contain). The base command is a valid tiny run.
+# The first ones are checked from the options alone, before any run folder is looked at.
 BAD_INPUTS = [
     ("unknown-model", ["--model", "convmixer-42/7"], ["unknown model 'convmixer-42/7'", "convmixer-256/8",
                                                       "resnet18-sep"]),
@@ -45,8 +46,13 @@ BAD_INPUTS = [
     ("negative-depth", ["--depth=-1"], ["depth must be a positive number, got -1"]),
     ("zero-batch", ["--batch-size", "0"], ["batch size must be a positive number, got 0"]),
     ("negative-batch", ["--batch-size=-8"], ["batch size must be a positive number, got -8"]),
+    ("nan-lr", ["--lr", "nan"], ["lr must be a positive number, got nan"]),
+    ("inf-lr", ["--lr", "inf"], ["lr must be a positive number, got inf"]),
+    ("nan-init-std", ["--init-std", "nan"], ["init std must be >= 0, got nan"]),
+    # These need the data or the model: for an existing run, the differing field is named instead.
     ("batch-larger-than-data", ["--batch-size", "100000"], ["larger than the", "lower --batch-size"]),
 ]
+NEEDS_MODEL = {"even-kernel": "kernel_size", "patch-too-large": "patch_size", "batch-larger-than-data": "batch_size"}
 
 
 @pytest.fixture
@@ -73,10 +79,12 @@ def test_bad_input_leaves_an_existing_run_untouched(capsys, run_copy, case, args
     argv = ["train", *config_flags(config), *args, "--out", str(run_dir)] + (["--resume"] if resume else [])
     code, _, err = run_main(capsys, argv)
     line = assert_one_error_line(code, err)
-    # Names and signs are checked before anything else; other problems may be reported as a
-    # config that differs from the saved one (resume) or as an existing run (no resume).
-    other = "different config" if resume else "already holds a run"
-    assert all(text in line for text in expected) or other in line
+    # Names and signs are checked before anything else; a problem that needs the model or the data
+    # is reported as the field that differs from the saved run (resume) or as an existing run.
+    if case in NEEDS_MODEL:
+        expected = ["different config", f"{NEEDS_MODEL[case]}="] if resume else ["already holds a run"]
+    for text in expected:
+        assert text in line
     assert snapshot_files(run_dir) == before
 
 
@@ -97,8 +105,7 @@ def test_missing_data_directory(capsys, tmp_path, base_flags, run_copy):
     assert snapshot_files(run_dir) == before
 
 
-@pytest.mark.parametrize("damage", ["model-junk", "model-truncated", "state-junk", "config-junk",
-                                    "latest-missing-folder"])
+@pytest.mark.parametrize("damage", ["model-junk", "model-truncated", "state-junk", "config-junk"])
 def test_corrupt_checkpoint_on_resume(capsys, run_copy, damage):
     run_dir, config = run_copy
     folder = runs.latest_checkpoint(run_dir)
@@ -111,16 +118,34 @@ def test_corrupt_checkpoint_on_resume(capsys, run_copy, damage):
         (folder / runs.STATE_FILE).write_bytes(b"\x00junk")
     elif damage == "config-junk":
         (run_dir / runs.CONFIG).write_text("{not json")
-    else:
-        runs.atomic_write_json(run_dir / runs.CKPT_DIR / runs.LATEST, {"folder": "epoch-0099", "epoch": 99})
     before = snapshot_files(run_dir)
     code, _, err = run_main(capsys, ["train", *config_flags(config), "--out", str(run_dir), "--resume"])
     line = assert_one_error_line(code, err)
     expected = {"model-junk": "not a readable safetensors file", "model-truncated": "not a readable safetensors",
-                "state-junk": "train_state.pt is corrupt", "config-junk": "corrupt (not JSON)",
-                "latest-missing-folder": "epoch-0099, which is missing"}[damage]
+                "state-junk": "train_state.pt is corrupt", "config-junk": "corrupt (not JSON)"}[damage]
     assert expected in line
     assert snapshot_files(run_dir) == before
+    if damage == "config-junk":
+        return
+    # The advice works: following it, the same command trains the run from the beginning.
+    assert f"delete {run_dir / runs.CKPT_DIR} and resume" in line
+    import shutil
+
+    shutil.rmtree(run_dir / runs.CKPT_DIR)
+    code, out, err = run_main(capsys, ["train", "--out", str(run_dir), "--resume"])
+    assert code == 0, err
+    assert runs.read_json(run_dir / runs.STATUS)["state"] == "finished"
+    assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
+
+
+def test_latest_naming_a_missing_folder_falls_back_to_the_newest_complete_checkpoint(capsys, run_copy):
+    run_dir, _ = run_copy
+    runs.atomic_write_json(run_dir / runs.CKPT_DIR / runs.LATEST, {"folder": "epoch-0099", "epoch": 99})
+    code, out, err = run_main(capsys, ["train", "--out", str(run_dir), "--resume"])
+    assert code == 0, err
+    assert "epoch-0099, which is missing; continuing from the newest complete checkpoint, epoch-0001" in err
+    assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
+    assert runs.read_json(run_dir / runs.CKPT_DIR / runs.LATEST) == {"folder": "epoch-0002", "epoch": 2}
 
 
 def test_checkpoint_of_another_model_on_resume(capsys, run_copy):
@@ -160,10 +185,27 @@ def test_start_into_an_existing_run_without_resume(capsys, run_copy, tmp_path):
 
 
 def test_resume_of_something_that_is_not_a_run(capsys, tmp_path, base_flags):
-    code, _, err = run_main(capsys, ["train", *base_flags, "--out", str(tmp_path / "nothing"), "--resume"])
-    assert "does not exist" in assert_one_error_line(code, err)
-    code, _, err = run_main(capsys, ["train", *base_flags, "--out", str(tmp_path), "--resume"])
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    code, _, err = run_main(capsys, ["train", *base_flags, "--out", str(tmp_path / "notes"), "--resume"])
     assert "is not a spatialmix run" in assert_one_error_line(code, err)
+    assert snapshot_files(tmp_path / "notes") == {"todo.txt": b"keep me"}
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "cut-short-config", "lock-only"])
+def test_resume_starts_a_run_when_nothing_was_saved(capsys, tmp_path, base_flags, state):
+    """Killed before its first file (or while writing config.json): --resume starts the run."""
+    out = tmp_path / "run"
+    if state != "missing":
+        out.mkdir()
+    if state == "cut-short-config":
+        (out / ".config.json.x7.tmp").write_text('{"format_ver')
+    if state == "lock-only":
+        (out / runs.LOCK).write_text("")
+    code, stdout, err = run_main(capsys, ["train", *base_flags, "--out", str(out), "--resume"])
+    assert code == 0, err
+    assert runs.read_json(out / runs.STATUS)["state"] == "finished"
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_resume_through_the_cli_finishes_the_run(capsys, run_copy):

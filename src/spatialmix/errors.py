@@ -1,4 +1,5 @@
 """Errors a user can fix. The command line prints them as one line and exits with code 2."""
+import math
 
 
 class SpatialmixError(Exception):
@@ -6,6 +7,10 @@ class SpatialmixError(Exception):
 
     The message must say what is wrong and how to fix it, in one line.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM, a cluster's preemption): handled like Ctrl-C."""
 
 
 class NonFiniteLossError(SpatialmixError):
@@ -18,5 +23,6 @@ def unknown_name(kind: str, name: str, valid) -> SpatialmixError:
 
 def check_positive(**values) -> None:
     for name, value in values.items():
-        if value is None or value <= 0:
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or not (value > 0 and math.isfinite(value))):
             raise SpatialmixError(f"{name.replace('_', ' ')} must be a positive number, got {value}")

@@ -1,27 +1,42 @@
-"""A run directory on disk: resolved config, metrics, atomic checkpoints.
+"""A run directory on disk: resolved config, metrics, atomic checkpoints, one writer at a time.
 
 Layout::
 
     RUN_DIR/
+      .lock                  held (flock) by the one process writing the run; holds its pid
       config.json            resolved training config (+ spatialmix version)
       init.safetensors       weights at initialization (frozen filters can be checked against it)
       metrics.jsonl          one JSON line per epoch
-      status.json            running / finished / failed, and why
+      status.json            running / finished / failed / interrupted, and why
       summary.json           final numbers, written when the run finishes
       checkpoints/
         latest.json          names the newest complete checkpoint folder (written last, atomically)
         epoch-0003/model.safetensors, epoch-0003/train_state.pt
 
-Every file is written to a temporary name and renamed into place, and a checkpoint becomes
-visible only when ``latest.json`` points at it, so a run killed at any moment leaves the
-previous checkpoint intact. Nothing here unpickles code: weights are safetensors and the
-training state is loaded with ``torch.load(weights_only=True)``.
+Every file is written to a unique temporary name, fsynced, renamed into place, and the folder is
+fsynced after, so a run killed at any moment (or a power loss) leaves the previous checkpoint
+intact. A checkpoint becomes visible only when ``latest.json`` points at it.
+
+A run folder is something people download and share, so everything read from it is untrusted:
+:class:`Run` checks the shape of every JSON file (one line naming the file and the field when it
+is wrong), refuses paths that lead out of the run folder (symlinks, ``latest.json`` pointing
+elsewhere), checks that weights files are regular files of plausible size before reading them,
+and never unpickles code (safetensors, ``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import hashlib
 import json
+import math
 import os
+import re
+import secrets
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -34,26 +49,93 @@ from .errors import SpatialmixError
 FORMAT_VERSION = 1
 CONFIG, INIT, METRICS, STATUS, SUMMARY = "config.json", "init.safetensors", "metrics.jsonl", "status.json", "summary.json"
 CKPT_DIR, LATEST, MODEL_FILE, STATE_FILE = "checkpoints", "latest.json", "model.safetensors", "train_state.pt"
+LOCK = ".lock"
+STATES = ("running", "finished", "failed", "interrupted")
+CHECKPOINT_NAME = re.compile(r"epoch-(\d{4,9})")
+# Weights beyond this are not read (a hostile folder could name a huge or endless file).
+MAX_WEIGHTS_BYTES = 16 << 30
+MAX_JSON_BYTES = 64 << 20
+# Fields whose value does not change what a run computes: ignored when comparing configs.
+SPEED_FIELDS = frozenset({"device", "progress", "workers", "threads", "data_dir", "download"})
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# --------------------------------------------------------------------------- atomic writes
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a power loss after it keeps the new name)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass   # some file systems cannot fsync a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other writer uses (pid and random suffix)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _write_error(path: Path, err: OSError) -> SpatialmixError:
+    why = err.strerror or type(err).__name__
+    hint = "free some space and resume" if err.errno == errno.ENOSPC else "choose a writable folder"
+    return SpatialmixError(f"cannot write {path} ({why}); {hint}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _write_error(path, err) from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, path)            # replaces a symlink itself, never writes through it
+        _fsync_dir(path.parent)
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from None
         raise
+
+
+def strict_json(obj, **kwargs) -> str:
+    """JSON without NaN / Infinity literals (which strict parsers reject); a non-finite number is an error."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError:
+        raise SpatialmixError(f"refusing to write a non-finite number as JSON: {_non_finite_keys(obj)}") from None
+
+
+def _non_finite_keys(obj, prefix="") -> list[str]:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [prefix or "value"]
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in _non_finite_keys(v, f"{prefix}{key}.")]
+    if isinstance(obj, (list, tuple)):
+        return [k for i, v in enumerate(obj) for k in _non_finite_keys(v, f"{prefix}{i}.")]
+    return []
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -61,15 +143,21 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def _atomic_via_tmp(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
+    """Call ``write(tmp_path)``, fsync the result and rename it onto ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _tmp_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        _fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_dir(path.parent)
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from None
+        if isinstance(err, RuntimeError) and "write" in str(err).lower():   # torch.save on a full disk
+            raise _write_error(path, OSError(errno.EIO, str(err).splitlines()[0][:120])) from None
         raise
 
 
@@ -78,7 +166,23 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict
     _atomic_via_tmp(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def check_regular_file(path: Path, max_bytes: int = MAX_WEIGHTS_BYTES) -> int:
+    """The size of ``path``, after checking it is a regular file (not a device, fifo, ...) of plausible size."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise SpatialmixError(f"{path} cannot be read ({err.strerror}); restore it from a copy") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SpatialmixError(f"{path} is not a regular file; a run folder holds only plain files: "
+                              f"replace it with the real file")
+    if st.st_size > max_bytes:
+        raise SpatialmixError(f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} a weights file may "
+                              f"have here; it is not a spatialmix file")
+    return st.st_size
+
+
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    check_regular_file(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -86,33 +190,333 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
                               f"delete it or restore it from a copy") from None
 
 
+def file_sha256(path: Path, max_bytes: int = MAX_WEIGHTS_BYTES) -> str:
+    """SHA-256 of a regular file, read in chunks (never the whole file at once)."""
+    check_regular_file(path, max_bytes)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one strict-JSON line; never through a symlink (the line would land in another file)."""
+    line = strict_json(record, sort_keys=True) + "\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise SpatialmixError(f"{path} is a symlink; a run folder's files must be plain files: remove it "
+                                  f"and resume") from None
+        raise _write_error(path, err) from None
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    except OSError as err:
+        raise _write_error(path, err) from None
+    finally:
+        os.close(fd)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    atomic_write_bytes(path, "".join(strict_json(r, sort_keys=True) + "\n" for r in records).encode())
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    if not Path(path).is_file():
+    """The records of a JSON-lines file; a last line cut short by a kill is left out."""
+    path = Path(path)
+    if not path.is_file():
         return []
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise SpatialmixError(f"{path} is not UTF-8 text (corrupt); delete it or restore it from a copy") from None
     records = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a kill: everything before it is good
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break   # a line cut short by a kill: everything before it is good
+            raise SpatialmixError(f"{path}: line {number} is not JSON (corrupt); restore it from a copy") from None
+        if not isinstance(record, dict):
+            raise SpatialmixError(f"{path}: line {number} is not a JSON object; restore it from a copy")
+        records.append(record)
     return records
 
 
 def read_json(path: Path, what: str = "file") -> dict:
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
+        if os.stat(path).st_size > MAX_JSON_BYTES:
+            raise SpatialmixError(f"{path} is too large for a spatialmix {what} file; it is not one")
+        return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise SpatialmixError(f"{path} is missing: not a spatialmix {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise SpatialmixError(f"{path} is corrupt (not JSON); restore it or start a new run") from None
+    except OSError as err:
+        raise SpatialmixError(f"{path} cannot be read ({err.strerror}); restore it from a copy") from None
+
+
+# --------------------------------------------------------------------------- shapes of the run files
+
+def _bad(path: Path, field: str, wanted: str, value) -> SpatialmixError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return SpatialmixError(f"{path}: field {field!r} must be {wanted}, got {shown}; the file is damaged or not "
+                           f"spatialmix's")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _need(path: Path, obj: dict, field: str, check, wanted: str, optional: bool = False):
+    if field not in obj:
+        if optional:
+            return None
+        raise SpatialmixError(f"{path}: field {field!r} is missing; the file is damaged or not spatialmix's")
+    if not check(obj[field]):
+        raise _bad(path, field, wanted, obj[field])
+    return obj[field]
+
+
+def _need_dict(path: Path, value, what: str = "a JSON object") -> dict:
+    if not isinstance(value, dict):
+        raise SpatialmixError(f"{path} must hold {what}, got {type(value).__name__}; the file is damaged or not "
+                              f"spatialmix's")
+    return value
+
+
+def validate_record(record, path: Path) -> dict:
+    """config.json's shape: what loading the run relies on (the TrainConfig fields are checked by it)."""
+    _need_dict(path, record)
+    version = record.get("format_version")
+    if version != FORMAT_VERSION:
+        raise SpatialmixError(f"{path.parent} was written by an incompatible spatialmix (run format {version!r}, "
+                              f"this version reads {FORMAT_VERSION}); re-run it with this version")
+    _need(path, record, "train", lambda v: isinstance(v, dict), "a JSON object of training settings")
+    data = _need(path, record, "data", lambda v: isinstance(v, dict), "a JSON object")
+    for name in ("in_chans", "num_classes", "image_size"):
+        _need(path, data, name, lambda v: _is_int(v) and v > 0, "a positive whole number")
+    for name in ("mean", "std"):
+        _need(path, data, name, lambda v: isinstance(v, list) and len(v) == data["in_chans"]
+              and all(_is_number(x) for x in v), f"a list of {data['in_chans']} numbers")
+    if any(s <= 0 for s in data["std"]):
+        raise _bad(path, "std", "positive numbers", data["std"])
+    task = record.get("task")
+    if task is not None:
+        _need_dict(path, task, "a task object")
+        _need(path, task, "name", lambda v: isinstance(v, str), "a task name")
+    _need(path, record, "frozen_fingerprint", lambda v: isinstance(v, str), "a string", optional=True)
+    return record
+
+
+def validate_status(status, path: Path) -> dict:
+    _need_dict(path, status)
+    _need(path, status, "state", lambda v: v in STATES, f"one of {', '.join(STATES)}")
+    _need(path, status, "epoch", lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
+    return status
+
+
+SUMMARY_NUMBERS = ("trainable_params", "frozen_params", "epochs", "train_time", "images_per_s")
+
+
+def validate_summary(summary, path: Path) -> dict:
+    _need_dict(path, summary)
+    for name, value in summary.items():
+        if name in SUMMARY_NUMBERS or name.startswith(("test_", "best_")):
+            if not _is_number(value):
+                raise _bad(path, name, "a number", value)
+    return summary
+
+
+def validate_latest(pointer, path: Path) -> tuple[str, int]:
+    _need_dict(path, pointer)
+    folder = _need(path, pointer, "folder", lambda v: isinstance(v, str) and CHECKPOINT_NAME.fullmatch(v),
+                   "a checkpoint folder name like epoch-0003")
+    epoch = _need(path, pointer, "epoch", lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
+    if int(CHECKPOINT_NAME.fullmatch(folder).group(1)) != epoch:
+        raise _bad(path, "epoch", f"the epoch of {folder}", epoch)
+    return folder, epoch
+
+
+# --------------------------------------------------------------------------- one run folder
+
+class Run:
+    """One run folder and every question asked about it: what it is, whether it finished (with
+    which config), its summary, status, metrics and newest checkpoint. Everything read is validated.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        if str(path) == "":
+            raise SpatialmixError("the run folder is an empty string; pass a folder name such as runs/my-run")
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # ---- paths
+    def file(self, *parts: str) -> Path:
+        """``RUN/parts...``, refusing a path that leads out of the run folder (a symlink to elsewhere)."""
+        path = self.path.joinpath(*parts)
+        if os.path.lexists(path):
+            root = self.path.resolve()
+            target = path.resolve()
+            if target != root and root not in target.parents:
+                raise SpatialmixError(f"{path} points outside its run folder (to {target}); a run folder holds "
+                                      f"only its own files: remove the link")
+        return path
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_dir() and self.file(CONFIG).is_file()
+
+    def check(self) -> "Run":
+        """Raise a clear error unless this is a spatialmix run of a version we read."""
+        if not self.path.exists():
+            raise SpatialmixError(f"run directory {self.path} does not exist")
+        if not self.path.is_dir() or not self.file(CONFIG).is_file():
+            raise SpatialmixError(f"{self.path} is not a spatialmix run (no {CONFIG}); pass a folder made by "
+                                  f"`spatialmix train` or `spatialmix reproduce`")
+        self.record()
+        return self
+
+    def holds_nothing(self) -> bool:
+        """True when the folder is missing, or holds only what a start killed before its first file leaves."""
+        if not self.path.is_dir():
+            return not self.path.exists()
+        return all(p.name in (LOCK, INIT) or _is_tmp(p) for p in self.path.iterdir())
+
+    # ---- the files
+    def _json(self, name: str, what: str):
+        path = self.file(name)
+        return read_json(path, what), path
+
+    def record(self) -> dict:
+        """config.json, validated."""
+        record, path = self._json(CONFIG, "run")
+        return validate_record(record, path)
+
+    def train_config(self):
+        """The saved TrainConfig (fields added to TrainConfig after the run was made take their defaults)."""
+        from .train import TrainConfig
+
+        return TrainConfig.from_dict(self.record()["train"], source=self.file(CONFIG))
+
+    def status(self) -> dict:
+        """status.json, validated; ``{}`` when there is none yet."""
+        if not self.file(STATUS).is_file():
+            return {}
+        status, path = self._json(STATUS, "run status")
+        return validate_status(status, path)
+
+    def summary(self) -> dict | None:
+        if not self.file(SUMMARY).is_file():
+            return None
+        summary, path = self._json(SUMMARY, "run summary")
+        return validate_summary(summary, path)
+
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self.file(METRICS))
+
+    def is_finished(self) -> bool:
+        return self.status().get("state") == "finished" and self.summary() is not None
+
+    # ---- config comparison
+    def config_differences(self, config, ignore=SPEED_FIELDS) -> list[tuple[str, object, object]]:
+        """``(field, saved, ours)`` for every field of ``config`` that differs from the saved one.
+
+        A field added to the config class after the run was made counts as its default (what the
+        run behaved as). ``ignore``: fields that do not change what the run computes.
+        """
+        record = self.record()
+        saved = {**dataclasses.asdict(type(config)()), **record["train"]}
+        ours = dataclasses.asdict(config)
+        return [(k, saved.get(k), v) for k, v in ours.items() if k not in ignore and saved.get(k) != v]
+
+    def finished_summary(self, config, task: dict | None = None) -> dict | None:
+        """The summary if this run finished with ``config``; None if it has not finished (or does not
+        exist); an error if it finished with another config (reusing it would be a silent lie)."""
+        if not self.path.is_dir() or not self.file(CONFIG).is_file() or not self.is_finished():
+            return None
+        diff = self.config_differences(config)
+        saved_task = self.record().get("task") or {"name": "classification"}
+        if task is not None and saved_task != task:
+            diff.append(("task", saved_task, task))
+        if diff:
+            details = ", ".join(f"{k}={a!r} there, {b!r} now" for k, a, b in diff[:3])
+            raise SpatialmixError(f"{self.path} finished with another configuration ({details}); use another "
+                                  f"--out, or delete that run to train it again")
+        return self.summary()
+
+    # ---- checkpoints
+    def checkpoint_root(self) -> Path:
+        return self.file(CKPT_DIR)
+
+    def latest_checkpoint(self) -> Path | None:
+        """The folder ``latest.json`` names, checked to be a checkpoint folder inside ``checkpoints/``."""
+        pointer = self.file(CKPT_DIR, LATEST)
+        if not pointer.is_file():
+            return None
+        name, _ = validate_latest(read_json(pointer, "checkpoint pointer"), pointer)
+        folder = self.file(CKPT_DIR, name)
+        if not folder.is_dir():
+            raise SpatialmixError(f"{pointer} names {name}, which is missing; resume with `spatialmix train "
+                                  f"--resume --out {self.path}` to continue from the newest complete checkpoint")
+        return folder
+
+    def require_checkpoint(self) -> Path:
+        folder = self.latest_checkpoint()
+        if folder is None:
+            raise SpatialmixError(no_checkpoint_message(self.path))
+        return folder
+
+    def checkpoints_newest_first(self) -> list[Path]:
+        """Every checkpoint folder with both files, newest first (for falling back past a damaged one)."""
+        root = self.checkpoint_root()
+        if not root.is_dir():
+            return []
+        found = []
+        for p in root.iterdir():
+            match = CHECKPOINT_NAME.fullmatch(p.name)
+            if match and not p.is_symlink() and p.is_dir() and all((p / f).is_file() for f in (MODEL_FILE, STATE_FILE)):
+                found.append((int(match.group(1)), self.file(CKPT_DIR, p.name)))
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def weights_fingerprint(self) -> dict:
+        """Which weights the newest checkpoint holds: its folder and the SHA-256 of its model file."""
+        folder = self.require_checkpoint()
+        return {"checkpoint": folder.name, "sha256": file_sha256(self.file(CKPT_DIR, folder.name, MODEL_FILE))}
+
+    # ---- cleaning after a kill (only under the lock)
+    def remove_stray_temporaries(self) -> list[Path]:
+        """Delete the ``.*.tmp`` files a kill left behind (call only while holding the run's lock)."""
+        removed = []
+        for folder in [self.path, self.path / CKPT_DIR, *sorted((self.path / CKPT_DIR).glob("epoch-*"))]:
+            if folder.is_dir() and not folder.is_symlink():
+                for p in folder.iterdir():
+                    if _is_tmp(p) and (p.is_file() or p.is_symlink()):
+                        p.unlink(missing_ok=True)
+                        removed.append(p)
+        return removed
+
+
+def _is_tmp(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith(".tmp")
+
+
+def no_checkpoint_message(run_dir: Path) -> str:
+    return (f"{run_dir} has no checkpoint yet (training never finished an epoch); train it first with "
+            f"`spatialmix train --resume --out {run_dir}`")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -121,53 +525,126 @@ def is_run_dir(path: Path) -> bool:
 
 def check_run_dir(path: Path) -> Path:
     """Raise a clear error unless ``path`` is a spatialmix run directory of a version we read."""
-    path = Path(path)
-    if not path.exists():
-        raise SpatialmixError(f"run directory {path} does not exist")
-    if not path.is_dir() or not is_run_dir(path):
-        raise SpatialmixError(f"{path} is not a spatialmix run (no {CONFIG}); pass a folder made by "
-                              f"`spatialmix train` or `spatialmix reproduce`")
-    version = read_json(path / CONFIG, "run").get("format_version")
-    if version != FORMAT_VERSION:
-        raise SpatialmixError(f"{path} was written by an incompatible spatialmix (run format {version}, "
-                              f"this version reads {FORMAT_VERSION}); re-run it with this version")
-    return path
+    return Run(path).check().path
+
+
+def check_writable(folder: Path) -> Path:
+    """Raise a clear error now (before hours of work) if results cannot be written into ``folder``."""
+    folder = Path(folder)
+    if not os.access(folder, os.W_OK):
+        raise SpatialmixError(f"{folder} is not writable (read-only folder or mount); copy it somewhere writable "
+                              f"or choose another output")
+    return folder
 
 
 # --------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(run_dir: Path, epoch: int, model_state: dict, train_state: dict, keep: int = 2) -> Path:
     """Write ``checkpoints/epoch-NNNN/`` then point ``latest.json`` at it; prune older ones."""
-    ckpt_root = Path(run_dir) / CKPT_DIR
+    run = Run(run_dir)
+    ckpt_root = run.checkpoint_root()
+    if ckpt_root.is_symlink():
+        raise SpatialmixError(f"{ckpt_root} is a symlink; a run folder holds only its own files: remove it")
     folder = ckpt_root / f"epoch-{epoch:04d}"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    try:
+        if folder.is_symlink():
+            folder.unlink()
+        elif folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    except OSError as err:
+        raise _write_error(folder, err) from None
     save_weights(folder / MODEL_FILE, model_state, metadata={"epoch": str(epoch)})
     _atomic_via_tmp(folder / STATE_FILE, lambda tmp: torch.save(train_state, tmp))
+    _fsync_dir(ckpt_root)
     atomic_write_json(ckpt_root / LATEST, {"folder": folder.name, "epoch": epoch})
-    done = sorted(p for p in ckpt_root.glob("epoch-*") if p.is_dir())
+    done = sorted(p for p in ckpt_root.glob("epoch-*") if p.is_dir() and not p.is_symlink())
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / CKPT_DIR / LATEST
-    if not pointer.is_file():
-        return None
-    folder = Path(run_dir) / CKPT_DIR / read_json(pointer, "checkpoint")["folder"]
-    if not folder.is_dir():
-        raise SpatialmixError(f"{pointer} names {folder.name}, which is missing; the run directory was "
-                              f"edited by hand: start a new run")
-    return folder
+    return Run(run_dir).latest_checkpoint()
 
 
 def load_checkpoint(folder: Path) -> tuple[dict, dict]:
     model_state = load_weights(folder / MODEL_FILE)
+    check_regular_file(folder / STATE_FILE)
     try:
         train_state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise SpatialmixError(f"{folder / STATE_FILE} is corrupt ({type(err).__name__}); "
-                              f"delete {folder} to resume from the checkpoint before it") from None
+        raise SpatialmixError(f"{folder / STATE_FILE} is corrupt ({type(err).__name__})") from None
+    if not isinstance(train_state, dict):
+        raise SpatialmixError(f"{folder / STATE_FILE} is corrupt (not a training state)")
     return model_state, train_state
+
+
+# --------------------------------------------------------------------------- one writer per run folder
+
+class RunLockedError(SpatialmixError):
+    """Another process holds the run folder."""
+
+
+_HELD: dict[str, list] = {}   # resolved run folder -> [fd, depth]: the locks this process holds
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | os.PathLike):
+    """Hold the run folder exclusively (``flock`` on ``RUN/.lock``) for the duration of the block.
+
+    The operating system releases the lock when the process dies, so a killed run never leaves a
+    stale lock. Re-entrant within a process (a study holding a run may call ``train`` on it). A
+    second process gets :class:`RunLockedError` naming the pid that holds the folder. The folder is
+    created if needed, and removed again if the block leaves nothing in it.
+    """
+    run = Run(run_dir)
+    path = run.path
+    key = os.path.realpath(path)
+    if int(os.environ.get("RANK", "0") or 0) != 0:   # under torchrun only rank 0 writes, so only it locks
+        yield run
+        return
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield run
+        finally:
+            _HELD[key][1] -= 1
+        return
+    created = not path.exists()
+    try:
+        if path.exists() and not path.is_dir():
+            raise SpatialmixError(f"{path} is a file, not a run folder; choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~_UMASK)
+    except NotADirectoryError:
+        raise SpatialmixError(f"{path} lies below a file, not a folder; choose another --out") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise SpatialmixError(f"{path / LOCK} is a symlink; remove it") from None
+        raise SpatialmixError(f"cannot write in {path} ({err.strerror}); choose a writable --out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise RunLockedError(f"{path} is in use by another spatialmix process (pid {holder}); wait for it to "
+                                 f"finish or stop it, or choose another --out") from None
+        raise SpatialmixError(f"cannot lock {path} ({err.strerror}); choose another --out") from None
+    _HELD[key] = [fd, 1]
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield run
+    finally:
+        del _HELD[key]
+        try:
+            os.ftruncate(fd, 0)   # empty when free: the folder's bytes do not depend on who last held it
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            if created and all(p.name == LOCK for p in path.iterdir()):
+                (path / LOCK).unlink(missing_ok=True)   # a start that wrote nothing leaves nothing behind
+                path.rmdir()
+        os.close(fd)   # releases the flock
