@@ -23,8 +23,14 @@ CONFIG_HELP = {
     "augment": "none, flip, crop, crop-flip (default: the data set's usual one)",
     "model": "a name from `spatialmix models`, or timm:NAME / torchvision:NAME",
     "mode": "full (learn everything), chans (freeze spatial mixers), space (freeze channel mixers)",
-    "spatial_init": "random init of the depthwise filters: default (PyTorch's), gaussian, uniform",
+    "spatial_init": "random init of the spatial mixers: default (PyTorch's), gaussian, uniform, covariance "
+                    "(Trockman et al. 2023, closed form), covariance-from (a trained run's filters, see --init-from)",
     "channel_init": "random init of the pointwise filters: default, gaussian, uniform",
+    "init_from": "with --spatial-init covariance-from: the trained Full run whose per-layer filter covariance is the prior",
+    "spatial_pattern": "comma-separated globs of layer names to treat as spatial mixers (e.g. 'blocks.*.mlp_tokens')",
+    "channel_pattern": "comma-separated globs of layer names to treat as channel mixers",
+    "token_hidden": "mlpmixer: hidden size of the token-mixing MLPs (default: width / 2)",
+    "channel_hidden": "mlpmixer: hidden size of the channel-mixing MLPs (default: 4 x width)",
     "init_std": "std of the gaussian init / half-width of the uniform init",
     "smooth_sigma": "Gaussian-smooth the random spatial filters with this sigma in pixels (0: off)",
     "init_seed": "seed of the random filters (default: --seed)",
@@ -118,12 +124,15 @@ def cmd_models(args) -> None:
     model = create_model(args.name, in_chans=args.in_chans, num_classes=args.num_classes,
                          image_size=args.image_size)
     print(f"{args.name}: {sum(p.numel() for p in model.parameters()):,} parameters")
-    summary = summarize(model)
+    from .mixing import LayerSelector, spatial_mixer_counts
+
+    selector = LayerSelector.of(args.spatial_pattern, args.channel_pattern)
+    summary = summarize(model, selector)
     print(summary)
-    print(mixer_counts_line(summary))
+    print(mixer_counts_line(summary, spatial_mixer_counts(model, selector)))
 
 
-def mixer_counts_line(summary) -> str:
+def mixer_counts_line(summary, spatial_counts: dict | None = None) -> str:
     """How many mixers of each kind a model has, and which modes it can train in."""
     from .mixing import CHANNEL, MODES, SPATIAL, frozen_kind
 
@@ -132,7 +141,12 @@ def mixer_counts_line(summary) -> str:
     modes = ", ".join(m for m in MODES if m not in missing)
     why = "".join(f"; {m} needs {'depthwise' if frozen_kind(m) == SPATIAL else '1 x 1'} convolutions to freeze"
                   for m in missing)
-    return (f"{layers.get(SPATIAL, 0)} spatial mixers (depthwise convolutions), {layers.get(CHANNEL, 0)} channel "
+    counts = spatial_counts or {}
+    parts = [f"{n} {what}" for what, n in counts.items() if n and what != "depthwise convolutions"]
+    spatial_what = ("depthwise convolutions" if not parts else
+                    ", ".join(([f"{counts['depthwise convolutions']} depthwise convolutions"]
+                               if counts.get("depthwise convolutions") else []) + parts))
+    return (f"{layers.get(SPATIAL, 0)} spatial mixers ({spatial_what}), {layers.get(CHANNEL, 0)} channel "
             f"mixers (1 x 1 convolutions and linear layers); modes: {modes}{why}")
 
 
@@ -159,6 +173,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--in-chans", type=int, default=3)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--spatial-pattern", default=None, help=CONFIG_HELP["spatial_pattern"])
+    p.add_argument("--channel-pattern", default=None, help=CONFIG_HELP["channel_pattern"])
     p.set_defaults(func=cmd_models)
 
     add_attack_command(sub)

@@ -11,7 +11,18 @@ network in three modes:
   mixers stay at their random initialization.
 
 Everything here works on any ``nn.Module`` (our models, timm, torchvision): layers are found by
-their shape, not their name.
+their structure, not their name. Spatial mixers are depthwise k x k convolutions and token-mixing
+linear layers (MLP-Mixer, ResMLP, gMLP; found by the axis they act on, see
+:mod:`spatialmix.token_mixers`); channel mixers are 1 x 1 convolutions and the other linear
+layers. A :class:`LayerSelector` (``apply_mixing(..., spatial=..., channel=...)``, or
+``--spatial-pattern`` / ``--channel-pattern``) overrides that for any layer, so the mixers of an
+architecture spatialmix does not know can be declared in one line.
+
+Smoothing a frozen token-mixing matrix (``smooth_sigma`` > 0) blurs, for each output token, its
+weights over the input tokens as a 2-D map over the patch grid (sigma in patches), with zero
+padding, and rescales it to its L2 norm: exactly what smoothing does to a depthwise filter, whose
+k x k window is a row of the equivalent token-mixing matrix. Where the grid indexes the output
+side only (MLP-Mixer's second token layer, hidden -> tokens) each column is smoothed instead.
 
 Frozen tensors get ``requires_grad=False``; :func:`trainable_parameters` and the optimizer built
 by :mod:`spatialmix.train` only ever see trainable ones, so frozen tensors receive no gradient, no
@@ -19,19 +30,22 @@ optimizer state and no weight decay, and :func:`frozen_fingerprint` proves they 
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import SpatialmixError, unknown_name
+from .token_mixers import TokenProbe, probe_token_mixers
 
 MODES = ("full", "chans", "space")
-INITS = ("default", "gaussian", "uniform")
+INITS = ("default", "gaussian", "uniform", "covariance", "covariance-from")
 
 SPATIAL, CHANNEL, STEM_OR_FULL, NORM, HEAD, OTHER = "spatial", "channel", "full-conv", "norm", "head", "other"
 KINDS = (SPATIAL, CHANNEL, STEM_OR_FULL, NORM, HEAD, OTHER)
@@ -40,7 +54,8 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
 def is_spatial_mixer(module: nn.Module) -> bool:
-    """A depthwise conv: one (or a few) k x k filters per input channel, k > 1."""
+    """A depthwise conv: one (or a few) k x k filters per input channel, k > 1 (token mixers: see
+    :func:`classify_layers`)."""
     return (isinstance(module, nn.Conv2d) and module.in_channels > 1
             and module.groups == module.in_channels and max(module.kernel_size) > 1)
 
@@ -74,16 +89,112 @@ def find_head(model: nn.Module) -> nn.Module | None:
     return linears[-1] if linears else None
 
 
-def classify_layers(model: nn.Module) -> dict[str, str]:
-    """Map each parameter-owning layer's qualified name to its kind (see ``KINDS``)."""
+# --------------------------------------------------------------------------- user overrides
+
+Matcher = Union[str, tuple, list, Callable[[str, nn.Module], bool], None]
+
+
+@dataclass(frozen=True)
+class LayerSelector:
+    """Layers the user declares spatial or channel mixers, overriding the automatic classification.
+
+    Each side is a glob pattern over qualified layer names (``"blocks.*.mlp_tokens"``; several
+    separated by commas, or a list), or a predicate ``(name, module) -> bool``. A pattern matches
+    a layer when it matches the layer's name or the name of a module containing it, so naming a
+    block's token MLP covers its linear layers. Only layers with filters (a weight of 2 or more
+    dimensions) are reclassified: a matched container's norms keep their kind.
+    """
+
+    spatial: Matcher = None
+    channel: Matcher = None
+
+    @staticmethod
+    def of(spatial: Matcher = None, channel: Matcher = None) -> "LayerSelector | None":
+        spatial, channel = _normalize(spatial), _normalize(channel)
+        return None if spatial is None and channel is None else LayerSelector(spatial, channel)
+
+    def matches(self, side: str, name: str, module: nn.Module) -> bool:
+        matcher = getattr(self, side)
+        if matcher is None:
+            return False
+        if callable(matcher):
+            return bool(matcher(name, module))
+        parts = name.split(".")
+        prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        return any(fnmatch.fnmatchcase(p, pattern) for pattern in matcher for p in prefixes)
+
+    def describe(self, side: str) -> str:
+        matcher = getattr(self, side)
+        return getattr(matcher, "__name__", "predicate") if callable(matcher) else ",".join(matcher)
+
+
+def _normalize(matcher: Matcher):
+    if matcher is None or callable(matcher):
+        return matcher
+    items = matcher.split(",") if isinstance(matcher, str) else [str(m) for m in matcher]
+    patterns = tuple(p.strip() for p in items if p.strip())
+    return patterns or None
+
+
+def _filter_layer(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dim() >= 2
+
+
+def _selected(model: nn.Module, selector: LayerSelector | None, head) -> dict[str, str]:
+    """Layer name -> SPATIAL / CHANNEL for the filter layers the selector matches (never the head)."""
+    if selector is None:
+        return {}
+    chosen = {}
+    for name, module in model.named_modules():
+        if module is head or not _filter_layer(module):
+            continue
+        spatial, channel = selector.matches("spatial", name, module), selector.matches("channel", name, module)
+        if spatial and channel:
+            raise SpatialmixError(f"layer {name!r} matches both --spatial-pattern {selector.describe('spatial')!r} "
+                                  f"and --channel-pattern {selector.describe('channel')!r}; make the patterns disjoint")
+        if spatial or channel:
+            chosen[name] = SPATIAL if spatial else CHANNEL
+    for side, kind in (("spatial", SPATIAL), ("channel", CHANNEL)):
+        if getattr(selector, side) is not None and kind not in chosen.values():
+            examples = ", ".join([n for n, m in model.named_modules() if _filter_layer(m) and m is not head][:4])
+            raise SpatialmixError(f"--{side}-pattern {selector.describe(side)!r} matches no layer with filters; "
+                                  f"layer names look like: {examples}")
+    return chosen
+
+
+def model_selector(model: nn.Module) -> LayerSelector | None:
+    """The selector :func:`apply_mixing` recorded on ``model`` (None: automatic classification only)."""
+    return getattr(model, "spatialmix_selector", None)
+
+
+def classify_layers(model: nn.Module, selector: LayerSelector | None = None) -> dict[str, str]:
+    """Map each parameter-owning layer's qualified name to its kind (see ``KINDS``).
+
+    ``selector`` (default: the one :func:`apply_mixing` recorded on the model) overrides the
+    automatic classification. A linear layer whose axis the shapes cannot tell (width equal to
+    the token count) and that no known block type or selector places is refused.
+    """
+    selector = selector if selector is not None else model_selector(model)
     head = find_head(model)
+    chosen = _selected(model, selector, head)
+    probe = probe_token_mixers(model, head)
+    unplaced = [name for name in probe.ambiguous if name not in chosen]
+    if unplaced:
+        grid = f"{probe.grid[0]} x {probe.grid[1]}" if probe.grid else "?"
+        raise SpatialmixError(
+            f"cannot tell whether {unplaced[0]!r} (and {len(unplaced) - 1} other linear layers) mix tokens or "
+            f"channels: the model's width equals its token count ({grid} patches); declare them with "
+            f"--spatial-pattern / --channel-pattern (e.g. --spatial-pattern 'blocks.*.token_mixer')")
     kinds = {}
     for name, module in model.named_modules():
         if not any(True for _ in module.parameters(recurse=False)):
             continue
-        if module is head:
+        if name in chosen:
+            kinds[name] = chosen[name]
+        elif module is head:
             kinds[name] = HEAD
-        elif is_spatial_mixer(module):
+        elif is_spatial_mixer(module) or name in probe.token_axis:
             kinds[name] = SPATIAL
         elif is_channel_mixer(module, head):
             kinds[name] = CHANNEL
@@ -96,8 +207,8 @@ def classify_layers(model: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def layers_of_kind(model: nn.Module, kind: str) -> list[tuple[str, nn.Module]]:
-    kinds = classify_layers(model)
+def layers_of_kind(model: nn.Module, kind: str, selector: LayerSelector | None = None) -> list[tuple[str, nn.Module]]:
+    kinds = classify_layers(model, selector)
     modules = dict(model.named_modules())
     return [(name, modules[name]) for name, k in kinds.items() if k == kind]
 
@@ -109,19 +220,26 @@ class InitSpec:
     """How random filters are drawn. Stored in the run config so a frozen model can be rebuilt.
 
     ``name``: ``default`` (PyTorch's conv default, uniform in +-1/sqrt(fan_in), i.e. +-1/k for a
-    depthwise k x k), ``gaussian`` (normal with ``std``) or ``uniform`` (in +-``std``).
+    depthwise k x k), ``gaussian`` (normal with ``std``), ``uniform`` (in +-``std``),
+    ``covariance`` (depthwise filters drawn from the closed-form covariance of Trockman et al.,
+    see :mod:`spatialmix.priors`) or ``covariance-from`` (from the per-layer Gaussian fit of the
+    depthwise filters of the trained run in ``source``).
     ``smooth_sigma`` > 0 then blurs each k x k filter with a Gaussian of that sigma (in pixels)
     and rescales it to its original L2 norm, so smoothing changes the frequency content of the
-    filters and not their gain.
+    filters and not their gain (token-mixing matrices: see the module docstring).
     """
 
     name: str = "default"
     std: float = 0.1
     smooth_sigma: float = 0.0
+    source: str | None = None   # covariance-from: the run directory whose filters are the prior
 
     def __post_init__(self):
         if self.name not in INITS:
             raise unknown_name("init", self.name, INITS)
+        if (self.name == "covariance-from") != (self.source is not None):
+            raise SpatialmixError("--spatial-init covariance-from needs --init-from RUN_DIR (a trained Full run), "
+                                  "and --init-from goes only with covariance-from")
         if not (self.std > 0 and math.isfinite(self.std)):
             raise SpatialmixError(f"init std must be a positive number, got {self.std}")
         if not (self.smooth_sigma >= 0 and math.isfinite(self.smooth_sigma)):
@@ -165,26 +283,65 @@ def _draw(shape, fan_in: int, spec: InitSpec, generator: torch.Generator) -> tor
     return torch.randn(shape, generator=generator, dtype=torch.float64) * spec.std
 
 
+def smooth_token_mixer(weight: torch.Tensor, sigma: float, grid: tuple[int, int], axis: str) -> torch.Tensor:
+    """Blur a token-mixing weight (out, in) over the patch grid: each row as a gh x gw map (``axis="in"``),
+    or each column (``axis="out"``), keeping its L2 norm (see the module docstring)."""
+    matrix = weight if axis == "in" else weight.T
+    rows, n = matrix.shape
+    maps = smooth_filters(matrix.reshape(rows, 1, *grid), sigma).reshape(rows, n)
+    return maps if axis == "in" else maps.T
+
+
+def _smooth(name: str, module: nn.Module, new: torch.Tensor, sigma: float, probe: TokenProbe | None) -> torch.Tensor:
+    if new.dim() == 4:
+        return smooth_filters(new, sigma)
+    axis = probe.token_axis.get(name) if probe is not None else None
+    if axis is None or probe.grid is None or new.shape[1 if axis == "in" else 0] != probe.grid[0] * probe.grid[1]:
+        raise SpatialmixError(f"cannot smooth spatial layer {name!r} (weight {tuple(new.shape)}): smoothing is "
+                              f"defined for depthwise k x k filters and for token-mixing layers over a known patch "
+                              f"grid; use --smooth-sigma 0 for this model")
+    return smooth_token_mixer(new, sigma, probe.grid, axis)
+
+
 @torch.no_grad()
-def initialize_layers(layers: list[tuple[str, nn.Module]], spec: InitSpec, seed: int) -> None:
+def initialize_layers(layers: list[tuple[str, nn.Module]], spec: InitSpec, seed: int,
+                      probe: TokenProbe | None = None) -> None:
     """Draw new weights (and biases) for ``layers`` from ``spec``, reproducibly from ``seed``.
 
     Each layer gets its own generator seeded from (seed, layer name), so the filters of a layer
-    do not depend on the global RNG, on the order of construction or on the other layers.
+    do not depend on the global RNG, on the order of construction or on the other layers (the
+    covariance priors also depend on the layer's relative depth, its position in ``layers``).
+    ``probe`` tells where token-mixing layers meet the patch grid (needed to smooth them).
     """
-    for name, module in layers:
+    prior = _covariance_prior(spec, layers)
+    for index, (name, module) in enumerate(layers):
         generator = torch.Generator().manual_seed(_layer_seed(seed, name))
         weight = module.weight
         fan_in = weight[0].numel()
-        new = _draw(weight.shape, fan_in, spec, generator)
-        if spec.smooth_sigma > 0 and weight.dim() == 4:
-            new = smooth_filters(new, spec.smooth_sigma)
+        if prior is not None:
+            new = prior.draw(name, tuple(weight.shape), index, len(layers), generator)
+        else:
+            new = _draw(weight.shape, fan_in, spec, generator)
+        if spec.smooth_sigma > 0:
+            new = _smooth(name, module, new, spec.smooth_sigma, probe)
         weight.copy_(new.to(weight.dtype))
         bias = getattr(module, "bias", None)
         if bias is not None:
             bound = 1.0 / math.sqrt(fan_in)
             bias.copy_(((torch.rand(bias.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound)
                        .to(bias.dtype))
+
+
+def _covariance_prior(spec: InitSpec, layers):
+    if spec.name == "covariance":
+        from .priors import ClosedFormPrior
+
+        return ClosedFormPrior()
+    if spec.name == "covariance-from":
+        from .priors import EmpiricalPrior
+
+        return EmpiricalPrior.from_run(spec.source)
+    return None
 
 
 def _layer_seed(seed: int, name: str) -> int:
@@ -201,21 +358,32 @@ def frozen_kind(mode: str) -> str | None:
 
 
 def apply_mixing(model: nn.Module, mode: str, spatial_init: InitSpec | None = InitSpec(),
-                 channel_init: InitSpec | None = None, seed: int = 0) -> nn.Module:
+                 channel_init: InitSpec | None = None, seed: int = 0, *, spatial: Matcher = None,
+                 channel: Matcher = None) -> nn.Module:
     """Initialize the mixers explicitly and freeze the kind that ``mode`` says, in place.
 
     The spatial mixers are (re)drawn from ``spatial_init`` in every mode, so that Full and Chans
     runs with the same seed start from the same filters; ``None`` keeps the model's own init.
     ``channel_init`` does the same for the channel mixers (default: keep the model's).
+    ``spatial`` / ``channel``: glob patterns over layer names or predicates ``(name, module) ->
+    bool`` declaring layers spatial or channel mixers (see :class:`LayerSelector`); the selector
+    is recorded on the model, so later calls (:func:`summarize`, the analysis) see the same kinds.
 
     Raises a clear error when the mode needs a kind of layer the model does not have.
     """
     kind_to_freeze = frozen_kind(mode)
-    spatial = layers_of_kind(model, SPATIAL)
-    channel = layers_of_kind(model, CHANNEL)
+    selector = LayerSelector.of(spatial, channel)
+    kinds = classify_layers(model, selector)   # validates the selector before anything changes
+    model.spatialmix_selector = selector
+    modules = dict(model.named_modules())
+    spatial = [(n, modules[n]) for n, k in kinds.items() if k == SPATIAL]
+    channel = [(n, modules[n]) for n, k in kinds.items() if k == CHANNEL]
     if spatial_init is not None:
-        initialize_layers(spatial, spatial_init, seed)
+        initialize_layers(spatial, spatial_init, seed, probe_token_mixers(model, find_head(model)))
     if channel_init is not None:
+        if channel_init.name.startswith("covariance"):
+            raise SpatialmixError(f"--channel-init {channel_init.name} is for spatial mixers (depthwise k x k "
+                                  f"filters); use default, gaussian or uniform for the channel mixers")
         initialize_layers(channel, channel_init, seed + 1)
     if kind_to_freeze is None:
         return model
@@ -224,7 +392,8 @@ def apply_mixing(model: nn.Module, mode: str, spatial_init: InitSpec | None = In
         what = "depthwise (spatial-mixing)" if kind_to_freeze == SPATIAL else "pointwise (channel-mixing)"
         raise SpatialmixError(
             f"mode {mode!r} freezes the {what} convolutions, but this model has none; "
-            f"use --mode full or a separable model (e.g. resnet18-sep, convmixer)")
+            f"use --mode full, a separable model (e.g. resnet18-sep, convmixer, mlpmixer) or declare its mixers "
+            f"with --spatial-pattern / --channel-pattern")
     for _, module in targets:
         for p in module.parameters(recurse=False):
             p.requires_grad_(False)
@@ -271,9 +440,9 @@ class MixingSummary:
         return "\n".join(lines)
 
 
-def summarize(model: nn.Module) -> MixingSummary:
+def summarize(model: nn.Module, selector: LayerSelector | None = None) -> MixingSummary:
     """How many parameters of each kind are trainable and frozen."""
-    kinds = classify_layers(model)
+    kinds = classify_layers(model, selector)
     modules = dict(model.named_modules())
     layers, trainable, frozen = Counter(), Counter(), Counter()
     for name, kind in kinds.items():
@@ -282,3 +451,18 @@ def summarize(model: nn.Module) -> MixingSummary:
             (trainable if p.requires_grad else frozen)[kind] += p.numel()
     rows = [dict(kind=k, layers=layers[k], trainable=trainable[k], frozen=frozen[k]) for k in KINDS if layers[k]]
     return MixingSummary(rows)
+
+
+def spatial_mixer_counts(model: nn.Module, selector: LayerSelector | None = None) -> dict[str, int]:
+    """How many spatial mixers are depthwise convolutions, token-mixing linear layers, or other layers."""
+    modules = dict(model.named_modules())
+    counts = Counter()
+    for name, _ in layers_of_kind(model, SPATIAL, selector):
+        module = modules[name]
+        if isinstance(module, nn.Conv2d) and is_spatial_mixer(module):
+            counts["depthwise convolutions"] += 1
+        elif isinstance(module, nn.Linear):
+            counts["token-mixing linear layers"] += 1
+        else:
+            counts["other layers"] += 1
+    return {k: counts[k] for k in ("depthwise convolutions", "token-mixing linear layers", "other layers")}

@@ -10,6 +10,8 @@ Names understood by :func:`create_model`:
 * ``convmixer``: a ConvMixer with explicit ``width``, ``depth``, ``kernel_size``, ``patch_size``;
 * ``resnet18-sep``, ``resnet34-sep``, ``resnet50-sep`` (and ``resnet18`` ... for the ordinary
   ResNet baseline);
+* ``mlpmixer`` / ``mlpmixer-W/D``: a small isotropic MLP-Mixer (Tolstikhin et al., 2021) whose spatial
+  mixing is done by token-mixing linear layers instead of depthwise convolutions;
 * ``timm:NAME`` and ``torchvision:NAME``: any model of those libraries (random weights unless
   ``pretrained=True``).
 """
@@ -100,6 +102,81 @@ class ConvMixer(nn.Module):
         return self.head(self.pool(self.forward_features(x)))
 
 
+# --------------------------------------------------------------------------- MLP-Mixer
+
+class TokenMixingMLP(nn.Module):
+    """Linear -> GELU -> Linear along the token axis: input and output are (batch, tokens, width).
+
+    The two linear layers see (batch, width, tokens): they mix the patches of the grid, one
+    channel at a time, which is what a depthwise convolution does with a k x k window.
+    """
+
+    def __init__(self, num_tokens: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(num_tokens, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, num_tokens)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x.transpose(1, 2)))).transpose(1, 2)
+
+
+class MixerBlock(nn.Module):
+    """Pre-norm residual token mixing, then pre-norm residual channel mixing (the MLP-Mixer block)."""
+
+    def __init__(self, width: int, num_tokens: int, token_hidden: int, channel_hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.token_mlp = TokenMixingMLP(num_tokens, token_hidden)
+        self.norm2 = nn.LayerNorm(width)
+        self.channel_mlp = nn.Sequential(nn.Linear(width, channel_hidden), nn.GELU(), nn.Linear(channel_hidden, width))
+
+    def forward(self, x):
+        x = x + self.token_mlp(self.norm1(x))
+        return x + self.channel_mlp(self.norm2(x))
+
+
+class MLPMixer(nn.Module):
+    """An isotropic MLP-Mixer for small images: patch stem -> ``depth`` blocks -> LayerNorm -> mean -> head.
+
+    ``token_hidden`` defaults to width / 2 and ``channel_hidden`` to 4 x width (the ratios of
+    Mixer-S/16: 256 and 2048 for width 512). The number of tokens is fixed by the image size,
+    so the model is built for one ``image_size``.
+    """
+
+    def __init__(self, width: int, depth: int, patch_size: int = 4, image_size: int = 32, token_hidden: int | None = None,
+                 channel_hidden: int | None = None, in_chans: int = 3, num_classes: int = 1000):
+        super().__init__()
+        check_positive(width=width, depth=depth, patch_size=patch_size, image_size=image_size, in_chans=in_chans,
+                       num_classes=num_classes)
+        token_hidden = max(1, width // 2) if token_hidden is None else token_hidden
+        channel_hidden = 4 * width if channel_hidden is None else channel_hidden
+        check_positive(token_hidden=token_hidden, channel_hidden=channel_hidden)
+        if patch_size > image_size:
+            raise SpatialmixError(f"patch size {patch_size} is larger than the {image_size} x {image_size} image; "
+                                  f"use --patch-size {max(1, image_size // 8)} or smaller")
+        self.width, self.depth, self.patch_size, self.image_size = width, depth, patch_size, image_size
+        self.grid = (image_size // patch_size, image_size // patch_size)
+        self.num_tokens = self.grid[0] * self.grid[1]
+        self.num_classes = num_classes
+        self.stem = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
+        self.blocks = nn.Sequential(*[MixerBlock(width, self.num_tokens, token_hidden, channel_hidden)
+                                      for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+        self.spatialmix_input_shape = (in_chans, image_size, image_size)
+
+    def forward_features(self, x):
+        x = self.stem(x)
+        if x.shape[-2:] != self.grid:
+            raise SpatialmixError(f"this MLP-Mixer was built for {self.image_size} x {self.image_size} images "
+                                  f"(a {self.grid[0]} x {self.grid[1]} patch grid), got {tuple(x.shape[-2:])} patches")
+        return self.norm(self.blocks(x.flatten(2).transpose(1, 2)))
+
+    def forward(self, x):
+        return self.head(self.forward_features(x).mean(1))
+
+
 # --------------------------------------------------------------------------- separable ResNet
 
 def separable_conv(conv: nn.Conv2d) -> nn.Sequential:
@@ -188,6 +265,15 @@ register_model("convmixer", ConvMixer, "ConvMixer with explicit width/depth/kern
                width=256, depth=8, kernel_size=5, patch_size=2, activation="gelu")
 for _name, _cfg in CONVMIXER_CONFIGS.items():
     register_model(_name, ConvMixer, f"ConvMixer {_cfg}", **_cfg)
+register_model("mlpmixer", MLPMixer, "MLP-Mixer with explicit width/depth/patch_size (token_hidden, channel_hidden)",
+               width=128, depth=6, patch_size=4)
+# Small isotropic MLP-Mixers sized like the ConvMixers above, for the same CPU studies.
+MLPMIXER_CONFIGS = {
+    "mlpmixer-128/6": dict(width=128, depth=6, patch_size=4),
+    "mlpmixer-256/8": dict(width=256, depth=8, patch_size=4),
+}
+for _name, _cfg in MLPMIXER_CONFIGS.items():
+    register_model(_name, MLPMixer, f"MLP-Mixer {_cfg}", **_cfg)
 for _arch in RESNET_DEPTHS:
     register_model(f"{_arch}-sep", resnet, f"{_arch}, separable after the stem", arch=_arch, separable=True)
     register_model(_arch, resnet, f"ordinary {_arch} (baseline)", arch=_arch, separable=False)
@@ -208,12 +294,9 @@ def _external_model(name: str, in_chans: int, num_classes: int, pretrained: bool
         if not timm.is_model(arch):
             raise SpatialmixError(f"timm has no model {arch!r}; see timm.list_models() for the names")
         kwargs = dict(pretrained=pretrained, in_chans=in_chans, num_classes=num_classes)
-        try:
-            model = timm.create_model(arch, **kwargs, **({} if patch_size is None else {"patch_size": patch_size}))
-        except TypeError as err:
-            if "patch_size" not in str(err):
-                raise
-            model = timm.create_model(arch, **kwargs)
+        # Token-mixing models (MLP-Mixer, ResMLP, gMLP, ViT) are built for one image size: give them ours.
+        optional = {k: v for k, v in (("patch_size", patch_size), ("img_size", image_size)) if v is not None}
+        model = _create_timm(timm, arch, kwargs, optional)
     else:
         import torchvision
 
@@ -226,7 +309,21 @@ def _external_model(name: str, in_chans: int, num_classes: int, pretrained: bool
             _adapt_first_conv(model, in_chans)
     if image_size is not None:
         _check_image_fits(model, name, in_chans, image_size)
+        model.spatialmix_input_shape = (in_chans, image_size, image_size)
     return model
+
+
+def _create_timm(timm, arch: str, kwargs: dict, optional: dict) -> nn.Module:
+    """``timm.create_model`` with the ``optional`` arguments the model takes (one left out per refusal)."""
+    optional = dict(optional)
+    while True:
+        try:
+            return timm.create_model(arch, **kwargs, **optional)
+        except TypeError as err:
+            refused = [k for k in optional if k in str(err)]
+            if not refused:
+                raise
+            optional.pop(refused[0])
 
 
 @torch.no_grad()
@@ -285,10 +382,15 @@ def create_model(name: str, in_chans: int = 3, num_classes: int = 1000, image_si
         raise SpatialmixError(
             f"patch size {kwargs['patch_size']} is larger than the {image_size} x {image_size} image; "
             f"use --patch-size {max(1, image_size // 8)} or smaller")
+    if info.builder is MLPMixer:
+        kwargs["image_size"] = image_size if image_size is not None else kwargs.get("image_size", 224)
     try:
-        return info.builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
+        model = info.builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
     except TypeError as err:
         raise SpatialmixError(f"model {name!r} does not take these options: {err}") from None
+    if image_size is not None:   # what spatialmix.token_mixers feeds the model to find its token axis
+        model.spatialmix_input_shape = (in_chans, image_size, image_size)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -51,6 +51,8 @@ class TrainConfig:
     kernel_size: int | None = None
     patch_size: int | None = None
     activation: str | None = None
+    token_hidden: int | None = None   # mlpmixer: hidden sizes of the token and channel MLPs
+    channel_hidden: int | None = None
     # mixing: what is frozen and how it is initialized
     mode: str = "full"
     spatial_init: str = "default"
@@ -58,6 +60,9 @@ class TrainConfig:
     init_std: float = 0.1
     smooth_sigma: float = 0.0
     init_seed: int | None = None      # None: same as seed
+    init_from: str | None = None      # spatial_init covariance-from: the trained run whose filters are the prior
+    spatial_pattern: str | None = None   # layer-name globs declared spatial mixers (comma-separated)
+    channel_pattern: str | None = None   # ... and channel mixers (override the automatic classification)
     # optimization (the ConvMixer CIFAR recipe)
     seed: int = 0
     epochs: int = 10
@@ -87,6 +92,9 @@ class TrainConfig:
         for init in (self.spatial_init, self.channel_init):
             if init not in INITS:
                 raise unknown_name("init", init, INITS)
+        if self.channel_init.startswith("covariance"):
+            raise SpatialmixError(f"--channel-init {self.channel_init} is for spatial mixers (depthwise k x k filters); "
+                                  f"use default, gaussian or uniform for the channel mixers")
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise unknown_name("augmentation", self.augment, AUGMENTATIONS)
         if self.amp not in AMP_CHOICES:
@@ -96,7 +104,8 @@ class TrainConfig:
         check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
         if self.workers < 0:
             raise SpatialmixError(f"workers must be >= 0, got {self.workers}")
-        for name in ("width", "depth", "kernel_size", "patch_size", "train_subset", "test_subset", "image_size"):
+        for name in ("width", "depth", "kernel_size", "patch_size", "train_subset", "test_subset", "image_size",
+                     "token_hidden", "channel_hidden"):
             value = getattr(self, name)
             if value is not None:
                 check_positive(**{name: value})
@@ -109,7 +118,7 @@ class TrainConfig:
         return self
 
     def spatial_init_spec(self) -> InitSpec:
-        return InitSpec(self.spatial_init, self.init_std, self.smooth_sigma)
+        return InitSpec(self.spatial_init, self.init_std, self.smooth_sigma, source=self.init_from)
 
     def channel_init_spec(self) -> InitSpec:
         return InitSpec(self.channel_init, self.init_std, 0.0)
@@ -161,7 +170,8 @@ class ClassificationTask:
         return create_model(config.model, in_chans=data_info["in_chans"], num_classes=data_info["num_classes"],
                             image_size=data_info["image_size"], width=config.width, depth=config.depth,
                             kernel_size=config.kernel_size, patch_size=config.patch_size,
-                            activation=config.activation)
+                            activation=config.activation, token_hidden=config.token_hidden,
+                            channel_hidden=config.channel_hidden)
 
     def batch(self, x, y):
         return x, y
@@ -214,7 +224,8 @@ def build_model(config: TrainConfig, in_chans: int, num_classes: int, image_size
         torch.manual_seed(config.resolved_init_seed)
         model = task.create_model(config, info)
     return apply_mixing(model, config.mode, spatial_init=config.spatial_init_spec(),
-                        channel_init=config.channel_init_spec(), seed=config.resolved_init_seed)
+                        channel_init=config.channel_init_spec(), seed=config.resolved_init_seed,
+                        spatial=config.spatial_pattern, channel=config.channel_pattern)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
