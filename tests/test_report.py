@@ -12,12 +12,13 @@ import torch
 from spatialmix import report, runs
 from spatialmix.cli import main
 from spatialmix.data import ImageData
-from spatialmix.study import PRESETS, STUDIES, STUDY_MODULES, StudyContext, StudyResult, classification_table, \
-    load_studies, save_results
+from spatialmix.study import PRESETS, STUDIES, StudyContext, StudyResult, classification_table, save_results, \
+    study_function
 from spatialmix.train import TrainConfig, train
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
-ALL_SECTIONS = ("configuration", "classification", "curves", "robustness", "smoothing", "unshuffle", "filters")
+ALL_SECTIONS = ("verdicts", "classification", "curves", "robustness", "smoothing", "unshuffle", "filters",
+                "configuration")
 
 
 class StrictParser(HTMLParser):
@@ -125,17 +126,16 @@ def with_studies(study_dir: Path, dest: Path, entries: dict) -> Path:
 @pytest.fixture(scope="module")
 def study_report(study_dir, tmp_path_factory):
     """The report step of `spatialmix reproduce`, run on a copy of the study folder."""
-    load_studies()
     dest = tmp_path_factory.mktemp("reproduced") / "study"
     shutil.copytree(study_dir, dest)
-    result = STUDIES["report"](StudyContext(PRESETS["quick"], dest, (0, 1), {}))
+    result = study_function("report")(StudyContext(PRESETS["quick"], dest, (0, 1), {}))
     return dest, result
 
 
 def test_report_study_is_registered_last_and_writes_into_the_study(study_report):
     dest, result = study_report
-    # `reproduce` imports the study modules in this order, so the report sees every other study's results
-    assert STUDY_MODULES[-1] == "spatialmix.report" and "report" in STUDIES
+    # `reproduce` runs the studies in this order, so the report sees every other study's results
+    assert list(STUDIES)[-1] == "report"
     assert result.name == "report" and result.tables == []
     assert result.files == [str(dest / "report.html"), str(dest / "report.md")]
     assert result.data["absent"] == ["robustness", "smoothing", "unshuffle"]
@@ -145,7 +145,7 @@ def test_report_of_a_classification_study(study_dir, study_report):
     dest, result = study_report
     page = (dest / "report.html").read_text()
     parser = check_page(page)
-    assert result.data["present"] == ["configuration", "classification", "curves", "filters"]
+    assert result.data["present"] == ["verdicts", "classification", "curves", "filters", "configuration"]
     for section in ALL_SECTIONS:
         assert section in parser.ids
     for section in result.data["absent"]:
@@ -174,6 +174,54 @@ def test_report_of_a_classification_study(study_dir, study_report):
     assert "_Absent: " + report.ABSENT["robustness"] in markdown
 
 
+def test_the_report_leads_with_the_verdicts_and_ends_with_the_configuration(study_report):
+    dest, _ = study_report
+    page = (dest / "report.html").read_text()
+    sections = [page[i + len('<section id="'):].split('"')[0] for i in range(len(page))
+                if page.startswith('<section id="', i)]
+    assert sections[0] == "verdicts" and sections[-1] == "configuration"
+    verdicts = section_html(page, "verdicts")
+    # claim 1a: Chans - Full clean accuracy, seed by seed, from the study's own summaries
+    runs_data = json.loads((dest / "results.json").read_text())["studies"]["classification"]["data"]["runs"]
+    full, chans = ({s["seed"]: s["test_acc"] for s in runs_data[m]} for m in ("full", "chans"))
+    effect = sum(chans[s] - full[s] for s in (0, 1)) / 2
+    row = verdicts[verdicts.index("<td>1a</td>"):]
+    row = row[:row.index("</tr>")]
+    assert f"<td>{100 * effect:+.2f} pts</td>" in row and "<td>2</td>" in row
+    assert any(f'<td class="verdict-{word}">{word}</td>' in row for word in ("supports", "contradicts", "inconclusive"))
+    assert verdicts.count('<td class="verdict-not-run">not run</td>') == 5   # 1b (no Space), 2a, 2b, 3a, 3b
+    assert f"spatialmix reproduce --out {dest} --studies robustness" in verdicts
+    assert "## Verdicts" in (dest / "report.md").read_text().split("## Classification")[0]
+
+
+def test_no_table_is_wider_than_the_page(study_dir, tmp_path):
+    # a run that differs from another in many settings: still one narrow runs table
+    other = tmp_path / "other-settings"
+    shutil.copytree(study_dir / "classification" / "full-seed0", other)
+    record = json.loads((other / runs.CONFIG).read_text())
+    record["train"].update(lr=0.5, batch_size=7, weight_decay=0.5, label_smoothing=0.0, clip_grad=3.0, epochs=9,
+                           augment="none", init_std=0.3, spatial_init="gaussian", amp="none")
+    (other / runs.CONFIG).write_text(json.dumps(record))
+    files = report.write_report([study_dir / "classification" / "full-seed0", other], tmp_path / "wide.html")
+    page = files.html.read_text()
+    check_page(page)
+    assert page.count("<table>") == page.count('<div class="table-wrap"><table>')
+    assert ".table-wrap { max-width: 100%; overflow-x: auto;" in page and "overflow-wrap: anywhere" in page
+    config = section_html(page, "configuration")
+    runs_table = config[config.index("<caption>Runs</caption>"):config.index("</table>")]
+    assert runs_table.count("<th>") == 6 and "lr=0.5" in runs_table and "batch_size=7" in runs_table
+
+
+def test_verdicts_that_cannot_be_computed_leave_the_rest_of_the_report(study_dir, tmp_path):
+    dest = with_studies(study_dir, tmp_path / "damaged", {})
+    (dest / "unshuffle").mkdir()
+    (dest / "unshuffle" / "unshuffle.json").write_text("{oops")
+    files = report.write_report([dest], tmp_path / "report.html")
+    verdicts = section_html(files.html.read_text(), "verdicts")
+    assert "Verdicts of damaged could not be computed" in verdicts and "is corrupt (not JSON)" in verdicts
+    assert "verdicts" in files.absent and "classification" in files.present and files.verdicts == []
+
+
 def test_every_section_present_when_every_study_has_results(study_dir, tmp_path):
     robust_png, smooth_png, recon_png = png_bytes("red"), png_bytes("green"), png_bytes("blue")
     dest = tmp_path / "full-study"
@@ -190,6 +238,7 @@ def test_every_section_present_when_every_study_has_results(study_dir, tmp_path)
                       "table_titles": ["Pixel un-shuffling (tiny)"],
                       "table_columns": [[["mode", "mode", ""], ["psnr", "PSNR (dB)", ".2f"], ["ssim", "SSIM", ".3f"]]]},
         "sweep": {"data": {}, "files": [], "tables": [[{"job": 1, "state": "done"}]]},
+        "verdicts": {"data": {"verdicts": []}, "files": [], "tables": [[{"claim": "1a", "verdict": "saved"}]]},
     }
     with_studies(study_dir, dest, entries)
     (dest / "robustness" / "robust_acc.png").write_bytes(robust_png)
@@ -200,7 +249,7 @@ def test_every_section_present_when_every_study_has_results(study_dir, tmp_path)
     files = report.write_report([dest], tmp_path / "report.html")
     page = files.html.read_text()
     check_page(page)
-    assert files.absent == [] and files.present == list(ALL_SECTIONS) + ["other"]
+    assert files.absent == [] and files.present == list(ALL_SECTIONS[:-1]) + ["other", "configuration"]
     b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
     robustness, smoothing, unshuffle = (section_html(page, s) for s in ("robustness", "smoothing", "unshuffle"))
     # without a smoothing study of its own, the sigma table and plot move to the smoothing section
@@ -212,7 +261,7 @@ def test_every_section_present_when_every_study_has_results(study_dir, tmp_path)
     assert "<caption>Pixel un-shuffling (tiny) (full-study)</caption>" in unshuffle
     assert "<th>PSNR (dB)</th>" in unshuffle and "<td>31.25 ± 0.50</td>" in unshuffle and "<td>0.971</td>" in unshuffle
     assert "Listed in results.json but not found: gone.png" in unshuffle
-    assert "<td>done</td>" in section_html(page, "other")
+    assert "<td>done</td>" in section_html(page, "other") and "saved" not in page   # verdicts: recomputed, first
     assert "| Chans | 31.25 ± 0.50 | 0.971 |" in files.markdown.read_text()
 
 
@@ -230,7 +279,7 @@ def test_report_of_single_runs_and_an_interrupted_study(study_dir, tmp_path):
     files = report.write_report([attacked, study_dir / "classification" / "chans-seed1"], tmp_path / "runs.html")
     page = files.html.read_text()
     check_page(page)
-    assert files.present == ["configuration", "classification", "curves", "robustness", "filters"]
+    assert files.present == ["verdicts", "classification", "curves", "robustness", "filters", "configuration"]
     assert "Classification, runs given" in page and "<td>Full</td>" in page and "<td>Chans</td>" in page
     robustness = section_html(page, "robustness")
     assert "<td>0.4531</td>" in robustness and "8/255" in robustness and "rises with eps" in robustness
@@ -261,6 +310,7 @@ def test_cli_writes_the_report(study_dir, tmp_path, capsys):
     assert main(["report", str(study_dir), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"report written to {out}" in printed and "robustness, smoothing, unshuffle" in printed
+    assert printed.index("Verdicts") < printed.index("report written to") and "│ 1a " in printed
     check_page(out.read_text())
 
 

@@ -246,7 +246,7 @@ def write_run(path: Path, train: dict, summary: dict | None, robustness: dict | 
 
 def robustness_json(record: dict, settings: dict) -> dict:
     return {"settings": settings, "n_examples": 500,
-            "budgets": [{"eps": V._eps_value(k), "eps_label": k, "robust_acc": record["robust_acc"][k],
+            "budgets": [{"eps": V.eps_value(k), "eps_label": k, "robust_acc": record["robust_acc"][k],
                          "robust_bits": record["robust_bits"][k]} for k in record["robust_acc"]]}
 
 
@@ -285,6 +285,23 @@ def test_verdicts_for_a_study_folder(tmp_path):
                and v.claim != "1a")
 
 
+def test_the_verdicts_step_of_reproduce_saves_strict_json(tmp_path):
+    from spatialmix.study import PRESETS, STUDIES, StudyContext, study_function
+
+    study = make_study(tmp_path / "study")
+    (study / "classification" / "chans-seed0").rename(study / "classification" / "gone")   # 1a: no pair at seed 0
+    results = json.loads((study / "results.json").read_text())
+    results["studies"]["classification"]["data"]["runs"]["chans"][0]["seed"] = 7
+    (study / "results.json").write_text(json.dumps(results))
+    assert list(STUDIES).index("verdicts") < list(STUDIES).index("report")
+    result = study_function("verdicts")(StudyContext(PRESETS["quick"], study, (0, 1, 2), {}))
+    (table,) = result.tables
+    assert [r["claim"] for r in table.rows] == ["1a", "1b", "2a", "2b", "3a", "3b"]
+    saved = json.loads(json.dumps(result.data, allow_nan=False))["verdicts"]
+    assert saved[0]["claim"] == "1a" and saved[0]["seeds"] == 2 and saved[0]["rule"] == "> -1 pts"
+    assert saved[2]["verdict"] == SUPPORTS and saved[3] == {**saved[3], "verdict": NOT_RUN, "estimate": None}
+
+
 def test_a_robustness_json_of_another_evaluation_is_not_paired(tmp_path):
     study = make_study(tmp_path / "study")
     path = study / "classification" / "chans-seed1" / "robustness.json"
@@ -292,6 +309,13 @@ def test_a_robustness_json_of_another_evaluation_is_not_paired(tmp_path):
     saved["settings"]["n_examples"] = 1000   # `spatialmix attack` re-ran it with other settings
     path.write_text(json.dumps(saved))
     assert "seed-paired" in by_claim(verdicts_for_study(study), "2a")[0].estimate.method
+
+
+def test_a_damaged_robustness_json_falls_back_to_the_seeds(tmp_path):
+    study = make_study(tmp_path / "study")
+    (study / "classification" / "full-seed2" / "robustness.json").write_text("{oops")
+    verdict = by_claim(verdicts_for_study(study), "2a")[0]
+    assert "seed-paired" in verdict.estimate.method and verdict.estimate.value == pytest.approx(30 / 500)
 
 
 def test_verdicts_for_an_empty_or_corrupt_study(tmp_path):

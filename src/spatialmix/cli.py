@@ -325,6 +325,8 @@ def cmd_report(args) -> None:
     from .report import write_report
 
     files = write_report(args.paths, args.out, fft_size=args.fft_size)
+    for table in files.verdicts:   # the answer first, as on the page
+        table.print()
     absent = f"; left out (no results): {', '.join(files.absent)}" if files.absent else ""
     print(f"report written to {files.html} (tables in {files.markdown}); sections: {', '.join(files.present)}"
           f"{absent}")

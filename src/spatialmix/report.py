@@ -1,5 +1,8 @@
 """One page for every result: ``spatialmix report RUN_DIR_OR_STUDY_DIR ... -o report.html``.
 
+The page leads with the answer: the verdict of every claim of the paper (:mod:`spatialmix.verdicts`),
+then each claim's tables and figures, the filter analysis, and the configuration last.
+
 The page is a single HTML file that needs nothing else to be read: figures are embedded as
 base64 PNG, the style sheet is inline, there is no script and no external URL. The tables are
 also written as Markdown next to it (``report.md``) for a README or a paper draft.
@@ -29,22 +32,26 @@ from .analysis import (FFT_SIZE, LOW_HIGH_CUTOFF, FilterAnalysis, analyze_run, f
 from .errors import SpatialmixError
 from .mixing import MODES
 from .reporting import ResultTable, console
-from .study import StudyContext, StudyResult, classification_table, load_studies, register_study
+from .study import StudyContext, StudyResult, classification_table
+from .verdicts import VERDICT_WORDS, verdict_table, verdicts_for_runs, verdicts_for_study
 
 RESULTS = "results.json"
 SECTIONS = {
-    "configuration": "Configuration",
+    "verdicts": "Verdicts",
     "classification": "Classification",
     "curves": "Training curves",
     "robustness": "Robustness",
     "smoothing": "Smoothing study",
     "unshuffle": "Pixel un-shuffling",
     "filters": "Filter analysis",
+    "configuration": "Configuration",
 }
 # Study names in results.json that feed each section (the studies register under these names).
 STUDY_SECTIONS = {"robustness": ("robustness", "attack", "attacks"), "smoothing": ("smoothing", "smooth"),
                   "unshuffle": ("unshuffle", "unshuffling")}
 ABSENT = {
+    "verdicts": "no claim of the paper can be judged from these inputs: that needs finished Full and Chans (or "
+                "Space) runs of one setting with the same seeds, or a study folder of `spatialmix reproduce`",
     "configuration": "no runs in these inputs",
     "classification": "no finished classification run in these inputs (train one with `spatialmix train` "
                       "or `spatialmix reproduce`)",
@@ -298,20 +305,33 @@ def configuration_section(inputs: Inputs) -> Section:
     keys = [k for k in dict.fromkeys(k for s in settings for k in s)]
     differing = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings}) > 1]
     common = [k for k in keys if k not in differing]
+    # One narrow table: the settings that tell runs apart go into one wrapping cell, not a column each
+    # (a study with un-shuffling runs differs in a dozen fields), and folders are relative to their study.
     per_run = ResultTable("Runs", [("run", "run", ""), ("path", "folder", ""), ("state", "state", ""),
-                                   ("trainable", "trainable params", ""), ("frozen", "frozen params", "")]
-                          + [(k, k, "") for k in differing])
+                                   ("trainable", "trainable params", ""), ("frozen", "frozen params", ""),
+                                   ("differs", "settings that differ between runs", "")])
     for r, s in zip(all_runs, settings):
         params = r.record.get("params", {}) if isinstance(r.record.get("params"), dict) else {}
-        per_run.add(run=r.label, path=str(r.path), state=r.status.get("state", "?"),
+        per_run.add(run=r.label, path=_short_path(r), state=r.status.get("state", "?"),
                     trainable=format_value(params.get("trainable")), frozen=format_value(params.get("frozen")),
-                    **{k: format_value(s.get(k)) for k in differing})
+                    differs=", ".join(f"{k}={format_value(s.get(k))}" for k in differing if k not in ("mode", "seed"))
+                    or "-")
     section.items.append(per_run)
     shared = ResultTable("Settings shared by every run", [("setting", "setting", ""), ("value", "value", "")])
     for k in common:
         shared.add(setting=k, value=format_value(settings[0].get(k)))
     section.items.append(("details", shared))
     return section
+
+
+def _short_path(run: RunInfo) -> str:
+    """A run's folder relative to the study folder it was found in (the study is named above the table)."""
+    if run.source:
+        try:
+            return str(Path(run.source).name / run.path.relative_to(run.source))
+        except ValueError:
+            pass
+    return str(run.path)
 
 
 def _flat_settings(run: RunInfo) -> dict:
@@ -324,6 +344,38 @@ def _flat_settings(run: RunInfo) -> dict:
     flat["spatialmix_version"] = run.record.get("spatialmix_version")
     flat["torch_version"] = run.record.get("torch_version")
     return flat
+
+
+VERDICTS_INTRO = ("Each claim of the paper against the data: the effect, its 95% interval, and the seeds and examples "
+                  "behind it. supports: the whole interval lies on the paper's side of the threshold in "
+                  "'supports if interval'; contradicts: the whole interval lies on the other side; inconclusive: "
+                  "the interval covers the threshold, or cannot be computed (one seed without per-example "
+                  "results); not run: no data for this claim yet (the line names the command that tests it). "
+                  "Paired comparisons use the same examples for both models (per-example bootstrap over seeds and "
+                  "examples, with McNemar's exact test per seed); otherwise a t-interval over seed-paired "
+                  "differences.")
+
+
+def verdicts_section(inputs: Inputs) -> Section:
+    """The answer first: one verdict table per study folder, one for the runs given directly."""
+    section = Section("verdicts", SECTIONS["verdicts"])
+    sources = [(study.path.name, lambda study=study: verdicts_for_study(study.path)) for study in inputs.studies]
+    if inputs.loose_runs:
+        sources.append(("runs given", lambda: verdicts_for_runs([r.path for r in inputs.loose_runs])))
+    for name, compute in sources:
+        try:
+            verdicts = compute()
+        except SpatialmixError as err:   # a damaged result file: the rest of the report still stands
+            section.items.append(f"Verdicts of {name} could not be computed: {err}")
+            continue
+        if verdicts:
+            title = "Verdicts" + (f": {name}" if len(sources) > 1 else "")
+            section.items.append(verdict_table(verdicts, title=title))
+    if any(isinstance(i, ResultTable) for i in section.items):
+        section.items.insert(0, VERDICTS_INTRO)
+    else:
+        section.absent = ABSENT["verdicts"]
+    return section
 
 
 CLASSIFICATION_KEYS = ("trainable_params", "frozen_params", "test_acc", "best_acc", "train_time", "images_per_s")
@@ -572,7 +624,7 @@ def unshuffle_section(inputs: Inputs) -> Section:
 
 
 def other_section(inputs: Inputs) -> Section | None:
-    known = {"classification", "report", *(n for names in STUDY_SECTIONS.values() for n in names)}
+    known = {"classification", "verdicts", "report", *(n for names in STUDY_SECTIONS.values() for n in names)}
     section = Section("other", "Other results")
     for study in inputs.studies:
         for name, entry in (study.results.get("studies", {}) if study.results else {}).items():
@@ -658,14 +710,19 @@ STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1300px; margin: 2em auto;
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+.table-wrap { max-width: 100%; overflow-x: auto; margin: 1em 0; }
+table { border-collapse: collapse; font-size: 0.85em; }
 caption { font-weight: bold; text-align: left; padding: 0.3em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top;
+         overflow-wrap: anywhere; max-width: 32em; }
 th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #555; }
 .absent { color: #777; font-style: italic; } .meta { color: #555; font-size: 0.9em; }
-nav ul { columns: 2; } code { background: #f4f4f4; padding: 0 0.2em; }
+nav ul { columns: 2; } code { background: #f4f4f4; padding: 0 0.2em; overflow-wrap: anywhere; }
+td.verdict-supports { background: #dff3df !important; font-weight: bold; }
+td.verdict-contradicts { background: #f8dcdc !important; font-weight: bold; }
+td.verdict-inconclusive { background: #fff4d6 !important; } td.verdict-not-run { color: #777; }
 """
 
 
@@ -673,11 +730,19 @@ def _esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _td(cell: str, column: str) -> str:
+    if column == "verdict" and cell in VERDICT_WORDS:   # the word of a verdict, coloured
+        return f'<td class="verdict-{cell.replace(" ", "-")}">{_esc(cell)}</td>'
+    return f"<td>{_esc(cell)}</td>"
+
+
 def html_table(table: ResultTable) -> str:
+    """A table in a scrolling wrapper, so that no table is ever wider than the page."""
     head = "".join(f"<th>{_esc(h)}</th>" for _, h, _ in table.columns)
-    body = "\n".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>" for cells in table.cells())
-    return (f"<table>\n<caption>{_esc(table.title)}</caption>\n<thead><tr>{head}</tr></thead>\n"
-            f"<tbody>\n{body}\n</tbody>\n</table>")
+    keys = [k for k, _, _ in table.columns]
+    body = "\n".join("<tr>" + "".join(_td(c, k) for c, k in zip(cells, keys)) + "</tr>" for cells in table.cells())
+    return (f'<div class="table-wrap"><table>\n<caption>{_esc(table.title)}</caption>\n<thead><tr>{head}</tr>'
+            f"</thead>\n<tbody>\n{body}\n</tbody>\n</table></div>")
 
 
 def html_item(item) -> str:
@@ -746,20 +811,20 @@ class ReportFiles:
     markdown: Path
     present: list[str]          # ids of the sections with results
     absent: list[str]           # ids of the sections left out with a note
+    verdicts: list[ResultTable] = field(default_factory=list)   # the verdict tables, for the terminal
 
 
 def build_sections(paths: list[str | Path], fft_size: int = FFT_SIZE) -> list[Section]:
     """Every section of the report of ``paths`` (run directories and study folders)."""
     if not isinstance(fft_size, int) or fft_size <= 0:
         raise SpatialmixError(f"FFT size must be a positive integer, got {fft_size}")
-    load_studies()   # study modules register their tasks (un-shuffling), needed to rebuild their runs
     inputs = read_inputs(paths)
     has_smoothing = bool(_study_entries(inputs, STUDY_SECTIONS["smoothing"]))
-    sections = [configuration_section(inputs), classification_section(inputs), curves_section(inputs),
+    sections = [verdicts_section(inputs), classification_section(inputs), curves_section(inputs),
                 robustness_section(inputs, has_smoothing), smoothing_section(inputs), unshuffle_section(inputs),
                 filters_section(inputs, fft_size)]
     other = other_section(inputs)
-    return sections + ([other] if other else [])
+    return sections + ([other] if other else []) + [configuration_section(inputs)]
 
 
 def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = FFT_SIZE) -> ReportFiles:
@@ -781,11 +846,11 @@ def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = 
     page = render_html(sections, paths, created)
     runs.atomic_write_bytes(markdown, render_markdown(sections, paths, created).encode())
     runs.atomic_write_bytes(out_html, page.encode())
+    verdicts = [i for s in sections if s.id == "verdicts" for i in s.items if isinstance(i, ResultTable)]
     return ReportFiles(out_html, markdown, [s.id for s in sections if s.present],
-                       [s.id for s in sections if not s.present])
+                       [s.id for s in sections if not s.present], verdicts)
 
 
-@register_study("report")
 def report_study(ctx: StudyContext) -> StudyResult:
     """The last step of ``spatialmix reproduce``: the report of the study folder."""
     files = write_report([ctx.out_dir], ctx.out_dir / "report.html")

@@ -37,282 +37,21 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from . import runs
+# The claims, the rule and the verdicts of plain data live in .claims; this module is their public face.
+from .claims import (CLAIMS, CONTRADICTS, INCONCLUSIVE, NOT_RUN, SUPPORTS, VERDICT_WORDS, Claim, Verdict,  # noqa: F401
+                     claim_verdicts, classification_verdicts, decide, eps_value, finite_number, format_value,
+                     mode_name, parse_bits, robustness_verdicts, rule_text, smoothing_verdicts, unshuffle_verdicts)
 from .errors import SpatialmixError
 from .reporting import ResultTable
-from .statistics import Estimate, McNemar, mcnemar_exact, mean_interval, ols_slope, paired_bootstrap, \
-    paired_t_interval
 
-SUPPORTS, CONTRADICTS, INCONCLUSIVE, NOT_RUN = "supports", "contradicts", "inconclusive", "not run"
-CLASSIFICATION_MARGIN = 0.01      # 1 point of accuracy: "nearly the same" (claim 1a)
-PSNR_MARGIN_DB = 1.0              # claim 3a
-GAIN_FRACTION = 0.9               # claim 3b
 ROBUSTNESS_FILE = "robustness.json"
 UNSHUFFLE_FILE = "unshuffle.json"
 # Settings that do not change what a run computes: runs differing only in these are one setting.
 NOT_A_SETTING = {"mode", "seed", "device", "data_dir", "download", "progress", "workers", "threads", "channels_last"}
 
 
-@dataclass(frozen=True)
-class Claim:
-    id: str
-    paper: str            # what the paper says
-    effect: str           # what is measured
-    unit: str             # "accuracy", "accuracy per sigma", "dB" or "fraction"
-    threshold: float
-    side: int             # +1: the paper's side is above the threshold, -1: below
-    studies: str          # the `reproduce` studies that test it
-
-
-CLAIMS = {c.id: c for c in [
-    Claim("1a", "Chans reaches nearly Full's accuracy", "Chans − Full clean test accuracy", "accuracy",
-          -CLASSIFICATION_MARGIN, +1, "classification"),
-    Claim("1b", "Space is clearly worse than Full", "Space − Full clean test accuracy", "accuracy", 0.0, -1,
-          "classification"),
-    Claim("2a", "Chans is more robust than Full", "Chans − Full robust accuracy", "accuracy", 0.0, +1, "robustness"),
-    Claim("2b", "smoothing Chans's frozen filters adds robustness",
-          "slope of Chans robust accuracy vs smoothing sigma", "accuracy per sigma", 0.0, +1, "smoothing"),
-    Claim("3a", "Chans un-shuffles as well as Full", "Chans − Full un-shuffling PSNR", "dB", -PSNR_MARGIN_DB, +1,
-          "unshuffle"),
-    Claim("3b", "Chans recovers nearly all Full recovers", "(Chans − floor) / (Full − floor) PSNR", "fraction",
-          GAIN_FRACTION, +1, "unshuffle"),
-]}
-
-
-@dataclass(frozen=True)
-class Verdict:
-    claim: str                     # an id of CLAIMS
-    effect: str                    # what was measured (with the budget for 2a / 2b)
-    estimate: Estimate | None      # None: not run
-    verdict: str
-    scope: str = ""                # which setting of a sweep, "" when there is one
-    details: str = ""              # McNemar per seed, why an interval is missing, the command to run
-
-    @property
-    def paper(self) -> str:
-        return CLAIMS[self.claim].paper
-
-
-def decide(claim: Claim, estimate: Estimate | None) -> str:
-    """The word of the rule in the module doc for ``estimate``'s interval."""
-    if estimate is None:
-        return NOT_RUN
-    if not estimate.defined:
-        return INCONCLUSIVE
-    low, high = (estimate.low - claim.threshold) * claim.side, (estimate.high - claim.threshold) * claim.side
-    low, high = min(low, high), max(low, high)
-    return SUPPORTS if low > 0 else CONTRADICTS if high < 0 else INCONCLUSIVE
-
-
-def rule_text(claim: Claim) -> str:
-    """When the claim's verdict is "supports" (the mirror image gives "contradicts")."""
-    scale, unit = {"accuracy": (100, " pts"), "accuracy per sigma": (100, " pts/σ"), "dB": (1, " dB")}.get(
-        claim.unit, (1, ""))
-    value = "0" if claim.threshold == 0 else f"{scale * claim.threshold:g}{unit}"
-    return f"{'>' if claim.side > 0 else '<'} {value}"
-
-
-# --------------------------------------------------------------------------- numbers from plain data
-
-def _number(value) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
-
-
-def _bits(value) -> np.ndarray | None:
-    """A '0'/'1' string (one character per example) as 0/1 integers; None for anything else."""
-    if not isinstance(value, str) or not value or set(value) - {"0", "1"}:
-        return None
-    return np.frombuffer(value.encode("ascii"), dtype=np.uint8).astype(np.int8) - ord("0")
-
-
-def _by_seed(items: list[dict], value_key: str, bits_key: str) -> dict:
-    """``{seed: (value, bits)}`` of the items with a number at ``value_key`` (the first of a seed wins)."""
-    out = {}
-    for item in items:
-        value, seed = _number(item.get(value_key)), item.get("seed")
-        if value is not None and isinstance(seed, int) and seed not in out:
-            out[seed] = (value, _bits(item.get(bits_key)))
-    return out
-
-
-def compare(first: dict, second: dict) -> tuple[Estimate, list[McNemar]] | None:
-    """``first - second`` over the seeds both have (``{seed: (value, bits)}``): the paired per-example
-    bootstrap when every pair has bits of one length, else the seed-paired t-interval."""
-    seeds = sorted(set(first) & set(second))
-    if not seeds:
-        return None
-    pairs = [(first[s][1], second[s][1]) for s in seeds]
-    if all(a is not None and b is not None and a.size == b.size for a, b in pairs):
-        estimate = paired_bootstrap([a.astype(float) - b for a, b in pairs])
-        return estimate, [mcnemar_exact(a, b) for a, b in pairs]
-    return paired_t_interval({s: first[s][0] for s in seeds}, {s: second[s][0] for s in seeds}), []
-
-
-def _mcnemar_text(seeds_tests: list[McNemar], names: tuple[str, str]) -> str:
-    if not seeds_tests:
-        return ""
-    parts = [f"{t.first_only}/{t.second_only} p={t.p_value:.2g}" for t in seeds_tests]
-    return f"exact McNemar per seed (only {names[0]} / only {names[1]} right): " + ", ".join(parts)
-
-
-def _eps_value(label: str) -> float | None:
-    try:
-        top, _, bottom = str(label).partition("/")
-        return float(top) / (float(bottom) if bottom else 1.0)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def _budget_labels(records: list[dict]) -> list[str]:
-    labels = dict.fromkeys(k for r in records for k in (r.get("robust_acc") or {}))
-    return sorted((k for k in labels if (_eps_value(k) or 0) > 0), key=_eps_value)
-
-
-def _mode(value) -> str:
-    return str(value).lower()
-
-
-# --------------------------------------------------------------------------- the claims
-
-def classification_verdicts(summaries: dict[str, list[dict]], scope: str = "") -> list[Verdict]:
-    """1a and 1b from ``{mode: [summary, ...]}`` (``test_acc``, ``seed``, optional ``test_correct_bits``)."""
-    by_mode = {_mode(m): _by_seed(rows, "test_acc", "test_correct_bits") for m, rows in summaries.items()
-               if isinstance(rows, list)}
-    out = []
-    for claim_id, mode in (("1a", "chans"), ("1b", "space")):
-        if not by_mode.get(mode) or not by_mode.get("full"):
-            continue
-        compared = compare(by_mode[mode], by_mode["full"])
-        if compared is None:
-            out.append(_no_pairs(claim_id, scope, mode))
-            continue
-        estimate, tests = compared
-        out.append(_verdict(claim_id, CLAIMS[claim_id].effect, estimate, scope,
-                            _mcnemar_text(tests, (mode.capitalize(), "Full"))))
-    return out
-
-
-def robustness_verdicts(records: list[dict], scope: str = "") -> list[Verdict]:
-    """2a per budget from per-run records: ``mode``, ``seed``, ``robust_acc`` and optional ``robust_bits``
-    (both ``{eps_label: ...}``), all evaluated on the same examples."""
-    out = []
-    for label in _budget_labels(records):
-        side = {mode: _by_seed([{"seed": r.get("seed"), "acc": (r.get("robust_acc") or {}).get(label),
-                                 "bits": (r.get("robust_bits") or {}).get(label)}
-                                for r in records if _mode(r.get("mode")) == mode], "acc", "bits")
-                for mode in ("chans", "full")}
-        if not side["chans"] or not side["full"]:
-            continue
-        compared = compare(side["chans"], side["full"])
-        if compared is None:
-            out.append(_no_pairs("2a", scope, "chans", f" at eps {label}"))
-            continue
-        estimate, tests = compared
-        out.append(_verdict("2a", f"{CLAIMS['2a'].effect} at eps {label}", estimate, scope,
-                            _mcnemar_text(tests, ("Chans", "Full"))))
-    return out
-
-
-def smoothing_verdicts(records: list[dict], scope: str = "", n_examples: int | None = None) -> list[Verdict]:
-    """2b per budget: the OLS slope of robust accuracy on ``smooth_sigma`` over Chans runs."""
-    chans = [r for r in records if _mode(r.get("mode", "chans")) == "chans" and _number(r.get("smooth_sigma")) is not None]
-    out = []
-    for label in _budget_labels(chans):
-        points = [(float(r["smooth_sigma"]), _number((r.get("robust_acc") or {}).get(label)), r.get("seed"))
-                  for r in chans]
-        points = [p for p in points if p[1] is not None]
-        if len({p[0] for p in points}) < 2:
-            continue
-        estimate = ols_slope([p[0] for p in points], [p[1] for p in points], n_seeds=len({p[2] for p in points}),
-                             n_examples=n_examples)
-        sigmas = ", ".join(f"{s:g}" for s in sorted({p[0] for p in points}))
-        out.append(_verdict("2b", f"{CLAIMS['2b'].effect} at eps {label}", estimate, scope, f"sigmas {sigmas}"))
-    return out
-
-
-def unshuffle_verdicts(payload: dict, scope: str = "") -> list[Verdict]:
-    """3a and 3b from an un-shuffling study (``unshuffle.json``: ``runs`` = ``{label: [summary, ...]}``,
-    ``floor`` = one ``{"psnr"}`` per seed of ``settings.seeds``)."""
-    labelled = payload.get("runs") if isinstance(payload.get("runs"), dict) else {}
-    psnr = {_mode(k): _by_seed(v, "test_psnr", "") for k, v in labelled.items() if isinstance(v, list)}
-    chans, full = psnr.get("chans") or {}, psnr.get("full") or {}
-    if not chans or not full:
-        return []
-    out = []
-    compared = compare(chans, full)
-    out.append(_verdict("3a", CLAIMS["3a"].effect, compared[0], scope) if compared else _no_pairs("3a", scope, "chans"))
-    floors = _floors(payload)
-    fractions = [(chans[s][0] - floors[s]) / (full[s][0] - floors[s]) for s in sorted(set(chans) & set(full) & set(floors))
-                 if full[s][0] > floors[s]]
-    if fractions:
-        estimate = mean_interval(fractions)
-        note = f"Chans {_mean(chans):.2f} dB, Full {_mean(full):.2f} dB, floor {np.mean(list(floors.values())):.2f} dB"
-        out.append(_verdict("3b", CLAIMS["3b"].effect, estimate, scope, note))
-    elif floors:
-        out.append(Verdict("3b", CLAIMS["3b"].effect, Estimate(math.nan, None, None, "no seed where Full beats the "
-                                                                "floor", 0), INCONCLUSIVE, scope))
-    return out
-
-
-def _floors(payload: dict) -> dict[int, float]:
-    floors = payload.get("floor") if isinstance(payload.get("floor"), list) else []
-    settings = payload.get("settings") if isinstance(payload.get("settings"), dict) else {}
-    seeds = settings.get("seeds") if isinstance(settings.get("seeds"), list) else []
-    values = [_number(f.get("psnr")) if isinstance(f, dict) else None for f in floors]
-    return {s: v for s, v in zip(seeds, values) if isinstance(s, int) and v is not None}
-
-
-def _mean(by_seed: dict) -> float:
-    return float(np.mean([v for v, _ in by_seed.values()]))
-
-
-def _verdict(claim_id: str, effect: str, estimate: Estimate, scope: str, details: str = "") -> Verdict:
-    return Verdict(claim_id, effect, estimate, decide(CLAIMS[claim_id], estimate), scope, details)
-
-
-def _no_pairs(claim_id: str, scope: str, mode: str, where: str = "") -> Verdict:
-    return Verdict(claim_id, CLAIMS[claim_id].effect + where, Estimate(math.nan, None, None, "no seed in common", 0),
-                   INCONCLUSIVE, scope, f"{mode.capitalize()} and Full share no seed: train both with the same seeds")
-
-
-def claim_verdicts(classification: dict | None = None, robustness: list[dict] | None = None,
-                   smoothing: list[dict] | None = None, unshuffle: dict | None = None, *, scope: str = "",
-                   commands: dict[str, str] | None = None, robust_examples: int | None = None) -> list[Verdict]:
-    """Every claim's verdict from the data of the studies (``None``: that study did not run).
-
-    ``classification``: ``{mode: [summary, ...]}``; ``robustness`` / ``smoothing``: per-run records
-    (see :func:`robustness_verdicts`, :func:`smoothing_verdicts`); ``unshuffle``: the un-shuffling
-    study's ``unshuffle.json``. A claim without data gets a "not run" line naming ``commands[study]``.
-    """
-    found = {"classification": classification_verdicts(classification or {}, scope),
-             "robustness": robustness_verdicts(robustness or [], scope),
-             "smoothing": smoothing_verdicts(smoothing or [], scope, robust_examples),
-             "unshuffle": unshuffle_verdicts(unshuffle or {}, scope)}
-    out = []
-    for claim in CLAIMS.values():
-        lines = [v for v in found[claim.studies] if v.claim == claim.id]
-        if lines:
-            out += lines
-        elif commands is not None and claim.studies in commands:
-            out.append(Verdict(claim.id, claim.effect, None, NOT_RUN, scope, f"run `{commands[claim.studies]}`"))
-    return out
-
-
 # --------------------------------------------------------------------------- the table
-
-def format_value(value: float, unit: str) -> str:
-    sign = "+"
-    if unit == "accuracy":
-        return f"{100 * value:{sign}.2f} pts"
-    if unit == "accuracy per sigma":
-        return f"{100 * value:{sign}.2f} pts/σ"
-    if unit == "dB":
-        return f"{value:{sign}.2f} dB"
-    return f"{value:{sign}.3f}"
-
 
 def _interval(v: Verdict) -> str:
     est = v.estimate
@@ -387,7 +126,10 @@ def robust_records(study_data: dict, out_dir: Path) -> list[dict]:
             continue
         record = dict(saved)
         run_dir = _locate_run(out_dir, saved.get("run", ""))
-        result = _read_json_or_none(run_dir / ROBUSTNESS_FILE) if run_dir else None
+        try:
+            result = _read_json_or_none(run_dir / ROBUSTNESS_FILE) if run_dir else None
+        except SpatialmixError:   # damaged: results.json's accuracies still give the seed-paired interval
+            result = None
         record["robust_bits"] = _matching_bits(result, settings, _dict(saved.get("robust_acc")))
         records.append(record)
     return records
@@ -403,7 +145,7 @@ def _matching_bits(result, settings: dict, robust_acc: dict) -> dict:
     bits = {}
     for budget in result.get("budgets") or []:
         label = _dict(budget).get("eps_label")
-        values, acc = _bits(_dict(budget).get("robust_bits")), _number(robust_acc.get(label))
+        values, acc = parse_bits(_dict(budget).get("robust_bits")), finite_number(robust_acc.get(label))
         if values is not None and acc is not None and abs(values.mean() - acc) < 1e-9:
             bits[label] = budget["robust_bits"]
     return bits
@@ -418,7 +160,7 @@ def _with_run_files(summaries: dict, out_dir: Path) -> dict:
         for row in rows if isinstance(rows, list) else []:
             row = dict(row) if isinstance(row, dict) else {}
             if "test_correct_bits" not in row and isinstance(row.get("seed"), int):
-                run_dir = out_dir / "classification" / f"{_mode(mode)}-seed{row['seed']}"   # study.classification_run_dir
+                run_dir = out_dir / "classification" / f"{mode_name(mode)}-seed{row['seed']}"   # study.classification_run_dir
                 saved = _read_json_or_none(run_dir / runs.SUMMARY)
                 if isinstance(saved, dict) and saved.get("test_acc") == row.get("test_acc"):
                     row["test_correct_bits"] = saved.get("test_correct_bits")
@@ -514,12 +256,12 @@ def _group_verdicts(members: list[_Run]) -> list[Verdict]:
     classification = [r for r in members if r.summary.get("task", "classification") == "classification"]
     by_mode: dict[str, list[dict]] = {}
     for r in classification:
-        by_mode.setdefault(_mode(r.train.get("mode")), []).append(r.summary)
+        by_mode.setdefault(mode_name(r.train.get("mode")), []).append(r.summary)
     robust = _same_attack([x for x in map(_run_robust_record, classification) if x is not None])
     unshuffle: dict[str, list[dict]] = {}
     for r in members:
         if r.summary.get("task") == "unshuffle":
-            unshuffle.setdefault(_mode(r.train.get("mode")), []).append(r.summary)
+            unshuffle.setdefault(mode_name(r.train.get("mode")), []).append(r.summary)
     return claim_verdicts(by_mode, robust, None, {"runs": unshuffle})
 
 
@@ -549,7 +291,7 @@ def verdicts_for_runs(run_dirs, commands: dict[str, str] | None = None) -> list[
     sigma_groups: dict[str, list[_Run]] = {}
     for run in loaded:
         groups.setdefault(_setting(run), []).append(run)
-        if _mode(run.train.get("mode")) == "chans" and run.robustness:
+        if mode_name(run.train.get("mode")) == "chans" and run.robustness:
             sigma_groups.setdefault(_setting(run, ("smooth_sigma",)), []).append(run)
     found = [(key, _group_verdicts(members)) for key, members in groups.items()]
     out = _named(found)
@@ -565,3 +307,25 @@ def verdicts_for_runs(run_dirs, commands: dict[str, str] | None = None) -> list[
                for c in CLAIMS.values() if c.id not in present and c.studies in commands]
     order = list(CLAIMS)
     return sorted(out + missing, key=lambda v: order.index(v.claim))
+
+
+# --------------------------------------------------------------------------- the step of `reproduce`
+
+def verdict_record(verdict: Verdict) -> dict:
+    """A verdict as strict JSON (no NaN): what results.json keeps."""
+    est = verdict.estimate
+    value = None if est is None or math.isnan(est.value) else est.value
+    return {"claim": verdict.claim, "paper": verdict.paper, "effect": verdict.effect, "scope": verdict.scope,
+            "verdict": verdict.verdict, "rule": rule_text(CLAIMS[verdict.claim]), "estimate": value,
+            "low": est.low if est else None, "high": est.high if est else None,
+            "method": est.method if est else None, "seeds": est.n_seeds if est else None,
+            "examples": est.n_examples if est else None, "details": verdict.details}
+
+
+def verdicts_study(ctx) -> "StudyResult":   # noqa: F821 (study imports this module lazily)
+    """The step of ``spatialmix reproduce`` after the studies: every claim's verdict from the study folder
+    (the studies' results as saved so far, so claims whose study did not run say "not run")."""
+    from .study import StudyResult
+
+    verdicts = verdicts_for_study(ctx.out_dir)
+    return StudyResult("verdicts", [verdict_table(verdicts)], {"verdicts": [verdict_record(v) for v in verdicts]})
