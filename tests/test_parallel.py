@@ -1,0 +1,72 @@
+"""Independent jobs side by side: results in order, errors surface, and nothing depends on neighbours."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spatialmix import runs
+from spatialmix.errors import SpatialmixError
+from spatialmix.parallel import run_side_by_side
+from spatialmix.study import resolve_parallelism, train_or_reuse
+
+
+def _square_and_threads(x: int) -> tuple[int, int]:
+    return x * x, torch.get_num_threads()
+
+
+def _refuse(x: int) -> int:
+    if x == 2:
+        raise SpatialmixError(f"job {x} refused")
+    return x
+
+
+def test_results_come_back_in_job_order_with_the_threads_asked_for():
+    seen = []
+    results = run_side_by_side([(_square_and_threads, (i,)) for i in range(5)], processes=2, threads=1,
+                               on_done=lambda i, r: seen.append(i))
+    assert results == [(i * i, 1) for i in range(5)]
+    assert sorted(seen) == list(range(5))
+
+
+def test_one_process_runs_here_in_order():
+    seen = []
+    before = torch.get_num_threads()
+    try:
+        assert run_side_by_side([(_square_and_threads, (3,))] * 2, processes=1, threads=1,
+                                on_done=lambda i, r: seen.append(i)) == [(9, 1), (9, 1)]
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [0, 1]
+
+
+def test_a_failing_job_raises_its_own_error():
+    with pytest.raises(SpatialmixError, match="job 2 refused"):
+        run_side_by_side([(_refuse, (i,)) for i in range(4)], processes=2)
+
+
+def test_parallelism_defaults_and_bad_values():
+    assert resolve_parallelism(1, None) == (1, None)
+    assert resolve_parallelism(2, None) == (2, 1)
+    assert resolve_parallelism(2, 2) == (2, 2)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(SpatialmixError, match="must be a whole number of at least 1"):
+            resolve_parallelism(bad, None)
+        with pytest.raises(SpatialmixError, match="--threads must be"):
+            resolve_parallelism(1, bad)
+
+
+def _weights(run_dir):
+    return (runs.latest_checkpoint(run_dir) / runs.MODEL_FILE).read_bytes()
+
+
+@pytest.mark.slow
+def test_a_run_trained_beside_another_is_bitwise_the_run_trained_alone(tmp_path, tiny_config, fake_fashion_dir):
+    config = tiny_config(data_dir=str(fake_fashion_dir), train_subset=256, threads=1, width=24, depth=2)
+    neighbour = config.replace(mode="space", seed=5, width=32)
+    alone = run_side_by_side([(train_or_reuse, (config, tmp_path / "alone"))], processes=1, threads=1)[0]
+    beside = run_side_by_side([(train_or_reuse, (config, tmp_path / "beside")),
+                               (train_or_reuse, (neighbour, tmp_path / "neighbour"))], processes=2, threads=1)[0]
+    assert _weights(tmp_path / "alone") == _weights(tmp_path / "beside")
+    assert alone["test_acc"] == beside["test_acc"] and alone["test_correct_bits"] == beside["test_correct_bits"]
+    assert runs.read_jsonl(tmp_path / "alone" / runs.METRICS)[0]["train_loss"] == \
+        runs.read_jsonl(tmp_path / "beside" / runs.METRICS)[0]["train_loss"]

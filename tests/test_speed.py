@@ -1,0 +1,111 @@
+"""The CPU speed-ups change kernels, never results: checked against the plain modules."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spatialmix import speed
+from spatialmix.mixing import apply_mixing
+from spatialmix.models import ConvMixer
+
+
+def _channels_last(*shape):
+    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_gelu_is_bitwise_nn_gelu_on_dense_memory_forward_and_backward():
+    """Bitwise what nn.GELU gives on a contiguous tensor (its vectorized kernel); torch's strided
+    channels_last kernel itself may differ from that in the last bit."""
+    for approximate in ("none", "tanh"):
+        fast, plain = speed.ChannelsLastGELU(approximate), nn.GELU(approximate)
+        for x in (_channels_last(4, 8, 5, 5), torch.randn(4, 8, 5, 5), torch.randn(3, 7)):
+            a, b = x.clone().requires_grad_(), x.contiguous().requires_grad_()
+            ya, yb = fast(a), plain(b)
+            assert torch.equal(ya, yb)
+            assert torch.allclose(ya, plain(x), rtol=0, atol=2e-6)
+            assert ya.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(
+                memory_format=torch.channels_last)
+            g = torch.randn_like(ya)
+            ya.backward(g), yb.backward(g.contiguous())
+            assert torch.equal(a.grad, b.grad)
+
+
+def _depthwise_pair(requires_grad: bool):
+    torch.manual_seed(0)
+    plain = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+    fast = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+    fast.load_state_dict(plain.state_dict())
+    speed.accelerate(fast)
+    for m in (plain, fast):
+        m.weight.requires_grad_(requires_grad)
+    return plain, fast
+
+
+def test_learned_depthwise_conv_runs_in_fp32_under_bf16_autocast():
+    plain, fast = _depthwise_pair(requires_grad=True)
+    assert type(fast) is speed.DepthwiseConv2d
+    x = _channels_last(2, 8, 9, 9).bfloat16()
+    with torch.autocast("cpu", torch.bfloat16):
+        y = fast(x)
+    assert y.dtype == torch.bfloat16               # the next op sees what autocast would give it
+    expected = F.conv2d(x.float(), plain.weight, plain.bias, padding=2, groups=8)
+    assert torch.equal(y, expected.bfloat16())     # computed in fp32, rounded once
+    y.float().sum().backward()
+    (expected.bfloat16().float().sum()).backward()
+    assert fast.weight.grad.dtype == torch.float32
+    assert torch.allclose(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_frozen_depthwise_conv_and_no_autocast_are_the_plain_conv():
+    plain, fast = _depthwise_pair(requires_grad=False)
+    x = _channels_last(2, 8, 9, 9)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert torch.equal(fast(x), plain(x))     # frozen (Chans): bf16, exactly as autocast runs it
+    plain.weight.requires_grad_(True), fast.weight.requires_grad_(True)
+    assert torch.equal(fast(x), plain(x))         # no autocast: untouched
+
+
+def test_accelerate_keeps_parameters_state_dict_and_freezing():
+    model = ConvMixer(16, 2, 5, 2, in_chans=1, num_classes=10)
+    apply_mixing(model, "chans", seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    params = {name: id(p) for name, p in model.named_parameters()}
+    speed.accelerate(model)
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert {name: id(p) for name, p in model.named_parameters()} == params
+    kinds = [type(m) for m in model.modules()]
+    assert kinds.count(speed.DepthwiseConv2d) == 2 and kinds.count(speed.ChannelsLastGELU) == 2 * 2 + 1
+    assert nn.GELU not in kinds
+
+
+def test_accelerated_model_trains_like_the_plain_one_in_fp32():
+    """Without autocast the accelerated model is the same function up to GELU's last bits."""
+    losses = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = ConvMixer(16, 2, 5, 2, in_chans=1, num_classes=10).to(memory_format=torch.channels_last)
+        if fast:
+            speed.accelerate(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = _channels_last(8, 1, 28, 28), torch.arange(8) % 10
+        for _ in range(3):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(), loss.backward(), opt.step()
+        losses.append(loss.item())
+    assert abs(losses[0] - losses[1]) <= 1e-5 * abs(losses[0])
+
+
+def test_allocator_and_threads():
+    assert speed.tune_allocator() is True          # glibc (Debian): the thresholds were set
+    assert speed.tune_allocator() is True          # idempotent
+    before = torch.get_num_threads()
+    try:
+        assert speed.set_threads(1) == 1
+        assert speed.set_threads(None) == 1        # None leaves the current setting
+    finally:
+        torch.set_num_threads(before)
+    assert speed.available_cores() >= 1
