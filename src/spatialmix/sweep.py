@@ -436,7 +436,8 @@ def gather(sweep: Sweep) -> list[ResultTable]:
             return []
         from .study import reproduce
 
-        results = reproduce(sweep.preset, sweep.out_dir, seeds=sweep.seeds, studies=["classification"],
+        # the classification table, then the verdicts (claims 2 and 3 "not run", with their commands)
+        results = reproduce(sweep.preset, sweep.out_dir, seeds=sweep.seeds, studies=["classification", "verdicts"],
                             **sweep.overrides)
         return [table for result in results.values() for table in result.tables]
     summaries = [(job, finished_summary(job)) for job in sweep.jobs]
