@@ -164,8 +164,9 @@ def test_study_sweep_runs_land_where_reproduce_reads_them(fake_fashion_dir, tmp_
                                               for m in ("full", "chans", "space")]
     outcome = run_sweep(sweep)
     assert sorted(outcome.ran) == ["chans-seed3", "full-seed3", "space-seed3"]
-    (table,) = outcome.tables
+    table, verdicts = outcome.tables
     assert [r["mode"] for r in table.rows] == ["Full", "Chans", "Space"]
+    assert [(r["claim"], r["seeds"]) for r in verdicts.rows[:2]] == [("1a", 1), ("1b", 1)]
     results = json.loads((tmp_path / "study" / "results.json").read_text())
     assert results["seeds"] == [3] and results["studies"]["classification"]["data"]["runs"]["chans"][0]["seed"] == 3
     # Started again, nothing runs.
