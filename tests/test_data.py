@@ -205,6 +205,41 @@ def test_corrupt_cifar_batch_gives_a_clear_error(tmp_path):
         load_dataset("cifar10", data_dir=tmp_path)
 
 
+class _MakesAFile:
+    """What an attacker pickles: unpickling it calls ``open(path, "w")``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("where", ["batch", "meta", "inside-array"])
+def test_a_cifar_pickle_that_would_run_code_is_refused_without_running_it(tmp_path, where):
+    folder, _ = write_cifar(tmp_path, "cifar10", 3)
+    marker = tmp_path / "pwned"
+    if where == "batch":
+        entry = {"data": np.zeros((3, 3072), np.uint8), "labels": [0, 1, 2], "x": _MakesAFile(marker)}
+        target = folder / "data_batch_2"
+    elif where == "meta":
+        entry = {"label_names": [_MakesAFile(marker)]}
+        target = folder / "batches.meta"
+    else:
+        data = np.empty(1, dtype=object)
+        data[0] = _MakesAFile(marker)
+        entry = {"data": data, "labels": [0]}
+        target = folder / "test_batch"
+    with open(target, "wb") as fh:
+        pickle.dump(entry, fh, protocol=2)
+    if where == "meta":   # class names are optional: the numbers are used instead
+        assert load_dataset("cifar10", data_dir=tmp_path).classes == [str(i) for i in range(10)]
+    else:
+        with pytest.raises(SpatialmixError, match=f"{target.name} is not a CIFAR batch .*refusing to load it"):
+            load_dataset("cifar10", data_dir=tmp_path)
+    assert not marker.exists()
+
+
 # --------------------------------------------------------------------------- subsets
 
 def test_subset_is_seeded(tmp_path):

@@ -158,6 +158,35 @@ def _load_idx_dir(directory: Path) -> tuple[torch.Tensor, ...] | None:
     return tr_x[:, None], tr_y.long(), te_x[:, None], te_y.long()
 
 
+class NotACifarBatch(pickle.UnpicklingError):
+    """A pickle that asks for more than CIFAR's batches hold (a function to call, Python objects)."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's batches without running code: the only globals admitted are those that
+    rebuild numpy arrays (and bytes), so a crafted file cannot call anything else."""
+
+    SAFE = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.SAFE:
+            raise NotACifarBatch(f"it asks for {module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_cifar_pickle(path: Path) -> dict:
+    """One CIFAR batch (a dict of lists, bytes and numpy arrays), read without executing code."""
+    with open(path, "rb") as fh:
+        entry = _CifarUnpickler(fh, encoding="latin1").load()
+    if not isinstance(entry, dict):
+        raise NotACifarBatch(f"it holds a {type(entry).__name__}, not a dict")
+    for value in entry.values():
+        if isinstance(value, np.ndarray) and value.dtype.hasobject:
+            raise NotACifarBatch("it holds an array of Python objects")
+    return entry
+
+
 def _load_cifar_dir(directory: Path, name: str) -> tuple[torch.Tensor, ...] | None:
     """Read the python-pickle batches of CIFAR-10/100 (the format torchvision downloads)."""
     if name == "cifar10":
@@ -171,10 +200,12 @@ def _load_cifar_dir(directory: Path, name: str) -> tuple[torch.Tensor, ...] | No
         images, labels = [], []
         for f in files:
             try:
-                with open(directory / f, "rb") as fh:
-                    entry = pickle.load(fh, encoding="latin1")
+                entry = load_cifar_pickle(directory / f)
                 images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                labels.extend(entry[label_key])
+                labels.extend(int(v) for v in entry[label_key])
+            except NotACifarBatch as err:   # a crafted file: nothing of it ran
+                raise SpatialmixError(f"{directory / f} is not a CIFAR batch ({err}); refusing to load it: "
+                                      f"re-download the data set") from None
             except Exception as err:  # any unreadable batch is a corrupt download
                 raise SpatialmixError(f"{directory / f} is corrupt ({type(err).__name__}); re-download it") from None
         return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
@@ -186,8 +217,7 @@ def _cifar_classes(directory: Path, name: str, num: int) -> list[str]:
     meta = directory / ("batches.meta" if name == "cifar10" else "meta")
     key = "label_names" if name == "cifar10" else "fine_label_names"
     try:
-        with open(meta, "rb") as fh:
-            return list(pickle.load(fh, encoding="latin1")[key])
+        return [str(c) for c in load_cifar_pickle(meta)[key]]
     except Exception:
         return [str(i) for i in range(num)]
 

@@ -1,0 +1,277 @@
+"""A run folder is untrusted input: runs.Run validates every file, never leaves the folder, never
+reads a device or a huge file whole, and answers "finished with this config?" in one place."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from spatialmix import runs, sweep
+from spatialmix.errors import SpatialmixError
+from spatialmix.train import TrainConfig, load_trained_model, train
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_data):
+    config = TrainConfig(**{**TINY, "epochs": 2})
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    train(config, run_dir, data=tiny_data)
+    return run_dir, config
+
+
+@pytest.fixture
+def run(finished_run, tmp_path):
+    src, config = finished_run
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    return dst, config
+
+
+def one_line(err) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def edit_json(path, change):
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(change(data)))
+
+
+# --------------------------------------------------------------------------- latest.json
+
+@pytest.mark.parametrize("pointer,field", [({}, "folder"), ({"folder": 4, "epoch": 4}, "folder"),
+                                          ([], None), ("", None), ({"folder": "epoch-0002"}, "epoch"),
+                                          ({"folder": "../../x/checkpoints/epoch-0001", "epoch": 1}, "folder"),
+                                          ({"folder": "/etc", "epoch": 1}, "folder"),
+                                          ({"folder": "epoch-0002", "epoch": 7}, "epoch")])
+def test_malformed_latest_json_is_one_line_naming_the_field(run, pointer, field):
+    run_dir, _ = run
+    (run_dir / runs.CKPT_DIR / runs.LATEST).write_text(json.dumps(pointer))
+    with pytest.raises(SpatialmixError) as err:
+        load_trained_model(run_dir)
+    line = one_line(err)
+    assert "latest.json" in line
+    if field:
+        assert f"'{field}'" in line
+
+
+def test_latest_cannot_lead_to_another_runs_checkpoint(run, finished_run, tmp_path):
+    """A checkpoint folder that is a symlink to another run's checkpoint is refused, not reported as ours."""
+    run_dir, _ = run
+    other = tmp_path / "other"
+    shutil.copytree(finished_run[0], other)
+    shutil.rmtree(run_dir / runs.CKPT_DIR / "epoch-0002")
+    os.symlink(other / runs.CKPT_DIR / "epoch-0002", run_dir / runs.CKPT_DIR / "epoch-0002")
+    with pytest.raises(SpatialmixError, match="points outside its run folder"):
+        load_trained_model(run_dir)
+    with pytest.raises(SpatialmixError, match="points outside its run folder"):
+        runs.Run(run_dir).weights_fingerprint()
+
+
+def test_weights_that_are_a_device_are_never_read(run):
+    """model.safetensors -> /dev/zero would be read until memory runs out; it is refused at once."""
+    run_dir, _ = run
+    model = runs.Run(run_dir).latest_checkpoint() / runs.MODEL_FILE
+    model.unlink()
+    os.symlink("/dev/zero", model)
+    with pytest.raises(SpatialmixError, match="outside its run folder|not a regular file"):
+        runs.Run(run_dir).weights_fingerprint()
+    with pytest.raises(SpatialmixError, match="not a regular file"):
+        runs.file_sha256("/dev/zero")
+    with pytest.raises(SpatialmixError, match="not a regular file"):
+        runs.load_weights("/dev/zero")
+
+
+def test_weights_larger_than_plausible_are_refused(tmp_path, monkeypatch):
+    big = tmp_path / "model.safetensors"
+    with open(big, "wb") as f:
+        f.truncate(4096)   # sparse: the size check must come before any read
+    monkeypatch.setattr(runs, "MAX_WEIGHTS_BYTES", 1024)
+    with pytest.raises(SpatialmixError, match="is 4,096 bytes, more than the 1,024 a weights file may have"):
+        runs.load_weights(big)
+
+
+def test_fingerprint_is_the_sha256_of_the_model_file(run):
+    import hashlib
+
+    run_dir, _ = run
+    fingerprint = runs.Run(run_dir).weights_fingerprint()
+    data = (run_dir / runs.CKPT_DIR / "epoch-0002" / runs.MODEL_FILE).read_bytes()
+    assert fingerprint == {"checkpoint": "epoch-0002", "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# --------------------------------------------------------------------------- symlinks out of the folder
+
+def test_metrics_symlink_is_never_written_through(tiny_data, tmp_path):
+    """Training appends to metrics.jsonl: a symlink there must not carry the lines into another file."""
+    config = TrainConfig(**{**TINY, "epochs": 2})
+    run_dir = tmp_path / "run"
+    real_save = runs.save_checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Stop
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runs, "save_checkpoint", save_then_stop)
+        with pytest.raises(Stop):
+            train(config, run_dir, data=tiny_data)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes((run_dir / runs.METRICS).read_bytes())   # so a resume sees the history it expects
+    before = victim.read_bytes()
+    (run_dir / runs.METRICS).unlink()
+    os.symlink(victim, run_dir / runs.METRICS)
+    train(config, run_dir, resume=True, data=tiny_data)
+    assert victim.read_bytes() == before
+    assert not (run_dir / runs.METRICS).is_symlink()
+    assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
+
+
+def test_append_jsonl_refuses_a_symlink(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    os.symlink(target, tmp_path / "metrics.jsonl")
+    with pytest.raises(SpatialmixError, match="is a symlink"):
+        runs.append_jsonl(tmp_path / "metrics.jsonl", {"epoch": 1})
+    assert target.read_text() == ""
+
+
+def test_run_files_that_point_outside_are_refused(run, tmp_path):
+    run_dir, _ = run
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"state": "finished", "epoch": 2}))
+    (run_dir / runs.STATUS).unlink()
+    os.symlink(secret, run_dir / runs.STATUS)
+    with pytest.raises(SpatialmixError, match="points outside its run folder"):
+        runs.Run(run_dir).status()
+    # A symlink that stays inside the folder is fine.
+    (run_dir / runs.STATUS).unlink()
+    (run_dir / "status-copy.json").write_text(secret.read_text())
+    os.symlink("status-copy.json", run_dir / runs.STATUS)
+    assert runs.Run(run_dir).status() == {"state": "finished", "epoch": 2}
+
+
+# --------------------------------------------------------------------------- shapes
+
+CONFIG_DAMAGE = {
+    "list": (lambda r: [r], "must hold a JSON object"),
+    "train-null": (lambda r: {**r, "train": None}, "'train'"),
+    "no-data": (lambda r: {k: v for k, v in r.items() if k != "data"}, "'data' is missing"),
+    "epochs-string": (lambda r: {**r, "train": {**r["train"], "epochs": "ten"}}, "epochs must be a whole number"),
+    "width-float": (lambda r: {**r, "train": {**r["train"], "width": 1.5}}, "width must be a whole number"),
+    "mode-unknown": (lambda r: {**r, "train": {**r["train"], "mode": "bogus"}}, "unknown mode 'bogus'"),
+    "size-string": (lambda r: {**r, "data": {**r["data"], "image_size": "28"}}, "'image_size'"),
+    "mean-short": (lambda r: {**r, "data": {**r["data"], "mean": []}}, "'mean'"),
+    "task-argument": (lambda r: {**r, "task": {"name": "classification", "evil": 1}}, "settings this spatialmix"),
+    "task-string": (lambda r: {**r, "task": "classification"}, "task"),
+    "version": (lambda r: {**r, "format_version": "1"}, "incompatible spatialmix"),
+}
+
+
+@pytest.mark.parametrize("damage", list(CONFIG_DAMAGE))
+def test_config_of_the_wrong_shape_is_one_line_naming_the_file(run, tiny_data, damage):
+    run_dir, config = run
+    change, expected = CONFIG_DAMAGE[damage]
+    edit_json(run_dir / runs.CONFIG, change)
+    for action in (lambda: load_trained_model(run_dir),
+                   lambda: train(config.replace(epochs=3), run_dir, resume=True, data=tiny_data)):
+        with pytest.raises(SpatialmixError) as err:
+            action()
+        line = one_line(err)
+        assert expected in line and ("config.json" in line or "incompatible" in line), line
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    (runs.SUMMARY, [1, 2], "must hold a JSON object"),
+    (runs.SUMMARY, {"test_acc": "high"}, "'test_acc' must be a number"),
+    (runs.STATUS, {"state": "done", "epoch": 1}, "'state' must be one of"),
+    (runs.STATUS, {"state": "finished", "epoch": "2"}, "'epoch' must be a whole number"),
+    (runs.STATUS, None, "must hold a JSON object")])
+def test_summary_and_status_of_the_wrong_shape(run, name, content, expected):
+    run_dir, config = run
+    (run_dir / name).write_text(json.dumps(content))
+    with pytest.raises(SpatialmixError) as err:
+        runs.Run(run_dir).finished_summary(config)
+    assert expected in one_line(err) and name in str(err.value)
+
+
+def test_non_utf8_metrics_is_one_line(run):
+    run_dir, _ = run
+    (run_dir / runs.METRICS).write_bytes(b'{"epoch": 1}\n\xff\xfe\n')
+    with pytest.raises(SpatialmixError, match="metrics.jsonl is not UTF-8"):
+        runs.Run(run_dir).metrics()
+
+
+def test_a_line_cut_short_by_a_kill_is_left_out_but_damage_in_the_middle_is_not(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
+    assert runs.read_jsonl(path) == [{"epoch": 1}, {"epoch": 2}]
+    path.write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n')
+    with pytest.raises(SpatialmixError, match="line 2 is not JSON"):
+        runs.read_jsonl(path)
+
+
+# --------------------------------------------------------------------------- one "finished with this config"
+
+def test_finished_summary_fills_fields_added_later_with_their_defaults(run):
+    """A run made before a field existed counts as that field's default: the sweep and train agree."""
+    run_dir, config = run
+    edit_json(run_dir / runs.CONFIG, lambda r: {**r, "train": {k: v for k, v in r["train"].items()
+                                                               if k not in ("image_size", "workers")}})
+    summary = runs.Run(run_dir).finished_summary(config)
+    assert summary == runs.read_json(run_dir / runs.SUMMARY)
+    job = sweep.SweepJob("x", config, run_dir, {})
+    assert sweep.finished_summary(job) == summary
+
+
+def test_finished_summary_refuses_another_config_and_ignores_speed_settings(run):
+    run_dir, config = run
+    assert runs.Run(run_dir).finished_summary(config.replace(device="cpu", progress=True, workers=3)) is not None
+    with pytest.raises(SpatialmixError, match=r"finished with another configuration \(epochs=2 there, 3 now\)"):
+        runs.Run(run_dir).finished_summary(config.replace(epochs=3))
+    runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": 2})
+    assert runs.Run(run_dir).finished_summary(config) is None
+
+
+def test_the_no_checkpoint_message_says_how_to_continue(tmp_path, tiny_data):
+    config = TrainConfig(**TINY)
+    run_dir = tmp_path / "run"
+    train(config, run_dir, data=tiny_data, max_steps=1)
+    with pytest.raises(SpatialmixError) as err:
+        runs.Run(run_dir).require_checkpoint()
+    assert one_line(err) == runs.no_checkpoint_message(run_dir)
+    assert f"spatialmix train --resume --out {run_dir}" in str(err.value)
+
+
+def test_reproduce_does_not_reuse_a_finished_run_of_another_config(run, monkeypatch):
+    """`reproduce --epochs 1` then `--epochs 2` used to reuse the 1-epoch runs; now it is an error."""
+    from spatialmix import study
+
+    run_dir, config = run
+    assert study.train_or_reuse(config, run_dir) == runs.read_json(run_dir / runs.SUMMARY)
+    with pytest.raises(SpatialmixError, match="finished with another configuration"):
+        study.train_or_reuse(config.replace(epochs=3), run_dir)
+
+
+def test_config_types_are_checked_for_every_field():
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {"epochs", "lr", "progress", "model"} <= names
+    for bad, pattern in [(dict(epochs=1.5), "epochs must be a whole number, got 1.5"),
+                         (dict(epochs="ten"), "epochs must be a whole number, got 'ten'"),
+                         (dict(lr="fast"), "lr must be a number, got 'fast'"),
+                         (dict(progress="yes"), "progress must be true or false"),
+                         (dict(model=3), "model must be a string"),
+                         (dict(lr=float("nan")), "lr must be a positive number, got nan"),
+                         (dict(lr=float("inf")), "lr must be a positive number, got inf")]:
+        with pytest.raises(SpatialmixError, match=pattern):
+            TrainConfig(**{**TINY, **bad}).validate()
+    assert torch.isfinite(torch.tensor(TrainConfig().lr))
