@@ -183,22 +183,25 @@ def test_claim_2b_is_the_slope_against_sigma(slope, word):
 
 # --------------------------------------------------------------------------- claim 3
 
-def unshuffle_payload(full, chans, floor=7.0):
+def unshuffle_payload(full, chans, floor=7.0, n=None):
     seeds = list(range(len(full)))
     return {"runs": {"Full": [{"seed": s, "test_psnr": p} for s, p in zip(seeds, full)],
                      "Chans": [{"seed": s, "test_psnr": p} for s, p in zip(seeds, chans)],
                      "No spatial mixing (k=1)": [{"seed": s, "test_psnr": 9.0} for s in seeds]},
-            "floor": [{"psnr": floor, "ssim": 0.1} for _ in seeds], "settings": {"seeds": seeds}}
+            "floor": [{"psnr": floor, "ssim": 0.1, "n": n} for _ in seeds] if n else [{"psnr": floor} for _ in seeds],
+            "settings": {"seeds": seeds}}
 
 
 def test_claim_3_relative_to_full_and_to_the_floor():
     keeps_up = claim_verdicts(unshuffle=unshuffle_payload([30.0, 31.0, 30.5], [29.8, 30.6, 30.4]))
     three_a, three_b = by_claim(keeps_up, "3a")[0], by_claim(keeps_up, "3b")[0]
     assert three_a.estimate.value == pytest.approx(-0.7 / 3) and three_a.verdict == SUPPORTS
+    assert three_a.estimate.n_examples is None   # the floor did not say on how many images
     fractions = [(c - 7) / (f - 7) for f, c in zip([30.0, 31.0, 30.5], [29.8, 30.6, 30.4])]
     assert three_b.estimate.value == pytest.approx(np.mean(fractions)) and three_b.verdict == SUPPORTS
-    falls_behind = claim_verdicts(unshuffle=unshuffle_payload([16.0, 16.5, 16.2], [12.0, 12.1, 11.9]))
+    falls_behind = claim_verdicts(unshuffle=unshuffle_payload([16.0, 16.5, 16.2], [12.0, 12.1, 11.9], n=1000))
     assert [v.verdict for v in falls_behind if v.claim.startswith("3")] == [CONTRADICTS, CONTRADICTS]
+    assert [v.estimate.n_examples for v in falls_behind] == [1000, 1000]
 
 
 # --------------------------------------------------------------------------- not run, the table
@@ -232,7 +235,7 @@ def test_verdict_table_lists_every_line_with_its_numbers():
 def write_run(path: Path, train: dict, summary: dict | None, robustness: dict | None = None,
               task: dict | None = None) -> Path:
     path.mkdir(parents=True)
-    data = {"in_chans": 1, "num_classes": 10, "image_size": 28, "mean": [0.3], "std": [0.3]}
+    data = {"in_chans": 1, "num_classes": 10, "image_size": 28, "mean": [0.3], "std": [0.3], "n_test": 10_000}
     (path / "config.json").write_text(json.dumps({"format_version": 1, "train": train, "data": data,
                                                   "task": task or {"name": "classification"}}))
     if summary is not None:
@@ -280,7 +283,8 @@ def test_verdicts_for_a_study_folder(tmp_path):
     two_a = by_claim(verdicts, "2a")[0]
     # robust_bits found in the moved run folders: paired per example
     assert "bootstrap" in two_a.estimate.method and two_a.verdict == SUPPORTS
-    assert by_claim(verdicts, "1a")[0].verdict == SUPPORTS
+    one_a = by_claim(verdicts, "1a")[0]   # seed-level t-interval of accuracies over the 10,000 test images
+    assert one_a.verdict == SUPPORTS and "seed-paired" in one_a.estimate.method and one_a.estimate.n_examples == 10_000
     assert all(v.verdict == NOT_RUN and f"--out {study}" in v.details for v in verdicts if v.claim[0] != "2"
                and v.claim != "1a")
 
@@ -349,6 +353,7 @@ def test_verdicts_for_a_grid_of_runs_are_grouped_by_setting(tmp_path):
     one_a = by_claim(verdicts, "1a")
     assert [(v.scope, v.verdict) for v in one_a] == [("model=convmixer-a", SUPPORTS),
                                                      ("model=convmixer-b", CONTRADICTS)]
+    assert one_a[0].estimate.n_examples == 10_000
     assert by_claim(verdicts, "2a")[0].verdict == NOT_RUN and "spatialmix attack" in by_claim(verdicts, "2a")[0].details
     table = verdict_table(verdicts)
     assert table.columns[1][1] == "setting"

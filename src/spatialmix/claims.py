@@ -7,13 +7,15 @@ folders, documents the rule and makes the table.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .statistics import Estimate, McNemar, mcnemar_exact, mean_interval, ols_slope, paired_bootstrap, \
     paired_t_interval
 
+# The size of the test set a summary's accuracy was measured on (the readers add it from config.json).
+TEST_EXAMPLES = "test_examples"
 SUPPORTS, CONTRADICTS, INCONCLUSIVE, NOT_RUN = "supports", "contradicts", "inconclusive", "not run"
 VERDICT_WORDS = (SUPPORTS, CONTRADICTS, INCONCLUSIVE, NOT_RUN)
 CLASSIFICATION_MARGIN = 0.01      # 1 point of accuracy: "nearly the same" (claim 1a)
@@ -143,8 +145,8 @@ def mode_name(value) -> str:
 
 def classification_verdicts(summaries: dict[str, list[dict]], scope: str = "") -> list[Verdict]:
     """1a and 1b from ``{mode: [summary, ...]}`` (``test_acc``, ``seed``, optional ``test_correct_bits``)."""
-    by_mode = {mode_name(m): _by_seed(rows, "test_acc", "test_correct_bits") for m, rows in summaries.items()
-               if isinstance(rows, list)}
+    summaries = {mode_name(m): rows for m, rows in summaries.items() if isinstance(rows, list)}
+    by_mode = {m: _by_seed(rows, "test_acc", "test_correct_bits") for m, rows in summaries.items()}
     out = []
     for claim_id, mode in (("1a", "chans"), ("1b", "space")):
         if not by_mode.get(mode) or not by_mode.get("full"):
@@ -154,9 +156,22 @@ def classification_verdicts(summaries: dict[str, list[dict]], scope: str = "") -
             out.append(_no_pairs(claim_id, scope, mode))
             continue
         estimate, tests = compared
-        out.append(_verdict(claim_id, CLAIMS[claim_id].effect, estimate, scope,
+        examples = _common_count(summaries.get(mode, []) + summaries.get("full", []), TEST_EXAMPLES)
+        out.append(_verdict(claim_id, CLAIMS[claim_id].effect, _with_examples(estimate, examples), scope,
                             _mcnemar_text(tests, (mode.capitalize(), "Full"))))
     return out
+
+
+def _common_count(items: list, key: str) -> int | None:
+    """The one positive whole number every item has at ``key`` (None when they differ or lack it)."""
+    values = {item.get(key) if isinstance(item, dict) else None for item in items}
+    value = values.pop() if len(values) == 1 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _with_examples(estimate: Estimate, n: int | None) -> Estimate:
+    """A seed-level interval says how many examples each seed's number was measured on."""
+    return estimate if estimate.n_examples is not None or n is None else replace(estimate, n_examples=n)
 
 
 def robustness_verdicts(records: list[dict], scope: str = "") -> list[Verdict]:
@@ -206,13 +221,15 @@ def unshuffle_verdicts(payload: dict, scope: str = "") -> list[Verdict]:
     if not chans or not full:
         return []
     out = []
+    examples = _common_count(payload.get("floor") if isinstance(payload.get("floor"), list) else [], "n")
     compared = compare(chans, full)
-    out.append(_verdict("3a", CLAIMS["3a"].effect, compared[0], scope) if compared else _no_pairs("3a", scope, "chans"))
+    out.append(_verdict("3a", CLAIMS["3a"].effect, _with_examples(compared[0], examples), scope) if compared
+               else _no_pairs("3a", scope, "chans"))
     floors = _floors(payload)
     fractions = [(chans[s][0] - floors[s]) / (full[s][0] - floors[s]) for s in sorted(set(chans) & set(full) & set(floors))
                  if full[s][0] > floors[s]]
     if fractions:
-        estimate = mean_interval(fractions)
+        estimate = _with_examples(mean_interval(fractions), examples)
         note = f"Chans {_mean(chans):.2f} dB, Full {_mean(full):.2f} dB, floor {np.mean(list(floors.values())):.2f} dB"
         out.append(_verdict("3b", CLAIMS["3b"].effect, estimate, scope, note))
     elif floors:

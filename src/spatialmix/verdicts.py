@@ -39,8 +39,8 @@ from pathlib import Path
 
 from . import runs
 # The claims, the rule and the verdicts of plain data live in .claims; this module is their public face.
-from .claims import (CLAIMS, CONTRADICTS, INCONCLUSIVE, NOT_RUN, SUPPORTS, VERDICT_WORDS, Claim, Verdict,  # noqa: F401
-                     claim_verdicts, classification_verdicts, decide, eps_value, finite_number, format_value,
+from .claims import (CLAIMS, CONTRADICTS, INCONCLUSIVE, NOT_RUN, SUPPORTS, TEST_EXAMPLES, VERDICT_WORDS,  # noqa: F401
+                     Claim, Verdict, claim_verdicts, classification_verdicts, decide, eps_value, finite_number, format_value,
                      mode_name, parse_bits, robustness_verdicts, rule_text, smoothing_verdicts, unshuffle_verdicts)
 from .errors import SpatialmixError
 from .reporting import ResultTable
@@ -152,20 +152,26 @@ def _matching_bits(result, settings: dict, robust_acc: dict) -> dict:
 
 
 def _with_run_files(summaries: dict, out_dir: Path) -> dict:
-    """Classification summaries completed from their run folders (``test_correct_bits`` when the saved
-    copy lacks it) so that clean accuracy can be compared example by example."""
+    """Classification summaries completed from their run folders: ``test_correct_bits`` when the saved
+    copy lacks it (to compare clean accuracy example by example) and the test set's size."""
     completed = {}
     for mode, rows in summaries.items():
         completed[mode] = []
         for row in rows if isinstance(rows, list) else []:
             row = dict(row) if isinstance(row, dict) else {}
-            if "test_correct_bits" not in row and isinstance(row.get("seed"), int):
-                run_dir = out_dir / "classification" / f"{mode_name(mode)}-seed{row['seed']}"   # study.classification_run_dir
+            run_dir = out_dir / "classification" / f"{mode_name(mode)}-seed{row.get('seed')}"  # classification_run_dir
+            if isinstance(row.get("seed"), int) and runs.is_run_dir(run_dir):
                 saved = _read_json_or_none(run_dir / runs.SUMMARY)
-                if isinstance(saved, dict) and saved.get("test_acc") == row.get("test_acc"):
+                if "test_correct_bits" not in row and isinstance(saved, dict) and saved.get("test_acc") == row.get(
+                        "test_acc"):
                     row["test_correct_bits"] = saved.get("test_correct_bits")
+                row.setdefault(TEST_EXAMPLES, _test_set_size(_dict(runs.read_json(run_dir / runs.CONFIG, "run"))))
             completed[mode].append(row)
     return completed
+
+
+def _test_set_size(record: dict) -> int | None:
+    return _dict(record.get("data")).get("n_test")
 
 
 def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
@@ -215,6 +221,7 @@ def _read_run(path: Path) -> _Run | None:
         return None
     record = _dict(runs.read_json(path / runs.CONFIG, "run"))
     robustness = _read_json_or_none(path / ROBUSTNESS_FILE)
+    summary = {TEST_EXAMPLES: _test_set_size(record), **summary}
     return _Run(path, _dict(record.get("train")), _dict(record.get("task")), summary,
                 robustness if isinstance(robustness, dict) else None)
 
