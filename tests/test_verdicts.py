@@ -339,6 +339,18 @@ def test_study_and_run_folders_give_the_same_verdicts(tmp_path):
     assert from_runs == from_study
 
 
+def test_a_study_folder_without_study_results_is_read_as_runs(tmp_path):
+    study = make_study(tmp_path / "study")
+    (study / "results.json").unlink()   # interrupted before the first study saved its results
+    verdicts = verdicts_for_study(study)
+    assert by_claim(verdicts, "2a")[0].verdict == SUPPORTS
+    assert f"spatialmix reproduce --out {study} --studies unshuffle" in by_claim(verdicts, "3a")[0].details
+    sweep = tmp_path / "sweep"
+    (study / "classification").rename(sweep)
+    (sweep / "results.json").write_text(json.dumps({"title": "Sweep", "runs": []}))   # what `sweep` writes
+    assert "spatialmix unshuffle" in by_claim(verdicts_for_study(sweep), "3a")[0].details
+
+
 def test_verdicts_for_a_grid_of_runs_are_grouped_by_setting(tmp_path):
     accs = {("convmixer-a", "full"): [0.90, 0.91, 0.90], ("convmixer-a", "chans"): [0.899, 0.909, 0.898],
             ("convmixer-b", "full"): [0.90, 0.91, 0.90], ("convmixer-b", "chans"): [0.85, 0.86, 0.86]}

@@ -188,8 +188,10 @@ def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
         from .report import find_runs
 
         found = find_runs(out_dir) if out_dir.is_dir() else []
-        if found:
-            return verdicts_for_runs(found, commands=reproduce_commands(out_dir, results.get("preset")))
+        if found:   # a `reproduce` folder is told what to run next; a sweep gets the generic commands
+            reproduce_like = (out_dir / "classification").is_dir()
+            return verdicts_for_runs(found, commands=reproduce_commands(out_dir, results.get("preset"))
+                                     if reproduce_like else None)
     data = {name: _dict(_dict(studies.get(name)).get("data")) for name in ("classification", "robustness", "smoothing")}
     classification = data["classification"].get("runs")
     robustness, smoothing = (robust_records(data[n], out_dir) if data[n].get("runs") else None
