@@ -464,38 +464,70 @@ class FolderData:
         return replace(self, train_set=train[0], train_labels=train[1], test_set=test[0], test_labels=test[1])
 
 
-def load_image_folder(data_dir: str | os.PathLike | None, image_size: int = 224) -> FolderData:
-    """An ImageNet-layout folder: ``DATA_DIR/train/CLASS/...`` and ``DATA_DIR/val/CLASS/...``."""
+def load_image_folder(data_dir: str | os.PathLike | None, image_size: int | None = None,
+                      augment: str = "crop-flip") -> FolderData:
+    """An ImageNet-layout folder: ``DATA_DIR/train/CLASS/...`` and ``DATA_DIR/val/CLASS/...``.
+
+    ``image_size`` defaults to the first training image's smaller side, at most 224 (a folder of
+    16 x 16 images is not upscaled). ``augment``: with ``crop`` the training images are random
+    resized crops (torchvision's ``RandomResizedCrop``, the ImageNet recipe); without it they are
+    resized and center-cropped like the test images. Flips happen on whole batches (FolderLoader).
+    """
     import torchvision
     import torchvision.transforms as T
 
     spec = DATASETS["imagefolder"]
-    root = Path(data_dir or os.environ.get(ENV_VAR, ""))
-    if not str(root) or not root.is_dir():
-        raise SpatialmixError(f"imagefolder needs a folder: {spec.how_to_get}")
+    check_augment(augment)
+    where = data_dir if data_dir is not None else os.environ.get(ENV_VAR)
+    if not where:
+        raise SpatialmixError(f"imagefolder needs a folder: {spec.how_to_get} (or set ${ENV_VAR})")
+    root = Path(where)
+    if not root.is_dir():
+        raise SpatialmixError(f"--data-dir {root} does not exist; {spec.how_to_get}")
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise SpatialmixError(f"{root} has no train/ and val/ folders; {spec.how_to_get}")
-    to_uint8 = T.PILToTensor()
-    train_tf = T.Compose([T.RandomResizedCrop(image_size, antialias=True), to_uint8])
-    test_tf = T.Compose([T.Resize(round(image_size * 256 / 224), antialias=True), T.CenterCrop(image_size), to_uint8])
     rgb = lambda path: torchvision.datasets.folder.default_loader(path).convert("RGB")  # noqa: E731
     try:
-        train_set = torchvision.datasets.ImageFolder(str(root / "train"), transform=train_tf, loader=rgb)
-        test_set = torchvision.datasets.ImageFolder(str(test_dir), transform=test_tf, loader=rgb)
+        train_set = torchvision.datasets.ImageFolder(str(root / "train"), loader=rgb)
+        test_set = torchvision.datasets.ImageFolder(str(test_dir), loader=rgb)
     except (FileNotFoundError, RuntimeError) as err:
         raise SpatialmixError(f"{root}: {err}; {spec.how_to_get}") from None
     if train_set.classes != test_set.classes:
         raise SpatialmixError(f"{root}: train/ and {test_dir.name}/ have different class folders; make them match")
+    if image_size is None:
+        image_size = min(224, min(rgb(train_set.samples[0][0]).size))
+    to_uint8 = T.PILToTensor()
+    centered = [T.Resize(round(image_size * 256 / 224), antialias=True), T.CenterCrop(image_size), to_uint8]
+    train_set.transform = T.Compose([T.RandomResizedCrop(image_size, antialias=True), to_uint8]
+                                    if "crop" in augment else centered)
+    test_set.transform = T.Compose(centered)
     return FolderData("imagefolder", train_set, test_set, torch.tensor(train_set.targets),
                       torch.tensor(test_set.targets), spec.mean, spec.std, train_set.classes, image_size, str(root))
 
 
-class _SeededOrder(torch.utils.data.Sampler):
-    """The order of one epoch, given up front (so it depends only on the seed and the epoch)."""
+class _SeededSamples(torch.utils.data.Dataset):
+    """``dataset[i]`` with the random transforms drawn from a seed given with the index: the crops of
+    an epoch depend only on (seed, epoch), in the main process or in any worker."""
 
-    def __init__(self, order: torch.Tensor):
-        self.order = order.tolist()
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class _SeededOrder(torch.utils.data.Sampler):
+    """The (index, seed) pairs of one epoch, given up front (so they depend only on the seed and the epoch)."""
+
+    def __init__(self, order: torch.Tensor, seeds: torch.Tensor):
+        self.order = list(zip(order.tolist(), seeds.tolist()))
 
     def __iter__(self):
         return iter(self.order)
@@ -509,7 +541,7 @@ class FolderLoader(BatchLoader):
 
     def __init__(self, dataset, labels: torch.Tensor, batch_size: int, mean, std, *, train: bool,
                  augment: str = "none", seed: int = 0, device="cpu", channels_last: bool = False,
-                 drop_last: bool | None = None, rank: int = 0, world_size: int = 1, workers: int = 4):
+                 drop_last: bool | None = None, rank: int = 0, world_size: int = 1, workers: int = 0):
         super().__init__(torch.empty(0, dtype=torch.uint8), labels, batch_size, mean, std, train=train,
                          augment=augment, seed=seed, device="cpu", channels_last=channels_last,
                          drop_last=drop_last, rank=rank, world_size=world_size)
@@ -518,9 +550,17 @@ class FolderLoader(BatchLoader):
         self.dataset, self.workers = dataset, workers
 
     def __iter__(self):
-        order = self._indices()[: len(self) * self.batch_size] if self.drop_last else self._indices()
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=_SeededOrder(order),
-                                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        # One seed per example of the epoch, drawn for every example and then sharded like the order,
+        # so a sample's crop is the same whatever the number of processes or workers.
+        n = len(self.labels)
+        seeds = self._shard(torch.randint(0, 2**62, (n,), generator=torch.Generator().manual_seed(self._epoch_seed(2))))
+        order = self._indices()
+        stop = len(self) * self.batch_size if self.drop_last else len(order)
+        loader = torch.utils.data.DataLoader(
+            _SeededSamples(self.dataset), batch_size=self.batch_size, sampler=_SeededOrder(order[:stop], seeds[:stop]),
+            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            # DataLoader draws its workers' base seed from this generator, not from the global one
+            generator=torch.Generator().manual_seed(self._epoch_seed(3)))
         generator = torch.Generator().manual_seed(self._epoch_seed(1))
         for x, y in loader:
             x = x.to(self.device, non_blocking=True)
