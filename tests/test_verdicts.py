@@ -153,6 +153,15 @@ def test_claim_2a_pairs_examples_per_budget(change, word):
         assert (verdict.estimate.low, verdict.estimate.high) == (0.0, 0.0)
 
 
+def test_claim_2a_pairs_only_runs_attacked_on_the_same_examples():
+    records = robust_records({"to_right": 30})
+    for r in records:
+        r["examples_sha256"] = "abc"
+    assert "bootstrap" in by_claim(claim_verdicts(robustness=records), "2a")[0].estimate.method
+    records[3]["examples_sha256"] = "other"
+    assert "seed-paired" in by_claim(claim_verdicts(robustness=records), "2a")[0].estimate.method
+
+
 def test_claim_2a_without_bits_falls_back_to_seeds():
     records = robust_records({"to_right": 30})
     for r in records:
@@ -267,8 +276,9 @@ def make_study(out: Path, moved_from: str = "/elsewhere/study") -> Path:
         summary = next(s for s in cls[r["mode"]] if s["seed"] == r["seed"])
         write_run(out / "classification" / name, {"mode": r["mode"], "seed": r["seed"], "model": "convmixer"},
                   summary, robustness_json(r, SETTINGS))
+        float32 = {k: float(np.float32(v)) for k, v in r["robust_acc"].items()}   # as the attack engine saves them
         runs_data.append({"run": f"{moved_from}/classification/{name}", "mode": r["mode"], "seed": r["seed"],
-                          "clean_acc": r["robust_acc"]["0"], "robust_acc": r["robust_acc"], "warnings": []})
+                          "clean_acc": float32["0"], "robust_acc": float32, "warnings": []})
     results = {"preset": "quick", "seeds": [0, 1, 2], "studies": {
         "classification": {"data": {"runs": cls}},
         "robustness": {"data": {"settings": {**SETTINGS, "device": "cuda"}, "runs": runs_data, "warnings": []}}}}

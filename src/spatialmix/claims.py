@@ -176,11 +176,13 @@ def _with_examples(estimate: Estimate, n: int | None) -> Estimate:
 
 def robustness_verdicts(records: list[dict], scope: str = "") -> list[Verdict]:
     """2a per budget from per-run records: ``mode``, ``seed``, ``robust_acc`` and optional ``robust_bits``
-    (both ``{eps_label: ...}``), all evaluated on the same examples."""
+    (both ``{eps_label: ...}``) and ``examples_sha256`` (which examples were attacked). Examples are
+    paired only when every record that names its examples names the same ones."""
+    same_examples = len({r.get("examples_sha256") for r in records} - {None}) <= 1
     out = []
     for label in _budget_labels(records):
         side = {mode: _by_seed([{"seed": r.get("seed"), "acc": (r.get("robust_acc") or {}).get(label),
-                                 "bits": (r.get("robust_bits") or {}).get(label)}
+                                 "bits": (r.get("robust_bits") or {}).get(label) if same_examples else None}
                                 for r in records if mode_name(r.get("mode")) == mode], "acc", "bits")
                 for mode in ("chans", "full")}
         if not side["chans"] or not side["full"]:

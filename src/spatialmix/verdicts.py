@@ -131,6 +131,8 @@ def robust_records(study_data: dict, out_dir: Path) -> list[dict]:
         except SpatialmixError:   # damaged: results.json's accuracies still give the seed-paired interval
             result = None
         record["robust_bits"] = _matching_bits(result, settings, _dict(saved.get("robust_acc")))
+        if record["robust_bits"]:
+            record["examples_sha256"] = result.get("examples_sha256")
         records.append(record)
     return records
 
@@ -146,7 +148,8 @@ def _matching_bits(result, settings: dict, robust_acc: dict) -> dict:
     for budget in result.get("budgets") or []:
         label = _dict(budget).get("eps_label")
         values, acc = parse_bits(_dict(budget).get("robust_bits")), finite_number(robust_acc.get(label))
-        if values is not None and acc is not None and abs(values.mean() - acc) < 1e-9:
+        # the same count of robust examples (the saved accuracy may be a float32 mean)
+        if values is not None and acc is not None and abs(values.mean() - acc) < 0.5 / values.size:
             bits[label] = budget["robust_bits"]
     return bits
 
@@ -247,8 +250,9 @@ def _run_robust_record(run: _Run) -> dict | None:
     return {"mode": run.train.get("mode"), "seed": run.train.get("seed"), "smooth_sigma": run.train.get("smooth_sigma"),
             "robust_acc": {b.get("eps_label"): b.get("robust_acc") for b in budgets},
             "robust_bits": {b.get("eps_label"): b.get("robust_bits") for b in budgets},
-            "attack": json.dumps({k: v for k, v in _dict(run.robustness.get("settings")).items() if k != "device"},
-                                 sort_keys=True), "n_examples": run.robustness.get("n_examples")}
+            "examples_sha256": run.robustness.get("examples_sha256"), "n_examples": run.robustness.get("n_examples"),
+            "attack": json.dumps([{k: v for k, v in _dict(run.robustness.get("settings")).items() if k != "device"},
+                                  run.robustness.get("examples_sha256")], sort_keys=True, default=str)}
 
 
 def _same_attack(records: list[dict]) -> list[dict]:
