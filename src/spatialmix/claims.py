@@ -21,8 +21,12 @@ VERDICT_WORDS = (SUPPORTS, CONTRADICTS, INCONCLUSIVE, NOT_RUN)
 CLASSIFICATION_MARGIN = 0.01      # 1 point of accuracy: "nearly the same" (claim 1a)
 PSNR_MARGIN_DB = 1.0              # claim 3a
 GAIN_FRACTION = 0.9               # claim 3b
+
+
 @dataclass(frozen=True)
 class Claim:
+    """One claim of the paper: what is measured, and on which side of which threshold the paper is."""
+
     id: str
     paper: str            # what the paper says
     effect: str           # what is measured
@@ -49,6 +53,8 @@ CLAIMS = {c.id: c for c in [
 
 @dataclass(frozen=True)
 class Verdict:
+    """One line of the verdict table."""
+
     claim: str                     # an id of CLAIMS
     effect: str                    # what was measured (with the budget for 2a / 2b)
     estimate: Estimate | None      # None: not run
