@@ -238,7 +238,7 @@ def test_lr_may_not_change_on_resume_of_a_run_that_did_not_diverge(run_copy):
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_lr_nan_and_inf_are_rejected_up_front(capsys, tmp_path, value):
-    code, _, err = run_main(capsys, ["train", "--lr", value, "--out", str(tmp_path / "r")])
+    code, _, err = run_main(capsys, ["train", f"--lr={value}", "--out", str(tmp_path / "r")])
     assert f"lr must be a positive number, got {float(value)}" in one_error_line(code, err)
     assert not (tmp_path / "r").exists()
 

@@ -275,3 +275,94 @@ def test_config_types_are_checked_for_every_field():
         with pytest.raises(SpatialmixError, match=pattern):
             TrainConfig(**{**TINY, **bad}).validate()
     assert torch.isfinite(torch.tensor(TrainConfig().lr))
+
+
+# --------------------------------------------------------------------------- the report reads run folders too
+
+def test_report_never_embeds_a_file_outside_the_run_folder(run, tmp_path):
+    import base64
+
+    from spatialmix.report import write_report
+
+    run_dir, _ = run
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\n" + b"private key material " * 20)
+    os.symlink(secret, run_dir / "robustness.png")
+    files = write_report([run_dir], tmp_path / "out" / "report.html")
+    page = files.html.read_text()
+    assert base64.b64encode(secret.read_bytes()).decode()[:40] not in page
+    # A file that really is in the folder is embedded.
+    (run_dir / "robustness.png").unlink()
+    (run_dir / "robustness.png").write_bytes(secret.read_bytes())
+    page = write_report([run_dir], tmp_path / "out" / "report.html").html.read_text()
+    assert base64.b64encode(secret.read_bytes()).decode()[:40] in page
+
+
+def test_report_of_a_run_with_a_damaged_config_is_one_line(run, tmp_path):
+    from spatialmix.report import write_report
+
+    run_dir, _ = run
+    edit_json(run_dir / runs.SUMMARY, lambda s: {**s, "test_acc": "0.9"})
+    with pytest.raises(SpatialmixError) as err:
+        write_report([run_dir], tmp_path / "report.html")
+    assert "summary.json: field 'test_acc' must be a number" in one_line(err)
+    (run_dir / runs.METRICS).write_bytes(b"\xff\xfe")
+    (run_dir / runs.SUMMARY).unlink()
+    with pytest.raises(SpatialmixError, match="metrics.jsonl is not UTF-8"):
+        write_report([run_dir], tmp_path / "report.html")
+
+
+def test_report_into_a_read_only_folder_fails_before_the_work(run, tmp_path, monkeypatch):
+    from spatialmix import report
+
+    run_dir, _ = run
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(read_only) else real_access(p, mode))
+    monkeypatch.setattr(report, "build_sections", lambda *a, **k: pytest.fail("built the report first"))
+    with pytest.raises(SpatialmixError, match=f"{read_only} is not writable"):
+        report.write_report([run_dir], read_only / "report.html")
+
+
+# --------------------------------------------------------------------------- attack reads run folders
+
+def test_evaluation_data_is_the_users_choice_and_a_configs_folder_is_said(run, tmp_path, capsys):
+    from conftest import write_fake_idx_dir
+    from spatialmix.train import load_evaluation_data
+
+    run_dir, _ = run
+    named, chosen = tmp_path / "named-by-config", tmp_path / "chosen"
+    write_fake_idx_dir(named, n_train=20, n_test=10, seed=1)
+    write_fake_idx_dir(chosen, n_train=20, n_test=12, seed=2)
+    edit_json(run_dir / runs.CONFIG, lambda r: {**r, "train": {**r["train"], "data_dir": str(named)}})
+    data = load_evaluation_data(run_dir, data_dir=str(chosen))
+    assert data.source == str(chosen) and len(data.test_labels) == 12
+    assert capsys.readouterr().err == ""
+    data = load_evaluation_data(run_dir)
+    assert data.source == str(named)
+    assert f"its test data comes from {named}, the folder its config.json names" in capsys.readouterr().err
+
+
+def test_attack_checks_that_results_can_be_written_before_attacking(run, monkeypatch):
+    import sys
+
+    from spatialmix.attacks import attack_runs
+
+    run_dir, _ = run
+    module = sys.modules[attack_runs.__module__]
+    monkeypatch.setattr(module, "evaluate_run", lambda *a, **k: pytest.fail("attacked before checking"))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(run_dir) else real_access(p, mode))
+    with pytest.raises(SpatialmixError, match=f"{run_dir} is not writable"):
+        attack_runs([run_dir], plot=None)
+
+
+def test_models_command_takes_a_patch_size(capsys):
+    """`spatialmix models` told users to pass --patch-size but had no such option."""
+    from spatialmix import cli
+
+    assert cli.main(["models", "timm:convnext_atto", "--image-size", "28", "--patch-size", "1"]) == 0
+    assert "12 spatial mixers" in capsys.readouterr().out
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "imagefolder" in help_text and "--image-size" in help_text and "DataLoader processes" in help_text
