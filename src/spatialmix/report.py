@@ -117,12 +117,10 @@ def find_runs(folder: Path, max_depth: int = 3) -> list[Path]:
 
 
 def _read_run(path: Path, source: str = "", prefix: str = "") -> RunInfo:
-    runs.check_run_dir(path)
-    record = runs.read_json(path / runs.CONFIG, "run")
-    summary = runs.read_json(path / runs.SUMMARY, "run summary") if (path / runs.SUMMARY).is_file() else None
-    status = runs.read_json(path / runs.STATUS, "run status") if (path / runs.STATUS).is_file() else {}
+    run = runs.Run(path).check()   # every file validated: one line naming the file and the field
+    record, summary, status = run.record(), run.summary(), run.status()
     train = record.get("train") if isinstance(record.get("train"), dict) else {}
-    return RunInfo(path, record, summary, status, runs.read_jsonl(path / runs.METRICS),
+    return RunInfo(path, record, summary, status, run.metrics(),
                    prefix + run_label(train), prefix + run_label(train, with_seed=False), source)
 
 
@@ -541,9 +539,10 @@ def resolve_file(base: Path, name: str) -> Path | None:
     (the folder may have been moved since)."""
     path = Path(name)
     for candidate in (path, base / path):
-        if candidate.is_file():
-            return candidate
-    matches = sorted(base.rglob(path.name)) if path.name else []
+        found = runs.contained_file(base, candidate)   # never a file outside the folder reported on
+        if found is not None:
+            return found
+    matches = [m for m in sorted(base.rglob(path.name)) if runs.contained_file(base, m)] if path.name else []
     return matches[0] if matches else None
 
 
@@ -566,7 +565,7 @@ def run_robustness_items(run: RunInfo) -> list:
     """What `spatialmix attack` saved in a run directory: its result JSON as a table, its plot."""
     items: list = []
     for path in sorted(run.path.glob("*.json")):
-        if path.name in (runs.CONFIG, runs.STATUS, runs.SUMMARY):
+        if path.name in (runs.CONFIG, runs.STATUS, runs.SUMMARY) or runs.contained_file(run.path, path) is None:
             continue
         try:
             saved = json.loads(path.read_text())
@@ -839,6 +838,7 @@ def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = 
                               f"written beside it as .md")
     if out_html.is_dir():
         raise SpatialmixError(f"{out_html} is a directory; pass a file name such as {out_html / 'report.html'}")
+    runs.check_writable(out_html.parent)   # before the work, not after it
     paths = [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
     sections = build_sections(paths, fft_size)
     created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")

@@ -166,8 +166,9 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict
     _atomic_via_tmp(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def check_regular_file(path: Path, max_bytes: int = MAX_WEIGHTS_BYTES) -> int:
+def check_regular_file(path: Path, max_bytes: int | None = None) -> int:
     """The size of ``path``, after checking it is a regular file (not a device, fifo, ...) of plausible size."""
+    max_bytes = MAX_WEIGHTS_BYTES if max_bytes is None else max_bytes
     try:
         st = os.stat(path)
     except OSError as err:
@@ -190,7 +191,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
                               f"delete it or restore it from a copy") from None
 
 
-def file_sha256(path: Path, max_bytes: int = MAX_WEIGHTS_BYTES) -> str:
+def file_sha256(path: Path, max_bytes: int | None = None) -> str:
     """SHA-256 of a regular file, read in chunks (never the whole file at once)."""
     check_regular_file(path, max_bytes)
     digest = hashlib.sha256()
@@ -327,13 +328,14 @@ def validate_status(status, path: Path) -> dict:
     return status
 
 
-SUMMARY_NUMBERS = ("trainable_params", "frozen_params", "epochs", "train_time", "images_per_s")
+SUMMARY_NUMBERS = ("trainable_params", "frozen_params", "epochs", "train_time", "images_per_s", "test_acc",
+                   "test_loss")
 
 
 def validate_summary(summary, path: Path) -> dict:
     _need_dict(path, summary)
     for name, value in summary.items():
-        if name in SUMMARY_NUMBERS or name.startswith(("test_", "best_")):
+        if name in SUMMARY_NUMBERS or name.startswith("best_"):
             if not _is_number(value):
                 raise _bad(path, name, "a number", value)
     return summary
@@ -528,12 +530,42 @@ def check_run_dir(path: Path) -> Path:
     return Run(path).check().path
 
 
+def check_folder_path(path: Path) -> Path:
+    """A clear error when ``path`` cannot become a folder: it is a file, or lies below one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SpatialmixError(f"{path} is a file, not a run folder; choose another --out")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SpatialmixError(f"{path} lies below a file ({parent}), not a folder; choose another --out")
+            break
+    return path
+
+
+def contained_file(base: Path, path: Path) -> Path | None:
+    """``path`` if it is a regular file that stays inside ``base`` once symlinks are followed, else None
+    (a results.json or a run folder may name, or link to, any file of the machine)."""
+    base, path = Path(base), Path(path)
+    if not path.is_absolute():
+        path = base / path
+    try:
+        root, target = base.resolve(), path.resolve()
+    except (OSError, RuntimeError):
+        return None
+    if root not in target.parents or not target.is_file():
+        return None
+    return path
+
+
 def check_writable(folder: Path) -> Path:
-    """Raise a clear error now (before hours of work) if results cannot be written into ``folder``."""
+    """Raise a clear error now (before hours of work) if results cannot be written into ``folder``
+    (or, when it does not exist yet, into the folder that would hold it)."""
     folder = Path(folder)
-    if not os.access(folder, os.W_OK):
-        raise SpatialmixError(f"{folder} is not writable (read-only folder or mount); copy it somewhere writable "
-                              f"or choose another output")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise SpatialmixError(f"{existing} is not writable (a read-only folder or mount); copy it somewhere "
+                              f"writable or choose another output")
     return folder
 
 

@@ -43,7 +43,7 @@ import submitit
 from . import distributed, runs
 from .errors import SpatialmixError, unknown_name
 from .reporting import ResultTable, console
-from .train import RESUMABLE_FIELDS, TrainConfig
+from .train import TrainConfig
 
 EXECUTORS = ("local", "submitit-local", "slurm")
 GRID_KEYS = ("preset", "base", "grid")
@@ -229,29 +229,15 @@ def _validated(config: TrainConfig, name: str) -> TrainConfig:
 
 def finished_summary(job: SweepJob) -> dict | None:
     """The summary of ``job``'s run if it finished, else None. A finished run of another config is an error."""
-    run_dir = job.run_dir
-    if not (run_dir / runs.SUMMARY).is_file():
-        return None
-    if runs.read_json(run_dir / runs.STATUS, "run").get("state") != "finished":
-        return None
-    saved = runs.read_json(run_dir / runs.CONFIG, "run")["train"]
-    ours = job.config.to_dict()
-    diff = [k for k in ours if k not in RESUMABLE_FIELDS and saved.get(k) != ours[k]]
-    if diff:
-        details = ", ".join(f"{k}={saved.get(k)!r} there, {ours[k]!r} now" for k in diff[:3])
-        raise SpatialmixError(f"{run_dir} finished with another configuration ({details}): the sweep changed since "
-                              f"it ran; use another --out, or delete that run to train it again")
-    return runs.read_json(run_dir / runs.SUMMARY, "run summary")
+    return runs.Run(job.run_dir).finished_summary(job.config)
 
 
 def _clear_cut_short_start(run_dir: Path) -> None:
-    """A job stopped between writing ``init.safetensors`` and ``config.json`` leaves a folder that is not a
-    run yet but not empty; remove what it wrote, so the configuration starts again from scratch."""
-    if run_dir.is_dir() and not runs.is_run_dir(run_dir):
-        leftovers = list(run_dir.iterdir())
-        if leftovers and all(p.name == runs.INIT or (p.name.startswith(".") and p.name.endswith(".tmp"))
-                             for p in leftovers):
-            for p in leftovers:
+    """A job stopped before its run's first file leaves a folder that is not a run yet but not empty;
+    remove what it wrote (never the lock file, which another process may hold), so it starts from scratch."""
+    if run_dir.is_dir() and not runs.is_run_dir(run_dir) and runs.Run(run_dir).holds_nothing():
+        for p in run_dir.iterdir():
+            if p.name != runs.LOCK:
                 p.unlink()
 
 
