@@ -1,5 +1,5 @@
-"""Adversarial evaluation: exact answers on linear models, the eps ball, the masking checks, the
-``spatialmix attack`` command and the robustness / smoothing studies.
+"""Adversarial evaluation: exact answers on linear models, the eps ball, early stopping, the strong
+reference, the masking checks, the ``spatialmix attack`` command and the robustness / smoothing studies.
 
 A linear classifier is the one model whose worst case is known in closed form: for an example of
 class y and every other class j, the margin m_j(x) = (w_y - w_j).x + b_y - b_j is linear, so its
@@ -16,13 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from spatialmix import attacks, cli, runs
+from spatialmix import apgd, attack_results, attacks, cli, masking, runs
 from spatialmix.attacks import AttackSettings, attack_examples, evaluate_robustness
 from spatialmix.errors import SpatialmixError
 
 from conftest import TINY, run_cli, snapshot_files, write_idx
 
-FAST = dict(autoattack="off", check_examples=16, square_queries=50, progress=False)
+FAST = dict(reference_examples=16, reference_steps=20, reference_targets=0, square_queries=50, progress=False)
+# Two-class models: APGD-T's loss needs 4 classes.
+BINARY = dict(attacks=("apgd-ce",), **FAST)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,7 +85,8 @@ def test_eps_parsing_and_labels():
 
 @pytest.mark.parametrize("changes, message", [
     ({"eps": (0, 2.0)}, "outside"), ({"eps": (-1 / 255,)}, "outside"), ({"attacks": ("fgsm", "cw")}, "unknown attack"),
-    ({"norm": "L1"}, "unknown norm"), ({"n_examples": 0}, "at least 1"), ({"autoattack": "maybe"}, "autoattack"),
+    ({"norm": "L1"}, "unknown norm"), ({"n_examples": 0}, "at least 1"), ({"targets": -1}, "targets"),
+    ({"targets": 0}, "0 targets"), ({"reference_examples": -3}, "reference examples"),
     ({"steps": 0}, "steps"), ({"bogus": 1}, "unknown attack settings"), ({"device": "tpu"}, "unknown device")])
 def test_bad_settings_are_one_clear_line(changes, message):
     with pytest.raises(SpatialmixError, match=message) as err:
@@ -92,54 +95,70 @@ def test_bad_settings_are_one_clear_line(changes, message):
 
 
 def test_settings_are_canonical():
-    s = AttackSettings(eps=("8/255", 0, 0), norm="linf", attacks="pgd,fgsm", autoattack=False).validate()
+    s = AttackSettings(eps=("8/255", 0, 0), norm="linf", attacks="pgd,fgsm,pgd").validate()
     assert s.eps == (0.0, pytest.approx(8 / 255)) and s.norm == "Linf"
-    assert s.attacks == ("pgd", "fgsm") and s.autoattack == "off"
+    assert s.attacks == ("pgd", "fgsm")
+    assert attacks.attack_plan(AttackSettings(targets=3)) == ["apgd-ce", "apgd-t1", "apgd-t2", "apgd-t3"]
 
 
 # --------------------------------------------------------------------------- exact answers
 
-def test_linf_pgd_equals_the_analytic_worst_case_of_a_linear_classifier():
+@pytest.mark.parametrize("attack", ["apgd-ce", "pgd"])
+def test_linf_attacks_equal_the_analytic_worst_case_of_a_linear_classifier(attack):
     model, x, y = linear_problem(classes=2)
-    result = evaluate_robustness(model, x, y, eps=(0, 0.02, 0.05, 0.1, 0.2), attacks=("pgd",), **FAST)
+    result = evaluate_robustness(model, x, y, eps=(0, 0.02, 0.05, 0.1, 0.2), **{**BINARY, "attacks": (attack,)})
     assert result["warnings"] == []
     for budget in result["budgets"]:
         expected = analytic_robust(model, x, y, budget["eps"])
         assert torch.equal(bits(budget), expected), budget["eps_label"]
-        if budget["eps"] > 0:    # PGD alone already reaches the optimum
-            assert budget["attacks"]["pgd"]["robust_acc"] == pytest.approx(expected.float().mean().item())
+        assert budget["default_acc"] == pytest.approx(expected.float().mean().item())   # no help from the checks
     accs = [b["robust_acc"] for b in result["budgets"]]
     assert accs[0] > accs[-1] > 0                      # the test covers robust and broken examples
 
 
-def test_autoattack_check_equals_the_analytic_worst_case_of_a_multiclass_linear_classifier():
-    # CE-based FGSM and PGD need not find a multi-class linear model's worst case; AutoAttack's
-    # targeted attacks (one per class) must. It runs at the check budget on the check subset.
+def test_the_reference_finds_the_analytic_worst_case_of_a_multiclass_linear_classifier():
+    # Cross-entropy attacks need not find a multi-class linear model's worst case; APGD-T on every
+    # other class must. The default here targets one class; the reference (all 9) runs on 30 examples.
     model, x, y = linear_problem(classes=10, n=40, seed=3)
-    result = evaluate_robustness(model, x, y, eps=(0, 0.02, 0.05), autoattack="check", check_examples=30,
-                                 square_queries=20, progress=False)
-    check = next(b for b in result["budgets"] if b["eps"] == result["check_eps"])
-    assert check["attacks"]["autoattack"]["examples"] == 30 and check["attacks"]["autoattack"]["attacked"] > 0
-    assert all("autoattack" not in b["attacks"] for b in result["budgets"] if b is not check)
-    assert any(c["name"] == "steps" and "AutoAttack" in c["message"] for c in result["checks"])
-    expected = analytic_robust(model, x, y, result["check_eps"])
-    assert 0 < expected.float().mean() < result["clean_acc"]
-    assert not (bits(check) & ~expected).any()            # never robust where the optimum breaks it
-    assert torch.equal(bits(check)[:30], expected[:30])   # exact where AutoAttack ran
+    result = evaluate_robustness(model, x, y, eps=(0, 0.02, 0.05), attacks=("apgd-ce",), steps=5,
+                                 reference_examples=30, reference_steps=20, reference_targets=9, square_queries=20,
+                                 progress=False)
+    reference = result["reference_check"]
+    assert reference["n"] == 30 and reference["eps"] == [0.02, 0.05]
+    for budget in result["budgets"]:
+        expected = analytic_robust(model, x, y, budget["eps"])
+        assert not (bits(budget) & ~expected).any()              # never robust where the optimum breaks it
+        assert torch.equal(bits(budget)[:30], expected[:30])     # exact where the reference ran
+    exact_on_sample = [analytic_robust(model, x, y, e)[:30].float().mean().item() for e in reference["eps"]]
+    assert reference["reference_acc"] == pytest.approx(exact_on_sample)
+    gaps = [d - r for d, r in zip(reference["default_acc"], reference["reference_acc"])]
+    assert reference["max_gap"] == pytest.approx(max(gaps)) and min(gaps) >= 0
 
 
-def test_autoattack_on_runs_at_every_budget():
-    model, x, y = linear_problem(classes=10, n=20, seed=4)
-    # Budgets at which no example is robust: AutoAttack's first attacks break what FGSM left, and
-    # its Square (5000 queries) has no work.
-    result = evaluate_robustness(model, x, y, eps=(0, 0.12, 0.15), attacks=("fgsm",), autoattack="on",
-                                 check_examples=0, progress=False)
-    assert sum(b["attacks"]["autoattack"]["extra_broken"] for b in result["budgets"][1:]) > 0
-    for budget in result["budgets"][1:]:
-        assert torch.equal(bits(budget), analytic_robust(model, x, y, budget["eps"]))
+def test_targeted_dlr_loss_matches_its_formula_and_ignores_shift_and_scale():
+    logits = torch.tensor([[3.0, 1.0, 2.0, 0.0, -1.0]])
+    y, t = torch.tensor([0]), torch.tensor([2])
+    # sorted: 3, 2, 1, 0, -1 -> -(3 - 2) / (3 - (1 + 0) / 2)
+    assert apgd.targeted_dlr_loss(logits, y, t).item() == pytest.approx(-1 / 2.5)
+    assert apgd.targeted_dlr_loss(7 * logits - 4, y, t).item() == pytest.approx(-1 / 2.5)
 
 
-def test_l2_pgd_never_beats_the_optimum_and_finds_it_away_from_the_boundary():
+def test_early_stopping_changes_nothing_for_the_other_examples():
+    # Each example's trajectory is its own: attacking it in a batch or alone gives the same point.
+    model, x, y = linear_problem(classes=10, n=24, seed=6)
+    for kwargs in ({"loss": "ce"}, {"loss": "dlr-targeted", "target": (y + 1) % 10}):
+        together = apgd.apgd(model, x, y, 0.05, "Linf", 12, start=x, **kwargs)
+        assert 0 < together.broken.sum() < len(y)
+        for i in range(len(y)):
+            alone = apgd.apgd(model, x[i:i + 1], y[i:i + 1], 0.05, "Linf", 12, start=x[i:i + 1],
+                              **{k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in kwargs.items()})
+            assert bool(alone.broken[0]) == bool(together.broken[i])
+            assert torch.allclose(alone.adv[0], together.adv[i], atol=1e-6)
+        # A broken example stops at once: the cost is less than every example for every step.
+        assert together.gradient_steps < len(y) * 13
+
+
+def test_l2_attack_never_beats_the_optimum_and_finds_it_away_from_the_boundary():
     model, x, y = linear_problem(classes=2, seed=5)
     x = 0.3 + 0.4 * x                                   # the box cannot bind for eps <= 0.3
     w = model[1].weight.detach().double()
@@ -148,7 +167,7 @@ def test_l2_pgd_never_beats_the_optimum_and_finds_it_away_from_the_boundary():
         logits = model(x).double()
     margin = logits.gather(1, y[:, None])[:, 0] - logits.gather(1, (1 - y)[:, None])[:, 0]
     eps = 0.25
-    result = evaluate_robustness(model, x, y, eps=(eps,), norm="L2", attacks=("pgd",), steps=20, **FAST)
+    result = evaluate_robustness(model, x, y, eps=(eps,), norm="L2", steps=20, **BINARY)
     got = bits(result["budgets"][0])
     slack = margin - eps * d                            # > 0: robust under the L2 optimum
     assert not (got & (slack <= 0)).any()               # never claims robust what the optimum breaks
@@ -170,12 +189,11 @@ def test_eps_zero_is_the_clean_accuracy_and_leaves_the_model_as_it_was():
     result = evaluate_robustness(model, x, y, eps=(0,), **FAST)
     assert result["clean_acc"] == pytest.approx(clean) and result["budgets"][0]["robust_acc"] == pytest.approx(clean)
     assert model.training and all(p.requires_grad for p in model.parameters())
-    for name in ("fgsm", "pgd", "square"):
+    for name in ("fgsm", "pgd", "apgd-ce", "square"):
         adv = attack_examples(model.eval(), x, y, name, 0.0, square_queries=20)
         assert torch.equal(adv, x), name
 
 
-# Budgets at which AutoAttack's first attack already succeeds, so its Square (5000 queries) has no work.
 @pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 1.0)])
 def test_perturbations_stay_inside_the_eps_ball_and_the_box(norm, eps):
     model = linear_model(64, 10, seed=4)
@@ -184,37 +202,61 @@ def test_perturbations_stay_inside_the_eps_ball_and_the_box(norm, eps):
     x[:, :, -1] = 1.0
     with torch.no_grad():
         y = model(x).argmax(1)                          # all correct: every attack has work to do
-    for name in ("fgsm", "pgd", "square", "autoattack"):
+    for name in ("fgsm", "pgd", "apgd-ce", "apgd-t", "square"):
         adv = attack_examples(model, x, y, name, eps, norm, seed=3, square_queries=50, steps=5)
         delta = (adv - x).flatten(1)
         size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
         assert (size <= eps + 1e-5).all(), name
         assert adv.min() >= 0 and adv.max() <= 1, name
-        if name in ("fgsm", "pgd"):                     # (the others return unbroken examples unchanged)
-            assert size.min() > 0.5 * eps, name
+        if name != "square":                            # (Square returns unbroken examples unchanged)
+            assert size.min() > 0.3 * eps, name
     result = evaluate_robustness(model, x, y, eps=(eps,), norm=norm, **FAST)
     assert 0 < result["budgets"][0]["max_perturbation"] <= eps + 1e-5
 
 
-def test_worst_case_never_rises_with_eps_and_is_below_every_attack():
-    model, x, y = linear_problem(classes=3, seed=7)
-    result = evaluate_robustness(model, x, y, eps=(0, 0.01, 0.03, 0.06), **FAST)
+def test_worst_case_never_rises_with_eps_and_is_below_the_default_attacks():
+    model, x, y = linear_problem(classes=5, seed=7)
+    result = evaluate_robustness(model, x, y, eps=(0, 0.01, 0.03, 0.06), steps=3, **FAST)
     masks = [bits(b) for b in result["budgets"]]
     for smaller, larger in zip(masks, masks[1:]):
         assert not (larger & ~smaller).any()            # robust at a larger eps implies robust at a smaller
-    for b in result["budgets"][1:]:
-        for attack in ("fgsm", "pgd"):
-            assert b["robust_acc"] <= b["attacks"][attack]["robust_acc"] + 1e-9
-    again = evaluate_robustness(model, x, y, eps=(0, 0.01, 0.03, 0.06), **FAST)
+    for b in result["budgets"]:
+        assert b["robust_acc"] <= b["default_acc"] + 1e-9
+        assert b["n_robust"] == int(bits(b).sum()) == round(b["robust_acc"] * len(y))
+    again = evaluate_robustness(model, x, y, eps=(0, 0.01, 0.03, 0.06), steps=3, **FAST)
     assert [b["robust_bits"] for b in again["budgets"]] == [b["robust_bits"] for b in result["budgets"]]
+
+
+def test_examples_digest_pairs_results_on_the_same_examples():
+    model, x, y = linear_problem(classes=5, n=20, seed=8)
+    other = linear_model(16, 5, seed=9)
+    a = evaluate_robustness(model, x, y, eps=(0, 0.01), **FAST)
+    b = evaluate_robustness(other, x, y, eps=(0, 0.01), **FAST)
+    c = evaluate_robustness(model, x.flip(0), y.flip(0), eps=(0, 0.01), **FAST)
+    assert a["examples_sha256"] == b["examples_sha256"] != c["examples_sha256"]
+    assert a["examples_sha256"] == attack_results.examples_digest(x, y)
 
 
 def test_bad_examples_are_rejected():
     model = linear_model(16, 2, 0)
     with pytest.raises(SpatialmixError, match="zero examples"):
-        evaluate_robustness(model, torch.zeros(0, 1, 4, 4), torch.zeros(0, dtype=torch.long), **FAST)
+        evaluate_robustness(model, torch.zeros(0, 1, 4, 4), torch.zeros(0, dtype=torch.long), **BINARY)
     with pytest.raises(SpatialmixError, match=r"\[0, 1\]"):
-        evaluate_robustness(model, torch.full((2, 1, 4, 4), 3.0), torch.zeros(2, dtype=torch.long), **FAST)
+        evaluate_robustness(model, torch.full((2, 1, 4, 4), 3.0), torch.zeros(2, dtype=torch.long), **BINARY)
+
+
+def test_too_few_classes_for_targeted_attacks_is_refused_before_any_attack_runs(monkeypatch):
+    model, x, y = linear_problem(classes=3, n=20)
+    calls = []
+    monkeypatch.setattr(apgd, "apgd", lambda *a, **k: calls.append(1) or pytest.fail("attacked"))
+    monkeypatch.setattr(apgd, "pgd", lambda *a, **k: calls.append(1) or pytest.fail("attacked"))
+    for changes in ({}, {"attacks": ("apgd-ce",)}):   # the default's APGD-T, or the reference's
+        with pytest.raises(SpatialmixError, match="at least 4 classes") as err:
+            evaluate_robustness(model, x, y, eps=(0, 0.1), progress=False, **changes)
+        assert "--reference-targets 0" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SpatialmixError, match="other classes"):
+        evaluate_robustness(linear_model(16, 5, 0), x, y % 5, eps=(0, 0.1), progress=False, targets=5)
+    assert calls == []
 
 
 # --------------------------------------------------------------------------- gradient masking
@@ -242,32 +284,62 @@ def two_blob_problem():
 
 def test_masking_checks_fire_on_a_gradient_masking_model_and_not_on_a_normal_one():
     x, y, layer = two_blob_problem()
-    settings = dict(eps=(0, 0.1, 0.3, 0.45), check_examples=40, square_queries=300, autoattack="off",
-                    progress=False)
+    settings = dict(eps=(0, 0.1, 0.3, 0.45), attacks=("apgd-ce",), reference_examples=40, reference_steps=20,
+                    reference_targets=0, square_queries=300, progress=False)
     plain = evaluate_robustness(nn.Sequential(nn.Flatten(), layer), x, y, **settings)
     assert plain["warnings"] == [] and all(c["ok"] for c in plain["checks"])
     assert [b["robust_acc"] for b in plain["budgets"]] == [1.0, 1.0, 1.0, 0.0]   # mean moves by eps: exact
+    assert {c["name"] for c in plain["checks"]} == {"reference", "steps", "monotone", "black-box", "chance"}
 
     masked = evaluate_robustness(nn.Sequential(RoundInput(), nn.Flatten(), layer), x, y, **settings)
     failed = {c["name"] for c in masked["checks"] if not c["ok"]}
     assert {"chance", "black-box"} <= failed
     # What Square found is counted: the reported number is not the white-box one.
     last = masked["budgets"][-1]
-    assert last["attacks"]["pgd"]["robust_acc"] == 1.0 and last["robust_acc"] < 1.0
-    assert "black-box" in last["warnings"]
+    assert last["default_acc"] == 1.0 and last["robust_acc"] < 1.0 and last["broken_by"]["square"] > 0
+    # Masking makes every number doubtful: every attacked row carries the warnings.
+    for budget in masked["budgets"][1:]:
+        assert {"chance", "black-box"} <= set(budget["warnings"])
     assert any("gradient masking" in w or "masked" in w for w in masked["warnings"])
 
 
+def test_black_box_check_counts_the_white_box_survivors_it_attacked():
+    model, x, y = linear_problem(classes=2, n=60, seed=2)
+    eps = 0.05
+    result = evaluate_robustness(model, x, y, eps=(0, eps), **{**BINARY, "reference_examples": 40})
+    survivors = int(analytic_robust(model, x, y, eps)[:40].sum())   # APGD is exact here: these survive
+    assert 0 < survivors < 40
+    black_box = next(c for c in result["checks"] if c["name"] == "black-box")
+    assert f"broke 0 of {survivors} white-box survivors" in black_box["message"]
+
+
+def test_a_reference_gap_warns_on_every_attacked_row():
+    # One step of APGD-CE leaves what 9-target APGD-T breaks: the numbers at every budget are doubtful.
+    model, x, y = linear_problem(classes=10, n=40, seed=3)
+    result = evaluate_robustness(model, x, y, eps=(0, 0.01, 0.02, 0.05), attacks=("apgd-ce",), steps=1,
+                                 reference_examples=40, reference_steps=20, reference_targets=9, square_queries=20,
+                                 progress=False)
+    assert result["reference_check"]["max_gap"] > 0.01
+    reference = next(c for c in result["checks"] if c["name"] == "reference")
+    assert not reference["ok"] and "every budget" in reference["message"]
+    assert all("reference" in b["warnings"] for b in result["budgets"][1:])
+    rows = attack_results.result_rows(result)
+    assert all("reference" in row["warnings"] for row in rows[1:]) and rows[0]["warnings"] == "ok"
+
+
 def test_check_functions():
-    assert not attacks.check_monotone([0, 0.1, 0.2], [0.9, 0.5, 0.6], 0.02)["ok"]
-    assert attacks.check_monotone([0, 0.1, 0.2], [0.9, 0.5, 0.51], 0.02)["ok"]
-    assert not attacks.check_iterative_vs_single_step(0.1, fgsm_acc=0.2, pgd_acc=0.5, tolerance=0.02)["ok"]
-    assert attacks.check_iterative_vs_single_step(0.1, fgsm_acc=0.5, pgd_acc=0.2, tolerance=0.02)["ok"]
-    assert attacks.check_iterative_vs_single_step(0.1, None, 0.2, 0.02) is None
-    assert not attacks.check_stronger_attack(0.1, "PGD-40", extra_broken=10, n=100, tolerance=0.02)["ok"]
-    assert attacks.check_stronger_attack(0.1, "PGD-40", extra_broken=1, n=100, tolerance=0.02)["ok"]
-    assert not attacks.check_chance(0.5, acc=0.4, bound=0.1, tolerance=0.02, norm="Linf")["ok"]
-    assert not attacks.check_black_box(0.1, extra_broken=5, n=50, tolerance=0.02)["ok"]
+    assert not masking.check_monotone([0, 0.1, 0.2], [0.9, 0.5, 0.6], 0.02).ok
+    assert masking.check_monotone([0, 0.1, 0.2], [0.9, 0.5, 0.51], 0.02).ok
+    assert not masking.check_single_step(0.1, extra_broken=5, attacked=20, n=100, tolerance=0.02).ok
+    assert masking.check_single_step(0.1, extra_broken=2, attacked=20, n=100, tolerance=0.02).ok
+    assert not masking.check_chance(0.5, acc=0.4, bound=0.1, tolerance=0.02, norm="Linf").ok
+    assert masking.check_chance(0.5, acc=0.1, bound=0.1, tolerance=0.02, norm="Linf").ok
+    black_box = masking.check_black_box(0.1, extra_broken=5, survivors=8, n=50, tolerance=0.02)
+    assert not black_box.ok and "5 of 8 white-box survivors" in black_box.message and black_box.all_rows
+    ref = masking.ReferenceCheck(100, [0.1, 0.2], [0.5, 0.3], [0.5, 0.27], 100, 9)
+    assert ref.max_gap == pytest.approx(0.03) and not masking.check_reference(ref, 0.01).ok
+    assert masking.check_reference(ref, 0.05).ok
+    assert attacks.check_chance is masking.check_chance     # the old names still work
 
 
 # --------------------------------------------------------------------------- saved runs and the command line
@@ -285,11 +357,17 @@ def write_band_dataset(directory, n_train: int = 512, n_test: int = 64) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from spatialmix.train import TrainConfig, train
-
+def band_data(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("band-data")
     write_band_dataset(data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, band_data):
+    from spatialmix.train import TrainConfig, train
+
+    data_dir = band_data
     run_dir = tmp_path_factory.mktemp("attack-runs") / "run"
     summary = train(TrainConfig(**{**TINY, "data_dir": str(data_dir), "epochs": 2, "lr": 0.02, "augment": "none"}),
                     run_dir)
@@ -305,12 +383,13 @@ def two_runs(trained_run, tmp_path):
     return dirs
 
 
-CLI_FAST = ["--eps", "0,8/255", "--n-examples", "16", "--steps", "2", "--autoattack", "off", "--check-examples",
-            "4", "--square-queries", "10", "--no-progress"]
+CLI_FAST = ["--eps", "0,8/255", "--n-examples", "16", "--steps", "2", "--reference-examples", "4",
+            "--reference-steps", "3", "--reference-targets", "2", "--square-queries", "10", "--no-progress"]
 
 
-def test_attack_command_prints_the_table_saves_json_and_plot(two_runs, capsys):
-    assert cli.main(["attack", *map(str, two_runs), *CLI_FAST]) == 0
+def test_attack_command_prints_the_table_saves_json_and_plot(two_runs, band_data, capsys):
+    # The test set comes from --data-dir, never from the folder a run's config names.
+    assert cli.main(["attack", *map(str, two_runs), *CLI_FAST, "--data-dir", str(band_data)]) == 0
     out = capsys.readouterr().out
     assert "robust acc" in out and "8/255" in out and "(a)" in out and "(b)" in out
     for run_dir in two_runs:
@@ -323,15 +402,17 @@ def test_attack_command_prints_the_table_saves_json_and_plot(two_runs, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_attack_runs_reuses_a_result_only_for_the_same_settings(two_runs, monkeypatch):
-    settings = AttackSettings(eps=(0, 8 / 255), n_examples=8, steps=2, autoattack="off", check_examples=4,
-                              square_queries=10)
-    first = attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False)
-    monkeypatch.setattr(attacks, "evaluate_run", lambda *a, **k: pytest.fail("recomputed a saved result"))
-    again = attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, reuse=True)
+def test_attack_runs_reuses_a_result_only_for_the_same_settings(two_runs, band_data, monkeypatch):
+    settings = AttackSettings(eps=(0, 8 / 255), n_examples=8, steps=2, reference_examples=4, reference_steps=3,
+                              reference_targets=2, square_queries=10)
+    first = attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, data_dir=str(band_data))
+    monkeypatch.setattr(attack_results, "evaluate_run", lambda *a, **k: pytest.fail("recomputed a saved result"))
+    again = attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, reuse=True,
+                                data_dir=str(band_data))
     assert again[0]["budgets"] == first[0]["budgets"]
     with pytest.raises(pytest.fail.Exception):
-        attacks.attack_runs(two_runs[:1], settings.replace(steps=3), plot=None, progress=False, reuse=True)
+        attacks.attack_runs(two_runs[:1], settings.replace(steps=3), plot=None, progress=False, reuse=True,
+                            data_dir=str(band_data))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -373,8 +454,8 @@ def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypat
     from spatialmix import study
     from spatialmix.train import TrainConfig
 
-    options = {"robustness": {"eps": (0, 8 / 255), "n_examples": 16, "steps": 2, "autoattack": "off",
-                              "check_examples": 4, "square_queries": 10},
+    options = {"robustness": {"eps": (0, 8 / 255), "n_examples": 16, "steps": 2, "reference_examples": 4,
+                              "reference_steps": 3, "reference_targets": 2, "square_queries": 10},
                "smoothing": {"sigmas": (0, 1.0)}}
     preset = study.Preset("tiny", "tiny", TrainConfig(**{**TINY, "data_dir": str(fake_fashion_dir),
                                                           "train_subset": 128}), options=options)
@@ -395,7 +476,7 @@ def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypat
     assert isinstance(saved["robustness"]["data"]["warnings"], list)
     assert saved["smoothing"]["data"]["settings"]["n_examples"] == 16
     # Started again, nothing is trained or attacked a second time.
-    monkeypatch.setattr(attacks, "evaluate_run", lambda *a, **k: pytest.fail("attacked again"))
+    monkeypatch.setattr(attack_results, "evaluate_run", lambda *a, **k: pytest.fail("attacked again"))
     again = study.reproduce("tiny", out, studies=["robustness", "smoothing"])
     assert again["smoothing"].tables[0].rows == smoothing.tables[0].rows
 
@@ -408,7 +489,7 @@ def test_study_settings_come_from_the_preset_options_and_are_checked(tmp_path):
         return study.StudyContext(preset, tmp_path, (0,), {})
 
     quick = robustness.attack_settings(context({}))
-    assert (quick.n_examples, quick.steps, quick.eps) == (500, 10, attacks.DEFAULT_EPS)
+    assert (quick.n_examples, quick.eps) == (500, attacks.DEFAULT_EPS)
     assert robustness.smoothing_sigmas(context({})) == (0.0, 0.5, 1.0, 2.0)
     assert robustness.attack_settings(context({"robustness": {"steps": 3}})).steps == 3
     with pytest.raises(SpatialmixError, match="robustness.stepz"):

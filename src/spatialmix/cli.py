@@ -191,32 +191,38 @@ def add_attack_command(sub) -> None:
     from .attacks import ATTACKS, AttackSettings
 
     d = AttackSettings()
-    p = sub.add_parser("attack", help="clean and robust accuracy of saved runs (FGSM, PGD, AutoAttack) with "
-                                      "checks against gradient masking")
+    p = sub.add_parser("attack", help="clean and robust accuracy of saved runs (APGD-CE, APGD-T; PGD, FGSM), "
+                                      "checked against a strong reference and for gradient masking")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (spatialmix train / reproduce)")
     p.add_argument("--eps", default="0,1/255,2/255,4/255,8/255",
                    help="comma-separated budgets in [0, 1], fractions allowed (default: 0,1/255,2/255,4/255,8/255)")
     p.add_argument("--norm", default=d.norm, help="Linf or L2 (default: Linf)")
     p.add_argument("--attacks", default=",".join(d.attacks),
-                   help=f"comma-separated white-box attacks: {', '.join(ATTACKS)} (default: all)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"PGD steps (default: {d.steps})")
-    p.add_argument("--restarts", type=int, default=d.restarts, help=f"PGD random restarts (default: {d.restarts})")
+                   help=f"comma-separated white-box attacks run at every budget on the examples still standing: "
+                        f"{', '.join(ATTACKS)} (default: {','.join(d.attacks)})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"steps of each iterative attack (default: {d.steps})")
+    p.add_argument("--targets", type=int, default=d.targets,
+                   help=f"APGD-T's target classes, the ones the model ranks next (default: {d.targets})")
+    p.add_argument("--restarts", type=int, default=d.restarts, help=f"random restarts (default: {d.restarts})")
+    p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="start each budget's attacks at random points, not at the previous budget's best ones")
     p.add_argument("--n-examples", default=str(d.n_examples), metavar="N",
                    help=f"a fixed seeded subset of the test set, or 'all' (default: {d.n_examples})")
-    p.add_argument("--autoattack", default=d.autoattack, metavar="on|off|check",
-                   help="AutoAttack (standard) at every budget, never, or only as one of the masking checks "
-                        f"(seconds per robust example on a CPU; default: {d.autoattack})")
-    p.add_argument("--autoattack-examples", type=int, default=None, metavar="N",
-                   help="with --autoattack on: run it on the first N examples only (default: all)")
-    p.add_argument("--check-examples", type=int, default=d.check_examples, metavar="N",
-                   help=f"the masking checks' stronger attacks run on the first N examples (default: "
-                        f"{d.check_examples})")
+    p.add_argument("--reference-examples", default=str(d.reference_examples), metavar="N",
+                   help=f"the strong reference and the masking checks run on the first N examples; 'all', or 0 "
+                        f"for none (default: {d.reference_examples})")
+    p.add_argument("--reference-steps", type=int, default=d.reference_steps,
+                   help=f"steps of the reference's APGD-CE and APGD-T (default: {d.reference_steps})")
+    p.add_argument("--reference-targets", type=int, default=d.reference_targets,
+                   help=f"the reference's APGD-T target classes (default: {d.reference_targets})")
     p.add_argument("--square-queries", type=int, default=d.square_queries, metavar="Q",
-                   help=f"queries of the Square check (default: {d.square_queries})")
+                   help=f"queries of the black-box Square check (default: {d.square_queries})")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the subset and the attacks (default: 0)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"examples attacked at once (default: {d.batch_size})")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--data-dir", default=None, help="folder holding the test set (default: $SPATIALMIX_DATA, the OS "
+                                                    "package, the download cache; never the run's own config)")
     p.add_argument("--out-name", default="robustness",
                    help="results go to RUN_DIR/OUT_NAME.json and the plot to OUT_NAME.png (default: robustness)")
     p.add_argument("--plot", default="auto", metavar="PATH",
@@ -231,13 +237,17 @@ def cmd_attack(args) -> None:
     from .reporting import console
 
     n_examples = None if args.n_examples.lower() == "all" else _parse_int("--n-examples", args.n_examples)
+    reference = None if args.reference_examples.lower() == "all" else _parse_int("--reference-examples",
+                                                                                 args.reference_examples)
     settings = AttackSettings(eps=parse_eps_list(args.eps), norm=args.norm, attacks=args.attacks, steps=args.steps,
-                              restarts=args.restarts, n_examples=n_examples, autoattack=args.autoattack,
-                              autoattack_examples=args.autoattack_examples, check_examples=args.check_examples,
+                              targets=args.targets, restarts=args.restarts, warm_start=args.warm_start,
+                              n_examples=n_examples, reference_examples=reference,
+                              reference_steps=args.reference_steps, reference_targets=args.reference_targets,
                               square_queries=args.square_queries, seed=args.seed, batch_size=args.batch_size,
                               device=args.device).validate()
     plot = None if args.plot.lower() == "none" else args.plot
-    results = attack_runs(args.run_dirs, settings, out_name=args.out_name, plot=plot, progress=args.progress)
+    results = attack_runs(args.run_dirs, settings, out_name=args.out_name, plot=plot, progress=args.progress,
+                          data_dir=args.data_dir)
     robustness_table(results).print()
     for result in results:
         for warning in result["warnings"]:

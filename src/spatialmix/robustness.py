@@ -23,15 +23,13 @@ from .errors import SpatialmixError
 from .reporting import ResultTable, console, mean_std
 from .study import PRESETS, StudyContext, StudyResult, classification_run_dir, register_study, train_or_reuse
 
-# Defaults for the quick preset (Fashion-MNIST, CPU): a fixed subset of 500 test images, FGSM and
-# PGD-10; AutoAttack only as one of the masking checks (it takes seconds per robust example on a CPU).
-ROBUSTNESS_DEFAULTS = {"eps": DEFAULT_EPS, "norm": "Linf", "attacks": ("fgsm", "pgd"), "steps": 10, "restarts": 1,
-                       "n_examples": 500, "autoattack": "check", "check_examples": 100, "square_queries": 500,
-                       "seed": 0}
+# Defaults for the quick preset (Fashion-MNIST, CPU): a fixed subset of 500 test images, APGD-CE and
+# APGD-T on the examples still standing; the strong reference and the masking checks on 100 of them.
+ROBUSTNESS_DEFAULTS = {"eps": DEFAULT_EPS, "norm": "Linf", "n_examples": 500, "seed": 0}
 SMOOTHING_DEFAULTS = {"sigmas": (0.0, 0.5, 1.0, 2.0)}
-# On a GPU the paper preset can afford the full evaluation.
-PRESETS["paper"].options.setdefault("robustness", {"n_examples": 1000, "steps": 20, "autoattack": "on",
-                                                   "autoattack_examples": None, "batch_size": 1000})
+# On a GPU the paper preset can afford more examples and the reference on all of them.
+PRESETS["paper"].options.setdefault("robustness", {"n_examples": 1000, "steps": 20, "targets": 3,
+                                                   "reference_examples": None, "batch_size": 1000})
 
 
 def attack_settings(ctx: StudyContext) -> AttackSettings:
@@ -76,7 +74,7 @@ def robustness_study(ctx: StudyContext) -> StudyResult:
     run_dirs = _train_runs(ctx, "robustness", jobs)   # the classification study's runs: reused when finished
     folder = ctx.out_dir / "robustness"
     results = attack_runs(run_dirs, settings, out_name=RESULT_NAME, plot=folder / "robustness.png", reuse=True,
-                          progress=ctx.config().progress)
+                          progress=ctx.config().progress, data_dir=ctx.config().data_dir)
     groups = {}
     for result in results:
         groups.setdefault(str(result["mode"]).capitalize(), []).append(result)
@@ -104,7 +102,7 @@ def smoothing_study(ctx: StudyContext) -> StudyResult:
     run_dirs = _train_runs(ctx, "smoothing", jobs)
     folder = ctx.out_dir / "smoothing"
     results = attack_runs(run_dirs, settings, out_name=RESULT_NAME, plot=folder / "smoothing-robustness.png",
-                          reuse=True, progress=ctx.config().progress)
+                          reuse=True, progress=ctx.config().progress, data_dir=ctx.config().data_dir)
     groups = {}
     for result in results:
         groups.setdefault(float(result["smooth_sigma"] or 0.0), []).append(result)
@@ -122,11 +120,10 @@ def smoothing_study(ctx: StudyContext) -> StudyResult:
 # --------------------------------------------------------------------------- tables, data, plot
 
 def describe_attacks(settings: AttackSettings) -> str:
-    names = [{"fgsm": "FGSM", "pgd": f"PGD-{settings.steps}" + (f"x{settings.restarts}" if settings.restarts > 1
-                                                                 else "")}[a] for a in settings.attacks]
-    if settings.autoattack == "on":
-        names.append("AutoAttack")
-    return ", ".join(names) + " and the checks' attacks"
+    names = {"apgd-ce": f"APGD-CE-{settings.steps}", "apgd-t": f"APGD-T-{settings.steps} x{settings.targets}",
+             "pgd": f"PGD-{settings.steps}", "fgsm": "FGSM"}
+    text = ", ".join(names[a] for a in settings.attacks)
+    return text + (f" (x{settings.restarts} restarts)" if settings.restarts > 1 else "") + " and the checks' attacks"
 
 
 def _budget(result: dict, eps: float) -> dict:
