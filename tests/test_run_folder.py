@@ -327,21 +327,25 @@ def test_report_into_a_read_only_folder_fails_before_the_work(run, tmp_path, mon
 
 # --------------------------------------------------------------------------- attack reads run folders
 
-def test_evaluation_data_is_the_users_choice_and_a_configs_folder_is_said(run, tmp_path, capsys):
+def test_evaluation_data_is_the_users_choice_never_the_configs(run, tmp_path, monkeypatch):
+    """A config.json naming RUN/payload made `attack` read (and unpickle) files from there."""
     from conftest import write_fake_idx_dir
     from spatialmix.train import load_evaluation_data
 
     run_dir, _ = run
-    named, chosen = tmp_path / "named-by-config", tmp_path / "chosen"
+    named, chosen = run_dir / "payload", tmp_path / "chosen"
     write_fake_idx_dir(named, n_train=20, n_test=10, seed=1)
     write_fake_idx_dir(chosen, n_train=20, n_test=12, seed=2)
     edit_json(run_dir / runs.CONFIG, lambda r: {**r, "train": {**r["train"], "data_dir": str(named)}})
     data = load_evaluation_data(run_dir, data_dir=str(chosen))
     assert data.source == str(chosen) and len(data.test_labels) == 12
-    assert capsys.readouterr().err == ""
-    data = load_evaluation_data(run_dir)
-    assert data.source == str(named)
-    assert f"its test data comes from {named}, the folder its config.json names" in capsys.readouterr().err
+    monkeypatch.setenv("SPATIALMIX_DATA", str(chosen))
+    assert load_evaluation_data(run_dir).source == str(chosen)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SpatialmixError) as err:
+        load_evaluation_data(run_dir, data_dir=str(empty))
+    assert "fashion-mnist not found" in one_line(err)
 
 
 def test_attack_checks_that_results_can_be_written_before_attacking(run, monkeypatch):

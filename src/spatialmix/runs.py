@@ -410,9 +410,14 @@ class Run:
 
     def train_config(self):
         """The saved TrainConfig (fields added to TrainConfig after the run was made take their defaults)."""
-        from .train import TrainConfig
+        from .train import TrainConfig, task_from_dict
 
-        return TrainConfig.from_dict(self.record()["train"], source=self.file(CONFIG))
+        record = self.record()
+        try:
+            task_from_dict(record.get("task"))   # first: a task's module registers the models it trains
+        except SpatialmixError as err:
+            raise SpatialmixError(f"{self.file(CONFIG)}: {err}") from None
+        return TrainConfig.from_dict(record["train"], source=self.file(CONFIG))
 
     def status(self) -> dict:
         """status.json, validated; ``{}`` when there is none yet."""
