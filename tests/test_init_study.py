@@ -15,8 +15,8 @@ from spatialmix.train import TrainConfig
 
 from conftest import TINY
 
-ATTACK = {"eps": (0.0, 8 / 255), "attacks": ("fgsm", "pgd"), "steps": 2, "n_examples": 32, "autoattack": "off",
-          "check_examples": 8, "square_queries": 20, "batch_size": 32}
+ATTACK = {"eps": (0.0, 8 / 255), "attacks": ("fgsm", "pgd"), "steps": 2, "n_examples": 32, "reference_examples": 8,
+          "reference_steps": 4, "reference_targets": 1, "square_queries": 20, "batch_size": 32}
 
 
 def tiny_context(out_dir: Path, data_dir: Path, results: dict | None = None, seeds=(0,)) -> StudyContext:

@@ -154,3 +154,22 @@ def test_separable_resnet_imagenet_stem_on_small_images():
     assert model.conv1.kernel_size == (7, 7) and model.conv1.stride == (2, 2)
     with torch.no_grad():
         assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+# --------------------------------------------------------------------------- MLP-Mixer
+
+@pytest.mark.parametrize("width,depth,patch,size,in_chans", [(128, 6, 4, 28, 1), (64, 2, 4, 32, 3)])
+def test_mlpmixer_has_the_parameters_of_timms_mixer_of_the_same_sizes(width, depth, patch, size, in_chans):
+    """Same layout as timm's MlpMixer (stem conv, pre-norm token and channel MLPs, final norm, head),
+    token hidden width / 2 and channel hidden 4 x width as in Mixer-S/16, and a formula by hand."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    ours = create_model("mlpmixer", in_chans=in_chans, num_classes=10, image_size=size, width=width, depth=depth,
+                        patch_size=patch)
+    reference = MlpMixer(num_classes=10, img_size=size, in_chans=in_chans, patch_size=patch, num_blocks=depth,
+                         embed_dim=width, mlp_ratio=(0.5, 4.0))
+    tokens, t, c = (size // patch) ** 2, width // 2, 4 * width
+    block = 2 * width + (tokens * t + t + t * tokens + tokens) + 2 * width + (width * c + c + c * width + width)
+    formula = in_chans * width * patch * patch + width + depth * block + 2 * width + width * 10 + 10
+    assert count_parameters(ours) == count_parameters(reference) == formula
+    assert "mlpmixer" in list_models() and "mlpmixer-128/6" in list_models()

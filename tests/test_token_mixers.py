@@ -141,7 +141,11 @@ def test_mlpmixer_runs_on_28_and_32_pixel_images():
     with pytest.raises(SpatialmixError, match="larger than the 28 x 28 image"):
         create_model("mlpmixer", in_chans=1, num_classes=10, image_size=28, patch_size=32)
     with pytest.raises(SpatialmixError, match="does not take these options"):
-        create_model("mlpmixer", in_chans=1, num_classes=10, image_size=28, kernel_size=5)
+        create_model("mlpmixer", in_chans=1, num_classes=10, image_size=28, depths=(2, 2))
+    # The quick preset's ConvMixer kernel size does not stop `reproduce --model mlpmixer`: it does not apply.
+    a = create_model("mlpmixer", in_chans=1, num_classes=10, image_size=28, kernel_size=5, activation="relu")
+    assert not any(isinstance(m, (nn.Conv2d, nn.ReLU)) and getattr(m, "kernel_size", (4, 4)) == (5, 5)
+                   for m in a.modules()) and not any(isinstance(m, nn.ReLU) for m in a.modules())
 
 
 # --------------------------------------------------------------------------- width equal to the token count

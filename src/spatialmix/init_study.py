@@ -33,7 +33,7 @@ from . import runs
 from .attacks import RESULT_NAME, attack_runs, eps_label
 from .errors import SpatialmixError
 from .reporting import ResultTable, console, mean_std
-from .robustness import accuracy_table, attack_settings, describe_attacks
+from .robustness import accuracy_table, attack_all, attack_settings, describe_attacks
 from .study import StudyContext, StudyResult, classification_run_dir
 
 DEFAULT_SIGMA = 1.0   # pixels; the middle of the smoothing study's default sigmas (0.5, 1, 2)
@@ -60,11 +60,12 @@ def init_study(ctx: StudyContext) -> StudyResult:
         second.append((COVARIANCE_FROM, ctx.config(mode="chans", seed=seed, spatial_init="covariance-from",
                                                    init_from=str(full_dir)),
                        folder / f"chans-covariance-from-full-seed{seed}"))
-    for jobs in (first, second):
-        _train(ctx, [(config, run_dir) for _, config, run_dir in jobs])
+    for jobs in (first, second):   # trained and attacked (side by side where ctx.processes > 1)
+        attack_all(ctx, "init", [(config, run_dir) for _, config, run_dir in jobs], settings, plot=None)
     jobs = first + second
-    results = attack_runs([run_dir for _, _, run_dir in jobs], settings, out_name=RESULT_NAME,
-                          plot=folder / "init-robustness.png", reuse=True, progress=ctx.config().progress)
+    results = attack_runs([run_dir for _, _, run_dir in jobs], settings, out_name=RESULT_NAME,   # read back
+                          plot=folder / "init-robustness.png", reuse=True, progress=False,
+                          data_dir=ctx.config().data_dir)
     order = [FULL, SPACE, DEFAULT, smoothed, COVARIANCE, COVARIANCE_FROM]
     groups = {name: [r for (group, _, _), r in zip(jobs, results) if group == name] for name in order}
     title = (f"Priors of the frozen random filters (Chans, {ctx.config().dataset}, {ctx.config().model}, "
@@ -76,19 +77,6 @@ def init_study(ctx: StudyContext) -> StudyResult:
             "groups": order, "runs": [run_entry(group, r) for (group, _, _), r in zip(jobs, results)],
             "warnings": [f"{r['label']}: {w}" for r in results for w in r["warnings"]]}
     return StudyResult("init", tables, data, files)
-
-
-def _train(ctx: StudyContext, jobs: list) -> None:
-    from . import study
-
-    train_all = getattr(study, "train_all", None)   # side by side where study.py offers it
-    if train_all is not None:
-        train_all(ctx, "init", jobs)
-        return
-    for config, run_dir in jobs:
-        console.print(f"[bold]init[/]: {config.mode} {config.spatial_init} σ={config.smooth_sigma:g} seed "
-                      f"{config.seed} -> {run_dir}", highlight=False)
-        study.train_or_reuse(config, run_dir)
 
 
 # --------------------------------------------------------------------------- the smoothing sigma

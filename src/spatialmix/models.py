@@ -11,7 +11,9 @@ Names understood by :func:`create_model`:
 * ``resnet18-sep``, ``resnet34-sep``, ``resnet50-sep`` (and ``resnet18`` ... for the ordinary
   ResNet baseline);
 * ``mlpmixer`` / ``mlpmixer-W/D``: a small isotropic MLP-Mixer (Tolstikhin et al., 2021) whose spatial
-  mixing is done by token-mixing linear layers instead of depthwise convolutions;
+  mixing is done by token-mixing linear layers instead of depthwise convolutions (``kernel_size``
+  and ``activation`` do not apply to it and are ignored, so a study preset's ConvMixer settings
+  carry over to ``--model mlpmixer``);
 * ``timm:NAME`` and ``torchvision:NAME``: any model of those libraries (random weights unless
   ``pretrained=True``).
 """
@@ -384,6 +386,8 @@ def create_model(name: str, in_chans: int = 3, num_classes: int = 1000, image_si
             f"use --patch-size {max(1, image_size // 8)} or smaller")
     if info.builder is MLPMixer:
         kwargs["image_size"] = image_size if image_size is not None else kwargs.get("image_size", 224)
+        # A study preset's ConvMixer settings carry over: an MLP-Mixer has no kernel and uses GELU.
+        kwargs.pop("kernel_size", None), kwargs.pop("activation", None)
     try:
         model = info.builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
     except TypeError as err:
