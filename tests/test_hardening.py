@@ -276,14 +276,16 @@ def test_a_full_disk_is_one_line_and_the_status_says_it_stopped(tiny_data, tmp_p
     run_dir = tmp_path / "run"
     calls = {"n": 0}
     if where == "weights":
-        real = runs.save_file
+        from spatialmix import storage
+
+        real = storage.save_file
 
         def save_file(tensors, path, metadata=None):
             calls["n"] += 1
             if calls["n"] > 1:   # init.safetensors is written; the first checkpoint's weights are not
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real(tensors, path, metadata=metadata)
-        monkeypatch.setattr(runs, "save_file", save_file)
+        monkeypatch.setattr(storage, "save_file", save_file)
     else:
         def torch_save(*args, **kwargs):
             raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0\n"

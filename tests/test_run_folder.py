@@ -93,7 +93,9 @@ def test_weights_larger_than_plausible_are_refused(tmp_path, monkeypatch):
     big = tmp_path / "model.safetensors"
     with open(big, "wb") as f:
         f.truncate(4096)   # sparse: the size check must come before any read
-    monkeypatch.setattr(runs, "MAX_WEIGHTS_BYTES", 1024)
+    from spatialmix import storage
+
+    monkeypatch.setattr(storage, "MAX_WEIGHTS_BYTES", 1024)
     with pytest.raises(SpatialmixError, match="is 4,096 bytes, more than the 1,024 a weights file may have"):
         runs.load_weights(big)
 

@@ -21,246 +21,36 @@ A run folder is something people download and share, so everything read from it 
 :class:`Run` checks the shape of every JSON file (one line naming the file and the field when it
 is wrong), refuses paths that lead out of the run folder (symlinks, ``latest.json`` pointing
 elsewhere), checks that weights files are regular files of plausible size before reading them,
-and never unpickles code (safetensors, ``torch.load(weights_only=True)``).
+and never unpickles code (safetensors, ``torch.load(weights_only=True)``). The file primitives are
+in :mod:`spatialmix.storage`, the lock in :mod:`spatialmix.runlock`; both are re-exported here.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
-import hashlib
-import json
 import math
 import os
 import re
-import secrets
 import shutil
-import stat
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from .errors import SpatialmixError
+from .runlock import LOCK, RunLockedError
+from .runlock import locked as _locked_path
+from .storage import (MAX_JSON_BYTES, _atomic_via_tmp, _fsync_dir, _write_error, append_jsonl,  # noqa: F401
+                      atomic_write_bytes, atomic_write_json, check_folder_path, check_regular_file,
+                      contained_file, check_writable, file_sha256, load_weights, read_json, read_jsonl,
+                      save_weights, strict_json, write_jsonl)
 
 FORMAT_VERSION = 1
 CONFIG, INIT, METRICS, STATUS, SUMMARY = "config.json", "init.safetensors", "metrics.jsonl", "status.json", "summary.json"
 CKPT_DIR, LATEST, MODEL_FILE, STATE_FILE = "checkpoints", "latest.json", "model.safetensors", "train_state.pt"
-LOCK = ".lock"
 STATES = ("running", "finished", "failed", "interrupted")
 CHECKPOINT_NAME = re.compile(r"epoch-(\d{4,9})")
-# Weights beyond this are not read (a hostile folder could name a huge or endless file).
-MAX_WEIGHTS_BYTES = 16 << 30
-MAX_JSON_BYTES = 64 << 20
 # Fields whose value does not change what a run computes: ignored when comparing configs.
 SPEED_FIELDS = frozenset({"device", "progress", "workers", "threads", "data_dir", "download"})
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a power loss after it keeps the new name)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass   # some file systems cannot fsync a directory; the rename itself is still atomic
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    """A temporary name beside ``path`` that no other writer uses (pid and random suffix)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def _write_error(path: Path, err: OSError) -> SpatialmixError:
-    why = err.strerror or type(err).__name__
-    hint = "free some space and resume" if err.errno == errno.ENOSPC else "choose a writable folder"
-    return SpatialmixError(f"cannot write {path} ({why}); {hint}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise _write_error(path, err) from None
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; results are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)            # replaces a symlink itself, never writes through it
-        _fsync_dir(path.parent)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise _write_error(path, err) from None
-        raise
-
-
-def strict_json(obj, **kwargs) -> str:
-    """JSON without NaN / Infinity literals (which strict parsers reject); a non-finite number is an error."""
-    try:
-        return json.dumps(obj, allow_nan=False, **kwargs)
-    except ValueError:
-        raise SpatialmixError(f"refusing to write a non-finite number as JSON: {_non_finite_keys(obj)}") from None
-
-
-def _non_finite_keys(obj, prefix="") -> list[str]:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return [prefix or "value"]
-    if isinstance(obj, dict):
-        return [k for key, v in obj.items() for k in _non_finite_keys(v, f"{prefix}{key}.")]
-    if isinstance(obj, (list, tuple)):
-        return [k for i, v in enumerate(obj) for k in _non_finite_keys(v, f"{prefix}{i}.")]
-    return []
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _atomic_via_tmp(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync the result and rename it onto ``path``."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise _write_error(path, err) from None
-        if isinstance(err, RuntimeError) and "write" in str(err).lower():   # torch.save on a full disk
-            raise _write_error(path, OSError(errno.EIO, str(err).splitlines()[0][:120])) from None
-        raise
-
-
-def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    _atomic_via_tmp(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def check_regular_file(path: Path, max_bytes: int | None = None) -> int:
-    """The size of ``path``, after checking it is a regular file (not a device, fifo, ...) of plausible size."""
-    max_bytes = MAX_WEIGHTS_BYTES if max_bytes is None else max_bytes
-    try:
-        st = os.stat(path)
-    except OSError as err:
-        raise SpatialmixError(f"{path} cannot be read ({err.strerror}); restore it from a copy") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SpatialmixError(f"{path} is not a regular file; a run folder holds only plain files: "
-                              f"replace it with the real file")
-    if st.st_size > max_bytes:
-        raise SpatialmixError(f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} a weights file may "
-                              f"have here; it is not a spatialmix file")
-    return st.st_size
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    check_regular_file(path)
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise SpatialmixError(f"{path} is not a readable safetensors file ({err}); "
-                              f"delete it or restore it from a copy") from None
-
-
-def file_sha256(path: Path, max_bytes: int | None = None) -> str:
-    """SHA-256 of a regular file, read in chunks (never the whole file at once)."""
-    check_regular_file(path, max_bytes)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one strict-JSON line; never through a symlink (the line would land in another file)."""
-    line = strict_json(record, sort_keys=True) + "\n"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise SpatialmixError(f"{path} is a symlink; a run folder's files must be plain files: remove it "
-                                  f"and resume") from None
-        raise _write_error(path, err) from None
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    except OSError as err:
-        raise _write_error(path, err) from None
-    finally:
-        os.close(fd)
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    atomic_write_bytes(path, "".join(strict_json(r, sort_keys=True) + "\n" for r in records).encode())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file; a last line cut short by a kill is left out."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise SpatialmixError(f"{path} is not UTF-8 text (corrupt); delete it or restore it from a copy") from None
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break   # a line cut short by a kill: everything before it is good
-            raise SpatialmixError(f"{path}: line {number} is not JSON (corrupt); restore it from a copy") from None
-        if not isinstance(record, dict):
-            raise SpatialmixError(f"{path}: line {number} is not a JSON object; restore it from a copy")
-        records.append(record)
-    return records
-
-
-def read_json(path: Path, what: str = "file") -> dict:
-    path = Path(path)
-    try:
-        if os.stat(path).st_size > MAX_JSON_BYTES:
-            raise SpatialmixError(f"{path} is too large for a spatialmix {what} file; it is not one")
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise SpatialmixError(f"{path} is missing: not a spatialmix {what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SpatialmixError(f"{path} is corrupt (not JSON); restore it or start a new run") from None
-    except OSError as err:
-        raise SpatialmixError(f"{path} cannot be read ({err.strerror}); restore it from a copy") from None
 
 
 # --------------------------------------------------------------------------- shapes of the run files
@@ -535,45 +325,6 @@ def check_run_dir(path: Path) -> Path:
     return Run(path).check().path
 
 
-def check_folder_path(path: Path) -> Path:
-    """A clear error when ``path`` cannot become a folder: it is a file, or lies below one."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise SpatialmixError(f"{path} is a file, not a run folder; choose another --out")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise SpatialmixError(f"{path} lies below a file ({parent}), not a folder; choose another --out")
-            break
-    return path
-
-
-def contained_file(base: Path, path: Path) -> Path | None:
-    """``path`` if it is a regular file that stays inside ``base`` once symlinks are followed, else None
-    (a results.json or a run folder may name, or link to, any file of the machine)."""
-    base, path = Path(base), Path(path)
-    if not path.is_absolute():
-        path = base / path
-    try:
-        root, target = base.resolve(), path.resolve()
-    except (OSError, RuntimeError):
-        return None
-    if root not in target.parents or not target.is_file():
-        return None
-    return path
-
-
-def check_writable(folder: Path) -> Path:
-    """Raise a clear error now (before hours of work) if results cannot be written into ``folder``
-    (or, when it does not exist yet, into the folder that would hold it)."""
-    folder = Path(folder)
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise SpatialmixError(f"{existing} is not writable (a read-only folder or mount); copy it somewhere "
-                              f"writable or choose another output")
-    return folder
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(run_dir: Path, epoch: int, model_state: dict, train_state: dict, keep: int = 2) -> Path:
@@ -617,71 +368,8 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict]:
     return model_state, train_state
 
 
-# --------------------------------------------------------------------------- one writer per run folder
-
-class RunLockedError(SpatialmixError):
-    """Another process holds the run folder."""
-
-
-_HELD: dict[str, list] = {}   # resolved run folder -> [fd, depth]: the locks this process holds
-
-
 @contextlib.contextmanager
 def locked(run_dir: str | os.PathLike):
-    """Hold the run folder exclusively (``flock`` on ``RUN/.lock``) for the duration of the block.
-
-    The operating system releases the lock when the process dies, so a killed run never leaves a
-    stale lock. Re-entrant within a process (a study holding a run may call ``train`` on it). A
-    second process gets :class:`RunLockedError` naming the pid that holds the folder. The folder is
-    created if needed, and removed again if the block leaves nothing in it.
-    """
-    run = Run(run_dir)
-    path = run.path
-    key = os.path.realpath(path)
-    if int(os.environ.get("RANK", "0") or 0) != 0:   # under torchrun only rank 0 writes, so only it locks
-        yield run
-        return
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield run
-        finally:
-            _HELD[key][1] -= 1
-        return
-    created = not path.exists()
-    try:
-        if path.exists() and not path.is_dir():
-            raise SpatialmixError(f"{path} is a file, not a run folder; choose another --out")
-        path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~_UMASK)
-    except NotADirectoryError:
-        raise SpatialmixError(f"{path} lies below a file, not a folder; choose another --out") from None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise SpatialmixError(f"{path / LOCK} is a symlink; remove it") from None
-        raise SpatialmixError(f"cannot write in {path} ({err.strerror}); choose a writable --out") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise RunLockedError(f"{path} is in use by another spatialmix process (pid {holder}); wait for it to "
-                                 f"finish or stop it, or choose another --out") from None
-        raise SpatialmixError(f"cannot lock {path} ({err.strerror}); choose another --out") from None
-    _HELD[key] = [fd, 1]
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield run
-    finally:
-        del _HELD[key]
-        try:
-            os.ftruncate(fd, 0)   # empty when free: the folder's bytes do not depend on who last held it
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            if created and all(p.name == LOCK for p in path.iterdir()):
-                (path / LOCK).unlink(missing_ok=True)   # a start that wrote nothing leaves nothing behind
-                path.rmdir()
-        os.close(fd)   # releases the flock
+    """Hold ``run_dir`` exclusively for the block (see :mod:`spatialmix.runlock`); yields its :class:`Run`."""
+    with _locked_path(Run(run_dir).path):
+        yield Run(run_dir)

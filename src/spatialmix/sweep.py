@@ -235,10 +235,13 @@ def finished_summary(job: SweepJob) -> dict | None:
 def _clear_cut_short_start(run_dir: Path) -> None:
     """A job stopped before its run's first file leaves a folder that is not a run yet but not empty;
     remove what it wrote (never the lock file, which another process may hold), so it starts from scratch."""
-    if run_dir.is_dir() and not runs.is_run_dir(run_dir) and runs.Run(run_dir).holds_nothing():
-        for p in run_dir.iterdir():
-            if p.name != runs.LOCK:
-                p.unlink()
+    if not run_dir.is_dir():
+        return
+    with runs.locked(run_dir):   # never under a process that is writing the run right now
+        if not runs.is_run_dir(run_dir) and runs.Run(run_dir).holds_nothing():
+            for p in run_dir.iterdir():
+                if p.name != runs.LOCK:
+                    p.unlink()
 
 
 # --------------------------------------------------------------------------- one job
