@@ -16,11 +16,11 @@ from spatialmix.train import TrainConfig, train
 
 from conftest import TINY, config_flags, run_cli
 
-# A process that holds a folder's lock the way spatialmix does (flock on RUN/.lock, pid inside),
+# A process that holds a folder's lock the way spatialmix does (flock on RUN/run.lock, pid inside),
 # without importing torch: it starts in milliseconds.
 HOLDER = """
 import fcntl, os, sys, time
-fd = os.open(os.path.join(sys.argv[1], ".lock"), os.O_RDWR | os.O_CREAT)
+fd = os.open(os.path.join(sys.argv[1], "run.lock"), os.O_RDWR | os.O_CREAT)
 fcntl.flock(fd, fcntl.LOCK_EX)
 os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
 print("locked", flush=True)

@@ -1,4 +1,4 @@
-"""One writer per run folder: an exclusive ``flock`` on ``RUN/.lock``, held for the whole run.
+"""One writer per run folder: an exclusive ``flock`` on ``RUN/run.lock``, held for the whole run.
 
 The operating system releases the lock when its process dies, so a killed run never leaves a
 stale lock behind; the lock file holds the pid of its holder, so the second writer can say who
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import SpatialmixError
 
-LOCK = ".lock"
+LOCK = "run.lock"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -29,7 +29,7 @@ _HELD: dict[str, list] = {}   # resolved run folder -> [fd, depth]: the locks th
 
 @contextlib.contextmanager
 def locked(run_dir: str | os.PathLike):
-    """Hold the run folder exclusively (``flock`` on ``RUN/.lock``) for the duration of the block.
+    """Hold the run folder exclusively (``flock`` on ``RUN/run.lock``) for the duration of the block.
 
     The operating system releases the lock when the process dies, so a killed run never leaves a
     stale lock. Re-entrant within a process (a study holding a run may call ``train`` on it). A

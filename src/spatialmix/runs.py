@@ -3,7 +3,7 @@
 Layout::
 
     RUN_DIR/
-      .lock                  held (flock) by the one process writing the run; holds its pid
+      run.lock               held (flock) by the one process writing the run; holds its pid
       config.json            resolved training config (+ spatialmix version)
       init.safetensors       weights at initialization (frozen filters can be checked against it)
       metrics.jsonl          one JSON line per epoch
