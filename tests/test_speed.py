@@ -109,3 +109,18 @@ def test_allocator_and_threads():
     finally:
         torch.set_num_threads(before)
     assert speed.available_cores() >= 1
+
+
+def test_every_command_takes_threads_and_refuses_bad_values(capsys):
+    import pytest
+
+    from spatialmix.cli import build_parser, main
+
+    parser = build_parser()
+    for argv in (["train"], ["reproduce"], ["attack", "RUN"], ["unshuffle"], ["report", "RUN"], ["sweep", "g.yaml"]):
+        assert parser.parse_args(argv + ["--threads", "1"]).threads == 1
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit) as stop:
+            main(["report", "RUN", "--threads", bad])
+        assert stop.value.code == 2
+        assert "--threads must be a whole number of at least 1" in capsys.readouterr().err

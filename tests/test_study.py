@@ -142,7 +142,8 @@ def test_interrupted_study_run_is_continued(tmp_path):
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": 1})
     before[run_dir / runs.STATUS] = (run_dir / runs.STATUS).read_bytes()
-    with pytest.raises(SpatialmixError, match="different config"):
+    # (the finished Full run of the first call is the first to refuse: it is never reused for another config)
+    with pytest.raises(SpatialmixError, match="different config|finished with another configuration"):
         _capture(lambda: reproduce("quick", out, seeds=(0,), studies=["classification"],
                                    **{**overrides, "lr": 0.02}))
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
@@ -156,3 +157,23 @@ def test_unknown_names(tmp_path):
     with pytest.raises(SpatialmixError, match="unknown training settings"):
         reproduce("quick", tmp_path, studies=["classification"], warmup_epochs=3)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_study_table_names_every_study_in_running_order():
+    """One visible table: every entry resolves to a function of its module, the report runs last,
+    the verdicts just before it, and each claim's studies before the verdicts."""
+    names = list(study.STUDIES)
+    assert names[-2:] == ["verdicts", "report"]
+    assert names.index("classification") < names.index("robustness") < names.index("smoothing")
+    for name in names:
+        fn = study.study_function(name)
+        assert callable(fn) and f"{fn.__module__}:{fn.__name__}" == study.STUDIES[name]
+    with pytest.raises(SpatialmixError, match="unknown study 'segmentation'"):
+        study.study_function("segmentation")
+
+
+def test_reproduce_prints_the_time_of_each_study_and_the_total(study_dir):
+    out, (results, printed) = study_dir
+    assert "classification took" in printed and "total" in printed
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["studies"]["classification"]["data"]["time_s"] > 0

@@ -377,19 +377,17 @@ def test_a_permutation_file_for_another_image_size_is_refused_and_kept(fake_fash
 
 
 def test_the_unshuffle_study_runs_inside_reproduce(fake_fashion_dir, tmp_path):
-    from spatialmix.study import PRESETS, STUDIES, STUDY_MODULES, Preset, StudyContext, load_studies
+    from spatialmix.study import PRESETS, STUDIES, Preset, StudyContext, study_function
 
-    load_studies()
-    assert "unshuffle" in STUDIES
-    if "spatialmix.report" in STUDY_MODULES:
-        assert STUDY_MODULES.index("spatialmix.unshuffle") < STUDY_MODULES.index("spatialmix.report")
+    order = list(STUDIES)
+    assert order.index("unshuffle") < order.index("report")
     preset = Preset("tiny", "test", PRESETS["quick"].base, modes=("full",),
                     options={"unshuffle": {"width": 8, "depth": 1, "kernel_size": 3, "batch_size": 32,
                                            "modes": ("chans",), "figure_images": 2}})
     ctx = StudyContext(preset, tmp_path, (0,), {"data_dir": str(fake_fashion_dir), "train_subset": 64,
                                                 "test_subset": 32, "epochs": 1, "progress": False,
                                                 "lr": 0.5})   # lr is the classifier's: not applied
-    result = STUDIES["unshuffle"](ctx)
+    result = study_function("unshuffle")(ctx)
     assert [r["mode"] for r in result.tables[0].rows] == ["Scrambled input (floor)", "Chans",
                                                           "No spatial mixing (k=1)"]
     assert all((tmp_path / "unshuffle" / name).is_file() for name in (FIGURE_FILE, *TABLE_FILES))

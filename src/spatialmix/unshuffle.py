@@ -38,8 +38,8 @@ from .errors import SpatialmixError, check_positive, unknown_name
 from .mixing import MODES
 from .models import check_kernel_size, convmixer_block, create_model, make_activation, register_model
 from .reporting import ResultTable, console, mean_std
-from .study import StudyContext, StudyResult, register_study
-from .train import (TASKS, TrainConfig, autocast_context, load_data_for, load_trained_model, prepare_run_dir,
+from .study import StudyContext, StudyResult
+from .train import (TrainConfig, autocast_context, load_data_for, load_trained_model, prepare_run_dir,
                     task_from_dict, train)
 
 PERMUTATION_FILE = "permutation.safetensors"
@@ -359,7 +359,6 @@ class UnshuffleTask:
         return {**{k: v / max(1, count) for k, v in totals.items()}, "n": count}
 
 
-TASKS[UnshuffleTask.name] = UnshuffleTask
 
 
 # --------------------------------------------------------------------------- presets and training
@@ -480,7 +479,8 @@ def _plan(out_dir: Path, preset: str, modes, seeds, references: bool, overrides:
 
 def unshuffle_study(out_dir: str | Path = "runs/unshuffle", preset: str = "small", modes=MODES,
                     window: int | None = None, loss: str = "mse", perm_seed: int = 0, seeds=(0,),
-                    references: bool = True, figure_images: int = 8, **overrides) -> ResultTable:
+                    references: bool = True, figure_images: int = 8, processes: int = 1, threads: int | None = None,
+                    **overrides) -> ResultTable:
     """Train Full / Chans / Space (and the kernel-1 reference) to un-shuffle, and compare them.
 
     Returns the table (mode, trainable and frozen parameters, test PSNR and SSIM, train time), with
@@ -488,7 +488,8 @@ def unshuffle_study(out_dir: str | Path = "runs/unshuffle", preset: str = "small
     and seed, ``permutation.safetensors``, the table as ``unshuffle.md/.csv/.json`` and the figure
     ``unshuffle.png`` (ground truth, scrambled, each model's reconstruction of the same test
     images). Finished runs are reused and interrupted ones resumed; everything is checked before
-    anything is written, so a bad setting leaves ``out_dir`` as it was.
+    anything is written, so a bad setting leaves ``out_dir`` as it was. ``processes`` runs train
+    side by side with ``threads`` threads each (see :mod:`spatialmix.parallel`).
     """
     out_dir = Path(out_dir)
     task = UnshuffleTask(perm_seed, window, loss)
@@ -517,11 +518,22 @@ def unshuffle_study(out_dir: str | Path = "runs/unshuffle", preset: str = "small
     out_dir.mkdir(parents=True, exist_ok=True)
     check_or_save_permutation(out_dir / PERMUTATION_FILE, permutation)
     summaries: dict[str, list[dict]] = {}
-    for run in plan:
-        console.print(f"[bold]unshuffle[/]: {run.label} seed {run.seed} -> {run.run_dir}", highlight=False)
-        summary = train_unshuffle(run.config, run.run_dir, UnshuffleTask(perm_seed, window, loss),
-                                  resume=runs.is_run_dir(run.run_dir), data=data[run.seed])
-        summaries.setdefault(run.label, []).append(summary)
+    if processes > 1 and len(plan) > 1:
+        from .parallel import run_side_by_side
+
+        jobs = [(_train_planned, (run.config.replace(threads=threads, progress=False), run.run_dir,
+                                  perm_seed, window, loss)) for run in plan]
+        done = run_side_by_side(jobs, processes=processes, threads=threads or 1, on_done=lambda i, _: console.print(
+            f"[bold]unshuffle[/] {i + 1}/{len(plan)}: {plan[i].label} seed {plan[i].seed} -> {plan[i].run_dir}",
+            highlight=False))
+        for run, summary in zip(plan, done):
+            summaries.setdefault(run.label, []).append(summary)
+    else:
+        for run in plan:
+            console.print(f"[bold]unshuffle[/]: {run.label} seed {run.seed} -> {run.run_dir}", highlight=False)
+            summary = train_unshuffle(run.config, run.run_dir, UnshuffleTask(perm_seed, window, loss),
+                                      resume=runs.is_run_dir(run.run_dir), data=data[run.seed])
+            summaries.setdefault(run.label, []).append(summary)
     floors = [scrambled_floor(data[seed].test_images, permutation) for seed in seeds]
 
     settings = {"preset": preset, "dataset": plan[0].config.dataset, "window": window, "loss": loss,
@@ -532,6 +544,11 @@ def unshuffle_study(out_dir: str | Path = "runs/unshuffle", preset: str = "small
     save_figure(out_dir / FIGURE_FILE, first, permutation, models, table, n=figure_images)
     _save_table(out_dir, table, {"settings": settings, "runs": summaries, "floor": floors})
     return table
+
+
+def _train_planned(config: TrainConfig, run_dir: Path, perm_seed: int, window: int | None, loss: str) -> dict:
+    """One run of the study in a worker process (it loads its own data)."""
+    return train_unshuffle(config, run_dir, UnshuffleTask(perm_seed, window, loss), resume=runs.is_run_dir(run_dir))
 
 
 def _title(settings: dict, config: TrainConfig) -> str:
@@ -607,7 +624,6 @@ def _db(value) -> str:
     return f"{mean:.1f} dB"
 
 
-@register_study("unshuffle")
 def unshuffle_reproduce_study(ctx: StudyContext) -> StudyResult:
     """Claim 3: un-shuffling with the small preset (settings in ``preset.options['unshuffle']``)."""
     options = dict(ctx.preset.options.get("unshuffle", {}))
@@ -615,6 +631,6 @@ def unshuffle_reproduce_study(ctx: StudyContext) -> StudyResult:
     settings.setdefault("dataset", ctx.preset.base.dataset)
     settings.update(options)
     out_dir = ctx.out_dir / "unshuffle"
-    table = unshuffle_study(out_dir, seeds=ctx.seeds, **settings)
+    table = unshuffle_study(out_dir, seeds=ctx.seeds, processes=ctx.processes, threads=ctx.threads, **settings)
     files = [str(out_dir / FIGURE_FILE)] + [str(out_dir / name) for name in TABLE_FILES]
     return StudyResult("unshuffle", [table], {"rows": table.rows, "settings": settings}, files)
