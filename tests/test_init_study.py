@@ -9,7 +9,7 @@ import pytest
 from spatialmix import runs
 from spatialmix.attacks import AttackSettings
 from spatialmix.init_study import (COVARIANCE, COVARIANCE_FROM, DEFAULT, DEFAULT_SIGMA, FULL, SPACE,
-                                   best_smoothing_sigma, init_study)
+                                   best_smoothing_sigma, init_study, prior_gain_table)
 from spatialmix.study import Preset, StudyContext, StudyResult, classification_run_dir
 from spatialmix.train import TrainConfig
 
@@ -47,6 +47,24 @@ def test_best_sigma_is_the_most_robust_smoothing(tmp_path):
     assert best_smoothing_sigma(tiny_context(tmp_path, tmp_path), settings)[0] == 0.5
     (tmp_path / "results.json").write_text("{not json")
     assert best_smoothing_sigma(tiny_context(tmp_path, tmp_path), settings)[0] == DEFAULT_SIGMA
+
+
+def fake_result(seed, clean, robust):
+    return {"seed": seed, "clean_acc": clean, "budgets": [{"eps": 8 / 255, "robust_acc": robust}]}
+
+
+def test_prior_gain_table_pairs_seeds_and_measures_the_gap_closed():
+    settings = AttackSettings(**ATTACK).validate()
+    groups = {FULL: [fake_result(0, 0.90, 0.3), fake_result(1, 0.92, 0.3)],
+              DEFAULT: [fake_result(1, 0.82, 0.40), fake_result(0, 0.80, 0.50)],    # any order: paired by seed
+              COVARIANCE: [fake_result(0, 0.85, 0.45), fake_result(1, 0.86, 0.50)]}
+    (row,) = prior_gain_table(groups, settings, "Chans: smoothed σ=1").rows
+    assert row["filters"] == COVARIANCE and row["seeds"] == 2
+    assert row["clean_gain"][0] == pytest.approx(0.045) and row["clean_gain"][1] == pytest.approx(0.00707, abs=1e-5)
+    assert row["robust_gain"][0] == pytest.approx(0.025)          # (-0.05 + 0.10) / 2
+    assert row["gap_closed"] == pytest.approx((0.855 - 0.81) / (0.91 - 0.81))
+    groups[FULL] = [fake_result(0, 0.80, 0.3), fake_result(1, 0.80, 0.3)]   # Full no better: nothing to close
+    assert prior_gain_table(groups, settings, "x").rows[0]["gap_closed"] is None
 
 
 @pytest.mark.slow

@@ -119,7 +119,7 @@ def _budget_acc(result: dict, eps: float) -> float:
 
 def prior_gain_table(groups: dict, settings, smoothed: str) -> ResultTable:
     """Per prior: its gain over the default Chans filters (paired by seed), and the share of the Full - Chans
-    clean-accuracy gap it closes (from the means)."""
+    clean-accuracy gap it closes (from the means; none where Chans with default filters is not behind Full)."""
     top = max(settings.eps)
     label = eps_label(top)
     table = ResultTable("What the prior of the frozen filters buys (over Chans with default filters; paired by seed)",
@@ -137,7 +137,9 @@ def prior_gain_table(groups: dict, settings, smoothed: str) -> ResultTable:
         prior_mean = mean_std([r["clean_acc"] for r, _ in paired])[0]
         table.add(filters=name, clean_gain=mean_std([r["clean_acc"] - d["clean_acc"] for r, d in paired]),
                   robust_gain=mean_std([_budget_acc(r, top) - _budget_acc(d, top) for r, d in paired]),
-                  gap_closed=(prior_mean - default_mean) / gap if gap else None, seeds=len(paired))
+                  # no gap to close (shown as "-") where the default Chans filters already match Full
+                  gap_closed=(prior_mean - default_mean) / gap if gap is not None and gap > 0 else None,
+                  seeds=len(paired))
     return table
 
 
