@@ -192,9 +192,10 @@ def test_resume_of_something_that_is_not_a_run(capsys, tmp_path, base_flags):
     assert snapshot_files(tmp_path / "notes") == {"todo.txt": b"keep me"}
 
 
+@pytest.mark.parametrize("resume", [True, False], ids=["resume", "restart"])
 @pytest.mark.parametrize("state", ["missing", "empty", "cut-short-config", "lock-only"])
-def test_resume_starts_a_run_when_nothing_was_saved(capsys, tmp_path, base_flags, state):
-    """Killed before its first file (or while writing config.json): --resume starts the run."""
+def test_resume_starts_a_run_when_nothing_was_saved(capsys, tmp_path, base_flags, state, resume):
+    """Killed before its first file (or while writing config.json): the run starts, with or without --resume."""
     out = tmp_path / "run"
     if state != "missing":
         out.mkdir()
@@ -202,7 +203,7 @@ def test_resume_starts_a_run_when_nothing_was_saved(capsys, tmp_path, base_flags
         (out / ".config.json.x7.tmp").write_text('{"format_ver')
     if state == "lock-only":
         (out / runs.LOCK).write_text("")
-    code, stdout, err = run_main(capsys, ["train", *base_flags, "--out", str(out), "--resume"])
+    code, stdout, err = run_main(capsys, ["train", *base_flags, "--out", str(out)] + (["--resume"] if resume else []))
     assert code == 0, err
     assert runs.read_json(out / runs.STATUS)["state"] == "finished"
     assert not list(out.glob(".*.tmp"))
