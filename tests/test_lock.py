@@ -106,6 +106,7 @@ def test_reproduce_and_sweeps_use_the_same_lock(held, monkeypatch):
         sweep.run_job(config.to_dict(), str(folder))
 
 
+@pytest.mark.slow
 def test_second_writer_through_the_cli_exits_2_naming_the_pid(held, fake_fashion_dir):
     folder, proc = held
     config = TrainConfig(**{**TINY, "data_dir": str(fake_fashion_dir), "train_subset": 128})
