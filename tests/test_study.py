@@ -31,8 +31,8 @@ def _capture(fn):
     import contextlib
     import io
 
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
+    buffer = io.StringIO()   # tables go to stdout, progress lines to stderr
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
         results = fn()
     return results, buffer.getvalue()
 

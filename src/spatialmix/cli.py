@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import SpatialmixError
 
 CONFIG_HELP = {
-    "dataset": "fashion-mnist, mnist, cifar10, cifar100",
+    "dataset": "fashion-mnist, mnist, cifar10, cifar100, imagefolder (an ImageNet-layout folder: --data-dir)",
     "data_dir": "folder holding the data set files (default: $SPATIALMIX_DATA, the OS package, download)",
     "download": "allow torchvision to download a data set that is not on this machine",
     "train_subset": "train on a fixed seeded subset of this many images",
@@ -37,6 +37,9 @@ CONFIG_HELP = {
     "amp": "mixed precision: auto (bf16 where native), bf16, none",
     "device": "auto, cpu, cuda",
     "sync_bn": "SyncBatchNorm across processes under torchrun",
+    "image_size": "imagefolder: crop size in pixels (default: the first training image's smaller side, at most 224)",
+    "workers": "imagefolder: DataLoader processes decoding images (default: the CPU cores available)",
+    "threads": "torch threads of this process (default: torch's own, one per physical core; use 1 on a busy machine)",
 }
 
 
@@ -81,6 +84,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
                                 help=f"{help_text} (default: {default})")
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_threads, default=None,
+                        help="torch threads of this process (default: torch's own, one per physical core; "
+                             "use 1 on a busy machine)")
+
+
 def config_overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(_config_cls())
             if f.name not in skip and getattr(args, f.name, None) is not None}
@@ -90,11 +109,16 @@ def config_overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> di
 
 def cmd_train(args) -> None:
     from .distributed import is_main
-    from .train import TrainConfig, train
+    from .train import TrainConfig, resume_config, train
 
-    config = TrainConfig(**config_overrides(args))
+    if args.out == "":
+        raise SpatialmixError("--out is an empty string; pass a folder name such as runs/my-run")
+    overrides = config_overrides(args)
+    config = TrainConfig(**overrides)
     out = Path(args.out or f"runs/{config.dataset}-{config.model.replace('/', '-').replace(':', '-')}-"
                           f"{config.mode}-seed{config.seed}")
+    if args.resume:   # the run's saved config, with the options given again (only those that may change)
+        config = resume_config(out, overrides)
     summary = train(config, out, resume=args.resume)
     if not is_main():   # under torchrun: one line, from rank 0
         return
@@ -103,12 +127,16 @@ def cmd_train(args) -> None:
           f"{summary['images_per_s']:.0f} img/s")
 
 
+REPRODUCE_SKIP = ("mode", "seed", "threads")   # set per run by the studies
+
+
 def cmd_reproduce(args) -> None:
     from .study import reproduce
 
     seeds = tuple(args.seeds) if args.seeds else None
     studies = args.studies.split(",") if args.studies else None
-    reproduce(args.preset, args.out, seeds=seeds, studies=studies, **config_overrides(args, skip=("mode", "seed")))
+    reproduce(args.preset, args.out, seeds=seeds, studies=studies, processes=args.processes, threads=args.threads,
+              **config_overrides(args, skip=REPRODUCE_SKIP))
     print(f"results saved in {args.out}/results.json and {args.out}/results.md")
 
 
@@ -122,7 +150,7 @@ def cmd_models(args) -> None:
             print(f"{name:<22} {info.description if info else 'any model of that library, by name'}")
         return
     model = create_model(args.name, in_chans=args.in_chans, num_classes=args.num_classes,
-                         image_size=args.image_size)
+                         image_size=args.image_size, patch_size=args.patch_size)
     print(f"{args.name}: {sum(p.numel() for p in model.parameters()):,} parameters")
     from .mixing import LayerSelector, spatial_mixer_counts
 
@@ -157,7 +185,10 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("train", help="train one configuration")
     add_config_arguments(p)
     p.add_argument("--out", help="run directory (default: runs/DATASET-MODEL-MODE-seedS)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its saved config from its newest complete checkpoint (or "
+                        "start it if nothing was saved); options given with it must match, except --epochs (to "
+                        "extend), --device, --progress, --workers, and --lr/--amp after a divergence")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="run the paper's studies (default: the quick Fashion-MNIST preset)")
@@ -165,7 +196,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", default="runs/reproduce", help="study folder (default: runs/reproduce)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to repeat each run with (mean and std)")
     p.add_argument("--studies", help="comma-separated subset of the studies to run")
-    add_config_arguments(p, skip=("mode", "seed"))
+    p.add_argument("--processes", type=int, help="independent trainings and attack evaluations run side by side in "
+                                                 "this many processes (default: one per available core)")
+    p.add_argument("--threads", type=int, help="torch threads of each process (default: 1 when side by side)")
+    add_config_arguments(p, skip=REPRODUCE_SKIP)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("models", help="list model names, or show a model's spatial and channel mixers")
@@ -175,6 +209,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--spatial-pattern", default=None, help=CONFIG_HELP["spatial_pattern"])
     p.add_argument("--channel-pattern", default=None, help=CONFIG_HELP["channel_pattern"])
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="patch size / stem stride (timm models that take one, and convmixer)")
     p.set_defaults(func=cmd_models)
 
     add_attack_command(sub)
@@ -229,6 +265,7 @@ def add_attack_command(sub) -> None:
                    help="where to draw robust accuracy vs eps (default: OUT_NAME.png in the run directory, or in "
                         "the runs' common parent folder); 'none' to skip")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_attack)
 
 
@@ -297,6 +334,7 @@ def add_unshuffle_command(sub) -> None:
     p.add_argument("--figure-images", type=int, default=8, help="test images in the figure (default: 8)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--out", default="runs/unshuffle", help="study folder (default: runs/unshuffle)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_unshuffle)
 
 
@@ -328,6 +366,7 @@ def add_report_command(sub) -> None:
                    help="the HTML file to write; the Markdown tables go beside it as .md (default: report.html)")
     p.add_argument("--fft-size", type=int, default=32,
                    help="zero-pad each spatial filter to this size before its DFT (default: 32)")
+    add_threads_argument(p)
     p.set_defaults(func=cmd_report)
 
 
@@ -368,7 +407,7 @@ def add_sweep_command(sub) -> None:
                    help="any other sbatch option, e.g. account=abc or qos=high (repeatable)")
     p.add_argument("--max-running", type=int, help="submit at most this many jobs at a time (default: all)")
     p.add_argument("--dry-run", action="store_true", help="list the configurations and their state; run nothing")
-    add_config_arguments(p, skip=("mode", "seed"))
+    add_config_arguments(p, skip=("mode", "seed"))   # (--threads among them: each job's threads)
     p.set_defaults(func=cmd_sweep)
 
 
@@ -419,17 +458,45 @@ def cmd_sweep(args) -> None:
                               f"first: {next(iter(outcome.failed.values()))}; fix it and run the sweep again")
 
 
+def _raise_terminated(signum, frame):
+    from .errors import Terminated
+
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    from .errors import Terminated
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in ("train", "reproduce") and getattr(args, "threads", None):
+        from .speed import set_threads   # (train and reproduce set threads per run)
+
+        set_threads(args.threads)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a cluster's preemption) stops like Ctrl-C: files stay consistent, status.json says so.
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args.func(args)
     except SpatialmixError as err:
         print(f"spatialmix: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        out = getattr(args, "out", None)
+        how = f"`spatialmix train --resume --out {out}`" if args.command == "train" and out else "the same command"
+        print(f"spatialmix: terminated (SIGTERM); every saved checkpoint is complete: continue with {how}",
+              file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("spatialmix: interrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

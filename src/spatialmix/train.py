@@ -7,9 +7,11 @@ keeps the run directory (see :mod:`spatialmix.runs`) up to date after every epoc
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import os
+import sys
 import time
+import typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, distributed, runs
+from . import __version__, distributed, runs, speed
 from .data import (AUGMENTATIONS, DATASETS, BatchLoader, FolderData, FolderLoader, ImageData, load_dataset,
                    load_image_folder)
 from .errors import NonFiniteLossError, SpatialmixError, check_positive, unknown_name
@@ -29,8 +31,10 @@ from .reporting import TrainProgress
 
 AMP_CHOICES = ("auto", "bf16", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-# Fields that may change between an interrupted run and its resumption.
-RESUMABLE_FIELDS = {"device", "data_dir", "download", "progress"}
+# Fields that may change between an interrupted run and its resumption (epochs: to extend a run).
+RESUMABLE_FIELDS = frozenset(runs.SPEED_FIELDS | {"epochs"})
+# ... and, for a run that diverged (status "failed"), what its advice tells the user to change.
+DIVERGED_RESUMABLE_FIELDS = frozenset({"lr", "amp"})
 
 
 @dataclass
@@ -77,11 +81,13 @@ class TrainConfig:
     device: str = "auto"
     sync_bn: bool = False
     progress: bool = True
-    image_size: int | None = None     # imagefolder only: the crop size (default 224)
-    workers: int = 4                  # imagefolder only: DataLoader processes decoding images
+    image_size: int | None = None     # imagefolder only: the crop size (default: the images' size, at most 224)
+    workers: int | None = None        # imagefolder only: DataLoader processes decoding images (default: the cores)
+    threads: int | None = None        # torch intra-op threads (default: torch's own, the physical cores)
 
     def validate(self) -> "TrainConfig":
         """Reject bad values with one clear message before anything is built or written."""
+        self.check_types()
         if self.dataset not in DATASETS:
             raise unknown_name("dataset", self.dataset, DATASETS)
         known = list_models()
@@ -102,20 +108,41 @@ class TrainConfig:
         if self.device not in DEVICE_CHOICES:
             raise unknown_name("device", self.device, DEVICE_CHOICES)
         check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
-        if self.workers < 0:
+        if self.threads is not None:
+            check_positive(threads=self.threads)
+        if self.workers is not None and self.workers < 0:
             raise SpatialmixError(f"workers must be >= 0, got {self.workers}")
         for name in ("width", "depth", "kernel_size", "patch_size", "train_subset", "test_subset", "image_size",
                      "token_hidden", "channel_hidden"):
             value = getattr(self, name)
             if value is not None:
                 check_positive(**{name: value})
-        for name in ("weight_decay", "label_smoothing", "clip_grad"):
+        for name in ("weight_decay", "label_smoothing", "clip_grad", "init_std", "smooth_sigma"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise SpatialmixError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
         if self.label_smoothing >= 1:
             raise SpatialmixError(f"label smoothing must be below 1, got {self.label_smoothing}")
         self.spatial_init_spec(), self.channel_init_spec()
         return self
+
+    def check_types(self) -> None:
+        """Every field has its declared type (a grid file or a config.json can hold anything)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+            if value is None and type(None) in kinds:
+                continue
+            for kind, ok, wanted in ((bool, lambda v: isinstance(v, bool), "true or false"),
+                                     (int, lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+                                     (float, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                                      "a number"),
+                                     (str, lambda v: isinstance(v, str), "a string")):
+                if kind in kinds:
+                    if not ok(value):
+                        optional = " (or null)" if type(None) in kinds else ""
+                        raise SpatialmixError(f"{f.name} must be {wanted}{optional}, got {value!r}")
+                    break
 
     def spatial_init_spec(self) -> InitSpec:
         return InitSpec(self.spatial_init, self.init_std, self.smooth_sigma, source=self.init_from)
@@ -131,12 +158,23 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict, source: str | os.PathLike | None = None) -> "TrainConfig":
+        """The config of a dict (a field missing from it takes its default); ``source`` names the file it came
+        from, and then every value is validated too (a config.json may come from anyone)."""
+        where = f"{source}: " if source else ""
+        if not isinstance(d, dict):
+            raise SpatialmixError(f"{where}the training settings must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise SpatialmixError(f"config has unknown fields {sorted(unknown)}: written by another spatialmix version")
-        return cls(**d)
+            raise SpatialmixError(f"{where}config has unknown fields {sorted(unknown)}: written by another "
+                                  f"spatialmix version")
+        config = cls(**d)
+        try:
+            config.validate() if source else config.check_types()
+        except SpatialmixError as err:
+            raise SpatialmixError(f"{where}{err}") from None
+        return config
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -188,21 +226,29 @@ class ClassificationTask:
         return evaluate(model, loader, device, amp)
 
 
-TASKS: dict[str, type] = {"classification": ClassificationTask}
-# Tasks that register themselves in TASKS when their module is imported (so load_trained_model finds them).
-TASK_MODULES = {"unshuffle": "spatialmix.unshuffle"}
+# Every task a run can learn, as "module:class": the un-shuffling task lives in its own module,
+# imported only when a run of it is trained or loaded.
+TASKS: dict[str, str] = {
+    "classification": "spatialmix.train:ClassificationTask",
+    "unshuffle": "spatialmix.unshuffle:UnshuffleTask",
+}
 
 
 def task_from_dict(d: dict | None):
+    import importlib
+
+    if d is not None and not (isinstance(d, dict) and isinstance(d.get("name"), str)):
+        raise SpatialmixError(f"a task must be an object with a 'name', got {d!r}; the run's config.json is damaged")
     d = dict(d or {"name": "classification"})
     name = d.pop("name")
-    if name not in TASKS and name in TASK_MODULES:   # register a task of another module on first use
-        import importlib
-
-        importlib.import_module(TASK_MODULES[name])
     if name not in TASKS:
         raise unknown_name("task", name, TASKS)
-    return TASKS[name](**d)
+    module, cls = TASKS[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)(**d)
+    except TypeError:
+        raise SpatialmixError(f"task {name!r} has settings this spatialmix does not know ({', '.join(sorted(d))}); "
+                              f"the run's config.json is damaged or from another version") from None
 
 
 def data_info(data: ImageData) -> dict:
@@ -223,9 +269,10 @@ def build_model(config: TrainConfig, in_chans: int, num_classes: int, image_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.resolved_init_seed)
         model = task.create_model(config, info)
-    return apply_mixing(model, config.mode, spatial_init=config.spatial_init_spec(),
-                        channel_init=config.channel_init_spec(), seed=config.resolved_init_seed,
-                        spatial=config.spatial_pattern, channel=config.channel_pattern)
+    model = apply_mixing(model, config.mode, spatial_init=config.spatial_init_spec(),
+                         channel_init=config.channel_init_spec(), seed=config.resolved_init_seed,
+                         spatial=config.spatial_pattern, channel=config.channel_pattern)
+    return speed.accelerate(model)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -260,40 +307,91 @@ def autocast_context(device: torch.device, amp: str):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader, device: torch.device, amp: str = "none") -> dict:
-    """Loss and accuracy of ``model`` over every example of ``loader``."""
+    """Loss and accuracy of ``model`` over every example of ``loader``, and under ``"correct"`` the
+    per-example correctness in the loader's order (what paired comparisons of two models need)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    hits = []
     count = 0
     for x, y in loader:
         with autocast_context(device, amp):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        hits.append(logits.argmax(1) == y)
         count += len(y)
     model.train(was_training)
-    return {"loss": loss_sum.item() / max(1, count), "acc": correct.item() / max(1, count), "n": count}
+    correct = torch.cat(hits).cpu() if hits else torch.zeros(0, dtype=torch.bool)
+    return {"loss": loss_sum.item() / max(1, count), "acc": correct.sum().item() / max(1, count), "n": count,
+            "correct": correct}
 
 
 # --------------------------------------------------------------------------- the run directory
 
+def resumable_fields(run: runs.Run) -> frozenset:
+    """What may change when ``run`` is continued: speed settings and epochs; lr and amp too after a divergence."""
+    return RESUMABLE_FIELDS | (DIVERGED_RESUMABLE_FIELDS if run.status().get("state") == "failed" else frozenset())
+
+
+def _different_config_error(run_dir: Path, diff: list, allowed) -> SpatialmixError:
+    details = ", ".join(f"{k}={saved!r} (saved) vs {ours!r}" for k, saved, ours in diff[:4])
+    may = ", ".join(sorted(a for a in allowed if a not in ("threads", "download")))
+    return SpatialmixError(f"cannot resume {run_dir}: it was made with a different config ({details}); only {may} "
+                           f"may change on resume: drop the other options, or start a new run with another --out")
+
+
+def resume_config(run_dir: str | Path, changes: dict | None = None) -> TrainConfig:
+    """The config that continues ``run_dir``: its saved config with ``changes`` (options given again).
+
+    A change to a field that may not change on resume is an error naming the field; a folder where
+    nothing was saved yet gives ``TrainConfig(**changes)`` (the run starts).
+    """
+    changes = dict(changes or {})
+    TrainConfig(**changes).validate()   # names and signs first, whatever the run holds
+    run = runs.Run(run_dir)
+    if run.holds_nothing():
+        return TrainConfig(**changes)
+    run.check()
+    saved = run.train_config()
+    allowed = resumable_fields(run)
+    _check_epochs_grow(run, changes.get("epochs", saved.epochs))
+    diff = [(k, getattr(saved, k), v) for k, v in changes.items() if k not in allowed and getattr(saved, k) != v]
+    if diff:
+        raise _different_config_error(run.path, diff, allowed)
+    return saved.replace(**changes)
+
+
 def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, task) -> None:
-    """Check that starting or resuming in ``run_dir`` cannot damage anything already there."""
-    run_dir = Path(run_dir)
-    if resume:
-        runs.check_run_dir(run_dir)
-        record = runs.read_json(run_dir / runs.CONFIG, "run")
-        # A field added after the run was made counts as its default (what the run behaved as).
-        saved, ours = {**TrainConfig().to_dict(), **record["train"]}, config.to_dict()
-        saved["task"], ours["task"] = record.get("task", {"name": "classification"}), task.to_dict()
-        diff = [k for k in ours if k not in RESUMABLE_FIELDS and saved.get(k) != ours[k]]
-        if diff:
-            details = ", ".join(f"{k}={saved.get(k)!r} (saved) vs {ours[k]!r}" for k in diff[:4])
-            raise SpatialmixError(f"cannot resume {run_dir}: it was made with a different config ({details}); "
-                                  f"resume with the saved settings or start a new run with another --out")
-    elif runs.is_run_dir(run_dir) or (run_dir.exists() and any(run_dir.iterdir())):
-        raise SpatialmixError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    """Check that starting or resuming in ``run_dir`` cannot damage anything already there.
+
+    ``resume`` continues a run, or starts it when nothing was saved yet (a kill before its first file).
+    """
+    run = runs.Run(run_dir)
+    runs.check_folder_path(run.path)
+    if run.holds_nothing():
+        return
+    if not resume:
+        raise SpatialmixError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+    run.check()
+    allowed = resumable_fields(run)
+    diff = run.config_differences(config, ignore=allowed)
+    saved_task = run.record().get("task") or {"name": "classification"}
+    try:
+        task_from_dict(saved_task)
+    except SpatialmixError as err:
+        raise SpatialmixError(f"{run.file(runs.CONFIG)}: {err}") from None
+    if saved_task != task.to_dict():
+        diff.append(("task", saved_task, task.to_dict()))
+    _check_epochs_grow(run, config.epochs)
+    if diff:
+        raise _different_config_error(run.path, diff, allowed)
+
+
+def _check_epochs_grow(run: runs.Run, epochs: int) -> None:
+    saved = run.train_config().epochs
+    if epochs < saved:
+        raise SpatialmixError(f"cannot resume {run.path} with --epochs {epochs}: it was made for {saved} epochs, and "
+                              f"epochs may only grow on resume (to extend a run)")
 
 
 def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task, fingerprint: str) -> dict:
@@ -343,10 +441,34 @@ class TrainState:
 
 def load_data_for(config: TrainConfig) -> ImageData | FolderData:
     if config.dataset == "imagefolder":
-        data = load_image_folder(config.data_dir, config.image_size or 224)
+        data = load_image_folder(config.data_dir, config.image_size,
+                                 augment=config.augment or DATASETS[config.dataset].default_augment)
     else:
         data = load_dataset(config.dataset, config.data_dir, download=config.download)
     return data.subset(config.train_subset, config.test_subset, seed=config.seed)
+
+
+def load_evaluation_data(run_dir: str | Path, data_dir: str | None = None) -> ImageData | FolderData:
+    """The full data set of a saved run, to evaluate it (attacks, analysis).
+
+    Where the files come from is the user's choice (``data_dir``, ``$SPATIALMIX_DATA``, the system's
+    data package, the download cache), never the ``data_dir`` in the run's config.json: a run folder
+    may come from anyone, and its config must not point data loading somewhere the user did not choose.
+    """
+    run = runs.Run(run_dir).check()
+    config = run.train_config().replace(train_subset=None, test_subset=None, data_dir=data_dir)
+    try:
+        return load_data_for(config)
+    except SpatialmixError as err:
+        saved = run.record()["train"].get("data_dir")
+        hint = (f"; the run was trained on data from {saved} (its config.json says so): pass --data-dir {saved} "
+                f"if you trust it") if saved and data_dir is None else ""
+        raise SpatialmixError(f"{err}{hint}") from None
+
+
+def resolve_workers(workers: int | None) -> int:
+    """Image-folder decoding processes: by default one per core this process may use."""
+    return workers if workers is not None else len(os.sched_getaffinity(0))
 
 
 def make_loaders(config: TrainConfig, data: ImageData, device: torch.device, rank: int = 0, world_size: int = 1
@@ -358,7 +480,8 @@ def make_loaders(config: TrainConfig, data: ImageData, device: torch.device, ran
     augment = config.augment or DATASETS[config.dataset].default_augment
     shard = dict(rank=rank, world_size=world_size)
     if isinstance(data, FolderData):
-        folder = dict(device=device, channels_last=config.channels_last, workers=config.workers, **shard)
+        folder = dict(device=device, channels_last=config.channels_last, workers=resolve_workers(config.workers),
+                      **shard)
         train_loader = FolderLoader(data.train_set, data.train_labels, config.batch_size // world_size, data.mean,
                                     data.std, train=True, augment=augment, seed=config.seed, **folder)
         test_loader = FolderLoader(data.test_set, data.test_labels, max(256, config.batch_size) // world_size,
@@ -380,6 +503,50 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
           max_steps: int | None = None, task=None) -> dict:
     """Train ``config`` in ``run_dir`` (or continue it with ``resume=True``); return the summary.
 
+    The run folder is locked for the whole call (:func:`spatialmix.runs.locked`): a second writer
+    gets an error naming the process that holds it. ``resume=True`` starts the run when nothing
+    was saved yet, and otherwise continues it from its newest complete checkpoint. However the
+    call ends (finished, diverged, Ctrl-C, SIGTERM, an error), ``status.json`` says so.
+    """
+    config.validate()
+    task = task or ClassificationTask()
+    run = runs.Run(run_dir)
+    if distributed.launched_rank() == 0:   # before the lock file is made: never in a folder that is not ours
+        prepare_run_dir(run.path, config, resume, task)
+    with runs.locked(run.path):
+        if distributed.launched_rank() == 0:
+            run.remove_stray_temporaries()
+        started: list[bool] = []   # set once training began, so an error before it leaves the folder as it was
+        try:
+            return _train_locked(config, run.path, resume, data, max_steps, task, started)
+        except BaseException as err:
+            if started and distributed.launched_rank() == 0:
+                _record_stop(run, err)
+            raise
+
+
+def _record_stop(run: runs.Run, err: BaseException) -> None:
+    """After a run stopped early: status.json names the newest complete checkpoint and why it stopped."""
+    if isinstance(err, NonFiniteLossError) or not run.file(runs.CONFIG).is_file():
+        return   # a divergence writes its own status; a start that saved nothing has no status
+    try:
+        if run.status().get("state") in ("finished", "failed"):
+            return
+        latest = run.latest_checkpoint()
+        epoch = int(latest.name.split("-")[1]) if latest is not None else 0
+    except SpatialmixError:
+        epoch = 0
+    why = "interrupted" if isinstance(err, KeyboardInterrupt) else (str(err).splitlines() or [type(err).__name__])[0]
+    try:
+        runs.atomic_write_json(run.file(runs.STATUS), {"state": "interrupted", "epoch": epoch, "reason": why[:300]})
+    except (SpatialmixError, OSError):
+        pass   # the disk may be full: the checkpoints are consistent anyway
+
+
+def _train_locked(config: TrainConfig, run_dir: Path, resume: bool, data, max_steps: int | None, task,
+                  started: list) -> dict:
+    """The body of :func:`train`, run while this process holds the run folder.
+
     ``task`` is what is learned (default: classification). ``max_steps`` stops early after that
     many optimizer steps in this call (for benchmarks and tests); the run is then left resumable.
 
@@ -388,9 +555,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
     ``config.batch_size`` examples, the numbers printed and saved are global, and only rank 0
     writes to ``run_dir`` (see :mod:`spatialmix.distributed`).
     """
-    config.validate()
-    task = task or ClassificationTask()
-    run_dir = Path(run_dir)
+    speed.set_threads(config.threads)
+    speed.tune_allocator()
     world = distributed.setup(resolve_device(config.device))
     device = world.device
     amp = resolve_amp(config.amp, device)
@@ -408,9 +574,13 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
     optimizer = make_optimizer(model, config)
     state = TrainState()
 
-    checkpoint = runs.latest_checkpoint(run_dir) if resume else None
-    if checkpoint is not None:
-        state = _restore(model, optimizer, checkpoint, init_fingerprint)
+    restored = _restore_newest(run_dir, model, optimizer, init_fingerprint, world.is_main) if resume else None
+    if restored is not None:
+        state = restored
+        if world.is_main:   # options that may change on resume (epochs, lr after a divergence) are now the run's
+            saved = runs.Run(run_dir).record()
+            if saved["train"] != config.to_dict():
+                runs.atomic_write_json(run_dir / runs.CONFIG, {**saved, "train": config.to_dict()})
     elif world.is_main:
         # A fresh run, or one killed before its first checkpoint: (re)write the start, which the
         # config determines bit for bit. config.json goes first, so a kill between the two files
@@ -418,18 +588,22 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.atomic_write_json(run_dir / runs.CONFIG, record)
         runs.save_weights(run_dir / runs.INIT, model.state_dict())
-    if resume and world.is_main and runs.read_jsonl(run_dir / runs.METRICS) != state.history:
+    if resume and world.is_main and _saved_metrics(run_dir) != state.history:
         # Killed between an epoch's metrics line and its checkpoint: that epoch runs again, so its
         # line goes now instead of appearing twice.
-        runs.atomic_write_bytes(run_dir / runs.METRICS,
-                                "".join(json.dumps(m, sort_keys=True) + "\n" for m in state.history).encode())
-    if state.epoch >= config.epochs and (run_dir / runs.SUMMARY).is_file():
-        # (Killed after the last checkpoint but before the summary: fall through and write it.)
-        return runs.read_json(run_dir / runs.SUMMARY, "run summary")
+        runs.write_jsonl(run_dir / runs.METRICS, state.history)
+    summary = runs.Run(run_dir).summary() if resume and state.epoch >= config.epochs else None
+    if summary is not None:
+        # (Killed after the last checkpoint but before the summary: fall through and write it;
+        # killed between the summary and the status: write the status.)
+        if world.is_main and runs.Run(run_dir).status().get("state") != "finished":
+            runs.atomic_write_json(run_dir / runs.STATUS, {"state": "finished", "epoch": state.epoch})
+        return summary
 
     total_steps = config.epochs * len(train_loader)
     if world.is_main:
         runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": state.epoch})
+    started.append(True)
     criterion = task.loss_fn(config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # Forward and backward go through DDP (gradient all-reduce); evaluation and checkpoints use the
@@ -439,6 +613,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
                              steps_per_epoch=len(train_loader), title=f"{config.model} {config.mode}",
                              score=task.score)
     steps_this_call = 0
+    test_correct = None   # the last evaluation's per-example correctness, when it ran in this call
     with progress:
         for epoch in range(state.epoch, config.epochs):
             train_loader.set_epoch(epoch)
@@ -456,7 +631,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
                     outputs = ddp_model(inputs)
                     loss = criterion(outputs.float(), targets)
                 if not distributed.all_true(torch.isfinite(loss), device):   # every rank stops together
-                    _stop_on_nonfinite(run_dir, state, loss, epoch, i)
+                    _stop_on_nonfinite(run_dir, state, f"loss became {loss.item()} at epoch {epoch + 1}, "
+                                                        f"step {i + 1}", config)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.clip_grad > 0:
@@ -484,8 +660,10 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
             # Evaluate the model rank 0 saves (without SyncBatchNorm the running statistics of the
             # ranks differ); every rank evaluates its shard of the test set, and the means combine.
             distributed.broadcast_buffers(model)
-            test = distributed.mean_over_ranks(task.evaluate(model, test_loader, device, amp),
-                                               test_loader.num_examples(), device)
+            evaluation = task.evaluate(model, test_loader, device, amp)
+            test_correct = evaluation.pop("correct", None)   # per example; only rank 0's shard under DDP
+            test = distributed.mean_over_ranks(evaluation, test_loader.num_examples(), device)
+            _stop_if_not_finite(run_dir, state, model, test, epoch, config, device)
             state.epoch = epoch + 1
             state.best_score = max(state.best_score, test[task.score])
             metrics = {"epoch": state.epoch, "step": state.step, "train_loss": loss_sum.item() / seen,
@@ -497,6 +675,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
             if world.is_main:
                 runs.append_jsonl(run_dir / runs.METRICS, metrics)
                 _save(run_dir, model, optimizer, state)
+                runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": state.epoch})
             progress.end_epoch(metrics)
 
     if frozen_fingerprint(model) != init_fingerprint:
@@ -510,6 +689,13 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
                f"best_{task.score}": state.best_score, "epochs": state.epoch, "train_time": state.train_time,
                "images_per_s": state.images_seen / max(state.train_time, 1e-9),
                "frozen_unchanged": True, "frozen_fingerprint": init_fingerprint}
+    if world.world_size == 1 and test_correct is None:
+        # Resumed after the last epoch's checkpoint (killed before the summary): evaluating the saved
+        # weights again gives the same per-example answers (eval mode, same order).
+        test_correct = task.evaluate(model, test_loader, device, amp).pop("correct", None)
+    if world.world_size == 1 and test_correct is not None:
+        # One character per test example, in test-set order: lets two runs be compared example by example.
+        summary["test_correct_bits"] = "".join("1" if hit else "0" for hit in test_correct.tolist())
     if world.is_main:
         runs.atomic_write_json(run_dir / runs.SUMMARY, summary)
         runs.atomic_write_json(run_dir / runs.STATUS, {"state": "finished", "epoch": state.epoch})
@@ -532,6 +718,47 @@ def _save(run_dir: Path, model: nn.Module, optimizer, state: TrainState) -> None
     runs.save_checkpoint(run_dir, state.epoch, model.state_dict(), train_state)
 
 
+def _saved_metrics(run_dir: Path) -> list[dict] | None:
+    try:
+        return runs.Run(run_dir).metrics()
+    except SpatialmixError:   # damaged: rewritten from the checkpoint's history
+        return None
+
+
+def _restore_newest(run_dir: Path, model: nn.Module, optimizer, init_fingerprint: str, say: bool
+                    ) -> TrainState | None:
+    """Load the newest checkpoint that is complete and readable; None when there is none (start over).
+
+    A damaged newest checkpoint (or a ``latest.json`` naming a missing folder) falls back to the
+    one before it, with a line saying so; when none is left the error says how to start over.
+    """
+    run = runs.Run(run_dir)
+    problem = None
+    try:
+        latest = run.latest_checkpoint()
+    except SpatialmixError as err:
+        latest, problem = None, err
+    candidates = ([latest] if latest is not None else []) + [c for c in run.checkpoints_newest_first()
+                                                               if latest is None or c.name != latest.name]
+    for folder in candidates:
+        try:
+            state = _restore(model, optimizer, folder, init_fingerprint)
+        except SpatialmixError as err:
+            problem = problem or err
+            continue
+        if problem is not None and say:
+            print(f"spatialmix: warning: {str(problem).split('; ')[0]}; continuing from the newest complete "
+                  f"checkpoint, {folder.name}", file=sys.stderr)
+        return state
+    if problem is None or (latest is None and not candidates and "which is missing" in str(problem)):
+        if problem is not None and say:   # its checkpoints were deleted by hand: start over
+            print(f"spatialmix: warning: {run_dir} has no checkpoint left; training starts from the beginning",
+                  file=sys.stderr)
+        return None
+    raise SpatialmixError(f"{problem} (no older complete checkpoint to fall back to; delete "
+                          f"{run.checkpoint_root()} and resume to train again from the beginning)")
+
+
 def _restore(model: nn.Module, optimizer, folder: Path, init_fingerprint: str) -> TrainState:
     model_state, train_state = runs.load_checkpoint(folder)
     try:
@@ -549,10 +776,20 @@ def _restore(model: nn.Module, optimizer, folder: Path, init_fingerprint: str) -
     return TrainState(**progress)
 
 
-def _stop_on_nonfinite(run_dir: Path, state: TrainState, loss, epoch: int, step: int):
-    reason = (f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-              f"the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}; "
-              f"lower --lr, raise --clip-grad or use --amp none")
+def _stop_if_not_finite(run_dir: Path, state: TrainState, model: nn.Module, test: dict, epoch: int,
+                        config: TrainConfig, device: torch.device) -> None:
+    """Never save a poisoned checkpoint: the weights, the BatchNorm statistics and the test loss must be finite."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad += [f"test {k}" for k, v in test.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not distributed.all_true(torch.tensor(not bad, device=device), device):
+        what = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") if bad else "another rank"
+        _stop_on_nonfinite(run_dir, state, f"{what} became non-finite in epoch {epoch + 1}", config)
+
+
+def _stop_on_nonfinite(run_dir: Path, state: TrainState, what: str, config: TrainConfig):
+    lower = f"{config.lr / 10:g}"
+    reason = (f"{what}; the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}; lower --lr: "
+              f"continue with `spatialmix train --resume --out {run_dir} --lr {lower}` (--amp none may help too)")
     if distributed.is_main():
         runs.atomic_write_json(run_dir / runs.STATUS, {"state": "failed", "epoch": state.epoch, "reason": reason})
     raise NonFiniteLossError(f"training stopped: {reason}")
@@ -568,19 +805,21 @@ def load_trained_model(run_dir: str | Path, weights: str = "latest", device: str
     The run record is ``config.json``: ``record["train"]`` is the TrainConfig, ``record["data"]``
     has ``mean``/``std``/``in_chans``/``num_classes``/``image_size``.
     """
-    run_dir = runs.check_run_dir(Path(run_dir))
-    record = runs.read_json(run_dir / runs.CONFIG, "run")
-    config = TrainConfig.from_dict(record["train"])
+    run = runs.Run(run_dir).check()
+    run_dir = run.path
+    record = run.record()
+    config = run.train_config()
     d = record["data"]
-    model = build_model(config, d["in_chans"], d["num_classes"], d["image_size"], task_from_dict(record.get("task")))
+    try:
+        task = task_from_dict(record.get("task"))
+    except SpatialmixError as err:
+        raise SpatialmixError(f"{run.file(runs.CONFIG)}: {err}") from None
+    model = build_model(config, d["in_chans"], d["num_classes"], d["image_size"], task)
     if weights == "init":
-        state = runs.load_weights(run_dir / runs.INIT)
+        state = runs.load_weights(run.file(runs.INIT))
     elif weights == "latest":
-        folder = runs.latest_checkpoint(run_dir)
-        if folder is None:
-            raise SpatialmixError(f"{run_dir} has no checkpoint yet (training never finished an epoch); "
-                                  f"train it first with `spatialmix train --resume --out {run_dir}`")
-        state = runs.load_weights(folder / runs.MODEL_FILE)
+        folder = run.require_checkpoint()
+        state = runs.load_weights(run.file(runs.CKPT_DIR, folder.name, runs.MODEL_FILE))
     else:
         raise unknown_name("weights", weights, ("latest", "init"))
     try:
