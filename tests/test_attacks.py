@@ -158,6 +158,36 @@ def test_early_stopping_changes_nothing_for_the_other_examples():
         assert together.gradient_steps < len(y) * 13
 
 
+def test_each_budget_attacks_only_the_examples_still_standing(monkeypatch):
+    model, x, y = linear_problem(classes=2, n=80)
+    attacked = []
+    real = apgd.apgd
+
+    def spy(model, x, y, eps, *args, **kwargs):
+        attacked.append((eps, len(x), kwargs.get("start") is not None))
+        return real(model, x, y, eps, *args, **kwargs)
+
+    monkeypatch.setattr(apgd, "apgd", spy)
+    budgets = (0, 0.02, 0.05, 0.1)
+    result = evaluate_robustness(model, x, y, eps=budgets, checks=False, **BINARY)
+    robust = {b["eps"]: b["n_robust"] for b in result["budgets"]}
+    assert [a[0] for a in attacked] == list(budgets[1:])
+    for (eps, n, warm), smaller in zip(attacked, budgets):
+        assert n == robust[smaller]                  # broken at a smaller budget: not attacked again
+        assert warm == (smaller > 0)                 # started where the budget before ended
+    assert robust[0.02] > robust[0.1] > 0
+
+
+def test_progress_callback_sees_every_stage_and_the_steps_spent():
+    model, x, y = linear_problem(classes=5, n=30, seed=4)
+    calls = []
+    result = evaluate_robustness(model, x, y, eps=(0, 0.02), **{**FAST, "progress": lambda *a: calls.append(a)})
+    stages = {stage.split(":")[0] for stage, _ in calls}
+    assert {"default", "reference", "check", "chance"} <= stages
+    steps = [n for _, n in calls]
+    assert steps == sorted(steps) and steps[-1] == result["gradient_steps"] > 0
+
+
 def test_l2_attack_never_beats_the_optimum_and_finds_it_away_from_the_boundary():
     model, x, y = linear_problem(classes=2, seed=5)
     x = 0.3 + 0.4 * x                                   # the box cannot bind for eps <= 0.3

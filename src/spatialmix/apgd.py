@@ -110,9 +110,6 @@ class _Batch:
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # Convolutions on CPU run about 3x faster on channels_last inputs (measured on ConvMixer).
-    if x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
     return model(x)
 
 
