@@ -614,6 +614,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, resume: bool, data, max_st
                              score=task.score)
     steps_this_call = 0
     test_correct = None   # the last evaluation's per-example correctness, when it ran in this call
+    evaluated_this_call = False
     with progress:
         for epoch in range(state.epoch, config.epochs):
             train_loader.set_epoch(epoch)
@@ -661,6 +662,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, resume: bool, data, max_st
             # ranks differ); every rank evaluates its shard of the test set, and the means combine.
             distributed.broadcast_buffers(model)
             evaluation = task.evaluate(model, test_loader, device, amp)
+            evaluated_this_call = True
             test_correct = evaluation.pop("correct", None)   # per example; only rank 0's shard under DDP
             test = distributed.mean_over_ranks(evaluation, test_loader.num_examples(), device)
             _stop_if_not_finite(run_dir, state, model, test, epoch, config, device)
@@ -689,7 +691,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, resume: bool, data, max_st
                f"best_{task.score}": state.best_score, "epochs": state.epoch, "train_time": state.train_time,
                "images_per_s": state.images_seen / max(state.train_time, 1e-9),
                "frozen_unchanged": True, "frozen_fingerprint": init_fingerprint}
-    if world.world_size == 1 and test_correct is None:
+    if world.world_size == 1 and not evaluated_this_call:
         # Resumed after the last epoch's checkpoint (killed before the summary): evaluating the saved
         # weights again gives the same per-example answers (eval mode, same order).
         test_correct = task.evaluate(model, test_loader, device, amp).pop("correct", None)
