@@ -311,7 +311,7 @@ def _reusable(path: Path, settings: AttackSettings, fingerprint: dict) -> dict |
         saved = runs.read_json(path, "robustness result")
     except SpatialmixError:
         return None
-    from .train import resolve_device
+    from .tasks import resolve_device
 
     if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
         return None

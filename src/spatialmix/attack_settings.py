@@ -107,7 +107,7 @@ class AttackSettings:
         if "apgd-t" in attacks and self.targets == 0:
             raise SpatialmixError("apgd-t with 0 targets attacks nothing; set --targets 1 or more, or leave "
                                   "apgd-t out of --attacks")
-        from .train import DEVICE_CHOICES
+        from .config import DEVICE_CHOICES
 
         if self.device not in DEVICE_CHOICES:
             raise unknown_name("device", str(self.device), DEVICE_CHOICES)

@@ -257,7 +257,7 @@ def evaluate_robustness(model: nn.Module, images: torch.Tensor, labels: torch.Te
     """
     from . import masking
     from .attack_results import ProgressBar, result_dict
-    from .train import resolve_device
+    from .tasks import resolve_device
 
     settings = (settings or AttackSettings()).replace(**changes).validate()
     images, labels = _check_examples(images, labels)

@@ -61,7 +61,7 @@ def _field_type(field: dataclasses.Field):
 
 
 def _config_cls():
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     return TrainConfig
 
@@ -224,7 +224,7 @@ def build_parser() -> ArgumentParser:
 
 def add_attack_command(sub) -> None:
     """`spatialmix attack RUN_DIR ...`: robust accuracy of saved runs."""
-    from .attacks import ATTACKS, AttackSettings
+    from .attack_settings import ATTACKS, AttackSettings
 
     d = AttackSettings()
     p = sub.add_parser("attack", help="clean and robust accuracy of saved runs (APGD-CE, APGD-T; PGD, FGSM), "

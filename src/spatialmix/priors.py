@@ -188,7 +188,8 @@ class EmpiricalPrior:
 def _spatial_layer_names(train: dict, data: dict, run_dir: Path) -> list[str]:
     """The spatial layers of the run's model, from its config (built on the meta device: shapes only)."""
     from .mixing import SPATIAL, LayerSelector, layers_of_kind
-    from .train import ClassificationTask, TrainConfig
+    from .config import TrainConfig
+    from .tasks import ClassificationTask
 
     try:
         config = TrainConfig.from_dict(train)

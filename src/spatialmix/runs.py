@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from .config import SPEED_FIELDS  # noqa: F401 (ignored when comparing configs)
 from .errors import SpatialmixError
 from .runlock import LOCK, RunLockedError
 from .runlock import locked as _locked_path
@@ -49,8 +50,6 @@ CONFIG, INIT, METRICS, STATUS, SUMMARY = "config.json", "init.safetensors", "met
 CKPT_DIR, LATEST, MODEL_FILE, STATE_FILE = "checkpoints", "latest.json", "model.safetensors", "train_state.pt"
 STATES = ("running", "finished", "failed", "interrupted")
 CHECKPOINT_NAME = re.compile(r"epoch-(\d{4,9})")
-# Fields whose value does not change what a run computes: ignored when comparing configs.
-SPEED_FIELDS = frozenset({"device", "progress", "workers", "threads", "data_dir", "download"})
 
 
 # --------------------------------------------------------------------------- shapes of the run files
@@ -200,7 +199,8 @@ class Run:
 
     def train_config(self):
         """The saved TrainConfig (fields added to TrainConfig after the run was made take their defaults)."""
-        from .train import TrainConfig, task_from_dict
+        from .config import TrainConfig
+        from .tasks import task_from_dict
 
         record = self.record()
         try:

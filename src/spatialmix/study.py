@@ -24,7 +24,8 @@ from .distributed import is_main
 from .errors import SpatialmixError, unknown_name
 from .mixing import MODES
 from .reporting import ResultTable, console, mean_std
-from .train import TrainConfig, train
+from .config import TrainConfig
+from .train import train
 
 
 @dataclass

@@ -43,7 +43,7 @@ import submitit
 from . import distributed, runs
 from .errors import SpatialmixError, unknown_name
 from .reporting import ResultTable, console
-from .train import TrainConfig
+from .config import TrainConfig
 
 EXECUTORS = ("local", "submitit-local", "slurm")
 GRID_KEYS = ("preset", "base", "grid")

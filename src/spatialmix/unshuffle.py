@@ -39,8 +39,10 @@ from .mixing import MODES
 from .models import check_kernel_size, convmixer_block, create_model, make_activation, register_model
 from .reporting import ResultTable, console, mean_std
 from .study import StudyContext, StudyResult
-from .train import (TrainConfig, autocast_context, load_data_for, load_trained_model, prepare_run_dir,
-                    task_from_dict, train)
+from .config import TrainConfig
+from .resume import prepare_run_dir
+from .tasks import autocast_context, task_from_dict
+from .train import load_data_for, load_trained_model, train
 
 PERMUTATION_FILE = "permutation.safetensors"
 PERMUTATION_FORMAT = "spatialmix-pixel-permutation/1"
