@@ -29,6 +29,8 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC_DI
 SUBPROCESS_ENV.pop("SPATIALMIX_DATA", None)
 
 IDX_TYPE_UBYTE = 0x08
+# Where Debian's dataset-fashion-mnist puts the real data set (tests that need it skip without it).
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def write_idx(path: Path, array: np.ndarray) -> Path:

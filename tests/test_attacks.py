@@ -472,6 +472,7 @@ def test_attack_command_bad_input_is_one_line_exit_2_and_touches_nothing(two_run
     assert snapshot_files(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_attack_command_error_in_a_fresh_process(tmp_path):
     result = run_cli(["attack", str(tmp_path / "nowhere")], timeout=120)
     assert result.returncode == 2
@@ -480,6 +481,7 @@ def test_attack_command_error_in_a_fresh_process(tmp_path):
 
 # --------------------------------------------------------------------------- the studies
 
+@pytest.mark.slow
 def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypatch, fake_fashion_dir):
     from spatialmix import study
     from spatialmix.train import TrainConfig

@@ -244,6 +244,7 @@ def test_models_command(capsys):
     assert "unknown model" in assert_one_error_line(code, err)
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process(tmp_path):
     """What a user sees: no traceback, no warnings, one line, exit code 2."""
     proc = run_cli(["train", "--model", "nosuch", "--out", str(tmp_path / "r")])

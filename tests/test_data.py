@@ -14,7 +14,7 @@ from spatialmix.data import (DATASETS, ENV_VAR, BatchLoader, Normalize, load_dat
                              read_idx, to_unit_range)
 from spatialmix.errors import SpatialmixError
 
-from conftest import write_fake_idx_dir, write_idx
+from conftest import SYSTEM_FASHION_MNIST, write_fake_idx_dir, write_idx
 
 
 @pytest.fixture
@@ -74,6 +74,8 @@ def test_lookup_order(tmp_path, monkeypatch, no_system_data):
     assert len(data.train_labels) == 11 and data.source == str(no_system_data)
 
 
+@pytest.mark.skipif(not SYSTEM_FASHION_MNIST.is_dir(),
+                    reason="needs the OS package dataset-fashion-mnist (scripts/setup.sh installs it)")
 def test_real_fashion_mnist_is_found_at_the_os_location():
     assert "/usr/share/datasets/fashion-mnist" in DATASETS["fashion-mnist"].system_dirs
     data = load_dataset("fashion-mnist", download=False)

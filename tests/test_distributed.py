@@ -22,6 +22,9 @@ from spatialmix.data import BatchLoader
 from spatialmix.errors import SpatialmixError
 from spatialmix.train import ClassificationTask, TrainConfig, build_model, load_trained_model, train
 
+# spawns torchrun process groups: the slow tier
+pytestmark = [pytest.mark.slow]
+
 WORLD = 2
 CONFIG = dict(dataset="fashion-mnist", model="convmixer", width=16, depth=2, kernel_size=3, patch_size=4,
               mode="chans", augment="none", sync_bn=True, epochs=2, batch_size=64, lr=0.01, device="cpu",

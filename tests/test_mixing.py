@@ -223,6 +223,7 @@ save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if no
 """
 
 
+@pytest.mark.slow
 def test_same_seed_rebuilds_identical_filters_in_a_new_process(tmp_path):
     out = tmp_path / "frozen.safetensors"
     proc = subprocess.run([sys.executable, "-c", NEW_PROCESS_SCRIPT, str(out)], env=SUBPROCESS_ENV,

@@ -20,6 +20,7 @@ def _refuse(x: int) -> int:
     return x
 
 
+@pytest.mark.slow
 def test_results_come_back_in_job_order_with_the_threads_asked_for():
     seen = []
     results = run_side_by_side([(_square_and_threads, (i,)) for i in range(5)], processes=2, threads=1,
@@ -39,6 +40,7 @@ def test_one_process_runs_here_in_order():
     assert seen == [0, 1]
 
 
+@pytest.mark.slow
 def test_a_failing_job_raises_its_own_error():
     with pytest.raises(SpatialmixError, match="job 2 refused"):
         run_side_by_side([(_refuse, (i,)) for i in range(4)], processes=2)

@@ -12,6 +12,13 @@ from spatialmix import runs, study
 from spatialmix.errors import SpatialmixError
 from spatialmix.study import PRESETS, classification_run_dir, reproduce
 
+from conftest import SYSTEM_FASHION_MNIST
+
+# trains on the real Fashion-MNIST: the slow tier
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not SYSTEM_FASHION_MNIST.is_dir(),
+                                 reason="needs the OS package dataset-fashion-mnist (scripts/setup.sh installs it)")]
+
 OVERRIDES = dict(train_subset=512, test_subset=256, epochs=1, width=16, depth=1, progress=False)
 SEEDS = (0, 1)
 MODES = ("full", "chans", "space")

@@ -88,6 +88,7 @@ def test_slurm_time_formats():
 
 # --------------------------------------------------------------------------- submitit
 
+@pytest.mark.slow
 def test_submitit_sweep_interrupted_after_two_runs_only_the_other_two(tiny_grid, tmp_path, monkeypatch):
     # The job processes import the code under test, one thread each (2 shared cores).
     monkeypatch.setenv("PYTHONPATH", str(SRC_DIR))
@@ -157,6 +158,7 @@ def test_slurm_without_slurm_is_a_clear_error(tiny_grid, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- in this process
 
+@pytest.mark.slow
 def test_study_sweep_runs_land_where_reproduce_reads_them(fake_fashion_dir, tmp_path):
     overrides = {k: v for k, v in TINY_BASE.items() if k not in ("model",)}
     sweep = study_sweep("quick", tmp_path / "study", seeds=(3,), data_dir=str(fake_fashion_dir), **overrides)

@@ -76,6 +76,7 @@ RESUME_CONFIG = dict(dataset="fashion-mnist", model="convmixer", width=32, depth
                      epochs=3, batch_size=64, progress=False, seed=3, train_subset=256)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(fake_fashion_dir, tmp_path):
     config = TrainConfig(**RESUME_CONFIG, data_dir=str(fake_fashion_dir))
     cli = [sys.executable, "-m", "spatialmix.cli", "train", *config_flags(config)]
