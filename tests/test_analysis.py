@@ -222,3 +222,20 @@ def test_tables_and_figures_of_runs(tiny_runs):
 def test_analyze_run_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(SpatialmixError, match="not a spatialmix run"):
         analysis.analyze_run(tmp_path)
+
+
+def test_token_mixing_models_have_statistics_but_no_filter_banks(tmp_path, tiny_config, fake_fashion_dir):
+    """An MLP-Mixer's spatial mixers are matrices, not k x k filters: the analysis (and the report)
+    describe them by norms and distance from init instead of failing on them."""
+    from spatialmix.analysis import analyze
+    from spatialmix.report import write_report
+
+    config = tiny_config(model="mlpmixer", width=16, depth=1, patch_size=4, mode="chans",
+                         data_dir=str(fake_fashion_dir), train_subset=128)
+    train(config, tmp_path / "run")
+    analysis = analyze(tmp_path / "run")
+    assert analysis.filters == {} and analysis.spectra == []
+    token_rows = [row for row in analysis.stats if row.kind == "spatial"]
+    assert token_rows and all(row.frozen and row.distance == 0.0 for row in token_rows)
+    files = write_report([tmp_path / "run"], tmp_path / "report.html")
+    assert (tmp_path / "report.html").is_file() and files is not None

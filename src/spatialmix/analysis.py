@@ -129,9 +129,15 @@ def layer_spectrum(layer: str, filters: torch.Tensor, size: int = FFT_SIZE,
 
 
 def spatial_filters(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Each spatial mixer's filters as a bank (N, kh, kw); from ``state`` (a state dict) when given."""
+    """Each spatial mixer's filters as a bank (N, kh, kw); from ``state`` (a state dict) when given.
+
+    Only convolutional mixers have k x k filters: token-mixing matrices (MLP-Mixer) are left out
+    here and described by their norms and distance from init (:func:`layer_statistics`).
+    """
     banks = {}
     for name, module in layers_of_kind(model, SPATIAL):
+        if not isinstance(module, nn.Conv2d):
+            continue
         weight = module.weight if state is None else state.get(f"{name}.weight")
         if weight is None:
             raise SpatialmixError(f"the saved weights have no {name}.weight: they belong to another model")
@@ -223,10 +229,10 @@ def analyze_model(model: nn.Module, label: str = "model", init_state: dict[str, 
                   size: int = FFT_SIZE, group: str | None = None) -> FilterAnalysis:
     """Spectra and statistics of ``model``'s spatial mixers (and distance from ``init_state`` if given)."""
     filters = spatial_filters(model)
-    if not filters:
-        raise SpatialmixError(f"{label} has no spatial mixers (depthwise k x k convs) to analyze; "
-                              f"use a separable model such as convmixer or resnet18-sep")
     spatial = [m for _, m in layers_of_kind(model, SPATIAL)]
+    if not spatial:
+        raise SpatialmixError(f"{label} has no spatial mixers (depthwise k x k convs or token-mixing layers) to "
+                              f"analyze; use a separable model such as convmixer or resnet18-sep")
     frozen = all(not p.requires_grad for m in spatial for p in m.parameters(recurse=False))
     return FilterAnalysis(
         label=label, group=group or label, filters=filters, spectra=spectra(filters, size),

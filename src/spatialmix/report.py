@@ -662,16 +662,14 @@ def filters_section(inputs: Inputs, fft_size: int = FFT_SIZE) -> Section:
     if len(shown) < len(analyses):
         section.items.append(f"Figures show the first seed of each setting ({len(shown)} of {len(analyses)} runs); "
                              f"the tables show every run.")
-    section.items.append(figure_png(plot_filter_grids(shown),
-                                    "The first 16 filters of each spatial layer; each filter scaled by its own "
-                                    "largest |weight| (red positive, blue negative)."))
-    section.items.append(figure_png(plot_radial_profiles(shown),
-                                    "Radial profile of the mean power spectrum of each spatial layer, relative to "
-                                    "the layer's mean power (dotted: white spectrum; dashed: the low/high cutoff)."))
-    section.items.append(figure_png(plot_mean_spectra(shown),
-                                    "Mean 2-D magnitude spectrum of each spatial layer (DC in the centre, each panel "
-                                    "scaled to its maximum)."))
-    section.items.append(spectrum_table(analyses))
+    shown = [a for a in shown if a.filters]   # token-mixing models have no k x k filters to draw
+    if not shown:
+        section.items.append("These runs' spatial mixers are token-mixing matrices (no k x k filters): they are "
+                             "described by their norms and distance from initialization below.")
+    else:
+        _filter_figures(section, shown)
+    if any(a.spectra for a in analyses):
+        section.items.append(spectrum_table([a for a in analyses if a.spectra]))
     stats = statistics_table(analyses)
     section.items.append(("details", stats) if len(stats.rows) > 40 else stats)
     moved = frozen_layers_moved(analyses)
@@ -684,6 +682,18 @@ def filters_section(inputs: Inputs, fft_size: int = FFT_SIZE) -> Section:
     if skipped:
         section.items.append("Not analyzed: " + "; ".join(skipped) + ".")
     return section
+
+
+def _filter_figures(section: Section, shown: list[FilterAnalysis]) -> None:
+    section.items.append(figure_png(plot_filter_grids(shown),
+                                    "The first 16 filters of each spatial layer; each filter scaled by its own "
+                                    "largest |weight| (red positive, blue negative)."))
+    section.items.append(figure_png(plot_radial_profiles(shown),
+                                    "Radial profile of the mean power spectrum of each spatial layer, relative to "
+                                    "the layer's mean power (dotted: white spectrum; dashed: the low/high cutoff)."))
+    section.items.append(figure_png(plot_mean_spectra(shown),
+                                    "Mean 2-D magnitude spectrum of each spatial layer (DC in the centre, each panel "
+                                    "scaled to its maximum)."))
 
 
 def _white_ratio(size: int) -> float:
