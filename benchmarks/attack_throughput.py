@@ -8,6 +8,8 @@ wall time:
   forward pass to count (the loop a torchattacks user writes; the old default's attack);
 * plain torchattacks APGD-CE + APGD-T: ``torchattacks.APGD`` then ``torchattacks.APGDT`` with
   spatialmix's default steps and targets, on every example at every budget (the same attacks);
+* plain torchattacks APGD-CE + APGD-T with torchattacks' own defaults (10 steps, all 9 other
+  classes as targets), what a torchattacks user gets without tuning;
 * spatialmix default: ``evaluate_robustness(checks=False)``: the same APGD-CE + APGD-T on the
   examples still standing only, stopping each example once misclassified, warm starts across
   budgets;
@@ -135,6 +137,9 @@ def main() -> None:
         return [torchattacks.APGD(model, eps=eps, steps=s, loss="ce", seed=0),
                 torchattacks.APGDT(model, eps=eps, steps=s, n_classes=k + 1, seed=0)]   # k target classes
 
+    def apgd_torchattacks_defaults(eps):
+        return [torchattacks.APGD(model, eps=eps, loss="ce", seed=0), torchattacks.APGDT(model, eps=eps, seed=0)]
+
     def pgd10(eps):
         return [torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 10, steps=10)]
 
@@ -147,6 +152,8 @@ def main() -> None:
         "plain torchattacks PGD-10": (lambda: plain_loop(model, x, y, pgd10, args.batch_size), "spatialmix default"),
         f"plain torchattacks APGD-CE-{s} + APGD-T-{s} x{k} (the same attacks)":
             (lambda: plain_loop(model, x, y, apgd_pair, args.batch_size), "spatialmix default"),
+        "plain torchattacks APGD-CE + APGD-T, torchattacks' defaults (10 steps, 9 targets)":
+            (lambda: plain_loop(model, x, y, apgd_torchattacks_defaults, args.batch_size), "spatialmix default"),
         f"spatialmix default + checks (reference on {args.reference_examples})":
             (lambda: ours(model, x, y, settings, checks=True)[:2], None),
     }

@@ -188,6 +188,20 @@ def test_progress_callback_sees_every_stage_and_the_steps_spent():
     assert steps == sorted(steps) and steps[-1] == result["gradient_steps"] > 0
 
 
+def test_a_warm_start_reuses_the_gradient_it_ended_with():
+    # The loss does not depend on eps: the gradient at the point an attack ended is the next
+    # budget's first gradient, so the warm-started attack is the same without recomputing it.
+    model, x, y = linear_problem(classes=10, n=30, seed=6)
+    first = apgd.apgd(model, x, y, 0.02, "Linf", 8, generator=torch.Generator().manual_seed(0))
+    keep = ~first.broken
+    reused = apgd.apgd(model, x[keep], y[keep], 0.05, "Linf", 8, start=first.adv[keep],
+                       start_loss=first.loss[keep], start_grad=first.grad[keep])
+    again = apgd.apgd(model, x[keep], y[keep], 0.05, "Linf", 8, start=first.adv[keep])
+    assert torch.equal(reused.broken, again.broken) and 0 < int(reused.broken.sum()) < int(keep.sum())
+    assert torch.allclose(reused.adv, again.adv, atol=1e-6)
+    assert again.gradient_steps - reused.gradient_steps == int(keep.sum())
+
+
 def test_l2_attack_never_beats_the_optimum_and_finds_it_away_from_the_boundary():
     model, x, y = linear_problem(classes=2, seed=5)
     x = 0.3 + 0.4 * x                                   # the box cannot bind for eps <= 0.3

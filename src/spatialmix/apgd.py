@@ -33,6 +33,8 @@ class Outcome:
     broken: torch.Tensor     # bool: misclassified at some point inside the ball
     adv: torch.Tensor        # that point where broken, else the highest-loss point (a warm start for later)
     gradient_steps: int      # forward-backward passes, summed over examples (the attack's cost)
+    loss: torch.Tensor | None = None   # APGD: the loss and its gradient at ``adv`` where not broken, so a
+    grad: torch.Tensor | None = None   # warm start from there needs no forward-backward pass of its own
 
 
 def project(adv: torch.Tensor, x: torch.Tensor, eps, norm: str) -> torch.Tensor:
@@ -124,18 +126,26 @@ def _loss_and_grad(model: nn.Module, x: torch.Tensor, y, target, loss_fn):
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int, *,
          loss: str = "ce", target: torch.Tensor | None = None, start: torch.Tensor | None = None,
+         start_loss: torch.Tensor | None = None, start_grad: torch.Tensor | None = None,
          generator: torch.Generator | None = None, rho: float = 0.75) -> Outcome:
     """APGD on every example of ``x`` until it is misclassified or ``steps`` are spent.
 
     ``start``: where each example begins (a warm start, projected into this ball), else a random
-    point of the ball. ``target``: the target class per example for ``loss="dlr-targeted"``.
+    point of the ball. ``start_loss`` and ``start_grad``: this loss and its gradient at ``start``
+    (from the :class:`Outcome` that ended there, whose examples were correctly classified): the
+    first pass is skipped and ``start`` is taken as it is, so it must lie in this ball.
+    ``target``: the target class per example for ``loss="dlr-targeted"``.
     """
     loss_fn = LOSSES[loss]
     broken = torch.zeros(len(x), dtype=torch.bool)
     adv = x.clone()
-    x_adv = project(start, x, eps, norm) if start is not None else random_start(x, eps, norm, generator)
-    loss_now, grad, wrong = _loss_and_grad(model, x_adv, y, target, loss_fn)
-    cost = len(x)
+    if start_grad is not None:
+        x_adv, loss_now, grad, cost = start, start_loss, start_grad, 0
+        wrong = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    else:
+        x_adv = project(start, x, eps, norm) if start is not None else random_start(x, eps, norm, generator)
+        loss_now, grad, wrong = _loss_and_grad(model, x_adv, y, target, loss_fn)
+        cost = len(x)
     b = _Batch(x=x, y=y, x_adv=x_adv, x_prev=x_adv, grad=grad, loss=loss_now, best=x_adv, grad_best=grad,
                loss_best=loss_now, loss_at_check=loss_now, step=torch.full((len(x),), 2.0 * eps, dtype=x.dtype,
                                                                            device=x.device),
@@ -171,7 +181,10 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: s
             since_check = 0
             window = max(window - shrink, min_window)
     adv[b.index] = b.t["best"].to(adv.dtype)
-    return Outcome(broken, adv, cost)
+    end_loss, end_grad = torch.zeros(len(x), device=x.device), torch.zeros_like(x)
+    end_loss[b.index.to(x.device)] = b.t["loss_best"]
+    end_grad[b.index.to(x.device)] = b.t["grad_best"]
+    return Outcome(broken, adv, cost, end_loss, end_grad)
 
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -127,27 +127,30 @@ class Attacker:
         return mask.nonzero().flatten()
 
     def run(self, attack: str, eps: float, idx: torch.Tensor, *, tag: str, steps: int | None = None,
-            start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attack the examples ``idx`` at ``eps``; returns which it broke and each one's end point.
+            start: WarmStart | None = None) -> tuple[torch.Tensor, WarmStart]:
+        """Attack the examples ``idx`` at ``eps``; returns which it broke and where each one ended.
 
         ``attack``: apgd-ce, apgd-tJ (the J-th ranked other class), pgd, fgsm or square.
         """
         broken = torch.zeros(len(idx), dtype=torch.bool)
-        ends = self.x[idx].clone()
+        ends = WarmStart(self.x[idx].clone())
         steps = steps or self.s.steps
         for b, first in enumerate(range(0, len(idx), self.s.batch_size)):
             part = slice(first, first + self.s.batch_size)
             x, y = self.x[idx[part]].to(self.device), self.y[idx[part]].to(self.device)
-            begin = None if start is None else start[part].to(self.device)
+            begin = None if start is None else start.part(part, self.device)
             generator = torch.Generator().manual_seed(derive_seed(self.s.seed, attack, tag, f"{eps:.12g}", b))
             self.progress(f"{tag}: {attack} at eps {eps_label(eps)}", self.gradient_steps)
-            adv = self._attack(attack, eps, x, y, idx[part], steps, begin, generator)
-            broken[part] = self._verify(adv, x, y, idx[part], eps)
-            ends[part] = adv.cpu()
+            outcome = self._attack(attack, eps, x, y, idx[part], steps, begin, generator)
+            # Only what the attack claims broken is checked (the rest it saw correctly classified).
+            claimed = outcome.broken.nonzero().flatten()
+            broken[first + claimed] = self._verify(outcome.adv[claimed], x[claimed], y[claimed],
+                                                   idx[part][claimed], eps)
+            ends.store(part, outcome)
         self.progress(f"{tag}: {attack} at eps {eps_label(eps)}", self.gradient_steps)
         return broken, ends
 
-    def _attack(self, attack, eps, x, y, idx, steps, start, generator) -> torch.Tensor:
+    def _attack(self, attack, eps, x, y, idx, steps, start, generator) -> apgd.Outcome:
         norm = self.s.norm
         if attack == "square":
             return self._square(eps, x, y, generator)
@@ -157,20 +160,20 @@ class Attacker:
             outcome = None
             for r in range(self.s.restarts):   # a restart attacks only what the earlier ones missed
                 todo = torch.ones(len(y), dtype=torch.bool) if outcome is None else ~outcome.broken
-                begin = start[todo] if start is not None and r == 0 else None
+                warm = start.select(todo) if start is not None and r == 0 else {}
                 if attack == "pgd":
                     o = apgd.pgd(self.model, x[todo], y[todo], eps, norm, steps, step_size=self.s.step_size,
-                                 start=begin, generator=generator)
+                                 start=warm.get("start"), generator=generator)
                 else:
                     target = self.ranked[idx, int(attack[6:])].to(self.device) if attack.startswith("apgd-t") else None
-                    o = apgd.apgd(self.model, x[todo], y[todo], eps, norm, steps, start=begin, generator=generator,
+                    o = apgd.apgd(self.model, x[todo], y[todo], eps, norm, steps, generator=generator,
                                   loss="ce" if target is None else "dlr-targeted",
-                                  target=None if target is None else target[todo])
+                                  target=None if target is None else target[todo], **warm)
                 outcome = o if outcome is None else _merge(outcome, o, todo)
         self.gradient_steps += outcome.gradient_steps
-        return outcome.adv
+        return outcome
 
-    def _square(self, eps, x, y, generator) -> torch.Tensor:
+    def _square(self, eps, x, y, generator) -> apgd.Outcome:
         import torchattacks
 
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
@@ -180,7 +183,9 @@ class Attacker:
                                          n_restarts=1, seed=seed)
             adv = attack(x, y).detach().to(x.dtype)
         self.gradient_steps += len(y) * self.s.square_queries // 3    # (a query is about 1/3 of a step)
-        return adv
+        with torch.no_grad():
+            claimed = (apgd.forward(self.model, project(adv, x, eps, self.s.norm)).argmax(1) != y).cpu()
+        return apgd.Outcome(claimed, adv, 0)
 
     def _verify(self, adv, x, y, idx, eps) -> torch.Tensor:
         """Project into the ball, classify again, record the distances of the misclassified points."""
@@ -199,11 +204,53 @@ class Attacker:
 
 
 def _merge(first: apgd.Outcome, second: apgd.Outcome, todo: torch.Tensor) -> apgd.Outcome:
+    """A restart's outcome on ``todo`` over the first's (no warm-start gradients: they differ)."""
     adv = first.adv.clone()
     adv[todo] = second.adv
     broken = first.broken.clone()
     broken[todo] = second.broken
     return apgd.Outcome(broken, adv, first.gradient_steps + second.gradient_steps)
+
+
+@dataclass
+class WarmStart:
+    """Where an attack left each example: the next budget's start, with APGD's loss and gradient there."""
+
+    points: torch.Tensor
+    loss: torch.Tensor | None = None
+    grad: torch.Tensor | None = None
+    gradless: bool = False    # some example has no gradient (a restart, a non-APGD attack): recompute them all
+
+    def store(self, part: slice, outcome: apgd.Outcome) -> None:
+        self.points[part] = outcome.adv.cpu()
+        if outcome.grad is None or self.gradless:
+            self.gradless, self.loss, self.grad = True, None, None
+            return
+        if self.grad is None:
+            self.loss, self.grad = torch.zeros(len(self.points)), torch.zeros_like(self.points)
+        self.loss[part], self.grad[part] = outcome.loss.cpu(), outcome.grad.cpu()
+
+    def take(self, idx: torch.Tensor) -> "WarmStart":
+        return WarmStart(*(None if t is None else t[idx] for t in (self.points, self.loss, self.grad)))
+
+    def put(self, idx: torch.Tensor, ends: "WarmStart") -> None:
+        """Keep ``ends`` for the examples ``idx`` (a superset of those standing at the next budget)."""
+        self.points[idx] = ends.points
+        if ends.grad is None:
+            self.loss = self.grad = None
+            return
+        if self.grad is None:
+            self.loss, self.grad = torch.zeros(len(self.points)), torch.zeros_like(self.points)
+        self.loss[idx], self.grad[idx] = ends.loss, ends.grad
+
+    def part(self, part: slice, device) -> "WarmStart":
+        return WarmStart(*(None if t is None else t[part].to(device) for t in (self.points, self.loss, self.grad)))
+
+    def select(self, mask: torch.Tensor) -> dict:
+        """Keyword arguments of :func:`spatialmix.apgd.apgd` for the examples of ``mask``."""
+        if self.grad is None:
+            return {"start": self.points[mask]}
+        return {"start": self.points[mask], "start_loss": self.loss[mask], "start_grad": self.grad[mask]}
 
 
 def attack_plan(settings: AttackSettings, targets: int | None = None) -> list[str]:
@@ -228,16 +275,16 @@ class Budget:
 def attack_every_budget(attacker: Attacker, s: AttackSettings) -> list[Budget]:
     """The default evaluation: every attack at every budget, smallest first, on what still stands."""
     plan = attack_plan(s)
-    starts: dict[str, torch.Tensor] = {}   # per attack, each example's end point at the last budget
+    starts: dict[str, WarmStart] = {}   # per attack, where each example ended at the last budget
     budgets = []
     for eps in s.eps:
         budget = Budget(eps)
         for attack in plan if eps > 0 else []:
             idx = attacker.standing(eps)
-            start = starts[attack][idx] if s.warm_start and attack in starts else None
+            start = starts[attack].take(idx) if s.warm_start and attack in starts else None
             broken, ends = attacker.run(attack, eps, idx, start=start, tag="default")
             budget.broken_by[attack] = int(broken.sum())
-            starts.setdefault(attack, attacker.x.clone())[idx] = ends
+            starts.setdefault(attack, WarmStart(attacker.x.clone())).put(idx, ends)
         budget.default_robust = attacker.robust(eps).clone()
         budgets.append(budget)
     return budgets
@@ -335,7 +382,7 @@ def attack_examples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         attacker = Attacker(model, images, labels, settings, torch.device("cpu"))
         _, ends = attacker.run("apgd-t1" if name == "apgd-t" else name, eps, torch.arange(len(labels)),
                                tag="attack_examples")
-    return project(ends, images, eps, settings.norm)
+    return project(ends.points, images, eps, settings.norm)
 
 
 # Reading, writing and plotting results live in attack_results; these names are kept here.
