@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--autoattack-examples", type=int, default=30,
                         help="examples of the AutoAttack pair (0: skip; minutes per 10 robust examples on a CPU)")
     parser.add_argument("--reference-examples", type=int, default=50, help="the checked row's reference sample")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()

@@ -73,7 +73,7 @@ class AttackSettings:
     square_queries: int = 1000
     tolerance: float = 0.01
     n_examples: int | None = 500
-    batch_size: int = 128     # per-example cost on a CPU grows with larger batches (cache)
+    batch_size: int = 500
     seed: int = 0
     device: str = "auto"
 
