@@ -72,3 +72,22 @@ def test_a_run_trained_beside_another_is_bitwise_the_run_trained_alone(tmp_path,
     assert alone["test_acc"] == beside["test_acc"] and alone["test_correct_bits"] == beside["test_correct_bits"]
     assert runs.read_jsonl(tmp_path / "alone" / runs.METRICS)[0]["train_loss"] == \
         runs.read_jsonl(tmp_path / "beside" / runs.METRICS)[0]["train_loss"]
+
+
+def _sleep_then(x: float) -> float:
+    import time
+
+    time.sleep(x)
+    return x
+
+
+@pytest.mark.slow
+def test_each_job_is_reported_as_it_ends_not_when_all_have():
+    """A long job does not hold back the report of a short one (the study's progress lines)."""
+    import time
+
+    start = time.perf_counter()
+    reported = {}
+    run_side_by_side([(_sleep_then, (6.0,)), (_sleep_then, (0.0,))], processes=2,
+                     on_done=lambda i, r: reported.setdefault(i, time.perf_counter() - start))
+    assert reported[1] < reported[0] - 3

@@ -13,7 +13,7 @@ pickling, like any ``multiprocessing`` job); results come back in the order of t
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
 from . import speed
@@ -56,16 +56,13 @@ def run_side_by_side(jobs: Sequence[Job], processes: int | None = None, threads:
     with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=context,
                              initializer=_start_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
-        pending = set(futures)
         try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    results[futures[future]] = future.result()   # re-raises a job's exception
-                    if on_done:
-                        on_done(futures[future], results[futures[future]])
+            for future in as_completed(futures):   # as each job ends, not when all have
+                results[futures[future]] = future.result()   # re-raises a job's exception
+                if on_done:
+                    on_done(futures[future], results[futures[future]])
         except BaseException:
-            for future in pending:
+            for future in futures:
                 future.cancel()
             raise
     return results
