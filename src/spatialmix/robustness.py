@@ -23,7 +23,7 @@ from .errors import SpatialmixError
 from .reporting import ResultTable, console, mean_std
 from .study import StudyContext, StudyResult, classification_run_dir, train_all, train_or_reuse
 
-# Defaults for the quick preset (Fashion-MNIST, CPU): a fixed subset of 500 test images, APGD-CE-10 and
+# Defaults for a preset that sets no robustness options (the quick preset sets its own): a fixed subset of 500 test images, APGD-CE-10 and
 # APGD-T-10 on one target class (measured within 1 point of 100-step APGD-CE + APGD-T on 9 targets at
 # every budget; see the README), on the examples still standing; the reference (one target, to fit the
 # time) and the masking checks on 50 of them.
