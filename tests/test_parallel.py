@@ -91,3 +91,34 @@ def test_each_job_is_reported_as_it_ends_not_when_all_have():
     run_side_by_side([(_sleep_then, (6.0,)), (_sleep_then, (0.0,))], processes=2,
                      on_done=lambda i, r: reported.setdefault(i, time.perf_counter() - start))
     assert reported[1] < reported[0] - 3
+
+
+def _sleep_then_touch(path: str, seconds: float) -> None:
+    import time
+    from pathlib import Path
+
+    time.sleep(seconds)
+    Path(path).write_text("finished")
+
+
+@pytest.mark.slow
+def test_a_failed_study_stops_the_other_jobs_instead_of_leaving_them_running(tmp_path):
+    """After an error (or Ctrl-C / SIGTERM sent to this process only) no orphaned worker trains on."""
+    import time
+
+    marker = tmp_path / "orphan-finished"
+    with pytest.raises(SpatialmixError, match="job 2 refused"):
+        run_side_by_side([(_sleep_then_touch, (str(marker), 4.0)), (_refuse, (2,))], processes=2)
+    time.sleep(6)
+    assert not marker.exists()
+
+
+def test_interrupted_reproduce_says_to_run_the_same_command_again(monkeypatch, capsys):
+    from spatialmix import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "cmd_reproduce", interrupted)
+    assert cli.main(["reproduce", "--out", "somewhere"]) == 130
+    err = capsys.readouterr().err
+    assert "continue with the same command" in err and "--resume" not in err

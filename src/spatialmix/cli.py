@@ -492,7 +492,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("spatialmix: interrupted; the last checkpoint is kept, continue with --resume", file=sys.stderr)
+        out = getattr(args, "out", None)
+        how = (f"`spatialmix train --resume --out {out}`" if args.command == "train" and out
+               else "the same command (finished runs are reused, interrupted ones continue)")
+        print(f"spatialmix: interrupted; every saved checkpoint is complete: continue with {how}", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

@@ -62,7 +62,12 @@ def run_side_by_side(jobs: Sequence[Job], processes: int | None = None, threads:
                 if on_done:
                     on_done(futures[future], results[futures[future]])
         except BaseException:
-            for future in futures:
-                future.cancel()
+            # A job failed, or Ctrl-C / SIGTERM reached this process only (kill PID, a scheduler):
+            # stop the other jobs now instead of letting orphaned workers train on. Every run folder
+            # is crash-safe, so the same command continues them later.
+            # (No future.cancel() first: the executor then fails the jobs as "broken" itself, which
+            # it cannot do to a cancelled one without printing a traceback.)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):   # no public kill
+                process.terminate()
             raise
     return results
