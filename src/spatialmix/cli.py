@@ -95,9 +95,7 @@ def _threads(text: str) -> int:
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=_threads, default=None,
-                        help="torch threads of this process (default: torch's own, one per physical core; "
-                             "use 1 on a busy machine)")
+    parser.add_argument("--threads", type=_threads, default=None, help=CONFIG_HELP["threads"])
 
 
 def config_overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:

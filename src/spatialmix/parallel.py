@@ -37,8 +37,8 @@ def run_side_by_side(jobs: Sequence[Job], processes: int | None = None, threads:
 
     ``processes`` None: one per available core; 1 runs the jobs here, one after the other (with
     ``threads`` threads). ``on_done(index, result)`` is called in this process as each job ends.
-    The first job that raises stops the others (jobs not started are cancelled; running ones end
-    with the pool) and its exception is raised here.
+    The first job that raises, or an interrupt of this process, stops the others (their worker
+    processes are terminated; every run folder is crash-safe) and is raised here.
     """
     processes = default_processes() if processes is None else processes
     if processes < 1 or threads < 1:

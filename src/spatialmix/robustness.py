@@ -23,10 +23,10 @@ from .errors import SpatialmixError
 from .reporting import ResultTable, console, mean_std
 from .study import StudyContext, StudyResult, classification_run_dir, train_all, train_or_reuse
 
-# Defaults for a preset that sets no robustness options (the quick preset sets its own): a fixed subset of 500 test images, APGD-CE-10 and
-# APGD-T-10 on one target class (measured within 1 point of 100-step APGD-CE + APGD-T on 9 targets at
-# every budget; see the README), on the examples still standing; the reference (one target, to fit the
-# time) and the masking checks on 50 of them.
+# Defaults for a preset that sets no robustness options (the quick preset sets its own): a fixed
+# subset of 500 test images, APGD-CE-10 and APGD-T-10 on one target class (measured within 1 point of
+# 100-step APGD-CE + APGD-T on 9 targets at every budget; see the README), on the examples still
+# standing; the reference (one target, to fit the time) and the masking checks on 50 of them.
 ROBUSTNESS_DEFAULTS = {"eps": DEFAULT_EPS, "norm": "Linf", "n_examples": 500, "targets": 1,
                        "reference_examples": 50, "reference_targets": 1, "square_queries": 300, "seed": 0}
 SMOOTHING_DEFAULTS = {"sigmas": (0.0, 0.5, 1.0, 2.0)}

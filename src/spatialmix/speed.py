@@ -85,7 +85,7 @@ class ChannelsLastGELU(nn.GELU):
     """``nn.GELU`` that runs a channels_last input as the contiguous NHWC tensor it is in memory.
 
     The values are bitwise those of ``nn.GELU`` on a contiguous tensor (the vectorized kernel);
-X
+    torch's strided kernel for channels_last differs from them by up to about 1e-6.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -176,8 +176,9 @@ def train_all(ctx: StudyContext, study: str, jobs: list[tuple[TrainConfig, Path]
 
     from .parallel import run_side_by_side
 
-    return run_side_by_side(work, processes=ctx.processes if side_by_side else 1, threads=ctx.threads or 1,
-                            on_done=done) if side_by_side else [fn(*args) for fn, args in work]
+    if not side_by_side:   # here, keeping torch's default threads unless ctx.threads says otherwise
+        return [fn(*args) for fn, args in work]
+    return run_side_by_side(work, processes=ctx.processes, threads=ctx.threads or 1, on_done=done)
 
 
 def classification_table(summaries: dict[str, list[dict]], title: str) -> ResultTable:

@@ -8,7 +8,6 @@ up to date after every epoch, so a run killed at any moment continues bit for bi
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,7 @@ def load_evaluation_data(run_dir: str | Path, data_dir: str | None = None) -> Im
 
 def resolve_workers(workers: int | None) -> int:
     """Image-folder decoding processes: by default one per core this process may use."""
-    return workers if workers is not None else len(os.sched_getaffinity(0))
+    return workers if workers is not None else speed.available_cores()
 
 def make_loaders(config: TrainConfig, data: ImageData, device: torch.device, rank: int = 0, world_size: int = 1
                  ) -> tuple[BatchLoader, BatchLoader]:

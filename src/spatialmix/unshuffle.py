@@ -33,14 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import runs
+from .config import TrainConfig
 from .data import DATASETS, ImageData
 from .errors import SpatialmixError, check_positive, unknown_name
 from .mixing import MODES
 from .models import check_kernel_size, convmixer_block, create_model, make_activation, register_model
 from .reporting import ResultTable, console, mean_std
-from .study import StudyContext, StudyResult
-from .config import TrainConfig
 from .resume import prepare_run_dir
+from .study import StudyContext, StudyResult
 from .tasks import autocast_context, task_from_dict
 from .train import load_data_for, load_trained_model, train
 
@@ -359,8 +359,6 @@ class UnshuffleTask:
             count += len(x)
         model.train(was_training)
         return {**{k: v / max(1, count) for k, v in totals.items()}, "n": count}
-
-
 
 
 # --------------------------------------------------------------------------- presets and training
