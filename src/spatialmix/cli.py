@@ -306,7 +306,8 @@ def add_unshuffle_command(sub) -> None:
                                          "with the scrambled input and a kernel-1 model as references")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100 "
                                                                "(default: fashion-mnist)")
-    p.add_argument("--preset", default="small", help="small (UnshuffleNet-32/8, kernel 7, CPU minutes) or large "
+    p.add_argument("--preset", default="small", help="small (UnshuffleNet-32/8, kernel 7, CPU minutes), hour "
+                                                     "(UnshuffleNet-64/8, about an hour on 2 CPU cores) or large "
                                                      "(UnshuffleNet-512/16, kernel 7, as in the paper; GPU)")
     p.add_argument("--modes", default="full,chans,space", help="comma-separated modes (default: full,chans,space)")
     p.add_argument("--window", type=int, default=None, metavar="PIXELS",
@@ -332,6 +333,8 @@ def add_unshuffle_command(sub) -> None:
     p.add_argument("--figure-images", type=int, default=8, help="test images in the figure (default: 8)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--out", default="runs/unshuffle", help="study folder (default: runs/unshuffle)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="trainings run side by side in this many processes (default: 1)")
     add_threads_argument(p)
     p.set_defaults(func=cmd_unshuffle)
 
@@ -347,7 +350,8 @@ def cmd_unshuffle(args) -> None:
     table = unshuffle_study(args.out, preset=args.preset, modes=[m for m in args.modes.split(",") if m],
                             window=args.window, loss=args.loss, perm_seed=args.perm_seed, seeds=tuple(args.seeds),
                             references=args.references, figure_images=args.figure_images,
-                            progress=args.progress, **overrides)
+                            progress=args.progress, processes=args.processes, threads=args.threads,
+                            **overrides)
     table.print()
     out = Path(args.out)
     print(f"table saved in {out / TABLE_FILES[0]} (also .csv, .json), figure in {out / FIGURE_FILE}")
