@@ -124,3 +124,32 @@ def test_every_command_takes_threads_and_refuses_bad_values(capsys):
             main(["report", "RUN", "--threads", bad])
         assert stop.value.code == 2
         assert "--threads must be a whole number of at least 1" in capsys.readouterr().err
+
+
+def _batched_models_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "batched_models.py"
+    spec = importlib.util.spec_from_file_location("batched_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_batched_twin_computes_each_lone_model_and_trains_like_it():
+    """The batched alternative (benchmarks/batched_models.py) is only a fair comparison if it is
+    the same computation: its outputs are the lone models' outputs, and after AdamW steps its
+    weights are the lone models' weights to float tolerance, in every mode."""
+    bench = _batched_models_benchmark()
+    models = bench.make_models(3, "chans", width=8, depth=2)
+    twin = bench.batched_twin(models).eval()
+    x = torch.randn(4, 3, 28, 28)
+    with torch.no_grad():
+        together = twin(x)
+        for i, m in enumerate(models):
+            torch.testing.assert_close(together[:, i], m.eval()(x[:, i:i + 1]), rtol=1e-5, atol=1e-5)
+    frozen = [n for n, p in twin.named_parameters() if not p.requires_grad]
+    assert frozen and all(".fn.0." in n for n in frozen)   # Chans: only the depthwise filters
+    for mode in ("full", "chans", "space"):
+        assert bench.max_difference(2, mode, width=8, depth=2, steps=3) < 1e-4
