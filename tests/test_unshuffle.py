@@ -17,10 +17,10 @@ from spatialmix.data import ImageData
 from spatialmix.errors import SpatialmixError
 from spatialmix.mixing import CHANNEL, HEAD, SPATIAL, classify_layers, summarize
 from spatialmix.train import build_model, load_trained_model, task_from_dict, train
-from spatialmix.unshuffle import (FIGURE_FILE, PERMUTATION_FILE, TABLE_FILES, UNSHUFFLE_PRESETS, PixelPermutation,
-                                  UnshuffleNet, UnshuffleTask, load_run_permutation, make_permutation, psnr,
-                                  scrambled_floor, ssim, train_unshuffle, unshuffle_config,
-                                  unshuffle_study)
+from spatialmix.unshuffle import (PERMUTATION_FILE, UNSHUFFLE_PRESETS, PixelPermutation, UnshuffleNet, UnshuffleTask,
+                                  load_run_permutation, make_permutation, psnr, scrambled_floor, ssim, train_unshuffle,
+                                  unshuffle_config)
+from spatialmix.unshuffle_study import FIGURE_FILE, TABLE_FILES, unshuffle_study
 
 TINY = dict(width=8, depth=1, kernel_size=3, epochs=1, batch_size=32, lr=0.01, progress=False)
 
@@ -186,7 +186,7 @@ def test_unshufflenet_keeps_the_resolution_and_presets_apply_the_modes():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: UnshuffleTask(loss="huber"), "unknown loss 'huber'; choose one of: l1, mse"),
-    (lambda: unshuffle_config("medium"), "unknown un-shuffling preset 'medium'; choose one of: large, small"),
+    (lambda: unshuffle_config("medium"), "unknown un-shuffling preset 'medium'; choose one of: hour, large, small"),
     (lambda: unshuffle_config("small", augment="flip"), "un-shuffling fixes ['augment']"),
     (lambda: unshuffle_config("small", colour=1), "unknown training settings ['colour']"),
     (lambda: UnshuffleNet(8, 1, 3, patch_size=2, in_chans=1), "patch size must be 1"),

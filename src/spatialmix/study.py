@@ -99,7 +99,7 @@ STUDIES: dict[str, str] = {
     "robustness": "spatialmix.robustness:robustness_study",        # claim 2
     "smoothing": "spatialmix.robustness:smoothing_study",          # claim 2, smoothed filters
     "init": "spatialmix.init_study:init_study",                    # the prior of the random filters
-    "unshuffle": "spatialmix.unshuffle:unshuffle_reproduce_study",  # claim 3
+    "unshuffle": "spatialmix.unshuffle_study:unshuffle_reproduce_study",  # claim 3
     "verdicts": "spatialmix.verdicts:verdicts_study",              # one verdict per claim
     "report": "spatialmix.report:report_study",                    # report.html, last
 }
