@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from spatialmix import data as data_mod
-from spatialmix.data import (DATASETS, ENV_VAR, BatchLoader, Normalize, load_dataset, random_crop, random_flip,
-                             read_idx, to_unit_range)
+from spatialmix.batches import BatchLoader, Normalize, random_crop, random_flip, to_unit_range
+from spatialmix.data import DATASETS, ENV_VAR, load_dataset
+from spatialmix.data_files import read_idx
 from spatialmix.errors import SpatialmixError
 
 from conftest import SYSTEM_FASHION_MNIST, write_fake_idx_dir, write_idx

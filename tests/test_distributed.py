@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from spatialmix import distributed, runs
-from spatialmix.data import BatchLoader
+from spatialmix.batches import BatchLoader
 from spatialmix.errors import SpatialmixError
 from spatialmix.train import ClassificationTask, TrainConfig, build_model, load_trained_model, train
 

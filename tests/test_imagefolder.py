@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from spatialmix.data import FolderLoader, load_image_folder
+from spatialmix.imagefolder import FolderLoader, load_image_folder
 from spatialmix.errors import SpatialmixError
 from spatialmix.train import TrainConfig, train
 

@@ -209,7 +209,7 @@ def select_examples(data, n_examples: int | None, seed: int) -> tuple[torch.Tens
     The same ``n_examples`` and ``seed`` give the same images for every model of a data set, so
     comparisons between models are paired.
     """
-    from .data import to_unit_range
+    from .batches import to_unit_range
 
     if n_examples is not None and n_examples <= 0:
         raise SpatialmixError(f"--n-examples must be at least 1, got {n_examples}")

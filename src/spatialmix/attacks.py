@@ -55,7 +55,7 @@ class InputSpaceModel(nn.Module):
 
     def __init__(self, model: nn.Module, mean, std):
         super().__init__()
-        from .data import Normalize
+        from .batches import Normalize
 
         self.normalize = Normalize(mean, std)
         self.model = model
@@ -355,7 +355,7 @@ def _check_examples(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     if len(images) != len(labels):
         raise SpatialmixError(f"{len(images)} images but {len(labels)} labels; pass one label per image")
     if images.dtype == torch.uint8:
-        from .data import to_unit_range
+        from .batches import to_unit_range
 
         images = to_unit_range(images)
     images = images.detach().float().cpu().contiguous()

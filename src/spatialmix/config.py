@@ -76,7 +76,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Reject bad values with one clear message before anything is built or written."""
-        from .data import AUGMENTATIONS, DATASETS
+        from .batches import AUGMENTATIONS
+        from .data import DATASETS
         from .mixing import INITS, MODES
         from .models import list_models
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from . import speed
 from .config import TrainConfig
-from .data import BatchLoader, ImageData
+from .batches import BatchLoader
+from .data import ImageData
 from .errors import SpatialmixError, unknown_name
 from .mixing import apply_mixing
 from .models import create_model

@@ -19,7 +19,9 @@ from torch import nn
 from . import distributed, runs, speed
 from .config import (AMP_CHOICES, DEVICE_CHOICES, DIVERGED_RESUMABLE_FIELDS, RESUMABLE_FIELDS,  # noqa: F401
                      TrainConfig)
-from .data import DATASETS, BatchLoader, FolderData, FolderLoader, ImageData, load_dataset, load_image_folder
+from .batches import BatchLoader
+from .data import DATASETS, ImageData, load_dataset
+from .imagefolder import FolderData, FolderLoader, load_image_folder
 from .errors import SpatialmixError, unknown_name
 from .mixing import frozen_fingerprint, trainable_parameters
 from .reporting import TrainProgress
