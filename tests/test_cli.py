@@ -252,3 +252,202 @@ def test_bad_input_in_a_real_process(tmp_path):
     assert proc.stderr.splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("spatialmix: error: unknown model 'nosuch'; choose one of:")
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+# --------------------------------------------------------------------------- options generated from dataclasses
+
+def _normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _command_parsers():
+    return cli.build_parser()._subparsers._group_actions[0].choices
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_every_field_of_a_command_is_in_its_help_with_its_text(command, monkeypatch):
+    """--help is generated from the dataclasses: every field, its flag, its help text; and nothing else."""
+    import dataclasses
+
+    from spatialmix.cli_options import help_text, option_strings
+
+    monkeypatch.setenv("COLUMNS", "100000")   # no line breaks inside a help text
+    parser = _command_parsers()[command]
+    shown = _normalized(parser.format_help())
+    from_fields = set()
+    for cls, skip in cli.COMMANDS[command].settings:
+        for field in dataclasses.fields(cls):
+            if field.name in skip:
+                continue
+            assert field.metadata["help"], f"{cls.__name__}.{field.name} has an empty help text"
+            assert _normalized(help_text(cls, field)) in shown, (command, field.name)
+            for flag in option_strings(field):
+                if flag.startswith("-"):
+                    assert flag in shown, (command, flag)
+            from_fields.add(field.name)
+    # ... and every option of the command is one of those fields (no option written by hand).
+    dests = {action.dest for action in parser._actions if action.dest != "help"}
+    assert dests == from_fields
+
+
+def _option_help(command: str, flag: str) -> str:
+    parser = _command_parsers()[command]
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    return action.help
+
+
+def test_names_listed_in_help_texts_are_the_names_the_library_knows():
+    """A help text that lists names by hand must list every name (`--dataset` once forgot imagefolder)."""
+    from spatialmix.attack_settings import ATTACKS, NORMS
+    from spatialmix.batches import AUGMENTATIONS
+    from spatialmix.data import DATASETS
+    from spatialmix.mixing import INITS, MODES
+    from spatialmix.study import PRESETS
+    from spatialmix.unshuffle import LOSSES, UNSHUFFLE_PRESETS
+
+    listed = {("train", "--dataset"): DATASETS, ("train", "--mode"): MODES, ("train", "--spatial-init"): INITS,
+              ("train", "--augment"): AUGMENTATIONS, ("attack", "--attacks"): ATTACKS, ("attack", "--norm"): NORMS,
+              ("reproduce", "--preset"): PRESETS, ("sweep", "--preset"): PRESETS, ("unshuffle", "--loss"): LOSSES,
+              ("unshuffle", "--preset"): UNSHUFFLE_PRESETS, ("unshuffle", "--modes"): MODES}
+    for (command, flag), names in listed.items():
+        text = _option_help(command, flag)
+        for name in names:
+            assert name in text, (command, flag, name)   # (--modes: in its default)
+    # channel inits are the non-covariance ones (covariance is for depthwise filters only)
+    assert all(name in _option_help("train", "--channel-init") for name in INITS if "covariance" not in name)
+
+
+def test_unshuffle_settings_mirror_the_study_function():
+    """UnshuffleSettings holds exactly the keyword arguments of unshuffle_study (and TrainConfig overrides)."""
+    import inspect
+
+    from spatialmix.config import TrainConfig
+    from spatialmix.unshuffle_settings import UnshuffleSettings
+
+    study = cli._unshuffle_study_module().unshuffle_study
+    named = {name for name, p in inspect.signature(study).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    kwargs = UnshuffleSettings().study_kwargs()
+    assert named <= set(kwargs), named - set(kwargs)
+    assert set(kwargs) - named <= set(TrainConfig().to_dict())
+    # the training overrides are passed only when given (None: the preset's), the others always
+    assert "epochs" not in kwargs and kwargs["out_dir"] == "runs/unshuffle" and kwargs["modes"] == ("full", "chans",
+                                                                                                   "space")
+    assert UnshuffleSettings(epochs=2, out="x").study_kwargs()["epochs"] == 2
+
+
+def test_reproduce_settings_mirror_the_reproduce_function():
+    import dataclasses
+    import inspect
+
+    from spatialmix.command_settings import ReproduceSettings
+    from spatialmix.study import reproduce
+
+    named = [name for name, p in inspect.signature(reproduce).parameters.items() if p.kind is not p.VAR_KEYWORD]
+    assert [f.name for f in dataclasses.fields(ReproduceSettings)] == \
+        [{"out_dir": "out"}.get(name, name) for name in named]
+    defaults = {name: p.default for name, p in inspect.signature(reproduce).parameters.items()}
+    assert ReproduceSettings().preset == defaults["preset"] and ReproduceSettings().out == defaults["out_dir"]
+
+
+def test_the_generator_turns_field_types_into_options():
+    import dataclasses
+
+    from spatialmix.cli_options import ArgumentParser, add_options, given_values, int_or_all, option
+    from spatialmix.errors import SpatialmixError
+
+    @dataclasses.dataclass
+    class Example:
+        flag: bool = option(True, "a switch")
+        count: int | None = option(None, "how many", minimum=1)
+        rate: float = option(0.5, "a rate")
+        seeds: tuple[int, ...] = option((0,), "seeds")
+        names: tuple[str, ...] = option(("a", "b"), "names")
+        sizes: tuple[float, ...] = option((1.0,), "sizes")
+        limit: int | None = option(10, "a limit or all", parse=int_or_all("--limit"))
+        kind: str = option("x", "one of x, y", choices=("x", "y"))
+
+    parser = ArgumentParser(prog="p")
+    add_options(parser, Example)
+    assert given_values(Example, parser.parse_args([])) == {}     # nothing given: the dataclass's defaults
+    args = parser.parse_args(["--no-flag", "--count", "3", "--rate", "1e-3", "--seeds", "1", "2", "--names", "c,,d",
+                              "--sizes", "0.5,2", "--limit", "all", "--kind", "y"])
+    assert given_values(Example, args) == dict(flag=False, count=3, rate=0.001, seeds=(1, 2), names=("c", "d"),
+                                               sizes=(0.5, 2.0), limit=None, kind="y")
+    assert given_values(Example, parser.parse_args(["--flag", "--limit", "7"])) == dict(flag=True, limit=7)
+    help_text = _normalized(parser.format_help())
+    for text in ("a switch (default: on)", "--no-flag", "how many", "(default: 0.5)", "seeds (default: 0)",
+                 "names (default: a,b)", "{x,y}"):
+        assert text in help_text
+    for bad in (["--names"], ["--count", "0"], ["--count", "x"], ["--kind", "z"], ["--rate", "fast"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    with pytest.raises(SpatialmixError, match="--sizes takes comma-separated float values, got 'a,b'"):
+        given_values(Example, parser.parse_args(["--sizes", "a,b"]))
+    with pytest.raises(SpatialmixError, match="--limit must be a whole number or 'all', got 'many'"):
+        given_values(Example, parser.parse_args(["--limit", "many"]))
+
+    @dataclasses.dataclass
+    class Undocumented:
+        silent: int = 0
+
+    with pytest.raises(TypeError, match="Undocumented.silent has no help text"):
+        add_options(ArgumentParser(prog="q"), Undocumented)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["attack", "RUN", "--n-examples", "many"], "--n-examples must be a whole number or 'all', got 'many'"),
+    (["attack", "RUN", "--reference-examples", "some"], "--reference-examples must be a whole number or 'all'"),
+    (["unshuffle", "--modes", ",", "--no-references"], "nothing to train"),
+    (["train", "--out", ""], "--out is an empty string"),
+])
+def test_values_the_library_refuses_are_one_line(capsys, argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(capsys, argv)
+    assert message in assert_one_error_line(code, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_argparse_refuses_a_value_outside_a_fixed_set(capsys):
+    code, _, err = run_main(capsys, ["train", "--amp", "fp8"])
+    line = assert_one_error_line(code, err, prefix="spatialmix train: error:")
+    assert "argument --amp: invalid choice: 'fp8'" in line and "'auto', 'bf16', 'none'" in line
+
+
+# --------------------------------------------------------------------------- decisions the library makes
+
+def test_default_run_dir_names_dataset_model_mode_and_seed():
+    from spatialmix.config import TrainConfig, default_run_dir, run_dir_for
+    from spatialmix.errors import SpatialmixError
+
+    config = TrainConfig(dataset="cifar10", model="timm:convnext_atto", mode="chans", seed=3)
+    assert default_run_dir(config) == "runs/cifar10-timm-convnext_atto-chans-seed3"
+    assert default_run_dir(TrainConfig()) == "runs/fashion-mnist-convmixer-128-6-full-seed0"
+    assert run_dir_for(None, config) == default_run_dir(config)
+    assert run_dir_for("runs/mine", config) == "runs/mine"
+    with pytest.raises(SpatialmixError, match="--out is an empty string"):
+        run_dir_for("", config)
+
+
+def test_supported_modes_need_a_layer_of_the_kind_they_freeze():
+    from spatialmix.mixing import MixingSummary
+    from spatialmix.model_info import supported_modes
+
+    def summary(**layers):
+        return MixingSummary([dict(kind=k, layers=n, trainable=1, frozen=0) for k, n in layers.items() if n])
+
+    assert supported_modes(summary(spatial=4, channel=8, head=1)) == {"full": None, "chans": None, "space": None}
+    assert supported_modes(summary(channel=3, head=1)) == {
+        "full": None, "chans": "chans needs depthwise convolutions to freeze", "space": None}
+    assert supported_modes(summary(spatial=2)) == {
+        "full": None, "chans": None, "space": "space needs 1 x 1 convolutions to freeze"}
+
+
+def test_describe_model_counts_parameters_and_mixers():
+    from spatialmix.model_info import describe_model
+
+    info = describe_model("convmixer-256/8", in_chans=1, num_classes=10, image_size=28)
+    assert info.parameters == count_parameters(create_model("convmixer-256/8", in_chans=1, num_classes=10,
+                                                            image_size=28))
+    assert info.layers("spatial") == 8 and info.layers("channel") == 8
+    assert {k: n for k, n in info.spatial_counts.items() if n} == {"depthwise convolutions": 8}
+    assert info.modes == {"full": None, "chans": None, "space": None}

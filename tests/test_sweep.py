@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from spatialmix.cli import main
 from spatialmix.errors import SpatialmixError
 from spatialmix.study import classification_run_dir
 from spatialmix.sweep import (JobResources, finished_summary, grid_sweep, load_grid_file, make_executor, parse_time,
-                              run_sweep, study_sweep)
+                              plan_sweep, run_sweep, study_sweep)
+from spatialmix.sweep_settings import SweepSettings, parse_slurm_options
 
 TINY_BASE = dict(model="convmixer", width=8, depth=1, kernel_size=3, patch_size=4, epochs=1, batch_size=64,
                  train_subset=128, test_subset=64, progress=False, device="cpu", amp="none")
@@ -84,6 +86,47 @@ def test_slurm_time_formats():
     for bad in ("1h", "", "0", "1:2:3:4"):
         with pytest.raises(SpatialmixError, match="time"):
             parse_time(bad)
+
+
+def test_job_resources_refuse_impossible_requests():
+    JobResources(gpus=0, nodes=1, cpus=0).validate()   # the smallest request is fine
+    for changes, message in ((dict(gpus=-1), "--gpus must be 0 or more, got -1"),
+                             (dict(cpus=-2), "--cpus must be 0 or more, got -2"),
+                             (dict(nodes=0), "--nodes must be 1 or more, got 0"),
+                             (dict(time_min=0), "at least 1, got 0"),
+                             (dict(mem_gb=float("nan")), "--mem-gb must be a positive number")):
+        with pytest.raises(SpatialmixError, match=re.escape(message)):
+            JobResources(**changes).validate()
+    # Several GPUs or nodes per configuration is a DDP job: only Slurm starts one.
+    JobResources(gpus=4, nodes=2).check_for("slurm")
+    JobResources(gpus=1).check_for("local")
+    for changes in (dict(gpus=2), dict(nodes=2)):
+        with pytest.raises(SpatialmixError, match="use --executor slurm"):
+            JobResources(**changes).check_for("local")
+
+
+def test_slurm_options_are_key_value_pairs():
+    assert parse_slurm_options(["account=vision", "--qos=high", "mail-type=END,FAIL", "comment=a=b"]) == {
+        "account": "vision", "qos": "high", "mail_type": "END,FAIL", "comment": "a=b"}
+    for bad in ("account", "=abc"):
+        with pytest.raises(SpatialmixError, match="is not KEY=VALUE"):
+            parse_slurm_options([bad])
+
+
+def test_plan_sweep_takes_a_grid_file_or_a_preset_and_names_the_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path / "modes.yaml", "grid: {mode: [full, chans]}\n")
+    sweep = plan_sweep(SweepSettings(grid=str(grid)), epochs=1)
+    assert sweep.out_dir == Path("runs/sweep-modes") and [j.config.epochs for j in sweep.jobs] == [1, 1]
+    sweep = plan_sweep(SweepSettings(preset="quick", seeds=(4,)))
+    assert sweep.out_dir == Path("runs/reproduce") and {j.config.seed for j in sweep.jobs} == {4}
+    assert plan_sweep(SweepSettings(grid=str(grid), out="elsewhere")).out_dir == Path("elsewhere")
+    for settings, message in ((SweepSettings(), "give either a grid file or --preset"),
+                              (SweepSettings(grid=str(grid), preset="quick"), "give either a grid file or --preset"),
+                              (SweepSettings(grid=str(grid), seeds=(1,)), "--seeds is for --preset")):
+        with pytest.raises(SpatialmixError, match=message):
+            plan_sweep(settings)
+    assert list(tmp_path.iterdir()) == [grid]   # planning writes nothing
 
 
 # --------------------------------------------------------------------------- submitit

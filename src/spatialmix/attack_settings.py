@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from .cli_options import int_or_all, option
+from .config import DEVICE_CHOICES
 from .errors import SpatialmixError, check_positive, unknown_name
 
 NORMS = ("Linf", "L2")
@@ -59,23 +61,30 @@ class AttackSettings:
     check may be off before it warns; the reference's gap is held to it at every budget.
     """
 
-    eps: tuple[float, ...] = DEFAULT_EPS
-    norm: str = "Linf"
-    attacks: tuple[str, ...] = ("apgd-ce", "apgd-t")
-    steps: int = 10
-    targets: int = 3
-    restarts: int = 1
-    step_size: float = 2.5
-    warm_start: bool = True
-    reference_examples: int | None = 100
-    reference_steps: int = 100
-    reference_targets: int = 9
-    square_queries: int = 1000
-    tolerance: float = 0.01
-    n_examples: int | None = 500
-    batch_size: int = 500
-    seed: int = 0
-    device: str = "auto"
+    eps: tuple[float, ...] = option(DEFAULT_EPS, "comma-separated budgets in [0, 1], fractions allowed",
+                                    parse=parse_eps_list,
+                                    default_help=",".join(eps_label(e) for e in DEFAULT_EPS))
+    norm: str = option("Linf", "Linf or L2")
+    attacks: tuple[str, ...] = option(("apgd-ce", "apgd-t"), f"comma-separated white-box attacks run at every budget "
+                                                             f"on the examples still standing: {', '.join(ATTACKS)}")
+    steps: int = option(10, "steps of each iterative attack")
+    targets: int = option(3, "APGD-T's target classes, the ones the model ranks next")
+    restarts: int = option(1, "random restarts")
+    step_size: float = option(2.5, "PGD's step size, in units of eps / steps (Madry et al.'s 2.5); APGD sets its own")
+    warm_start: bool = option(True, "start each budget's attacks at the previous budget's best points (--no-warm-"
+                                    "start: at random points)")
+    reference_examples: int | None = option(100, "the strong reference and the masking checks run on the first N "
+                                                 "examples; 'all', or 0 for none",
+                                            parse=int_or_all("--reference-examples"), metavar="N")
+    reference_steps: int = option(100, "steps of the reference's APGD-CE and APGD-T")
+    reference_targets: int = option(9, "the reference's APGD-T target classes")
+    square_queries: int = option(1000, "queries of the black-box Square check", metavar="Q")
+    tolerance: float = option(0.01, "how far (a fraction of the examples) a check may be off before it warns")
+    n_examples: int | None = option(500, "a fixed seeded subset of the test set, or 'all'",
+                                    parse=int_or_all("--n-examples"), metavar="N")
+    batch_size: int = option(500, "examples attacked at once")
+    seed: int = option(0, "seed of the subset and the attacks")
+    device: str = option("auto", "auto, cpu, cuda", choices=DEVICE_CHOICES)
 
     def validate(self) -> "AttackSettings":
         """Reject bad values with one clear line; returns the settings in canonical form."""
@@ -107,8 +116,6 @@ class AttackSettings:
         if "apgd-t" in attacks and self.targets == 0:
             raise SpatialmixError("apgd-t with 0 targets attacks nothing; set --targets 1 or more, or leave "
                                   "apgd-t out of --attacks")
-        from .config import DEVICE_CHOICES
-
         if self.device not in DEVICE_CHOICES:
             raise unknown_name("device", str(self.device), DEVICE_CHOICES)
         if not 0 <= self.tolerance < 1:

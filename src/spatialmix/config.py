@@ -12,6 +12,7 @@ import os
 import typing
 from dataclasses import dataclass
 
+from .cli_options import option
 from .errors import SpatialmixError, check_positive, unknown_name
 
 AMP_CHOICES = ("auto", "bf16", "none")
@@ -31,48 +32,59 @@ class TrainConfig:
     """Everything a training run depends on. Saved as ``config.json`` in the run directory."""
 
     # data
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    download: bool = True
-    train_subset: int | None = None   # a fixed seeded subset of the training set (quick runs)
-    test_subset: int | None = None
-    augment: str | None = None        # None: the data set's default
+    dataset: str = option("fashion-mnist", "fashion-mnist, mnist, cifar10, cifar100, imagefolder (an ImageNet-layout "
+                                           "folder: --data-dir)")
+    data_dir: str | None = option(None, "folder holding the data set files (default: $SPATIALMIX_DATA, the OS "
+                                        "package, download)")
+    download: bool = option(True, "allow torchvision to download a data set that is not on this machine")
+    train_subset: int | None = option(None, "train on a fixed seeded subset of this many images (quick runs)")
+    test_subset: int | None = option(None, "evaluate on a fixed seeded subset of this many images")
+    augment: str | None = option(None, "none, flip, crop, crop-flip (default: the data set's usual one)")
     # model
-    model: str = "convmixer-128/6"
-    width: int | None = None          # overrides of the named configuration
-    depth: int | None = None
-    kernel_size: int | None = None
-    patch_size: int | None = None
-    activation: str | None = None
-    token_hidden: int | None = None   # mlpmixer: hidden sizes of the token and channel MLPs
-    channel_hidden: int | None = None
+    model: str = option("convmixer-128/6", "a name from `spatialmix models`, or timm:NAME / torchvision:NAME")
+    width: int | None = option(None, "channels (overrides the named model's; default: the model's)")
+    depth: int | None = option(None, "blocks (default: the model's)")
+    kernel_size: int | None = option(None, "spatial kernel size, odd (default: the model's)")
+    patch_size: int | None = option(None, "patch size / stem stride (default: the model's)")
+    activation: str | None = option(None, "gelu, relu, silu (default: the model's)")
+    token_hidden: int | None = option(None, "mlpmixer: hidden size of the token-mixing MLPs (default: width / 2)")
+    channel_hidden: int | None = option(None, "mlpmixer: hidden size of the channel-mixing MLPs (default: 4 x width)")
     # mixing: what is frozen and how it is initialized
-    mode: str = "full"
-    spatial_init: str = "default"
-    channel_init: str = "default"
-    init_std: float = 0.1
-    smooth_sigma: float = 0.0
-    init_seed: int | None = None      # None: same as seed
-    init_from: str | None = None      # spatial_init covariance-from: the trained run whose filters are the prior
-    spatial_pattern: str | None = None   # layer-name globs declared spatial mixers (comma-separated)
-    channel_pattern: str | None = None   # ... and channel mixers (override the automatic classification)
+    mode: str = option("full", "full (learn everything), chans (freeze spatial mixers), space (freeze channel "
+                               "mixers)")
+    spatial_init: str = option("default", "random init of the spatial mixers: default (PyTorch's), gaussian, "
+                                          "uniform, covariance (Trockman et al. 2023, closed form), covariance-from "
+                                          "(a trained run's filters, see --init-from)")
+    channel_init: str = option("default", "random init of the pointwise filters: default, gaussian, uniform")
+    init_std: float = option(0.1, "std of the gaussian init / half-width of the uniform init")
+    smooth_sigma: float = option(0.0, "Gaussian-smooth the random spatial filters with this sigma in pixels (0: off)")
+    init_seed: int | None = option(None, "seed of the random filters (default: --seed)")
+    init_from: str | None = option(None, "with --spatial-init covariance-from: the trained Full run whose per-layer "
+                                         "filter covariance is the prior")
+    spatial_pattern: str | None = option(None, "comma-separated globs of layer names to treat as spatial mixers "
+                                               "(e.g. 'blocks.*.mlp_tokens')")
+    channel_pattern: str | None = option(None, "comma-separated globs of layer names to treat as channel mixers")
     # optimization (the ConvMixer CIFAR recipe)
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.01
-    weight_decay: float = 0.01
-    label_smoothing: float = 0.1
-    clip_grad: float = 1.0
+    seed: int = option(0, "seed of the initialization, the data order and the subsets")
+    epochs: int = option(10, "epochs (the learning rate rises to --lr at 2/5 of them and falls to 0 at the end)")
+    batch_size: int = option(128, "images per optimizer step: the global batch, split over the processes under "
+                                  "torchrun")
+    lr: float = option(0.01, "peak learning rate")
+    weight_decay: float = option(0.01, "weight decay of the matrices and filters (none for norms and biases)")
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy, in [0, 1)")
+    clip_grad: float = option(1.0, "clip the gradient norm to this (0: off)")
     # speed
-    amp: str = "auto"                 # auto: bf16 where the hardware computes it natively
-    channels_last: bool = True
-    device: str = "auto"
-    sync_bn: bool = False
-    progress: bool = True
-    image_size: int | None = None     # imagefolder only: the crop size (default: the images' size, at most 224)
-    workers: int | None = None        # imagefolder only: DataLoader processes decoding images (default: the cores)
-    threads: int | None = None        # torch intra-op threads (default: torch's own, the physical cores)
+    amp: str = option("auto", "mixed precision: auto (bf16 where native), bf16, none", choices=AMP_CHOICES)
+    channels_last: bool = option(True, "channels-last memory format (faster convolutions on most hardware)")
+    device: str = option("auto", "auto, cpu, cuda", choices=DEVICE_CHOICES)
+    sync_bn: bool = option(False, "SyncBatchNorm across processes under torchrun")
+    progress: bool = option(True, "progress bars")
+    image_size: int | None = option(None, "imagefolder: crop size in pixels (default: the first training image's "
+                                          "smaller side, at most 224)")
+    workers: int | None = option(None, "imagefolder: DataLoader processes decoding images (default: the CPU cores "
+                                       "available)")
+    threads: int | None = option(None, "torch threads of this process (default: torch's own, one per physical "
+                                       "core; use 1 on a busy machine)", minimum=1)
 
     def validate(self) -> "TrainConfig":
         """Reject bad values with one clear message before anything is built or written."""
@@ -176,3 +188,16 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def default_run_dir(config: TrainConfig) -> str:
+    """Where ``spatialmix train`` puts a run given no ``--out``: ``runs/DATASET-MODEL-MODE-seedS``."""
+    model = config.model.replace("/", "-").replace(":", "-")
+    return f"runs/{config.dataset}-{model}-{config.mode}-seed{config.seed}"
+
+
+def run_dir_for(out: str | os.PathLike | None, config: TrainConfig) -> str:
+    """The run folder of ``config``: ``out``, or :func:`default_run_dir` when none is given."""
+    if out is not None and str(out) == "":
+        raise SpatialmixError("--out is an empty string; pass a folder name such as runs/my-run")
+    return str(out) if out is not None else default_run_dir(config)

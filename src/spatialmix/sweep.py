@@ -21,7 +21,8 @@ Each configuration is one job, which trains its run, resumes it from its last ch
 reads it back when it finished. Jobs run one after another in this process (``local``, the
 default), each in its own process on this machine through submitit (``submitit-local``), or one
 Slurm job per configuration through submitit (``slurm``; GPUs, time and partition per job; a job
-that runs out of time or is preempted is requeued and resumes). A finished configuration is never
+that runs out of time or is preempted is requeued and resumes): see :mod:`spatialmix.slurm`, and
+:mod:`spatialmix.sweep_settings` for the settings and each job's resources. A finished configuration is never
 run again, so a sweep that was interrupted continues when it is started again. When every job has
 finished, the results are gathered into the same tables as a local run (``results.md``,
 ``results.json`` in the sweep folder).
@@ -30,22 +31,19 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
-import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import submitit
-
 from . import distributed, runs
+from .config import TrainConfig
 from .errors import SpatialmixError, unknown_name
 from .reporting import ResultTable, console
-from .config import TrainConfig
+from .slurm import SubmititJob, make_executor, run_with_submitit  # noqa: F401 (SubmititJob: pickled jobs name it here)
+from .sweep_settings import EXECUTORS, JobResources, SweepSettings, parse_time  # noqa: F401 (public here too)
 
-EXECUTORS = ("local", "submitit-local", "slurm")
 GRID_KEYS = ("preset", "base", "grid")
 
 
@@ -68,29 +66,6 @@ class Sweep:
     seeds: tuple[int, ...] | None = None
     overrides: dict = field(default_factory=dict)
     varying: tuple[str, ...] = ()        # the grid's keys, in file order
-
-
-@dataclass
-class JobResources:
-    """What each submitit job asks for. ``gpus`` > 1 starts one process per GPU (DDP) in the job."""
-
-    gpus: int = 0
-    nodes: int = 1
-    time_min: int = 60
-    partition: str | None = None
-    cpus: int | None = None
-    mem_gb: float | None = None
-    slurm_options: dict = field(default_factory=dict)   # any other sbatch option, e.g. {"account": "abc"}
-
-    def executor_parameters(self, name: str) -> dict:
-        """The submitit AutoExecutor parameters (generic ones, and ``slurm_*`` used only on Slurm)."""
-        tasks = max(1, self.gpus)
-        params = {"name": name, "timeout_min": self.time_min, "nodes": self.nodes, "gpus_per_node": self.gpus,
-                  "tasks_per_node": tasks, "cpus_per_task": self.cpus, "mem_gb": self.mem_gb,
-                  "slurm_partition": self.partition}
-        if self.slurm_options:
-            params["slurm_additional_parameters"] = dict(self.slurm_options)
-        return {k: v for k, v in params.items() if v is not None}
 
 
 @dataclass
@@ -185,6 +160,20 @@ def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None 
                  varying=("mode", "seed"))
 
 
+def plan_sweep(settings: SweepSettings, **overrides) -> Sweep:
+    """The sweep ``settings`` name: a grid file's (folder ``runs/sweep-GRID`` by default) or a study preset's
+    classification runs (folder ``runs/reproduce``); ``overrides`` are TrainConfig fields for every run."""
+    if (settings.grid is None) == (settings.preset is None):
+        raise SpatialmixError("give either a grid file or --preset (a study's runs), not both or neither")
+    if settings.grid is not None:
+        if settings.seeds:
+            raise SpatialmixError("--seeds is for --preset sweeps; put `seed: [...]` in the grid file")
+        out = settings.out or f"runs/sweep-{Path(settings.grid).stem}"
+        return grid_sweep(load_grid_file(settings.grid), out, **overrides)
+    return study_sweep(settings.preset, settings.out or "runs/reproduce", seeds=tuple(settings.seeds or ()) or None,
+                       **overrides)
+
+
 _PATH_UNSAFE = re.compile(r"[/:\s]+")
 
 
@@ -255,25 +244,6 @@ def run_job(config: dict, run_dir: str) -> dict:
     return train_or_reuse(TrainConfig.from_dict(config), Path(run_dir))
 
 
-class SubmititJob(submitit.helpers.Checkpointable):
-    """A sweep job as submitit runs it: the job's processes (one per GPU) join one DDP group, and
-    submitit requeues the job when Slurm stops it for time or preemption (it resumes from its checkpoint)."""
-
-    def __call__(self, config: dict, run_dir: str) -> dict:
-        _export_torch_distributed_env()
-        return run_job(config, run_dir)
-
-
-def _export_torch_distributed_env() -> None:
-    """Inside a submitit job with several tasks: set RANK, WORLD_SIZE, MASTER_ADDR... as torchrun would."""
-    try:
-        env = submitit.JobEnvironment()
-    except RuntimeError:
-        return
-    if env.num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-
-
 # --------------------------------------------------------------------------- running
 
 def job_states(sweep: Sweep) -> list[tuple[SweepJob, str]]:
@@ -300,10 +270,8 @@ def run_sweep(sweep: Sweep, executor: str = "local", resources: JobResources | N
     """
     if executor not in EXECUTORS:
         raise unknown_name("executor", executor, EXECUTORS)
-    resources = resources or JobResources()
-    if executor == "local" and (resources.gpus > 1 or resources.nodes > 1):
-        raise SpatialmixError("--gpus/--nodes above 1 ask for a DDP job per configuration: use --executor slurm; "
-                              "to use several GPUs of this machine, start the sweep itself under torchrun")
+    resources = (resources or JobResources()).validate()
+    resources.check_for(executor)
     if max_running is not None:
         check_positive_int("max running", max_running)
     _check_distinct_run_dirs(sweep)
@@ -315,7 +283,8 @@ def run_sweep(sweep: Sweep, executor: str = "local", resources: JobResources | N
     if executor == "local":
         ran, failed = _run_here(pending, on_finish)
     else:
-        ran, failed = _run_with_submitit(sweep, pending, executor, resources, max_running, poll_s, on_finish)
+        ran, failed = run_with_submitit(sweep.out_dir / "submitit", pending, executor, resources, max_running, poll_s,
+                                        on_finish, say=_say)
     tables = gather(sweep) if sweep.preset is None or not failed else []
     return SweepOutcome(skipped, ran, failed, tables)
 
@@ -353,63 +322,6 @@ def _run_here(pending: list[SweepJob], on_finish) -> tuple[list[str], dict[str, 
         if on_finish is not None:
             on_finish(job, summary)
     return ran, failed
-
-
-def make_executor(executor: str, folder: Path, resources: JobResources):
-    """A submitit executor for ``submitit-local`` or ``slurm``, with the job resources set."""
-    cluster = {"submitit-local": "local", "slurm": "slurm"}[executor]
-    try:
-        ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    except RuntimeError as err:
-        raise SpatialmixError(f"--executor {executor} cannot start here ({err}); run the sweep on a Slurm login node, "
-                              f"or use --executor local") from None
-    ex.update_parameters(**resources.executor_parameters(name="spatialmix"))
-    return ex
-
-
-def _run_with_submitit(sweep: Sweep, pending: list[SweepJob], executor: str, resources: JobResources,
-                       max_running: int | None, poll_s: float | None, on_finish) -> tuple[list[str], dict[str, str]]:
-    if not pending:
-        return [], {}
-    ex = make_executor(executor, sweep.out_dir / "submitit", resources)
-    poll_s = poll_s if poll_s is not None else (1.0 if executor == "submitit-local" else 30.0)
-    limit = max_running or len(pending)
-    waiting, running = list(pending), {}
-    ran, failed = [], {}
-    try:
-        while waiting or running:
-            while waiting and len(running) < limit:
-                job = waiting.pop(0)
-                # Job logs are files: no progress bar redrawn into them.
-                submitted = ex.submit(SubmititJob(), job.config.replace(progress=False).to_dict(), str(job.run_dir))
-                running[submitted] = job
-                _say(f"submitted {job.name} (job {submitted.job_id})")
-            for submitted in [s for s in running if s.done()]:
-                job = running.pop(submitted)
-                try:
-                    summary = submitted.result()
-                except Exception as err:   # the job's traceback is in its log, next to the job
-                    failed[job.name] = f"{_last_line(err)} (log: {submitted.paths.stderr})"
-                    _say(f"[red]failed[/] {job.name}: {failed[job.name]}")
-                    continue
-                ran.append(job.name)
-                _say(f"finished {job.name}: test acc {summary.get('test_acc', float('nan')):.4f}")
-                if on_finish is not None:
-                    on_finish(job, summary)
-            if running:
-                time.sleep(poll_s)
-    except BaseException:
-        for submitted in running:
-            submitted.cancel(check=False)
-        _say(f"sweep interrupted: {len(ran)} configuration(s) finished in this call, {len(running)} running job(s) "
-             f"cancelled; start the same sweep again to run the rest (finished ones are kept)")
-        raise
-    return ran, failed
-
-
-def _last_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else type(err).__name__
 
 
 # --------------------------------------------------------------------------- gathering
@@ -476,22 +388,3 @@ def grid_tables(sweep: Sweep, summaries: list[tuple[SweepJob, dict | None]]) -> 
     verdicts = verdicts_for_runs([job.run_dir for job, summary in summaries if summary is not None])
     return tables + [every] + ([verdict_table(verdicts)] if verdicts else [])
 
-
-def parse_time(text: str) -> int:
-    """A Slurm time limit in minutes. Slurm's formats: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``."""
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
-    if not match:
-        raise SpatialmixError(f"--time {text!r} is not a Slurm time limit; write minutes (90), H:M:S (1:30:00) "
-                              f"or D-H:M (1-12:00)")
-    days, *parts = match.groups()
-    parts = [int(p) for p in parts if p is not None]
-    if days is None:
-        # M, M:S or H:M:S
-        units = {1: (1,), 2: (1, 1 / 60), 3: (60, 1, 1 / 60)}[len(parts)]
-    else:
-        # D-H, D-H:M or D-H:M:S
-        units = {1: (60,), 2: (60, 1), 3: (60, 1, 1 / 60)}[len(parts)]
-    minutes = int(days or 0) * 1440 + sum(p * u for p, u in zip(parts, units))
-    if minutes <= 0:
-        raise SpatialmixError(f"--time {text!r} is not a positive time limit")
-    return max(1, math.ceil(minutes))
