@@ -192,6 +192,38 @@ def test_config_of_the_wrong_shape_is_one_line_naming_the_file(run, tiny_data, d
         assert expected in line and ("config.json" in line or "incompatible" in line), line
 
 
+@pytest.mark.parametrize("section,field,value", [
+    ("train", "width", 10**9), ("train", "depth", 10**6), ("train", "kernel_size", 10**5 + 1),
+    ("train", "patch_size", 10**6), ("train", "token_hidden", 10**9), ("train", "channel_hidden", 10**9),
+    ("data", "in_chans", 10**6), ("data", "num_classes", 10**9), ("data", "image_size", 10**6)])
+def test_a_huge_model_in_config_json_is_refused_before_anything_is_built(run, tiny_data, monkeypatch, section,
+                                                                          field, value):
+    """A hostile or mistyped config.json must not make loading or resuming allocate a giant model."""
+    import spatialmix.train as train_module
+
+    run_dir, config = run
+    edit_json(run_dir / runs.CONFIG, lambda r: {**r, section: {**r[section], field: value}})
+
+    def no_model(*args, **kwargs):
+        raise AssertionError(f"a model was built from a config.json with {field}={value}")
+    monkeypatch.setattr(train_module, "build_model", no_model)
+    for action in (lambda: runs.Run(run_dir).record() and runs.Run(run_dir).train_config(),
+                   lambda: load_trained_model(run_dir),
+                   lambda: train(config.replace(epochs=3), run_dir, resume=True, data=tiny_data)):
+        with pytest.raises(SpatialmixError) as err:
+            action()
+        line = one_line(err)
+        assert str(run_dir / runs.CONFIG) in line and f"'{field}'" in line and f"{value:,}" in line, line
+        assert f"at most {runs.SIZE_LIMITS[field]:,}" in line, line
+
+
+def test_the_size_limits_leave_the_papers_models_loadable():
+    # ConvMixer-1536/20 with kernel 9 and patch 7 on ImageNet (Trockman & Kolter), and ImageNet-21k's classes.
+    paper = {"width": 1536, "depth": 20, "kernel_size": 9, "patch_size": 7, "image_size": 224, "in_chans": 3,
+             "num_classes": 21841}
+    assert all(value <= runs.SIZE_LIMITS[name] for name, value in paper.items())
+
+
 @pytest.mark.parametrize("name,content,expected", [
     (runs.SUMMARY, [1, 2], "must hold a JSON object"),
     (runs.SUMMARY, {"test_acc": "high"}, "'test_acc' must be a number"),

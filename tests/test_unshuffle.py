@@ -289,6 +289,41 @@ def test_a_new_process_rebuilds_the_same_permutation_and_the_saved_run(shapes_da
            {k: v for k, v in before.items() if k != PERMUTATION_FILE}
 
 
+def write_unshuffle_record(run_dir, task, **data_changes) -> None:
+    """config.json of an un-shuffling run as training writes it (by hand: nothing needs training here)."""
+    data = {"name": "fashion-mnist", "in_chans": 1, "num_classes": 10, "image_size": 28, "mean": [0.286],
+            "std": [0.353], **data_changes}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_json(run_dir / runs.CONFIG, {"format_version": runs.FORMAT_VERSION, "task": task, "data": data,
+                                                   "train": unshuffle_config("small", **TINY).to_dict()})
+
+
+def test_the_permutation_of_a_run_is_rebuilt_from_its_config(tmp_path):
+    write_unshuffle_record(tmp_path / "run", {"name": "unshuffle", "perm_seed": 3, "window": 7, "loss": "mse"})
+    assert load_run_permutation(tmp_path / "run") == make_permutation(28, 3, 7)
+
+
+@pytest.mark.parametrize("task, data, expected", [
+    ({"name": "unshuffle", "perm_seed": "3"}, {}, "permutation seed must be a whole number"),
+    ({"name": "unshuffle", "perm_seed": 10**30}, {}, "permutation seed must be a whole number"),
+    ({"name": "unshuffle", "perm_seed": -1}, {}, "permutation seed must be a whole number"),
+    ({"name": "unshuffle", "window": 5}, {}, "window 5 does not divide the 28 x 28 image"),
+    ({"name": "unshuffle", "loss": "huber"}, {}, "unknown loss 'huber'"),
+    ({"name": "unshuffle", "colour": 1}, {}, "settings this spatialmix does not know"),
+    ({"name": "unshufle"}, {}, "unknown task 'unshufle'"),
+    ({"name": "classification"}, {}, "is not an un-shuffling run"),
+    ({"name": "unshuffle"}, {"image_size": "28"}, "'image_size' must be a positive whole number"),
+    ({"name": "unshuffle"}, {"image_size": None}, "'image_size' must be a positive whole number"),
+])
+def test_a_malformed_config_of_an_unshuffling_run_is_one_line_naming_the_file(tmp_path, task, data, expected):
+    write_unshuffle_record(tmp_path / "run", task, **data)
+    with pytest.raises(SpatialmixError) as err:
+        load_run_permutation(tmp_path / "run")
+    message = str(err.value)
+    assert "\n" not in message and expected in message, message
+    assert str(tmp_path / "run" / runs.CONFIG) in message or "is not an un-shuffling run" in message, message
+
+
 def best_pointwise_psnr(data: ImageData, perm: PixelPermutation) -> float:
     """PSNR of the best function of a pixel's own value, fitted on the training set by a lookup table.
 

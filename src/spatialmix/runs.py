@@ -86,6 +86,24 @@ def _need_dict(path: Path, value, what: str = "a JSON object") -> dict:
     return value
 
 
+# The largest sizes a run folder may ask for. A model is built from config.json before its weights
+# are read, so a hostile or mistyped size (width 10**9) would allocate without bound; these are
+# several times the largest models of the paper (ConvMixer-1536/20, kernel 9, patch 7, 224 pixels)
+# and of ImageNet-21k's 21,841 classes.
+SIZE_LIMITS = {"width": 4096, "depth": 256, "kernel_size": 63, "patch_size": 64, "token_hidden": 16384,
+               "channel_hidden": 16384, "in_chans": 256, "num_classes": 100_000, "image_size": 2048}
+_LIMITS_TEXT = ", ".join(f"{name} {limit:,}" for name, limit in SIZE_LIMITS.items())
+
+
+def check_size_limits(path: Path, values: dict) -> None:
+    """Refuse a size above :data:`SIZE_LIMITS` in ``values`` (one section of config.json), before anything is built."""
+    for name, limit in SIZE_LIMITS.items():
+        value = values.get(name)
+        if _is_int(value) and value > limit:
+            raise SpatialmixError(f"{path}: field {name!r} is {value:,}; a run folder may ask for {name} at most "
+                                  f"{limit:,} (limits: {_LIMITS_TEXT}): the file is damaged or not spatialmix's")
+
+
 def validate_record(record, path: Path) -> dict:
     """config.json's shape: what loading the run relies on (the TrainConfig fields are checked by it)."""
     _need_dict(path, record)
@@ -93,10 +111,12 @@ def validate_record(record, path: Path) -> dict:
     if version != FORMAT_VERSION:
         raise SpatialmixError(f"{path.parent} was written by an incompatible spatialmix (run format {version!r}, "
                               f"this version reads {FORMAT_VERSION}); re-run it with this version")
-    _need(path, record, "train", lambda v: isinstance(v, dict), "a JSON object of training settings")
+    train = _need(path, record, "train", lambda v: isinstance(v, dict), "a JSON object of training settings")
     data = _need(path, record, "data", lambda v: isinstance(v, dict), "a JSON object")
     for name in ("in_chans", "num_classes", "image_size"):
         _need(path, data, name, lambda v: _is_int(v) and v > 0, "a positive whole number")
+    check_size_limits(path, train)
+    check_size_limits(path, data)
     for name in ("mean", "std"):
         _need(path, data, name, lambda v: isinstance(v, list) and len(v) == data["in_chans"]
               and all(_is_number(x) for x in v), f"a list of {data['in_chans']} numbers")
@@ -200,14 +220,19 @@ class Run:
     def train_config(self):
         """The saved TrainConfig (fields added to TrainConfig after the run was made take their defaults)."""
         from .config import TrainConfig
-        from .tasks import task_from_dict
 
         record = self.record()
-        try:
-            task_from_dict(record.get("task"))   # first: a task's module registers the models it trains
-        except SpatialmixError as err:
-            raise SpatialmixError(f"{self.file(CONFIG)}: {err}") from None
+        self.task()   # first: a task's module registers the models it trains
         return TrainConfig.from_dict(record["train"], source=self.file(CONFIG))
+
+    def task(self):
+        """The saved task (classification when config.json names none); a bad one is an error naming the file."""
+        from .tasks import task_from_dict
+
+        try:
+            return task_from_dict(self.record().get("task"))
+        except SpatialmixError as err:
+            raise SpatialmixError(f"{self.file(CONFIG)}: field 'task': {err}") from None
 
     def status(self) -> dict:
         """status.json, validated; ``{}`` when there is none yet."""

@@ -36,7 +36,7 @@ from .config import TrainConfig
 from .data import DATASETS, ImageData
 from .errors import SpatialmixError, check_positive, unknown_name
 from .models import check_kernel_size, convmixer_block, create_model, make_activation, register_model
-from .tasks import autocast_context, task_from_dict
+from .tasks import autocast_context
 from .train import load_data_for, train
 
 PERMUTATION_FILE = "permutation.safetensors"
@@ -280,8 +280,9 @@ class UnshuffleTask:
     def __init__(self, perm_seed: int = 0, window: int | None = None, loss: str = "mse"):
         if loss not in LOSSES:
             raise unknown_name("loss", loss, LOSSES)
-        if isinstance(perm_seed, bool) or not isinstance(perm_seed, int) or perm_seed < 0:
-            raise SpatialmixError(f"permutation seed must be a whole number >= 0, got {perm_seed!r}")
+        if isinstance(perm_seed, bool) or not isinstance(perm_seed, int) or not 0 <= perm_seed < 2**64:
+            # (torch's generators take seeds below 2**64)
+            raise SpatialmixError(f"permutation seed must be a whole number from 0 to 2**64 - 1, got {perm_seed!r}")
         if window is not None:
             check_window(window, window)   # a positive integer; whether it divides the image is checked later
         self.perm_seed, self.window, self.loss = perm_seed, window, loss
@@ -423,14 +424,20 @@ def train_unshuffle(config: TrainConfig, run_dir: str | Path, task: UnshuffleTas
 
 
 def load_run_permutation(run_dir: str | Path) -> PixelPermutation:
-    """The permutation of a saved un-shuffling run, checked against the one its seed rebuilds."""
-    run_dir = runs.check_run_dir(Path(run_dir))
-    record = runs.read_json(run_dir / runs.CONFIG, "run")
-    task = task_from_dict(record.get("task"))
+    """The permutation of a saved un-shuffling run, checked against the one its seed rebuilds.
+
+    Everything comes from the validated :class:`spatialmix.runs.Run` (a run folder is untrusted):
+    a malformed config.json is one line naming the file and the field.
+    """
+    run = runs.Run(run_dir).check()
+    task = run.task()
     if not isinstance(task, UnshuffleTask):
-        raise SpatialmixError(f"{run_dir} is not an un-shuffling run (its task is {task.name!r})")
-    rebuilt = task.permutation_for(record["data"]["image_size"])
-    path = run_dir / PERMUTATION_FILE
+        raise SpatialmixError(f"{run.path} is not an un-shuffling run (its task is {task.name!r})")
+    try:
+        rebuilt = task.permutation_for(run.record()["data"]["image_size"])
+    except SpatialmixError as err:   # e.g. a window that does not divide the image size
+        raise SpatialmixError(f"{run.file(runs.CONFIG)}: field 'task': {err}") from None
+    path = run.file(PERMUTATION_FILE)
     if not path.exists():
         return rebuilt
     stored = PixelPermutation.load(path, rebuilt.image_size)
