@@ -23,8 +23,6 @@ from .sweep_settings import JobResources, SweepSettings
 from .unshuffle_settings import UnshuffleSettings
 
 SWEEP_SKIP = ("mode", "seed")   # a sweep sets them per configuration (--threads: each job's threads)
-# Commands whose library call sets torch's threads per run (the others set them here, once).
-THREADS_PER_RUN = ("train", "reproduce")
 
 
 # --------------------------------------------------------------------------- commands
@@ -163,12 +161,15 @@ class Command:
     settings: tuple[tuple[type, tuple[str, ...]], ...]   # (dataclass, fields left out): its options, in order
     run: str                                             # the name of its function here (looked up when run)
     description: str | None = None
+    threads_per_run: bool = False   # the library sets torch's threads per run (else main sets them once)
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("train one configuration", ((TrainConfig, ()), (TrainCommand, ())), "cmd_train"),
+    "train": Command("train one configuration", ((TrainConfig, ()), (TrainCommand, ())), "cmd_train",
+                     threads_per_run=True),
     "reproduce": Command("run the paper's studies (default: the quick Fashion-MNIST preset)",
-                         ((ReproduceSettings, ()), (TrainConfig, REPRODUCE_SKIP)), "cmd_reproduce"),
+                         ((ReproduceSettings, ()), (TrainConfig, REPRODUCE_SKIP)), "cmd_reproduce",
+                         threads_per_run=True),
     "models": Command("list model names, or show a model's spatial and channel mixers", ((ModelQuery, ()),),
                       "cmd_models"),
     "attack": Command("clean and robust accuracy of saved runs (APGD-CE, APGD-T; PGD, FGSM), checked against a "
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import Terminated
 
     args = build_parser().parse_args(argv)
-    if args.command not in THREADS_PER_RUN and getattr(args, "threads", None):
+    command = COMMANDS[args.command]
+    if not command.threads_per_run and getattr(args, "threads", None):
         from .speed import set_threads
 
         set_threads(args.threads)
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (a cluster's preemption) stops like Ctrl-C: files stay consistent, status.json says so.
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        globals()[COMMANDS[args.command].run](args)
+        globals()[command.run](args)
     except SpatialmixError as err:
         print(f"spatialmix: error: {err}", file=sys.stderr)
         return 2

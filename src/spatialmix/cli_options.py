@@ -90,7 +90,8 @@ def help_text(cls, field: dataclasses.Field) -> str:
     return f"{text} (default: {default})"
 
 
-def _minimum(flag: str, minimum: int):
+def _at_least(flag: str, minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -100,8 +101,22 @@ def _minimum(flag: str, minimum: int):
             raise argparse.ArgumentTypeError(f"{flag} must be a whole number of at least {minimum}, got {text!r}")
         return value
 
-    parse.__name__ = "int"
     return parse
+
+
+def _value_kwargs(cls, field: dataclasses.Field, flag: str) -> dict:
+    """How argparse reads the field's value: its ``action``, ``type`` and ``nargs``."""
+    kind, element = field_kind(cls, field)
+    meta = field.metadata
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if kind in (tuple, list) and element is int and "parse" not in meta:
+        return {"nargs": meta.get("nargs", "+"), "type": int}
+    if "parse" in meta or kind in (tuple, list):
+        return {"type": str}   # converted by given_values, with the library's messages
+    if "minimum" in meta:
+        return {"type": _at_least(flag, meta["minimum"])}
+    return {"type": kind} if kind in (int, float, str) else {}
 
 
 def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -111,30 +126,14 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
             continue
         if "help" not in field.metadata:
             raise TypeError(f"{cls.__name__}.{field.name} has no help text in its metadata")
-        kind, element = field_kind(cls, field)
         meta = field.metadata
         flags = option_strings(field)
-        kwargs: dict = {"help": help_text(cls, field).replace("%", "%%")}
+        kwargs = {key: meta[key] for key in ("metavar", "nargs", "action", "choices") if key in meta}
+        kwargs.update(_value_kwargs(cls, field, flags[-1]), help=help_text(cls, field).replace("%", "%%"))
         if not meta.get("positional"):
-            kwargs["dest"] = field.name
-            kwargs["default"] = None   # None: not given, the dataclass's default applies
-        for key in ("metavar", "nargs", "action", "choices"):
-            if key in meta:
-                kwargs[key] = meta[key]
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind in (tuple, list) and element is int and "parse" not in meta:
-            kwargs.setdefault("nargs", "+")
-            kwargs["type"] = int
-        elif "parse" in meta or kind in (tuple, list) or meta.get("action") == "append":
-            kwargs["type"] = str   # converted by given_values, with the library's messages
-        elif "minimum" in meta:
-            kwargs["type"] = _minimum(flags[-1], meta["minimum"])
-        elif kind in (int, float, str):
-            kwargs["type"] = kind
-        if "metavar" not in kwargs and "choices" not in kwargs and not meta.get("positional") and \
-                kwargs.get("action") is None:
-            kwargs["metavar"] = field.name.upper()
+            kwargs.update(dest=field.name, default=None)   # None: not given, the dataclass's default applies
+            if not {"metavar", "choices", "action"} & set(kwargs):
+                kwargs["metavar"] = field.name.upper()
         parser.add_argument(*flags, **kwargs)
 
 
