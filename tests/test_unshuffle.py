@@ -17,9 +17,9 @@ from spatialmix.data import ImageData
 from spatialmix.errors import SpatialmixError
 from spatialmix.mixing import CHANNEL, HEAD, SPATIAL, classify_layers, summarize
 from spatialmix.train import build_model, load_trained_model, task_from_dict, train
-from spatialmix.unshuffle import (PERMUTATION_FILE, UNSHUFFLE_PRESETS, PixelPermutation, UnshuffleNet, UnshuffleTask,
-                                  load_run_permutation, make_permutation, psnr, scrambled_floor, ssim, train_unshuffle,
-                                  unshuffle_config)
+from spatialmix.permutation import PERMUTATION_FILE, PixelPermutation, make_permutation
+from spatialmix.unshuffle import (UNSHUFFLE_PRESETS, UnshuffleNet, UnshuffleTask, load_run_permutation, psnr,
+                                  scrambled_floor, ssim, train_unshuffle, unshuffle_config)
 from spatialmix.unshuffle_study import FIGURE_FILE, TABLE_FILES, unshuffle_study
 
 TINY = dict(width=8, depth=1, kernel_size=3, epochs=1, batch_size=32, lr=0.01, progress=False)
@@ -264,7 +264,7 @@ def test_a_new_process_rebuilds_the_same_permutation_and_the_saved_run(shapes_da
     code = ("import json, torch; from spatialmix.train import load_trained_model;"
             f"m, r = load_trained_model({str(run_dir)!r}); print(type(m).__name__, m(torch.zeros(1, 1, 28, 28))"
             ".shape[1:].numel());"
-            "from spatialmix.unshuffle import make_permutation;"
+            "from spatialmix.permutation import make_permutation;"
             "print(json.dumps(make_permutation(28, 11).source.tolist()));"
             "print(json.dumps(make_permutation(28, 11, 4).source.tolist()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV,

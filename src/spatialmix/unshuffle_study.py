@@ -24,8 +24,8 @@ from .resume import prepare_run_dir
 from .study import StudyContext, StudyResult
 from .study_result import Figure as StudyFigure   # (matplotlib's Figure is used below)
 from .train import load_data_for, load_trained_model
-from .unshuffle import (PERMUTATION_FILE, PixelPermutation, UnshuffleTask,
-                        check_or_save_permutation, reconstruct, scrambled_floor, train_unshuffle, unshuffle_config)
+from .permutation import PERMUTATION_FILE, PixelPermutation, check_or_save_permutation
+from .unshuffle import UnshuffleTask, reconstruct, scrambled_floor, train_unshuffle, unshuffle_config
 
 FIGURE_FILE = "unshuffle.png"
 TABLE_FILES = ("unshuffle.md", "unshuffle.csv", "unshuffle.json")
