@@ -516,8 +516,9 @@ def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypat
     smoothing_runs = [r["run"] for r in smoothing.data["runs"]]
     assert smoothing_runs[0] == str(study.classification_run_dir(out, "chans", 0))
     assert sorted(p.name for p in (out / "smoothing").iterdir() if p.is_dir()) == ["chans-sigma1-seed0"]
-    for path in robustness.files + smoothing.files:
-        assert path.endswith(".png") and (tmp_path / path).read_bytes()[:4] == b"\x89PNG"
+    assert (robustness.section, smoothing.section) == ("robustness", "smoothing")
+    for figure in robustness.figures + smoothing.figures:
+        assert str(figure.file).endswith(".png") and (tmp_path / figure.file).read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((out / "results.json").read_text())["studies"]
     assert isinstance(saved["robustness"]["data"]["warnings"], list)
     assert saved["smoothing"]["data"]["settings"]["n_examples"] == 16

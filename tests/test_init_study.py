@@ -95,9 +95,11 @@ def test_init_study_end_to_end(fake_fashion_dir, tmp_path):
     # The gain table is the difference of the accuracy table's numbers (one seed: exact).
     default = by_group[DEFAULT]["clean_acc"]
     assert gains.rows[1]["clean_gain"][0] == pytest.approx(by_group[COVARIANCE]["clean_acc"] - default)
-    for path in result.files:
-        assert Path(path).is_file() and Path(path).read_bytes()[:4] == b"\x89PNG"
-    assert {Path(p).name for p in result.files} == {"init-robustness.png", "init-filters.png", "init-spectra.png"}
+    assert result.section == "init" and all(figure.caption for figure in result.figures)
+    for figure in result.figures:
+        assert Path(figure.file).is_file() and Path(figure.file).read_bytes()[:4] == b"\x89PNG"
+    assert {Path(f.file).name for f in result.figures} == {"init-robustness.png", "init-filters.png",
+                                                           "init-spectra.png"}
     # Run again: every training and every attack is read back, not redone.
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "study").rglob("*.json")}
     again = init_study(ctx)

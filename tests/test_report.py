@@ -12,8 +12,10 @@ import torch
 from spatialmix import report, runs
 from spatialmix.cli import main
 from spatialmix.data import ImageData
+from spatialmix.reporting import ResultTable
 from spatialmix.study import PRESETS, STUDIES, StudyContext, StudyResult, classification_table, save_results, \
     study_function
+from spatialmix.study_result import Figure
 from spatialmix.train import TrainConfig, train
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -107,7 +109,7 @@ def study_dir(tmp_path_factory) -> Path:
     train(base.replace(mode="chans", smooth_sigma=1.0), smoothed, data=data)
     ctx = StudyContext(PRESETS["quick"], out, (0, 1), {"epochs": 2})
     ctx.results["classification"] = StudyResult("classification", [classification_table(summaries, "cls")],
-                                                {"runs": summaries})
+                                                {"runs": summaries}, section="classification")
     save_results(ctx)
     return out
 
@@ -223,7 +225,10 @@ def test_verdicts_that_cannot_be_computed_leave_the_rest_of_the_report(study_dir
     assert "verdicts" in files.absent and "classification" in files.present and files.verdicts == []
 
 
-def test_every_section_present_when_every_study_has_results(study_dir, tmp_path):
+def test_an_older_results_json_without_sections_still_reports(study_dir, tmp_path):
+    """Entries written before studies declared their section go to the section of their study's name, and
+    nowhere else: a robustness entry's sigma table and smoothing.png stay in Robustness (nothing is placed
+    by what a file or a column is called)."""
     robust_png, smooth_png, recon_png = png_bytes("red"), png_bytes("green"), png_bytes("blue")
     dest = tmp_path / "full-study"
     entries = {
@@ -250,20 +255,131 @@ def test_every_section_present_when_every_study_has_results(study_dir, tmp_path)
     files = report.write_report([dest], tmp_path / "report.html")
     page = files.html.read_text()
     check_page(page)
-    assert files.absent == [] and files.present == list(ALL_SECTIONS[:-1]) + ["other", "configuration"]
+    assert files.absent == ["smoothing"]
+    assert files.present == ["verdicts", "classification", "curves", "robustness", "unshuffle", "filters", "other",
+                             "configuration"]
     b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
-    robustness, smoothing, unshuffle = (section_html(page, s) for s in ("robustness", "smoothing", "unshuffle"))
-    # without a smoothing study of its own, the sigma table and plot move to the smoothing section
-    assert b64(robust_png) in robustness and b64(smooth_png) not in robustness
-    assert "<td>0.81 ± 0.01</td>" in robustness and "<td>0.03137</td>" in robustness
-    assert "accuracy rises with eps" in robustness and "sigma" not in robustness
-    assert b64(smooth_png) in smoothing and "<td>0.31</td>" in smoothing
+    robustness, unshuffle = section_html(page, "robustness"), section_html(page, "unshuffle")
+    assert b64(robust_png) in robustness and b64(smooth_png) in robustness
+    assert "<td>0.81 ± 0.01</td>" in robustness and "<td>0.03137</td>" in robustness and "<td>0.31</td>" in robustness
+    assert "accuracy rises with eps" in robustness
+    assert "<img" not in section_html(page, "smoothing")
     assert b64(recon_png) in unshuffle and "table.csv" in unshuffle
     assert "<caption>Pixel un-shuffling (tiny) (full-study)</caption>" in unshuffle
     assert "<th>PSNR (dB)</th>" in unshuffle and "<td>31.25 ± 0.50</td>" in unshuffle and "<td>0.971</td>" in unshuffle
     assert "Listed in results.json but not found: gone.png" in unshuffle
     assert "<td>done</td>" in section_html(page, "other") and "saved" not in page   # verdicts: recomputed, first
     assert "| Chans | 31.25 ± 0.50 | 0.971 |" in files.markdown.read_text()
+
+
+def _declared_study(study_dir: Path, dest: Path) -> Path:
+    """A copy of ``study_dir`` to which `reproduce` saved studies that declare their sections and figures
+    (named so that no study name or file name hints at the section)."""
+    shutil.copytree(study_dir, dest)
+    ctx = StudyContext(PRESETS["quick"], dest, (0, 1), {"epochs": 2})
+    pngs = {}
+    for folder, name in (("a", "sigma-robust.png"), ("b", "attack.png"), ("c", "filters.png")):
+        (dest / folder).mkdir()
+        pngs[name] = png_bytes({"a": "red", "b": "green", "c": "blue"}[folder])
+        (dest / folder / name).write_bytes(pngs[name])
+    (dest / "b" / "numbers.csv").write_text("sigma,acc\n")
+    first = ResultTable("Budgets of study one", [("eps", "eps", ".3f"), ("acc", "robust acc", ".2f")])
+    first.add(eps=8 / 255, acc=(0.41, 0.02))
+    second = ResultTable("Sigmas of study two", [("sigma", "sigma", ".2g"), ("acc", "robust acc", ".2f")])
+    second.add(sigma=1.0, acc=0.57)
+    ctx.results["one"] = StudyResult("one", [first], {"warnings": ["check X"]}, section="robustness",
+                                     figures=[Figure(dest / "a" / "sigma-robust.png", "Caption of figure one")])
+    ctx.results["two"] = StudyResult("two", [second], {}, section="smoothing",
+                                     figures=[Figure(dest / "b" / "attack.png", "Caption of figure two")],
+                                     files=[str(dest / "b" / "numbers.csv")])
+    ctx.results["three"] = StudyResult("three", [], {}, section="init",
+                                       figures=[Figure(dest / "c" / "filters.png", "Caption of figure three"),
+                                                Figure(dest / "c" / "deleted.png", "never drawn")])
+    ctx.results["four"] = StudyResult("four", [second], {}, section=None)
+    save_results(ctx)
+    return dest
+
+
+def test_declared_sections_and_figures_round_trip_through_results_json_and_the_report_places_them(
+        study_dir, tmp_path):
+    dest = _declared_study(study_dir, tmp_path / "made-here")
+    saved = json.loads((dest / "results.json").read_text())["studies"]
+    # results.json keeps each declaration, with paths relative to the study folder
+    assert saved["one"]["section"] == "robustness" and saved["four"]["section"] is None
+    assert saved["one"]["figures"] == [{"file": "a/sigma-robust.png", "caption": "Caption of figure one"}]
+    assert saved["two"]["files"] == ["b/numbers.csv"]
+    assert saved["classification"]["section"] == "classification"
+    # ... so the folder can move: the report of the moved copy finds every figure
+    moved = tmp_path / "moved" / "elsewhere"
+    shutil.copytree(dest, moved)
+    shutil.rmtree(dest)
+    files = report.write_report([moved], tmp_path / "report.html")
+    page = files.html.read_text()
+    check_page(page)
+    assert files.present == ["verdicts", "classification", "curves", "robustness", "smoothing", "init", "filters",
+                             "configuration"]
+    assert files.absent == ["unshuffle"]
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    robustness, smoothing, init = (section_html(page, s) for s in ("robustness", "smoothing", "init"))
+    one, two, three = ((moved / f).read_bytes() for f in ("a/sigma-robust.png", "b/attack.png", "c/filters.png"))
+    assert b64(one) in robustness and b64(two) not in robustness and "<figcaption>Caption of figure one" in robustness
+    assert "<caption>Budgets of study one (elsewhere)</caption>" in robustness and "<td>0.41 ± 0.02</td>" in robustness
+    assert "Warnings from the one study: check X" in robustness
+    assert b64(two) in smoothing and b64(one) not in smoothing and "<figcaption>Caption of figure two" in smoothing
+    assert f"Other files of this study: {moved / 'b' / 'numbers.csv'}" in smoothing
+    assert b64(three) in init and "Listed in results.json but not found: c/deleted.png" in init
+    assert "<h2>Priors of the frozen random filters</h2>" in init
+    assert page.count("Sigmas of study two") == 1   # study four declared no section: shown nowhere
+    assert "_Figure in the HTML report: Caption of figure three_" in files.markdown.read_text()
+
+
+def test_a_study_declares_a_known_section():
+    with pytest.raises(ValueError, match="section 'robust' is not one of"):
+        StudyResult("x", section="robust")
+    assert StudyResult("x").section == "other"   # a study that declares nothing: shown under "Other results"
+
+
+def _results_with(dest: Path, name: str, **fields) -> Path:
+    results = json.loads((dest / "results.json").read_text())
+    results["studies"][name] = {"section": "robustness", "tables": [], "figures": [], "files": [], "data": {},
+                                **fields}
+    (dest / "results.json").write_text(json.dumps(results))
+    return dest
+
+
+@pytest.mark.parametrize("fields, field, shown", [
+    ({"figures": [{"file": "../x.png", "caption": "c"}]}, "studies.robustness.figures[0].file", "'../x.png'"),
+    ({"figures": [{"file": "/etc/x.png", "caption": "c"}]}, "studies.robustness.figures[0].file", "'/etc/x.png'"),
+    ({"figures": [{"file": "a/../../x.png", "caption": "c"}]}, "studies.robustness.figures[0].file", "'a/../../x.png'"),
+    ({"figures": [{"file": "link.png", "caption": "c"}]}, "studies.robustness.figures[0].file", "'link.png'"),
+    ({"files": ["/etc/passwd"]}, "studies.robustness.files[0]", "'/etc/passwd'"),
+    ({"figures": [{"file": "a.png", "caption": 3}]}, "studies.robustness.figures[0].caption", "3"),
+    ({"figures": "a.png"}, "studies.robustness.figures", "'a.png'"),
+    ({"section": 7}, "studies.robustness.section", "7"),
+    ({"tables": [["row"]]}, "studies.robustness.tables[0]", "['row']"),
+    ({"tables": [[{"a": 1}]], "table_columns": [[["a", "b"]]]}, "studies.robustness.table_columns[0]",
+     "[['a', 'b']]"),
+    ({"data": []}, "studies.robustness.data", "[]"),
+])
+def test_a_malformed_study_entry_is_refused_in_one_line(fields, field, shown, study_dir, tmp_path, capsys):
+    dest = with_studies(study_dir, tmp_path / "bad", {})
+    (tmp_path / "outside.png").write_bytes(png_bytes("red"))
+    (dest / "link.png").symlink_to(tmp_path / "outside.png")   # inside by name, outside once followed
+    _results_with(dest, "robustness", **fields)
+    out = tmp_path / "report.html"
+    out.write_text("previous report")
+    assert main(["report", str(dest), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"spatialmix: error: {dest / 'results.json'}: field '{field}' must be ")
+    assert f"got {shown}" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert out.read_text() == "previous report"
+
+
+def test_an_unknown_section_from_a_newer_spatialmix_goes_to_other_results(study_dir, tmp_path):
+    dest = _results_with(with_studies(study_dir, tmp_path / "newer", {}), "future",
+                         section="some-new-section", tables=[[{"answer": 42}]])
+    page = report.write_report([dest], tmp_path / "report.html").html.read_text()
+    assert "<td>42</td>" in section_html(page, "other")
 
 
 def test_report_of_single_runs_and_an_interrupted_study(study_dir, tmp_path):

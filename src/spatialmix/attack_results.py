@@ -12,7 +12,6 @@ attack at this budget or any smaller one; at eps 0, clean correctness).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import time
@@ -23,6 +22,7 @@ import torch
 from . import runs
 from .attacks import RESULT_NAME, AttackSettings, Attacker, Budget, eps_label, evaluate_robustness
 from .errors import SpatialmixError
+from .figures import save_png
 
 
 # --------------------------------------------------------------------------- the result dict
@@ -139,9 +139,7 @@ def plot_robustness(results: list[dict], path: str | Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    runs.atomic_write_bytes(Path(path), buffer.getvalue())
+    save_png(fig, path, dpi=110)
     return Path(path)
 
 

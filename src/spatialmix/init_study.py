@@ -25,16 +25,16 @@ covariance priors are refused with a clear line (they are defined for k x k filt
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
-from . import runs
 from .attacks import RESULT_NAME, attack_runs, eps_label
 from .errors import SpatialmixError
+from .figures import save_png
 from .reporting import ResultTable, console, mean_std
-from .robustness import accuracy_table, attack_all, attack_settings, describe_attacks
+from .robustness import ATTACK_PLOT_CAPTION, accuracy_table, attack_all, attack_settings, describe_attacks
 from .study import StudyContext, StudyResult, classification_run_dir
+from .study_result import Figure
 
 DEFAULT_SIGMA = 1.0   # pixels; the middle of the smoothing study's default sigmas (0.5, 1, 2)
 FULL, SPACE, DEFAULT, SMOOTHED, COVARIANCE, COVARIANCE_FROM = (
@@ -71,12 +71,12 @@ def init_study(ctx: StudyContext) -> StudyResult:
     title = (f"Priors of the frozen random filters (Chans, {ctx.config().dataset}, {ctx.config().model}, "
              f"{settings.norm}, worst case of {describe_attacks(settings)}; smoothing σ={sigma:g} from {sigma_source})")
     tables = [accuracy_table(groups, "filters", title, settings), prior_gain_table(groups, settings, smoothed)]
-    files = [str(folder / "init-robustness.png")] + draw_filters(
+    figures = [Figure(folder / "init-robustness.png", ATTACK_PLOT_CAPTION)] + draw_filters(
         {name: runs_[0]["run"] for name, runs_ in groups.items() if runs_}, folder)
     data = {"settings": settings.to_dict(), "smoothing_sigma": sigma, "sigma_source": sigma_source,
             "groups": order, "runs": [run_entry(group, r) for (group, _, _), r in zip(jobs, results)],
             "warnings": [f"{r['label']}: {w}" for r in results for w in r["warnings"]]}
-    return StudyResult("init", tables, data, files)
+    return StudyResult("init", tables, data, section="init", figures=figures)
 
 
 # --------------------------------------------------------------------------- the smoothing sigma
@@ -153,7 +153,7 @@ def run_entry(group: str, result: dict) -> dict:
 
 # --------------------------------------------------------------------------- figures
 
-def draw_filters(run_dirs: dict[str, str], folder: Path) -> list[str]:
+def draw_filters(run_dirs: dict[str, str], folder: Path) -> list[Figure]:
     """The first seed's spatial filters of each group side by side, and their radial power spectra."""
     from .analysis import analyze_run, plot_filter_grids, plot_radial_profiles
 
@@ -162,11 +162,13 @@ def draw_filters(run_dirs: dict[str, str], folder: Path) -> list[str]:
     except SpatialmixError as err:   # e.g. a model without depthwise filters: the tables stand alone
         console.print(f"[yellow]init[/]: no filter figures ({err})", highlight=False)
         return []
-    paths = []
-    for figure, name in ((plot_filter_grids(analyses), "init-filters.png"),
-                         (plot_radial_profiles(analyses), "init-spectra.png")):
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=110)
-        runs.atomic_write_bytes(folder / name, buffer.getvalue())
-        paths.append(str(folder / name))
-    return paths
+    figures = []
+    for figure, name, caption in (
+            (plot_filter_grids(analyses), "init-filters.png",
+             "The first seed's spatial filters: learned (Full, Space) and frozen at each prior (Chans), each "
+             "filter scaled by its own largest |weight|."),
+            (plot_radial_profiles(analyses), "init-spectra.png",
+             "Radial power spectra of those filters, relative to each layer's mean power (flat: white).")):
+        save_png(figure, folder / name, dpi=110)
+        figures.append(Figure(folder / name, caption))
+    return figures

@@ -14,14 +14,14 @@ again with the same settings and weights, so an interrupted study loses no attac
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from . import runs
 from .attacks import DEFAULT_EPS, RESULT_NAME, AttackSettings, attack_runs, eps_label
 from .errors import SpatialmixError
+from .figures import save_png
 from .reporting import ResultTable, console, mean_std
 from .study import StudyContext, StudyResult, classification_run_dir, train_all, train_or_reuse
+from .study_result import Figure
 
 # Defaults for a preset that sets no robustness options (the quick preset sets its own): a fixed
 # subset of 500 test images, APGD-CE-10 and APGD-T-10 on one target class (measured within 1 point of
@@ -30,6 +30,9 @@ from .study import StudyContext, StudyResult, classification_run_dir, train_all,
 ROBUSTNESS_DEFAULTS = {"eps": DEFAULT_EPS, "norm": "Linf", "n_examples": 500, "targets": 1,
                        "reference_examples": 50, "reference_targets": 1, "square_queries": 300, "seed": 0}
 SMOOTHING_DEFAULTS = {"sigmas": (0.0, 0.5, 1.0, 2.0)}
+ATTACK_PLOT_CAPTION = ("Robust accuracy against the attack budget: every run's worst case together, then "
+                       "each run alone beside the default attacks alone and the reference sample; red circles "
+                       "mark budgets where a gradient-masking check warned.")
 
 
 def attack_settings(ctx: StudyContext) -> AttackSettings:
@@ -101,7 +104,8 @@ def robustness_study(ctx: StudyContext) -> StudyResult:
              f"worst case of {describe_attacks(settings)})")
     tables = [accuracy_table(groups, "mode", title, settings),
               survival_table(groups, "mode", "Share of the correctly classified images that stay robust", settings)]
-    return StudyResult("robustness", tables, study_data(results, settings, "mode"), [str(folder / "robustness.png")])
+    return StudyResult("robustness", tables, study_data(results, settings, "mode"), section="robustness",
+                       figures=[Figure(folder / "robustness.png", ATTACK_PLOT_CAPTION)])
 
 
 def smoothing_study(ctx: StudyContext) -> StudyResult:
@@ -129,8 +133,10 @@ def smoothing_study(ctx: StudyContext) -> StudyResult:
               survival_table(groups, "sigma", "Smoothing: share of the correctly classified images that stay "
                                               "robust", settings)]
     plot = plot_against_sigma(groups, settings, folder / "smoothing.png")
-    return StudyResult("smoothing", tables, study_data(results, settings, "smooth_sigma"),
-                       [str(plot), str(folder / "smoothing-robustness.png")])
+    return StudyResult("smoothing", tables, study_data(results, settings, "smooth_sigma"), section="smoothing",
+                       figures=[Figure(plot, "Chans: clean and robust accuracy (mean over seeds, one line per budget) "
+                                             "against the smoothing sigma of the frozen random filters."),
+                                Figure(folder / "smoothing-robustness.png", ATTACK_PLOT_CAPTION)])
 
 
 # --------------------------------------------------------------------------- tables, data, plot
@@ -204,7 +210,5 @@ def plot_against_sigma(groups: dict, settings: AttackSettings, path: Path) -> Pa
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    runs.atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path, dpi=110)
     return path

@@ -25,6 +25,7 @@ from .distributed import is_main
 from .errors import SpatialmixError, unknown_name
 from .mixing import MODES
 from .reporting import ResultTable, console, mean_std
+from .study_result import StudyResult, study_entry
 from .train import train
 
 
@@ -83,14 +84,6 @@ class StudyContext:
         return self.preset.base.replace(**{**self.overrides, **changes})
 
 
-@dataclass
-class StudyResult:
-    name: str
-    tables: list[ResultTable]
-    data: dict                                    # JSON-serializable raw results
-    files: list[str] = field(default_factory=list)
-
-
 StudyFn = Callable[[StudyContext], StudyResult]
 # Every study, in the order `reproduce` runs them, as "module:function" so that reading this
 # table imports nothing (the robustness, un-shuffling and report modules are heavy).
@@ -144,7 +137,7 @@ def classification_study(ctx: StudyContext) -> StudyResult:
         summaries[config.mode].append(summary)
     table = classification_table(summaries, title=f"Classification ({ctx.preset.base.dataset}, "
                                                   f"{ctx.config().model}, {len(ctx.seeds)} seed(s))")
-    return StudyResult("classification", [table], {"runs": summaries})
+    return StudyResult("classification", [table], {"runs": summaries}, section="classification")
 
 
 def _run_description(config: TrainConfig) -> str:
@@ -269,15 +262,9 @@ def save_results(ctx: StudyContext) -> None:
                 previous = old.get("studies", {})
         except (json.JSONDecodeError, OSError):
             previous = {}   # unreadable: replaced by this call's results
-    studies = {**previous, **{name: study_entry(r) for name, r in ctx.results.items()}}
+    studies = {**previous, **{name: study_entry(r, ctx.out_dir) for name, r in ctx.results.items()}}
     payload = {"preset": ctx.preset.name, "seeds": list(ctx.seeds), "overrides": ctx.overrides, "studies": studies}
     runs.atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
     markdown = "\n".join(entry.get("markdown", "") for entry in studies.values())
     runs.atomic_write_bytes(ctx.out_dir / "results.md", markdown.encode())
 
-
-def study_entry(result: StudyResult) -> dict:
-    return {"data": result.data, "files": result.files, "tables": [t.rows for t in result.tables],
-            "table_titles": [t.title for t in result.tables],
-            "table_columns": [[list(c) for c in t.columns] for t in result.tables],
-            "markdown": "\n".join(t.to_markdown() for t in result.tables)}

@@ -341,4 +341,6 @@ def verdicts_study(ctx) -> "StudyResult":   # noqa: F821 (study imports this mod
     from .study import StudyResult
 
     verdicts = verdicts_for_study(ctx.out_dir)
-    return StudyResult("verdicts", [verdict_table(verdicts)], {"verdicts": [verdict_record(v) for v in verdicts]})
+    # section=None: the report recomputes the verdicts from the folder rather than showing this saved table
+    return StudyResult("verdicts", [verdict_table(verdicts)], {"verdicts": [verdict_record(v) for v in verdicts]},
+                       section=None)
