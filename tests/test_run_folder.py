@@ -321,6 +321,8 @@ def test_report_never_embeds_a_file_outside_the_run_folder(run, tmp_path):
     run_dir, _ = run
     secret = tmp_path / "secret.png"
     secret.write_bytes(b"\x89PNG\r\n\x1a\n" + b"private key material " * 20)
+    # the plot `spatialmix attack` draws beside its result robustness.json, here a link out of the folder
+    (run_dir / "robustness.json").write_text(json.dumps({"label": "run", "budgets": [{"eps": 0.0, "robust_acc": 1.0}]}))
     os.symlink(secret, run_dir / "robustness.png")
     files = write_report([run_dir], tmp_path / "out" / "report.html")
     page = files.html.read_text()
