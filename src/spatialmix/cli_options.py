@@ -187,6 +187,7 @@ def option(default=None, help: str = "", **metadata):   # noqa: A002 (the name a
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
-def help_of(cls, name: str, **changes) -> dict:
-    """A field's metadata, to give another dataclass's field the same help (and choices)."""
-    return {**next(f for f in dataclasses.fields(cls) if f.name == name).metadata, **changes}
+def option_like(cls, name: str, default=None, **changes):
+    """A field with the same help (and choices) as field ``name`` of dataclass ``cls``, so they cannot differ."""
+    metadata = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
+    return option(default, **{**metadata, **changes})

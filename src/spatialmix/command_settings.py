@@ -6,10 +6,9 @@ which runs to read, ...); the command line generates its options from them
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from .cli_options import help_of, option
+from .cli_options import option, option_like
 from .config import TrainConfig
 
 THREADS_HELP = "torch threads of this process (default: torch's own, one per physical core)"
@@ -67,8 +66,8 @@ class ModelQuery:
     num_classes: int = option(10, "classes")
     image_size: int = option(32, "image size in pixels")
     patch_size: int | None = option(None, "patch size / stem stride (timm models that take one, and convmixer)")
-    spatial_pattern: str | None = dataclasses.field(default=None, metadata=help_of(TrainConfig, "spatial_pattern"))
-    channel_pattern: str | None = dataclasses.field(default=None, metadata=help_of(TrainConfig, "channel_pattern"))
+    spatial_pattern: str | None = option_like(TrainConfig, "spatial_pattern")
+    channel_pattern: str | None = option_like(TrainConfig, "channel_pattern")
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .cli_options import help_of, option
+from .cli_options import option, option_like
 from .config import TrainConfig
 
 PRESET_DEFAULT = "(default: the preset's)"
 # Training settings that override the preset's TrainConfig when given (None: the preset's value).
 TRAINING_OVERRIDES = ("dataset", "epochs", "train_subset", "test_subset", "batch_size", "lr", "width", "depth",
                       "kernel_size", "amp", "device", "data_dir", "progress")
-
-
-def _train_help(name: str, **changes) -> dict:
-    return help_of(TrainConfig, name, **changes)
 
 
 @dataclass(frozen=True)
@@ -51,10 +47,10 @@ class UnshuffleSettings:
     width: int | None = option(None, f"channels {PRESET_DEFAULT}")
     depth: int | None = option(None, f"blocks {PRESET_DEFAULT}")
     kernel_size: int | None = option(None, f"depthwise kernel size {PRESET_DEFAULT}")
-    amp: str | None = dataclasses.field(default=None, metadata=_train_help("amp", default_help="auto"))
-    device: str | None = dataclasses.field(default=None, metadata=_train_help("device", default_help="auto"))
-    data_dir: str | None = dataclasses.field(default=None, metadata=_train_help("data_dir"))
-    progress: bool = dataclasses.field(default=True, metadata=_train_help("progress"))
+    amp: str | None = option_like(TrainConfig, "amp", default_help="auto")
+    device: str | None = option_like(TrainConfig, "device", default_help="auto")
+    data_dir: str | None = option_like(TrainConfig, "data_dir")
+    progress: bool = option_like(TrainConfig, "progress", default=True)
 
     def study_kwargs(self) -> dict:
         """The keyword arguments of ``unshuffle_study``: the training overrides only where given."""
