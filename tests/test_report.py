@@ -439,6 +439,13 @@ def _incompatible_run(study_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def _run_config_not_an_object(study_dir: Path, dest: Path) -> Path:
+    """A study folder one of whose runs has a config.json that is JSON but not an object."""
+    shutil.copytree(study_dir, dest)
+    (dest / "classification" / "chans-seed1" / runs.CONFIG).write_text("[1, 2]")
+    return dest
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
     ("empty", "is an empty directory"),
@@ -448,6 +455,7 @@ def _incompatible_run(study_dir: Path, dest: Path) -> Path:
     ("corrupt_results", "is corrupt (not JSON)"),
     ("bad_output", "must end in .html"),
     ("fft", "FFT size 2 is smaller than the 3 x 3 filters"),
+    ("run_config_not_an_object", "config.json must hold a JSON object, got list"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_keeps_the_old_report(case, message, study_dir, tmp_path, capsys):
     out = tmp_path / "report.html"
@@ -463,6 +471,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_keeps_the_old_report(case, message
                                         (tmp_path / "c" / "results.json").write_text("{oops") and tmp_path / "c")],
         "bad_output": lambda: [str(study_dir), "-o", str(tmp_path / "report.txt")],
         "fft": lambda: [str(study_dir / "classification" / "full-seed0"), "--fft-size", "2"],
+        "run_config_not_an_object": lambda: [str(_run_config_not_an_object(study_dir, tmp_path / "listed"))],
     }[case]()
     if "-o" not in args:
         args += ["-o", str(out)]

@@ -135,10 +135,11 @@ def _run_order(study: Path, run_dir: Path) -> tuple:
     """Classification runs first, then by folder, mode (Full, Chans, Space), smoothing sigma, seed."""
     parts = run_dir.relative_to(study).parts
     top = parts[0] if len(parts) > 1 else ""
-    try:
-        train = runs.read_json(run_dir / runs.CONFIG, "run").get("train") or {}
+    try:   # only to sort: a damaged config.json is reported when the run is read
+        record = runs.read_json(run_dir / runs.CONFIG, "run")
     except SpatialmixError:
-        train = {}
+        record = {}
+    train = record.get("train") if isinstance(record, dict) and isinstance(record.get("train"), dict) else {}
     mode, seed, sigma = train.get("mode"), train.get("seed"), train.get("smooth_sigma")
     return (top != "classification", top, MODES.index(mode) if mode in MODES else len(MODES),
             sigma if isinstance(sigma, (int, float)) else 0, seed if isinstance(seed, int) else 1 << 62, str(run_dir))
