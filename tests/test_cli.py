@@ -451,3 +451,39 @@ def test_describe_model_counts_parameters_and_mixers():
     assert info.layers("spatial") == 8 and info.layers("channel") == 8
     assert {k: n for k, n in info.spatial_counts.items() if n} == {"depthwise convolutions": 8}
     assert info.modes == {"full": None, "chans": None, "space": None}
+
+
+def _readme_commands() -> list[str]:
+    """The `spatialmix ...` command lines of the README's code blocks (continuations joined, comments cut)."""
+    import re
+
+    from conftest import SRC_DIR
+
+    readme = SRC_DIR.parent / "README.md"
+    if not readme.is_file():
+        pytest.skip(f"no README.md beside {SRC_DIR}")
+    commands = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", readme.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.split(r"\s#", line)[0].strip()
+            match = re.search(r"(?:^spatialmix|\s-m spatialmix\.cli) (.*)", line)   # (not `spatialmix: error:`)
+            if match:
+                commands.append(match.group(1))
+    return commands
+
+
+def test_the_commands_in_the_readme_are_valid():
+    """Every flag the README's examples use exists; the examples without placeholders parse as written."""
+    import re
+    import shlex
+
+    parser = cli.build_parser()
+    commands = _readme_commands()
+    assert len(commands) >= 10
+    for line in commands:
+        name = line.split()[0]
+        known = {flag for action in _command_parsers()[name]._actions for flag in action.option_strings}
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line))
+        assert flags <= known, (line, flags - known)
+        if not re.search(r"[\[|]|\.\.\.|[A-Z]{3,}", line):   # no [optional], a|b, ... or PLACEHOLDER
+            parser.parse_args(shlex.split(line))
