@@ -3,9 +3,9 @@
 :func:`unshuffle_study` plans one run per mode and seed (plus the no-spatial-mixing reference,
 kernel size 1), checks every run folder before writing anything, trains them (side by side with
 ``processes``), and compares them with the floor of the scrambled input itself. The task it
-trains (permutation, metrics, :class:`~spatialmix.unshuffle.UnshuffleNet`, presets) lives in
-:mod:`spatialmix.unshuffle`; :func:`unshuffle_reproduce_study` is its entry in
-:data:`spatialmix.study.STUDIES`.
+trains (metrics, :class:`~spatialmix.unshuffle.UnshuffleNet`, presets) lives in
+:mod:`spatialmix.unshuffle`, the scrambling in :mod:`spatialmix.permutation`;
+:func:`unshuffle_reproduce_study` is its entry in :data:`spatialmix.study.STUDIES`.
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from .data import ImageData
 from .errors import SpatialmixError, check_positive, unknown_name
 from .figures import save_png
 from .mixing import MODES
+from .permutation import PERMUTATION_FILE, PixelPermutation, check_or_save_permutation
 from .reporting import ResultTable, console, mean_std
 from .resume import prepare_run_dir
 from .study import StudyContext, StudyResult
 from .study_result import Figure as StudyFigure   # (matplotlib's Figure is used below)
 from .train import load_data_for, load_trained_model
-from .permutation import PERMUTATION_FILE, PixelPermutation, check_or_save_permutation
 from .unshuffle import UnshuffleTask, reconstruct, scrambled_floor, train_unshuffle, unshuffle_config
 
 FIGURE_FILE = "unshuffle.png"
