@@ -109,6 +109,8 @@ def test_missing_data_names_where_it_looked(tmp_path, monkeypatch, no_system_dat
     with pytest.raises(SpatialmixError) as err:
         load_dataset("svhn")
     assert "unknown dataset 'svhn'" in str(err.value) and "cifar10" in str(err.value)
+    with pytest.raises(SpatialmixError, match=r"use spatialmix\.imagefolder\.load_image_folder\(data_dir\)"):
+        load_dataset("imagefolder", data_dir=empty)
 
 
 def _complete_then(tmp_path, stem, damage, gz):

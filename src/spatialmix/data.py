@@ -130,7 +130,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         raise unknown_name("dataset", name, DATASETS)
     spec = DATASETS[name]
     if spec.format == "folder":
-        raise SpatialmixError("imagefolder data is streamed from disk; use load_image_folder(data_dir)")
+        raise SpatialmixError("imagefolder data is streamed from disk, not held in memory; use "
+                              "spatialmix.imagefolder.load_image_folder(data_dir)")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise SpatialmixError(f"--data-dir {data_dir} does not exist; {spec.how_to_get}")
     searched = candidate_dirs(spec, data_dir)
