@@ -17,18 +17,15 @@ from .attack_settings import AttackSettings
 from .cli_options import ArgumentParser, add_options, given_values
 from .command_settings import (REPRODUCE_SKIP, AttackOutput, ModelQuery, ReportSettings, ReproduceSettings,
                                TrainCommand)
-from .config import TrainConfig
+from .config import TrainConfig, run_dir_for
 from .errors import SpatialmixError
-from .sweep_settings import JobResources, SweepSettings
+from .sweep_settings import SWEEP_SKIP, JobResources, SweepSettings
 from .unshuffle_settings import UnshuffleSettings
-
-SWEEP_SKIP = ("mode", "seed")   # a sweep sets them per configuration (--threads: each job's threads)
 
 
 # --------------------------------------------------------------------------- commands
 
 def cmd_train(args) -> None:
-    from .config import run_dir_for
     from .distributed import is_main
     from .train import resume_config, train
 

@@ -14,6 +14,9 @@ from .cli_options import option
 from .errors import SpatialmixError
 
 EXECUTORS = ("local", "submitit-local", "slurm")
+# TrainConfig fields a sweep sets per configuration: not options of `spatialmix sweep` (its --threads
+# are each job's threads).
+SWEEP_SKIP = ("mode", "seed")
 
 
 def parse_time(text: str) -> int:
