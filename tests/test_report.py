@@ -375,6 +375,17 @@ def test_a_malformed_study_entry_is_refused_in_one_line(fields, field, shown, st
     assert out.read_text() == "previous report"
 
 
+@pytest.mark.parametrize("field, value", [("overrides", [1]), ("seeds", "0,1"), ("preset", {"name": "quick"})])
+def test_a_malformed_study_setting_in_results_json_is_one_line(field, value, study_dir, tmp_path, capsys):
+    dest = with_studies(study_dir, tmp_path / "bad", {})
+    results = json.loads((dest / "results.json").read_text())
+    (dest / "results.json").write_text(json.dumps({**results, field: value}))
+    assert main(["report", str(dest), "-o", str(tmp_path / "report.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"spatialmix: error: {dest / 'results.json'}: field '{field}' must be ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_an_unknown_section_from_a_newer_spatialmix_goes_to_other_results(study_dir, tmp_path):
     dest = _results_with(with_studies(study_dir, tmp_path / "newer", {}), "future",
                          section="some-new-section", tables=[[{"answer": 42}]])

@@ -15,7 +15,7 @@ from . import runs
 from .analysis import run_label
 from .errors import SpatialmixError
 from .mixing import MODES
-from .study_result import SavedStudy, read_study_entry
+from .study_result import SavedStudy, check_study_settings, read_study_entry
 
 RESULTS = "results.json"
 RUN_SKIP_DIRS = {"checkpoints"}
@@ -89,6 +89,7 @@ def read_results(path: Path) -> tuple[dict, list[SavedStudy]]:
     if not isinstance(results, dict) or not isinstance(results.get("studies", {}), dict):
         raise SpatialmixError(f"{path} is not a spatialmix results file (no 'studies' table); "
                               f"pass a folder made by `spatialmix reproduce`")
+    check_study_settings(path, results)
     return results, [read_study_entry(path, name, entry) for name, entry in results.get("studies", {}).items()]
 
 

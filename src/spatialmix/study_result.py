@@ -100,11 +100,30 @@ class SavedStudy:
     legacy: bool = False          # written before studies declared their section
 
 
-def _bad(path: Path, name: str, what: str, wanted: str, value) -> SpatialmixError:
+# What results.json says about the whole study besides its entries: (field, check, what it must be).
+STUDY_SETTINGS = (("preset", lambda v: isinstance(v, str), "a preset name"),
+                  ("seeds", lambda v: isinstance(v, list), "a list of seeds"),
+                  ("overrides", lambda v: isinstance(v, dict), "an object of training settings"))
+
+
+def check_study_settings(path: Path, results: dict) -> dict:
+    """``results`` (a results.json's contents) if its study-wide fields have their shapes."""
+    for name, check, wanted in STUDY_SETTINGS:
+        if name in results and not check(results[name]):
+            raise _bad_field(path, name, wanted, results[name])
+    return results
+
+
+def _bad_field(path: Path, field: str, wanted: str, value) -> SpatialmixError:
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return SpatialmixError(f"{path}: field 'studies.{name}{what}' must be {wanted}, got {shown}; the file is "
-                           f"damaged or not spatialmix's")
+    return SpatialmixError(f"{path}: field {field!r} must be {wanted}, got {shown}; the file is damaged or not "
+                           f"spatialmix's")
+
+
+def _bad(path: Path, name: str, what: str, wanted: str, value) -> SpatialmixError:
+    """A malformed field ``what`` of the entry of study ``name``."""
+    return _bad_field(path, f"studies.{name}{what}", wanted, value)
 
 
 def read_study_entry(path: Path, name: str, entry) -> SavedStudy:
