@@ -406,3 +406,16 @@ def test_models_command_takes_a_patch_size(capsys):
     assert "12 spatial mixers" in capsys.readouterr().out
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "imagefolder" in help_text and "--image-size" in help_text and "DataLoader processes" in help_text
+
+
+@pytest.mark.parametrize("field", ["width", "depth", "kernel_size", "patch_size", "image_size"])
+def test_training_refuses_the_sizes_a_run_folder_could_not_be_opened_with(field):
+    """What trains must load again: TrainConfig.validate applies the run folder's size limits."""
+    from spatialmix.config import TrainConfig
+
+    limit = runs.SIZE_LIMITS[field]
+    value = limit + 1 if field != "kernel_size" else limit + 2   # kernels are odd
+    with pytest.raises(SpatialmixError) as err:
+        TrainConfig(**{field: value}).validate()
+    assert f"at most {limit:,}" in one_line(err)
+    TrainConfig(**{field: limit}).validate()   # the limit itself is allowed (following the advice works)

@@ -27,6 +27,11 @@ RESUMABLE_FIELDS = frozenset(SPEED_FIELDS | {"epochs"})
 DIVERGED_RESUMABLE_FIELDS = frozenset({"lr", "amp"})
 
 
+# The largest sizes a run may have: training refuses more, and a run folder's config.json asking for
+# more is refused before anything is built (a damaged or hostile file must not allocate a giant model).
+SIZE_LIMITS = {"width": 4096, "depth": 256, "kernel_size": 63, "patch_size": 64, "token_hidden": 16384,
+               "channel_hidden": 16384, "in_chans": 256, "num_classes": 100_000, "image_size": 2048}
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. Saved as ``config.json`` in the run directory."""
@@ -123,6 +128,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 check_positive(**{name: value})
+            limit = SIZE_LIMITS.get(name)
+            if limit is not None and isinstance(value, int) and value > limit:
+                raise SpatialmixError(f"--{name.replace('_', '-')} {value:,} is above spatialmix's limit of {limit:,} "
+                                      f"(a run folder asking for more could not be opened again); use at most {limit:,}")
         for name in ("weight_decay", "label_smoothing", "clip_grad", "init_std", "smooth_sigma"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise SpatialmixError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .config import SPEED_FIELDS  # noqa: F401 (ignored when comparing configs)
+from .config import SIZE_LIMITS, SPEED_FIELDS  # noqa: F401 (speed fields: ignored when comparing configs)
 from .errors import SpatialmixError
 from .runlock import LOCK, RunLockedError
 from .runlock import locked as _locked_path
@@ -90,8 +90,6 @@ def _need_dict(path: Path, value, what: str = "a JSON object") -> dict:
 # are read, so a hostile or mistyped size (width 10**9) would allocate without bound; these are
 # several times the largest models of the paper (ConvMixer-1536/20, kernel 9, patch 7, 224 pixels)
 # and of ImageNet-21k's 21,841 classes.
-SIZE_LIMITS = {"width": 4096, "depth": 256, "kernel_size": 63, "patch_size": 64, "token_hidden": 16384,
-               "channel_hidden": 16384, "in_chans": 256, "num_classes": 100_000, "image_size": 2048}
 _LIMITS_TEXT = ", ".join(f"{name} {limit:,}" for name, limit in SIZE_LIMITS.items())
 
 
