@@ -8,7 +8,7 @@ is a bump centred on p, and the bumps widen in deeper layers. Sampling filters f
 covariance, either transferred from a trained network or built in closed form, beats i.i.d.
 init, in some cases without training the filters at all.
 
-Two priors, used by :func:`spatialmix.mixing.initialize_layers` for ``--spatial-init``:
+Two priors, used by :func:`spatialmix.inits.initialize_layers` for ``--spatial-init``:
 
 * :class:`ClosedFormPrior` (``covariance``): ``Sigma[p, q] = v * exp(-|p - q|^2 / (2 s_l^2))`` over
   the k x k positions p, q, i.e. every block is a Gaussian centred on its own position (the

@@ -4,7 +4,7 @@
   (:mod:`spatialmix.attacks`): clean and robust accuracy per budget, with the gradient-masking
   checks of every evaluation.
 * ``smoothing``: Chans models whose frozen random spatial filters are Gaussian-smoothed at a
-  list of sigmas (``smooth_sigma``, see :class:`spatialmix.mixing.InitSpec`), trained and
+  list of sigmas (``smooth_sigma``, see :class:`spatialmix.inits.InitSpec`), trained and
   attacked the same way; clean and robust accuracy against sigma (table and plot).
 
 Settings come from ``Preset.options["robustness"]`` and ``Preset.options["smoothing"]``; every
