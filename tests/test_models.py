@@ -173,3 +173,21 @@ def test_mlpmixer_has_the_parameters_of_timms_mixer_of_the_same_sizes(width, dep
     formula = in_chans * width * patch * patch + width + depth * block + 2 * width + width * 10 + 10
     assert count_parameters(ours) == count_parameters(reference) == formula
     assert "mlpmixer" in list_models() and "mlpmixer-128/6" in list_models()
+
+
+def test_the_model_table_lists_every_built_in_model_without_importing_their_modules():
+    """One visible table: the un-shuffling network is listed (and validated) before its module is
+    imported, and building it imports it then."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from spatialmix.models import MODEL_REGISTRY, create_model, list_models\n"
+            "from spatialmix.config import TrainConfig\n"
+            "assert 'unshufflenet' in list_models() and 'spatialmix.unshuffle' not in sys.modules\n"
+            "TrainConfig(model='unshufflenet', patch_size=1).validate()\n"
+            "model = create_model('unshufflenet', in_chans=1, num_classes=10, width=8, depth=1)\n"
+            "assert type(model).__name__ == 'UnshuffleNet' and 'spatialmix.unshuffle' in sys.modules\n"
+            "assert all(isinstance(info.description, str) and info.description for info in MODEL_REGISTRY.values())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -19,6 +19,8 @@ Names understood by :func:`create_model`:
 """
 from __future__ import annotations
 
+import importlib
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -242,16 +244,15 @@ def resnet(arch: str = "resnet18", in_chans: int = 3, num_classes: int = 1000, s
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    builder: Callable[..., nn.Module]
+    builder: Callable[..., nn.Module] | str   # a class or function, or "module:name" imported when first built
     defaults: dict
     description: str
 
-
-MODEL_REGISTRY: dict[str, ModelInfo] = {}
-
-
-def register_model(name: str, builder: Callable[..., nn.Module], description: str, **defaults) -> None:
-    MODEL_REGISTRY[name] = ModelInfo(name, builder, defaults, description)
+    def constructor(self) -> Callable[..., nn.Module]:
+        if not isinstance(self.builder, str):
+            return self.builder
+        module, _, attribute = self.builder.partition(":")
+        return getattr(importlib.import_module(module), attribute)
 
 
 # The published configurations (kernel, patch, activation as in the ConvMixer paper / timm).
@@ -262,23 +263,34 @@ CONVMIXER_CONFIGS = {
     "convmixer-256/8": dict(width=256, depth=8, kernel_size=5, patch_size=2, activation="gelu"),
     "convmixer-128/6": dict(width=128, depth=6, kernel_size=5, patch_size=2, activation="gelu"),
 }
-
-register_model("convmixer", ConvMixer, "ConvMixer with explicit width/depth/kernel_size/patch_size",
-               width=256, depth=8, kernel_size=5, patch_size=2, activation="gelu")
-for _name, _cfg in CONVMIXER_CONFIGS.items():
-    register_model(_name, ConvMixer, f"ConvMixer {_cfg}", **_cfg)
-register_model("mlpmixer", MLPMixer, "MLP-Mixer with explicit width/depth/patch_size (token_hidden, channel_hidden)",
-               width=128, depth=6, patch_size=4)
 # Small isotropic MLP-Mixers sized like the ConvMixers above, for the same CPU studies.
 MLPMIXER_CONFIGS = {
     "mlpmixer-128/6": dict(width=128, depth=6, patch_size=4),
     "mlpmixer-256/8": dict(width=256, depth=8, patch_size=4),
 }
-for _name, _cfg in MLPMIXER_CONFIGS.items():
-    register_model(_name, MLPMixer, f"MLP-Mixer {_cfg}", **_cfg)
-for _arch in RESNET_DEPTHS:
-    register_model(f"{_arch}-sep", resnet, f"{_arch}, separable after the stem", arch=_arch, separable=True)
-    register_model(_arch, resnet, f"ordinary {_arch} (baseline)", arch=_arch, separable=False)
+
+# Every built-in model, in one table (`spatialmix models` lists it; timm:NAME / torchvision:NAME too).
+MODEL_REGISTRY: dict[str, ModelInfo] = {info.name: info for info in [
+    ModelInfo("convmixer", ConvMixer, dict(width=256, depth=8, kernel_size=5, patch_size=2, activation="gelu"),
+              "ConvMixer with explicit width/depth/kernel_size/patch_size"),
+    *(ModelInfo(name, ConvMixer, cfg, f"ConvMixer {cfg}") for name, cfg in CONVMIXER_CONFIGS.items()),
+    ModelInfo("mlpmixer", MLPMixer, dict(width=128, depth=6, patch_size=4),
+              "MLP-Mixer with explicit width/depth/patch_size (token_hidden, channel_hidden)"),
+    *(ModelInfo(name, MLPMixer, cfg, f"MLP-Mixer {cfg}") for name, cfg in MLPMIXER_CONFIGS.items()),
+    *(ModelInfo(f"{arch}-sep", resnet, dict(arch=arch, separable=True), f"{arch}, separable after the stem")
+      for arch in RESNET_DEPTHS),
+    *(ModelInfo(arch, resnet, dict(arch=arch, separable=False), f"ordinary {arch} (baseline)")
+      for arch in RESNET_DEPTHS),
+    # The un-shuffling network lives with its task (spatialmix.unshuffle), imported when first built.
+    ModelInfo("unshufflenet", "spatialmix.unshuffle:UnshuffleNet",
+              dict(width=256, depth=8, kernel_size=7, patch_size=1, activation="gelu"),
+              "image-to-image ConvMixer at full resolution (pixel un-shuffling)"),
+]}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], description: str, **defaults) -> None:
+    """Add a model of your own to the table (spatialmix's own are all listed above)."""
+    MODEL_REGISTRY[name] = ModelInfo(name, builder, defaults, description)
 
 
 def list_models() -> list[str]:
@@ -389,7 +401,7 @@ def create_model(name: str, in_chans: int = 3, num_classes: int = 1000, image_si
         # A study preset's ConvMixer settings carry over: an MLP-Mixer has no kernel and uses GELU.
         kwargs.pop("kernel_size", None), kwargs.pop("activation", None)
     try:
-        model = info.builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
+        model = info.constructor()(in_chans=in_chans, num_classes=num_classes, **kwargs)
     except TypeError as err:
         raise SpatialmixError(f"model {name!r} does not take these options: {err}") from None
     if image_size is not None:   # what spatialmix.token_mixers feeds the model to find its token axis

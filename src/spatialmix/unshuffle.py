@@ -35,7 +35,7 @@ from . import runs
 from .config import TrainConfig
 from .data import DATASETS, ImageData
 from .errors import SpatialmixError, check_positive, unknown_name
-from .models import check_kernel_size, convmixer_block, create_model, make_activation, register_model
+from .models import check_kernel_size, convmixer_block, create_model, make_activation
 from .permutation import PERMUTATION_FILE, PixelPermutation, check_or_save_permutation, check_window, make_permutation
 from .tasks import autocast_context
 from .train import load_data_for, train
@@ -112,10 +112,6 @@ class UnshuffleNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.blocks(self.stem(x)))
-
-
-register_model(MODEL_NAME, UnshuffleNet, "image-to-image ConvMixer at full resolution (pixel un-shuffling)",
-               width=256, depth=8, kernel_size=7, patch_size=1, activation="gelu")
 
 
 # --------------------------------------------------------------------------- the task
