@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from spatialmix.train import build_model, load_trained_model, task_from_dict, tr
 from spatialmix.permutation import PERMUTATION_FILE, PixelPermutation, make_permutation
 from spatialmix.unshuffle import (UNSHUFFLE_PRESETS, UnshuffleNet, UnshuffleTask, load_run_permutation, psnr,
                                   scrambled_floor, ssim, train_unshuffle, unshuffle_config)
-from spatialmix.unshuffle_study import FIGURE_FILE, TABLE_FILES, unshuffle_study
+from spatialmix.unshuffle_study import CURVES_FILE, FIGURE_FILE, TABLE_FILES, unshuffle_study
 
 TINY = dict(width=8, depth=1, kernel_size=3, epochs=1, batch_size=32, lr=0.01, progress=False)
 
@@ -382,6 +383,13 @@ def test_spatialmix_unshuffle_writes_the_table_and_the_figure(fake_fashion_dir, 
     assert PixelPermutation.load(out / PERMUTATION_FILE, 28) == make_permutation(28, 0)
     picture = matplotlib.image.imread(out / FIGURE_FILE)
     assert picture.ndim == 3 and picture.shape[0] > 200 and picture.std() > 0.05
+    # the curves: each mode's test PSNR / SSIM after every epoch, as its run's metrics.jsonl says
+    curves = payload["curves"]
+    assert set(curves) == {"Full", "Chans", "Space", "No spatial mixing (k=1)"}
+    metrics = runs.read_jsonl(out / "chans-seed0" / runs.METRICS)
+    assert curves["Chans"] == {"epoch": [m["epoch"] for m in metrics], "psnr": [m["test_psnr"] for m in metrics],
+                               "ssim": [m["test_ssim"] for m in metrics]}
+    assert matplotlib.image.imread(out / CURVES_FILE).std() > 0.05
     # a second call reuses the finished runs instead of training again
     before = snapshot_files(out / "full-seed0")
     assert main(unshuffle_args(out, fake_fashion_dir)) == 0
@@ -425,6 +433,7 @@ def test_the_unshuffle_study_runs_inside_reproduce(fake_fashion_dir, tmp_path):
     result = study_function("unshuffle")(ctx)
     assert [r["mode"] for r in result.tables[0].rows] == ["Scrambled input (floor)", "Chans",
                                                           "No spatial mixing (k=1)"]
-    assert all((tmp_path / "unshuffle" / name).is_file() for name in (FIGURE_FILE, *TABLE_FILES))
+    assert all((tmp_path / "unshuffle" / name).is_file() for name in (FIGURE_FILE, CURVES_FILE, *TABLE_FILES))
+    assert [Path(f.file).name for f in result.figures] == [FIGURE_FILE, CURVES_FILE]
     assert runs.read_json(tmp_path / "unshuffle" / "chans-seed0" / runs.CONFIG)["train"]["lr"] == \
            UNSHUFFLE_PRESETS["small"].config.lr

@@ -28,6 +28,7 @@ from .train import load_data_for, load_trained_model
 from .unshuffle import UnshuffleTask, reconstruct, scrambled_floor, train_unshuffle, unshuffle_config
 
 FIGURE_FILE = "unshuffle.png"
+CURVES_FILE = "unshuffle-curves.png"
 TABLE_FILES = ("unshuffle.md", "unshuffle.csv", "unshuffle.json")
 REFERENCE = "kernel1"           # run-directory name of the no-spatial-mixing reference
 # Settings of `spatialmix reproduce` that also apply to its un-shuffling study (not the classifier's sizes).
@@ -123,8 +124,42 @@ def unshuffle_study(out_dir: str | Path = "runs/unshuffle", preset: str = "small
     first = data[seeds[0]]
     models = {run.label: run.run_dir for run in plan if run.seed == seeds[0]}
     save_figure(out_dir / FIGURE_FILE, first, permutation, models, table, n=figure_images)
-    _save_table(out_dir, table, {"settings": settings, "runs": summaries, "floor": floors})
+    curves = test_curves(plan)
+    save_curves(out_dir / CURVES_FILE, curves, floors)
+    _save_table(out_dir, table, {"settings": settings, "runs": summaries, "floor": floors, "curves": curves})
     return table
+
+
+def test_curves(plan: list[_PlannedRun]) -> dict[str, dict[str, list]]:
+    """Per label: the epochs and the test PSNR / SSIM after each, averaged over the label's seeds."""
+    per_label: dict[str, list[dict[int, dict]]] = {}
+    for run in plan:
+        metrics = {m["epoch"]: m for m in runs.Run(run.run_dir).metrics()
+                   if isinstance(m.get("epoch"), int) and all(isinstance(m.get(f"test_{k}"), (int, float))
+                                                              for k in ("psnr", "ssim"))}
+        per_label.setdefault(run.label, []).append(metrics)
+    curves = {}
+    for label, seeds in per_label.items():
+        epochs = sorted(set.intersection(*(set(m) for m in seeds)))
+        curves[label] = {"epoch": epochs, **{key: [sum(m[e][f"test_{key}"] for m in seeds) / len(seeds) for e in epochs]
+                                             for key in ("psnr", "ssim")}}
+    return curves
+
+
+def save_curves(path: Path, curves: dict[str, dict[str, list]], floors: list[dict]) -> None:
+    """Test PSNR and SSIM after each epoch, one line per mode, the scrambled input dashed."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.4), dpi=110, layout="constrained")
+    for ax, key, name in zip(fig.subplots(1, 2), ("psnr", "ssim"), ("test PSNR (dB)", "test SSIM")):
+        for i, (label, curve) in enumerate(curves.items()):
+            ax.plot(curve["epoch"], curve[key], marker="o", color=f"C{i}", label=label)
+        ax.axhline(sum(f[key] for f in floors) / len(floors), color="gray", ls="--", label=FLOOR_LABEL)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8)
+    save_png(fig, path)
 
 
 def _train_planned(config: TrainConfig, run_dir: Path, perm_seed: int, window: int | None, loss: str) -> dict:
@@ -214,5 +249,7 @@ def unshuffle_reproduce_study(ctx: StudyContext) -> StudyResult:
     caption = ("Rows: the test images, their scrambled pixels (the PSNR of doing nothing), then each mode's "
                "reconstruction of them (its PSNR in dB).")
     figure = StudyFigure(out_dir / FIGURE_FILE, caption)
+    curves = StudyFigure(out_dir / CURVES_FILE, "Test PSNR and SSIM after each epoch (mean over seeds); dashed: "
+                                                "the scrambled input itself.")
     return StudyResult("unshuffle", [table], {"rows": table.rows, "settings": settings}, section="unshuffle",
-                       figures=[figure], files=[str(out_dir / name) for name in TABLE_FILES])
+                       figures=[figure, curves], files=[str(out_dir / name) for name in TABLE_FILES])
