@@ -545,3 +545,40 @@ def test_study_settings_come_from_the_preset_options_and_are_checked(tmp_path):
         robustness.smoothing_sigmas(context({"smoothing": {"sigmas": (0, -1)}}))
     with pytest.raises(SpatialmixError, match="outside"):
         robustness.attack_settings(context({"robustness": {"eps": (0, 3)}}))
+
+
+# --------------------------------------------------------------------------- bf16 gradient passes
+
+def test_under_bf16_an_example_counts_as_misclassified_only_when_fp32_agrees():
+    # Logits 1 and 1 + 2^-8: fp32 ranks the true class (1) first; bf16 rounds both to 1 and ties.
+    model = nn.Linear(1, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0], [1.00390625]]))
+        model.bias.zero_()
+    low = apgd.LowPrecision(model, "cpu")
+    x, y = torch.ones(1, 1), torch.tensor([1])
+    assert (low(x).argmax(1) != y).item()                              # bf16 alone would call it broken
+    assert not apgd.misclassified(low, x, y, low(x)).item()            # fp32 decides: it is not
+    assert apgd.misclassified(low, -x, y, low(-x)).item()              # a real miss stays one (fp32: class 0)
+
+
+def test_with_amp_bf16_only_the_default_attacks_run_in_bf16(monkeypatch):
+    """The reference and the masking checks judge the default attacks, so they stay fp32."""
+    model, x, y = linear_problem(classes=10, n=24, seed=3)
+    seen = []
+    real_apgd = apgd.apgd
+
+    def spy(m, *args, **kwargs):
+        seen.append(isinstance(m, apgd.LowPrecision))
+        return real_apgd(m, *args, **kwargs)
+    monkeypatch.setattr(apgd, "apgd", spy)
+    settings = AttackSettings(eps=(0, 0.05), attacks=("apgd-ce",), steps=3, targets=1, reference_examples=8,
+                              reference_steps=3, reference_targets=2, square_queries=5, amp="bf16").validate()
+    attacker = attacks.Attacker(model.eval(), x, y, settings, torch.device("cpu"))
+    attacker.run("apgd-ce", 0.05, torch.arange(len(y)), tag="default")
+    assert seen and all(seen)
+    seen.clear()
+    attacker.run("apgd-t1", 0.05, torch.arange(8), tag="reference", steps=3)
+    assert seen and not any(seen)
+    with pytest.raises(SpatialmixError, match="unknown amp setting 'fp8'"):
+        AttackSettings(amp="fp8").validate()
