@@ -46,7 +46,7 @@ import torch
 from spatialmix.attacks import DEFAULT_EPS, AttackSettings, InputSpaceModel, attack_mode, eps_label, \
     evaluate_robustness
 from spatialmix.attack_results import select_examples
-from spatialmix.reporting import ResultTable
+from spatialmix.display import ResultTable
 
 
 def trained_model(run: str | None, out: Path):

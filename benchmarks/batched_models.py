@@ -31,10 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spatialmix.display import ResultTable
 from spatialmix.mixing import apply_mixing, trainable_parameters
 from spatialmix.models import ConvMixer
 from spatialmix.parallel import run_side_by_side
-from spatialmix.reporting import ResultTable
 from spatialmix.speed import accelerate, available_cores, set_threads
 from spatialmix.tasks import autocast_context, resolve_amp
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from spatialmix.reporting import ResultTable
+from spatialmix.display import ResultTable
 
 
 def _free_port() -> int:

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from spatialmix import speed
+from spatialmix.display import ResultTable
 from spatialmix.mixing import apply_mixing
 from spatialmix.models import ConvMixer
-from spatialmix.reporting import ResultTable
 from spatialmix.train import autocast_context, resolve_amp
 
 KINDS = {   # op name prefix -> what the README calls it

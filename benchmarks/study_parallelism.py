@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from spatialmix.display import ResultTable
 from spatialmix.parallel import run_side_by_side
-from spatialmix.reporting import ResultTable
 from spatialmix.speed import available_cores
 from spatialmix.train import TrainConfig, train
 

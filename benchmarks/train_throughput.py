@@ -26,8 +26,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from spatialmix.data import load_dataset
+from spatialmix.display import ResultTable
 from spatialmix.models import ConvMixer
-from spatialmix.reporting import ResultTable
 from spatialmix.train import TrainConfig, piecewise_linear_lr, resolve_amp, resolve_device, train
 
 

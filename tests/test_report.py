@@ -12,7 +12,7 @@ import torch
 from spatialmix import report, runs
 from spatialmix.cli import main
 from spatialmix.data import ImageData
-from spatialmix.reporting import ResultTable
+from spatialmix.display import ResultTable
 from spatialmix.study import PRESETS, STUDIES, StudyContext, StudyResult, classification_table, save_results, \
     study_function
 from spatialmix.study_result import Figure

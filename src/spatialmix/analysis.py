@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from . import runs
+from .display import ResultTable
 from .errors import SpatialmixError
 from .mixing import NORM, SPATIAL, classify_layers, layers_of_kind
-from .reporting import ResultTable
 
 FFT_SIZE = 32
 LOW_HIGH_CUTOFF = 0.25   # cycles/pixel: half the Nyquist frequency

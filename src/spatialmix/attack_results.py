@@ -85,7 +85,7 @@ def result_rows(result: dict) -> list[dict]:
 
 def robustness_table(results: list[dict], title: str | None = None):
     """Clean and robust accuracy per run and budget, the reference's gap and the check warnings."""
-    from .reporting import ResultTable
+    from .display import ResultTable
 
     norm = results[0]["settings"]["norm"] if results else "Linf"
     table = ResultTable(title or f"Robust accuracy ({norm}, worst case over every attack)",
@@ -166,7 +166,7 @@ class ProgressBar:
     def __enter__(self):
         from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-        from .reporting import console
+        from .display import console
 
         self._started = time.perf_counter()
         self._bar = Progress(TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console,

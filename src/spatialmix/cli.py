@@ -81,7 +81,7 @@ def mixer_counts_line(info) -> str:
 
 def cmd_attack(args) -> None:
     from .attacks import attack_runs, robustness_table
-    from .reporting import console
+    from .display import console
 
     settings = AttackSettings(**given_values(AttackSettings, args)).validate()
     output = AttackOutput(**given_values(AttackOutput, args))

@@ -108,7 +108,7 @@ def setup(device: torch.device) -> World:
     if not is_initialized():
         _init_process_group(backend_for(device), device)
     if dist.get_rank() != 0:
-        from .reporting import console
+        from .display import console
 
         console.quiet = True   # one voice: progress and messages come from rank 0 only
     return World(dist.get_rank(), dist.get_world_size(), local_rank, device)

@@ -29,9 +29,9 @@ import json
 from pathlib import Path
 
 from .attacks import RESULT_NAME, attack_runs, eps_label
+from .display import ResultTable, console, mean_std
 from .errors import SpatialmixError
 from .figures import save_png
-from .reporting import ResultTable, console, mean_std
 from .robustness import ATTACK_PLOT_CAPTION, accuracy_table, attack_all, attack_settings, describe_attacks
 from .study import StudyContext, StudyResult, classification_run_dir
 from .study_result import Figure

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import runs
 from .analysis import FFT_SIZE
+from .display import ResultTable, console
 from .errors import SpatialmixError
 from .report_filters import filters_section
 from .report_inputs import RESULTS, Inputs, RunInfo, StudyInfo, find_runs, read_inputs
@@ -32,7 +33,6 @@ from .report_page import (Image, Section, format_value, html_table, render_html,
                           rows_table, saved_table)
 from .report_sections import (ABSENT, SECTIONS, classification_section, configuration_section,
                               curves_section, study_section, verdicts_section)
-from .reporting import ResultTable, console
 from .study import StudyContext
 from .study_result import StudyResult
 

@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, field
 
 from . import __version__
+from .display import ResultTable
 from .figures import save_png
-from .reporting import ResultTable
 from .verdicts import VERDICT_WORDS
 
 

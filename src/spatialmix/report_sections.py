@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 from . import runs
+from .display import ResultTable
 from .errors import SpatialmixError
 from .report_inputs import Inputs, RunInfo, StudyInfo, task_name
 from .report_page import Image, Section, figure_image, format_value, rows_table, saved_table
-from .reporting import ResultTable
 from .study import classification_table
 from .study_result import SavedStudy, json_rows
 from .verdicts import verdict_table, verdicts_for_runs, verdicts_for_study

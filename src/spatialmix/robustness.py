@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .attacks import DEFAULT_EPS, RESULT_NAME, AttackSettings, attack_runs, eps_label
+from .display import ResultTable, console, mean_std
 from .errors import SpatialmixError
 from .figures import save_png
-from .reporting import ResultTable, console, mean_std
 from .study import StudyContext, StudyResult, classification_run_dir, train_all, train_or_reuse
 from .study_result import Figure
 

@@ -21,10 +21,10 @@ from typing import Callable
 
 from . import runs
 from .config import TrainConfig
+from .display import ResultTable, console, mean_std
 from .distributed import is_main
 from .errors import SpatialmixError, unknown_name
 from .mixing import MODES
-from .reporting import ResultTable, console, mean_std
 from .study_result import StudyResult, study_entry
 from .train import train
 

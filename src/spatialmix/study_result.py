@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .display import ResultTable
 from .errors import SpatialmixError
-from .reporting import ResultTable
 
 # The report sections a study can feed, in the order of the page. A study with nothing for the
 # report (the verdicts, which the report recomputes; the report itself) declares ``section=None``.

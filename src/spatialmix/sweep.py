@@ -39,8 +39,8 @@ from typing import Callable
 
 from . import distributed, runs
 from .config import TrainConfig
+from .display import ResultTable, console
 from .errors import SpatialmixError, unknown_name
-from .reporting import ResultTable, console
 from .slurm import SubmititJob, make_executor, run_with_submitit  # noqa: F401 (SubmititJob: pickled jobs name it here)
 from .sweep_settings import EXECUTORS, JobResources, SweepSettings, parse_time  # noqa: F401 (public here too)
 

@@ -21,10 +21,10 @@ from .config import (AMP_CHOICES, DEVICE_CHOICES, DIVERGED_RESUMABLE_FIELDS, RES
                      TrainConfig)
 from .batches import BatchLoader
 from .data import DATASETS, ImageData, load_dataset
+from .display import TrainProgress
 from .imagefolder import FolderData, FolderLoader, load_image_folder
 from .errors import SpatialmixError, unknown_name
 from .mixing import frozen_fingerprint, trainable_parameters
-from .reporting import TrainProgress
 from .resume import (TrainState, prepare_run_dir, record_stop, restore_newest, resume_config,  # noqa: F401
                      run_record, save_state, saved_metrics, stop_if_not_finite, stop_on_nonfinite)
 from .tasks import (TASKS, ClassificationTask, autocast_context, build_model, data_info, evaluate,  # noqa: F401

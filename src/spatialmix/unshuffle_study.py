@@ -16,11 +16,11 @@ from pathlib import Path
 from . import runs
 from .config import TrainConfig
 from .data import ImageData
+from .display import ResultTable, console, mean_std
 from .errors import SpatialmixError, check_positive, unknown_name
 from .figures import save_png
 from .mixing import MODES
 from .permutation import PERMUTATION_FILE, PixelPermutation, check_or_save_permutation
-from .reporting import ResultTable, console, mean_std
 from .resume import prepare_run_dir
 from .study import StudyContext, StudyResult
 from .study_result import Figure as StudyFigure   # (matplotlib's Figure is used below)

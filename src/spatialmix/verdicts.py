@@ -42,8 +42,8 @@ from . import runs
 from .claims import (CLAIMS, CONTRADICTS, INCONCLUSIVE, NOT_RUN, SUPPORTS, TEST_EXAMPLES, VERDICT_WORDS,  # noqa: F401
                      Claim, Verdict, claim_verdicts, classification_verdicts, decide, eps_value, finite_number, format_value,
                      mode_name, parse_bits, robustness_verdicts, rule_text, smoothing_verdicts, unshuffle_verdicts)
+from .display import ResultTable
 from .errors import SpatialmixError
-from .reporting import ResultTable
 
 ROBUSTNESS_FILE = "robustness.json"
 UNSHUFFLE_FILE = "unshuffle.json"
