@@ -13,9 +13,6 @@ wall time:
 * spatialmix default: ``evaluate_robustness(checks=False)``: the same APGD-CE + APGD-T on the
   examples still standing only, stopping each example once misclassified, warm starts across
   budgets;
-* spatialmix default with ``--amp bf16``: the same, its gradient passes under bf16 autocast
-  (where a CPU computes bf16 natively, or a GPU); whether an example is broken is still decided in
-  fp32; compared with the torchattacks-defaults row (measured once, shown twice);
 * spatialmix default + checks: what ``spatialmix attack`` runs (the strong reference on the first
   ``--reference-examples`` and the masking checks), for information;
 * plain torchattacks AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square 5000) at every budget on
@@ -157,12 +154,6 @@ def main() -> None:
             (lambda: plain_loop(model, x, y, apgd_pair, args.batch_size), "spatialmix default"),
         "plain torchattacks APGD-CE + APGD-T, torchattacks' defaults (10 steps, 9 targets)":
             (lambda: plain_loop(model, x, y, apgd_torchattacks_defaults, args.batch_size), "spatialmix default"),
-        "spatialmix default, bf16 gradient passes (--amp bf16)":
-            (lambda: ours(model, x, y, settings.replace(amp="bf16"), checks=False)[:2], None),
-        # (the torchattacks-defaults row again, measured once, compared with the bf16 row)
-        "the same torchattacks defaults, against spatialmix --amp bf16": (
-            "plain torchattacks APGD-CE + APGD-T, torchattacks' defaults (10 steps, 9 targets)",
-            "spatialmix default, bf16 gradient passes (--amp bf16)"),
         f"spatialmix default + checks (reference on {args.reference_examples})":
             (lambda: ours(model, x, y, settings, checks=True)[:2], None),
     }
@@ -177,15 +168,10 @@ def main() -> None:
         for name, (method, _) in methods.items():
             if "AutoAttack" in name and repeat:    # once: minutes on a CPU
                 continue
-            if isinstance(method, str):            # another row's measurement, compared with another partner
-                continue
             model.reset()
             t, accs[name] = method()
             times[name].append(t)
             work[name] = model.work()
-    for name, (method, _) in methods.items():
-        if isinstance(method, str):
-            times[name], accs[name], work[name] = times[method], accs[method], work[method]
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
     columns = [("method", "method", ""), ("examples", "examples", ""), ("wall", "wall s", ".2f"),

@@ -115,40 +115,13 @@ def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 
 
-class LowPrecision(nn.Module):
-    """``exact`` (the model in fp32) under bf16 autocast, for the attacks' gradient passes.
-
-    bf16 only steers the search: whether an example is misclassified, and so whether it leaves
-    the attack as broken, is always decided by ``exact`` (:func:`misclassified`).
-    """
-
-    def __init__(self, exact: nn.Module, device_type: str):
-        super().__init__()
-        self.exact, self.device_type = exact, device_type
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            return self.exact(x).float()
-
-
-def misclassified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Which of ``x`` the model gets wrong, given its ``logits``; under :class:`LowPrecision` the
-    examples bf16 calls wrong are classified again in fp32 (a few per step)."""
-    wrong = logits.argmax(1) != y
-    if isinstance(model, LowPrecision) and wrong.any():
-        with torch.no_grad():
-            candidates = wrong.nonzero().flatten()
-            wrong[candidates] = model.exact(x[candidates]).argmax(1) != y[candidates]
-    return wrong
-
-
 def _loss_and_grad(model: nn.Module, x: torch.Tensor, y, target, loss_fn):
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = forward(model, x)
         loss = loss_fn(logits, y, target)
         grad, = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), grad.detach(), misclassified(model, x.detach(), y, logits.detach())
+    return loss.detach(), grad.detach(), logits.detach().argmax(1) != y
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int, *,
@@ -262,7 +235,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
             cost += len(b)
         else:
             with torch.no_grad():
-                wrong = misclassified(model, b.t["x_adv"], b.t["y"], forward(model, b.t["x_adv"]))
+                wrong = forward(model, b.t["x_adv"]).argmax(1) != b.t["y"]
         if i > 0 or random or start is not None:   # (FGSM's clean start is not an adversarial example)
             keep = ~wrong
             _retire(b, wrong, broken, adv)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .cli_options import int_or_all, option
-from .config import AMP_CHOICES, DEVICE_CHOICES
+from .config import DEVICE_CHOICES
 from .errors import SpatialmixError, check_positive, unknown_name
 
 NORMS = ("Linf", "L2")
@@ -85,9 +85,6 @@ class AttackSettings:
     batch_size: int = option(500, "examples attacked at once")
     seed: int = option(0, "seed of the subset and the attacks")
     device: str = option("auto", "auto, cpu, cuda", choices=DEVICE_CHOICES)
-    amp: str = option("none", "bf16 autocast for the default attacks' gradient passes: none, bf16, or auto (bf16 "
-                              "where the hardware computes it natively); whether an example is broken, the reference "
-                              "and the checks are always fp32", choices=AMP_CHOICES)
 
     def validate(self) -> "AttackSettings":
         """Reject bad values with one clear line; returns the settings in canonical form."""
@@ -121,8 +118,6 @@ class AttackSettings:
                                   "apgd-t out of --attacks")
         if self.device not in DEVICE_CHOICES:
             raise unknown_name("device", str(self.device), DEVICE_CHOICES)
-        if self.amp not in AMP_CHOICES:
-            raise unknown_name("amp setting", str(self.amp), AMP_CHOICES)
         if not 0 <= self.tolerance < 1:
             raise SpatialmixError(f"tolerance must be in [0, 1), got {self.tolerance}")
         return dataclasses.replace(self, eps=tuple(sorted(set(eps))), attacks=tuple(dict.fromkeys(attacks)),

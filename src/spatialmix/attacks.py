@@ -101,12 +101,6 @@ class Attacker:
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AttackSettings,
                  device: torch.device, progress: Progress | None = None):
         self.model, self.x, self.y, self.s, self.device = model, x, y, settings, device
-        # The default attacks' gradient passes may run in bf16 (settings.amp); the clean logits, every
-        # verdict on an example, the strong reference and the masking checks are fp32.
-        from .tasks import resolve_amp
-
-        low = resolve_amp(settings.amp, device) == "bf16"
-        self.default_model = apgd.LowPrecision(model, device.type) if low else model
         self.progress = progress or (lambda stage, steps: None)
         logits = self.logits(x)
         self.num_classes = logits.shape[1]
@@ -147,8 +141,7 @@ class Attacker:
             begin = None if start is None else start.part(part, self.device)
             generator = torch.Generator().manual_seed(derive_seed(self.s.seed, attack, tag, f"{eps:.12g}", b))
             self.progress(f"{tag}: {attack} at eps {eps_label(eps)}", self.gradient_steps)
-            model = self.default_model if tag == "default" else self.model
-            outcome = self._attack(model, attack, eps, x, y, idx[part], steps, begin, generator)
+            outcome = self._attack(attack, eps, x, y, idx[part], steps, begin, generator)
             # Only what the attack claims broken is checked (the rest it saw correctly classified).
             claimed = outcome.broken.nonzero().flatten()
             broken[first + claimed] = self._verify(outcome.adv[claimed], x[claimed], y[claimed],
@@ -157,23 +150,23 @@ class Attacker:
         self.progress(f"{tag}: {attack} at eps {eps_label(eps)}", self.gradient_steps)
         return broken, ends
 
-    def _attack(self, model, attack, eps, x, y, idx, steps, start, generator) -> apgd.Outcome:
+    def _attack(self, attack, eps, x, y, idx, steps, start, generator) -> apgd.Outcome:
         norm = self.s.norm
         if attack == "square":
             return self._square(eps, x, y, generator)
         if attack == "fgsm":
-            outcome = apgd.pgd(model, x, y, eps, norm, 1, step_size=1.0, random=False)
+            outcome = apgd.pgd(self.model, x, y, eps, norm, 1, step_size=1.0, random=False)
         else:
             outcome = None
             for r in range(self.s.restarts):   # a restart attacks only what the earlier ones missed
                 todo = torch.ones(len(y), dtype=torch.bool) if outcome is None else ~outcome.broken
                 warm = start.select(todo) if start is not None and r == 0 else {}
                 if attack == "pgd":
-                    o = apgd.pgd(model, x[todo], y[todo], eps, norm, steps, step_size=self.s.step_size,
+                    o = apgd.pgd(self.model, x[todo], y[todo], eps, norm, steps, step_size=self.s.step_size,
                                  start=warm.get("start"), generator=generator)
                 else:
                     target = self.ranked[idx, int(attack[6:])].to(self.device) if attack.startswith("apgd-t") else None
-                    o = apgd.apgd(model, x[todo], y[todo], eps, norm, steps, generator=generator,
+                    o = apgd.apgd(self.model, x[todo], y[todo], eps, norm, steps, generator=generator,
                                   loss="ce" if target is None else "dlr-targeted",
                                   target=None if target is None else target[todo], **warm)
                 outcome = o if outcome is None else _merge(outcome, o, todo)
