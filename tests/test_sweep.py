@@ -5,6 +5,7 @@ import json
 import os
 import re
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -149,16 +150,20 @@ def test_submitit_sweep_interrupted_after_two_runs_only_the_other_two(tiny_grid,
     # long before it could finish (it is still importing torch when the second one ends).
     with pytest.raises(KeyboardInterrupt):
         run_sweep(sweep, "submitit-local", max_running=2, poll_s=0.2, on_finish=stop_after_two)
-    done = [job.name for job in sweep.jobs if finished_summary(job) is not None]
-    assert sorted(done) == sorted(finished) and len(done) == 2
     assert list((tmp_path / "sweep" / "submitit").glob("*_submitted.pkl"))   # they did go through submitit
+    # The interruption cancelled the third job (SIGINT). A job that was about to finish may still
+    # finish (its run then counts as done: that is correct), so wait until every job process has
+    # ended before reading what is done.
+    _wait_for_job_processes(tmp_path / "sweep" / "submitit")
+    done = [job.name for job in sweep.jobs if finished_summary(job) is not None]
+    assert set(finished) <= set(done) and len(finished) == 2 and len(done) in (2, 3)
     before = {name: snapshot_files(tmp_path / "sweep" / "runs" / name) for name in done}
 
     started_again = []
     outcome = run_sweep(grid_sweep(tiny_grid, tmp_path / "sweep"), "submitit-local", max_running=2, poll_s=0.2,
                         on_finish=lambda job, summary: started_again.append(job.name))
     rest = [job.name for job in sweep.jobs if job.name not in done]
-    assert sorted(started_again) == sorted(outcome.ran) == sorted(rest) and len(rest) == 2
+    assert sorted(started_again) == sorted(outcome.ran) == sorted(rest) and rest
     assert sorted(outcome.skipped) == sorted(done) and not outcome.failed
     for name in done:   # not run again: not a byte changed
         assert snapshot_files(tmp_path / "sweep" / "runs" / name) == before[name]
@@ -174,6 +179,23 @@ def test_submitit_sweep_interrupted_after_two_runs_only_the_other_two(tiny_grid,
     results = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert len(results["runs"]) == 4 and all(r["summary"] for r in results["runs"])
     assert "| Chans |" in (tmp_path / "sweep" / "results.md").read_text()
+
+
+def _wait_for_job_processes(submitit_dir: Path, timeout_s: float = 120) -> None:
+    """Until the submitit-local jobs (their job ids are process ids) have exited or are zombies."""
+    def running(pid: int) -> bool:
+        try:
+            state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                         if line.startswith("State:"))
+        except (OSError, StopIteration):   # gone
+            return False
+        return state.split()[1] != "Z"
+
+    deadline = time.monotonic() + timeout_s
+    for pid in {int(p.name.split("_")[0]) for p in submitit_dir.glob("*_submitted.pkl")}:
+        while running(pid):
+            assert time.monotonic() < deadline, f"job process {pid} did not end after its cancellation"
+            time.sleep(0.1)
 
 
 def test_slurm_jobs_ask_for_the_resources(tmp_path, monkeypatch):
