@@ -141,9 +141,8 @@ def images_per_s(batched: bool, n: int, mode: str, width: int, depth: int, batch
                  threads: int, warmup: int = 3) -> float:
     set_threads(threads)
     amp = resolve_amp("auto", torch.device("cpu"))
-    models = [accelerate(m).to(memory_format=torch.channels_last) for m in make_models(n, mode, width, depth)]
-    model = batched_twin(models).to(memory_format=torch.channels_last) if batched else models[0]
-    model = accelerate(model)
+    models = make_models(n, mode, width, depth)
+    model = accelerate(batched_twin(models) if batched else models[0]).to(memory_format=torch.channels_last)
     opt, step = optimizer(model), (batched_step if batched else lone_step)
     data = batches(n if batched else 1, batch, warmup + steps)
     data = [(x.contiguous(memory_format=torch.channels_last), y if batched else y[:, 0]) for x, y in data]
@@ -177,7 +176,7 @@ def main(argv=None) -> int:
                          ("runs", "every run", ""), ("ratio", "vs side by side", ".2f")])
     common = dict(n=n, width=args.width, depth=args.depth, batch=args.batch_size, steps=args.steps)
     for mode in args.modes.split(","):
-        ways = {f"1 lone model, 1 thread": lambda: images_per_s(False, mode=mode, threads=1, **common),
+        ways = {"1 lone model, 1 thread": lambda: images_per_s(False, mode=mode, threads=1, **common),
                 f"{n} lone models side by side, {n} x 1 thread":
                     lambda: sum(run_side_by_side([(images_per_s, (False, n, mode, args.width, args.depth,
                                                                   args.batch_size, args.steps, 1))] * n,

@@ -222,9 +222,17 @@ def study_items(study: StudyInfo, entry: SavedStudy) -> list:
         items.append(f"Warnings from the {entry.name} study: " + "; ".join(str(w) for w in warnings))
     if entry.legacy:   # an older results.json: every image among its files, captioned with its name
         return items + legacy_file_items(study.path, entry.files)
-    other, missing = [], []
-    for name, caption in [(f.file, f.caption) for f in entry.figures] + [(name, None) for name in entry.files]:
-        path = runs.contained_file(study.path, study.path / name)   # checked when read; not followed out
+    declared = [(f.file, f.caption) for f in entry.figures] + [(name, None) for name in entry.files]
+    # (checked when read; a path is never followed out of the study folder)
+    return items + _file_items([(name, runs.contained_file(study.path, study.path / name), caption)
+                                for name, caption in declared])
+
+
+def _file_items(files: list[tuple[str, Path | None, str | None]]) -> list:
+    """Each (name, path, caption): embedded when it is an image with a caption, else named; a path of
+    None is listed as not found."""
+    items, other, missing = [], [], []
+    for name, path, caption in files:
         image = _image(path, caption) if path is not None and caption is not None else None
         if path is None:
             missing.append(name)
@@ -250,17 +258,8 @@ def _named(other: list[str], missing: list[str]) -> list[str]:
 
 def legacy_file_items(base: Path, files: list[str]) -> list:
     """The files of an older entry: its images embedded (captioned with their names), the others named."""
-    items, other, missing = [], [], []
-    for name in files:
-        path = resolve_file(base, name)
-        image = _image(path, path.name) if path is not None else None
-        if path is None:
-            missing.append(name)
-        elif image is not None:
-            items.append(image)
-        else:
-            other.append(str(path))
-    return items + _named(other, missing)
+    paths = [(name, resolve_file(base, name)) for name in files]
+    return _file_items([(name, path, path.name if path is not None else None) for name, path in paths])
 
 
 def resolve_file(base: Path, name: str) -> Path | None:
