@@ -156,6 +156,22 @@ def test_interrupted_study_run_is_continued(tmp_path):
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
+def test_a_conflicting_run_is_refused_before_any_job_trains(tmp_path):
+    """A study whose last job would be refused (its folder holds a run with another config) stops
+    before training anything: the jobs before it are not started, the conflicting run is untouched."""
+    overrides = dict(OVERRIDES, train_subset=256, test_subset=128)
+    out = tmp_path / "study"
+    config = PRESETS["quick"].base.replace(**overrides, mode="space", seed=0, lr=0.02)
+    run_dir = classification_run_dir(out, "space", 0)   # space runs last in the study's order
+    study.train(config, run_dir, max_steps=1)           # an interrupted run with another lr
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(SpatialmixError, match="different config"):
+        _capture(lambda: reproduce("quick", out, seeds=(0,), studies=["classification"], processes=1, **overrides))
+    assert not classification_run_dir(out, "full", 0).exists()
+    assert not classification_run_dir(out, "chans", 0).exists()
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
 def test_unknown_names(tmp_path):
     with pytest.raises(SpatialmixError, match="unknown preset 'fast'; choose one of: paper, quick"):
         reproduce("fast", tmp_path)

@@ -25,7 +25,9 @@ from .display import ResultTable, console, mean_std
 from .distributed import is_main
 from .errors import SpatialmixError, unknown_name
 from .mixing import MODES
+from .resume import prepare_run_dir
 from .study_result import StudyResult, study_entry
+from .tasks import ClassificationTask
 from .train import train
 
 
@@ -116,6 +118,13 @@ def study_function(name: str) -> StudyFn:
     return getattr(importlib.import_module(module), function)
 
 
+def check_job(config: TrainConfig, run_dir: Path) -> None:
+    """Raise now what :func:`train_or_reuse` would refuse for this job (a run in ``run_dir`` made
+    with another config, finished or not), so a study refuses before it trains anything."""
+    if runs.Run(run_dir).finished_summary(config) is None:
+        prepare_run_dir(Path(run_dir), config, resume=True, task=ClassificationTask())
+
+
 def train_or_reuse(config: TrainConfig, run_dir: Path) -> dict:
     """Train ``config`` in ``run_dir``: reuse it when it finished with this config, resume it when
     interrupted; a run that finished with another config is an error (see :meth:`runs.Run.finished_summary`).
@@ -158,6 +167,8 @@ def train_all(ctx: StudyContext, study: str, jobs: list[tuple[TrainConfig, Path]
     The jobs run side by side in ``ctx.processes`` processes with ``ctx.threads`` threads each;
     with more than one process the progress bars give way to one line per finished run.
     """
+    for config, run_dir in jobs:   # every refusal before the first job starts: nothing half done
+        check_job(config, run_dir)
     side_by_side = ctx.processes > 1 and len(jobs) > 1
     work = []
     for config, run_dir in jobs:
