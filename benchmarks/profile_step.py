@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from spatialmix import speed
+from spatialmix import depthwise, speed
 from spatialmix.display import ResultTable
 from spatialmix.mixing import apply_mixing
 from spatialmix.models import ConvMixer
@@ -30,6 +30,7 @@ KINDS = {   # op name prefix -> what the README calls it
     "aten::gelu_backward": "GELU", "aten::gelu": "GELU",
     "aten::native_batch_norm_backward": "BatchNorm", "aten::native_batch_norm": "BatchNorm",
     "aten::copy_": "casts and copies", "aten::_to_copy": "casts and copies",
+    "spatialmix::depthwise_weight_grad": "conv backward",   # the C kernel (spatialmix.depthwise)
 }
 
 
@@ -63,7 +64,7 @@ def step_profile(args, mode: str, ours: bool, steps: int) -> dict[str, float]:
     shares: dict[str, float] = {}
     total = 0.0
     for event in prof.key_averages():
-        if not event.key.startswith("aten::"):
+        if not event.key.startswith(("aten::", "spatialmix::")):
             continue
         total += event.self_cpu_time_total
         kind = next((v for k, v in KINDS.items() if event.key == k), "other ops")
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
         speed.tune_allocator()
     print(f"ConvMixer-{args.width}/{args.depth} k{args.kernel_size} p{args.patch_size}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} thread(s), allocator {'glibc defaults' if args.plain_allocator else 'tuned'}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, depthwise weight gradient: {depthwise.status()}, "
           f"torch {torch.__version__}")
     kinds = ["conv forward", "conv backward", "GELU", "BatchNorm", "casts and copies", "other ops"]
     table = ResultTable("Training step profile (ms per step, share of the step)",

@@ -42,21 +42,6 @@ def _depthwise_pair(requires_grad: bool):
     return plain, fast
 
 
-def test_learned_depthwise_conv_runs_in_fp32_under_bf16_autocast():
-    plain, fast = _depthwise_pair(requires_grad=True)
-    assert type(fast) is speed.DepthwiseConv2d
-    x = _channels_last(2, 8, 9, 9).bfloat16()
-    with torch.autocast("cpu", torch.bfloat16):
-        y = fast(x)
-    assert y.dtype == torch.bfloat16               # the next op sees what autocast would give it
-    expected = F.conv2d(x.float(), plain.weight, plain.bias, padding=2, groups=8)
-    assert torch.equal(y, expected.bfloat16())     # computed in fp32, rounded once
-    y.float().sum().backward()
-    (expected.bfloat16().float().sum()).backward()
-    assert fast.weight.grad.dtype == torch.float32
-    assert torch.allclose(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-4)
-
-
 def test_frozen_depthwise_conv_and_no_autocast_are_the_plain_conv():
     plain, fast = _depthwise_pair(requires_grad=False)
     x = _channels_last(2, 8, 9, 9)
@@ -153,3 +138,74 @@ def test_batched_twin_computes_each_lone_model_and_trains_like_it():
     assert frozen and all(".fn.0." in n for n in frozen)   # Chans: only the depthwise filters
     for mode in ("full", "chans", "space"):
         assert bench.max_difference(2, mode, width=8, depth=2, steps=3) < 1e-4
+
+
+def _trained_batchnorm(channels=12):
+    """A BatchNorm2d with non-trivial running statistics, weight and bias."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(channels)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2), bn.bias.normal_()
+    for _ in range(5):
+        bn(torch.randn(16, channels, 6, 6) * 3 + 1)
+    return bn.eval()
+
+
+def test_eval_batchnorm_is_batchnorms_eval_map_forward_and_input_gradient():
+    bn = _trained_batchnorm()
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+        x = _channels_last(4, 12, 7, 7).to(dtype)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        yb = bn(b)
+        with speed.eval_batchnorm(bn):
+            assert type(bn) is speed.EvalBatchNorm2d
+            ya = bn(a)
+        assert type(bn) is nn.BatchNorm2d                        # restored
+        assert ya.dtype == yb.dtype and ya.shape == yb.shape
+        assert torch.allclose(ya.float(), yb.float(), rtol=tol, atol=tol)
+        g = torch.randn_like(ya)
+        ya.backward(g), yb.backward(g)
+        assert torch.allclose(a.grad.float(), b.grad.float(), rtol=tol, atol=tol)
+    # independently: (x - mean) / sqrt(var + eps) * weight + bias, in float64
+    x = torch.randn(3, 12, 5, 5, dtype=torch.float64)
+    expected = ((x - bn.running_mean.double().view(1, -1, 1, 1)) / (bn.running_var.double().view(1, -1, 1, 1)
+                + bn.eps).sqrt() * bn.weight.double().view(1, -1, 1, 1) + bn.bias.double().view(1, -1, 1, 1))
+    with speed.eval_batchnorm(bn):
+        assert torch.allclose(bn(x.float()).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_batchnorm_leaves_training_mode_and_subclasses_alone():
+    bn = _trained_batchnorm()
+    bn.train()
+    x = torch.randn(8, 12, 5, 5)
+    expected = nn.functional.batch_norm(x, bn.running_mean.clone(), bn.running_var.clone(), bn.weight, bn.bias,
+                                        training=True, momentum=bn.momentum, eps=bn.eps)
+    with speed.eval_batchnorm(bn):
+        assert torch.equal(bn(x), expected)                     # batch statistics, as in training
+    class Own(nn.BatchNorm2d):
+        pass
+    own = Own(4)
+    with speed.eval_batchnorm(nn.Sequential(own)):
+        assert type(own) is Own
+
+
+def test_attack_mode_swaps_batchnorm_and_restores_everything():
+    from spatialmix.attacks import attack_mode
+
+    model = ConvMixer(16, 2, 5, 2, in_chans=1, num_classes=10)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    storage = {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    model.train()
+    with attack_mode(model):
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+        assert sum(type(m) is speed.EvalBatchNorm2d for m in model.modules()) == 1 + 2 * 2
+        # every 4-D weight in channels_last strides, the 1 x 1 kernels included (which .contiguous() keeps)
+        pointwise = model.blocks[0][1].weight
+        assert pointwise.shape[2:] == (1, 1) and pointwise.stride() == (16, 1, 16, 16)
+        assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+    assert model.training and {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()} == storage
+    assert not any(type(m) is speed.EvalBatchNorm2d for m in model.modules())

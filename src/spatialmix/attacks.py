@@ -39,6 +39,7 @@ from . import apgd
 from .apgd import distance, project
 from .attack_settings import ATTACKS, DEFAULT_EPS, NORMS, AttackSettings, eps_label, parse_eps, parse_eps_list
 from .errors import SpatialmixError
+from .speed import eval_batchnorm
 
 RESULT_NAME = "robustness"
 DLR_MIN_CLASSES = 4     # the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2
@@ -66,15 +67,27 @@ class InputSpaceModel(nn.Module):
 
 @contextmanager
 def attack_mode(model: nn.Module):
-    """Eval mode and no parameter gradients while attacking; the model is left as it was found."""
+    """Eval mode and no parameter gradients while attacking; the model is left as it was found.
+
+    On a CPU also what makes each attack step faster without changing what it computes beyond
+    float rounding: batch norms as multiply-adds (:func:`speed.eval_batchnorm`) and 4-D weights
+    in channels_last memory, so oneDNN's convolutions and their input gradients take their
+    faster path (together 17.3 s -> 15.1 s for the default evaluation of 200 examples).
+    """
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    layouts = [(p, p.data) for p in model.parameters() if p.dim() == 4 and p.device.type == "cpu"]
     model.eval()
     for p, _ in flags:
         p.requires_grad_(False)
+    for p, data in layouts:   # (not .contiguous(): it keeps a 1 x 1 kernel's strides, which oneDNN reads as NCHW)
+        p.data = torch.empty_like(data, memory_format=torch.channels_last).copy_(data)
     try:
-        yield model
+        with eval_batchnorm(model):
+            yield model
     finally:
+        for p, data in layouts:
+            p.data = data
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)

@@ -12,17 +12,17 @@ README gives the table):
   reused.
 * **Memory layout and precision of two ops.** GELU on a channels_last tensor takes a slower
   strided kernel than the same memory viewed as a contiguous NHWC tensor
-  (:class:`ChannelsLastGELU` runs it on that view); and oneDNN's bf16 depthwise *weight* gradient
-  is about 3x slower than its fp32 one, so a depthwise conv whose weight is learned runs in fp32
-  inside bf16 autocast (:class:`DepthwiseConv2d`), while a frozen one (Chans) stays in bf16, where
-  it is fastest.
+  (:class:`ChannelsLastGELU` runs it on that view); and oneDNN's depthwise *weight* gradient is
+  several times slower than the conv's forward pass, so a depthwise conv whose weight is learned
+  takes that gradient from a C kernel (:class:`DepthwiseConv2d`, :mod:`spatialmix.depthwise`).
 
-None of these changes what a run computes beyond about 1e-6: GELU gives the values of torch's
-vectorized kernel, and the Full mode's depthwise convs run in fp32 under ``--amp bf16`` (more
-precise, not less).
+GELU gives the values of torch's vectorized kernel; the depthwise weight gradient is the same sum
+as oneDNN's in another order (fp32 accumulation, within about 1e-6 relative), and under
+``--amp bf16`` a learned depthwise conv now runs in bf16 like the other convs.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -30,6 +30,8 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import depthwise
 
 # glibc caps the mmap threshold at 32 MiB on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -95,21 +97,64 @@ class ChannelsLastGELU(nn.GELU):
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """A depthwise ``nn.Conv2d`` that computes a *learned* filter in fp32 under CPU bf16 autocast.
+    """A depthwise ``nn.Conv2d`` whose *learned* weight gets its gradient from a C kernel on CPUs.
 
-    oneDNN's bf16 depthwise weight gradient is several times slower than the fp32 one on CPUs;
-    the input gradient and the forward pass are fast in bf16. So when the weight is trained, the
-    conv runs in fp32 (its output is cast back to bf16 for the next op); when it is frozen
-    (Chans) autocast runs it in bf16 as usual. Same parameters and state dict as ``nn.Conv2d``.
+    oneDNN's depthwise weight gradient is 8x (fp32) to 20x (bf16) slower than its forward pass on
+    CPUs; :mod:`spatialmix.depthwise` computes it in fp32 from fp32 or bf16 activations, so a
+    learned depthwise conv (Full, Space) runs in the autocast dtype like every other conv. Where
+    that kernel cannot run (no C compiler, a shape it does not handle), a learned conv runs in
+    fp32 inside bf16 autocast, where oneDNN's weight gradient is least slow. A frozen one (Chans)
+    is an ordinary conv. Same parameters and state dict as ``nn.Conv2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and self.weight.requires_grad
-                and torch.is_grad_enabled()):
-            dtype = torch.get_autocast_dtype("cpu")
+        if x.device.type != "cpu" or not (self.weight.requires_grad and torch.is_grad_enabled()):
+            return super().forward(x)
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
+        if depthwise.supports(self, x, dtype):
+            with torch.autocast("cpu", enabled=False):
+                return depthwise.conv(x.to(dtype), self.weight, self.bias, self.padding[0])
+        if autocast:
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float()).to(dtype)
         return super().forward(x)
+
+
+class EvalBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that runs, in eval mode, as the per-channel multiply-add it then is.
+
+    An attack runs the model's backward pass at every step with the batch norms in eval mode, and
+    torch's CPU kernel for that backward took 13 ms per call on the quick model's activations (500
+    images of 64 x 14 x 14, one thread), a quarter of the whole step: as much as all the
+    convolutions' backward. ``addcmul`` does the same forward in one pass and its backward is one
+    multiply. In training mode, or without running statistics, it is ``nn.BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self.running_var is None or x.dim() != 4:
+            return super().forward(x)
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -self.running_mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        return torch.addcmul(shift.to(x.dtype).view(1, -1, 1, 1), x, scale.to(x.dtype).view(1, -1, 1, 1))
+
+
+@contextlib.contextmanager
+def eval_batchnorm(model: nn.Module):
+    """Within the block, every exact ``nn.BatchNorm2d`` of ``model`` is an :class:`EvalBatchNorm2d`
+    (same parameters and buffers: only the class changes), and back afterwards."""
+    swapped = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
+    for m in swapped:
+        m.__class__ = EvalBatchNorm2d
+    try:
+        yield model
+    finally:
+        for m in swapped:
+            m.__class__ = nn.BatchNorm2d
 
 
 def accelerate(model: nn.Module) -> nn.Module:

@@ -1,0 +1,150 @@
+"""The C kernel for a learned depthwise conv's weight gradient: torch's numbers, any thread count,
+and a clean fall-back to torch when it cannot be built or does not agree."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spatialmix import depthwise, speed
+
+pytestmark = pytest.mark.skipif(depthwise.kernel() is None, reason=f"no kernel: {depthwise.status()}")
+
+
+def _channels_last(*shape, dtype=torch.float32):
+    return torch.randn(*shape).to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def _torch_weight_grad(x, gy, k, p):
+    """oneDNN's gradient, in fp32 from the same (possibly bf16-rounded) values."""
+    c = x.shape[1]
+    return torch.ops.aten.convolution_backward(gy.float(), x.float(), torch.zeros(c, 1, k, k), None, [1, 1], [p, p],
+                                               [1, 1], False, [0, 0], c, [False, True, False])[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,c,h,w,k,p", [
+    (5, 32, 9, 9, 5, 2),      # vector path, 'same' padding
+    (17, 19, 7, 11, 3, 1),    # 16 channels on the vector path, 3 on the plain one; images over one chunk
+    (4, 16, 12, 12, 7, 0),    # no padding: a smaller output
+    (3, 48, 6, 6, 9, 4),      # the largest kernel with register accumulators
+    (2, 16, 8, 8, 11, 5),     # larger: the plain path
+    (3, 16, 8, 8, 4, 1),      # even kernel: the plain path
+    (2, 20, 5, 5, 1, 0),      # 1 x 1
+])
+def test_weight_grad_is_torchs(dtype, n, c, h, w, k, p):
+    torch.manual_seed(0)
+    x = _channels_last(n, c, h, w, dtype=dtype)
+    gy = _channels_last(n, c, h + 2 * p - k + 1, w + 2 * p - k + 1, dtype=dtype)
+    ours = depthwise.weight_grad(x, gy, k, p)
+    ref = _torch_weight_grad(x, gy, k, p)
+    assert ours.dtype == torch.float32 and ours.shape == (c, 1, k, k)
+    assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_weight_grad_is_bitwise_the_same_for_any_thread_count():
+    x, gy = _channels_last(40, 64, 14, 14), _channels_last(40, 64, 14, 14)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(depthwise.weight_grad(x, gy, 5, 2))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+def _learned_pair():
+    torch.manual_seed(0)
+    plain = nn.Conv2d(24, 24, 5, padding=2, groups=24)
+    fast = speed.accelerate(nn.Conv2d(24, 24, 5, padding=2, groups=24))
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_learned_depthwise_conv_gives_torchs_output_and_gradients(amp):
+    plain, fast = _learned_pair()
+    x = _channels_last(6, 24, 10, 10, dtype=torch.bfloat16 if amp else torch.float32)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+        ya, yb = fast(xa), plain(xb)
+        assert ya.dtype == yb.dtype and torch.equal(ya, yb)     # the forward pass is torch's own conv
+    g = torch.randn_like(ya)
+    ya.backward(g), yb.backward(g)
+    assert torch.equal(xa.grad, xb.grad)                       # so is the input gradient
+    assert fast.weight.grad.dtype == torch.float32
+    # bf16: oneDNN rounds its weight gradient to bf16, the kernel keeps fp32 (closer to the exact sum)
+    exact = _torch_weight_grad(x.float(), g.float(), 5, 2)
+    tol = 1e-5 if not amp else 1e-2
+    assert torch.allclose(fast.weight.grad, exact, rtol=tol, atol=tol * exact.abs().max().item())
+    assert torch.allclose(fast.weight.grad, plain.weight.grad, rtol=tol, atol=tol * exact.abs().max().item())
+    assert torch.allclose(fast.bias.grad, plain.bias.grad, rtol=tol, atol=tol * plain.bias.grad.abs().max().item())
+
+
+def test_without_the_kernel_a_learned_conv_runs_in_fp32_under_autocast(monkeypatch):
+    monkeypatch.setattr(depthwise, "_kernel", None)
+    monkeypatch.setattr(depthwise, "_unavailable", "turned off for this test")
+    assert not depthwise.supports(nn.Conv2d(8, 8, 5, padding=2, groups=8), _channels_last(1, 8, 5, 5), torch.float32)
+    plain, fast = _learned_pair()
+    x = _channels_last(2, 24, 9, 9).bfloat16()
+    with torch.autocast("cpu", torch.bfloat16):
+        y = fast(x)
+    assert y.dtype == torch.bfloat16
+    expected = F.conv2d(x.float(), plain.weight, plain.bias, padding=2, groups=24)
+    assert torch.equal(y, expected.bfloat16())     # computed in fp32, rounded once
+    assert "turned off for this test" in depthwise.status()
+
+
+def test_shapes_the_kernel_does_not_handle_are_left_to_torch():
+    x = _channels_last(2, 8, 9, 9)
+    assert depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x, torch.float32)
+    for conv in (nn.Conv2d(8, 8, 3, padding=1, groups=8, stride=2), nn.Conv2d(8, 8, 3, padding=2, groups=8, dilation=2),
+                 nn.Conv2d(8, 8, 3, padding=(1, 0), groups=8), nn.Conv2d(8, 8, 3, padding=1, groups=8,
+                                                                          padding_mode="reflect")):
+        assert not depthwise.supports(conv, x, torch.float32)
+    assert not depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x.contiguous(), torch.float32)
+    assert not depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x, torch.float16)
+
+
+def _fresh_status(env: dict) -> str:
+    code = "from spatialmix import depthwise; print(depthwise.status())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_turned_off_or_without_a_compiler_it_falls_back_and_says_why(tmp_path):
+    base = {**os.environ, "SPATIALMIX_CACHE": str(tmp_path / "cache")}
+    assert _fresh_status({**base, "SPATIALMIX_NATIVE": "0"}) == "torch's (turned off by SPATIALMIX_NATIVE=0)"
+    line = _fresh_status({**base, "CC": "/bin/false"})
+    assert line.startswith("torch's (could not build or load the kernel: /bin/false failed")
+    assert not (tmp_path / "cache" / "kernels").exists() or not any((tmp_path / "cache" / "kernels").iterdir())
+    assert _fresh_status(base) == "C kernel"        # and built where we pointed it
+    assert len(list((tmp_path / "cache" / "kernels").glob("depthwise_grad-*.so"))) == 1
+
+
+def test_a_library_that_disagrees_with_torch_is_not_used(tmp_path, monkeypatch):
+    """A cached library that computes something else (a wrong build, someone else's file) is refused."""
+    monkeypatch.setenv("SPATIALMIX_CACHE", str(tmp_path))
+    cc = depthwise._compiler()
+    wrong = tmp_path / "wrong.c"
+    wrong.write_text("int depthwise_weight_grad(const void *x, const void *gy, float *out, int b, int n, int c, int h,"
+                     " int w, int ho, int wo, int k, int p, int chunk, int t) {"
+                     " for (int i = 0; i < c * k * k; i++) out[i] = 1.0f; return 0; }\n")
+    target = depthwise._library_path(cc)
+    target.parent.mkdir(parents=True)
+    subprocess.run([cc, "-shared", "-fPIC", str(wrong), "-o", str(target)], check=True)
+    monkeypatch.setattr(depthwise, "_kernel", None)
+    monkeypatch.setattr(depthwise, "_unavailable", None)
+    assert depthwise.kernel() is None
+    assert depthwise.status() == f"torch's ({target} disagrees with torch's convolution; delete it to rebuild)"
+    # following the advice: delete it, and the next process builds the real one in its place
+    target.unlink()
+    assert _fresh_status({**os.environ, "SPATIALMIX_CACHE": str(tmp_path)}) == "C kernel"
+    assert target.is_file()
