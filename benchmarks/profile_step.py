@@ -89,8 +89,8 @@ def main(argv=None) -> int:
         speed.tune_allocator()
     print(f"ConvMixer-{args.width}/{args.depth} k{args.kernel_size} p{args.patch_size}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} thread(s), allocator {'glibc defaults' if args.plain_allocator else 'tuned'}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, depthwise weight gradient: {depthwise.status()}, "
-          f"torch {torch.__version__}")
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
+          f"depthwise weight gradient: {depthwise.status()}")
     kinds = ["conv forward", "conv backward", "GELU", "BatchNorm", "casts and copies", "other ops"]
     table = ResultTable("Training step profile (ms per step, share of the step)",
                         [("loop", "loop", ""), ("total", "ms/step", ".0f")] + [(k, k, "") for k in kinds]

@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     device = resolve_device("auto")
     print(f"ConvMixer-{args.width}/{args.depth} k{args.kernel_size} p{args.patch_size}, batch {args.batch_size}, "
           f"{device}, {torch.get_num_threads()} threads, amp {resolve_amp(args.amp, device)}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, depthwise weight gradient: {depthwise.status()}, torch {torch.__version__}", flush=True)
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
+          f"depthwise weight gradient: {depthwise.status()}", flush=True)
     table = ResultTable("Training throughput (images/s, median of repeats)",
                         [("name", "loop", ""), ("speed", "images/s", ".0f"), ("ratio", "vs reference", ".2f"),
                          ("runs", "all runs", "")])

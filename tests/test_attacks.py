@@ -158,6 +158,28 @@ def test_early_stopping_changes_nothing_for_the_other_examples():
         assert together.gradient_steps < len(y) * 13
 
 
+def test_forward_backward_in_cpu_chunks_gives_what_one_pass_gives(monkeypatch):
+    """The CPU chunks (apgd.CPU_CHUNK) split only the compute: losses, gradients, and so every
+    decision of the attack, are those of one pass over the whole batch."""
+    model, x, y = linear_problem(classes=10, n=70, seed=3)
+    target = (y + 1) % 10
+    assert [(s.start, s.stop) for s in apgd._chunks(70, torch.device("cpu"))] == [(0, 35), (35, 70)]
+    assert apgd._chunks(130, torch.device("cpu"))[-1] == slice(88, 130)      # 3 even parts of at most 64
+    assert apgd._chunks(300, torch.device("cuda")) == [slice(0, 300)]         # a GPU takes the batch at once
+    chunked = apgd._loss_and_grad(model, x, y, target, apgd.LOSSES["dlr-targeted"])
+    with monkeypatch.context() as m:
+        m.setattr(apgd, "CPU_CHUNK", 10_000)
+        whole = apgd._loss_and_grad(model, x, y, target, apgd.LOSSES["dlr-targeted"])
+        one_pass = apgd.apgd(model, x, y, 0.05, "Linf", 12, loss="dlr-targeted", target=target, start=x)
+    for a, b in zip(chunked, whole):
+        assert a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-6)
+    monkeypatch.setattr(apgd, "CPU_CHUNK", 16)
+    in_chunks = apgd.apgd(model, x, y, 0.05, "Linf", 12, loss="dlr-targeted", target=target, start=x)
+    assert torch.equal(in_chunks.broken, one_pass.broken) and 0 < int(one_pass.broken.sum()) < len(y)
+    assert torch.allclose(in_chunks.adv, one_pass.adv, atol=1e-6)
+    assert in_chunks.gradient_steps == one_pass.gradient_steps
+
+
 def test_each_budget_attacks_only_the_examples_still_standing(monkeypatch):
     model, x, y = linear_problem(classes=2, n=80)
     attacked = []

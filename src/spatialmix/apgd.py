@@ -115,13 +115,32 @@ def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 
 
+# On a CPU the forward-backward pass runs in chunks of at most this many examples (split evenly):
+# a chunk's activations then stay in the cache. Each example's loss and gradient do not depend on
+# the others (eval mode), and the attack itself still sees the whole batch at every step.
+CPU_CHUNK = 64
+
+
+def _chunks(n: int, device: torch.device) -> list[slice]:
+    if device.type != "cpu" or n <= CPU_CHUNK:
+        return [slice(0, n)]
+    parts = -(-n // CPU_CHUNK)
+    size = -(-n // parts)
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
 def _loss_and_grad(model: nn.Module, x: torch.Tensor, y, target, loss_fn):
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = forward(model, x)
-        loss = loss_fn(logits, y, target)
-        grad, = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), grad.detach(), logits.detach().argmax(1) != y
+    losses, grads, wrong = [], [], []
+    for part in _chunks(len(x), x.device):
+        xp = x[part].detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = forward(model, xp)
+            loss = loss_fn(logits, y[part], None if target is None else target[part])
+            grad, = torch.autograd.grad(loss.sum(), xp)
+        losses.append(loss.detach()), grads.append(grad.detach()), wrong.append(logits.detach().argmax(1) != y[part])
+    if len(losses) == 1:
+        return losses[0], grads[0], wrong[0]
+    return torch.cat(losses), torch.cat(grads), torch.cat(wrong)
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int, *,

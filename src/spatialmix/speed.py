@@ -103,19 +103,21 @@ class DepthwiseConv2d(nn.Conv2d):
     CPUs; :mod:`spatialmix.depthwise` computes it in fp32 from fp32 or bf16 activations, so a
     learned depthwise conv (Full, Space) runs in the autocast dtype like every other conv. Where
     that kernel cannot run (no C compiler, a shape it does not handle), a learned conv runs in
-    fp32 inside bf16 autocast, where oneDNN's weight gradient is least slow. A frozen one (Chans)
-    is an ordinary conv. Same parameters and state dict as ``nn.Conv2d``.
+    fp32 inside bf16 autocast, where oneDNN's weight gradient is least slow. Learned or frozen
+    (Chans, or any model under attack), the input gradient is the flipped-filter conv of
+    :mod:`spatialmix.depthwise`, about half the time of oneDNN's. Same parameters and state dict
+    as ``nn.Conv2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or not (self.weight.requires_grad and torch.is_grad_enabled()):
+        if x.device.type != "cpu" or not torch.is_grad_enabled() or not (self.weight.requires_grad or x.requires_grad):
             return super().forward(x)
         autocast = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
         if depthwise.supports(self, x, dtype):
             with torch.autocast("cpu", enabled=False):
                 return depthwise.conv(x.to(dtype), self.weight, self.bias, self.padding[0])
-        if autocast:
+        if autocast and self.weight.requires_grad:
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float()).to(dtype)
         return super().forward(x)
