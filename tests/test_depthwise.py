@@ -75,8 +75,9 @@ def _close(ours, ref, tol):
 @pytest.mark.parametrize("learned", [True, False])
 @pytest.mark.parametrize("amp", [False, True])
 def test_depthwise_conv_gives_torchs_output_and_gradients(amp, learned):
-    """Learned (Full) or frozen (Chans, a model under attack): torch's own forward pass, and input,
-    weight and bias gradients that match the exact ones computed in float64."""
+    """Learned (Full) or frozen (Chans, a model under attack): torch's own forward pass (in fp32 for
+    learned filters under autocast), and input, weight and bias gradients that match the exact ones
+    computed in float64."""
     plain, fast = _learned_pair()
     for m in (plain, fast):
         m.weight.requires_grad_(learned), m.bias.requires_grad_(learned)
@@ -85,7 +86,12 @@ def test_depthwise_conv_gives_torchs_output_and_gradients(amp, learned):
     with torch.autocast("cpu", torch.bfloat16, enabled=amp):
         ya, yb = fast(xa), plain(xb)
         assert ya.grad_fn is not None and type(ya.grad_fn).__name__ == "_DepthwiseConvBackward"   # our path ran
-        assert ya.dtype == yb.dtype and torch.equal(ya, yb)     # the forward pass is torch's own conv
+        assert ya.dtype == yb.dtype
+        if learned and amp:   # learned filters compute in fp32 under autocast, rounded once to bf16
+            expected = F.conv2d(x.float(), plain.weight, plain.bias, padding=2, groups=24).bfloat16()
+            assert torch.equal(ya, expected)
+        else:
+            assert torch.equal(ya, yb)                          # the forward pass is torch's own conv
     g = torch.randn_like(ya)
     ya.backward(g), yb.backward(g)
     tol = 1e-5 if not amp else 2e-2      # bf16: both round the input gradient to bf16
@@ -94,8 +100,8 @@ def test_depthwise_conv_gives_torchs_output_and_gradients(amp, learned):
     assert _close(xa.grad, x64.grad, tol) and _close(xb.grad, x64.grad, tol)
     if learned:
         assert fast.weight.grad.dtype == torch.float32
-        # the kernel keeps the weight gradient in fp32 (oneDNN rounds it to bf16 under autocast)
-        assert _close(fast.weight.grad, w64.grad, 1e-5 if not amp else 1e-2)
+        # fp32 from the bf16 activations and gradients (oneDNN's bf16 conv rounds it to bf16)
+        assert _close(fast.weight.grad, w64.grad, 1e-5)
         assert _close(fast.weight.grad, plain.weight.grad, tol)
         assert _close(fast.bias.grad, plain.bias.grad, tol)
     else:
@@ -176,3 +182,17 @@ def test_input_gradient_by_flipped_filters_for_every_padding(k, p):
     x64 = x.double().requires_grad_()
     F.conv2d(x64, weight.double(), None, padding=p, groups=16).backward(g.double())
     assert xa.grad.shape == x.shape and _close(xa.grad, x64.grad, 1e-5)
+
+
+def test_weight_grad_refuses_what_the_kernel_must_not_read():
+    x = _channels_last(2, 16, 8, 8)
+    for gy, message in ((_channels_last(2, 16, 9, 8), "gy of shape \\(2, 16, 8, 8\\)"),    # larger than the output
+                        (_channels_last(2, 16, 8, 8).bfloat16(), "x's dtype"),
+                        (_channels_last(2, 16, 8, 8).half(), "x's dtype")):
+        with pytest.raises(ValueError, match=message):
+            depthwise.weight_grad(x, gy, 3, 1)
+    with pytest.raises(ValueError):
+        depthwise.weight_grad(x.half(), _channels_last(2, 16, 8, 8).half(), 3, 1)
+    # NCHW inputs are made channels_last, not misread
+    gy = torch.randn(2, 16, 8, 8)
+    assert _close(depthwise.weight_grad(x.contiguous(), gy, 3, 1), _torch_weight_grad(x, gy, 3, 1), 1e-5)

@@ -1,18 +1,21 @@
-"""The weight gradient of a learned depthwise convolution, from a small C kernel built on first use.
+"""A depthwise convolution's gradients on CPUs: the weight gradient from a small C kernel built on
+first use, the input gradient as a conv with the flipped filters.
 
-In Full and Space training most of a ConvMixer step's convolution backward is oneDNN's depthwise
+In Full and Space training most of a ConvMixer step's convolution backward was oneDNN's depthwise
 *weight* gradient: on the benchmark's shapes (128 images x 128 channels of 14 x 14, kernel 5, one
 thread) it takes 24 ms in fp32 and 65 ms in bf16, against 3 ms for the forward pass. The kernel
 in ``kernels/depthwise_grad.c`` computes the same sum in about 6 ms (1 ms on the quick preset's
-64 x 64 channels), for fp32 or bf16 inputs, accumulating in fp32.
+64 x 64 channels), for fp32 or bf16 inputs, accumulating in fp32. oneDNN's input gradient took
+about twice its forward pass; the forward conv of the output gradient with the flipped filters is
+the same sum.
 
-:func:`conv` is a depthwise ``conv2d`` whose forward pass and input gradient stay oneDNN's and
-whose weight gradient comes from that kernel. The kernel is compiled with the machine's C
-compiler (``$CC``, else ``cc`` or ``gcc``) into ``~/.cache/spatialmix/kernels`` (or
-``$SPATIALMIX_CACHE``), once per source, compiler and CPU, and checked against oneDNN on a small
-case before it is used. Without a compiler, with ``SPATIALMIX_NATIVE=0``, or for shapes it does
-not handle (stride or dilation above 1, not channels_last, unequal padding), :func:`supports` is
-False and callers keep torch's own convolution: same results to float rounding, slower.
+:func:`conv` is a stride-1 depthwise ``conv2d`` with those two gradients and torch's own forward
+pass. The kernel is compiled with the machine's C compiler (``$CC``, else ``cc`` or ``gcc``) into
+``~/.cache/spatialmix/kernels`` (or ``$SPATIALMIX_CACHE``), once per source, compiler and CPU,
+and checked against torch on a small case before it is used. Without a compiler, with
+``SPATIALMIX_NATIVE=0``, or for shapes it does not handle (stride or dilation above 1, not
+channels_last, unequal padding), :func:`supports` is False and callers keep torch's own
+convolution: the same results to float rounding, slower.
 
 The images are summed in fixed chunks of :data:`CHUNK` and the chunks added in order, so the
 gradient is bitwise the same whatever the number of threads.
@@ -147,9 +150,21 @@ def _call(fn, x: torch.Tensor, gy: torch.Tensor, kernel_size: int, padding: int,
 
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, kernel_size: int, padding: int) -> torch.Tensor:
-    """fp32 ``[C, 1, k, k]`` gradient of a stride-1 depthwise conv's weight; ``x`` and ``gy`` channels_last."""
+    """fp32 ``[C, 1, k, k]`` gradient of the weight of a stride-1 depthwise conv with input ``x``
+    and output gradient ``gy`` (CPU, fp32 or bf16; made channels_last if they are not)."""
+    fn = kernel()
+    if fn is None:
+        raise RuntimeError(f"the depthwise kernel is not available: {_unavailable}")
+    n, c, h, w = x.shape
+    out_shape = (n, c, h + 2 * padding - kernel_size + 1, w + 2 * padding - kernel_size + 1)
+    if tuple(gy.shape) != out_shape or gy.dtype != x.dtype or x.dtype not in (torch.float32, torch.bfloat16) \
+            or x.device.type != "cpu" or gy.device.type != "cpu" or min(out_shape) < 1:
+        # the kernel trusts these sizes for its memory reads: nothing else may reach it
+        raise ValueError(f"weight_grad needs CPU fp32/bf16 tensors with gy of shape {out_shape} and x's dtype; "
+                         f"got x {tuple(x.shape)} {x.dtype}, gy {tuple(gy.shape)} {gy.dtype}")
+    x, gy = x.contiguous(memory_format=torch.channels_last), gy.contiguous(memory_format=torch.channels_last)
     with torch.profiler.record_function("spatialmix::depthwise_weight_grad"):   # so profiles count it
-        return _call(kernel(), x, gy, kernel_size, padding, threads=torch.get_num_threads())
+        return _call(fn, x, gy, kernel_size, padding, threads=torch.get_num_threads())
 
 
 def _channels_last(t: torch.Tensor) -> bool:
