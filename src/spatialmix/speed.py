@@ -120,7 +120,7 @@ class DepthwiseConv2d(nn.Conv2d):
                 return depthwise.conv(x.to(dtype), self.weight, self.bias, self.padding[0]).to(out_dtype)
         if autocast and self.weight.requires_grad:
             with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float()).to(dtype)
+                return super().forward(x.float()).to(out_dtype)
         return super().forward(x)
 
 
