@@ -4,7 +4,7 @@ first use, the input gradient as a conv with the flipped filters.
 In Full and Space training most of a ConvMixer step's convolution backward was oneDNN's depthwise
 *weight* gradient: on the benchmark's shapes (128 images x 128 channels of 14 x 14, kernel 5, one
 thread) it takes 24 ms in fp32 and 65 ms in bf16, against 3 ms for the forward pass. The kernel
-in ``kernels/depthwise_grad.c`` computes the same sum in about 6 ms (1 ms on the quick preset's
+in ``kernels/depthwise_grad.c`` computes the same sum in about 4 ms (0.4 ms on the quick preset's
 64 x 64 channels), for fp32 or bf16 inputs, accumulating in fp32. oneDNN's input gradient took
 about twice its forward pass; the forward conv of the output gradient with the flipped filters is
 the same sum.
