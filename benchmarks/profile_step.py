@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from spatialmix import depthwise, speed
+from spatialmix import native, speed
 from spatialmix.display import ResultTable
 from spatialmix.mixing import apply_mixing
 from spatialmix.models import ConvMixer
@@ -30,7 +30,8 @@ KINDS = {   # op name prefix -> what the README calls it
     "aten::gelu_backward": "GELU", "aten::gelu": "GELU",
     "aten::native_batch_norm_backward": "BatchNorm", "aten::native_batch_norm": "BatchNorm",
     "aten::copy_": "casts and copies", "aten::_to_copy": "casts and copies",
-    "spatialmix::depthwise_weight_grad": "conv backward",   # the C kernel (spatialmix.depthwise)
+    "spatialmix::depthwise_weight_grad": "conv backward",   # the C kernels (spatialmix.native)
+    "spatialmix::batchnorm_backward": "BatchNorm",
 }
 
 
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     print(f"ConvMixer-{args.width}/{args.depth} k{args.kernel_size} p{args.patch_size}, batch {args.batch_size}, "
           f"{torch.get_num_threads()} thread(s), allocator {'glibc defaults' if args.plain_allocator else 'tuned'}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
-          f"depthwise weight gradient: {depthwise.status()}")
+          f"depthwise and batch-norm gradients: {native.status()}")
     kinds = ["conv forward", "conv backward", "GELU", "BatchNorm", "casts and copies", "other ops"]
     table = ResultTable("Training step profile (ms per step, share of the step)",
                         [("loop", "loop", ""), ("total", "ms/step", ".0f")] + [(k, k, "") for k in kinds]

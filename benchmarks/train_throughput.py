@@ -25,7 +25,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from spatialmix import depthwise
+from spatialmix import native
 from spatialmix.data import load_dataset
 from spatialmix.display import ResultTable
 from spatialmix.models import ConvMixer
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     print(f"ConvMixer-{args.width}/{args.depth} k{args.kernel_size} p{args.patch_size}, batch {args.batch_size}, "
           f"{device}, {torch.get_num_threads()} threads, amp {resolve_amp(args.amp, device)}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
-          f"depthwise weight gradient: {depthwise.status()}", flush=True)
+          f"depthwise and batch-norm gradients: {native.status()}", flush=True)
     table = ResultTable("Training throughput (images/s, median of repeats)",
                         [("name", "loop", ""), ("speed", "images/s", ".0f"), ("ratio", "vs reference", ".2f"),
                          ("runs", "all runs", "")])

@@ -1,19 +1,15 @@
-"""The C kernel for a learned depthwise conv's weight gradient: torch's numbers, any thread count,
-and a clean fall-back to torch when it cannot be built or does not agree."""
+"""The depthwise conv's gradients (C kernel for the weight, flipped filters for the input): torch's
+numbers, any thread count, torch's own conv where they do not apply."""
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spatialmix import depthwise, speed
+from spatialmix import depthwise, native, speed
 
-pytestmark = pytest.mark.skipif(depthwise.kernel() is None, reason=f"no kernel: {depthwise.status()}")
+pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no kernels: {native.status()}")
 
 
 def _channels_last(*shape, dtype=torch.float32):
@@ -111,8 +107,8 @@ def test_depthwise_conv_gives_torchs_output_and_gradients(amp, learned):
 
 
 def test_without_the_kernel_a_learned_conv_runs_in_fp32_under_autocast(monkeypatch):
-    monkeypatch.setattr(depthwise, "_kernel", None)
-    monkeypatch.setattr(depthwise, "_unavailable", "turned off for this test")
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_unavailable", "turned off for this test")
     assert not depthwise.supports(nn.Conv2d(8, 8, 5, padding=2, groups=8), _channels_last(1, 8, 5, 5), torch.float32)
     plain, fast = _learned_pair()
     x = _channels_last(2, 24, 9, 9).bfloat16()
@@ -121,7 +117,7 @@ def test_without_the_kernel_a_learned_conv_runs_in_fp32_under_autocast(monkeypat
     assert y.dtype == torch.bfloat16
     expected = F.conv2d(x.float(), plain.weight, plain.bias, padding=2, groups=24)
     assert torch.equal(y, expected.bfloat16())     # computed in fp32, rounded once
-    assert "turned off for this test" in depthwise.status()
+    assert "turned off for this test" in native.status()
 
 
 def test_shapes_the_kernel_does_not_handle_are_left_to_torch():
@@ -133,43 +129,6 @@ def test_shapes_the_kernel_does_not_handle_are_left_to_torch():
         assert not depthwise.supports(conv, x, torch.float32)
     assert not depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x.contiguous(), torch.float32)
     assert not depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x, torch.float16)
-
-
-def _fresh_status(env: dict) -> str:
-    code = "from spatialmix import depthwise; print(depthwise.status())"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-def test_turned_off_or_without_a_compiler_it_falls_back_and_says_why(tmp_path):
-    base = {**os.environ, "SPATIALMIX_CACHE": str(tmp_path / "cache")}
-    assert _fresh_status({**base, "SPATIALMIX_NATIVE": "0"}) == "torch's (turned off by SPATIALMIX_NATIVE=0)"
-    line = _fresh_status({**base, "CC": "/bin/false"})
-    assert line.startswith("torch's (could not build or load the kernel: /bin/false failed")
-    assert not (tmp_path / "cache" / "kernels").exists() or not any((tmp_path / "cache" / "kernels").iterdir())
-    assert _fresh_status(base) == "C kernel"        # and built where we pointed it
-    assert len(list((tmp_path / "cache" / "kernels").glob("depthwise_grad-*.so"))) == 1
-
-
-def test_a_library_that_disagrees_with_torch_is_not_used(tmp_path, monkeypatch):
-    """A cached library that computes something else (a wrong build, someone else's file) is refused."""
-    monkeypatch.setenv("SPATIALMIX_CACHE", str(tmp_path))
-    cc = depthwise._compiler()
-    wrong = tmp_path / "wrong.c"
-    wrong.write_text("int depthwise_weight_grad(const void *x, const void *gy, float *out, int b, int n, int c, int h,"
-                     " int w, int ho, int wo, int k, int p, int chunk, int t) {"
-                     " for (int i = 0; i < c * k * k; i++) out[i] = 1.0f; return 0; }\n")
-    target = depthwise._library_path(cc)
-    target.parent.mkdir(parents=True)
-    subprocess.run([cc, "-shared", "-fPIC", str(wrong), "-o", str(target)], check=True)
-    monkeypatch.setattr(depthwise, "_kernel", None)
-    monkeypatch.setattr(depthwise, "_unavailable", None)
-    assert depthwise.kernel() is None
-    assert depthwise.status() == f"torch's ({target} disagrees with torch's convolution; delete it to rebuild)"
-    # following the advice: delete it, and the next process builds the real one in its place
-    target.unlink()
-    assert _fresh_status({**os.environ, "SPATIALMIX_CACHE": str(tmp_path)}) == "C kernel"
-    assert target.is_file()
 
 
 @pytest.mark.parametrize("k,p", [(3, 0), (3, 1), (5, 0), (5, 4), (7, 3)])

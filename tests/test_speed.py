@@ -1,6 +1,7 @@
 """The CPU speed-ups change kernels, never results: checked against the plain modules."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,6 +65,7 @@ def test_accelerate_keeps_parameters_state_dict_and_freezing():
     assert {name: id(p) for name, p in model.named_parameters()} == params
     kinds = [type(m) for m in model.modules()]
     assert kinds.count(speed.DepthwiseConv2d) == 2 and kinds.count(speed.ChannelsLastGELU) == 2 * 2 + 1
+    assert kinds.count(speed.BatchNorm2d) == 2 * 2 + 1 and nn.BatchNorm2d not in kinds
     assert nn.GELU not in kinds
 
 
@@ -97,8 +99,6 @@ def test_allocator_and_threads():
 
 
 def test_every_command_takes_threads_and_refuses_bad_values(capsys):
-    import pytest
-
     from spatialmix.cli import build_parser, main
 
     parser = build_parser()
@@ -209,3 +209,70 @@ def test_attack_mode_swaps_batchnorm_and_restores_everything():
     assert model.training and {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()} == storage
     assert not any(type(m) is speed.EvalBatchNorm2d for m in model.modules())
+
+
+def _bn_pair(affine=True, momentum=0.1):
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(24, affine=affine, momentum=momentum)
+    if affine:
+        with torch.no_grad():
+            plain.weight.uniform_(0.5, 2), plain.bias.normal_()
+    fast = nn.BatchNorm2d(24, affine=affine, momentum=momentum)
+    fast.load_state_dict(plain.state_dict())
+    speed.accelerate(fast)
+    assert type(fast) is speed.BatchNorm2d
+    return plain, fast
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("affine,momentum", [(True, 0.1), (False, 0.1), (True, None)])
+def test_training_batchnorm_is_torchs_forward_and_state_with_the_same_gradients(dtype, affine, momentum):
+    from spatialmix import native
+
+    if native.library() is None:
+        pytest.skip(native.status())
+    plain, fast = _bn_pair(affine, momentum)
+    for step in range(3):   # running statistics and num_batches_tracked move alike, step after step
+        x = (_channels_last(6, 24, 7, 9) * 2 + 1).to(dtype)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fast(xa), plain(xb)
+        assert type(ya.grad_fn).__name__ == "_TrainBatchNormBackward"
+        assert ya.dtype == yb.dtype and torch.equal(ya, yb)
+        g = torch.randn_like(ya)
+        ya.backward(g), yb.backward(g)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        assert torch.allclose(xa.grad.float(), xb.grad.float(), rtol=tol, atol=tol * xb.grad.abs().max().item())
+    for name, value in plain.state_dict().items():
+        assert torch.equal(fast.state_dict()[name], value), name
+    if affine:
+        for p, q in ((fast.weight, plain.weight), (fast.bias, plain.bias)):
+            assert p.grad.dtype == torch.float32 and torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-4)
+    # independently, in float64: the gradient of sum(g * batchnorm(x)) with batch statistics
+    x64 = x.double().requires_grad_()
+    mean, var = x64.mean((0, 2, 3), keepdim=True), x64.var((0, 2, 3), unbiased=False, keepdim=True)
+    y64 = (x64 - mean) / (var + fast.eps).sqrt()
+    if affine:
+        y64 = y64 * fast.weight.double().view(1, -1, 1, 1)
+    y64.backward(g.double())
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(xa.grad.double(), x64.grad, rtol=tol, atol=tol * x64.grad.abs().max().item())
+
+
+def test_training_batchnorm_gradients_do_not_depend_on_threads_and_eval_is_plain():
+    """The kernel's sums run over fixed blocks: the same inputs give bitwise the same gradients for
+    any thread count. (torch's own batch-norm forward, whose statistics feed them, does not
+    promise that: its mean moved in the last bit between 1 and 2 threads.)"""
+    from spatialmix import native
+
+    lib = native.library()
+    if lib is None:
+        pytest.skip(native.status())
+    x, g = _channels_last(64, 24, 14, 14).bfloat16(), _channels_last(64, 24, 14, 14).bfloat16()
+    weight = torch.rand(24) + 0.5
+    _, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, None, None, None, True, 0.1, 1e-5)[:3]
+    results = [native.call_batchnorm_backward(lib, x, g, mean, invstd, weight, threads) for threads in (1, 2, 3)]
+    assert all(torch.equal(a, b) for r in results[1:] for a, b in zip(results[0], r))
+    plain, fast = _bn_pair()
+    fast.eval(), plain.eval()
+    y = _channels_last(4, 24, 5, 5)
+    assert torch.equal(fast(y), plain(y))

@@ -239,8 +239,10 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         from timm.layers import convert_sync_batchnorm as timm_convert_sync_batchnorm
 
         return timm_convert_sync_batchnorm(model)
+    from .speed import BatchNorm2d as FastBackwardBatchNorm2d
+
     for module in model.modules():
-        if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, FastBackwardBatchNorm2d):
             # Same state, only forward differs: swapping the class keeps every tensor in place.
             module.__class__ = CPUSyncBatchNorm
     return model
