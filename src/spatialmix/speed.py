@@ -1,7 +1,7 @@
-"""What makes training fast on a CPU, measured rather than assumed (see ``benchmarks/``).
+"""What makes training and attacks fast on a CPU, measured rather than assumed (see ``benchmarks/``).
 
-Three facts of the quick model's shapes on a CPU, each measured with ``torch.profiler`` (the
-README gives the table):
+Facts of the quick model's shapes on a CPU, each measured with ``torch.profiler`` (the README
+gives the table):
 
 * **Threads.** A torch process with 2 threads beside one other busy process waits for the busier
   core and can run 10x slower than with 1. :func:`set_threads` pins the number of threads a run
@@ -10,15 +10,18 @@ README gives the table):
   every training step maps and faults in its activations again (thousands of page faults per
   step). :func:`tune_allocator` raises glibc's mmap and trim thresholds so freed blocks are
   reused.
-* **Memory layout and precision of two ops.** GELU on a channels_last tensor takes a slower
-  strided kernel than the same memory viewed as a contiguous NHWC tensor
-  (:class:`ChannelsLastGELU` runs it on that view); and oneDNN's depthwise *weight* gradient is
-  several times slower than the conv's forward pass, so a depthwise conv whose weight is learned
-  takes that gradient from a C kernel (:class:`DepthwiseConv2d`, :mod:`spatialmix.depthwise`).
+* **GELU on channels_last** takes a slower strided kernel than the same memory viewed as a
+  contiguous NHWC tensor (:class:`ChannelsLastGELU` runs it on that view).
+* **Two backward passes torch has no fast CPU path for**: a depthwise conv's weight and input
+  gradients (:class:`DepthwiseConv2d`, :mod:`spatialmix.depthwise`) and a training-mode batch
+  norm's backward (:class:`BatchNorm2d`) come from the C kernels of :mod:`spatialmix.native`.
+* **Eval-mode batch norms under attack** are the per-channel multiply-add they are
+  (:class:`EvalBatchNorm2d`, :func:`eval_batchnorm`).
 
-GELU gives the values of torch's vectorized kernel; the depthwise gradients are the same sums as
-oneDNN's in another order (fp32 accumulation, within about 1e-6 relative); a learned depthwise
-conv runs in fp32 under ``--amp bf16`` (more precise, not less).
+:func:`accelerate` swaps these classes into a model in place. GELU gives the values of torch's
+vectorized kernel; the kernels compute the same sums as torch's in another order (fp32
+accumulation, within about 1e-6 relative); a learned depthwise conv runs in fp32 under ``--amp
+bf16`` (more precise, not less).
 """
 from __future__ import annotations
 
