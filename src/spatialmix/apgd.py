@@ -137,7 +137,9 @@ def _loss_and_grad(model: nn.Module, x: torch.Tensor, y, target, loss_fn):
             logits = forward(model, xp)
             loss = loss_fn(logits, y[part], None if target is None else target[part])
             grad, = torch.autograd.grad(loss.sum(), xp)
-        losses.append(loss.detach()), grads.append(grad.detach()), wrong.append(logits.detach().argmax(1) != y[part])
+        losses.append(loss.detach())
+        grads.append(grad.detach())
+        wrong.append(logits.detach().argmax(1) != y[part])
     if len(losses) == 1:
         return losses[0], grads[0], wrong[0]
     return torch.cat(losses), torch.cat(grads), torch.cat(wrong)

@@ -45,8 +45,8 @@ _unavailable: str | None = None   # why there is none, once we know
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SPATIALMIX_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spatialmix"
-    return Path(root) / "kernels"
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spatialmix"
+    return Path(os.environ.get("SPATIALMIX_CACHE") or default) / "kernels"
 
 
 def _cpu_flags() -> str:

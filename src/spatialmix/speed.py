@@ -199,7 +199,8 @@ class EvalBatchNorm2d(nn.BatchNorm2d):
 
 @contextlib.contextmanager
 def eval_batchnorm(model: nn.Module):
-    """Within the block, every exact ``nn.BatchNorm2d`` (or :class:`BatchNorm2d`) of ``model`` is an :class:`EvalBatchNorm2d`
+    """Within the block, every exact ``nn.BatchNorm2d`` (or :class:`BatchNorm2d`) of ``model`` is an
+    :class:`EvalBatchNorm2d`
     (same parameters and buffers: only the class changes), and back afterwards."""
     swapped = [(m, type(m)) for m in model.modules() if type(m) in (nn.BatchNorm2d, BatchNorm2d)]
     for m, _ in swapped:

@@ -55,7 +55,10 @@ int batchnorm_backward(const void *x, const void *g, const float *mean, const fl
     float *a = coef, *b = coef + C, *k = coef + 2 * C;
     for (int c = 0; c < C; c++) {
         float sg = 0.f, sgx = 0.f;
-        for (long blk = 0; blk < nblocks; blk++) { sg += partial[(size_t)blk * 2 * C + c]; sgx += partial[(size_t)blk * 2 * C + C + c]; }
+        for (long blk = 0; blk < nblocks; blk++) {
+            sg += partial[(size_t)blk * 2 * C + c];
+            sgx += partial[(size_t)blk * 2 * C + C + c];
+        }
         float wc = w ? w[c] : 1.0f, s = wc * invstd[c];
         if (grad_bias) grad_bias[c] = sg;
         if (grad_weight) grad_weight[c] = sgx * invstd[c];

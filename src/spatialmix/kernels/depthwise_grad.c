@@ -1,5 +1,5 @@
 /* The weight gradient of a learned depthwise convolution (stride 1, channels_last memory), built by
-   spatialmix.depthwise with the machine's C compiler. oneDNN computes it several times slower than
+   spatialmix.native with the machine's C compiler. oneDNN computes it several times slower than
    the forward pass on CPUs (24 ms against 3 ms for 128 x 128 channels of 14 x 14, fp32, one thread;
    65 ms in bf16). Here each thread keeps one kernel row's accumulators for 16 channels in
    registers and streams the images through them, the inputs of a row in a sliding window of
@@ -77,7 +77,8 @@ static void scalar_block(const job_t *jb, int c0, int cb, int n0, int n1, float 
         for (int n = n0; n < n1; n++) for (int ho = 0; ho < Ho; ho++) for (int wo = 0; wo < Wo; wo++) {
             int hi = ho - P + i, wi = wo - P + j;
             if ((unsigned)hi >= (unsigned)H || (unsigned)wi >= (unsigned)W) continue;
-            size_t gx = (((size_t)n * Ho + ho) * Wo + wo) * C + c0 + c, xx = (((size_t)n * H + hi) * W + wi) * C + c0 + c;
+            size_t gx = (((size_t)n * Ho + ho) * Wo + wo) * C + c0 + c;
+            size_t xx = (((size_t)n * H + hi) * W + wi) * C + c0 + c;
             s += jb->bf16 ? scalar_bf16(((const uint16_t *)jb->gy)[gx]) * scalar_bf16(((const uint16_t *)jb->x)[xx])
                           : ((const float *)jb->gy)[gx] * ((const float *)jb->x)[xx];
         }
