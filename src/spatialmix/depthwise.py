@@ -45,14 +45,15 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, kernel_size: int, padding: in
         return native.call_depthwise_weight_grad(lib, x, gy, kernel_size, padding, CHUNK, torch.get_num_threads())
 
 
-def _channels_last(t: torch.Tensor) -> bool:
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-D tensor whose memory is dense in channels_last order (what the kernels read)."""
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def supports(conv: torch.nn.Conv2d, x: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether :func:`conv` can run ``conv`` on ``x`` in ``dtype`` (a learned weight needs the kernel)."""
     k, p = conv.kernel_size, conv.padding
-    return (x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and _channels_last(x)
+    return (x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and is_channels_last(x)
             and conv.groups == conv.in_channels == conv.out_channels and k[0] == k[1]
             and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
             and isinstance(p, tuple) and p[0] == p[1] and p[0] <= k[0] - 1

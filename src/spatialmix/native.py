@@ -112,8 +112,8 @@ def call_batchnorm_backward(lib, x, g, mean, invstd, weight, threads: int):
     n, c, h, w = x.shape
     gx = torch.empty_like(x, memory_format=torch.channels_last)
     gw, gb = torch.empty(c, dtype=torch.float32), torch.empty(c, dtype=torch.float32)
-    weight_ptr = 0 if weight is None else weight.data_ptr()
-    if lib.batchnorm_backward(x.data_ptr(), g.data_ptr(), mean.data_ptr(), invstd.data_ptr(), weight_ptr or None,
+    weight_ptr = None if weight is None else weight.data_ptr()   # NULL: no affine weight
+    if lib.batchnorm_backward(x.data_ptr(), g.data_ptr(), mean.data_ptr(), invstd.data_ptr(), weight_ptr,
                               gx.data_ptr(), gw.data_ptr(), gb.data_ptr(), int(x.dtype == torch.bfloat16),
                               n * h * w, c, threads) != 0:
         raise MemoryError("out of memory in the batch-norm backward kernel")

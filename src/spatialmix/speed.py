@@ -162,8 +162,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
-                and x.is_contiguous(memory_format=torch.channels_last) and x.dtype in (torch.float32, torch.bfloat16)
+        if not (self.training and torch.is_grad_enabled() and x.device.type == "cpu"
+                and depthwise.is_channels_last(x) and x.dtype in (torch.float32, torch.bfloat16)
                 and (self.weight is None or self.weight.dtype == torch.float32) and native.library() is not None):
             return super().forward(x)
         momentum = 0.0 if self.momentum is None else self.momentum
