@@ -40,15 +40,17 @@ from pathlib import Path
 
 import torch
 
-from spatialmix.attacks import DEFAULT_EPS, AttackSettings, InputSpaceModel, attack_mode, eps_label, \
-    evaluate_robustness
-from spatialmix.attack_results import select_examples
-from spatialmix.display import ResultTable
+from spatialmix.robustness.settings import DEFAULT_EPS, AttackSettings, eps_label
+from spatialmix.robustness.attacks import InputSpaceModel, attack_mode
+from spatialmix.robustness.evaluate import evaluate_robustness
+from spatialmix.robustness.run_attacks import select_examples
+from spatialmix.ui.display import ResultTable
 
 
 def trained_model(run: str | None, out: Path):
-    from spatialmix.data import load_dataset
-    from spatialmix.train import TrainConfig, load_trained_model, train
+    from spatialmix.data.datasets import load_dataset
+    from spatialmix.engine.config import TrainConfig
+    from spatialmix.engine.train import load_trained_model, train
 
     if run is None:
         run = out / "run"

@@ -31,12 +31,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spatialmix.display import ResultTable
-from spatialmix.mixing import apply_mixing, trainable_parameters
-from spatialmix.models import ConvMixer
-from spatialmix.parallel import run_side_by_side
-from spatialmix.speed import accelerate, available_cores, set_threads
-from spatialmix.tasks import autocast_context, resolve_amp
+from spatialmix.ui.display import ResultTable
+from spatialmix.core.mixing import apply_mixing, trainable_parameters
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.engine.parallel import run_side_by_side
+from spatialmix.accel.speed import accelerate, available_cores, set_threads
+from spatialmix.engine.device import autocast_context, resolve_amp
 
 
 class GroupedHead(nn.Module):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from spatialmix.display import ResultTable
+from spatialmix.ui.display import ResultTable
 
 
 def _free_port() -> int:
@@ -35,8 +35,9 @@ def _free_port() -> int:
 
 
 def _process(rank: int, world_size: int, threads: int, port: int, args: dict, out: str) -> None:
-    from spatialmix import distributed
-    from spatialmix.train import TrainConfig, train
+    from spatialmix.engine import distributed
+    from spatialmix.engine.config import TrainConfig
+    from spatialmix.engine.train import train
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))

@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from spatialmix import native, speed
-from spatialmix.display import ResultTable
-from spatialmix.mixing import apply_mixing
-from spatialmix.models import ConvMixer
-from spatialmix.train import autocast_context, resolve_amp
+from spatialmix.accel import native
+from spatialmix.accel import speed
+from spatialmix.ui.display import ResultTable
+from spatialmix.core.mixing import apply_mixing
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.engine.device import autocast_context, resolve_amp
 
 KINDS = {   # op name prefix -> what the README calls it
     "aten::convolution_backward": "conv backward", "aten::mkldnn_convolution": "conv forward",

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from spatialmix.display import ResultTable
-from spatialmix.parallel import run_side_by_side
-from spatialmix.speed import available_cores
-from spatialmix.train import TrainConfig, train
+from spatialmix.ui.display import ResultTable
+from spatialmix.engine.parallel import run_side_by_side
+from spatialmix.accel.speed import available_cores
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import train
 
 
 def short_run(config: TrainConfig, run_dir: Path, steps: int) -> float:

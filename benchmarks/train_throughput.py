@@ -25,11 +25,13 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from spatialmix import native
-from spatialmix.data import load_dataset
-from spatialmix.display import ResultTable
-from spatialmix.models import ConvMixer
-from spatialmix.train import TrainConfig, piecewise_linear_lr, resolve_amp, resolve_device, train
+from spatialmix.accel import native
+from spatialmix.data.datasets import load_dataset
+from spatialmix.ui.display import ResultTable
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import piecewise_linear_lr, train
+from spatialmix.engine.device import resolve_amp, resolve_device
 
 
 class PerSampleDataset(Dataset):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import spatialmix
-from spatialmix.data import ImageData
+from spatialmix.data.datasets import ImageData
 
 # Tiny tensors on a 2-core machine shared with other jobs: with two OpenMP threads every op
 # spins waiting for a busy core and runs ~100x slower than with one. One thread is also what
@@ -78,7 +78,7 @@ def snapshot_files(root: Path) -> dict[str, bytes]:
 
 def run_cli(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """``python -m spatialmix.cli ARGS`` in a fresh process, with the code under test."""
-    return subprocess.run([sys.executable, "-m", "spatialmix.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "spatialmix.cli.main", *args], capture_output=True, text=True,
                           env=SUBPROCESS_ENV, timeout=timeout, **kwargs)
 
 
@@ -122,14 +122,14 @@ TINY = dict(dataset="fashion-mnist", model="convmixer", width=16, depth=1, kerne
 @pytest.fixture
 def tiny_config():
     """A factory of tiny TrainConfigs (ConvMixer-16/1, 1 epoch); keyword arguments change fields."""
-    from spatialmix.train import TrainConfig
+    from spatialmix.engine.config import TrainConfig
 
     return lambda **changes: TrainConfig(**{**TINY, **changes})
 
 
 def config_flags(config) -> list[str]:
     """The ``spatialmix train`` flags that rebuild ``config`` (every field that is not the default)."""
-    from spatialmix.train import TrainConfig
+    from spatialmix.engine.config import TrainConfig
 
     default = TrainConfig()
     flags = []
@@ -154,8 +154,9 @@ def interrupted_run(tmp_path_factory, fake_fashion_dir):
 
     Returns ``(run_dir, config)``; copy it (``run_copy``) before changing anything.
     """
-    from spatialmix import runs
-    from spatialmix.train import TrainConfig, train
+    from spatialmix.io import runs
+    from spatialmix.engine.config import TrainConfig
+    from spatialmix.engine.train import train
 
     config = TrainConfig(**{**TINY, "epochs": 2, "data_dir": str(fake_fashion_dir), "train_subset": 256})
     run_dir = tmp_path_factory.mktemp("interrupted") / "run"

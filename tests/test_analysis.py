@@ -6,12 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from spatialmix import analysis
-from spatialmix.data import ImageData
+from spatialmix.analysis import filters as analysis
+from spatialmix.data.datasets import ImageData
 from spatialmix.errors import SpatialmixError
-from spatialmix.mixing import CHANNEL, SPATIAL, InitSpec, apply_mixing, gaussian_kernel, smooth_filters
-from spatialmix.models import ConvMixer
-from spatialmix.train import TrainConfig, train
+from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing
+from spatialmix.core.inits import InitSpec, gaussian_kernel, smooth_filters
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import train
 
 
 def grid_index(size: int, f: float) -> int:
@@ -227,8 +229,8 @@ def test_analyze_run_refuses_a_folder_that_is_not_a_run(tmp_path):
 def test_token_mixing_models_have_statistics_but_no_filter_banks(tmp_path, tiny_config, fake_fashion_dir):
     """An MLP-Mixer's spatial mixers are matrices, not k x k filters: the analysis (and the report)
     describe them by norms and distance from init instead of failing on them."""
-    from spatialmix.analysis import analyze
-    from spatialmix.report import write_report
+    from spatialmix.analysis.filters import analyze
+    from spatialmix.report.document import write_report
 
     config = tiny_config(model="mlpmixer", width=16, depth=1, patch_size=4, mode="chans",
                          data_dir=str(fake_fashion_dir), train_subset=128)

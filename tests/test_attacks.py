@@ -16,11 +16,20 @@ import pytest
 import torch
 from torch import nn
 
-from spatialmix import apgd, attack_results, attacks, cli, masking, runs
-from spatialmix.attacks import AttackSettings, attack_examples, evaluate_robustness
+from spatialmix.robustness import apgd
+from spatialmix.robustness import results as attack_results
+from spatialmix.robustness import attacks
+from spatialmix.cli import main as cli
+from spatialmix.robustness import masking
+from spatialmix.io import runs
+from spatialmix.robustness.settings import AttackSettings
+from spatialmix.robustness.evaluate import attack_examples, evaluate_robustness
 from spatialmix.errors import SpatialmixError
 
 from conftest import TINY, run_cli, snapshot_files, write_idx
+from spatialmix.robustness import run_attacks
+from spatialmix.robustness import settings
+from spatialmix.studies import reproduce
 
 FAST = dict(reference_examples=16, reference_steps=20, reference_targets=0, square_queries=50, progress=False)
 # Two-class models: APGD-T's loss needs 4 classes.
@@ -74,13 +83,13 @@ def linear_problem(classes: int, n: int = 160, seed: int = 0):
 # --------------------------------------------------------------------------- settings
 
 def test_eps_parsing_and_labels():
-    assert attacks.parse_eps("8/255") == pytest.approx(8 / 255)
-    assert attacks.parse_eps_list("0, 1/255,0.5") == (0.0, pytest.approx(1 / 255), 0.5)
+    assert settings.parse_eps("8/255") == pytest.approx(8 / 255)
+    assert settings.parse_eps_list("0, 1/255,0.5") == (0.0, pytest.approx(1 / 255), 0.5)
     assert attacks.eps_label(4 / 255) == "4/255" and attacks.eps_label(0.0) == "0"
     assert attacks.eps_label(0.3) == "0.3"
     for bad in ("abc", "1/0", ""):
         with pytest.raises(SpatialmixError, match="eps"):
-            attacks.parse_eps_list(bad)
+            settings.parse_eps_list(bad)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -405,7 +414,7 @@ def test_check_functions():
     ref = masking.ReferenceCheck(100, [0.1, 0.2], [0.5, 0.3], [0.5, 0.27], 100, 9)
     assert ref.max_gap == pytest.approx(0.03) and not masking.check_reference(ref, 0.01).ok
     assert masking.check_reference(ref, 0.05).ok
-    assert attacks.check_chance is masking.check_chance     # the old names still work
+    assert masking.check_chance is masking.check_chance     # the old names still work
 
 
 # --------------------------------------------------------------------------- saved runs and the command line
@@ -431,7 +440,8 @@ def band_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, band_data):
-    from spatialmix.train import TrainConfig, train
+    from spatialmix.engine.config import TrainConfig
+    from spatialmix.engine.train import train
 
     data_dir = band_data
     run_dir = tmp_path_factory.mktemp("attack-runs") / "run"
@@ -471,13 +481,13 @@ def test_attack_command_prints_the_table_saves_json_and_plot(two_runs, band_data
 def test_attack_runs_reuses_a_result_only_for_the_same_settings(two_runs, band_data, monkeypatch):
     settings = AttackSettings(eps=(0, 8 / 255), n_examples=8, steps=2, reference_examples=4, reference_steps=3,
                               reference_targets=2, square_queries=10)
-    first = attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, data_dir=str(band_data))
-    monkeypatch.setattr(attack_results, "evaluate_run", lambda *a, **k: pytest.fail("recomputed a saved result"))
-    again = attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, reuse=True,
+    first = run_attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, data_dir=str(band_data))
+    monkeypatch.setattr(run_attacks, "evaluate_run", lambda *a, **k: pytest.fail("recomputed a saved result"))
+    again = run_attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, reuse=True,
                                 data_dir=str(band_data))
     assert again[0]["budgets"] == first[0]["budgets"]
     with pytest.raises(pytest.fail.Exception):
-        attacks.attack_runs(two_runs[:1], settings.replace(steps=3), plot=None, progress=False, reuse=True,
+        run_attacks.attack_runs(two_runs[:1], settings.replace(steps=3), plot=None, progress=False, reuse=True,
                             data_dir=str(band_data))
 
 
@@ -519,8 +529,8 @@ def test_attack_command_error_in_a_fresh_process(tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypatch, fake_fashion_dir):
-    from spatialmix import study
-    from spatialmix.train import TrainConfig
+    from spatialmix.studies import context as study
+    from spatialmix.engine.config import TrainConfig
 
     options = {"robustness": {"eps": (0, 8 / 255), "n_examples": 16, "steps": 2, "reference_examples": 4,
                               "reference_steps": 3, "reference_targets": 2, "square_queries": 10},
@@ -529,7 +539,7 @@ def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypat
                                                           "train_subset": 128}), options=options)
     monkeypatch.setitem(study.PRESETS, "tiny", preset)
     out = tmp_path / "study"
-    results = study.reproduce("tiny", out, studies=["classification", "robustness", "smoothing"])
+    results = reproduce.reproduce("tiny", out, studies=["classification", "robustness", "smoothing"])
     robustness, smoothing = results["robustness"], results["smoothing"]
     assert [row["mode"] for row in robustness.tables[0].rows] == ["Full", "Chans", "Space"]
     assert "robust 8/255" in robustness.tables[0].rows[0]
@@ -545,20 +555,21 @@ def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypat
     assert isinstance(saved["robustness"]["data"]["warnings"], list)
     assert saved["smoothing"]["data"]["settings"]["n_examples"] == 16
     # Started again, nothing is trained or attacked a second time.
-    monkeypatch.setattr(attack_results, "evaluate_run", lambda *a, **k: pytest.fail("attacked again"))
-    again = study.reproduce("tiny", out, studies=["robustness", "smoothing"])
+    monkeypatch.setattr(run_attacks, "evaluate_run", lambda *a, **k: pytest.fail("attacked again"))
+    again = reproduce.reproduce("tiny", out, studies=["robustness", "smoothing"])
     assert again["smoothing"].tables[0].rows == smoothing.tables[0].rows
 
 
 def test_study_settings_come_from_the_preset_options_and_are_checked(tmp_path):
-    from spatialmix import robustness, study
+    from spatialmix.studies import robustness
+    from spatialmix.studies import context as study
 
     def context(options):
         preset = study.Preset("t", "t", study.PRESETS["quick"].base, options=options)
         return study.StudyContext(preset, tmp_path, (0,), {})
 
     quick = robustness.attack_settings(context({}))
-    assert (quick.n_examples, quick.eps) == (500, attacks.DEFAULT_EPS)
+    assert (quick.n_examples, quick.eps) == (500, settings.DEFAULT_EPS)
     assert robustness.smoothing_sigmas(context({})) == (0.0, 0.5, 1.0, 2.0)
     assert robustness.attack_settings(context({"robustness": {"steps": 3}})).steps == 3
     with pytest.raises(SpatialmixError, match="robustness.stepz"):

@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spatialmix import cli, runs
-from spatialmix.models import count_parameters, create_model
+from spatialmix.cli import main as cli
+from spatialmix.io import runs
+from spatialmix.models.factory import count_parameters, create_model
 
 from conftest import config_flags, run_cli, snapshot_files
 
@@ -269,7 +270,7 @@ def test_every_field_of_a_command_is_in_its_help_with_its_text(command, monkeypa
     """--help is generated from the dataclasses: every field, its flag, its help text; and nothing else."""
     import dataclasses
 
-    from spatialmix.cli_options import help_text, option_strings
+    from spatialmix.options import help_text, option_strings
 
     monkeypatch.setenv("COLUMNS", "100000")   # no line breaks inside a help text
     parser = _command_parsers()[command]
@@ -298,12 +299,13 @@ def _option_help(command: str, flag: str) -> str:
 
 def test_names_listed_in_help_texts_are_the_names_the_library_knows():
     """A help text that lists names by hand must list every name (`--dataset` once forgot imagefolder)."""
-    from spatialmix.attack_settings import ATTACKS, NORMS
-    from spatialmix.batches import AUGMENTATIONS
-    from spatialmix.data import DATASETS
-    from spatialmix.mixing import INITS, MODES
-    from spatialmix.study import PRESETS
-    from spatialmix.unshuffle import LOSSES, UNSHUFFLE_PRESETS
+    from spatialmix.robustness.settings import ATTACKS, NORMS
+    from spatialmix.data.batches import AUGMENTATIONS
+    from spatialmix.data.datasets import DATASETS
+    from spatialmix.core.inits import INITS
+    from spatialmix.core.mixing import MODES
+    from spatialmix.studies.context import PRESETS
+    from spatialmix.engine.unshuffle import LOSSES, UNSHUFFLE_PRESETS
 
     listed = {("train", "--dataset"): DATASETS, ("train", "--mode"): MODES, ("train", "--spatial-init"): INITS,
               ("train", "--augment"): AUGMENTATIONS, ("attack", "--attacks"): ATTACKS, ("attack", "--norm"): NORMS,
@@ -321,8 +323,8 @@ def test_unshuffle_settings_mirror_the_study_function():
     """UnshuffleSettings holds exactly the keyword arguments of unshuffle_study (and TrainConfig overrides)."""
     import inspect
 
-    from spatialmix.config import TrainConfig
-    from spatialmix.unshuffle_settings import UnshuffleSettings
+    from spatialmix.engine.config import TrainConfig
+    from spatialmix.studies.unshuffle_settings import UnshuffleSettings
 
     study = cli._unshuffle_study_module().unshuffle_study
     named = {name for name, p in inspect.signature(study).parameters.items() if p.kind is not p.VAR_KEYWORD}
@@ -339,8 +341,8 @@ def test_reproduce_settings_mirror_the_reproduce_function():
     import dataclasses
     import inspect
 
-    from spatialmix.command_settings import ReproduceSettings
-    from spatialmix.study import reproduce
+    from spatialmix.cli.settings import ReproduceSettings
+    from spatialmix.studies.reproduce import reproduce
 
     named = [name for name, p in inspect.signature(reproduce).parameters.items() if p.kind is not p.VAR_KEYWORD]
     assert [f.name for f in dataclasses.fields(ReproduceSettings)] == \
@@ -352,7 +354,7 @@ def test_reproduce_settings_mirror_the_reproduce_function():
 def test_the_generator_turns_field_types_into_options():
     import dataclasses
 
-    from spatialmix.cli_options import ArgumentParser, add_options, given_values, int_or_all, option
+    from spatialmix.options import ArgumentParser, add_options, given_values, int_or_all, option
     from spatialmix.errors import SpatialmixError
 
     @dataclasses.dataclass
@@ -416,7 +418,7 @@ def test_argparse_refuses_a_value_outside_a_fixed_set(capsys):
 # --------------------------------------------------------------------------- decisions the library makes
 
 def test_default_run_dir_names_dataset_model_mode_and_seed():
-    from spatialmix.config import TrainConfig, default_run_dir, run_dir_for
+    from spatialmix.engine.config import TrainConfig, default_run_dir, run_dir_for
     from spatialmix.errors import SpatialmixError
 
     config = TrainConfig(dataset="cifar10", model="timm:convnext_atto", mode="chans", seed=3)
@@ -429,8 +431,8 @@ def test_default_run_dir_names_dataset_model_mode_and_seed():
 
 
 def test_supported_modes_need_a_layer_of_the_kind_they_freeze():
-    from spatialmix.mixing import MixingSummary
-    from spatialmix.model_info import supported_modes
+    from spatialmix.core.mixing import MixingSummary
+    from spatialmix.models.info import supported_modes
 
     def summary(**layers):
         return MixingSummary([dict(kind=k, layers=n, trainable=1, frozen=0) for k, n in layers.items() if n])
@@ -443,7 +445,7 @@ def test_supported_modes_need_a_layer_of_the_kind_they_freeze():
 
 
 def test_describe_model_counts_parameters_and_mixers():
-    from spatialmix.model_info import describe_model
+    from spatialmix.models.info import describe_model
 
     info = describe_model("convmixer-256/8", in_chans=1, num_classes=10, image_size=28)
     assert info.parameters == count_parameters(create_model("convmixer-256/8", in_chans=1, num_classes=10,

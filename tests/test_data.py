@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from spatialmix import data as data_mod
-from spatialmix.batches import BatchLoader, Normalize, random_crop, random_flip, to_unit_range
-from spatialmix.data import DATASETS, ENV_VAR, load_dataset
-from spatialmix.data_files import read_idx
+from spatialmix.data import datasets as data_mod
+from spatialmix.data.batches import BatchLoader, Normalize, random_crop, random_flip, to_unit_range
+from spatialmix.data.datasets import DATASETS, ENV_VAR, load_dataset
+from spatialmix.data.files import read_idx
 from spatialmix.errors import SpatialmixError
 
 from conftest import SYSTEM_FASHION_MNIST, write_fake_idx_dir, write_idx
@@ -109,7 +109,7 @@ def test_missing_data_names_where_it_looked(tmp_path, monkeypatch, no_system_dat
     with pytest.raises(SpatialmixError) as err:
         load_dataset("svhn")
     assert "unknown dataset 'svhn'" in str(err.value) and "cifar10" in str(err.value)
-    with pytest.raises(SpatialmixError, match=r"use spatialmix\.imagefolder\.load_image_folder\(data_dir\)"):
+    with pytest.raises(SpatialmixError, match=r"use spatialmix\.data\.imagefolder\.load_image_folder\(data_dir\)"):
         load_dataset("imagefolder", data_dir=empty)
 
 

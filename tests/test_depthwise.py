@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spatialmix import depthwise, native, speed
+from spatialmix.accel import depthwise
+from spatialmix.accel import native
+from spatialmix.accel import speed
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no kernels: {native.status()}")
 

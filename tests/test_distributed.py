@@ -17,10 +17,14 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from spatialmix import distributed, runs
-from spatialmix.batches import BatchLoader
+from spatialmix.engine import distributed
+from spatialmix.io import runs
+from spatialmix.data.batches import BatchLoader
 from spatialmix.errors import SpatialmixError
-from spatialmix.train import ClassificationTask, TrainConfig, build_model, load_trained_model, train
+from spatialmix.engine.classification import ClassificationTask
+from spatialmix.engine.tasks import build_model
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import load_trained_model, train
 
 # spawns torchrun process groups: the slow tier
 pytestmark = [pytest.mark.slow]
@@ -218,7 +222,7 @@ def test_sharded_evaluation_counts_every_example_once(tiny_data):
 
 
 def test_global_batch_must_split_over_the_processes(tiny_data):
-    from spatialmix.train import make_loaders
+    from spatialmix.engine.train import make_loaders
 
     with pytest.raises(SpatialmixError, match="does not split evenly over 3 processes"):
         make_loaders(TrainConfig(**CONFIG), tiny_data, torch.device("cpu"), rank=0, world_size=3)

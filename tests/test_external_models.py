@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from spatialmix.cli import main
+from spatialmix.cli.main import main
 from spatialmix.errors import SpatialmixError
-from spatialmix.models import create_model
-from spatialmix.train import TrainConfig, load_trained_model, train
+from spatialmix.models.factory import create_model
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import load_trained_model, train
 
 # Depthwise convolutions by the architectures' published layouts: ConvNeXt-atto has stage depths
 # (2, 2, 6, 2), one 7 x 7 depthwise conv per block; MobileNetV2 has 17 inverted-residual blocks, one

@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from spatialmix.figures import save_png
+from spatialmix.io.figures import save_png
 
 
 def test_save_png_returns_the_bytes_it_writes_and_closes_the_figure(tmp_path):

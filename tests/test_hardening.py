@@ -15,9 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spatialmix import cli, runs
+from spatialmix.cli import main as cli
+from spatialmix.io import runs, storage
 from spatialmix.errors import NonFiniteLossError, SpatialmixError
-from spatialmix.train import TrainConfig, load_trained_model, resume_config, train
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.tasks import saved_config
+from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.resume import resume_config
 
 from conftest import SUBPROCESS_ENV, TINY, config_flags, snapshot_files
 
@@ -86,7 +90,7 @@ def test_resume_with_more_epochs_extends_a_finished_run(tiny_data, tmp_path):
     summary = train(extended, run_dir, resume=True, data=tiny_data)
     assert summary["epochs"] == 2
     assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
-    assert runs.Run(run_dir).train_config().epochs == 2   # what it now is, for later comparisons
+    assert saved_config(runs.Run(run_dir)).epochs == 2   # what it now is, for later comparisons
     with pytest.raises(SpatialmixError, match="epochs may only grow"):
         resume_config(run_dir, {"epochs": 1})
 
@@ -133,7 +137,7 @@ def test_sigterm_leaves_a_consistent_checkpoint_a_clear_line_and_a_run_that_resu
     config = TrainConfig(**{**TINY, "data_dir": str(fake_fashion_dir), "train_subset": 256, "epochs": 3})
     run_dir = tmp_path / "run"
     latest = run_dir / runs.CKPT_DIR / runs.LATEST
-    proc = subprocess.Popen([sys.executable, "-m", "spatialmix.cli", "train", *config_flags(config),
+    proc = subprocess.Popen([sys.executable, "-m", "spatialmix.cli.main", "train", *config_flags(config),
                              "--out", str(run_dir)], env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -156,7 +160,7 @@ def test_sigterm_leaves_a_consistent_checkpoint_a_clear_line_and_a_run_that_resu
     epoch = runs.read_json(latest)["epoch"]
     assert status["state"] == "interrupted" and status["epoch"] == epoch
     load_trained_model(run_dir)   # the checkpoint it names is complete
-    resumed = subprocess.run([sys.executable, "-m", "spatialmix.cli", "train", "--resume", "--out", str(run_dir)],
+    resumed = subprocess.run([sys.executable, "-m", "spatialmix.cli.main", "train", "--resume", "--out", str(run_dir)],
                              env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert runs.read_json(run_dir / runs.STATUS) == {"state": "finished", "epoch": 3}
@@ -167,7 +171,7 @@ def test_sigterm_leaves_a_consistent_checkpoint_a_clear_line_and_a_run_that_resu
 def _poison_batchnorm_in_epoch(monkeypatch, steps_per_epoch: int, epoch: int):
     """BatchNorm's running mean becomes NaN during ``epoch`` while every training loss stays finite
     (training normalizes with the batch's statistics): only a check of the weights catches it."""
-    import spatialmix.train as train_mod
+    import spatialmix.engine.train as train_mod
 
     real_build = train_mod.build_model
 
@@ -207,7 +211,7 @@ def test_non_finite_batchnorm_statistics_are_never_saved(tiny_data, tmp_path, mo
 def test_metrics_are_strict_json(tmp_path):
     path = tmp_path / "metrics.jsonl"
     with pytest.raises(SpatialmixError, match="non-finite number"):
-        runs.append_jsonl(path, {"epoch": 1, "test_loss": float("nan")})
+        storage.append_jsonl(path, {"epoch": 1, "test_loss": float("nan")})
     assert not path.exists() or path.read_text() == ""
 
 
@@ -276,7 +280,7 @@ def test_a_full_disk_is_one_line_and_the_status_says_it_stopped(tiny_data, tmp_p
     run_dir = tmp_path / "run"
     calls = {"n": 0}
     if where == "weights":
-        from spatialmix import storage
+        from spatialmix.io import storage
 
         real = storage.save_file
 
@@ -303,7 +307,7 @@ def test_a_full_disk_is_one_line_and_the_status_says_it_stopped(tiny_data, tmp_p
                                             ("ten", "epochs must be a whole number, got 'ten'"),
                                             (True, "epochs must be a whole number, got True")])
 def test_sweep_grid_values_of_the_wrong_type_fail_the_dry_run(tmp_path, value, expected):
-    from spatialmix.sweep import grid_sweep
+    from spatialmix.sweep.plan import grid_sweep
 
     with pytest.raises(SpatialmixError) as err:
         grid_sweep({"base": {"epochs": value}, "grid": {"mode": ["full", "chans"]}}, tmp_path / "sweep")

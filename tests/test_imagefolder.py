@@ -6,9 +6,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from spatialmix.imagefolder import FolderLoader, load_image_folder
+from spatialmix.data.imagefolder import FolderLoader, load_image_folder
 from spatialmix.errors import SpatialmixError
-from spatialmix.train import TrainConfig, train
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import train
 
 
 def write_folder(root, classes=("cat", "dog", "eel"), per_class=(6, 3), size=20):
@@ -73,7 +74,7 @@ def folder_config(root, **changes):
 
 
 def weights_of(run_dir):
-    from spatialmix import runs
+    from spatialmix.io import runs
 
     return load_file(str(runs.latest_checkpoint(run_dir) / runs.MODEL_FILE))
 
@@ -107,7 +108,7 @@ def test_worker_processes_give_the_batches_of_the_main_process(tmp_path):
 
 
 def test_a_killed_folder_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    from spatialmix import runs
+    from spatialmix.io import runs
 
     root = write_folder(tmp_path / "data")
     straight = train(folder_config(root), tmp_path / "straight")
@@ -162,7 +163,7 @@ def test_default_image_size_is_the_images_own(tmp_path):
 def test_default_workers_are_the_available_cores():
     import os
 
-    from spatialmix.train import resolve_workers
+    from spatialmix.engine.train import resolve_workers
 
     assert TrainConfig().workers is None
     assert resolve_workers(None) == len(os.sched_getaffinity(0))

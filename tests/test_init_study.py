@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from spatialmix import runs
-from spatialmix.attacks import AttackSettings
-from spatialmix.init_study import (COVARIANCE, COVARIANCE_FROM, DEFAULT, DEFAULT_SIGMA, FULL, SPACE,
+from spatialmix.io import runs
+from spatialmix.robustness.settings import AttackSettings
+from spatialmix.studies.init import (COVARIANCE, COVARIANCE_FROM, DEFAULT, DEFAULT_SIGMA, FULL, SPACE,
                                    best_smoothing_sigma, init_study, prior_gain_table)
-from spatialmix.study import Preset, StudyContext, StudyResult, classification_run_dir
-from spatialmix.train import TrainConfig
+from spatialmix.studies.context import Preset, StudyContext, classification_run_dir
+from spatialmix.io.study_results import StudyResult
+from spatialmix.engine.config import TrainConfig
 
 from conftest import TINY
 

@@ -10,11 +10,14 @@ import sys
 import pytest
 import torch
 
-from spatialmix import runs, study
+from spatialmix.io import runs
+from spatialmix.studies import context as study
 from spatialmix.errors import SpatialmixError
-from spatialmix.train import TrainConfig, train
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import train
 
 from conftest import TINY, config_flags, run_cli
+from spatialmix.io import lock
 
 # A process that holds a folder's lock the way spatialmix does (flock on RUN/run.lock, pid inside),
 # without importing torch: it starts in milliseconds.
@@ -42,7 +45,7 @@ def held(tmp_path):
 
 def test_a_second_writer_is_refused_with_the_holders_pid(held, tiny_data):
     folder, proc = held
-    with pytest.raises(runs.RunLockedError) as err:
+    with pytest.raises(lock.RunLockedError) as err:
         train(TrainConfig(**TINY), folder, data=tiny_data)
     assert f"in use by another spatialmix process (pid {proc.pid})" in str(err.value)
     assert sorted(p.name for p in folder.iterdir()) == [runs.LOCK]   # nothing written
@@ -95,14 +98,14 @@ def test_a_start_that_wrote_nothing_leaves_no_folder(tmp_path):
 
 
 def test_reproduce_and_sweeps_use_the_same_lock(held, monkeypatch):
-    from spatialmix import sweep
+    from spatialmix.sweep import plan as sweep
 
     folder, proc = held
     config = TrainConfig(**TINY)
     monkeypatch.setattr(study, "train", lambda *a, **k: pytest.fail("trained a locked run"))
-    with pytest.raises(runs.RunLockedError, match=f"pid {proc.pid}"):
+    with pytest.raises(lock.RunLockedError, match=f"pid {proc.pid}"):
         study.train_or_reuse(config, folder)
-    with pytest.raises(runs.RunLockedError, match=f"pid {proc.pid}"):
+    with pytest.raises(lock.RunLockedError, match=f"pid {proc.pid}"):
         sweep.run_job(config.to_dict(), str(folder))
 
 
@@ -168,7 +171,7 @@ def test_two_fresh_starts_at_once_leave_one_consistent_run(fake_fashion_dir, tmp
     """Two `spatialmix train` on the same --out: one runs, the other exits 2 naming it."""
     folder = tmp_path / "run"
     config = TrainConfig(**{**TINY, "data_dir": str(fake_fashion_dir), "train_subset": 256, "epochs": 2})
-    cmd = [sys.executable, "-m", "spatialmix.cli", "train", *config_flags(config), "--out", str(folder)]
+    cmd = [sys.executable, "-m", "spatialmix.cli.main", "train", *config_flags(config), "--out", str(folder)]
     from conftest import SUBPROCESS_ENV
 
     procs = [subprocess.Popen(cmd + ["--seed", str(seed)], env=SUBPROCESS_ENV, stdout=subprocess.PIPE,

@@ -11,12 +11,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from spatialmix import runs
+from spatialmix.io import runs
 from spatialmix.errors import SpatialmixError
-from spatialmix.mixing import (CHANNEL, SPATIAL, InitSpec, apply_mixing, classify_layers, frozen_fingerprint,
-                               gaussian_kernel, layers_of_kind, smooth_filters, summarize)
-from spatialmix.models import ConvMixer, create_model
-from spatialmix.train import TrainConfig, build_model, make_optimizer, train
+from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing, classify_layers, frozen_fingerprint, layers_of_kind, summarize
+from spatialmix.core.inits import InitSpec, gaussian_kernel, smooth_filters
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.models.factory import create_model
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.tasks import build_model
+from spatialmix.engine.train import make_optimizer, train
 
 from conftest import SUBPROCESS_ENV
 
@@ -214,8 +217,8 @@ def test_build_model_is_a_function_of_the_config(tiny_config):
 NEW_PROCESS_SCRIPT = """
 import sys, torch
 from safetensors.torch import save_file
-from spatialmix.mixing import InitSpec, apply_mixing
-from spatialmix.models import ConvMixer
+from spatialmix.core.mixing import InitSpec, apply_mixing
+from spatialmix.models.registry import ConvMixer
 torch.manual_seed(999)  # a different global RNG state than the test process
 model = ConvMixer(16, 2, kernel_size=5, patch_size=4, in_chans=1, num_classes=10)
 apply_mixing(model, "chans", InitSpec("gaussian", 0.2, 1.0), seed=7)

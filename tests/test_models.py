@@ -6,7 +6,10 @@ import torch
 from torch import nn
 
 from spatialmix.errors import SpatialmixError
-from spatialmix.models import ConvMixer, count_parameters, create_model, list_models
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.models.factory import count_parameters, create_model
+from spatialmix.engine.config import TrainConfig
+from spatialmix.models.registry import MODEL_REGISTRY, list_models, register_model
 
 # Published sizes (ConvMixer paper, Table 1; timm's exact counts for 1000 classes).
 PUBLISHED = [
@@ -175,19 +178,28 @@ def test_mlpmixer_has_the_parameters_of_timms_mixer_of_the_same_sizes(width, dep
     assert "mlpmixer" in list_models() and "mlpmixer-128/6" in list_models()
 
 
-def test_the_model_table_lists_every_built_in_model_without_importing_their_modules():
-    """One visible table: the un-shuffling network is listed (and validated) before its module is
-    imported, and building it imports it then."""
-    import subprocess
-    import sys
+def test_every_family_registers_its_models_in_the_one_table():
+    """Each family's @register_model fills MODEL_REGISTRY; the factory imports every family, so a
+    name is known (and validated by TrainConfig) wherever models are built."""
+    assert {"convmixer", "convmixer-256/8", "mlpmixer", "mlpmixer-128/6", "resnet18-sep", "resnet18",
+            "unshufflenet"} <= set(list_models())
+    assert all(isinstance(info.description, str) and info.description for info in MODEL_REGISTRY.values())
+    TrainConfig(model="unshufflenet", patch_size=1).validate()
+    model = create_model("unshufflenet", in_chans=1, num_classes=10, width=8, depth=1)
+    assert type(model).__name__ == "UnshuffleNet"
 
-    code = ("import sys\n"
-            "from spatialmix.models import MODEL_REGISTRY, create_model, list_models\n"
-            "from spatialmix.config import TrainConfig\n"
-            "assert 'unshufflenet' in list_models() and 'spatialmix.unshuffle' not in sys.modules\n"
-            "TrainConfig(model='unshufflenet', patch_size=1).validate()\n"
-            "model = create_model('unshufflenet', in_chans=1, num_classes=10, width=8, depth=1)\n"
-            "assert type(model).__name__ == 'UnshuffleNet' and 'spatialmix.unshuffle' in sys.modules\n"
-            "assert all(isinstance(info.description, str) and info.description for info in MODEL_REGISTRY.values())\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+
+def test_a_model_of_your_own_registers_with_the_decorator_and_builds_by_name():
+    @register_model("tiny-test-net", "a test model", width=4)
+    class TinyNet(nn.Module):
+        def __init__(self, in_chans: int, num_classes: int, width: int):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1, groups=1), nn.Flatten(),
+                                      nn.LazyLinear(num_classes))
+
+    try:
+        assert "tiny-test-net" in list_models() and MODEL_REGISTRY["tiny-test-net"].builder is TinyNet
+        model = create_model("tiny-test-net", in_chans=1, num_classes=3, width=6)
+        assert isinstance(model, TinyNet) and model.body[0].out_channels == 6
+    finally:
+        MODEL_REGISTRY.pop("tiny-test-net")

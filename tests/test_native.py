@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from spatialmix import native
+from spatialmix.accel import native
 
 pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C compiler")
 
 
 def _fresh_status(env: dict) -> str:
-    code = "from spatialmix import native; print(native.status())"
+    code = "from spatialmix.accel import native; print(native.status())"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()
 

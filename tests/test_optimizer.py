@@ -6,9 +6,10 @@ import sys
 
 import torch
 
-from spatialmix.mixing import apply_mixing
-from spatialmix.models import ConvMixer
-from spatialmix.train import TrainConfig, make_optimizer, parameter_groups
+from spatialmix.core.mixing import apply_mixing
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import make_optimizer, parameter_groups
 
 from conftest import SUBPROCESS_ENV
 
@@ -48,7 +49,7 @@ def test_frozen_tensors_get_no_optimizer_state_after_steps():
 
 def test_the_command_line_builds_without_importing_torch():
     """`spatialmix --help` answers at once: building every command's options imports no torch."""
-    code = ("import sys; from spatialmix.cli import build_parser; build_parser(); "
+    code = ("import sys; from spatialmix.cli.main import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV, check=True)
     assert out.stdout.strip() == "[]"

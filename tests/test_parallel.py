@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spatialmix import runs
+from spatialmix.io import runs
 from spatialmix.errors import SpatialmixError
-from spatialmix.parallel import run_side_by_side
-from spatialmix.study import resolve_parallelism, train_or_reuse
+from spatialmix.engine.parallel import run_side_by_side
+from spatialmix.studies.reproduce import resolve_parallelism
+from spatialmix.studies.context import train_or_reuse
 
 
 def _square_and_threads(x: int) -> tuple[int, int]:
@@ -114,7 +115,7 @@ def test_a_failed_study_stops_the_other_jobs_instead_of_leaving_them_running(tmp
 
 
 def test_interrupted_reproduce_says_to_run_the_same_command_again(monkeypatch, capsys):
-    from spatialmix import cli
+    from spatialmix.cli import main as cli
 
     def interrupted(args):
         raise KeyboardInterrupt

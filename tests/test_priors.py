@@ -11,12 +11,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spatialmix import runs
+from spatialmix.io import runs
 from spatialmix.errors import SpatialmixError
-from spatialmix.mixing import InitSpec, apply_mixing
-from spatialmix.models import ConvMixer
-from spatialmix.priors import GROWTH, SIGMA0, closed_form_covariance, depth_sigma, nearest_layer
-from spatialmix.train import TrainConfig, build_model, load_trained_model, train
+from spatialmix.core.inits import InitSpec
+from spatialmix.core.mixing import apply_mixing
+from spatialmix.core.priors import GROWTH, SIGMA0, closed_form_covariance, depth_sigma, nearest_layer
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.init_source import empirical_prior
+from spatialmix.engine.tasks import build_model
+from spatialmix.engine.train import load_trained_model, train
 
 # Sample statistics of n draws are compared with the construction entry by entry within Z standard errors:
 # the standard error of a sample covariance entry is sqrt((S_ii S_jj + S_ij^2) / n), of a mean sqrt(S_ii / n).
@@ -101,7 +104,7 @@ def full_run(tmp_path_factory):
     images = torch.randint(0, 64, (256, 1, 28, 28), generator=g).to(torch.uint8)
     for band in range(4):
         images[labels == band, :, band * 7:(band + 1) * 7, :] += 150
-    from spatialmix.data import ImageData
+    from spatialmix.data.datasets import ImageData
 
     data = ImageData("fashion-mnist", images, labels, images[:64], labels[:64], (0.3,), (0.3,), list("abcd"),
                      source="memory")
@@ -122,7 +125,7 @@ def test_covariance_from_a_run_draws_each_layer_from_the_nearest_trained_layer(f
     run_dir, _ = full_run
     source = run_filters(run_dir)
     model = depthwise_stack(width=20000, depth=4, kernel=3)   # wider and deeper than the run
-    apply_mixing(model, "chans", InitSpec("covariance-from", source=str(run_dir)), seed=0)
+    apply_mixing(model, "chans", spec(run_dir), seed=0)
     # 4 layers from 2: relative depths 0, 1/3, 2/3, 1 -> source layers 0, 0, 1, 1.
     assert [nearest_layer(i, 4, 2) for i in range(4)] == [0, 0, 1, 1]
     for conv, src in zip(model, [0, 0, 1, 1]):
@@ -158,7 +161,7 @@ def test_covariance_from_trains_with_frozen_filters_bitwise_and_rebuilds(full_ru
 
 
 def spec(path) -> InitSpec:
-    return InitSpec("covariance-from", source=str(path))
+    return InitSpec("covariance-from", source=str(path), prior=empirical_prior(path))
 
 
 def test_covariance_from_untrusted_folders_fails_with_one_clear_line(full_run, tmp_path):

@@ -9,14 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from spatialmix import report, runs
-from spatialmix.cli import main
-from spatialmix.data import ImageData
-from spatialmix.display import ResultTable
-from spatialmix.study import PRESETS, STUDIES, StudyContext, StudyResult, classification_table, save_results, \
-    study_function
-from spatialmix.study_result import Figure
-from spatialmix.train import TrainConfig, train
+from spatialmix.report import document as report
+from spatialmix.io import runs
+from spatialmix.cli.main import main
+from spatialmix.data.datasets import ImageData
+from spatialmix.ui.display import ResultTable
+from spatialmix.studies.context import PRESETS, StudyContext
+from spatialmix.studies.reproduce import STUDIES, save_results, study_function
+from spatialmix.report.tables import classification_table
+from spatialmix.io.study_results import StudyResult
+from spatialmix.io.study_results import Figure
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import train
+from spatialmix.report import sections
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 ALL_SECTIONS = ("verdicts", "classification", "curves", "robustness", "smoothing", "unshuffle", "filters",
@@ -151,7 +156,7 @@ def test_report_of_a_classification_study(study_dir, study_report):
     for section in ALL_SECTIONS:
         assert section in parser.ids
     for section in result.data["absent"]:
-        assert "Absent: " + report.ABSENT[section] in section_html(page, section)
+        assert "Absent: " + sections.ABSENT[section] in section_html(page, section)
         assert "<img" not in section_html(page, section)
     for section in result.data["present"]:
         assert "Absent:" not in section_html(page, section)
@@ -173,7 +178,7 @@ def test_report_of_a_classification_study(study_dir, study_report):
     # the Markdown tables beside it
     markdown = (dest / "report.md").read_text()
     assert "## Filter analysis" in markdown and "| low/high energy" in markdown
-    assert "_Absent: " + report.ABSENT["robustness"] in markdown
+    assert "_Absent: " + sections.ABSENT["robustness"] in markdown
 
 
 def test_the_report_leads_with_the_verdicts_and_ends_with_the_configuration(study_report):

@@ -10,9 +10,12 @@ import shutil
 import pytest
 import torch
 
-from spatialmix import runs, sweep
+from spatialmix.io import runs, storage
+from spatialmix.sweep import plan as sweep
 from spatialmix.errors import SpatialmixError
-from spatialmix.train import TrainConfig, load_trained_model, train
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.tasks import saved_config
+from spatialmix.engine.train import load_trained_model, train
 
 from conftest import TINY
 
@@ -93,7 +96,7 @@ def test_weights_larger_than_plausible_are_refused(tmp_path, monkeypatch):
     big = tmp_path / "model.safetensors"
     with open(big, "wb") as f:
         f.truncate(4096)   # sparse: the size check must come before any read
-    from spatialmix import storage
+    from spatialmix.io import storage
 
     monkeypatch.setattr(storage, "MAX_WEIGHTS_BYTES", 1024)
     with pytest.raises(SpatialmixError, match="is 4,096 bytes, more than the 1,024 a weights file may have"):
@@ -143,7 +146,7 @@ def test_append_jsonl_refuses_a_symlink(tmp_path):
     target.write_text("")
     os.symlink(target, tmp_path / "metrics.jsonl")
     with pytest.raises(SpatialmixError, match="is a symlink"):
-        runs.append_jsonl(tmp_path / "metrics.jsonl", {"epoch": 1})
+        storage.append_jsonl(tmp_path / "metrics.jsonl", {"epoch": 1})
     assert target.read_text() == ""
 
 
@@ -199,7 +202,7 @@ def test_config_of_the_wrong_shape_is_one_line_naming_the_file(run, tiny_data, d
 def test_a_huge_model_in_config_json_is_refused_before_anything_is_built(run, tiny_data, monkeypatch, section,
                                                                           field, value):
     """A hostile or mistyped config.json must not make loading or resuming allocate a giant model."""
-    import spatialmix.train as train_module
+    import spatialmix.engine.train as train_module
 
     run_dir, config = run
     edit_json(run_dir / runs.CONFIG, lambda r: {**r, section: {**r[section], field: value}})
@@ -207,7 +210,7 @@ def test_a_huge_model_in_config_json_is_refused_before_anything_is_built(run, ti
     def no_model(*args, **kwargs):
         raise AssertionError(f"a model was built from a config.json with {field}={value}")
     monkeypatch.setattr(train_module, "build_model", no_model)
-    for action in (lambda: runs.Run(run_dir).record() and runs.Run(run_dir).train_config(),
+    for action in (lambda: runs.Run(run_dir).record() and saved_config(runs.Run(run_dir)),
                    lambda: load_trained_model(run_dir),
                    lambda: train(config.replace(epochs=3), run_dir, resume=True, data=tiny_data)):
         with pytest.raises(SpatialmixError) as err:
@@ -288,7 +291,7 @@ def test_the_no_checkpoint_message_says_how_to_continue(tmp_path, tiny_data):
 
 def test_reproduce_does_not_reuse_a_finished_run_of_another_config(run, monkeypatch):
     """`reproduce --epochs 1` then `--epochs 2` used to reuse the 1-epoch runs; now it is an error."""
-    from spatialmix import study
+    from spatialmix.studies import context as study
 
     run_dir, config = run
     assert study.train_or_reuse(config, run_dir) == runs.read_json(run_dir / runs.SUMMARY)
@@ -316,7 +319,7 @@ def test_config_types_are_checked_for_every_field():
 def test_report_never_embeds_a_file_outside_the_run_folder(run, tmp_path):
     import base64
 
-    from spatialmix.report import write_report
+    from spatialmix.report.document import write_report
 
     run_dir, _ = run
     secret = tmp_path / "secret.png"
@@ -335,7 +338,7 @@ def test_report_never_embeds_a_file_outside_the_run_folder(run, tmp_path):
 
 
 def test_report_of_a_run_with_a_damaged_config_is_one_line(run, tmp_path):
-    from spatialmix.report import write_report
+    from spatialmix.report.document import write_report
 
     run_dir, _ = run
     edit_json(run_dir / runs.SUMMARY, lambda s: {**s, "test_acc": "0.9"})
@@ -349,7 +352,7 @@ def test_report_of_a_run_with_a_damaged_config_is_one_line(run, tmp_path):
 
 
 def test_report_into_a_read_only_folder_fails_before_the_work(run, tmp_path, monkeypatch):
-    from spatialmix import report
+    from spatialmix.report import document as report
 
     run_dir, _ = run
     read_only = tmp_path / "ro"
@@ -366,7 +369,7 @@ def test_report_into_a_read_only_folder_fails_before_the_work(run, tmp_path, mon
 def test_evaluation_data_is_the_users_choice_never_the_configs(run, tmp_path, monkeypatch):
     """A config.json naming RUN/payload made `attack` read (and unpickle) files from there."""
     from conftest import write_fake_idx_dir
-    from spatialmix.train import load_evaluation_data
+    from spatialmix.engine.train import load_evaluation_data
 
     run_dir, _ = run
     named, chosen = run_dir / "payload", tmp_path / "chosen"
@@ -387,7 +390,7 @@ def test_evaluation_data_is_the_users_choice_never_the_configs(run, tmp_path, mo
 def test_attack_checks_that_results_can_be_written_before_attacking(run, monkeypatch):
     import sys
 
-    from spatialmix.attacks import attack_runs
+    from spatialmix.robustness.run_attacks import attack_runs
 
     run_dir, _ = run
     module = sys.modules[attack_runs.__module__]
@@ -400,7 +403,7 @@ def test_attack_checks_that_results_can_be_written_before_attacking(run, monkeyp
 
 def test_models_command_takes_a_patch_size(capsys):
     """`spatialmix models` told users to pass --patch-size but had no such option."""
-    from spatialmix import cli
+    from spatialmix.cli import main as cli
 
     assert cli.main(["models", "timm:convnext_atto", "--image-size", "28", "--patch-size", "1"]) == 0
     assert "12 spatial mixers" in capsys.readouterr().out
@@ -411,7 +414,7 @@ def test_models_command_takes_a_patch_size(capsys):
 @pytest.mark.parametrize("field", ["width", "depth", "kernel_size", "patch_size", "image_size"])
 def test_training_refuses_the_sizes_a_run_folder_could_not_be_opened_with(field):
     """What trains must load again: TrainConfig.validate applies the run folder's size limits."""
-    from spatialmix.config import TrainConfig
+    from spatialmix.engine.config import TrainConfig
 
     limit = runs.SIZE_LIMITS[field]
     value = limit + 1 if field != "kernel_size" else limit + 2   # kernels are odd

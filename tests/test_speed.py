@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spatialmix import speed
-from spatialmix.mixing import apply_mixing
-from spatialmix.models import ConvMixer
+from spatialmix.accel import speed
+from spatialmix.core.mixing import apply_mixing
+from spatialmix.models.convmixer import ConvMixer
 
 
 def _channels_last(*shape):
@@ -99,7 +99,7 @@ def test_allocator_and_threads():
 
 
 def test_every_command_takes_threads_and_refuses_bad_values(capsys):
-    from spatialmix.cli import build_parser, main
+    from spatialmix.cli.main import build_parser, main
 
     parser = build_parser()
     for argv in (["train"], ["reproduce"], ["attack", "RUN"], ["unshuffle"], ["report", "RUN"], ["sweep", "g.yaml"]):
@@ -190,7 +190,7 @@ def test_eval_batchnorm_leaves_training_mode_and_subclasses_alone():
 
 
 def test_attack_mode_swaps_batchnorm_and_restores_everything():
-    from spatialmix.attacks import attack_mode
+    from spatialmix.robustness.attacks import attack_mode
 
     model = ConvMixer(16, 2, 5, 2, in_chans=1, num_classes=10)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -227,7 +227,7 @@ def _bn_pair(affine=True, momentum=0.1):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("affine,momentum", [(True, 0.1), (False, 0.1), (True, None)])
 def test_training_batchnorm_is_torchs_forward_and_state_with_the_same_gradients(dtype, affine, momentum):
-    from spatialmix import native
+    from spatialmix.accel import native
 
     if native.library() is None:
         pytest.skip(native.status())
@@ -262,7 +262,7 @@ def test_training_batchnorm_gradients_do_not_depend_on_threads_and_eval_is_plain
     """The kernel's sums run over fixed blocks: the same inputs give bitwise the same gradients for
     any thread count. (torch's own batch-norm forward, whose statistics feed them, does not
     promise that: its mean moved in the last bit between 1 and 2 threads.)"""
-    from spatialmix import native
+    from spatialmix.accel import native
 
     lib = native.library()
     if lib is None:

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from spatialmix.errors import SpatialmixError
-from spatialmix.statistics import mcnemar_exact, mean_interval, ols_slope, paired_bootstrap, paired_t_interval
+from spatialmix.analysis.statistics import mcnemar_exact, mean_interval, ols_slope, paired_bootstrap, paired_t_interval
 
 # Student's sleep data (Cushny & Peebles 1905), extra hours of sleep under two drugs, same 10 patients.
 # The textbook paired t-test (R: t.test(extra ~ group, sleep, paired = TRUE)) gives a mean

@@ -8,11 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spatialmix import runs, study
+from spatialmix.io import runs
+from spatialmix.studies import context as study
 from spatialmix.errors import SpatialmixError
-from spatialmix.study import PRESETS, classification_run_dir, reproduce
+from spatialmix.studies.context import PRESETS, classification_run_dir
 
 from conftest import SYSTEM_FASHION_MNIST
+from spatialmix.studies import reproduce as reproduce_module
+from spatialmix.studies.reproduce import reproduce
 
 # trains on the real Fashion-MNIST: the slow tier
 pytestmark = [pytest.mark.slow,
@@ -185,14 +188,14 @@ def test_unknown_names(tmp_path):
 def test_the_study_table_names_every_study_in_running_order():
     """One visible table: every entry resolves to a function of its module, the report runs last,
     the verdicts just before it, and each claim's studies before the verdicts."""
-    names = list(study.STUDIES)
+    names = list(reproduce_module.STUDIES)
     assert names[-2:] == ["verdicts", "report"]
     assert names.index("classification") < names.index("robustness") < names.index("smoothing")
     for name in names:
-        fn = study.study_function(name)
-        assert callable(fn) and f"{fn.__module__}:{fn.__name__}" == study.STUDIES[name]
+        fn = reproduce_module.study_function(name)
+        assert callable(fn) and f"{fn.__module__}:{fn.__name__}" == reproduce_module.STUDIES[name]
     with pytest.raises(SpatialmixError, match="unknown study 'segmentation'"):
-        study.study_function("segmentation")
+        reproduce_module.study_function("segmentation")
 
 
 def test_reproduce_prints_the_time_of_each_study_and_the_total(study_dir):

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from conftest import SRC_DIR, snapshot_files
-from spatialmix import runs
-from spatialmix.cli import main
+from spatialmix.io import runs
+from spatialmix.cli.main import main
 from spatialmix.errors import SpatialmixError
-from spatialmix.study import classification_run_dir
-from spatialmix.sweep import (JobResources, finished_summary, grid_sweep, load_grid_file, make_executor, parse_time,
-                              plan_sweep, run_sweep, study_sweep)
-from spatialmix.sweep_settings import SweepSettings, parse_slurm_options
+from spatialmix.studies.context import classification_run_dir
+from spatialmix.sweep.settings import JobResources, parse_time
+from spatialmix.sweep.plan import finished_summary, grid_sweep, load_grid_file, plan_sweep, run_sweep, study_sweep
+from spatialmix.sweep.slurm import make_executor
+from spatialmix.sweep.settings import SweepSettings, parse_slurm_options
 
 TINY_BASE = dict(model="convmixer", width=8, depth=1, kernel_size=3, patch_size=4, epochs=1, batch_size=64,
                  train_subset=128, test_subset=64, progress=False, device="cpu", amp="none")

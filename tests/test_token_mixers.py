@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from spatialmix import runs
-from spatialmix.cli import main
+from spatialmix.io import runs
+from spatialmix.cli.main import main
 from spatialmix.errors import SpatialmixError
-from spatialmix.mixing import (CHANNEL, SPATIAL, InitSpec, apply_mixing, classify_layers, smooth_token_mixer,
-                               summarize)
-from spatialmix.models import MLPMixer, create_model
-from spatialmix.train import TrainConfig, load_trained_model, make_optimizer, train
+from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing, classify_layers, summarize
+from spatialmix.core.inits import InitSpec, smooth_token_mixer
+from spatialmix.models.factory import create_model
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import load_trained_model, make_optimizer, train
 
 
 def timm_small(kind: str, embed_dim: int = 32, blocks: int = 2, img: int = 32, patch: int = 8):

@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spatialmix import runs
+from spatialmix.io import runs
 from spatialmix.errors import NonFiniteLossError, SpatialmixError
-from spatialmix.train import TrainConfig, load_trained_model, piecewise_linear_lr, train
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.train import load_trained_model, piecewise_linear_lr, train
 
 from conftest import SUBPROCESS_ENV, config_flags, snapshot_files
 
@@ -79,7 +80,7 @@ RESUME_CONFIG = dict(dataset="fashion-mnist", model="convmixer", width=32, depth
 @pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(fake_fashion_dir, tmp_path):
     config = TrainConfig(**RESUME_CONFIG, data_dir=str(fake_fashion_dir))
-    cli = [sys.executable, "-m", "spatialmix.cli", "train", *config_flags(config)]
+    cli = [sys.executable, "-m", "spatialmix.cli.main", "train", *config_flags(config)]
     killed = tmp_path / "killed"
     latest = killed / runs.CKPT_DIR / runs.LATEST
 
@@ -200,7 +201,7 @@ def test_resume_with_another_config_is_refused(run_copy):
 # --------------------------------------------------------------------------- non-finite loss
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config, tiny_data, tmp_path, monkeypatch):
-    import spatialmix.train as train_mod
+    import spatialmix.engine.train as train_mod
 
     steps_per_epoch = len(tiny_data.train_labels) // 64
     real_build = train_mod.build_model

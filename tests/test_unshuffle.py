@@ -12,16 +12,18 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SUBPROCESS_ENV, snapshot_files
-from spatialmix import runs
-from spatialmix.cli import main
-from spatialmix.data import ImageData
+from spatialmix.io import runs
+from spatialmix.cli.main import main
+from spatialmix.data.datasets import ImageData
 from spatialmix.errors import SpatialmixError
-from spatialmix.mixing import CHANNEL, HEAD, SPATIAL, classify_layers, summarize
-from spatialmix.train import build_model, load_trained_model, task_from_dict, train
-from spatialmix.permutation import PERMUTATION_FILE, PixelPermutation, make_permutation
-from spatialmix.unshuffle import (UNSHUFFLE_PRESETS, UnshuffleNet, UnshuffleTask, load_run_permutation, psnr,
-                                  scrambled_floor, ssim, train_unshuffle, unshuffle_config)
-from spatialmix.unshuffle_study import CURVES_FILE, FIGURE_FILE, TABLE_FILES, unshuffle_study
+from spatialmix.core.mixing import CHANNEL, HEAD, SPATIAL, classify_layers, summarize
+from spatialmix.engine.tasks import build_model, task_from_dict
+from spatialmix.engine.train import load_trained_model, train
+from spatialmix.data.permutation import PERMUTATION_FILE, PixelPermutation, make_permutation
+from spatialmix.engine.unshuffle import UNSHUFFLE_PRESETS, UnshuffleTask, psnr, scrambled_floor, ssim, unshuffle_config
+from spatialmix.models.unshufflenet import UnshuffleNet
+from spatialmix.engine.unshuffle_train import load_run_permutation, train_unshuffle
+from spatialmix.studies.unshuffle import CURVES_FILE, FIGURE_FILE, TABLE_FILES, unshuffle_study
 
 TINY = dict(width=8, depth=1, kernel_size=3, epochs=1, batch_size=32, lr=0.01, progress=False)
 
@@ -154,7 +156,7 @@ class _Oracle(torch.nn.Module):
 
 
 def test_task_evaluation_scores_the_oracle_perfectly_and_the_identity_as_the_floor(shapes_data):
-    from spatialmix.train import make_loaders
+    from spatialmix.engine.train import make_loaders
 
     task = UnshuffleTask(perm_seed=2)
     config = unshuffle_config("small", width=8, depth=1, progress=False)
@@ -262,10 +264,10 @@ def test_a_new_process_rebuilds_the_same_permutation_and_the_saved_run(shapes_da
     assert isinstance(model, UnshuffleNet)
     # A fresh process (one Python start for both checks: importing torch is the slow part) gives the
     # same permutation for the same seed, and rebuilds the run without importing spatialmix.unshuffle.
-    code = ("import json, torch; from spatialmix.train import load_trained_model;"
+    code = ("import json, torch; from spatialmix.engine.train import load_trained_model;"
             f"m, r = load_trained_model({str(run_dir)!r}); print(type(m).__name__, m(torch.zeros(1, 1, 28, 28))"
             ".shape[1:].numel());"
-            "from spatialmix.permutation import make_permutation;"
+            "from spatialmix.data.permutation import make_permutation;"
             "print(json.dumps(make_permutation(28, 11).source.tolist()));"
             "print(json.dumps(make_permutation(28, 11, 4).source.tolist()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV,
@@ -420,7 +422,8 @@ def test_a_permutation_file_for_another_image_size_is_refused_and_kept(fake_fash
 
 
 def test_the_unshuffle_study_runs_inside_reproduce(fake_fashion_dir, tmp_path):
-    from spatialmix.study import PRESETS, STUDIES, Preset, StudyContext, study_function
+    from spatialmix.studies.context import PRESETS, Preset, StudyContext
+    from spatialmix.studies.reproduce import STUDIES, study_function
 
     order = list(STUDIES)
     assert order.index("unshuffle") < order.index("report")

@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spatialmix import verdicts as V
+from spatialmix.analysis.claims import eps_value
+from spatialmix.analysis.verdicts import reproduce_commands
 from spatialmix.errors import SpatialmixError
-from spatialmix.statistics import Estimate
-from spatialmix.verdicts import (CLAIMS, CONTRADICTS, INCONCLUSIVE, NOT_RUN, SUPPORTS, claim_verdicts, decide,
-                                 verdict_table, verdicts_for_runs, verdicts_for_study)
+from spatialmix.analysis.statistics import Estimate
+from spatialmix.analysis.claims import CLAIMS, CONTRADICTS, INCONCLUSIVE, NOT_RUN, SUPPORTS, claim_verdicts, decide
+from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs, verdicts_for_study
 
 
 def bits_of(array) -> str:
@@ -216,7 +217,7 @@ def test_claim_3_relative_to_full_and_to_the_floor():
 # --------------------------------------------------------------------------- not run, the table
 
 def test_claims_without_data_are_not_run_with_the_command():
-    commands = V.reproduce_commands(Path("runs/study"))
+    commands = reproduce_commands(Path("runs/study"))
     verdicts = claim_verdicts(classification({"full": [0.9, 0.91], "chans": [0.9, 0.905]}), commands=commands)
     assert [v.claim for v in verdicts] == ["1a", "1b", "2a", "2b", "3a", "3b"]   # 1b: no Space runs
     assert [v.verdict for v in verdicts][1:] == [NOT_RUN] * 5
@@ -226,7 +227,7 @@ def test_claims_without_data_are_not_run_with_the_command():
 
 def test_verdict_table_lists_every_line_with_its_numbers():
     verdicts = claim_verdicts(classification({"full": [0.9, 0.91, 0.9], "chans": [0.85, 0.86, 0.86]}),
-                              commands=V.reproduce_commands(Path("x")))
+                              commands=reproduce_commands(Path("x")))
     table = verdict_table(verdicts)
     cells = table.cells()
     headers = [h for _, h, _ in table.columns]
@@ -258,7 +259,7 @@ def write_run(path: Path, train: dict, summary: dict | None, robustness: dict | 
 
 def robustness_json(record: dict, settings: dict) -> dict:
     return {"settings": settings, "n_examples": 500,
-            "budgets": [{"eps": V.eps_value(k), "eps_label": k, "robust_acc": record["robust_acc"][k],
+            "budgets": [{"eps": eps_value(k), "eps_label": k, "robust_acc": record["robust_acc"][k],
                          "robust_bits": record["robust_bits"][k]} for k in record["robust_acc"]]}
 
 
@@ -300,7 +301,8 @@ def test_verdicts_for_a_study_folder(tmp_path):
 
 
 def test_the_verdicts_step_of_reproduce_saves_strict_json(tmp_path):
-    from spatialmix.study import PRESETS, STUDIES, StudyContext, study_function
+    from spatialmix.studies.context import PRESETS, StudyContext
+    from spatialmix.studies.reproduce import STUDIES, study_function
 
     study = make_study(tmp_path / "study")
     (study / "classification" / "chans-seed0").rename(study / "classification" / "gone")   # 1a: no pair at seed 0

@@ -1,0 +1,301 @@
+"""The claims of the paper and the rule that turns data into a verdict for each.
+
+Everything here works on plain data (run summaries, per-run robustness records, an
+un-shuffling study's numbers); :mod:`spatialmix.verdicts` reads them from study and run
+folders, documents the rule and makes the table.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from spatialmix.analysis.statistics import Estimate, McNemar, mcnemar_exact, mean_interval, ols_slope, paired_bootstrap, \
+    paired_t_interval
+
+# The size of the test set a summary's accuracy was measured on (the readers add it from config.json).
+TEST_EXAMPLES = "test_examples"
+SUPPORTS, CONTRADICTS, INCONCLUSIVE, NOT_RUN = "supports", "contradicts", "inconclusive", "not run"
+VERDICT_WORDS = (SUPPORTS, CONTRADICTS, INCONCLUSIVE, NOT_RUN)
+CLASSIFICATION_MARGIN = 0.01      # 1 point of accuracy: "nearly the same" (claim 1a)
+PSNR_MARGIN_DB = 1.0              # claim 3a
+GAIN_FRACTION = 0.9               # claim 3b
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper: what is measured, and on which side of which threshold the paper is."""
+
+    id: str
+    paper: str            # what the paper says
+    effect: str           # what is measured
+    unit: str             # "accuracy", "accuracy per sigma", "dB" or "fraction"
+    threshold: float
+    side: int             # +1: the paper's side is above the threshold, -1: below
+    studies: str          # the `reproduce` studies that test it
+
+
+CLAIMS = {c.id: c for c in [
+    Claim("1a", "Chans reaches nearly Full's accuracy", "Chans − Full clean test accuracy", "accuracy",
+          -CLASSIFICATION_MARGIN, +1, "classification"),
+    Claim("1b", "Space is clearly worse than Full", "Space − Full clean test accuracy", "accuracy", 0.0, -1,
+          "classification"),
+    Claim("2a", "Chans is more robust than Full", "Chans − Full robust accuracy", "accuracy", 0.0, +1, "robustness"),
+    Claim("2b", "smoothing Chans's frozen filters adds robustness",
+          "slope of Chans robust accuracy vs smoothing sigma", "accuracy per sigma", 0.0, +1, "smoothing"),
+    Claim("3a", "Chans un-shuffles as well as Full", "Chans − Full un-shuffling PSNR", "dB", -PSNR_MARGIN_DB, +1,
+          "unshuffle"),
+    Claim("3b", "Chans recovers nearly all Full recovers", "(Chans − floor) / (Full − floor) PSNR", "fraction",
+          GAIN_FRACTION, +1, "unshuffle"),
+]}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of the verdict table."""
+
+    claim: str                     # an id of CLAIMS
+    effect: str                    # what was measured (with the budget for 2a / 2b)
+    estimate: Estimate | None      # None: not run
+    verdict: str
+    scope: str = ""                # which setting of a sweep, "" when there is one
+    details: str = ""              # McNemar per seed, why an interval is missing, the command to run
+
+    @property
+    def paper(self) -> str:
+        return CLAIMS[self.claim].paper
+
+
+def decide(claim: Claim, estimate: Estimate | None) -> str:
+    """The word of the rule (stated in :mod:`spatialmix.verdicts`) for ``estimate``'s interval."""
+    if estimate is None:
+        return NOT_RUN
+    if not estimate.defined:
+        return INCONCLUSIVE
+    low, high = (estimate.low - claim.threshold) * claim.side, (estimate.high - claim.threshold) * claim.side
+    low, high = min(low, high), max(low, high)
+    return SUPPORTS if low > 0 else CONTRADICTS if high < 0 else INCONCLUSIVE
+
+
+def rule_text(claim: Claim) -> str:
+    """When the claim's verdict is "supports" (the mirror image gives "contradicts")."""
+    scale, unit = {"accuracy": (100, " pts"), "accuracy per sigma": (100, " pts/σ"), "dB": (1, " dB")}.get(
+        claim.unit, (1, ""))
+    value = "0" if claim.threshold == 0 else f"{scale * claim.threshold:g}{unit}"
+    return f"{'>' if claim.side > 0 else '<'} {value}"
+
+
+# --------------------------------------------------------------------------- numbers from plain data
+
+def finite_number(value) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def parse_bits(value) -> np.ndarray | None:
+    """A '0'/'1' string (one character per example) as 0/1 integers; None for anything else."""
+    if not isinstance(value, str) or not value or set(value) - {"0", "1"}:
+        return None
+    return np.frombuffer(value.encode("ascii"), dtype=np.uint8).astype(np.int8) - ord("0")
+
+
+def _by_seed(items: list[dict], value_key: str, bits_key: str) -> dict:
+    """``{seed: (value, bits)}`` of the items with a number at ``value_key`` (the first of a seed wins)."""
+    out = {}
+    for item in items:
+        value, seed = finite_number(item.get(value_key)), item.get("seed")
+        if value is not None and isinstance(seed, int) and seed not in out:
+            out[seed] = (value, parse_bits(item.get(bits_key)))
+    return out
+
+
+def compare(first: dict, second: dict) -> tuple[Estimate, list[McNemar]] | None:
+    """``first - second`` over the seeds both have (``{seed: (value, bits)}``): the paired per-example
+    bootstrap when every pair has bits of one length, else the seed-paired t-interval."""
+    seeds = sorted(set(first) & set(second))
+    if not seeds:
+        return None
+    pairs = [(first[s][1], second[s][1]) for s in seeds]
+    if all(a is not None and b is not None and a.size == b.size for a, b in pairs):
+        estimate = paired_bootstrap([a.astype(float) - b for a, b in pairs])
+        return estimate, [mcnemar_exact(a, b) for a, b in pairs]
+    return paired_t_interval({s: first[s][0] for s in seeds}, {s: second[s][0] for s in seeds}), []
+
+
+def _mcnemar_text(seeds_tests: list[McNemar], names: tuple[str, str]) -> str:
+    if not seeds_tests:
+        return ""
+    parts = [f"{t.first_only}/{t.second_only} p={t.p_value:.2g}" for t in seeds_tests]
+    return f"exact McNemar per seed (only {names[0]} / only {names[1]} right): " + ", ".join(parts)
+
+
+def eps_value(label: str) -> float | None:
+    try:
+        top, _, bottom = str(label).partition("/")
+        return float(top) / (float(bottom) if bottom else 1.0)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _budget_labels(records: list[dict]) -> list[str]:
+    labels = dict.fromkeys(k for r in records for k in (r.get("robust_acc") or {}))
+    return sorted((k for k in labels if (eps_value(k) or 0) > 0), key=eps_value)
+
+
+def mode_name(value) -> str:
+    return str(value).lower()
+
+
+# --------------------------------------------------------------------------- the claims
+
+def classification_verdicts(summaries: dict[str, list[dict]], scope: str = "") -> list[Verdict]:
+    """1a and 1b from ``{mode: [summary, ...]}`` (``test_acc``, ``seed``, optional ``test_correct_bits``)."""
+    summaries = {mode_name(m): rows for m, rows in summaries.items() if isinstance(rows, list)}
+    by_mode = {m: _by_seed(rows, "test_acc", "test_correct_bits") for m, rows in summaries.items()}
+    out = []
+    for claim_id, mode in (("1a", "chans"), ("1b", "space")):
+        if not by_mode.get(mode) or not by_mode.get("full"):
+            continue
+        compared = compare(by_mode[mode], by_mode["full"])
+        if compared is None:
+            out.append(_no_pairs(claim_id, scope, mode))
+            continue
+        estimate, tests = compared
+        examples = _common_count(summaries.get(mode, []) + summaries.get("full", []), TEST_EXAMPLES)
+        out.append(_verdict(claim_id, CLAIMS[claim_id].effect, _with_examples(estimate, examples), scope,
+                            _mcnemar_text(tests, (mode.capitalize(), "Full"))))
+    return out
+
+
+def _common_count(items: list, key: str) -> int | None:
+    """The one positive whole number every item has at ``key`` (None when they differ or lack it)."""
+    values = {item.get(key) if isinstance(item, dict) else None for item in items}
+    value = values.pop() if len(values) == 1 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _with_examples(estimate: Estimate, n: int | None) -> Estimate:
+    """A seed-level interval says how many examples each seed's number was measured on."""
+    return estimate if estimate.n_examples is not None or n is None else replace(estimate, n_examples=n)
+
+
+def robustness_verdicts(records: list[dict], scope: str = "") -> list[Verdict]:
+    """2a per budget from per-run records: ``mode``, ``seed``, ``robust_acc`` and optional ``robust_bits``
+    (both ``{eps_label: ...}``) and ``examples_sha256`` (which examples were attacked). Examples are
+    paired only when every record that names its examples names the same ones."""
+    same_examples = len({r.get("examples_sha256") for r in records} - {None}) <= 1
+    out = []
+    for label in _budget_labels(records):
+        side = {mode: _by_seed([{"seed": r.get("seed"), "acc": (r.get("robust_acc") or {}).get(label),
+                                 "bits": (r.get("robust_bits") or {}).get(label) if same_examples else None}
+                                for r in records if mode_name(r.get("mode")) == mode], "acc", "bits")
+                for mode in ("chans", "full")}
+        if not side["chans"] or not side["full"]:
+            continue
+        compared = compare(side["chans"], side["full"])
+        if compared is None:
+            out.append(_no_pairs("2a", scope, "chans", f" at eps {label}"))
+            continue
+        estimate, tests = compared
+        out.append(_verdict("2a", f"{CLAIMS['2a'].effect} at eps {label}", estimate, scope,
+                            _mcnemar_text(tests, ("Chans", "Full"))))
+    return out
+
+
+def smoothing_verdicts(records: list[dict], scope: str = "", n_examples: int | None = None) -> list[Verdict]:
+    """2b per budget: the OLS slope of robust accuracy on ``smooth_sigma`` over Chans runs."""
+    chans = [r for r in records if mode_name(r.get("mode", "chans")) == "chans" and finite_number(r.get("smooth_sigma")) is not None]
+    out = []
+    for label in _budget_labels(chans):
+        points = [(float(r["smooth_sigma"]), finite_number((r.get("robust_acc") or {}).get(label)), r.get("seed"))
+                  for r in chans]
+        points = [p for p in points if p[1] is not None]
+        if len({p[0] for p in points}) < 2:
+            continue
+        estimate = ols_slope([p[0] for p in points], [p[1] for p in points], n_seeds=len({p[2] for p in points}),
+                             n_examples=n_examples)
+        sigmas = ", ".join(f"{s:g}" for s in sorted({p[0] for p in points}))
+        out.append(_verdict("2b", f"{CLAIMS['2b'].effect} at eps {label}", estimate, scope, f"sigmas {sigmas}"))
+    return out
+
+
+def unshuffle_verdicts(payload: dict, scope: str = "") -> list[Verdict]:
+    """3a and 3b from an un-shuffling study (``unshuffle.json``: ``runs`` = ``{label: [summary, ...]}``,
+    ``floor`` = one ``{"psnr"}`` per seed of ``settings.seeds``)."""
+    labelled = payload.get("runs") if isinstance(payload.get("runs"), dict) else {}
+    psnr = {mode_name(k): _by_seed(v, "test_psnr", "") for k, v in labelled.items() if isinstance(v, list)}
+    chans, full = psnr.get("chans") or {}, psnr.get("full") or {}
+    if not chans or not full:
+        return []
+    out = []
+    examples = _common_count(payload.get("floor") if isinstance(payload.get("floor"), list) else [], "n")
+    compared = compare(chans, full)
+    out.append(_verdict("3a", CLAIMS["3a"].effect, _with_examples(compared[0], examples), scope) if compared
+               else _no_pairs("3a", scope, "chans"))
+    floors = _floors(payload)
+    fractions = [(chans[s][0] - floors[s]) / (full[s][0] - floors[s]) for s in sorted(set(chans) & set(full) & set(floors))
+                 if full[s][0] > floors[s]]
+    if fractions:
+        estimate = _with_examples(mean_interval(fractions), examples)
+        note = f"Chans {_mean(chans):.2f} dB, Full {_mean(full):.2f} dB, floor {np.mean(list(floors.values())):.2f} dB"
+        out.append(_verdict("3b", CLAIMS["3b"].effect, estimate, scope, note))
+    elif floors:
+        out.append(Verdict("3b", CLAIMS["3b"].effect, Estimate(math.nan, None, None, "no seed where Full beats the "
+                                                                "floor", 0), INCONCLUSIVE, scope))
+    return out
+
+
+def _floors(payload: dict) -> dict[int, float]:
+    floors = payload.get("floor") if isinstance(payload.get("floor"), list) else []
+    settings = payload.get("settings") if isinstance(payload.get("settings"), dict) else {}
+    seeds = settings.get("seeds") if isinstance(settings.get("seeds"), list) else []
+    values = [finite_number(f.get("psnr")) if isinstance(f, dict) else None for f in floors]
+    return {s: v for s, v in zip(seeds, values) if isinstance(s, int) and v is not None}
+
+
+def _mean(by_seed: dict) -> float:
+    return float(np.mean([v for v, _ in by_seed.values()]))
+
+
+def _verdict(claim_id: str, effect: str, estimate: Estimate, scope: str, details: str = "") -> Verdict:
+    return Verdict(claim_id, effect, estimate, decide(CLAIMS[claim_id], estimate), scope, details)
+
+
+def _no_pairs(claim_id: str, scope: str, mode: str, where: str = "") -> Verdict:
+    return Verdict(claim_id, CLAIMS[claim_id].effect + where, Estimate(math.nan, None, None, "no seed in common", 0),
+                   INCONCLUSIVE, scope, f"{mode.capitalize()} and Full share no seed: train both with the same seeds")
+
+
+def claim_verdicts(classification: dict | None = None, robustness: list[dict] | None = None,
+                   smoothing: list[dict] | None = None, unshuffle: dict | None = None, *, scope: str = "",
+                   commands: dict[str, str] | None = None, robust_examples: int | None = None) -> list[Verdict]:
+    """Every claim's verdict from the data of the studies (``None``: that study did not run).
+
+    ``classification``: ``{mode: [summary, ...]}``; ``robustness`` / ``smoothing``: per-run records
+    (see :func:`robustness_verdicts`, :func:`smoothing_verdicts`); ``unshuffle``: the un-shuffling
+    study's ``unshuffle.json``. A claim without data gets a "not run" line naming ``commands[study]``.
+    """
+    found = {"classification": classification_verdicts(classification or {}, scope),
+             "robustness": robustness_verdicts(robustness or [], scope),
+             "smoothing": smoothing_verdicts(smoothing or [], scope, robust_examples),
+             "unshuffle": unshuffle_verdicts(unshuffle or {}, scope)}
+    out = []
+    for claim in CLAIMS.values():
+        lines = [v for v in found[claim.studies] if v.claim == claim.id]
+        if lines:
+            out += lines
+        elif commands is not None and claim.studies in commands:
+            out.append(Verdict(claim.id, claim.effect, None, NOT_RUN, scope, f"run `{commands[claim.studies]}`"))
+    return out
+
+
+def format_value(value: float, unit: str) -> str:
+    """An effect as the table shows it: accuracies in signed percentage points."""
+    if unit == "accuracy":
+        return f"{100 * value:+.2f} pts"
+    if unit == "accuracy per sigma":
+        return f"{100 * value:+.2f} pts/σ"
+    if unit == "dB":
+        return f"{value:+.2f} dB"
+    return f"{value:+.3f}"

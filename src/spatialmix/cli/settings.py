@@ -1,0 +1,98 @@
+"""The settings of the commands that are not a training, attack or un-shuffling setting.
+
+Each dataclass holds what one command adds to the library's own settings (where a run goes,
+which runs to read, ...); the command line generates its options from them
+(:mod:`spatialmix.cli_options`). Imports nothing heavy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spatialmix.options import option, option_like
+from spatialmix.engine.config import TrainConfig
+
+THREADS_HELP = "torch threads of this process (default: torch's own, one per physical core)"
+
+
+def _threads(help_text: str = THREADS_HELP):
+    return option(None, help_text, minimum=1)
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in str(text).split(",") if part.strip())
+
+
+def _none_or_path(text: str) -> str | None:
+    return None if str(text).strip().lower() == "none" else str(text)
+
+
+@dataclass(frozen=True)
+class TrainCommand:
+    """``spatialmix train``: the TrainConfig options, and these."""
+
+    out: str | None = option(None, "run directory (default: runs/DATASET-MODEL-MODE-seedS)")
+    resume: bool = option(False, "continue the run in --out with its saved config from its newest complete "
+                                 "checkpoint (or start it if nothing was saved); options given with it must match, "
+                                 "except --epochs (to extend), --device, --progress, --workers, and --lr/--amp after "
+                                 "a divergence")
+
+
+# TrainConfig fields the studies set per run: not options of `spatialmix reproduce`.
+REPRODUCE_SKIP = ("mode", "seed", "threads")
+
+
+@dataclass(frozen=True)
+class ReproduceSettings:
+    """``spatialmix reproduce``: the arguments of :func:`spatialmix.study.reproduce` but the training overrides."""
+
+    preset: str = option("quick", "quick (Fashion-MNIST, CPU minutes) or paper (CIFAR-10, GPU)")
+    out: str = option("runs/reproduce", "study folder")
+    seeds: tuple[int, ...] | None = option(None, "seeds to repeat each run with (mean and std; default: the "
+                                                 "preset's)")
+    studies: tuple[str, ...] | None = option(None, "comma-separated subset of the studies to run (default: every "
+                                                   "one but those run on request)", parse=_comma_list)
+    processes: int | None = option(None, "independent trainings and attack evaluations run side by side in this "
+                                         "many processes (default: one per available core)")
+    threads: int | None = _threads("torch threads of each process (default: 1 when side by side)")
+
+
+@dataclass(frozen=True)
+class ModelQuery:
+    """``spatialmix models [NAME]``: which model to build and describe."""
+
+    name: str | None = option(None, "a model name (also timm:NAME, torchvision:NAME); none: list the names",
+                              positional=True, nargs="?")
+    in_chans: int = option(3, "input channels")
+    num_classes: int = option(10, "classes")
+    image_size: int = option(32, "image size in pixels")
+    patch_size: int | None = option(None, "patch size / stem stride (timm models that take one, and convmixer)")
+    spatial_pattern: str | None = option_like(TrainConfig, "spatial_pattern")
+    channel_pattern: str | None = option_like(TrainConfig, "channel_pattern")
+
+
+@dataclass(frozen=True)
+class AttackOutput:
+    """``spatialmix attack RUN_DIR ...``: which runs, where their test set is, where the results go."""
+
+    run_dirs: tuple[str, ...] = option((), "run directories (spatialmix train / reproduce)", positional=True,
+                                       nargs="+", metavar="RUN_DIR")
+    data_dir: str | None = option(None, "folder holding the test set (default: $SPATIALMIX_DATA, the OS package, "
+                                        "the download cache; never the run's own config)")
+    out_name: str = option("robustness", "results go to RUN_DIR/OUT_NAME.json and the plot to OUT_NAME.png")
+    plot: str | None = option("auto", "where to draw robust accuracy vs eps (default: OUT_NAME.png in the run "
+                                      "directory, or in the runs' common parent folder); 'none' to skip",
+                              parse=_none_or_path, metavar="PATH")
+    progress: bool = option(True, "progress bar")
+    threads: int | None = _threads()
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """``spatialmix report PATH ... -o report.html``."""
+
+    paths: tuple[str, ...] = option((), "run directories (spatialmix train) and study folders (spatialmix reproduce)",
+                                    positional=True, nargs="+", metavar="RUN_DIR_OR_STUDY_DIR")
+    out: str = option("report.html", "the HTML file to write; the Markdown tables go beside it as .md",
+                      flags=("-o", "--out"))
+    fft_size: int = option(32, "zero-pad each spatial filter to this size before its DFT")
+    threads: int | None = _threads()

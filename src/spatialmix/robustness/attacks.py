@@ -1,0 +1,308 @@
+"""Adversarial evaluation of trained models: the attack engine.
+
+The conventions are RobustBench's: inputs in [0, 1], normalization inside the attacked model
+(:class:`InputSpaceModel`), the model in eval mode and in float32. One evaluation, read top to
+bottom in :func:`attack_every_budget`:
+
+* the budgets go from the smallest to the largest; at each one, every attack of
+  ``settings.attacks`` (default: APGD-CE, then APGD-T on the ``targets`` classes the model ranks
+  next) runs only on the examples still standing: an example broken at a smaller budget is broken
+  at every larger one, since the smaller ball lies inside the larger;
+* every attack stops per example as soon as the model misclassifies it (:mod:`spatialmix.apgd`),
+  so the cost is spent on the robust examples;
+* an attack at a larger budget starts each example from its highest-loss point of the budget
+  before (a warm start; ``warm_start=False``: random starts);
+* every adversarial example is projected into the eps ball and [0, 1] and classified again here:
+  nothing an attack claims is taken on trust.
+
+An example counts as robust at ``eps`` only if no attack of the evaluation, at any budget, found a
+misclassified input within distance ``eps`` of it, so the curve never rises with eps. Then the
+checks of :mod:`spatialmix.masking` run on a fixed sample (the first ``reference_examples``):
+the strong reference (100-step APGD-CE and APGD-T) at every budget, whose gap to the default is
+saved as ``result["reference_check"]``, and the checks against gradient masking. What they
+break counts in the results too. The settings: :mod:`spatialmix.attack_settings`; reading,
+writing and plotting results: :mod:`spatialmix.attack_results`.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from spatialmix.robustness import apgd
+from spatialmix.robustness.apgd import distance, project
+from spatialmix.robustness.settings import AttackSettings, eps_label
+from spatialmix.accel.speed import eval_batchnorm
+from spatialmix.data.batches import Normalize
+
+RESULT_NAME = "robustness"
+DLR_MIN_CLASSES = 4     # the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2
+
+
+# --------------------------------------------------------------------------- the attacked model
+
+class InputSpaceModel(nn.Module):
+    """A model that takes images in [0, 1]: normalization, then the trained network."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+
+        self.normalize = Normalize(mean, std)
+        self.model = model
+
+    def forward(self, x):
+        return self.model(self.normalize(x))
+
+
+@contextmanager
+def attack_mode(model: nn.Module):
+    """Eval mode and no parameter gradients while attacking; the model is left as it was found.
+
+    On a CPU also what makes each attack step faster without changing what it computes beyond
+    float rounding: batch norms as multiply-adds (:func:`speed.eval_batchnorm`) and 4-D weights
+    in channels_last memory, so oneDNN's convolutions and their input gradients take their
+    faster path (with :data:`apgd.CPU_CHUNK`: 17.3 s -> 11.4 s for the default evaluation of 200
+    examples, the README's attack benchmark).
+    """
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    layouts = [(p, p.data) for p in model.parameters() if p.dim() == 4 and p.device.type == "cpu"]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    for p, data in layouts:   # (not .contiguous(): it keeps a 1 x 1 kernel's strides, which oneDNN reads as NCHW)
+        p.data = torch.empty_like(data, memory_format=torch.channels_last).copy_(data)
+    try:
+        with eval_batchnorm(model):
+            yield model
+    finally:
+        for p, data in layouts:
+            p.data = data
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def derive_seed(seed: int, *parts) -> int:
+    """A seed for one attack call, from the evaluation seed and what the call is (not its order)."""
+    digest = hashlib.sha256(":".join(str(p) for p in (seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+# --------------------------------------------------------------------------- running one attack
+
+Progress = Callable[[str, int], None]   # (what runs now, gradient steps spent so far)
+
+
+class Attacker:
+    """One model and its examples; runs named attacks on chosen examples and keeps the worst case.
+
+    ``nearest[i]``: the distance of the closest misclassified input any attack found for example
+    i (0 when it is misclassified as it is): it is broken at every budget at least that large.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AttackSettings,
+                 device: torch.device, progress: Progress | None = None):
+        self.model, self.x, self.y, self.s, self.device = model, x, y, settings, device
+        self.progress = progress or (lambda stage, steps: None)
+        logits = self.logits(x)
+        self.num_classes = logits.shape[1]
+        self.correct = logits.argmax(1) == y
+        # APGD-T's targets: the classes the model ranks next on the clean image (Croce & Hein).
+        self.ranked = logits.argsort(1, descending=True)
+        self.nearest = torch.where(self.correct, math.inf, 0.0)
+        self.gradient_steps = 0
+        self.outside_ball = 0     # adversarial examples an attack returned outside the ball or [0, 1]
+        self.max_perturbation: dict[float, float] = {}
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = [apgd.forward(self.model, x[i:i + self.s.batch_size].to(self.device)).float().cpu()
+               for i in range(0, len(x), self.s.batch_size)]
+        return torch.cat(out)
+
+    def robust(self, eps: float) -> torch.Tensor:
+        return self.nearest > eps
+
+    def standing(self, eps: float, among: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices of the examples no attack has broken within ``eps`` (optionally: among a mask)."""
+        mask = self.robust(eps) if among is None else self.robust(eps) & among
+        return mask.nonzero().flatten()
+
+    def run(self, attack: str, eps: float, idx: torch.Tensor, *, tag: str, steps: int | None = None,
+            start: WarmStart | None = None) -> tuple[torch.Tensor, WarmStart]:
+        """Attack the examples ``idx`` at ``eps``; returns which it broke and where each one ended.
+
+        ``attack``: apgd-ce, apgd-tJ (the J-th ranked other class), pgd, fgsm or square.
+        """
+        broken = torch.zeros(len(idx), dtype=torch.bool)
+        ends = WarmStart(self.x[idx].clone())
+        steps = steps or self.s.steps
+        for b, first in enumerate(range(0, len(idx), self.s.batch_size)):
+            part = slice(first, first + self.s.batch_size)
+            x, y = self.x[idx[part]].to(self.device), self.y[idx[part]].to(self.device)
+            begin = None if start is None else start.part(part, self.device)
+            generator = torch.Generator().manual_seed(derive_seed(self.s.seed, attack, tag, f"{eps:.12g}", b))
+            self.progress(f"{tag}: {attack} at eps {eps_label(eps)}", self.gradient_steps)
+            outcome = self._attack(attack, eps, x, y, idx[part], steps, begin, generator)
+            # Only what the attack claims broken is checked (the rest it saw correctly classified).
+            claimed = outcome.broken.nonzero().flatten()
+            broken[first + claimed] = self._verify(outcome.adv[claimed], x[claimed], y[claimed],
+                                                   idx[part][claimed], eps)
+            ends.store(part, outcome)
+        self.progress(f"{tag}: {attack} at eps {eps_label(eps)}", self.gradient_steps)
+        return broken, ends
+
+    def _attack(self, attack, eps, x, y, idx, steps, start, generator) -> apgd.Outcome:
+        norm = self.s.norm
+        if attack == "square":
+            return self._square(eps, x, y, generator)
+        if attack == "fgsm":
+            outcome = apgd.pgd(self.model, x, y, eps, norm, 1, step_size=1.0, random=False)
+        else:
+            outcome = None
+            for r in range(self.s.restarts):   # a restart attacks only what the earlier ones missed
+                todo = torch.ones(len(y), dtype=torch.bool) if outcome is None else ~outcome.broken
+                warm = start.select(todo) if start is not None and r == 0 else {}
+                if attack == "pgd":
+                    o = apgd.pgd(self.model, x[todo], y[todo], eps, norm, steps, step_size=self.s.step_size,
+                                 start=warm.get("start"), generator=generator)
+                else:
+                    target = self.ranked[idx, int(attack[6:])].to(self.device) if attack.startswith("apgd-t") else None
+                    o = apgd.apgd(self.model, x[todo], y[todo], eps, norm, steps, generator=generator,
+                                  loss="ce" if target is None else "dlr-targeted",
+                                  target=None if target is None else target[todo], **warm)
+                outcome = o if outcome is None else _merge(outcome, o, todo)
+        self.gradient_steps += outcome.gradient_steps
+        return outcome
+
+    def _square(self, eps, x, y, generator) -> apgd.Outcome:
+        import torchattacks
+
+        seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)   # torchattacks draws from the global generators
+            attack = torchattacks.Square(self.model, norm=self.s.norm, eps=eps, n_queries=self.s.square_queries,
+                                         n_restarts=1, seed=seed)
+            adv = attack(x, y).detach().to(x.dtype)
+        self.gradient_steps += len(y) * self.s.square_queries // 3    # (a query is about 1/3 of a step)
+        with torch.no_grad():
+            claimed = (apgd.forward(self.model, project(adv, x, eps, self.s.norm)).argmax(1) != y).cpu()
+        return apgd.Outcome(claimed, adv, 0)
+
+    def _verify(self, adv, x, y, idx, eps) -> torch.Tensor:
+        """Project into the ball, classify again, record the distances of the misclassified points."""
+        norm = self.s.norm
+        outside = (distance(adv, x, norm) > eps * (1 + 1e-5) + 1e-6) | (adv.flatten(1).amin(1) < -1e-6) \
+            | (adv.flatten(1).amax(1) > 1 + 1e-6)
+        self.outside_ball += int(outside.sum())
+        adv = project(adv, x, eps, norm)
+        with torch.no_grad():
+            wrong = (apgd.forward(self.model, adv).argmax(1) != y).cpu()
+        dist = distance(adv, x, norm).cpu().clamp(max=eps)   # (inside the ball up to rounding)
+        self.nearest[idx[wrong]] = torch.minimum(self.nearest[idx[wrong]], dist[wrong])
+        if len(dist):
+            self.max_perturbation[eps] = max(self.max_perturbation.get(eps, 0.0), float(dist.max()))
+        return wrong
+
+
+def _merge(first: apgd.Outcome, second: apgd.Outcome, todo: torch.Tensor) -> apgd.Outcome:
+    """A restart's outcome on ``todo`` over the first's (no warm-start gradients: they differ)."""
+    adv = first.adv.clone()
+    adv[todo] = second.adv
+    broken = first.broken.clone()
+    broken[todo] = second.broken
+    return apgd.Outcome(broken, adv, first.gradient_steps + second.gradient_steps)
+
+
+@dataclass
+class WarmStart:
+    """Where an attack left each example: the next budget's start, with APGD's loss and gradient there."""
+
+    points: torch.Tensor
+    loss: torch.Tensor | None = None
+    grad: torch.Tensor | None = None
+    gradless: bool = False    # some example has no gradient (a restart, a non-APGD attack): recompute them all
+
+    def store(self, part: slice, outcome: apgd.Outcome) -> None:
+        self.points[part] = outcome.adv.cpu()
+        if outcome.grad is None or self.gradless:
+            self.gradless, self.loss, self.grad = True, None, None
+            return
+        if self.grad is None:
+            self.loss, self.grad = torch.zeros(len(self.points)), torch.zeros_like(self.points)
+        self.loss[part], self.grad[part] = outcome.loss.cpu(), outcome.grad.cpu()
+
+    def take(self, idx: torch.Tensor) -> "WarmStart":
+        return WarmStart(*(None if t is None else t[idx] for t in (self.points, self.loss, self.grad)))
+
+    def put(self, idx: torch.Tensor, ends: "WarmStart") -> None:
+        """Keep ``ends`` for the examples ``idx`` (a superset of those standing at the next budget)."""
+        self.points[idx] = ends.points
+        if ends.grad is None:
+            self.loss = self.grad = None
+            return
+        if self.grad is None:
+            self.loss, self.grad = torch.zeros(len(self.points)), torch.zeros_like(self.points)
+        self.loss[idx], self.grad[idx] = ends.loss, ends.grad
+
+    def part(self, part: slice, device) -> "WarmStart":
+        return WarmStart(*(None if t is None else t[part].to(device) for t in (self.points, self.loss, self.grad)))
+
+    def select(self, mask: torch.Tensor) -> dict:
+        """Keyword arguments of :func:`spatialmix.apgd.apgd` for the examples of ``mask``."""
+        if self.grad is None:
+            return {"start": self.points[mask]}
+        return {"start": self.points[mask], "start_loss": self.loss[mask], "start_grad": self.grad[mask]}
+
+
+def attack_plan(settings: AttackSettings, targets: int | None = None) -> list[str]:
+    """The attacks of ``settings.attacks`` in the order they run, APGD-T as one attack per target."""
+    plan = []
+    for name in settings.attacks:
+        plan += [f"apgd-t{j}" for j in range(1, (targets or settings.targets) + 1)] if name == "apgd-t" else [name]
+    return plan
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+@dataclass
+class Budget:
+    """What the default attacks did at one budget."""
+
+    eps: float
+    broken_by: dict[str, int] = field(default_factory=dict)   # per attack, the examples it broke here
+    default_robust: torch.Tensor | None = None                 # robust after the default attacks alone
+
+
+def attack_every_budget(attacker: Attacker, s: AttackSettings) -> list[Budget]:
+    """The default evaluation: every attack at every budget, smallest first, on what still stands."""
+    plan = attack_plan(s)
+    starts: dict[str, WarmStart] = {}   # per attack, where each example ended at the last budget
+    budgets = []
+    for eps in s.eps:
+        budget = Budget(eps)
+        for attack in plan if eps > 0 else []:
+            idx = attacker.standing(eps)
+            start = starts[attack].take(idx) if s.warm_start and attack in starts else None
+            broken, ends = attacker.run(attack, eps, idx, start=start, tag="default")
+            budget.broken_by[attack] = int(broken.sum())
+            starts.setdefault(attack, WarmStart(attacker.x.clone())).put(idx, ends)
+        budget.default_robust = attacker.robust(eps).clone()
+        budgets.append(budget)
+    return budgets
+
+
+
+
+
+
+
+
+
+

@@ -1,0 +1,152 @@
+"""TODO"""
+from __future__ import annotations
+from spatialmix.engine.device import resolve_device
+from spatialmix.engine.train import load_evaluation_data, load_trained_model
+from spatialmix.data.batches import to_unit_range
+from spatialmix.io import runs
+from spatialmix.robustness.settings import AttackSettings
+from pathlib import Path
+from spatialmix.robustness.attacks import RESULT_NAME
+from spatialmix.errors import SpatialmixError
+from spatialmix.robustness.evaluate import evaluate_robustness
+import os
+from spatialmix.robustness.results import plot_robustness
+import re
+from spatialmix.robustness.results import result_rows
+import torch
+from spatialmix.io import storage
+
+
+def select_examples(data, n_examples: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed seeded subset of the test set (all of it for None), as [0, 1] floats and labels.
+
+    The same ``n_examples`` and ``seed`` give the same images for every model of a data set, so
+    comparisons between models are paired.
+    """
+
+    if n_examples is not None and n_examples <= 0:
+        raise SpatialmixError(f"--n-examples must be at least 1, got {n_examples}")
+    subset = data.subset(None, n_examples, seed=seed)
+    return to_unit_range(subset.test_images), subset.test_labels
+
+
+def run_label(record: dict, run_dir: Path) -> str:
+    """``Chans σ=1 seed 0 (chans-sigma1-seed0)``: the mode, smoothing and seed, then the folder."""
+    train = record.get("train", {})
+    mode = str(train.get("mode", "?")).capitalize()
+    sigma = train.get("smooth_sigma") or 0
+    return f"{mode}{f' σ={sigma:g}' if sigma else ''} seed {train.get('seed', '?')} ({Path(run_dir).name})"
+
+
+def weights_fingerprint(run_dir: Path) -> dict:
+    """The newest checkpoint's folder and SHA-256 (read in chunks, from a regular file inside the run only)."""
+    return runs.Run(run_dir).weights_fingerprint()
+
+
+def _check_out_name(out_name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", out_name or "") or out_name.endswith((".json", ".png")):
+        raise SpatialmixError(f"--out-name {out_name!r} must be a plain file stem like 'robustness' "
+                              f"(letters, digits, '-', '_', '.'; no folder, no extension)")
+    return out_name
+
+
+def evaluate_run(run_dir: str | Path, settings: AttackSettings | None = None, *, data=None, progress: bool = True,
+                 data_dir: str | None = None, **changes) -> dict:
+    """Load a saved run and evaluate it (see :func:`evaluate_robustness`); the run's folder, mode,
+    smoothing, seed and checkpoint are added to the result."""
+
+    settings = (settings or AttackSettings()).replace(**changes).validate()
+    run_dir = runs.check_run_dir(Path(run_dir))
+    fingerprint = weights_fingerprint(run_dir)
+    model, record = load_trained_model(run_dir, device="cpu")
+    data = data if data is not None else _data_for_run(run_dir, {}, data_dir)
+    images, labels = select_examples(data, settings.n_examples, settings.seed)
+    d = record["data"]
+    result = evaluate_robustness(model, images, labels, settings, mean=d["mean"], std=d["std"],
+                                 label=run_label(record, run_dir), progress=progress)
+    train = record["train"]
+    summary = runs.read_json(run_dir / runs.SUMMARY, "run summary") if (run_dir / runs.SUMMARY).is_file() else {}
+    result.update({"run": str(run_dir), "mode": train.get("mode"), "seed": train.get("seed"),
+                   "smooth_sigma": train.get("smooth_sigma"), "dataset": train.get("dataset"),
+                   "test_acc": summary.get("test_acc"), "weights": fingerprint})
+    result["rows"] = result_rows(result)
+    return result
+
+
+def attack_runs(run_dirs, settings: AttackSettings | None = None, *, out_name: str = RESULT_NAME,
+                plot: str | Path | None = "auto", progress: bool = True, reuse: bool = False,
+                data_dir: str | None = None, **changes) -> list[dict]:
+    """Evaluate saved runs, save ``OUT_NAME.json`` in each run directory and plot them side by side.
+
+    Everything is checked before anything is computed or written, so bad input leaves existing
+    results untouched. ``plot="auto"`` writes ``OUT_NAME.png`` in the run directory (one run) or
+    in the runs' common parent folder; ``None`` draws nothing. ``reuse=True`` reads a saved
+    result back instead of recomputing it when it was made with the same settings and weights.
+    ``data_dir``: where the test set is (default: ``$SPATIALMIX_DATA``, the OS package, the
+    download cache; never the folder a run's config names). Returns the results, in the order of
+    ``run_dirs``.
+    """
+    settings = (settings or AttackSettings()).replace(**changes).validate()
+    out_name = _check_out_name(out_name)
+    run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
+    if not run_dirs:
+        raise SpatialmixError("no run directory given; pass folders made by `spatialmix train` or `reproduce`")
+    fingerprints = []
+    for run_dir in run_dirs:
+        runs.check_run_dir(run_dir)
+        storage.check_writable(run_dir)   # the results go there: fail now, not after the attacks
+        fingerprints.append(weights_fingerprint(run_dir))
+    results, datasets = [], {}
+    for run_dir, fingerprint in zip(run_dirs, fingerprints):
+        path = run_dir / f"{out_name}.json"
+        saved = _reusable(path, settings, fingerprint) if reuse else None
+        if saved is not None:
+            results.append(saved)
+            continue
+        data = _data_for_run(run_dir, datasets, data_dir)
+        result = evaluate_run(run_dir, settings, data=data, progress=progress)
+        runs.atomic_write_json(path, result)
+        results.append(result)
+    if plot is not None:
+        plot_path = _default_plot_path(run_dirs, out_name) if plot == "auto" else Path(plot)
+        plot_robustness(results, plot_path)
+        for result in results:
+            result["plot"] = str(plot_path)
+    return results
+
+
+def _reusable(path: Path, settings: AttackSettings, fingerprint: dict) -> dict | None:
+    """The saved result at ``path`` if it was made with these settings from these weights."""
+    if not path.is_file():
+        return None
+    try:
+        saved = runs.read_json(path, "robustness result")
+    except SpatialmixError:
+        return None
+
+    if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
+        return None
+    saved_settings = {k: v for k, v in saved["settings"].items() if k != "device"}
+    # The device matters too: the random starts come from its generator.
+    same_device = saved.get("device") == str(resolve_device(settings.device))
+    if saved_settings == settings.identity() and same_device and saved.get("weights") == fingerprint:
+        return saved
+    return None
+
+
+def _data_for_run(run_dir: Path, cache: dict, data_dir: str | None = None):
+    """The full data set of a run (loaded once per data set for all runs), from where the user says
+    (``data_dir``, ``$SPATIALMIX_DATA``, ...), never from the run's own config (a run folder is untrusted)."""
+
+    record = runs.read_json(run_dir / runs.CONFIG, "run")
+    key = (record.get("train", {}).get("dataset"), data_dir)
+    if key not in cache:
+        cache[key] = load_evaluation_data(run_dir, data_dir)
+    return cache[key]
+
+
+def _default_plot_path(run_dirs: list[Path], out_name: str) -> Path:
+    if len(run_dirs) == 1:
+        return run_dirs[0] / f"{out_name}.png"
+    parent = Path(os.path.commonpath([str(p.resolve()) for p in run_dirs]))
+    return parent / f"{out_name}.png"

@@ -1,0 +1,133 @@
+"""``spatialmix reproduce``: the studies of the paper, one after the other, and their results.
+
+:data:`STUDIES` is the one table of them, in the order ``reproduce`` runs them; each study lives
+in its own module of :mod:`spatialmix.studies`. Every run lives in its own run directory below the
+study folder; a finished run is read back instead of retrained and an interrupted one is resumed,
+so ``reproduce`` can be killed and started again at any point without losing work.
+"""
+from __future__ import annotations
+
+from spatialmix.studies.classification import classification_study
+from spatialmix.studies.init import init_study
+from spatialmix.studies.robustness import robustness_study, smoothing_study
+from spatialmix.studies.steps import report_study, verdicts_study
+from spatialmix.studies.unshuffle import unshuffle_reproduce_study
+from typing import Callable
+from spatialmix.studies.context import PRESETS
+from pathlib import Path
+from spatialmix.errors import SpatialmixError
+from spatialmix.studies.context import StudyContext
+from spatialmix.io.study_results import StudyResult
+from spatialmix.engine.config import TrainConfig
+from spatialmix.accel.speed import available_cores
+from spatialmix.ui.display import console
+import dataclasses
+from spatialmix.engine.distributed import is_main
+import json
+from spatialmix.engine.distributed import launched_world_size
+from spatialmix.io.study_results import study_entry
+import time
+from spatialmix.errors import unknown_name
+from spatialmix.io import storage
+
+
+StudyFn = Callable[[StudyContext], StudyResult]
+
+
+# Every study, in the order `reproduce` runs them (the verdicts and the report read what the others wrote).
+STUDIES: dict[str, StudyFn] = {
+    "classification": classification_study,     # claim 1
+    "robustness": robustness_study,             # claim 2
+    "smoothing": smoothing_study,               # claim 2, smoothed filters
+    "init": init_study,                         # the prior of the random filters
+    "unshuffle": unshuffle_reproduce_study,     # claim 3
+    "verdicts": verdicts_study,                 # one verdict per claim
+    "report": report_study,                     # report.html, last
+}
+# Run only when asked for (`--studies ...,init`): not part of `make reproduce`'s time budget.
+ON_REQUEST: frozenset[str] = frozenset({"init"})
+
+
+def study_function(name: str) -> StudyFn:
+    """The function of study ``name``."""
+    if name not in STUDIES:
+        raise unknown_name("study", name, STUDIES)
+    return STUDIES[name]
+
+
+def reproduce(preset: str = "quick", out_dir: str | Path = "runs/reproduce", seeds: tuple[int, ...] | None = None,
+              studies: list[str] | None = None, processes: int | None = None, threads: int | None = None,
+              **overrides) -> dict[str, StudyResult]:
+    """Run the studies of ``preset`` (by default every one of :data:`STUDIES` but those run
+    :data:`ON_REQUEST`) and save their tables.
+
+    ``overrides`` replace fields of the preset's training config (e.g. ``epochs=1``).
+    ``processes`` independent trainings and evaluations run side by side (default: one per
+    available core) with ``threads`` torch threads each (default: 1 when side by side, else
+    torch's default). Writes ``results.json`` and ``results.md`` in ``out_dir``; prints the time
+    each study took.
+    """
+    if preset not in PRESETS:
+        raise unknown_name("preset", preset, PRESETS)
+    chosen = [s for s in STUDIES if s not in ON_REQUEST] if studies is None else list(studies)
+    for name in chosen:
+        if name not in STUDIES:
+            raise unknown_name("study", name, STUDIES)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = set(overrides) - known
+    if bad:
+        raise SpatialmixError(f"unknown training settings {sorted(bad)}; valid ones are the fields of TrainConfig")
+    processes, threads = resolve_parallelism(processes, threads)
+    ctx = StudyContext(PRESETS[preset], Path(out_dir), tuple(seeds or PRESETS[preset].seeds),
+                       {k: v for k, v in overrides.items() if v is not None}, processes=processes, threads=threads)
+    ctx.config().validate()
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    start = time.perf_counter()
+    for name in chosen:
+        t0 = time.perf_counter()
+        result = study_function(name)(ctx)
+        timings[name] = time.perf_counter() - t0
+        result.data = {**result.data, "time_s": timings[name]}
+        ctx.results[name] = result
+        if is_main():   # under torchrun every rank runs the studies; rank 0 prints and writes
+            for table in result.tables:
+                table.print()
+            console.print(f"[bold]{name}[/] took {timings[name]:.0f} s", highlight=False)
+            save_results(ctx)
+    if is_main():
+        console.print("time per study: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+                      + f"; total {time.perf_counter() - start:.0f} s", highlight=False)
+    return ctx.results
+
+
+def resolve_parallelism(processes: int | None, threads: int | None) -> tuple[int, int | None]:
+    """``processes`` default: one per available core (1 under torchrun, whose ranks share each job);
+    ``threads`` default: 1 when jobs run side by side, else torch's default."""
+
+    for name, value in (("processes", processes), ("threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SpatialmixError(f"--{name} must be a whole number of at least 1, got {value!r}")
+    if processes is None:
+        processes = 1 if launched_world_size() > 1 else available_cores()
+    if threads is None and processes > 1:
+        threads = 1
+    return processes, threads
+
+
+def save_results(ctx: StudyContext) -> None:
+    """Write results.json / results.md, keeping the entries of studies run by earlier calls."""
+    path = ctx.out_dir / "results.json"
+    previous = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            if old.get("preset") == ctx.preset.name:
+                previous = old.get("studies", {})
+        except (json.JSONDecodeError, OSError):
+            previous = {}   # unreadable: replaced by this call's results
+    studies = {**previous, **{name: study_entry(r, ctx.out_dir) for name, r in ctx.results.items()}}
+    payload = {"preset": ctx.preset.name, "seeds": list(ctx.seeds), "overrides": ctx.overrides, "studies": studies}
+    storage.atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
+    markdown = "\n".join(entry.get("markdown", "") for entry in studies.values())
+    storage.atomic_write_bytes(ctx.out_dir / "results.md", markdown.encode())

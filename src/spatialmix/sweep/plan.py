@@ -1,0 +1,375 @@
+"""Sweeps: many training configurations run as independent jobs, here or on a Slurm cluster.
+
+A sweep is a list of configurations, each with its own run directory. It comes from
+
+* a grid file (YAML): every combination of the listed values is one configuration::
+
+      preset: quick            # optional: start from a study preset's training config
+      base:                    # optional: TrainConfig fields shared by every configuration
+        epochs: 2
+      grid:                    # TrainConfig field -> the values to try
+        model: [convmixer-128/6, "timm:convnext_atto"]
+        mode: [full, chans, space]
+        seed: [0, 1, 2]
+
+  whose runs land in ``OUT/runs/model=...,mode=...,seed=...``; or
+* a study preset: the runs of the classification study of ``spatialmix reproduce`` (every mode
+  and seed), in the folders ``reproduce`` uses, so its tables (and the later studies, with
+  ``spatialmix reproduce --out OUT``) are made from runs trained elsewhere.
+
+Each configuration is one job, which trains its run, resumes it from its last checkpoint, or
+reads it back when it finished. Jobs run one after another in this process (``local``, the
+default), each in its own process on this machine through submitit (``submitit-local``), or one
+Slurm job per configuration through submitit (``slurm``; GPUs, time and partition per job; a job
+that runs out of time or is preempted is requeued and resumes): see :mod:`spatialmix.slurm`, and
+:mod:`spatialmix.sweep_settings` for the settings and each job's resources. A finished configuration is never
+run again, so a sweep that was interrupted continues when it is started again. When every job has
+finished, the results are gathered into the same tables as a local run (``results.md``,
+``results.json`` in the sweep folder).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from spatialmix.engine import distributed
+from spatialmix.io import runs
+from spatialmix.engine.config import TrainConfig
+from spatialmix.ui.display import ResultTable, console
+from spatialmix.errors import SpatialmixError, unknown_name
+from spatialmix.sweep.slurm import run_with_submitit
+from spatialmix.sweep.settings import EXECUTORS, JobResources, SweepSettings
+from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs
+from spatialmix.report.tables import classification_table
+from spatialmix.studies.reproduce import reproduce
+from spatialmix.studies.context import PRESETS, classification_run_dir
+from spatialmix.sweep.jobs import run_job
+from spatialmix.io import storage
+
+GRID_KEYS = ("preset", "base", "grid")
+
+
+@dataclass
+class SweepJob:
+    """One configuration of a sweep and where its run lives."""
+
+    name: str
+    config: TrainConfig
+    run_dir: Path
+    labels: dict            # the values that set this configuration apart (grid values, or mode and seed)
+
+
+@dataclass
+class Sweep:
+    out_dir: Path
+    jobs: list[SweepJob]
+    title: str
+    preset: str | None = None            # a study sweep: the study's own code gathers the results
+    seeds: tuple[int, ...] | None = None
+    overrides: dict = field(default_factory=dict)
+    varying: tuple[str, ...] = ()        # the grid's keys, in file order
+
+
+@dataclass
+class SweepOutcome:
+    skipped: list[str]                  # finished before this call
+    ran: list[str]                      # finished in this call
+    failed: dict[str, str]              # name -> why
+    tables: list[ResultTable]
+
+
+# --------------------------------------------------------------------------- planning
+
+def load_grid_file(path: str | Path) -> dict:
+    """Read a grid file (YAML), checking its shape."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpatialmixError(f"grid file {path} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise SpatialmixError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(spec, dict):
+        raise SpatialmixError(f"{path} must be a mapping with the keys {', '.join(GRID_KEYS)} (see `spatialmix "
+                              f"sweep --help`)")
+    return spec
+
+
+def grid_sweep(spec: dict, out_dir: str | Path, **overrides) -> Sweep:
+    """The sweep of a grid (see the module doc); ``overrides`` change ``base`` for every configuration."""
+
+    unknown = set(spec) - set(GRID_KEYS)
+    if unknown:
+        raise SpatialmixError(f"unknown keys {sorted(unknown)} in the grid file; valid ones: {', '.join(GRID_KEYS)}")
+    base = TrainConfig()
+    if spec.get("preset") is not None:
+        if spec["preset"] not in PRESETS:
+            raise unknown_name("preset", spec["preset"], PRESETS)
+        base = PRESETS[spec["preset"]].base
+    grid = spec.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise SpatialmixError("the grid file needs a `grid:` mapping of TrainConfig fields to lists of values")
+    base_values = spec.get("base") or {}
+    if not isinstance(base_values, dict):
+        raise SpatialmixError("`base:` in the grid file must be a mapping of TrainConfig fields to values")
+    _check_fields({**base_values, **grid, **overrides})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SpatialmixError(f"grid entry {key!r} must be a non-empty list of values, got {values!r}")
+    base_values = _typed(base_values)
+    grid = {key: [_typed({key: v})[key] for v in values] for key, values in grid.items()}
+    for key, values in grid.items():
+        if len(set(map(repr, values))) != len(values):
+            raise SpatialmixError(f"grid entry {key!r} lists a value twice: {values}")
+    clash = (set(base_values) | set(overrides)) & set(grid)
+    if clash:
+        raise SpatialmixError(f"{', '.join(sorted(clash))} is both swept in `grid:` and fixed (in `base:` or on the "
+                              f"command line); keep one")
+    base = base.replace(**{**base_values, **overrides})
+    out_dir = Path(out_dir)
+    jobs = []
+    for values in itertools.product(*grid.values()):
+        labels = dict(zip(grid, values))
+        name = run_name(labels)
+        jobs.append(SweepJob(name, _validated(base.replace(**labels), name), out_dir / "runs" / name, labels))
+    return Sweep(out_dir, jobs, title=f"Sweep {out_dir.name}", overrides=dict(overrides), varying=tuple(grid))
+
+
+def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None = None, **overrides) -> Sweep:
+    """The training runs of the classification study of ``preset`` (every mode and seed) as a sweep."""
+
+    if preset not in PRESETS:
+        raise unknown_name("preset", preset, PRESETS)
+    _check_fields(overrides)
+    if {"mode", "seed"} & set(overrides):
+        raise SpatialmixError("a study sweep runs every mode and seed of the preset; choose seeds with --seeds")
+    p = PRESETS[preset]
+    seeds = tuple(seeds or p.seeds)
+    jobs = []
+    for seed in seeds:
+        for mode in p.modes:
+            name = f"{mode}-seed{seed}"
+            config = _validated(p.base.replace(**overrides, mode=mode, seed=seed), name)
+            run_dir = classification_run_dir(out_dir, mode, seed)
+            jobs.append(SweepJob(name, config, run_dir, {"mode": mode, "seed": seed}))
+    return Sweep(Path(out_dir), jobs, title=f"Study {preset}", preset=preset, seeds=seeds, overrides=dict(overrides),
+                 varying=("mode", "seed"))
+
+
+def plan_sweep(settings: SweepSettings, **overrides) -> Sweep:
+    """The sweep ``settings`` name: a grid file's (folder ``runs/sweep-GRID`` by default) or a study preset's
+    classification runs (folder ``runs/reproduce``); ``overrides`` are TrainConfig fields for every run."""
+    if (settings.grid is None) == (settings.preset is None):
+        raise SpatialmixError("give either a grid file or --preset (a study's runs), not both or neither")
+    if settings.grid is not None:
+        if settings.seeds:
+            raise SpatialmixError("--seeds is for --preset sweeps; put `seed: [...]` in the grid file")
+        out = settings.out or f"runs/sweep-{Path(settings.grid).stem}"
+        return grid_sweep(load_grid_file(settings.grid), out, **overrides)
+    return study_sweep(settings.preset, settings.out or "runs/reproduce", seeds=tuple(settings.seeds or ()) or None,
+                       **overrides)
+
+
+_PATH_UNSAFE = re.compile(r"[/:\s]+")
+
+
+def run_name(labels: dict) -> str:
+    """A folder name for a configuration: ``key=value`` pairs, with path separators replaced."""
+    return ",".join(f"{k}={_PATH_UNSAFE.sub('-', str(v))}" for k, v in labels.items())
+
+
+def _check_fields(values: dict) -> None:
+    known = {f for f in TrainConfig().to_dict()}
+    bad = set(values) - known
+    if bad:
+        raise SpatialmixError(f"unknown training settings {sorted(bad)}; valid ones are the fields of TrainConfig "
+                              f"(the options of `spatialmix train`, with _ for -)")
+
+
+def _typed(values: dict) -> dict:
+    """YAML reads ``1e-3`` as a string and ``1`` as an int: float fields get floats, as on the command line."""
+    hints = typing.get_type_hints(TrainConfig)
+    typed = {}
+    for name, value in values.items():
+        kinds = [a for a in typing.get_args(hints[name]) if a is not type(None)] or [hints[name]]
+        if kinds == [float] and isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except ValueError:
+                pass   # validate() names the configuration and the bad value
+        typed[name] = value
+    return typed
+
+
+def _validated(config: TrainConfig, name: str) -> TrainConfig:
+    try:
+        return config.validate()
+    except SpatialmixError as err:
+        raise SpatialmixError(f"configuration {name}: {err}") from None
+    except TypeError as err:
+        raise SpatialmixError(f"configuration {name}: a value has the wrong type ({err})") from None
+
+
+# --------------------------------------------------------------------------- state on disk
+
+def finished_summary(job: SweepJob) -> dict | None:
+    """The summary of ``job``'s run if it finished, else None. A finished run of another config is an error."""
+    return runs.Run(job.run_dir).finished_summary(job.config)
+
+
+
+
+# --------------------------------------------------------------------------- one job
+
+
+
+# --------------------------------------------------------------------------- running
+
+def job_states(sweep: Sweep) -> list[tuple[SweepJob, str]]:
+    """Each configuration with ``finished``, ``started`` (a run to resume) or ``new``."""
+    states = []
+    for job in sweep.jobs:
+        if finished_summary(job) is not None:
+            states.append((job, "finished"))
+        else:
+            states.append((job, "started" if runs.is_run_dir(job.run_dir) else "new"))
+    return states
+
+
+def run_sweep(sweep: Sweep, executor: str = "local", resources: JobResources | None = None,
+              max_running: int | None = None, poll_s: float | None = None,
+              on_finish: Callable[[SweepJob, dict], None] | None = None) -> SweepOutcome:
+    """Run the configurations of ``sweep`` that have not finished, then gather the results.
+
+    ``executor``: ``local`` (in this process, one after another), ``submitit-local`` (a process per
+    job on this machine) or ``slurm`` (a Slurm job per configuration, asking for ``resources``).
+    ``max_running`` bounds the submitit jobs in flight (default: all at once). ``on_finish(job,
+    summary)`` is called in this process as each job finishes. An interruption (Ctrl-C) cancels the
+    submitted jobs that have not finished; starting the sweep again runs only the unfinished ones.
+    """
+    if executor not in EXECUTORS:
+        raise unknown_name("executor", executor, EXECUTORS)
+    resources = (resources or JobResources()).validate()
+    resources.check_for(executor)
+    if max_running is not None:
+        check_positive_int("max running", max_running)
+    _check_distinct_run_dirs(sweep)
+    states = job_states(sweep)
+    skipped = [job.name for job, state in states if state == "finished"]
+    pending = [job for job, state in states if state != "finished"]
+    _say(f"[bold]{sweep.title}[/]: {len(sweep.jobs)} configurations, {len(skipped)} finished before, "
+         f"{len(pending)} to run ({executor})")
+    if executor == "local":
+        ran, failed = _run_here(pending, on_finish)
+    else:
+        ran, failed = run_with_submitit(sweep.out_dir / "submitit", pending, executor, resources, max_running, poll_s,
+                                        on_finish, say=_say)
+    tables = gather(sweep) if sweep.preset is None or not failed else []
+    return SweepOutcome(skipped, ran, failed, tables)
+
+
+def check_positive_int(what: str, value) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise SpatialmixError(f"{what} must be a positive whole number, got {value!r}")
+
+
+def _check_distinct_run_dirs(sweep: Sweep) -> None:
+    seen = {}
+    for job in sweep.jobs:
+        if job.run_dir in seen:
+            raise SpatialmixError(f"configurations {seen[job.run_dir]} and {job.name} would share the run directory "
+                                  f"{job.run_dir}; make their grid values differ by more than / : or spaces")
+        seen[job.run_dir] = job.name
+
+
+def _say(message: str) -> None:
+    if distributed.is_main():
+        console.print(message, highlight=False, soft_wrap=True)
+
+
+def _run_here(pending: list[SweepJob], on_finish) -> tuple[list[str], dict[str, str]]:
+    ran, failed = [], {}
+    for i, job in enumerate(pending):
+        _say(f"[{i + 1}/{len(pending)}] {job.name} -> {job.run_dir}")
+        try:
+            summary = run_job(job.config.to_dict(), str(job.run_dir))
+        except SpatialmixError as err:   # this configuration is wrong or diverged: the others still run
+            failed[job.name] = str(err)
+            _say(f"[red]failed[/] {job.name}: {err}")
+            continue
+        ran.append(job.name)
+        if on_finish is not None:
+            on_finish(job, summary)
+    return ran, failed
+
+
+# --------------------------------------------------------------------------- gathering
+
+def gather(sweep: Sweep) -> list[ResultTable]:
+    """The result tables of the finished runs; written to ``results.md`` and ``results.json`` in the sweep folder.
+
+    A study sweep is gathered by the study itself (``reproduce`` reads the finished runs back), so
+    its tables are those of a local ``spatialmix reproduce``.
+    """
+    if sweep.preset is not None:
+        if any(finished_summary(job) is None for job in sweep.jobs):
+            return []
+
+        # the classification table, then the verdicts (claims 2 and 3 "not run", with their commands)
+        results = reproduce(sweep.preset, sweep.out_dir, seeds=sweep.seeds, studies=["classification", "verdicts"],
+                            **sweep.overrides)
+        return [table for result in results.values() for table in result.tables]
+    summaries = [(job, finished_summary(job)) for job in sweep.jobs]
+    tables = grid_tables(sweep, summaries)
+    if distributed.is_main():
+        payload = {"title": sweep.title, "varying": list(sweep.varying), "overrides": sweep.overrides,
+                   "runs": [{"name": job.name, "labels": job.labels, "run_dir": str(job.run_dir), "summary": summary}
+                            for job, summary in summaries],
+                   "tables": [table.rows for table in tables]}
+        storage.atomic_write_bytes(sweep.out_dir / "results.json", json.dumps(payload, indent=2, default=str).encode())
+        storage.atomic_write_bytes(sweep.out_dir / "results.md", "\n".join(t.to_markdown() for t in tables).encode())
+        for table in tables:
+            table.print()
+    return tables
+
+
+def grid_tables(sweep: Sweep, summaries: list[tuple[SweepJob, dict | None]]) -> list[ResultTable]:
+    """One classification table (Full / Chans / Space, mean ± std over seeds) per combination of the
+    other swept values, then one row per configuration."""
+
+    group_keys = [k for k in sweep.varying if k not in ("mode", "seed")]
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for job, summary in summaries:
+        if summary is not None:
+            key = tuple((k, job.labels[k]) for k in group_keys)
+            groups.setdefault(key, {}).setdefault(job.config.mode, []).append(summary)
+    tables = []
+    for key, by_mode in groups.items():
+        what = ", ".join(f"{k}={v}" for k, v in key)
+        seeds = max(len(rows) for rows in by_mode.values())
+        tables.append(classification_table(by_mode, title=f"{sweep.title}{': ' + what if what else ''} "
+                                                          f"({seeds} seed(s))"))
+    every = ResultTable(f"{sweep.title}: every configuration",
+                        [(k, k, "") for k in sweep.varying]
+                        + [("state", "state", ""), ("test_acc", "test acc", ".4f"), ("best_acc", "best acc", ".4f"),
+                           ("frozen", "frozen params", ","), ("train_time", "train time (s)", ".1f"),
+                           ("images_per_s", "images/s", ".0f")])
+    for job, summary in summaries:
+        numbers = {} if summary is None else dict(
+            test_acc=summary["test_acc"], best_acc=summary["best_acc"], frozen=summary["frozen_params"],
+            train_time=summary["train_time"], images_per_s=summary["images_per_s"])
+        every.add(**job.labels, state="finished" if summary is not None else "not finished", **numbers)
+    # The same verdicts as `spatialmix report` and `reproduce`, for every setting of the grid that has the modes.
+
+    verdicts = verdicts_for_runs([job.run_dir for job, summary in summaries if summary is not None])
+    return tables + [every] + ([verdict_table(verdicts)] if verdicts else [])
+

@@ -1,0 +1,197 @@
+"""Every fenced code block of README.md and docs/*.md runs, parses or loads.
+
+* ``python`` blocks run, each file's blocks in order in one namespace, in a temporary folder;
+* ``bash`` / ``console`` / ``sh`` blocks: a line that starts with ``spatialmix `` is parsed by the
+  real command-line parser (it must not exit), a ``make`` line must name targets of the Makefile,
+  and any other line must name only repository files that exist;
+* ``yaml`` blocks load with ``yaml.safe_load``;
+* ``text`` blocks are shown as they are (illustrations, terminal output, file listings).
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+LANGUAGES = {"python", "bash", "console", "sh", "yaml", "text", "bibtex"}
+SHELL = {"bash", "console", "sh"}
+# Files whose python blocks together take more than 5 s (they train tiny models or run tiny studies).
+SLOW_PYTHON = {"README.md", "index.md", "claims.md", "robustness.md", "unshuffle.md", "init-study.md",
+               "run-folders.md", "scale-out.md"}
+# A token naming one of these, or a path under one of these folders, must exist in the repository.
+REPO_FOLDERS = ("benchmarks", "scripts", "src", "tests", "docs", ".ci")
+REPO_FILES = ("Makefile", "pyproject.toml", "mkdocs.yml", "README.md", "constraints.txt")
+
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[^\s`{]*)")
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\S*$")
+
+
+@dataclass
+class Block:
+    path: Path
+    line: int          # line of the opening fence, 1-based
+    lang: str
+    code: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def fenced_blocks(path: Path) -> list[Block]:
+    """The fenced code blocks of a Markdown file, dedented by their fence's indentation."""
+    blocks, lines, i = [], path.read_text(encoding="utf-8").splitlines(), 0
+    while i < len(lines):
+        match = FENCE.match(lines[i])
+        if not match:
+            i += 1
+            continue
+        indent, fence, start = len(match["indent"]), match["fence"], i
+        body = []
+        i += 1
+        while i < len(lines) and not lines[i].strip().startswith(fence):
+            body.append(lines[i][indent:] if lines[i][:indent].strip() == "" else lines[i])
+            i += 1
+        if i == len(lines):
+            raise AssertionError(f"{path.relative_to(ROOT)}:{start + 1}: code block never closed")
+        blocks.append(Block(path, start + 1, match["lang"].lower(), "\n".join(body) + "\n"))
+        i += 1
+    return blocks
+
+
+ALL_BLOCKS = [block for path in DOC_FILES for block in fenced_blocks(path)]
+
+
+def shell_commands(block: Block) -> list[tuple[int, list[str]]]:
+    """``(line, words)`` of every command of a shell block: continuation lines joined, a ``$ `` prompt,
+    comments and leading ``VAR=value`` assignments removed."""
+    commands, pending, first = [], "", None
+    for offset, raw in enumerate(block.code.splitlines()):
+        line = raw.rstrip()
+        if first is None:
+            first = block.line + 1 + offset
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        text = (pending + line).strip()
+        pending, number, first = "", first, None
+        if text.startswith("$ "):
+            text = text[2:]
+        words = shlex.split(text, comments=True)
+        while words and ENV_ASSIGNMENT.match(words[0]):
+            words = words[1:]
+        if words:
+            commands.append((number, words))
+    return commands
+
+
+def makefile_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    return {m.group(1) for m in re.finditer(r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)\s*:(?!=)", text, re.MULTILINE)}
+
+
+def repository_paths(words: list[str]) -> list[str]:
+    """The words that name a file or folder of the repository (relative paths into its folders)."""
+    named = []
+    for word in words:
+        parts = [word]
+        if "=" in word:   # --option=PATH, and ARGS="tests/x.py -q" of make
+            parts += shlex.split(word.split("=", 1)[1])
+        for part in parts:
+            path = part.rstrip("/")
+            if path in REPO_FILES or path.split("/")[0] in REPO_FOLDERS and "/" in path:
+                named.append(path)
+    return named
+
+
+def test_the_documentation_files_exist():
+    names = {p.name for p in DOC_FILES}
+    for name in ("index.md", "claims.md", "robustness.md", "unshuffle.md", "init-study.md", "own-models.md",
+                 "run-folders.md", "speed.md", "scale-out.md", "commands.md", "development.md", "layout.md",
+                 "api.md"):
+        assert name in names, f"docs/{name} is missing"
+
+
+@pytest.mark.parametrize("block", ALL_BLOCKS, ids=lambda b: b.where)
+def test_every_block_names_a_known_language(block):
+    assert block.lang in LANGUAGES, (f"{block.where}: code block language {block.lang!r}; use one of "
+                                     f"{sorted(LANGUAGES)} (text for anything that cannot run)")
+
+
+SHELL_BLOCKS = [b for b in ALL_BLOCKS if b.lang in SHELL]
+
+
+@pytest.mark.parametrize("block", SHELL_BLOCKS, ids=lambda b: b.where)
+def test_shell_blocks(block):
+    from spatialmix.cli import build_parser
+
+    parser, targets = build_parser(), makefile_targets()
+    for line, words in shell_commands(block):
+        where = f"{block.path.relative_to(ROOT)}:{line}"
+        if words[0] == "spatialmix":
+            try:
+                parser.parse_args(words[1:])
+            except SystemExit as exit_:
+                pytest.fail(f"{where}: `{shlex.join(words)}` is not a valid command line (exit {exit_.code})")
+        elif words[0] == "make":
+            named = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+            assert named, f"{where}: `make` without a target"
+            for target in named:
+                assert target in targets, f"{where}: the Makefile has no target {target!r}"
+            for word in words[1:]:   # ARGS="..." of `make reproduce` / `make test` are passed on
+                if word.startswith("ARGS=") and named == ["reproduce"]:
+                    try:
+                        parser.parse_args(["reproduce", *shlex.split(word[5:])])
+                    except SystemExit:
+                        pytest.fail(f"{where}: {word} is not valid for `spatialmix reproduce`")
+        for path in repository_paths(words):
+            assert (ROOT / path).exists(), f"{where}: {path} does not exist in the repository"
+
+
+YAML_BLOCKS = [b for b in ALL_BLOCKS if b.lang == "yaml"]
+
+
+@pytest.mark.parametrize("block", YAML_BLOCKS, ids=lambda b: b.where)
+def test_yaml_blocks_load(block):
+    yaml.safe_load(block.code)
+
+
+def _python_param(path: Path):
+    marks = [pytest.mark.slow] if path.name in SLOW_PYTHON else []
+    return pytest.param(path, marks=marks, id=str(path.relative_to(ROOT)))
+
+
+PYTHON_FILES = [_python_param(p) for p in DOC_FILES if any(b.lang == "python" for b in fenced_blocks(p))]
+
+
+@pytest.mark.parametrize("path", PYTHON_FILES)
+def test_python_blocks_run(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": f"docs_{path.stem.replace('-', '_')}"}
+    for block in fenced_blocks(path):
+        if block.lang == "python":
+            exec(compile(block.code, block.where, "exec"), namespace)
+
+
+def test_the_mkdocs_configuration_names_every_page():
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
+    pages = set()
+
+    def walk(node):
+        if isinstance(node, str):
+            pages.add(node)
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(config["nav"])
+    assert pages == {p.name for p in DOC_FILES if p.parent.name == "docs"}
