@@ -1,7 +1,9 @@
 # `make reproduce`: set up and run the main job (the quick study on Fashion-MNIST).
 # `make test`: set up and run the test suite.
 # `make test-fast`: the tests not marked slow (no real training, no extra processes): under a minute.
-.PHONY: setup reproduce test test-fast bench
+# `make lint`: ruff (lint and format) and the architecture contracts (import-linter); part of `make test`.
+# `make docs`: the documentation site (mkdocs-material) into site/, strict; part of `make test`.
+.PHONY: setup reproduce test test-fast lint docs bench
 
 setup:
 	@bash scripts/setup.sh
@@ -9,8 +11,16 @@ setup:
 reproduce: setup
 	.venv/bin/spatialmix reproduce $(ARGS)
 
-test: setup
+test: setup lint docs
 	.venv/bin/python -m pytest -q $(ARGS)
+
+lint: setup
+	.venv/bin/ruff check src tests benchmarks scripts
+	.venv/bin/ruff format --check src tests benchmarks scripts
+	.venv/bin/lint-imports
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict --quiet
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow" $(ARGS)

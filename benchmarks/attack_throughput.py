@@ -30,6 +30,7 @@ briefly on a subset (or ``--run RUN_DIR``).
     python benchmarks/attack_throughput.py --threads 1
     python benchmarks/attack_throughput.py --run runs/reproduce/classification/chans-seed0 --n-examples 500
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,10 @@ from pathlib import Path
 
 import torch
 
-from spatialmix.robustness.settings import DEFAULT_EPS, AttackSettings, eps_label
 from spatialmix.robustness.attacks import InputSpaceModel, attack_mode
 from spatialmix.robustness.evaluate import evaluate_robustness
 from spatialmix.robustness.run_attacks import select_examples
+from spatialmix.robustness.settings import DEFAULT_EPS, AttackSettings, eps_label
 from spatialmix.ui.display import ResultTable
 
 
@@ -54,12 +55,22 @@ def trained_model(run: str | None, out: Path):
 
     if run is None:
         run = out / "run"
-        config = TrainConfig(dataset="fashion-mnist", model="convmixer", width=64, depth=4, kernel_size=5,
-                             patch_size=2, epochs=1, train_subset=10000, progress=False)
+        config = TrainConfig(
+            dataset="fashion-mnist",
+            model="convmixer",
+            width=64,
+            depth=4,
+            kernel_size=5,
+            patch_size=2,
+            epochs=1,
+            train_subset=10000,
+            progress=False,
+        )
         train(config, run)
     model, record = load_trained_model(run)
     return InputSpaceModel(model, record["data"]["mean"], record["data"]["std"]).eval(), load_dataset(
-        record["train"]["dataset"])
+        record["train"]["dataset"]
+    )
 
 
 class Counting(torch.nn.Module):
@@ -93,7 +104,7 @@ def plain_loop(model, x, y, make_attacks, batch_size: int) -> tuple[float, list]
         for eps in DEFAULT_EPS:
             robust = 0
             for i in range(0, len(y), batch_size):
-                xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
                 with torch.no_grad():
                     standing = model(xb).argmax(1) == yb
                 for attack in make_attacks(eps) if eps > 0 else []:
@@ -115,11 +126,19 @@ def main() -> None:
     import torchattacks
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", help="a run directory to attack (default: train a ConvMixer-64/4 on 10,000 images)")
+    parser.add_argument(
+        "--run", help="a run directory to attack (default: train a ConvMixer-64/4 on 10,000 images)"
+    )
     parser.add_argument("--n-examples", type=int, default=200)
-    parser.add_argument("--autoattack-examples", type=int, default=30,
-                        help="examples of the AutoAttack pair (0: skip; minutes per 10 robust examples on a CPU)")
-    parser.add_argument("--reference-examples", type=int, default=50, help="the checked row's reference sample")
+    parser.add_argument(
+        "--autoattack-examples",
+        type=int,
+        default=30,
+        help="examples of the AutoAttack pair (0: skip; minutes per 10 robust examples on a CPU)",
+    )
+    parser.add_argument(
+        "--reference-examples", type=int, default=50, help="the checked row's reference sample"
+    )
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -130,45 +149,69 @@ def main() -> None:
         model, data = trained_model(args.run, Path(tmp))
     model = Counting(model)
     x, y = select_examples(data, args.n_examples, seed=0)
-    xa, ya = x[:args.autoattack_examples], y[:args.autoattack_examples]
-    settings = AttackSettings(n_examples=args.n_examples, batch_size=args.batch_size, device="cpu",
-                              reference_examples=args.reference_examples).validate()
+    xa, ya = x[: args.autoattack_examples], y[: args.autoattack_examples]
+    settings = AttackSettings(
+        n_examples=args.n_examples,
+        batch_size=args.batch_size,
+        device="cpu",
+        reference_examples=args.reference_examples,
+    ).validate()
     s, k = settings.steps, settings.targets
 
     def apgd_pair(eps):
-        return [torchattacks.APGD(model, eps=eps, steps=s, loss="ce", seed=0),
-                torchattacks.APGDT(model, eps=eps, steps=s, n_classes=k + 1, seed=0)]   # k target classes
+        return [
+            torchattacks.APGD(model, eps=eps, steps=s, loss="ce", seed=0),
+            torchattacks.APGDT(model, eps=eps, steps=s, n_classes=k + 1, seed=0),
+        ]  # k target classes
 
     def apgd_torchattacks_defaults(eps):
-        return [torchattacks.APGD(model, eps=eps, loss="ce", seed=0), torchattacks.APGDT(model, eps=eps, seed=0)]
+        return [
+            torchattacks.APGD(model, eps=eps, loss="ce", seed=0),
+            torchattacks.APGDT(model, eps=eps, seed=0),
+        ]
 
     def pgd10(eps):
         return [torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 10, steps=10)]
 
     def autoattack(eps):
-        return [torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)]
+        return [
+            torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+        ]
 
     # name: (what it runs, the spatialmix row it is compared with)
     methods = {
         "spatialmix default": (lambda: ours(model, x, y, settings, checks=False)[:2], None),
-        "plain torchattacks PGD-10": (lambda: plain_loop(model, x, y, pgd10, args.batch_size), "spatialmix default"),
-        f"plain torchattacks APGD-CE-{s} + APGD-T-{s} x{k} (the same attacks)":
-            (lambda: plain_loop(model, x, y, apgd_pair, args.batch_size), "spatialmix default"),
-        "plain torchattacks APGD-CE + APGD-T, torchattacks' defaults (10 steps, 9 targets)":
-            (lambda: plain_loop(model, x, y, apgd_torchattacks_defaults, args.batch_size), "spatialmix default"),
-        f"spatialmix default + checks (reference on {args.reference_examples})":
-            (lambda: ours(model, x, y, settings, checks=True)[:2], None),
+        "plain torchattacks PGD-10": (
+            lambda: plain_loop(model, x, y, pgd10, args.batch_size),
+            "spatialmix default",
+        ),
+        f"plain torchattacks APGD-CE-{s} + APGD-T-{s} x{k} (the same attacks)": (
+            lambda: plain_loop(model, x, y, apgd_pair, args.batch_size),
+            "spatialmix default",
+        ),
+        "plain torchattacks APGD-CE + APGD-T, torchattacks' defaults (10 steps, 9 targets)": (
+            lambda: plain_loop(model, x, y, apgd_torchattacks_defaults, args.batch_size),
+            "spatialmix default",
+        ),
+        f"spatialmix default + checks (reference on {args.reference_examples})": (
+            lambda: ours(model, x, y, settings, checks=True)[:2],
+            None,
+        ),
     }
     if args.autoattack_examples:
-        methods[f"spatialmix default, first {len(ya)}"] = (lambda: ours(model, xa, ya, settings, checks=False)[:2],
-                                                           None)
+        methods[f"spatialmix default, first {len(ya)}"] = (
+            lambda: ours(model, xa, ya, settings, checks=False)[:2],
+            None,
+        )
         methods[f"plain torchattacks AutoAttack standard, first {len(ya)}"] = (
-            lambda: plain_loop(model, xa, ya, autoattack, args.batch_size), f"spatialmix default, first {len(ya)}")
+            lambda: plain_loop(model, xa, ya, autoattack, args.batch_size),
+            f"spatialmix default, first {len(ya)}",
+        )
     times = {name: [] for name in methods}
     accs, work = {}, {}
     for repeat in range(args.repeats):
         for name, (method, _) in methods.items():
-            if "AutoAttack" in name and repeat:    # once: minutes on a CPU
+            if "AutoAttack" in name and repeat:  # once: minutes on a CPU
                 continue
             model.reset()
             t, accs[name] = method()
@@ -176,14 +219,22 @@ def main() -> None:
             work[name] = model.work()
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
-    columns = [("method", "method", ""), ("examples", "examples", ""), ("wall", "wall s", ".2f"),
-               ("speedup", "speed-up (time)", ".2f"), ("work", "gradient steps", ",.0f"),
-               ("work_ratio", "speed-up (steps)", ".2f")]
+    columns = [
+        ("method", "method", ""),
+        ("examples", "examples", ""),
+        ("wall", "wall s", ".2f"),
+        ("speedup", "speed-up (time)", ".2f"),
+        ("work", "gradient steps", ",.0f"),
+        ("work_ratio", "speed-up (steps)", ".2f"),
+    ]
     columns += [(f"acc {eps_label(e)}", f"robust {eps_label(e)}", ".3f") for e in DEFAULT_EPS[1:]]
     columns += [("lower", "spatialmix same or lower", "")]
-    table = ResultTable(f"Attack throughput: ConvMixer on Fashion-MNIST (clean acc {clean:.3f} on {len(y)}), L-inf, "
-                        f"{torch.get_num_threads()} thread(s), CPU capability "
-                        f"{torch.backends.cpu.get_cpu_capability()}, median of {args.repeats}", columns)
+    table = ResultTable(
+        f"Attack throughput: ConvMixer on Fashion-MNIST (clean acc {clean:.3f} on {len(y)}), L-inf, "
+        f"{torch.get_num_threads()} thread(s), CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, median of {args.repeats}",
+        columns,
+    )
     for name, (_, partner) in methods.items():
         n = len(ya) if "first" in name else len(y)
         wall = statistics.median(times[name])
@@ -193,12 +244,17 @@ def main() -> None:
             row["speedup"] = wall / statistics.median(times[partner])
             row["work_ratio"] = work[name] / work[partner]
             # (compared in examples: the accuracies are float32 means)
-            row["lower"] = "yes" if all(round(o * n) <= round(p * n) for o, p in zip(accs[partner], accs[name])) \
+            row["lower"] = (
+                "yes"
+                if all(round(o * n) <= round(p * n) for o, p in zip(accs[partner], accs[name]))
                 else "NO"
+            )
         table.add(**row)
     table.print()
-    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}; "
-          f"torchattacks {torchattacks.__version__}")
+    print(
+        f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}; "
+        f"torchattacks {torchattacks.__version__}"
+    )
 
 
 if __name__ == "__main__":

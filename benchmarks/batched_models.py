@@ -20,6 +20,7 @@ an otherwise idle machine.
 
     python benchmarks/batched_models.py                # 2 models, Chans and Full
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spatialmix.ui.display import ResultTable
-from spatialmix.core.mixing import apply_mixing, trainable_parameters
-from spatialmix.models.convmixer import ConvMixer
-from spatialmix.engine.parallel import run_side_by_side
 from spatialmix.accel.speed import accelerate, available_cores, set_threads
+from spatialmix.core.mixing import apply_mixing, trainable_parameters
 from spatialmix.engine.device import autocast_context, resolve_amp
+from spatialmix.engine.parallel import run_side_by_side
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.ui.display import ResultTable
 
 
 class GroupedHead(nn.Module):
@@ -63,8 +64,14 @@ def batched_twin(models: list[ConvMixer]) -> nn.Module:
         parts = [modules[name] for modules in lone_modules]
         if isinstance(module, nn.Conv2d):
             depthwise = module.groups == module.in_channels > 1
-            grouped = nn.Conv2d(n * module.in_channels, n * module.out_channels, module.kernel_size,
-                                module.stride, module.padding, groups=n * module.groups if depthwise else n)
+            grouped = nn.Conv2d(
+                n * module.in_channels,
+                n * module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                groups=n * module.groups if depthwise else n,
+            )
             _copy_stacked(grouped, parts)
             grouped.weight.requires_grad_(module.weight.requires_grad)
             grouped.bias.requires_grad_(module.bias.requires_grad)
@@ -93,14 +100,18 @@ def make_models(n: int, mode: str, width: int, depth: int) -> list[ConvMixer]:
     models = []
     for seed in range(n):
         torch.manual_seed(seed)
-        models.append(apply_mixing(ConvMixer(width, depth, 5, 2, in_chans=1, num_classes=10), mode, seed=seed))
+        models.append(
+            apply_mixing(ConvMixer(width, depth, 5, 2, in_chans=1, num_classes=10), mode, seed=seed)
+        )
     return models
 
 
 def batches(n: int, batch: int, steps: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch, n, 28, 28, generator=g), torch.randint(0, 10, (batch, n), generator=g))
-            for _ in range(steps)]
+    return [
+        (torch.randn(batch, n, 28, 28, generator=g), torch.randint(0, 10, (batch, n), generator=g))
+        for _ in range(steps)
+    ]
 
 
 def optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -131,14 +142,23 @@ def max_difference(n: int = 2, mode: str = "chans", width: int = 16, depth: int 
     opts, twin_opt = [optimizer(m) for m in models], optimizer(twin)
     for x, y in batches(n, 16, steps):
         for i, (m, o) in enumerate(zip(models, opts)):
-            lone_step(m, o, x[:, i:i + 1], y[:, i])
+            lone_step(m, o, x[:, i : i + 1], y[:, i])
         batched_step(twin, twin_opt, x, y)
-    again = batched_twin(models)   # the lone models' weights laid out as the twin's
+    again = batched_twin(models)  # the lone models' weights laid out as the twin's
     return max((a - b).abs().max().item() for a, b in zip(twin.parameters(), again.parameters()))
 
 
-def images_per_s(batched: bool, n: int, mode: str, width: int, depth: int, batch: int, steps: int,
-                 threads: int, warmup: int = 3) -> float:
+def images_per_s(
+    batched: bool,
+    n: int,
+    mode: str,
+    width: int,
+    depth: int,
+    batch: int,
+    steps: int,
+    threads: int,
+    warmup: int = 3,
+) -> float:
     set_threads(threads)
     amp = resolve_amp("auto", torch.device("cpu"))
     models = make_models(n, mode, width, depth)
@@ -165,32 +185,59 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     n, cores = args.models, available_cores()
-    print(f"ConvMixer-{args.width}/{args.depth} k5 p2, batch {args.batch_size}, {n} models, {cores} cores, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, amp {resolve_amp('auto', torch.device('cpu'))}, "
-          f"torch {torch.__version__}")
+    print(
+        f"ConvMixer-{args.width}/{args.depth} k5 p2, batch {args.batch_size}, {n} models, {cores} cores, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"amp {resolve_amp('auto', torch.device('cpu'))}, "
+        f"torch {torch.__version__}"
+    )
     for mode in args.modes.split(","):
-        print(f"{mode}: batched twin vs {n} lone models after 3 fp32 AdamW steps: largest parameter difference "
-              f"{max_difference(n, mode):.2e}")
-    table = ResultTable(f"{n} small models on {cores} cores: side by side or batched (images/s of all models)",
-                        [("mode", "mode", ""), ("how", "how", ""), ("ips", "images/s (median)", ".0f"),
-                         ("runs", "every run", ""), ("ratio", "vs side by side", ".2f")])
+        print(
+            f"{mode}: batched twin vs {n} lone models after 3 fp32 AdamW steps: largest parameter difference "
+            f"{max_difference(n, mode):.2e}"
+        )
+    table = ResultTable(
+        f"{n} small models on {cores} cores: side by side or batched (images/s of all models)",
+        [
+            ("mode", "mode", ""),
+            ("how", "how", ""),
+            ("ips", "images/s (median)", ".0f"),
+            ("runs", "every run", ""),
+            ("ratio", "vs side by side", ".2f"),
+        ],
+    )
     common = dict(n=n, width=args.width, depth=args.depth, batch=args.batch_size, steps=args.steps)
     for mode in args.modes.split(","):
-        ways = {"1 lone model, 1 thread": lambda: images_per_s(False, mode=mode, threads=1, **common),
-                f"{n} lone models side by side, {n} x 1 thread":
-                    lambda: sum(run_side_by_side([(images_per_s, (False, n, mode, args.width, args.depth,
-                                                                  args.batch_size, args.steps, 1))] * n,
-                                                 processes=n, threads=1)),
-                f"batched model of {n}, {n} threads": lambda: images_per_s(True, mode=mode, threads=n, **common),
-                f"batched model of {n}, 1 thread": lambda: images_per_s(True, mode=mode, threads=1, **common)}
+        ways = {
+            "1 lone model, 1 thread": lambda mode=mode: images_per_s(False, mode=mode, threads=1, **common),
+            f"{n} lone models side by side, {n} x 1 thread": lambda mode=mode: sum(
+                run_side_by_side(
+                    [(images_per_s, (False, n, mode, args.width, args.depth, args.batch_size, args.steps, 1))]
+                    * n,
+                    processes=n,
+                    threads=1,
+                )
+            ),
+            f"batched model of {n}, {n} threads": lambda mode=mode: images_per_s(
+                True, mode=mode, threads=n, **common
+            ),
+            f"batched model of {n}, 1 thread": lambda mode=mode: images_per_s(
+                True, mode=mode, threads=1, **common
+            ),
+        }
         runs = {how: [] for how in ways}
-        for _ in range(args.repeats):   # interleaved, so load from elsewhere hits every way alike
+        for _ in range(args.repeats):  # interleaved, so load from elsewhere hits every way alike
             for how, measure in ways.items():
                 runs[how].append(measure())
         reference = statistics.median(runs[f"{n} lone models side by side, {n} x 1 thread"])
         for how, values in runs.items():
-            table.add(mode=mode, how=how, ips=statistics.median(values), runs=" ".join(f"{v:.0f}" for v in values),
-                      ratio=statistics.median(values) / reference)
+            table.add(
+                mode=mode,
+                how=how,
+                ips=statistics.median(values),
+                runs=" ".join(f"{v:.0f}" for v in values),
+                ratio=statistics.median(values) / reference,
+            )
     table.print()
     return 0
 

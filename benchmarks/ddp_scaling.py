@@ -12,6 +12,7 @@ load from other programs hits every configuration alike. Close other work before
     python benchmarks/ddp_scaling.py                 # 1 vs 2 processes on 2 cores, 5 repeats
     python benchmarks/ddp_scaling.py --sync-bn       # also 2 processes with SyncBatchNorm
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,12 +40,25 @@ def _process(rank: int, world_size: int, threads: int, port: int, args: dict, ou
     from spatialmix.engine.config import TrainConfig
     from spatialmix.engine.train import train
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(threads)
-    config = TrainConfig(dataset="fashion-mnist", model="convmixer-128/6", batch_size=128, epochs=1,
-                         train_subset=args["train_subset"], test_subset=256, sync_bn=args["sync_bn"],
-                         device="cpu", progress=False)
+    config = TrainConfig(
+        dataset="fashion-mnist",
+        model="convmixer-128/6",
+        batch_size=128,
+        epochs=1,
+        train_subset=args["train_subset"],
+        test_subset=256,
+        sync_bn=args["sync_bn"],
+        device="cpu",
+        progress=False,
+    )
     try:
         result = train(config, Path(out) / "run", max_steps=args["steps"])
         if rank == 0:
@@ -67,8 +81,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sync-bn", action="store_true", help="also measure 2 processes with SyncBatchNorm")
     args = parser.parse_args()
-    setups = [("1 process", 1, args.cores, False), ("2 processes (DDP, gloo)", 2, args.cores // 2, False),
-              ("1 process, half the threads", 1, args.cores // 2, False)]
+    setups = [
+        ("1 process", 1, args.cores, False),
+        ("2 processes (DDP, gloo)", 2, args.cores // 2, False),
+        ("1 process, half the threads", 1, args.cores // 2, False),
+    ]
     if args.sync_bn:
         setups.append(("2 processes + SyncBatchNorm", 2, args.cores // 2, True))
     results = {name: [] for name, *_ in setups}
@@ -76,15 +93,30 @@ def main() -> None:
         for name, world_size, threads, sync_bn in setups:
             load = os.getloadavg()[0]
             results[name].append(measure(world_size, threads, args.steps, sync_bn))
-            print(f"repeat {repeat + 1} {name:<28} {results[name][-1]:8.1f} images/s  (load {load:.1f})", flush=True)
+            print(
+                f"repeat {repeat + 1} {name:<28} {results[name][-1]:8.1f} images/s  (load {load:.1f})",
+                flush=True,
+            )
     reference = statistics.median(results[setups[0][0]])
-    table = ResultTable(f"ConvMixer-128/6 k5 p2, Fashion-MNIST, global batch 128, {args.cores} CPU threads in all",
-                        [("setup", "setup", ""), ("threads", "threads/process", ""), ("median", "images/s (median)",
-                         ".1f"), ("runs", "every run", ""), ("speedup", "vs 1 process", ".2f")])
-    for name, world_size, threads, _ in setups:
+    table = ResultTable(
+        f"ConvMixer-128/6 k5 p2, Fashion-MNIST, global batch 128, {args.cores} CPU threads in all",
+        [
+            ("setup", "setup", ""),
+            ("threads", "threads/process", ""),
+            ("median", "images/s (median)", ".1f"),
+            ("runs", "every run", ""),
+            ("speedup", "vs 1 process", ".2f"),
+        ],
+    )
+    for name, _world_size, threads, _ in setups:
         median = statistics.median(results[name])
-        table.add(setup=name, threads=threads, median=median,
-                  runs=", ".join(f"{v:.0f}" for v in results[name]), speedup=median / reference)
+        table.add(
+            setup=name,
+            threads=threads,
+            median=median,
+            runs=", ".join(f"{v:.0f}" for v in results[name]),
+            speedup=median / reference,
+        )
     table.print()
 
 

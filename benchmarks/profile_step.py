@@ -8,6 +8,7 @@ for the op kinds that matter (convolution forward/backward, GELU, BatchNorm, the
     python benchmarks/profile_step.py                      # ConvMixer-128/6 k5 p2, batch 128
     python benchmarks/profile_step.py --width 64 --depth 4 # the quick preset's model
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,20 +19,24 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from spatialmix.accel import native
-from spatialmix.accel import speed
-from spatialmix.ui.display import ResultTable
+from spatialmix.accel import native, speed
 from spatialmix.core.mixing import apply_mixing
-from spatialmix.models.convmixer import ConvMixer
 from spatialmix.engine.device import autocast_context, resolve_amp
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.ui.display import ResultTable
 
-KINDS = {   # op name prefix -> what the README calls it
-    "aten::convolution_backward": "conv backward", "aten::mkldnn_convolution": "conv forward",
-    "aten::_convolution": "conv forward", "aten::thnn_conv": "conv forward",
-    "aten::gelu_backward": "GELU", "aten::gelu": "GELU",
-    "aten::native_batch_norm_backward": "BatchNorm", "aten::native_batch_norm": "BatchNorm",
-    "aten::copy_": "casts and copies", "aten::_to_copy": "casts and copies",
-    "spatialmix::depthwise_weight_grad": "conv backward",   # the C kernels (spatialmix.native)
+KINDS = {  # op name prefix -> what the README calls it
+    "aten::convolution_backward": "conv backward",
+    "aten::mkldnn_convolution": "conv forward",
+    "aten::_convolution": "conv forward",
+    "aten::thnn_conv": "conv forward",
+    "aten::gelu_backward": "GELU",
+    "aten::gelu": "GELU",
+    "aten::native_batch_norm_backward": "BatchNorm",
+    "aten::native_batch_norm": "BatchNorm",
+    "aten::copy_": "casts and copies",
+    "aten::_to_copy": "casts and copies",
+    "spatialmix::depthwise_weight_grad": "conv backward",  # the C kernels (spatialmix.native)
     "spatialmix::batchnorm_backward": "BatchNorm",
 }
 
@@ -54,6 +59,7 @@ def step_profile(args, mode: str, ours: bool, steps: int) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
     for _ in range(3):
         step()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -71,7 +77,11 @@ def step_profile(args, mode: str, ours: bool, steps: int) -> dict[str, float]:
         total += event.self_cpu_time_total
         kind = next((v for k, v in KINDS.items() if event.key == k), "other ops")
         shares[kind] = shares.get(kind, 0.0) + event.self_cpu_time_total
-    return {"total": total / steps / 1000, "faults": faults, **{k: v / steps / 1000 for k, v in shares.items()}}
+    return {
+        "total": total / steps / 1000,
+        "faults": faults,
+        **{k: v / steps / 1000 for k, v in shares.items()},
+    }
 
 
 def main(argv=None) -> int:
@@ -83,24 +93,36 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--plain-allocator", action="store_true",
-                   help="leave glibc's malloc thresholds alone (to see the page faults they cost)")
+    p.add_argument(
+        "--plain-allocator",
+        action="store_true",
+        help="leave glibc's malloc thresholds alone (to see the page faults they cost)",
+    )
     args = p.parse_args(argv)
     speed.set_threads(args.threads)
     if not args.plain_allocator:
         speed.tune_allocator()
-    print(f"ConvMixer-{args.width}/{args.depth} k{args.kernel_size} p{args.patch_size}, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} thread(s), allocator {'glibc defaults' if args.plain_allocator else 'tuned'}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
-          f"depthwise and batch-norm gradients: {native.status()}")
+    print(
+        f"ConvMixer-{args.width}/{args.depth} k{args.kernel_size} p{args.patch_size}, "
+        f"batch {args.batch_size}, {torch.get_num_threads()} thread(s), "
+        f"allocator {'glibc defaults' if args.plain_allocator else 'tuned'}, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, "
+        f"depthwise and batch-norm gradients: {native.status()}"
+    )
     kinds = ["conv forward", "conv backward", "GELU", "BatchNorm", "casts and copies", "other ops"]
-    table = ResultTable("Training step profile (ms per step, share of the step)",
-                        [("loop", "loop", ""), ("total", "ms/step", ".0f")] + [(k, k, "") for k in kinds]
-                        + [("faults", "page faults/step", ".0f")])
+    table = ResultTable(
+        "Training step profile (ms per step, share of the step)",
+        [("loop", "loop", ""), ("total", "ms/step", ".0f")]
+        + [(k, k, "") for k in kinds]
+        + [("faults", "page faults/step", ".0f")],
+    )
     for ours, mode in ((False, "full"), (True, "full"), (False, "chans"), (True, "chans")):
         prof = step_profile(args, mode, ours, args.steps)
-        row = {"loop": f"{'spatialmix' if ours else 'plain NCHW fp32'} {mode.capitalize()}", "total": prof["total"],
-               "faults": prof["faults"]}
+        row = {
+            "loop": f"{'spatialmix' if ours else 'plain NCHW fp32'} {mode.capitalize()}",
+            "total": prof["total"],
+            "faults": prof["faults"],
+        }
         for k in kinds:
             row[k] = f"{prof.get(k, 0.0):.0f} ({prof.get(k, 0.0) / prof['total']:.0%})"
         table.add(**row)

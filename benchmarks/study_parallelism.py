@@ -7,6 +7,7 @@ the ratio. Run it on an otherwise idle machine.
 
     python benchmarks/study_parallelism.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from spatialmix.ui.display import ResultTable
-from spatialmix.engine.parallel import run_side_by_side
 from spatialmix.accel.speed import available_cores
 from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.parallel import run_side_by_side
 from spatialmix.engine.train import train
+from spatialmix.ui.display import ResultTable
 
 
 def short_run(config: TrainConfig, run_dir: Path, steps: int) -> float:
@@ -44,15 +45,39 @@ def main(argv=None) -> int:
     p.add_argument("--mode", default="chans")
     args = p.parse_args(argv)
     cores = available_cores()
-    print(f"ConvMixer-{args.width}/{args.depth} k5 p2 {args.mode}, {args.jobs} jobs x {args.steps} steps, "
-          f"{cores} cores, CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}")
-    table = ResultTable("A study's independent trainings: sequential vs side by side",
-                        [("how", "how", ""), ("seconds", "wall time (s)", ".1f"), ("ratio", "speed vs sequential", ".2f")])
+    print(
+        f"ConvMixer-{args.width}/{args.depth} k5 p2 {args.mode}, {args.jobs} jobs x {args.steps} steps, "
+        f"{cores} cores, CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}"
+    )
+    table = ResultTable(
+        "A study's independent trainings: sequential vs side by side",
+        [("how", "how", ""), ("seconds", "wall time (s)", ".1f"), ("ratio", "speed vs sequential", ".2f")],
+    )
     with tempfile.TemporaryDirectory() as tmp:
+
         def jobs(tag):
-            return [(short_run, (TrainConfig(model="convmixer", width=args.width, depth=args.depth, kernel_size=5,
-                                             patch_size=2, mode=args.mode, seed=i, progress=False, train_subset=20000),
-                                 Path(tmp) / f"{tag}-{i}", args.steps)) for i in range(args.jobs)]
+            return [
+                (
+                    short_run,
+                    (
+                        TrainConfig(
+                            model="convmixer",
+                            width=args.width,
+                            depth=args.depth,
+                            kernel_size=5,
+                            patch_size=2,
+                            mode=args.mode,
+                            seed=i,
+                            progress=False,
+                            train_subset=20000,
+                        ),
+                        Path(tmp) / f"{tag}-{i}",
+                        args.steps,
+                    ),
+                )
+                for i in range(args.jobs)
+            ]
+
         sequential = timed(jobs("seq"), processes=1, threads=cores)
         side = timed(jobs("side"), processes=cores, threads=1)
         one_thread = timed(jobs("one"), processes=1, threads=1)

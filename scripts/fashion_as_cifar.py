@@ -9,6 +9,7 @@ not CIFAR-10's: never report them as CIFAR-10 numbers.
     python scripts/fashion_as_cifar.py /usr/share/datasets/fashion-mnist OUT
     spatialmix train --dataset cifar10 --data-dir OUT ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from spatialmix.data.files import read_idx  # noqa: E402
+from spatialmix.data.files import read_idx
 
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 
@@ -40,12 +41,12 @@ def main(argv=None) -> int:
     p.add_argument("fashion_dir", type=Path)
     p.add_argument("out", type=Path, help="writes OUT/cifar-10-batches-py/")
     args = p.parse_args(argv)
-    read = lambda name: read_idx(next(args.fashion_dir.glob(name + "*"))).numpy()  # noqa: E731
+    read = lambda name: read_idx(next(args.fashion_dir.glob(name + "*"))).numpy()
     train_x, train_y = read("train-images-idx3-ubyte"), read("train-labels-idx1-ubyte")
     test_x, test_y = read("t10k-images-idx3-ubyte"), read("t10k-labels-idx1-ubyte")
     out = args.out / "cifar-10-batches-py"
     out.mkdir(parents=True, exist_ok=True)
-    train_rows = as_cifar_rows(train_x[:50000])   # CIFAR-10 has 50,000 training images in 5 batches
+    train_rows = as_cifar_rows(train_x[:50000])  # CIFAR-10 has 50,000 training images in 5 batches
     for i in range(5):
         part = slice(10000 * i, 10000 * (i + 1))
         write_batch(out / f"data_batch_{i + 1}", train_rows[part], train_y[:50000][part])

@@ -22,11 +22,23 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # Reinstall only when the dependencies changed.
-STAMP=".venv/.spatialmix-$(sha256sum pyproject.toml | cut -c1-16)"
+STAMP=".venv/.spatialmix-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
-    echo "setup: installing Python packages (torch==2.14.1, torchvision==0.29.1, ...) into .venv"
+    echo "setup: installing Python packages (torch and torchvision as pinned in constraints.txt, ...) into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
     rm -f .venv/.spatialmix-*
     touch "$STAMP"
+fi
+
+# The documentation tools live in their own environment (see docs/requirements.txt).
+if [ ! -x .venv-docs/bin/python ]; then
+    "$PYTHON" -m venv .venv-docs
+fi
+DOCS_STAMP=".venv-docs/.spatialmix-docs-$(sha256sum docs/requirements.txt | cut -c1-16)"
+if [ ! -f "$DOCS_STAMP" ]; then
+    echo "setup: installing the documentation tools into .venv-docs"
+    .venv-docs/bin/python -m pip install -q -r docs/requirements.txt
+    rm -f .venv-docs/.spatialmix-docs-*
+    touch "$DOCS_STAMP"
 fi

@@ -2,6 +2,7 @@
 
 Everything here is small on purpose: the whole suite runs on 2 shared CPU cores.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -24,8 +25,13 @@ from spatialmix.data.datasets import ImageData
 torch.set_num_threads(1)
 
 SRC_DIR = Path(spatialmix.__file__).resolve().parents[1]
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC_DIR),
-                  "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
+SUBPROCESS_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": str(SRC_DIR),
+    "COLUMNS": "200",
+    "PYTHONWARNINGS": "ignore",
+}
 SUBPROCESS_ENV.pop("SPATIALMIX_DATA", None)
 
 IDX_TYPE_UBYTE = 0x08
@@ -39,7 +45,9 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
     A name ending in ``.gz`` is gzipped, as the files are distributed.
     """
     array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, IDX_TYPE_UBYTE, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, IDX_TYPE_UBYTE, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
     payload = header + array.tobytes()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +69,9 @@ def fake_idx_arrays(n_train: int, n_test: int, seed: int, size: int = 28, num_cl
     }
 
 
-def write_fake_idx_dir(directory: Path, n_train: int = 64, n_test: int = 32, seed: int = 0, gz: bool = True,
-                       size: int = 28) -> dict:
+def write_fake_idx_dir(
+    directory: Path, n_train: int = 64, n_test: int = 32, seed: int = 0, gz: bool = True, size: int = 28
+) -> dict:
     """Four IDX files of random images (labels cycle through the 10 classes); returns the arrays."""
     arrays = fake_idx_arrays(n_train, n_test, seed, size)
     for stem, array in arrays.items():
@@ -78,8 +87,14 @@ def snapshot_files(root: Path) -> dict[str, bytes]:
 
 def run_cli(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """``python -m spatialmix.cli ARGS`` in a fresh process, with the code under test."""
-    return subprocess.run([sys.executable, "-m", "spatialmix.cli.main", *args], capture_output=True, text=True,
-                          env=SUBPROCESS_ENV, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "spatialmix.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=SUBPROCESS_ENV,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -106,17 +121,36 @@ def tiny_data() -> ImageData:
         labels = torch.arange(n) % 4
         images = torch.randint(0, 64, (n, 1, 28, 28), generator=g).to(torch.uint8)
         for band in range(4):
-            images[labels == band, :, band * 7:(band + 1) * 7, :] += 150
+            images[labels == band, :, band * 7 : (band + 1) * 7, :] += 150
         return images, labels
 
     train_x, train_y = make(256)
     test_x, test_y = make(64)
-    return ImageData("fashion-mnist", train_x, train_y, test_x, test_y, (0.3,), (0.3,),
-                     ["a", "b", "c", "d"], source="memory")
+    return ImageData(
+        "fashion-mnist",
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        (0.3,),
+        (0.3,),
+        ["a", "b", "c", "d"],
+        source="memory",
+    )
 
 
-TINY = dict(dataset="fashion-mnist", model="convmixer", width=16, depth=1, kernel_size=3, patch_size=4,
-            epochs=1, batch_size=64, lr=0.01, progress=False)
+TINY = dict(
+    dataset="fashion-mnist",
+    model="convmixer",
+    width=16,
+    depth=1,
+    kernel_size=3,
+    patch_size=4,
+    epochs=1,
+    batch_size=64,
+    lr=0.01,
+    progress=False,
+)
 
 
 @pytest.fixture
@@ -154,9 +188,9 @@ def interrupted_run(tmp_path_factory, fake_fashion_dir):
 
     Returns ``(run_dir, config)``; copy it (``run_copy``) before changing anything.
     """
-    from spatialmix.io import runs
     from spatialmix.engine.config import TrainConfig
     from spatialmix.engine.train import train
+    from spatialmix.io import runs
 
     config = TrainConfig(**{**TINY, "epochs": 2, "data_dir": str(fake_fashion_dir), "train_subset": 256})
     run_dir = tmp_path_factory.mktemp("interrupted") / "run"
@@ -165,6 +199,7 @@ def interrupted_run(tmp_path_factory, fake_fashion_dir):
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise _StopAfterCheckpoint
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runs, "save_checkpoint", save_then_die)
         with pytest.raises(_StopAfterCheckpoint):

@@ -1,4 +1,5 @@
 """Filter analysis: spectra against hand computations, smoothing, norms, distance from initialization."""
+
 import math
 
 import numpy as np
@@ -7,13 +8,13 @@ import torch
 from torch import nn
 
 from spatialmix.analysis import filters as analysis
-from spatialmix.data.datasets import ImageData
-from spatialmix.errors import SpatialmixError
-from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing
 from spatialmix.core.inits import InitSpec, gaussian_kernel, smooth_filters
-from spatialmix.models.convmixer import ConvMixer
+from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing
+from spatialmix.data.datasets import ImageData
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import train
+from spatialmix.errors import SpatialmixError
+from spatialmix.models.convmixer import ConvMixer
 
 
 def grid_index(size: int, f: float) -> int:
@@ -23,6 +24,7 @@ def grid_index(size: int, f: float) -> int:
 
 
 # --------------------------------------------------------------------------- spectra of known filters
+
 
 @pytest.mark.parametrize("size", [5, 16, 32])
 def test_delta_has_flat_unit_magnitude(size):
@@ -35,7 +37,7 @@ def test_delta_has_flat_unit_magnitude(size):
 
 def test_delta_profile_is_white_and_ratio_is_the_grid_share():
     delta = torch.zeros(1, 3, 3, dtype=torch.float64)
-    delta[0, 0, 0] = 1.0   # off-centre: a shift changes the phase only
+    delta[0, 0, 0] = 1.0  # off-centre: a shift changes the phase only
     s = analysis.layer_spectrum("delta", delta, size=16)
     np.testing.assert_allclose(s.profile, 1.0, atol=1e-12)
     # count the grid points below the cutoff by hand
@@ -55,7 +57,8 @@ def test_box_filter_matches_the_dirichlet_kernel():
         dirichlet = np.abs(np.sin(np.pi * m * k / size) / np.sin(np.pi * m / size))
     dirichlet[m == 0] = k
     np.testing.assert_allclose(spectrum, np.outer(dirichlet, dirichlet), atol=1e-12)
-    # values worked out on paper: DC = 9; f = 1/3 is a zero of the kernel; at Nyquist |sin(3pi/2)/sin(pi/2)| = 1
+    # values worked out on paper: DC = 9; f = 1/3 is a zero of the kernel;
+    # at Nyquist |sin(3pi/2)/sin(pi/2)| = 1
     dc, third, nyq = grid_index(size, 0), grid_index(size, 1 / 3), grid_index(size, -0.5)
     assert spectrum[dc, dc] == pytest.approx(9.0)
     assert spectrum[third, dc] == pytest.approx(0.0, abs=1e-12)
@@ -67,14 +70,14 @@ def test_gaussian_matches_its_cosine_sum_and_the_continuous_transform():
     sigma, k, size = 1.0, 7, 32
     g2 = gaussian_kernel(sigma, k)
     spectrum = analysis.filter_spectrum(g2[None], size)[0].numpy()
-    g1 = g2.sum(1).numpy()            # the separable 1-D factor (the kernel is normalized)
+    g1 = g2.sum(1).numpy()  # the separable 1-D factor (the kernel is normalized)
     f = analysis.frequencies(size).numpy()
     j = np.arange(1, k // 2 + 1)
     # a symmetric filter's DFT is real up to a phase: g[c] + 2 sum_j g[c+j] cos(2 pi f j)
     one_d = np.abs(g1[k // 2] + 2 * (g1[k // 2 + j][None] * np.cos(2 * np.pi * f[:, None] * j[None])).sum(1))
     np.testing.assert_allclose(spectrum, np.outer(one_d, one_d), atol=1e-12)
     # sampled at 1 px and truncated at 3 sigma, it stays close to exp(-2 pi^2 sigma^2 f^2)
-    continuous = np.exp(-2 * np.pi ** 2 * sigma ** 2 * f ** 2)
+    continuous = np.exp(-2 * np.pi**2 * sigma**2 * f**2)
     np.testing.assert_allclose(spectrum, np.outer(continuous, continuous), atol=0.02)
     assert spectrum[grid_index(size, 0), grid_index(size, 0)] == pytest.approx(1.0)
 
@@ -95,6 +98,7 @@ def test_fft_size_smaller_than_the_filter_is_refused():
 
 
 # --------------------------------------------------------------------------- smoothing
+
 
 def test_smoothed_bank_has_less_high_frequency_energy_than_the_same_seed_unsmoothed():
     gen = torch.Generator().manual_seed(0)
@@ -127,10 +131,11 @@ def test_init_spec_smoothing_lowers_high_frequencies_in_every_layer():
 
 # --------------------------------------------------------------------------- statistics
 
+
 def test_filter_norms_and_distance_on_known_weights():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4, padding=1, bias=False), nn.Conv2d(4, 2, 1, bias=False))
     with torch.no_grad():
-        model[0].weight.fill_(1.0)                                      # each filter: norm sqrt(9) = 3
+        model[0].weight.fill_(1.0)  # each filter: norm sqrt(9) = 3
         model[1].weight.copy_(torch.tensor([[3.0, 4, 0, 0], [0, 0, 0, 1]]).reshape(2, 4, 1, 1))  # norms 5, 1
     init = {k: v.clone() for k, v in model.state_dict().items()}
     init["1.weight"][0, 0] += 2.0
@@ -140,7 +145,7 @@ def test_filter_norms_and_distance_on_known_weights():
     assert stats["1"].norm_mean == pytest.approx(3.0) and stats["1"].norm_std == pytest.approx(math.sqrt(8))
     assert stats["0"].distance == 0.0
     assert stats["1"].distance == pytest.approx(2.0)
-    assert stats["1"].relative_distance == pytest.approx(2.0 / math.sqrt(5 ** 2 + 4 ** 2 + 1))  # init row 0: 5, 4
+    assert stats["1"].relative_distance == pytest.approx(2.0 / math.sqrt(5**2 + 4**2 + 1))  # init row 0: 5, 4
 
 
 def test_moved_frozen_layer_is_reported():
@@ -160,17 +165,38 @@ def test_model_without_spatial_mixers_is_refused():
 
 # --------------------------------------------------------------------------- saved runs
 
+
 def random_data(n_train=64, n_test=32, size=16, seed=0) -> ImageData:
     gen = torch.Generator().manual_seed(seed)
-    images = lambda n: torch.randint(0, 256, (n, 1, size, size), generator=gen, dtype=torch.uint8)  # noqa: E731
-    labels = lambda n: torch.randint(0, 4, (n,), generator=gen)  # noqa: E731
-    return ImageData("fashion-mnist", images(n_train), labels(n_train), images(n_test), labels(n_test),
-                     (0.5,), (0.25,), ["a", "b", "c", "d"])
+    images = lambda n: torch.randint(0, 256, (n, 1, size, size), generator=gen, dtype=torch.uint8)
+    labels = lambda n: torch.randint(0, 4, (n,), generator=gen)
+    return ImageData(
+        "fashion-mnist",
+        images(n_train),
+        labels(n_train),
+        images(n_test),
+        labels(n_test),
+        (0.5,),
+        (0.25,),
+        ["a", "b", "c", "d"],
+    )
 
 
 def small_config(mode: str, **changes) -> TrainConfig:
-    return TrainConfig(dataset="fashion-mnist", model="convmixer", width=8, depth=2, kernel_size=3, patch_size=4,
-                       mode=mode, epochs=1, batch_size=16, progress=False, device="cpu", **changes)
+    return TrainConfig(
+        dataset="fashion-mnist",
+        model="convmixer",
+        width=8,
+        depth=2,
+        kernel_size=3,
+        patch_size=4,
+        mode=mode,
+        epochs=1,
+        batch_size=16,
+        progress=False,
+        device="cpu",
+        **changes,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -210,11 +236,11 @@ def test_tables_and_figures_of_runs(tiny_runs):
     analyses = [analysis.analyze(tiny_runs / m) for m in ("full", "chans")]
     spec = analysis.spectrum_table(analyses)
     assert [r["run"] for r in spec.rows] == ["Full seed 0"] * 2 + ["Chans seed 0"] * 2
-    assert spec.rows[2]["ratio"] == spec.rows[2]["ratio_init"]      # frozen: unchanged
+    assert spec.rows[2]["ratio"] == spec.rows[2]["ratio_init"]  # frozen: unchanged
     stats = analysis.statistics_table(analyses)
     assert "distance from init" in stats.to_markdown()
     mosaic = analysis.filter_mosaic(analyses[0].filters["blocks.0.0.fn.0"], max_filters=6)
-    assert mosaic.shape == (2 * 4 - 1, 3 * 4 - 1)     # 6 filters of 3x3: 2 rows, 3 columns, 1 px gaps
+    assert mosaic.shape == (2 * 4 - 1, 3 * 4 - 1)  # 6 filters of 3x3: 2 rows, 3 columns, 1 px gaps
     assert np.nanmax(np.abs(mosaic)) == pytest.approx(1.0)
     for plot in (analysis.plot_filter_grids, analysis.plot_radial_profiles, analysis.plot_mean_spectra):
         fig = plot(analyses)
@@ -232,8 +258,15 @@ def test_token_mixing_models_have_statistics_but_no_filter_banks(tmp_path, tiny_
     from spatialmix.analysis.filters import analyze
     from spatialmix.report.document import write_report
 
-    config = tiny_config(model="mlpmixer", width=16, depth=1, patch_size=4, mode="chans",
-                         data_dir=str(fake_fashion_dir), train_subset=128)
+    config = tiny_config(
+        model="mlpmixer",
+        width=16,
+        depth=1,
+        patch_size=4,
+        mode="chans",
+        data_dir=str(fake_fashion_dir),
+        train_subset=128,
+    )
     train(config, tmp_path / "run")
     analysis = analyze(tmp_path / "run")
     assert analysis.filters == {} and analysis.spectra == []

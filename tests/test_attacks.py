@@ -7,6 +7,7 @@ minimum over the L-inf ball intersected with the [0, 1] box is reached coordinat
 (move each pixel by eps against the sign of (w_y - w_j), as far as the box allows). The example
 is robust iff every such minimum stays positive.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,19 +17,14 @@ import pytest
 import torch
 from torch import nn
 
-from spatialmix.robustness import apgd
-from spatialmix.robustness import results as attack_results
-from spatialmix.robustness import attacks
-from spatialmix.cli import main as cli
-from spatialmix.robustness import masking
-from spatialmix.io import runs
-from spatialmix.robustness.settings import AttackSettings
-from spatialmix.robustness.evaluate import attack_examples, evaluate_robustness
-from spatialmix.errors import SpatialmixError
-
 from conftest import TINY, run_cli, snapshot_files, write_idx
-from spatialmix.robustness import run_attacks
-from spatialmix.robustness import settings
+from spatialmix.cli import main as cli
+from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs
+from spatialmix.robustness import apgd, attacks, masking, run_attacks, settings
+from spatialmix.robustness import results as attack_results
+from spatialmix.robustness.evaluate import attack_examples, evaluate_robustness
+from spatialmix.robustness.settings import AttackSettings
 from spatialmix.studies import reproduce
 
 FAST = dict(reference_examples=16, reference_steps=20, reference_targets=0, square_queries=50, progress=False)
@@ -37,6 +33,7 @@ BINARY = dict(attacks=("apgd-ce",), **FAST)
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def linear_model(d: int, classes: int, seed: int) -> nn.Sequential:
     g = torch.Generator().manual_seed(seed)
@@ -76,11 +73,12 @@ def linear_problem(classes: int, n: int = 160, seed: int = 0):
     x = torch.rand(n, 1, 4, 4, generator=g)
     with torch.no_grad():
         y = model(x).argmax(1)
-    y[: n // 10] = (y[: n // 10] + 1) % classes      # a few misclassified examples
+    y[: n // 10] = (y[: n // 10] + 1) % classes  # a few misclassified examples
     return model, x, y
 
 
 # --------------------------------------------------------------------------- settings
+
 
 def test_eps_parsing_and_labels():
     assert settings.parse_eps("8/255") == pytest.approx(8 / 255)
@@ -92,11 +90,22 @@ def test_eps_parsing_and_labels():
             settings.parse_eps_list(bad)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"eps": (0, 2.0)}, "outside"), ({"eps": (-1 / 255,)}, "outside"), ({"attacks": ("fgsm", "cw")}, "unknown attack"),
-    ({"norm": "L1"}, "unknown norm"), ({"n_examples": 0}, "at least 1"), ({"targets": -1}, "targets"),
-    ({"targets": 0}, "0 targets"), ({"reference_examples": -3}, "reference examples"),
-    ({"steps": 0}, "steps"), ({"bogus": 1}, "unknown attack settings"), ({"device": "tpu"}, "unknown device")])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"eps": (0, 2.0)}, "outside"),
+        ({"eps": (-1 / 255,)}, "outside"),
+        ({"attacks": ("fgsm", "cw")}, "unknown attack"),
+        ({"norm": "L1"}, "unknown norm"),
+        ({"n_examples": 0}, "at least 1"),
+        ({"targets": -1}, "targets"),
+        ({"targets": 0}, "0 targets"),
+        ({"reference_examples": -3}, "reference examples"),
+        ({"steps": 0}, "steps"),
+        ({"bogus": 1}, "unknown attack settings"),
+        ({"device": "tpu"}, "unknown device"),
+    ],
+)
 def test_bad_settings_are_one_clear_line(changes, message):
     with pytest.raises(SpatialmixError, match=message) as err:
         AttackSettings().replace(**changes).validate()
@@ -112,32 +121,47 @@ def test_settings_are_canonical():
 
 # --------------------------------------------------------------------------- exact answers
 
+
 @pytest.mark.parametrize("attack", ["apgd-ce", "pgd"])
 def test_linf_attacks_equal_the_analytic_worst_case_of_a_linear_classifier(attack):
     model, x, y = linear_problem(classes=2)
-    result = evaluate_robustness(model, x, y, eps=(0, 0.02, 0.05, 0.1, 0.2), **{**BINARY, "attacks": (attack,)})
+    result = evaluate_robustness(
+        model, x, y, eps=(0, 0.02, 0.05, 0.1, 0.2), **{**BINARY, "attacks": (attack,)}
+    )
     assert result["warnings"] == []
     for budget in result["budgets"]:
         expected = analytic_robust(model, x, y, budget["eps"])
         assert torch.equal(bits(budget), expected), budget["eps_label"]
-        assert budget["default_acc"] == pytest.approx(expected.float().mean().item())   # no help from the checks
+        assert budget["default_acc"] == pytest.approx(
+            expected.float().mean().item()
+        )  # no help from the checks
     accs = [b["robust_acc"] for b in result["budgets"]]
-    assert accs[0] > accs[-1] > 0                      # the test covers robust and broken examples
+    assert accs[0] > accs[-1] > 0  # the test covers robust and broken examples
 
 
 def test_the_reference_finds_the_analytic_worst_case_of_a_multiclass_linear_classifier():
     # Cross-entropy attacks need not find a multi-class linear model's worst case; APGD-T on every
     # other class must. The default here targets one class; the reference (all 9) runs on 30 examples.
     model, x, y = linear_problem(classes=10, n=40, seed=3)
-    result = evaluate_robustness(model, x, y, eps=(0, 0.02, 0.05), attacks=("apgd-ce",), steps=5,
-                                 reference_examples=30, reference_steps=20, reference_targets=9, square_queries=20,
-                                 progress=False)
+    result = evaluate_robustness(
+        model,
+        x,
+        y,
+        eps=(0, 0.02, 0.05),
+        attacks=("apgd-ce",),
+        steps=5,
+        reference_examples=30,
+        reference_steps=20,
+        reference_targets=9,
+        square_queries=20,
+        progress=False,
+    )
     reference = result["reference_check"]
     assert reference["n"] == 30 and reference["eps"] == [0.02, 0.05]
     for budget in result["budgets"]:
         expected = analytic_robust(model, x, y, budget["eps"])
-        assert not (bits(budget) & ~expected).any()              # never robust where the optimum breaks it
-        assert torch.equal(bits(budget)[:30], expected[:30])     # exact where the reference ran
+        assert not (bits(budget) & ~expected).any()  # never robust where the optimum breaks it
+        assert torch.equal(bits(budget)[:30], expected[:30])  # exact where the reference ran
     exact_on_sample = [analytic_robust(model, x, y, e)[:30].float().mean().item() for e in reference["eps"]]
     assert reference["reference_acc"] == pytest.approx(exact_on_sample)
     gaps = [d - r for d, r in zip(reference["default_acc"], reference["reference_acc"])]
@@ -159,8 +183,16 @@ def test_early_stopping_changes_nothing_for_the_other_examples():
         together = apgd.apgd(model, x, y, 0.05, "Linf", 12, start=x, **kwargs)
         assert 0 < together.broken.sum() < len(y)
         for i in range(len(y)):
-            alone = apgd.apgd(model, x[i:i + 1], y[i:i + 1], 0.05, "Linf", 12, start=x[i:i + 1],
-                              **{k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in kwargs.items()})
+            alone = apgd.apgd(
+                model,
+                x[i : i + 1],
+                y[i : i + 1],
+                0.05,
+                "Linf",
+                12,
+                start=x[i : i + 1],
+                **{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in kwargs.items()},
+            )
             assert bool(alone.broken[0]) == bool(together.broken[i])
             assert torch.allclose(alone.adv[0], together.adv[i], atol=1e-6)
         # A broken example stops at once: the cost is less than every example for every step.
@@ -173,8 +205,8 @@ def test_forward_backward_in_cpu_chunks_gives_what_one_pass_gives(monkeypatch):
     model, x, y = linear_problem(classes=10, n=70, seed=3)
     target = (y + 1) % 10
     assert [(s.start, s.stop) for s in apgd._chunks(70, torch.device("cpu"))] == [(0, 35), (35, 70)]
-    assert apgd._chunks(130, torch.device("cpu"))[-1] == slice(88, 130)      # 3 even parts of at most 64
-    assert apgd._chunks(300, torch.device("cuda")) == [slice(0, 300)]         # a GPU takes the batch at once
+    assert apgd._chunks(130, torch.device("cpu"))[-1] == slice(88, 130)  # 3 even parts of at most 64
+    assert apgd._chunks(300, torch.device("cuda")) == [slice(0, 300)]  # a GPU takes the batch at once
     chunked = apgd._loss_and_grad(model, x, y, target, apgd.LOSSES["dlr-targeted"])
     with monkeypatch.context() as m:
         m.setattr(apgd, "CPU_CHUNK", 10_000)
@@ -203,16 +235,18 @@ def test_each_budget_attacks_only_the_examples_still_standing(monkeypatch):
     result = evaluate_robustness(model, x, y, eps=budgets, checks=False, **BINARY)
     robust = {b["eps"]: b["n_robust"] for b in result["budgets"]}
     assert [a[0] for a in attacked] == list(budgets[1:])
-    for (eps, n, warm), smaller in zip(attacked, budgets):
-        assert n == robust[smaller]                  # broken at a smaller budget: not attacked again
-        assert warm == (smaller > 0)                 # started where the budget before ended
+    for (_eps, n, warm), smaller in zip(attacked, budgets):
+        assert n == robust[smaller]  # broken at a smaller budget: not attacked again
+        assert warm == (smaller > 0)  # started where the budget before ended
     assert robust[0.02] > robust[0.1] > 0
 
 
 def test_progress_callback_sees_every_stage_and_the_steps_spent():
     model, x, y = linear_problem(classes=5, n=30, seed=4)
     calls = []
-    result = evaluate_robustness(model, x, y, eps=(0, 0.02), **{**FAST, "progress": lambda *a: calls.append(a)})
+    result = evaluate_robustness(
+        model, x, y, eps=(0, 0.02), **{**FAST, "progress": lambda *a: calls.append(a)}
+    )
     stages = {stage.split(":")[0] for stage, _ in calls}
     assert {"default", "reference", "check", "chance"} <= stages
     steps = [n for _, n in calls]
@@ -225,8 +259,17 @@ def test_a_warm_start_reuses_the_gradient_it_ended_with():
     model, x, y = linear_problem(classes=10, n=30, seed=6)
     first = apgd.apgd(model, x, y, 0.02, "Linf", 8, generator=torch.Generator().manual_seed(0))
     keep = ~first.broken
-    reused = apgd.apgd(model, x[keep], y[keep], 0.05, "Linf", 8, start=first.adv[keep],
-                       start_loss=first.loss[keep], start_grad=first.grad[keep])
+    reused = apgd.apgd(
+        model,
+        x[keep],
+        y[keep],
+        0.05,
+        "Linf",
+        8,
+        start=first.adv[keep],
+        start_loss=first.loss[keep],
+        start_grad=first.grad[keep],
+    )
     again = apgd.apgd(model, x[keep], y[keep], 0.05, "Linf", 8, start=first.adv[keep])
     assert torch.equal(reused.broken, again.broken) and 0 < int(reused.broken.sum()) < int(keep.sum())
     assert torch.allclose(reused.adv, again.adv, atol=1e-6)
@@ -235,7 +278,7 @@ def test_a_warm_start_reuses_the_gradient_it_ended_with():
 
 def test_l2_attack_never_beats_the_optimum_and_finds_it_away_from_the_boundary():
     model, x, y = linear_problem(classes=2, seed=5)
-    x = 0.3 + 0.4 * x                                   # the box cannot bind for eps <= 0.3
+    x = 0.3 + 0.4 * x  # the box cannot bind for eps <= 0.3
     w = model[1].weight.detach().double()
     d = (w[y] - w[1 - y]).norm(dim=1)
     with torch.no_grad():
@@ -244,8 +287,8 @@ def test_l2_attack_never_beats_the_optimum_and_finds_it_away_from_the_boundary()
     eps = 0.25
     result = evaluate_robustness(model, x, y, eps=(eps,), norm="L2", steps=20, **BINARY)
     got = bits(result["budgets"][0])
-    slack = margin - eps * d                            # > 0: robust under the L2 optimum
-    assert not (got & (slack <= 0)).any()               # never claims robust what the optimum breaks
+    slack = margin - eps * d  # > 0: robust under the L2 optimum
+    assert not (got & (slack <= 0)).any()  # never claims robust what the optimum breaks
     clear = slack.abs() > 0.02 * eps * d
     assert torch.equal(got[clear], (slack > 0)[clear])
     assert result["budgets"][0]["max_perturbation"] <= eps + 1e-5
@@ -253,7 +296,9 @@ def test_l2_attack_never_beats_the_optimum_and_finds_it_away_from_the_boundary()
 
 def test_eps_zero_is_the_clean_accuracy_and_leaves_the_model_as_it_was():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10)
+    )
     model.train()
     x = torch.rand(32, 1, 8, 8)
     y = torch.arange(32) % 10
@@ -262,7 +307,9 @@ def test_eps_zero_is_the_clean_accuracy_and_leaves_the_model_as_it_was():
         clean = (model(x).argmax(1) == y).float().mean().item()
     model.train()
     result = evaluate_robustness(model, x, y, eps=(0,), **FAST)
-    assert result["clean_acc"] == pytest.approx(clean) and result["budgets"][0]["robust_acc"] == pytest.approx(clean)
+    assert result["clean_acc"] == pytest.approx(clean) and result["budgets"][0][
+        "robust_acc"
+    ] == pytest.approx(clean)
     assert model.training and all(p.requires_grad for p in model.parameters())
     for name in ("fgsm", "pgd", "apgd-ce", "square"):
         adv = attack_examples(model.eval(), x, y, name, 0.0, square_queries=20)
@@ -273,17 +320,17 @@ def test_eps_zero_is_the_clean_accuracy_and_leaves_the_model_as_it_was():
 def test_perturbations_stay_inside_the_eps_ball_and_the_box(norm, eps):
     model = linear_model(64, 10, seed=4)
     x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(4))
-    x[:, :, 0] = 0.0                                    # pixels on the edges of the box
+    x[:, :, 0] = 0.0  # pixels on the edges of the box
     x[:, :, -1] = 1.0
     with torch.no_grad():
-        y = model(x).argmax(1)                          # all correct: every attack has work to do
+        y = model(x).argmax(1)  # all correct: every attack has work to do
     for name in ("fgsm", "pgd", "apgd-ce", "apgd-t", "square"):
         adv = attack_examples(model, x, y, name, eps, norm, seed=3, square_queries=50, steps=5)
         delta = (adv - x).flatten(1)
         size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
         assert (size <= eps + 1e-5).all(), name
         assert adv.min() >= 0 and adv.max() <= 1, name
-        if name != "square":                            # (Square returns unbroken examples unchanged)
+        if name != "square":  # (Square returns unbroken examples unchanged)
             assert size.min() > 0.3 * eps, name
     result = evaluate_robustness(model, x, y, eps=(eps,), norm=norm, **FAST)
     assert 0 < result["budgets"][0]["max_perturbation"] <= eps + 1e-5
@@ -294,7 +341,7 @@ def test_worst_case_never_rises_with_eps_and_is_below_the_default_attacks():
     result = evaluate_robustness(model, x, y, eps=(0, 0.01, 0.03, 0.06), steps=3, **FAST)
     masks = [bits(b) for b in result["budgets"]]
     for smaller, larger in zip(masks, masks[1:]):
-        assert not (larger & ~smaller).any()            # robust at a larger eps implies robust at a smaller
+        assert not (larger & ~smaller).any()  # robust at a larger eps implies robust at a smaller
     for b in result["budgets"]:
         assert b["robust_acc"] <= b["default_acc"] + 1e-9
         assert b["n_robust"] == int(bits(b).sum()) == round(b["robust_acc"] * len(y))
@@ -325,7 +372,7 @@ def test_too_few_classes_for_targeted_attacks_is_refused_before_any_attack_runs(
     calls = []
     monkeypatch.setattr(apgd, "apgd", lambda *a, **k: calls.append(1) or pytest.fail("attacked"))
     monkeypatch.setattr(apgd, "pgd", lambda *a, **k: calls.append(1) or pytest.fail("attacked"))
-    for changes in ({}, {"attacks": ("apgd-ce",)}):   # the default's APGD-T, or the reference's
+    for changes in ({}, {"attacks": ("apgd-ce",)}):  # the default's APGD-T, or the reference's
         with pytest.raises(SpatialmixError, match="at least 4 classes") as err:
             evaluate_robustness(model, x, y, eps=(0, 0.1), progress=False, **changes)
         assert "--reference-targets 0" in str(err.value) and "\n" not in str(err.value)
@@ -335,6 +382,7 @@ def test_too_few_classes_for_targeted_attacks_is_refused_before_any_attack_runs(
 
 
 # --------------------------------------------------------------------------- gradient masking
+
 
 class RoundInput(nn.Module):
     """x -> round(4x) / 4: the forward pass of a quantizer, whose gradient is zero everywhere."""
@@ -348,8 +396,11 @@ def two_blob_problem():
     g = torch.Generator().manual_seed(0)
     n = 40
     y = torch.arange(n) % 2
-    x = torch.where(y[:, None, None, None] == 1, 0.8 + 0.15 * torch.rand(n, 1, 6, 6, generator=g),
-                    0.05 + 0.15 * torch.rand(n, 1, 6, 6, generator=g))
+    x = torch.where(
+        y[:, None, None, None] == 1,
+        0.8 + 0.15 * torch.rand(n, 1, 6, 6, generator=g),
+        0.05 + 0.15 * torch.rand(n, 1, 6, 6, generator=g),
+    )
     layer = nn.Linear(36, 2)
     with torch.no_grad():
         layer.weight.copy_(torch.stack([torch.full((36,), -5 / 36), torch.full((36,), 5 / 36)]))
@@ -359,11 +410,18 @@ def two_blob_problem():
 
 def test_masking_checks_fire_on_a_gradient_masking_model_and_not_on_a_normal_one():
     x, y, layer = two_blob_problem()
-    settings = dict(eps=(0, 0.1, 0.3, 0.45), attacks=("apgd-ce",), reference_examples=40, reference_steps=20,
-                    reference_targets=0, square_queries=300, progress=False)
+    settings = dict(
+        eps=(0, 0.1, 0.3, 0.45),
+        attacks=("apgd-ce",),
+        reference_examples=40,
+        reference_steps=20,
+        reference_targets=0,
+        square_queries=300,
+        progress=False,
+    )
     plain = evaluate_robustness(nn.Sequential(nn.Flatten(), layer), x, y, **settings)
     assert plain["warnings"] == [] and all(c["ok"] for c in plain["checks"])
-    assert [b["robust_acc"] for b in plain["budgets"]] == [1.0, 1.0, 1.0, 0.0]   # mean moves by eps: exact
+    assert [b["robust_acc"] for b in plain["budgets"]] == [1.0, 1.0, 1.0, 0.0]  # mean moves by eps: exact
     assert {c["name"] for c in plain["checks"]} == {"reference", "steps", "monotone", "black-box", "chance"}
 
     masked = evaluate_robustness(nn.Sequential(RoundInput(), nn.Flatten(), layer), x, y, **settings)
@@ -382,7 +440,7 @@ def test_black_box_check_counts_the_white_box_survivors_it_attacked():
     model, x, y = linear_problem(classes=2, n=60, seed=2)
     eps = 0.05
     result = evaluate_robustness(model, x, y, eps=(0, eps), **{**BINARY, "reference_examples": 40})
-    survivors = int(analytic_robust(model, x, y, eps)[:40].sum())   # APGD is exact here: these survive
+    survivors = int(analytic_robust(model, x, y, eps)[:40].sum())  # APGD is exact here: these survive
     assert 0 < survivors < 40
     black_box = next(c for c in result["checks"] if c["name"] == "black-box")
     assert f"broke 0 of {survivors} white-box survivors" in black_box["message"]
@@ -391,9 +449,19 @@ def test_black_box_check_counts_the_white_box_survivors_it_attacked():
 def test_a_reference_gap_warns_on_every_attacked_row():
     # One step of APGD-CE leaves what 9-target APGD-T breaks: the numbers at every budget are doubtful.
     model, x, y = linear_problem(classes=10, n=40, seed=3)
-    result = evaluate_robustness(model, x, y, eps=(0, 0.01, 0.02, 0.05), attacks=("apgd-ce",), steps=1,
-                                 reference_examples=40, reference_steps=20, reference_targets=9, square_queries=20,
-                                 progress=False)
+    result = evaluate_robustness(
+        model,
+        x,
+        y,
+        eps=(0, 0.01, 0.02, 0.05),
+        attacks=("apgd-ce",),
+        steps=1,
+        reference_examples=40,
+        reference_steps=20,
+        reference_targets=9,
+        square_queries=20,
+        progress=False,
+    )
     assert result["reference_check"]["max_gap"] > 0.01
     reference = next(c for c in result["checks"] if c["name"] == "reference")
     assert not reference["ok"] and "every budget" in reference["message"]
@@ -414,10 +482,11 @@ def test_check_functions():
     ref = masking.ReferenceCheck(100, [0.1, 0.2], [0.5, 0.3], [0.5, 0.27], 100, 9)
     assert ref.max_gap == pytest.approx(0.03) and not masking.check_reference(ref, 0.01).ok
     assert masking.check_reference(ref, 0.05).ok
-    assert masking.check_chance is masking.check_chance     # the old names still work
+    assert masking.check_chance is masking.check_chance  # the old names still work
 
 
 # --------------------------------------------------------------------------- saved runs and the command line
+
 
 def write_band_dataset(directory, n_train: int = 512, n_test: int = 64) -> None:
     """Fashion-MNIST files whose class (0-3) is the bright band of rows: learnable in one epoch."""
@@ -426,7 +495,7 @@ def write_band_dataset(directory, n_train: int = 512, n_test: int = 64) -> None:
         labels = torch.arange(n) % 4
         images = torch.randint(0, 64, (n, 28, 28), generator=g).to(torch.uint8)
         for band in range(4):
-            images[labels == band, band * 7:(band + 1) * 7, :] += 150
+            images[labels == band, band * 7 : (band + 1) * 7, :] += 150
         write_idx(directory / f"{split}-images-idx3-ubyte.gz", images.numpy())
         write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels.to(torch.uint8).numpy())
 
@@ -445,8 +514,10 @@ def trained_run(tmp_path_factory, band_data):
 
     data_dir = band_data
     run_dir = tmp_path_factory.mktemp("attack-runs") / "run"
-    summary = train(TrainConfig(**{**TINY, "data_dir": str(data_dir), "epochs": 2, "lr": 0.02, "augment": "none"}),
-                    run_dir)
+    summary = train(
+        TrainConfig(**{**TINY, "data_dir": str(data_dir), "epochs": 2, "lr": 0.02, "augment": "none"}),
+        run_dir,
+    )
     assert summary["test_acc"] > 0.5
     return run_dir
 
@@ -459,8 +530,23 @@ def two_runs(trained_run, tmp_path):
     return dirs
 
 
-CLI_FAST = ["--eps", "0,8/255", "--n-examples", "16", "--steps", "2", "--reference-examples", "4",
-            "--reference-steps", "3", "--reference-targets", "2", "--square-queries", "10", "--no-progress"]
+CLI_FAST = [
+    "--eps",
+    "0,8/255",
+    "--n-examples",
+    "16",
+    "--steps",
+    "2",
+    "--reference-examples",
+    "4",
+    "--reference-steps",
+    "3",
+    "--reference-targets",
+    "2",
+    "--square-queries",
+    "10",
+    "--no-progress",
+]
 
 
 def test_attack_command_prints_the_table_saves_json_and_plot(two_runs, band_data, capsys):
@@ -479,32 +565,52 @@ def test_attack_command_prints_the_table_saves_json_and_plot(two_runs, band_data
 
 
 def test_attack_runs_reuses_a_result_only_for_the_same_settings(two_runs, band_data, monkeypatch):
-    settings = AttackSettings(eps=(0, 8 / 255), n_examples=8, steps=2, reference_examples=4, reference_steps=3,
-                              reference_targets=2, square_queries=10)
-    first = run_attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, data_dir=str(band_data))
+    settings = AttackSettings(
+        eps=(0, 8 / 255),
+        n_examples=8,
+        steps=2,
+        reference_examples=4,
+        reference_steps=3,
+        reference_targets=2,
+        square_queries=10,
+    )
+    first = run_attacks.attack_runs(
+        two_runs[:1], settings, plot=None, progress=False, data_dir=str(band_data)
+    )
     monkeypatch.setattr(run_attacks, "evaluate_run", lambda *a, **k: pytest.fail("recomputed a saved result"))
-    again = run_attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, reuse=True,
-                                data_dir=str(band_data))
+    again = run_attacks.attack_runs(
+        two_runs[:1], settings, plot=None, progress=False, reuse=True, data_dir=str(band_data)
+    )
     assert again[0]["budgets"] == first[0]["budgets"]
     with pytest.raises(pytest.fail.Exception):
-        run_attacks.attack_runs(two_runs[:1], settings.replace(steps=3), plot=None, progress=False, reuse=True,
-                            data_dir=str(band_data))
+        run_attacks.attack_runs(
+            two_runs[:1],
+            settings.replace(steps=3),
+            plot=None,
+            progress=False,
+            reuse=True,
+            data_dir=str(band_data),
+        )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{missing}"], "does not exist"),
-    (["{not_a_run}"], "not a spatialmix run"),
-    (["{run}", "--eps", "0,2"], "outside [0, 1]"),
-    (["{run}", "--eps=-1/255"], "outside [0, 1]"),
-    (["{run}", "--eps", "0,eight"], "not a number"),
-    (["{run}", "--attacks", "pgd,deepfool"], "unknown attack"),
-    (["{run}", "--norm", "L1"], "unknown norm"),
-    (["{run}", "--n-examples", "0"], "at least 1"),
-    (["{run}", "--out-name", "../x"], "plain file stem"),
-    (["{run}", "{missing}"], "does not exist"),
-])
-def test_attack_command_bad_input_is_one_line_exit_2_and_touches_nothing(two_runs, tmp_path, capsys, args,
-                                                                         message):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{missing}"], "does not exist"),
+        (["{not_a_run}"], "not a spatialmix run"),
+        (["{run}", "--eps", "0,2"], "outside [0, 1]"),
+        (["{run}", "--eps=-1/255"], "outside [0, 1]"),
+        (["{run}", "--eps", "0,eight"], "not a number"),
+        (["{run}", "--attacks", "pgd,deepfool"], "unknown attack"),
+        (["{run}", "--norm", "L1"], "unknown norm"),
+        (["{run}", "--n-examples", "0"], "at least 1"),
+        (["{run}", "--out-name", "../x"], "plain file stem"),
+        (["{run}", "{missing}"], "does not exist"),
+    ],
+)
+def test_attack_command_bad_input_is_one_line_exit_2_and_touches_nothing(
+    two_runs, tmp_path, capsys, args, message
+):
     run_dir = two_runs[0]
     runs.atomic_write_json(run_dir / "robustness.json", {"earlier": "result"})
     (tmp_path / "not-a-run").mkdir()
@@ -527,16 +633,30 @@ def test_attack_command_error_in_a_fresh_process(tmp_path):
 
 # --------------------------------------------------------------------------- the studies
 
+
 @pytest.mark.slow
 def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypatch, fake_fashion_dir):
-    from spatialmix.studies import context as study
     from spatialmix.engine.config import TrainConfig
+    from spatialmix.studies import context as study
 
-    options = {"robustness": {"eps": (0, 8 / 255), "n_examples": 16, "steps": 2, "reference_examples": 4,
-                              "reference_steps": 3, "reference_targets": 2, "square_queries": 10},
-               "smoothing": {"sigmas": (0, 1.0)}}
-    preset = study.Preset("tiny", "tiny", TrainConfig(**{**TINY, "data_dir": str(fake_fashion_dir),
-                                                          "train_subset": 128}), options=options)
+    options = {
+        "robustness": {
+            "eps": (0, 8 / 255),
+            "n_examples": 16,
+            "steps": 2,
+            "reference_examples": 4,
+            "reference_steps": 3,
+            "reference_targets": 2,
+            "square_queries": 10,
+        },
+        "smoothing": {"sigmas": (0, 1.0)},
+    }
+    preset = study.Preset(
+        "tiny",
+        "tiny",
+        TrainConfig(**{**TINY, "data_dir": str(fake_fashion_dir), "train_subset": 128}),
+        options=options,
+    )
     monkeypatch.setitem(study.PRESETS, "tiny", preset)
     out = tmp_path / "study"
     results = reproduce.reproduce("tiny", out, studies=["classification", "robustness", "smoothing"])
@@ -561,8 +681,8 @@ def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypat
 
 
 def test_study_settings_come_from_the_preset_options_and_are_checked(tmp_path):
-    from spatialmix.studies import robustness
     from spatialmix.studies import context as study
+    from spatialmix.studies import robustness
 
     def context(options):
         preset = study.Preset("t", "t", study.PRESETS["quick"].base, options=options)

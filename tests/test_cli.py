@@ -1,21 +1,21 @@
 """The command line: bad input gives one clear line and exit code 2, and never damages a run."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import config_flags, run_cli, snapshot_files
 from spatialmix.cli import main as cli
 from spatialmix.io import runs
 from spatialmix.models.factory import count_parameters, create_model
-
-from conftest import config_flags, run_cli, snapshot_files
 
 
 def run_main(capsys, argv) -> tuple[int, str, str]:
     try:
         code = cli.main(argv)
-    except SystemExit as exit_:     # argparse errors exit from parse_args
+    except SystemExit as exit_:  # argparse errors exit from parse_args
         code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
@@ -33,12 +33,27 @@ def assert_one_error_line(code, err, prefix="spatialmix: error:") -> str:
 # (id, arguments, substrings the message must contain). The base command is a valid tiny run.
 # The first ones are checked from the options alone, before any run folder is looked at.
 BAD_INPUTS = [
-    ("unknown-model", ["--model", "convmixer-42/7"], ["unknown model 'convmixer-42/7'", "convmixer-256/8",
-                                                      "resnet18-sep"]),
+    (
+        "unknown-model",
+        ["--model", "convmixer-42/7"],
+        ["unknown model 'convmixer-42/7'", "convmixer-256/8", "resnet18-sep"],
+    ),
     ("unknown-mode", ["--mode", "spatial"], ["unknown mode 'spatial'", "chans, full, space"]),
-    ("unknown-dataset", ["--dataset", "svhn"], ["unknown dataset 'svhn'", "cifar10", "fashion-mnist", "mnist"]),
-    ("unknown-spatial-init", ["--spatial-init", "kaiming"], ["unknown init 'kaiming'", "default, gaussian, uniform"]),
-    ("unknown-channel-init", ["--channel-init", "xavier"], ["unknown init 'xavier'", "default, gaussian, uniform"]),
+    (
+        "unknown-dataset",
+        ["--dataset", "svhn"],
+        ["unknown dataset 'svhn'", "cifar10", "fashion-mnist", "mnist"],
+    ),
+    (
+        "unknown-spatial-init",
+        ["--spatial-init", "kaiming"],
+        ["unknown init 'kaiming'", "default, gaussian, uniform"],
+    ),
+    (
+        "unknown-channel-init",
+        ["--channel-init", "xavier"],
+        ["unknown init 'xavier'", "default, gaussian, uniform"],
+    ),
     ("even-kernel", ["--kernel-size", "4"], ["kernel size 4 is even", "3 or 5"]),
     ("patch-too-large", ["--patch-size", "29"], ["patch size 29 is larger than the 28 x 28 image"]),
     ("zero-epochs", ["--epochs", "0"], ["epochs must be a positive number, got 0"]),
@@ -53,7 +68,11 @@ BAD_INPUTS = [
     # These need the data or the model: for an existing run, the differing field is named instead.
     ("batch-larger-than-data", ["--batch-size", "100000"], ["larger than the", "lower --batch-size"]),
 ]
-NEEDS_MODEL = {"even-kernel": "kernel_size", "patch-too-large": "patch_size", "batch-larger-than-data": "batch_size"}
+NEEDS_MODEL = {
+    "even-kernel": "kernel_size",
+    "patch-too-large": "patch_size",
+    "batch-larger-than-data": "batch_size",
+}
 
 
 @pytest.fixture
@@ -100,8 +119,9 @@ def test_missing_data_directory(capsys, tmp_path, base_flags, run_copy):
     # Resuming an existing run with the data gone: the same message, the run untouched.
     run_dir, config = run_copy
     before = snapshot_files(run_dir)
-    code, _, err = run_main(capsys, ["train", *config_flags(config), "--data-dir", str(empty), "--out",
-                                     str(run_dir), "--resume"])
+    code, _, err = run_main(
+        capsys, ["train", *config_flags(config), "--data-dir", str(empty), "--out", str(run_dir), "--resume"]
+    )
     assert "fashion-mnist not found" in assert_one_error_line(code, err)
     assert snapshot_files(run_dir) == before
 
@@ -122,8 +142,12 @@ def test_corrupt_checkpoint_on_resume(capsys, run_copy, damage):
     before = snapshot_files(run_dir)
     code, _, err = run_main(capsys, ["train", *config_flags(config), "--out", str(run_dir), "--resume"])
     line = assert_one_error_line(code, err)
-    expected = {"model-junk": "not a readable safetensors file", "model-truncated": "not a readable safetensors",
-                "state-junk": "train_state.pt is corrupt", "config-junk": "corrupt (not JSON)"}[damage]
+    expected = {
+        "model-junk": "not a readable safetensors file",
+        "model-truncated": "not a readable safetensors",
+        "state-junk": "train_state.pt is corrupt",
+        "config-junk": "corrupt (not JSON)",
+    }[damage]
     assert expected in line
     assert snapshot_files(run_dir) == before
     if damage == "config-junk":
@@ -163,8 +187,9 @@ def test_checkpoint_of_another_model_on_resume(capsys, run_copy):
 def test_resume_with_a_different_config(capsys, run_copy):
     run_dir, config = run_copy
     before = snapshot_files(run_dir)
-    code, _, err = run_main(capsys, ["train", *config_flags(config), "--lr", "0.5", "--out", str(run_dir),
-                                     "--resume"])
+    code, _, err = run_main(
+        capsys, ["train", *config_flags(config), "--lr", "0.5", "--out", str(run_dir), "--resume"]
+    )
     line = assert_one_error_line(code, err)
     assert "different config" in line and "lr=0.01 (saved) vs 0.5" in line
     assert snapshot_files(run_dir) == before
@@ -196,7 +221,8 @@ def test_resume_of_something_that_is_not_a_run(capsys, tmp_path, base_flags):
 @pytest.mark.parametrize("resume", [True, False], ids=["resume", "restart"])
 @pytest.mark.parametrize("state", ["missing", "empty", "cut-short-config", "lock-only"])
 def test_resume_starts_a_run_when_nothing_was_saved(capsys, tmp_path, base_flags, state, resume):
-    """Killed before its first file (or while writing config.json): the run starts, with or without --resume."""
+    """Killed before its first file (or while writing config.json): the run starts,
+    with or without --resume."""
     out = tmp_path / "run"
     if state != "missing":
         out.mkdir()
@@ -204,7 +230,9 @@ def test_resume_starts_a_run_when_nothing_was_saved(capsys, tmp_path, base_flags
         (out / ".config.json.x7.tmp").write_text('{"format_ver')
     if state == "lock-only":
         (out / runs.LOCK).write_text("")
-    code, stdout, err = run_main(capsys, ["train", *base_flags, "--out", str(out)] + (["--resume"] if resume else []))
+    code, stdout, err = run_main(
+        capsys, ["train", *base_flags, "--out", str(out)] + (["--resume"] if resume else [])
+    )
     assert code == 0, err
     assert runs.read_json(out / runs.STATUS)["state"] == "finished"
     assert not list(out.glob(".*.tmp"))
@@ -238,7 +266,9 @@ def test_argparse_errors_are_one_line(capsys, base_flags, tmp_path):
 def test_models_command(capsys):
     code, out, _ = run_main(capsys, ["models"])
     assert code == 0 and "convmixer-256/8" in out and "resnet18-sep" in out
-    code, out, _ = run_main(capsys, ["models", "convmixer-256/8", "--num-classes", "10", "--image-size", "32"])
+    code, out, _ = run_main(
+        capsys, ["models", "convmixer-256/8", "--num-classes", "10", "--image-size", "32"]
+    )
     n = count_parameters(create_model("convmixer-256/8", in_chans=3, num_classes=10, image_size=32))
     assert code == 0 and f"{n:,} parameters" in out
     code, _, err = run_main(capsys, ["models", "convmixer-1/1"])
@@ -255,7 +285,8 @@ def test_bad_input_in_a_real_process(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
-# --------------------------------------------------------------------------- options generated from dataclasses
+# ------------------------------------------------------------------ options generated from dataclasses
+
 
 def _normalized(text: str) -> str:
     return " ".join(text.split())
@@ -272,7 +303,7 @@ def test_every_field_of_a_command_is_in_its_help_with_its_text(command, monkeypa
 
     from spatialmix.options import help_text, option_strings
 
-    monkeypatch.setenv("COLUMNS", "100000")   # no line breaks inside a help text
+    monkeypatch.setenv("COLUMNS", "100000")  # no line breaks inside a help text
     parser = _command_parsers()[command]
     shown = _normalized(parser.format_help())
     from_fields = set()
@@ -299,28 +330,38 @@ def _option_help(command: str, flag: str) -> str:
 
 def test_names_listed_in_help_texts_are_the_names_the_library_knows():
     """A help text that lists names by hand must list every name (`--dataset` once forgot imagefolder)."""
-    from spatialmix.robustness.settings import ATTACKS, NORMS
-    from spatialmix.data.batches import AUGMENTATIONS
-    from spatialmix.data.datasets import DATASETS
     from spatialmix.core.inits import INITS
     from spatialmix.core.mixing import MODES
-    from spatialmix.studies.context import PRESETS
+    from spatialmix.data.batches import AUGMENTATIONS
+    from spatialmix.data.datasets import DATASETS
     from spatialmix.engine.unshuffle import LOSSES, UNSHUFFLE_PRESETS
+    from spatialmix.robustness.settings import ATTACKS, NORMS
+    from spatialmix.studies.context import PRESETS
 
-    listed = {("train", "--dataset"): DATASETS, ("train", "--mode"): MODES, ("train", "--spatial-init"): INITS,
-              ("train", "--augment"): AUGMENTATIONS, ("attack", "--attacks"): ATTACKS, ("attack", "--norm"): NORMS,
-              ("reproduce", "--preset"): PRESETS, ("sweep", "--preset"): PRESETS, ("unshuffle", "--loss"): LOSSES,
-              ("unshuffle", "--preset"): UNSHUFFLE_PRESETS, ("unshuffle", "--modes"): MODES}
+    listed = {
+        ("train", "--dataset"): DATASETS,
+        ("train", "--mode"): MODES,
+        ("train", "--spatial-init"): INITS,
+        ("train", "--augment"): AUGMENTATIONS,
+        ("attack", "--attacks"): ATTACKS,
+        ("attack", "--norm"): NORMS,
+        ("reproduce", "--preset"): PRESETS,
+        ("sweep", "--preset"): PRESETS,
+        ("unshuffle", "--loss"): LOSSES,
+        ("unshuffle", "--preset"): UNSHUFFLE_PRESETS,
+        ("unshuffle", "--modes"): MODES,
+    }
     for (command, flag), names in listed.items():
         text = _option_help(command, flag)
         for name in names:
-            assert name in text, (command, flag, name)   # (--modes: in its default)
+            assert name in text, (command, flag, name)  # (--modes: in its default)
     # channel inits are the non-covariance ones (covariance is for depthwise filters only)
     assert all(name in _option_help("train", "--channel-init") for name in INITS if "covariance" not in name)
 
 
 def test_unshuffle_settings_mirror_the_study_function():
-    """UnshuffleSettings holds exactly the keyword arguments of unshuffle_study (and TrainConfig overrides)."""
+    """UnshuffleSettings holds exactly the keyword arguments of unshuffle_study
+    (and TrainConfig overrides)."""
     import inspect
 
     from spatialmix.engine.config import TrainConfig
@@ -332,8 +373,11 @@ def test_unshuffle_settings_mirror_the_study_function():
     assert named <= set(kwargs), named - set(kwargs)
     assert set(kwargs) - named <= set(TrainConfig().to_dict())
     # the training overrides are passed only when given (None: the preset's), the others always
-    assert "epochs" not in kwargs and kwargs["out_dir"] == "runs/unshuffle" and kwargs["modes"] == ("full", "chans",
-                                                                                                   "space")
+    assert (
+        "epochs" not in kwargs
+        and kwargs["out_dir"] == "runs/unshuffle"
+        and kwargs["modes"] == ("full", "chans", "space")
+    )
     assert UnshuffleSettings(epochs=2, out="x").study_kwargs()["epochs"] == 2
 
 
@@ -344,9 +388,12 @@ def test_reproduce_settings_mirror_the_reproduce_function():
     from spatialmix.cli.settings import ReproduceSettings
     from spatialmix.studies.reproduce import reproduce
 
-    named = [name for name, p in inspect.signature(reproduce).parameters.items() if p.kind is not p.VAR_KEYWORD]
-    assert [f.name for f in dataclasses.fields(ReproduceSettings)] == \
-        [{"out_dir": "out"}.get(name, name) for name in named]
+    named = [
+        name for name, p in inspect.signature(reproduce).parameters.items() if p.kind is not p.VAR_KEYWORD
+    ]
+    assert [f.name for f in dataclasses.fields(ReproduceSettings)] == [
+        {"out_dir": "out"}.get(name, name) for name in named
+    ]
     defaults = {name: p.default for name, p in inspect.signature(reproduce).parameters.items()}
     assert ReproduceSettings().preset == defaults["preset"] and ReproduceSettings().out == defaults["out_dir"]
 
@@ -354,8 +401,8 @@ def test_reproduce_settings_mirror_the_reproduce_function():
 def test_the_generator_turns_field_types_into_options():
     import dataclasses
 
-    from spatialmix.options import ArgumentParser, add_options, given_values, int_or_all, option
     from spatialmix.errors import SpatialmixError
+    from spatialmix.options import ArgumentParser, add_options, given_values, int_or_all, option
 
     @dataclasses.dataclass
     class Example:
@@ -370,15 +417,48 @@ def test_the_generator_turns_field_types_into_options():
 
     parser = ArgumentParser(prog="p")
     add_options(parser, Example)
-    assert given_values(Example, parser.parse_args([])) == {}     # nothing given: the dataclass's defaults
-    args = parser.parse_args(["--no-flag", "--count", "3", "--rate", "1e-3", "--seeds", "1", "2", "--names", "c,,d",
-                              "--sizes", "0.5,2", "--limit", "all", "--kind", "y"])
-    assert given_values(Example, args) == dict(flag=False, count=3, rate=0.001, seeds=(1, 2), names=("c", "d"),
-                                               sizes=(0.5, 2.0), limit=None, kind="y")
+    assert given_values(Example, parser.parse_args([])) == {}  # nothing given: the dataclass's defaults
+    args = parser.parse_args(
+        [
+            "--no-flag",
+            "--count",
+            "3",
+            "--rate",
+            "1e-3",
+            "--seeds",
+            "1",
+            "2",
+            "--names",
+            "c,,d",
+            "--sizes",
+            "0.5,2",
+            "--limit",
+            "all",
+            "--kind",
+            "y",
+        ]
+    )
+    assert given_values(Example, args) == dict(
+        flag=False,
+        count=3,
+        rate=0.001,
+        seeds=(1, 2),
+        names=("c", "d"),
+        sizes=(0.5, 2.0),
+        limit=None,
+        kind="y",
+    )
     assert given_values(Example, parser.parse_args(["--flag", "--limit", "7"])) == dict(flag=True, limit=7)
     help_text = _normalized(parser.format_help())
-    for text in ("a switch (default: on)", "--no-flag", "how many", "(default: 0.5)", "seeds (default: 0)",
-                 "names (default: a,b)", "{x,y}"):
+    for text in (
+        "a switch (default: on)",
+        "--no-flag",
+        "how many",
+        "(default: 0.5)",
+        "seeds (default: 0)",
+        "names (default: a,b)",
+        "{x,y}",
+    ):
         assert text in help_text
     for bad in (["--names"], ["--count", "0"], ["--count", "x"], ["--kind", "z"], ["--rate", "fast"]):
         with pytest.raises(SystemExit):
@@ -396,12 +476,21 @@ def test_the_generator_turns_field_types_into_options():
         add_options(ArgumentParser(prog="q"), Undocumented)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["attack", "RUN", "--n-examples", "many"], "--n-examples must be a whole number or 'all', got 'many'"),
-    (["attack", "RUN", "--reference-examples", "some"], "--reference-examples must be a whole number or 'all'"),
-    (["unshuffle", "--modes", ",", "--no-references"], "nothing to train"),
-    (["train", "--out", ""], "--out is an empty string"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["attack", "RUN", "--n-examples", "many"],
+            "--n-examples must be a whole number or 'all', got 'many'",
+        ),
+        (
+            ["attack", "RUN", "--reference-examples", "some"],
+            "--reference-examples must be a whole number or 'all'",
+        ),
+        (["unshuffle", "--modes", ",", "--no-references"], "nothing to train"),
+        (["train", "--out", ""], "--out is an empty string"),
+    ],
+)
 def test_values_the_library_refuses_are_one_line(capsys, argv, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_main(capsys, argv)
@@ -416,6 +505,7 @@ def test_argparse_refuses_a_value_outside_a_fixed_set(capsys):
 
 
 # --------------------------------------------------------------------------- decisions the library makes
+
 
 def test_default_run_dir_names_dataset_model_mode_and_seed():
     from spatialmix.engine.config import TrainConfig, default_run_dir, run_dir_for
@@ -437,19 +527,30 @@ def test_supported_modes_need_a_layer_of_the_kind_they_freeze():
     def summary(**layers):
         return MixingSummary([dict(kind=k, layers=n, trainable=1, frozen=0) for k, n in layers.items() if n])
 
-    assert supported_modes(summary(spatial=4, channel=8, head=1)) == {"full": None, "chans": None, "space": None}
+    assert supported_modes(summary(spatial=4, channel=8, head=1)) == {
+        "full": None,
+        "chans": None,
+        "space": None,
+    }
     assert supported_modes(summary(channel=3, head=1)) == {
-        "full": None, "chans": "chans needs depthwise convolutions to freeze", "space": None}
+        "full": None,
+        "chans": "chans needs depthwise convolutions to freeze",
+        "space": None,
+    }
     assert supported_modes(summary(spatial=2)) == {
-        "full": None, "chans": None, "space": "space needs 1 x 1 convolutions to freeze"}
+        "full": None,
+        "chans": None,
+        "space": "space needs 1 x 1 convolutions to freeze",
+    }
 
 
 def test_describe_model_counts_parameters_and_mixers():
     from spatialmix.models.info import describe_model
 
     info = describe_model("convmixer-256/8", in_chans=1, num_classes=10, image_size=28)
-    assert info.parameters == count_parameters(create_model("convmixer-256/8", in_chans=1, num_classes=10,
-                                                            image_size=28))
+    assert info.parameters == count_parameters(
+        create_model("convmixer-256/8", in_chans=1, num_classes=10, image_size=28)
+    )
     assert info.layers("spatial") == 8 and info.layers("channel") == 8
     assert {k: n for k, n in info.spatial_counts.items() if n} == {"depthwise convolutions": 8}
     assert info.modes == {"full": None, "chans": None, "space": None}
@@ -468,7 +569,9 @@ def _readme_commands() -> list[str]:
     for block in re.findall(r"```[a-z]*\n(.*?)```", readme.read_text(), re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.split(r"\s#", line)[0].strip()
-            match = re.search(r"(?:^spatialmix|\s-m spatialmix\.cli) (.*)", line)   # (not `spatialmix: error:`)
+            match = re.search(
+                r"(?:^spatialmix|\s-m spatialmix\.cli) (.*)", line
+            )  # (not `spatialmix: error:`)
             if match:
                 commands.append(match.group(1))
     return commands
@@ -487,5 +590,5 @@ def test_the_commands_in_the_readme_are_valid():
         known = {flag for action in _command_parsers()[name]._actions for flag in action.option_strings}
         flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line))
         assert flags <= known, (line, flags - known)
-        if not re.search(r"[\[|]|\.\.\.|[A-Z]{3,}", line):   # no [optional], a|b, ... or PLACEHOLDER
+        if not re.search(r"[\[|]|\.\.\.|[A-Z]{3,}", line):  # no [optional], a|b, ... or PLACEHOLDER
             parser.parse_args(shlex.split(line))

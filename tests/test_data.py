@@ -1,4 +1,5 @@
 """Data: the real file formats, where files are looked for, clear errors, and the batch loader."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SYSTEM_FASHION_MNIST, write_fake_idx_dir, write_idx
 from spatialmix.data import datasets as data_mod
 from spatialmix.data.batches import BatchLoader, Normalize, random_crop, random_flip, to_unit_range
 from spatialmix.data.datasets import DATASETS, ENV_VAR, load_dataset
 from spatialmix.data.files import read_idx
 from spatialmix.errors import SpatialmixError
-
-from conftest import SYSTEM_FASHION_MNIST, write_fake_idx_dir, write_idx
 
 
 @pytest.fixture
@@ -29,6 +29,7 @@ def no_system_data(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------- IDX
+
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_files_load_through_data_dir(tmp_path, gz):
@@ -75,8 +76,10 @@ def test_lookup_order(tmp_path, monkeypatch, no_system_data):
     assert len(data.train_labels) == 11 and data.source == str(no_system_data)
 
 
-@pytest.mark.skipif(not SYSTEM_FASHION_MNIST.is_dir(),
-                    reason="needs the OS package dataset-fashion-mnist (scripts/setup.sh installs it)")
+@pytest.mark.skipif(
+    not SYSTEM_FASHION_MNIST.is_dir(),
+    reason="needs the OS package dataset-fashion-mnist (scripts/setup.sh installs it)",
+)
 def test_real_fashion_mnist_is_found_at_the_os_location():
     assert "/usr/share/datasets/fashion-mnist" in DATASETS["fashion-mnist"].system_dirs
     data = load_dataset("fashion-mnist", download=False)
@@ -109,7 +112,9 @@ def test_missing_data_names_where_it_looked(tmp_path, monkeypatch, no_system_dat
     with pytest.raises(SpatialmixError) as err:
         load_dataset("svhn")
     assert "unknown dataset 'svhn'" in str(err.value) and "cifar10" in str(err.value)
-    with pytest.raises(SpatialmixError, match=r"use spatialmix\.data\.imagefolder\.load_image_folder\(data_dir\)"):
+    with pytest.raises(
+        SpatialmixError, match=r"use spatialmix\.data\.imagefolder\.load_image_folder\(data_dir\)"
+    ):
         load_dataset("imagefolder", data_dir=empty)
 
 
@@ -151,12 +156,17 @@ def test_images_and_labels_of_different_lengths(tmp_path):
 
 # --------------------------------------------------------------------------- CIFAR pickles
 
+
 def write_cifar(root, name, n_per_file, seed=0):
     """CIFAR python batches as torchvision downloads them: dicts of data (N, 3072) uint8 + labels."""
     rng = np.random.default_rng(seed)
     if name == "cifar10":
-        folder, files, key, num = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + [
-            "test_batch"], "labels", 10
+        folder, files, key, num = (
+            root / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+            "labels",
+            10,
+        )
         meta, meta_key = "batches.meta", "label_names"
     else:
         folder, files, key, num = root / "cifar-100-python", ["train", "test"], "fine_labels", 100
@@ -166,8 +176,12 @@ def write_cifar(root, name, n_per_file, seed=0):
     for f in files:
         x = rng.integers(0, 256, (n_per_file, 3, 32, 32), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, num, n_per_file)]
-        entry = {"batch_label": f, "data": x.reshape(n_per_file, 3072), key: labels,
-                 "filenames": [f"img{i}.png" for i in range(n_per_file)]}
+        entry = {
+            "batch_label": f,
+            "data": x.reshape(n_per_file, 3072),
+            key: labels,
+            "filenames": [f"img{i}.png" for i in range(n_per_file)],
+        }
         if name == "cifar100":
             entry["coarse_labels"] = [v // 5 for v in labels]
         with open(folder / f, "wb") as fh:
@@ -190,7 +204,8 @@ def test_cifar10_pickles_load(tmp_path):
     assert data.test_labels.tolist() == batches["test_batch"][1]
     assert data.classes == [f"class{i}" for i in range(10)] and data.in_chans == 3
     # Channel order: the first 1024 bytes of a row are the red plane.
-    row = pickle.load(open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb"), encoding="latin1")["data"][0]
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        row = pickle.load(f, encoding="latin1")["data"][0]
     assert np.array_equal(data.train_images[0, 0].numpy().ravel(), row[:1024])
     assert np.array_equal(data.train_images[0, 2].numpy().ravel(), row[2048:])
 
@@ -237,15 +252,18 @@ def test_a_cifar_pickle_that_would_run_code_is_refused_without_running_it(tmp_pa
         target = folder / "test_batch"
     with open(target, "wb") as fh:
         pickle.dump(entry, fh, protocol=2)
-    if where == "meta":   # class names are optional: the numbers are used instead
+    if where == "meta":  # class names are optional: the numbers are used instead
         assert load_dataset("cifar10", data_dir=tmp_path).classes == [str(i) for i in range(10)]
     else:
-        with pytest.raises(SpatialmixError, match=f"{target.name} is not a CIFAR batch .*refusing to load it"):
+        with pytest.raises(
+            SpatialmixError, match=f"{target.name} is not a CIFAR batch .*refusing to load it"
+        ):
             load_dataset("cifar10", data_dir=tmp_path)
     assert not marker.exists()
 
 
 # --------------------------------------------------------------------------- subsets
+
 
 def test_subset_is_seeded(tmp_path):
     write_fake_idx_dir(tmp_path, n_train=50, n_test=20)
@@ -262,12 +280,15 @@ def test_subset_is_seeded(tmp_path):
 
 # --------------------------------------------------------------------------- batches
 
+
 def make_loader(n=50, batch=8, train=True, augment="none", seed=0, chans=1, size=12, **kw):
     g = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (n, chans, size, size), generator=g).to(torch.uint8)
-    labels = torch.arange(n)   # labels double as example ids
+    labels = torch.arange(n)  # labels double as example ids
     mean, std = (0.2, 0.5, 0.7)[:chans], (0.3, 0.25, 0.2)[:chans]
-    return BatchLoader(images, labels, batch, mean, std, train=train, augment=augment, seed=seed, **kw), images
+    return BatchLoader(
+        images, labels, batch, mean, std, train=train, augment=augment, seed=seed, **kw
+    ), images
 
 
 def epoch_batches(loader, epoch):
@@ -280,7 +301,7 @@ def test_same_seed_and_epoch_give_identical_batches():
     b, _ = make_loader(augment="crop-flip", seed=3)
     for (xa, ya), (xb, yb) in zip(epoch_batches(a, 2), epoch_batches(b, 2), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    order = lambda loader, e: torch.cat([y for _, y in epoch_batches(loader, e)])  # noqa: E731
+    order = lambda loader, e: torch.cat([y for _, y in epoch_batches(loader, e)])
     assert not torch.equal(order(a, 0), order(a, 1))
     c, _ = make_loader(augment="crop-flip", seed=4)
     assert not torch.equal(order(a, 0), order(c, 0))
@@ -313,15 +334,19 @@ def test_normalization_matches_the_formula():
     assert x.dtype == torch.float32
     torch.testing.assert_close(x.double(), expected, rtol=0, atol=1e-5)
     # Normalize (inside a model) does the same on [0, 1] inputs.
-    torch.testing.assert_close(Normalize(mean.flatten().tolist(), std.flatten().tolist())(to_unit_range(images)),
-                               expected.float(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        Normalize(mean.flatten().tolist(), std.flatten().tolist())(to_unit_range(images)),
+        expected.float(),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def reference_crop(image, dy, dx, pad):
     c, h, w = image.shape
     padded = torch.zeros(c, h + 2 * pad, w + 2 * pad, dtype=image.dtype)
-    padded[:, pad:pad + h, pad:pad + w] = image
-    return padded[:, dy:dy + h, dx:dx + w]
+    padded[:, pad : pad + h, pad : pad + w] = image
+    return padded[:, dy : dy + h, dx : dx + w]
 
 
 def test_random_crop_equals_per_sample_slicing():
@@ -346,8 +371,12 @@ def test_loader_crops_are_translations_of_the_original():
     as_uint8 = ((x.double() - loader.shift.double()) / loader.scale.double()).round().to(torch.uint8)
     shifted = 0
     for img, i in zip(as_uint8, ids):
-        candidates = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
-                      if torch.equal(img, reference_crop(images[i], dy, dx, pad))]
+        candidates = [
+            (dy, dx)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            if torch.equal(img, reference_crop(images[i], dy, dx, pad))
+        ]
         assert candidates, f"example {i} is not a translated crop"
         shifted += (pad, pad) not in candidates
     assert shifted > 0

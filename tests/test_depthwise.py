@@ -1,5 +1,6 @@
 """The depthwise conv's gradients (C kernel for the weight, flipped filters for the input): torch's
 numbers, any thread count, torch's own conv where they do not apply."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spatialmix.accel import depthwise
-from spatialmix.accel import native
-from spatialmix.accel import speed
+from spatialmix.accel import depthwise, native, speed
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no kernels: {native.status()}")
 
@@ -21,20 +20,34 @@ def _channels_last(*shape, dtype=torch.float32):
 def _torch_weight_grad(x, gy, k, p):
     """oneDNN's gradient, in fp32 from the same (possibly bf16-rounded) values."""
     c = x.shape[1]
-    return torch.ops.aten.convolution_backward(gy.float(), x.float(), torch.zeros(c, 1, k, k), None, [1, 1], [p, p],
-                                               [1, 1], False, [0, 0], c, [False, True, False])[1]
+    return torch.ops.aten.convolution_backward(
+        gy.float(),
+        x.float(),
+        torch.zeros(c, 1, k, k),
+        None,
+        [1, 1],
+        [p, p],
+        [1, 1],
+        False,
+        [0, 0],
+        c,
+        [False, True, False],
+    )[1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n,c,h,w,k,p", [
-    (5, 32, 9, 9, 5, 2),      # vector path, 'same' padding
-    (17, 19, 7, 11, 3, 1),    # 16 channels on the vector path, 3 on the plain one; images over one chunk
-    (4, 16, 12, 12, 7, 0),    # no padding: a smaller output
-    (3, 48, 6, 6, 9, 4),      # the largest kernel with register accumulators
-    (2, 16, 8, 8, 11, 5),     # larger: the plain path
-    (3, 16, 8, 8, 4, 1),      # even kernel: the plain path
-    (2, 20, 5, 5, 1, 0),      # 1 x 1
-])
+@pytest.mark.parametrize(
+    "n,c,h,w,k,p",
+    [
+        (5, 32, 9, 9, 5, 2),  # vector path, 'same' padding
+        (17, 19, 7, 11, 3, 1),  # 16 channels on the vector path, 3 on the plain one; images over one chunk
+        (4, 16, 12, 12, 7, 0),  # no padding: a smaller output
+        (3, 48, 6, 6, 9, 4),  # the largest kernel with register accumulators
+        (2, 16, 8, 8, 11, 5),  # larger: the plain path
+        (3, 16, 8, 8, 4, 1),  # even kernel: the plain path
+        (2, 20, 5, 5, 1, 0),  # 1 x 1
+    ],
+)
 def test_weight_grad_is_torchs(dtype, n, c, h, w, k, p):
     torch.manual_seed(0)
     x = _channels_last(n, c, h, w, dtype=dtype)
@@ -83,18 +96,20 @@ def test_depthwise_conv_gives_torchs_output_and_gradients(amp, learned):
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     with torch.autocast("cpu", torch.bfloat16, enabled=amp):
         ya, yb = fast(xa), plain(xb)
-        node = ya.grad_fn if not (learned and amp) else ya.grad_fn.next_functions[0][0]   # (after the cast to bf16)
-        assert type(node).__name__ == "_DepthwiseConvBackward"   # our path ran
+        node = (
+            ya.grad_fn if not (learned and amp) else ya.grad_fn.next_functions[0][0]
+        )  # (after the cast to bf16)
+        assert type(node).__name__ == "_DepthwiseConvBackward"  # our path ran
         assert ya.dtype == yb.dtype
-        if learned and amp:   # learned filters compute in fp32 under autocast, rounded once to bf16
+        if learned and amp:  # learned filters compute in fp32 under autocast, rounded once to bf16
             with torch.autocast("cpu", enabled=False):
                 expected = F.conv2d(x.float(), plain.weight, plain.bias, padding=2, groups=24).bfloat16()
             assert torch.equal(ya, expected)
         else:
-            assert torch.equal(ya, yb)                          # the forward pass is torch's own conv
+            assert torch.equal(ya, yb)  # the forward pass is torch's own conv
     g = torch.randn_like(ya)
     ya.backward(g), yb.backward(g)
-    tol = 1e-5 if not amp else 2e-2      # bf16: both round the input gradient to bf16
+    tol = 1e-5 if not amp else 2e-2  # bf16: both round the input gradient to bf16
     x64, w64 = x.double().requires_grad_(), plain.weight.detach().double().requires_grad_()
     F.conv2d(x64, w64, None, padding=2, groups=24).backward(g.double())
     assert _close(xa.grad, x64.grad, tol) and _close(xb.grad, x64.grad, tol)
@@ -111,23 +126,28 @@ def test_depthwise_conv_gives_torchs_output_and_gradients(amp, learned):
 def test_without_the_kernel_a_learned_conv_runs_in_fp32_under_autocast(monkeypatch):
     monkeypatch.setattr(native, "_library", None)
     monkeypatch.setattr(native, "_unavailable", "turned off for this test")
-    assert not depthwise.supports(nn.Conv2d(8, 8, 5, padding=2, groups=8), _channels_last(1, 8, 5, 5), torch.float32)
+    assert not depthwise.supports(
+        nn.Conv2d(8, 8, 5, padding=2, groups=8), _channels_last(1, 8, 5, 5), torch.float32
+    )
     plain, fast = _learned_pair()
     x = _channels_last(2, 24, 9, 9).bfloat16()
     with torch.autocast("cpu", torch.bfloat16):
         y = fast(x)
     assert y.dtype == torch.bfloat16
     expected = F.conv2d(x.float(), plain.weight, plain.bias, padding=2, groups=24)
-    assert torch.equal(y, expected.bfloat16())     # computed in fp32, rounded once
+    assert torch.equal(y, expected.bfloat16())  # computed in fp32, rounded once
     assert "turned off for this test" in native.status()
 
 
 def test_shapes_the_kernel_does_not_handle_are_left_to_torch():
     x = _channels_last(2, 8, 9, 9)
     assert depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x, torch.float32)
-    for conv in (nn.Conv2d(8, 8, 3, padding=1, groups=8, stride=2), nn.Conv2d(8, 8, 3, padding=2, groups=8, dilation=2),
-                 nn.Conv2d(8, 8, 3, padding=(1, 0), groups=8), nn.Conv2d(8, 8, 3, padding=1, groups=8,
-                                                                          padding_mode="reflect")):
+    for conv in (
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, stride=2),
+        nn.Conv2d(8, 8, 3, padding=2, groups=8, dilation=2),
+        nn.Conv2d(8, 8, 3, padding=(1, 0), groups=8),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect"),
+    ):
         assert not depthwise.supports(conv, x, torch.float32)
     assert not depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x.contiguous(), torch.float32)
     assert not depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x, torch.float16)
@@ -149,9 +169,11 @@ def test_input_gradient_by_flipped_filters_for_every_padding(k, p):
 
 def test_weight_grad_refuses_what_the_kernel_must_not_read():
     x = _channels_last(2, 16, 8, 8)
-    for gy, message in ((_channels_last(2, 16, 9, 8), "gy of shape \\(2, 16, 8, 8\\)"),    # larger than the output
-                        (_channels_last(2, 16, 8, 8).bfloat16(), "x's dtype"),
-                        (_channels_last(2, 16, 8, 8).half(), "x's dtype")):
+    for gy, message in (
+        (_channels_last(2, 16, 9, 8), "gy of shape \\(2, 16, 8, 8\\)"),  # larger than the output
+        (_channels_last(2, 16, 8, 8).bfloat16(), "x's dtype"),
+        (_channels_last(2, 16, 8, 8).half(), "x's dtype"),
+    ):
         with pytest.raises(ValueError, match=message):
             depthwise.weight_grad(x, gy, 3, 1)
     with pytest.raises(ValueError):

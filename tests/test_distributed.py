@@ -4,6 +4,7 @@ One process group (2 processes started with torch.multiprocessing) runs every mu
 the single-process references run in the test process. Every run trains the same tiny ConvMixer in
 Chans mode, with augmentation off, so the only differences left are floating-point summation order.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,22 +18,36 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from spatialmix.engine import distributed
-from spatialmix.io import runs
 from spatialmix.data.batches import BatchLoader
-from spatialmix.errors import SpatialmixError
+from spatialmix.engine import distributed
 from spatialmix.engine.classification import ClassificationTask
-from spatialmix.engine.tasks import build_model
 from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.tasks import build_model
 from spatialmix.engine.train import load_trained_model, train
+from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs
 
 # spawns torchrun process groups: the slow tier
 pytestmark = [pytest.mark.slow]
 
 WORLD = 2
-CONFIG = dict(dataset="fashion-mnist", model="convmixer", width=16, depth=2, kernel_size=3, patch_size=4,
-              mode="chans", augment="none", sync_bn=True, epochs=2, batch_size=64, lr=0.01, device="cpu",
-              amp="none", progress=False)
+CONFIG = dict(
+    dataset="fashion-mnist",
+    model="convmixer",
+    width=16,
+    depth=2,
+    kernel_size=3,
+    patch_size=4,
+    mode="chans",
+    augment="none",
+    sync_bn=True,
+    epochs=2,
+    batch_size=64,
+    lr=0.01,
+    device="cpu",
+    amp="none",
+    progress=False,
+)
 
 
 class CapturingTask(ClassificationTask):
@@ -53,8 +68,13 @@ def _free_port() -> int:
 
 def _worker(rank: int, port: int, data, out: str) -> None:
     """One of the 2 processes: what torchrun would set up, then the multi-process runs."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     out = Path(out)
     config = TrainConfig(**CONFIG)
@@ -73,9 +93,15 @@ def _worker(rank: int, port: int, data, out: str) -> None:
         model = build_model(config, data.in_chans, data.num_classes, data.image_size)
         ddp = distributed.wrap_model(model, distributed.setup(torch.device("cpu")))
         log = ddp._get_ddp_logging_data()
-        (out / f"ddp-rank{rank}.json").write_text(json.dumps(
-            {"tensors": log["num_parameter_tensors"], "bytes": log["total_parameter_size_bytes"],
-             "world_size": distributed.world_size()}))
+        (out / f"ddp-rank{rank}.json").write_text(
+            json.dumps(
+                {
+                    "tensors": log["num_parameter_tensors"],
+                    "bytes": log["total_parameter_size_bytes"],
+                    "world_size": distributed.world_size(),
+                }
+            )
+        )
     finally:
         distributed.teardown()
 
@@ -108,7 +134,7 @@ def max_relative_difference(a: dict, b: dict) -> float:
     return worst
 
 
-TOLERANCE = 2e-4   # float32 summation order over 8 AdamW steps (measured: 1.6e-5)
+TOLERANCE = 2e-4  # float32 summation order over 8 AdamW steps (measured: 1.6e-5)
 
 
 def test_two_processes_learn_the_single_process_weights(two_process_runs, single_process_run):
@@ -129,8 +155,11 @@ def test_ranks_hold_identical_weights_and_frozen_tensors_never_move(two_process_
     single_init = runs.load_weights(single_process_run / runs.INIT)
     model = build_model(TrainConfig(**CONFIG), 1, 4, 28)
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
-    spatial = [name for name, m in model.named_modules()
-               if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
+    spatial = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1
+    ]
     assert sorted(frozen) == sorted(f"{n}.{p}" for n in spatial for p in ("weight", "bias"))
     for name in frozen:
         assert torch.equal(rank0[name], init[name]) and torch.equal(rank1[name], init[name]), name
@@ -145,8 +174,11 @@ def test_ddp_makes_no_gradient_bucket_for_frozen_tensors(two_process_runs):
     assert len(trainable) < len(list(model.parameters()))
     for rank in range(WORLD):
         log = json.loads((two_process_runs / f"ddp-rank{rank}.json").read_text())
-        assert log == {"tensors": len(trainable), "bytes": sum(p.numel() * 4 for p in trainable),
-                       "world_size": WORLD}
+        assert log == {
+            "tensors": len(trainable),
+            "bytes": sum(p.numel() * 4 for p in trainable),
+            "world_size": WORLD,
+        }
 
 
 def test_only_one_set_of_run_files_with_global_numbers(two_process_runs, single_process_run):
@@ -157,7 +189,7 @@ def test_only_one_set_of_run_files_with_global_numbers(two_process_runs, single_
     assert not any(name.startswith(".") for name in listing(two_process_runs / "ddp"))
     ddp_metrics = runs.read_jsonl(two_process_runs / "ddp" / runs.METRICS)
     single_metrics = runs.read_jsonl(single_process_run / runs.METRICS)
-    assert [m["epoch"] for m in ddp_metrics] == [1, 2]       # written once, not once per rank
+    assert [m["epoch"] for m in ddp_metrics] == [1, 2]  # written once, not once per rank
     for ours, ref in zip(ddp_metrics, single_metrics):
         assert ours["step"] == ref["step"]
         # Accuracies over the whole test set (each example counted once) and the global batches.
@@ -168,7 +200,9 @@ def test_only_one_set_of_run_files_with_global_numbers(two_process_runs, single_
     assert summary["test_acc"] == ddp_metrics[-1]["test_acc"] and summary["frozen_unchanged"]
 
 
-def test_one_process_resumes_a_two_process_checkpoint(two_process_runs, single_process_run, tiny_data, tmp_path):
+def test_one_process_resumes_a_two_process_checkpoint(
+    two_process_runs, single_process_run, tiny_data, tmp_path
+):
     run_dir = tmp_path / "resumed"
     shutil.copytree(two_process_runs / "interrupted", run_dir)
     assert runs.read_json(runs.latest_checkpoint(run_dir).parent / runs.LATEST)["epoch"] == 1
@@ -181,11 +215,23 @@ def test_one_process_resumes_a_two_process_checkpoint(two_process_runs, single_p
 
 # --------------------------------------------------------------------------- without processes
 
+
 def test_ranks_batches_make_up_the_single_process_batch(tiny_data):
     """Global batch i is the union of the ranks' batches i, augmentation included."""
+
     def loader(batch, rank=0, world_size=1):
-        loader = BatchLoader(tiny_data.train_images, tiny_data.train_labels, batch, (0.3,), (0.3,), train=True,
-                             augment="crop-flip", seed=3, rank=rank, world_size=world_size)
+        loader = BatchLoader(
+            tiny_data.train_images,
+            tiny_data.train_labels,
+            batch,
+            (0.3,),
+            (0.3,),
+            train=True,
+            augment="crop-flip",
+            seed=3,
+            rank=rank,
+            world_size=world_size,
+        )
         loader.set_epoch(1)
         return loader
 
@@ -202,8 +248,10 @@ def test_ranks_batches_make_up_the_single_process_batch(tiny_data):
 
 def test_steps_per_epoch_do_not_depend_on_the_world_size(tiny_data):
     images, labels = tiny_data.train_images[:250], tiny_data.train_labels[:250]
-    lengths = {w: len(BatchLoader(images, labels, 64 // w, (0.3,), (0.3,), train=True, world_size=w))
-               for w in (1, 2, 4)}
+    lengths = {
+        w: len(BatchLoader(images, labels, 64 // w, (0.3,), (0.3,), train=True, world_size=w))
+        for w in (1, 2, 4)
+    }
     assert lengths == {1: 3, 2: 3, 4: 3}
 
 
@@ -217,8 +265,9 @@ def test_sharded_evaluation_counts_every_example_once(tiny_data):
         seen += [x for x, _ in batches]
     assert torch.cat(seen).shape[0] == 63
     whole = next(iter(BatchLoader(images, labels, 63, (0.3,), (0.3,), train=False)))[0]
-    assert sorted(map(tuple, torch.cat(seen).flatten(1)[:, :50].tolist())) == \
-        sorted(map(tuple, whole.flatten(1)[:, :50].tolist()))
+    assert sorted(map(tuple, torch.cat(seen).flatten(1)[:, :50].tolist())) == sorted(
+        map(tuple, whole.flatten(1)[:, :50].tolist())
+    )
 
 
 def test_global_batch_must_split_over_the_processes(tiny_data):

@@ -2,11 +2,13 @@
 
 * ``python`` blocks run, each file's blocks in order in one namespace, in a temporary folder;
 * ``bash`` / ``console`` / ``sh`` blocks: a line that starts with ``spatialmix `` is parsed by the
-  real command-line parser (it must not exit), a ``make`` line must name targets of the Makefile,
+  real command-line parser (it must not exit; ``[optional]`` parts, ``a|b`` alternatives and ``...``
+  are sketches, not command lines), a ``make`` line must name targets of the Makefile,
   and any other line must name only repository files that exist;
 * ``yaml`` blocks load with ``yaml.safe_load``;
 * ``text`` blocks are shown as they are (illustrations, terminal output, file listings).
 """
+
 from __future__ import annotations
 
 import re
@@ -22,9 +24,10 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 LANGUAGES = {"python", "bash", "console", "sh", "yaml", "text", "bibtex"}
 SHELL = {"bash", "console", "sh"}
-# Files whose python blocks together take more than 5 s (they train tiny models or run tiny studies).
-SLOW_PYTHON = {"README.md", "index.md", "claims.md", "robustness.md", "unshuffle.md", "init-study.md",
-               "run-folders.md", "scale-out.md"}
+# Files whose python blocks together take more than 5 s: marked slow. None does: on a 2-core CPU with one
+# thread the heaviest took 3.3 s (claims.md: four tiny trainings, a tiny study and its report) and 3.0 s
+# (README.md, the first to import timm); the others 0.1-1.4 s.
+SLOW_PYTHON: set[str] = set()
 # A token naming one of these, or a path under one of these folders, must exist in the repository.
 REPO_FOLDERS = ("benchmarks", "scripts", "src", "tests", "docs", ".ci")
 REPO_FILES = ("Makefile", "pyproject.toml", "mkdocs.yml", "README.md", "constraints.txt")
@@ -36,7 +39,7 @@ ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=\S*$")
 @dataclass
 class Block:
     path: Path
-    line: int          # line of the opening fence, 1-based
+    line: int  # line of the opening fence, 1-based
     lang: str
     code: str
 
@@ -92,6 +95,13 @@ def shell_commands(block: Block) -> list[tuple[int, list[str]]]:
     return commands
 
 
+def command_line_parser():
+    """The real parser of the ``spatialmix`` command."""
+    from spatialmix.cli.main import build_parser
+
+    return build_parser()
+
+
 def makefile_targets() -> set[str]:
     text = (ROOT / "Makefile").read_text(encoding="utf-8")
     return {m.group(1) for m in re.finditer(r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)\s*:(?!=)", text, re.MULTILINE)}
@@ -102,7 +112,7 @@ def repository_paths(words: list[str]) -> list[str]:
     named = []
     for word in words:
         parts = [word]
-        if "=" in word:   # --option=PATH, and ARGS="tests/x.py -q" of make
+        if "=" in word:  # --option=PATH, and ARGS="tests/x.py -q" of make
             parts += shlex.split(word.split("=", 1)[1])
         for part in parts:
             path = part.rstrip("/")
@@ -113,16 +123,30 @@ def repository_paths(words: list[str]) -> list[str]:
 
 def test_the_documentation_files_exist():
     names = {p.name for p in DOC_FILES}
-    for name in ("index.md", "claims.md", "robustness.md", "unshuffle.md", "init-study.md", "own-models.md",
-                 "run-folders.md", "speed.md", "scale-out.md", "commands.md", "development.md", "layout.md",
-                 "api.md"):
+    for name in (
+        "index.md",
+        "claims.md",
+        "robustness.md",
+        "unshuffle.md",
+        "init-study.md",
+        "own-models.md",
+        "run-folders.md",
+        "speed.md",
+        "scale-out.md",
+        "commands.md",
+        "development.md",
+        "layout.md",
+        "api.md",
+    ):
         assert name in names, f"docs/{name} is missing"
 
 
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=lambda b: b.where)
 def test_every_block_names_a_known_language(block):
-    assert block.lang in LANGUAGES, (f"{block.where}: code block language {block.lang!r}; use one of "
-                                     f"{sorted(LANGUAGES)} (text for anything that cannot run)")
+    assert block.lang in LANGUAGES, (
+        f"{block.where}: code block language {block.lang!r}; use one of "
+        f"{sorted(LANGUAGES)} (text for anything that cannot run)"
+    )
 
 
 SHELL_BLOCKS = [b for b in ALL_BLOCKS if b.lang in SHELL]
@@ -130,12 +154,15 @@ SHELL_BLOCKS = [b for b in ALL_BLOCKS if b.lang in SHELL]
 
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=lambda b: b.where)
 def test_shell_blocks(block):
-    from spatialmix.cli import build_parser
-
-    parser, targets = build_parser(), makefile_targets()
+    parser, targets = command_line_parser(), makefile_targets()
     for line, words in shell_commands(block):
         where = f"{block.path.relative_to(ROOT)}:{line}"
         if words[0] == "spatialmix":
+            sketchy = [w for w in words if w.startswith("[") or w.endswith("]") or "|" in w or w == "..."]
+            assert not sketchy, (
+                f"{where}: {sketchy} make `{shlex.join(words)}` a sketch, not a command line; "
+                f"write a concrete example command"
+            )
             try:
                 parser.parse_args(words[1:])
             except SystemExit as exit_:
@@ -145,7 +172,7 @@ def test_shell_blocks(block):
             assert named, f"{where}: `make` without a target"
             for target in named:
                 assert target in targets, f"{where}: the Makefile has no target {target!r}"
-            for word in words[1:]:   # ARGS="..." of `make reproduce` / `make test` are passed on
+            for word in words[1:]:  # ARGS="..." of `make reproduce` / `make test` are passed on
                 if word.startswith("ARGS=") and named == ["reproduce"]:
                     try:
                         parser.parse_args(["reproduce", *shlex.split(word[5:])])
@@ -193,5 +220,6 @@ def test_the_mkdocs_configuration_names_every_page():
         elif isinstance(node, list):
             for value in node:
                 walk(value)
+
     walk(config["nav"])
     assert pages == {p.name for p in DOC_FILES if p.parent.name == "docs"}

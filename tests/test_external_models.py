@@ -1,4 +1,5 @@
 """Any timm or torchvision model by name: built for the data set, frozen through the same mixing call."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,29 +7,47 @@ import torch
 from torch import nn
 
 from spatialmix.cli.main import main
-from spatialmix.errors import SpatialmixError
-from spatialmix.models.factory import create_model
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import load_trained_model, train
+from spatialmix.errors import SpatialmixError
+from spatialmix.models.factory import create_model
 
 # Depthwise convolutions by the architectures' published layouts: ConvNeXt-atto has stage depths
 # (2, 2, 6, 2), one 7 x 7 depthwise conv per block; MobileNetV2 has 17 inverted-residual blocks, one
 # 3 x 3 depthwise conv each.
-EXTERNAL = [("timm:convnext_atto", {"patch_size": 1}, 2 + 2 + 6 + 2),
-            ("torchvision:mobilenet_v2", {}, 17)]
+EXTERNAL = [("timm:convnext_atto", {"patch_size": 1}, 2 + 2 + 6 + 2), ("torchvision:mobilenet_v2", {}, 17)]
 
 
 def depthwise_convs(model: nn.Module) -> list[nn.Conv2d]:
     """Counted here from the modules, not with spatialmix.mixing: one k x k filter per channel."""
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1
-            and m.groups == m.in_channels == m.out_channels and max(m.kernel_size) > 1]
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+        and m.groups > 1
+        and m.groups == m.in_channels == m.out_channels
+        and max(m.kernel_size) > 1
+    ]
 
 
 @pytest.mark.parametrize("name,overrides,published", EXTERNAL)
-def test_external_model_trains_in_chans_mode_with_its_depthwise_convs_frozen(name, overrides, published, tmp_path):
-    config = TrainConfig(dataset="fashion-mnist", model=name, mode="chans", train_subset=32, test_subset=16,
-                         batch_size=16, epochs=1, progress=False, device="cpu", amp="none", **overrides)
-    summary = train(config, tmp_path / "run")          # 2 steps on real Fashion-MNIST
+def test_external_model_trains_in_chans_mode_with_its_depthwise_convs_frozen(
+    name, overrides, published, tmp_path
+):
+    config = TrainConfig(
+        dataset="fashion-mnist",
+        model=name,
+        mode="chans",
+        train_subset=32,
+        test_subset=16,
+        batch_size=16,
+        epochs=1,
+        progress=False,
+        device="cpu",
+        amp="none",
+        **overrides,
+    )
+    summary = train(config, tmp_path / "run")  # 2 steps on real Fashion-MNIST
     model, record = load_trained_model(tmp_path / "run")
     init, _ = load_trained_model(tmp_path / "run", weights="init")
     depthwise = depthwise_convs(model)
@@ -59,13 +78,36 @@ def test_models_command_shows_the_mixers(name, overrides, published, capsys):
 def test_model_without_depthwise_convs_is_told_which_modes_it_has(tmp_path, capsys):
     assert main(["models", "torchvision:resnet18", "--image-size", "32"]) == 0
     out = capsys.readouterr().out
-    assert "0 spatial mixers" in out and "modes: full, space; chans needs depthwise convolutions to freeze" in out
+    assert (
+        "0 spatial mixers" in out
+        and "modes: full, space; chans needs depthwise convolutions to freeze" in out
+    )
     run_dir = tmp_path / "resnet"
-    assert main(["train", "--model", "torchvision:resnet18", "--mode", "chans", "--train-subset", "32",
-                 "--no-progress", "--out", str(run_dir)]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "torchvision:resnet18",
+                "--mode",
+                "chans",
+                "--train-subset",
+                "32",
+                "--no-progress",
+                "--out",
+                str(run_dir),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert err.startswith("spatialmix: error: mode 'chans' freezes the depthwise (spatial-mixing) convolutions, "
-                          "but this model has none") and err.count("\n") == 1
+    assert (
+        err.startswith(
+            "spatialmix: error: mode 'chans' freezes the depthwise (spatial-mixing) convolutions, "
+            "but this model has none"
+        )
+        and err.count("\n") == 1
+    )
     assert not run_dir.exists()
 
 
@@ -73,6 +115,7 @@ def test_image_too_small_for_the_model_is_a_clear_error():
     with pytest.raises(SpatialmixError, match="cannot take 28 x 28 images .*--patch-size"):
         create_model("timm:convnext_atto", in_chans=1, num_classes=10, image_size=28)
     # --patch-size goes to timm models that take one, and is left out for those that do not.
-    assert create_model("timm:convnext_atto", in_chans=1, num_classes=10, image_size=28, patch_size=1).stem[0].stride \
-        == (1, 1)
+    assert create_model("timm:convnext_atto", in_chans=1, num_classes=10, image_size=28, patch_size=1).stem[
+        0
+    ].stride == (1, 1)
     create_model("timm:resnet10t", in_chans=1, num_classes=10, image_size=28, patch_size=4)

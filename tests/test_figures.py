@@ -1,4 +1,5 @@
 """save_png: the one place a figure becomes a PNG file."""
+
 import io
 
 import pytest
@@ -17,9 +18,9 @@ def test_save_png_returns_the_bytes_it_writes_and_closes_the_figure(tmp_path):
     fig.add_subplot().plot([0, 1], [1, 0])
     png = save_png(fig, tmp_path / "plot.png", dpi=100)
     assert (tmp_path / "plot.png").read_bytes() == png and png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert Image.open(io.BytesIO(png)).size == (200, 100)   # the dpi asked for, not the figure's 50
-    assert plt.get_fignums() == []                         # pyplot no longer holds it
-    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]   # no temporary file left behind
+    assert Image.open(io.BytesIO(png)).size == (200, 100)  # the dpi asked for, not the figure's 50
+    assert plt.get_fignums() == []  # pyplot no longer holds it
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no temporary file left behind
 
 
 def test_save_png_of_a_bare_figure_at_its_own_dpi_writes_nothing_without_a_path(tmp_path, monkeypatch):

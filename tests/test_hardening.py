@@ -1,5 +1,6 @@
 """Runs stopped at any moment continue with one obvious command; a NaN never reaches a checkpoint;
 errors that used to escape as tracebacks are one line."""
+
 from __future__ import annotations
 
 import errno
@@ -15,15 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import SUBPROCESS_ENV, TINY, config_flags, snapshot_files
 from spatialmix.cli import main as cli
-from spatialmix.io import runs, storage
-from spatialmix.errors import NonFiniteLossError, SpatialmixError
 from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.resume import resume_config
 from spatialmix.engine.tasks import saved_config
 from spatialmix.engine.train import load_trained_model, train
-from spatialmix.engine.resume import resume_config
-
-from conftest import SUBPROCESS_ENV, TINY, config_flags, snapshot_files
+from spatialmix.errors import NonFiniteLossError, SpatialmixError
+from spatialmix.io import runs, storage
 
 
 def run_main(capsys, argv) -> tuple[int, str, str]:
@@ -54,11 +54,13 @@ def stop_after_checkpoint(monkeypatch, epoch: int, exc=_Stop):
         if e == epoch:
             raise exc()
         return folder
+
     monkeypatch.setattr(runs, "save_checkpoint", save)
     return real_save
 
 
 # --------------------------------------------------------------------------- --resume in every state
+
 
 def test_resume_with_only_out_continues_with_the_saved_config(capsys, run_copy):
     """`spatialmix train --resume --out RUN`: the advice printed everywhere, without repeating options."""
@@ -74,7 +76,9 @@ def test_resume_with_only_out_continues_with_the_saved_config(capsys, run_copy):
 def test_an_option_that_differs_on_resume_is_named(capsys, run_copy):
     run_dir, _ = run_copy
     before = snapshot_files(run_dir)
-    code, _, err = run_main(capsys, ["train", "--resume", "--out", str(run_dir), "--mode", "space", "--lr", "0.5"])
+    code, _, err = run_main(
+        capsys, ["train", "--resume", "--out", str(run_dir), "--mode", "space", "--lr", "0.5"]
+    )
     line = one_error_line(code, err)
     assert "mode='full' (saved) vs 'space'" in line and "lr=0.01 (saved) vs 0.5" in line
     assert "only data_dir, device, epochs, progress, workers may change" in line
@@ -90,7 +94,7 @@ def test_resume_with_more_epochs_extends_a_finished_run(tiny_data, tmp_path):
     summary = train(extended, run_dir, resume=True, data=tiny_data)
     assert summary["epochs"] == 2
     assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
-    assert saved_config(runs.Run(run_dir)).epochs == 2   # what it now is, for later comparisons
+    assert saved_config(runs.Run(run_dir)).epochs == 2  # what it now is, for later comparisons
     with pytest.raises(SpatialmixError, match="epochs may only grow"):
         resume_config(run_dir, {"epochs": 1})
 
@@ -133,13 +137,19 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_data, tmp
 
 
 @pytest.mark.slow
-def test_sigterm_leaves_a_consistent_checkpoint_a_clear_line_and_a_run_that_resumes(fake_fashion_dir, tmp_path):
+def test_sigterm_leaves_a_consistent_checkpoint_a_clear_line_and_a_run_that_resumes(
+    fake_fashion_dir, tmp_path
+):
     config = TrainConfig(**{**TINY, "data_dir": str(fake_fashion_dir), "train_subset": 256, "epochs": 3})
     run_dir = tmp_path / "run"
     latest = run_dir / runs.CKPT_DIR / runs.LATEST
-    proc = subprocess.Popen([sys.executable, "-m", "spatialmix.cli.main", "train", *config_flags(config),
-                             "--out", str(run_dir)], env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spatialmix.cli.main", "train", *config_flags(config), "--out", str(run_dir)],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not latest.is_file():
@@ -155,18 +165,25 @@ def test_sigterm_leaves_a_consistent_checkpoint_a_clear_line_and_a_run_that_resu
     assert proc.returncode == 143, err
     assert err.strip().splitlines() == [
         f"spatialmix: terminated (SIGTERM); every saved checkpoint is complete: continue with "
-        f"`spatialmix train --resume --out {run_dir}`"]
+        f"`spatialmix train --resume --out {run_dir}`"
+    ]
     status = runs.read_json(run_dir / runs.STATUS)
     epoch = runs.read_json(latest)["epoch"]
     assert status["state"] == "interrupted" and status["epoch"] == epoch
-    load_trained_model(run_dir)   # the checkpoint it names is complete
-    resumed = subprocess.run([sys.executable, "-m", "spatialmix.cli.main", "train", "--resume", "--out", str(run_dir)],
-                             env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    load_trained_model(run_dir)  # the checkpoint it names is complete
+    resumed = subprocess.run(
+        [sys.executable, "-m", "spatialmix.cli.main", "train", "--resume", "--out", str(run_dir)],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert runs.read_json(run_dir / runs.STATUS) == {"state": "finished", "epoch": 3}
 
 
 # --------------------------------------------------------------------------- NaN never reaches a checkpoint
+
 
 def _poison_batchnorm_in_epoch(monkeypatch, steps_per_epoch: int, epoch: int):
     """BatchNorm's running mean becomes NaN during ``epoch`` while every training loss stays finite
@@ -186,8 +203,10 @@ def _poison_batchnorm_in_epoch(monkeypatch, steps_per_epoch: int, epoch: int):
                 if calls["n"] > steps_per_epoch * (epoch - 1):
                     with torch.no_grad():
                         module.running_mean.fill_(float("nan"))
+
         bn.register_forward_pre_hook(hook)
         return model
+
     monkeypatch.setattr(train_mod, "build_model", build)
 
 
@@ -249,13 +268,17 @@ def test_lr_nan_and_inf_are_rejected_up_front(capsys, tmp_path, value):
 
 # --------------------------------------------------------------------------- errors that were tracebacks
 
+
 def test_out_that_is_a_file_under_a_file_or_empty(capsys, tmp_path, run_copy):
     _, config = run_copy
     flags = config_flags(config)
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    for out, expected in ((a_file, "is a file, not a run folder"), (a_file / "run", "lies below a file"),
-                          ("", "--out is an empty string")):
+    for out, expected in (
+        (a_file, "is a file, not a run folder"),
+        (a_file / "run", "lies below a file"),
+        ("", "--out is an empty string"),
+    ):
         code, _, err = run_main(capsys, ["train", *flags, "--out", str(out)])
         assert expected in one_error_line(code, err)
     assert a_file.read_text() == "x"
@@ -270,6 +293,7 @@ def test_out_on_a_read_only_mount(capsys, tmp_path, run_copy, monkeypatch):
         if str(path).startswith(str(read_only)):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_mkdir(path, *args, **kwargs)
+
     monkeypatch.setattr(os, "mkdir", mkdir)
     code, _, err = run_main(capsys, ["train", *config_flags(config), "--out", str(read_only / "run")])
     assert "cannot write in" in (line := one_error_line(code, err)) and "Read-only file system" in line
@@ -286,14 +310,19 @@ def test_a_full_disk_is_one_line_and_the_status_says_it_stopped(tiny_data, tmp_p
 
         def save_file(tensors, path, metadata=None):
             calls["n"] += 1
-            if calls["n"] > 1:   # init.safetensors is written; the first checkpoint's weights are not
+            if calls["n"] > 1:  # init.safetensors is written; the first checkpoint's weights are not
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real(tensors, path, metadata=metadata)
+
         monkeypatch.setattr(storage, "save_file", save_file)
     else:
+
         def torch_save(*args, **kwargs):
-            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0\n"
-                               "PytorchStreamWriter failed writing file data/0: file write failed")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0\n"
+                "PytorchStreamWriter failed writing file data/0: file write failed"
+            )
+
         monkeypatch.setattr(torch, "save", torch_save)
     with pytest.raises(SpatialmixError) as err:
         train(TrainConfig(**TINY), run_dir, data=tiny_data)
@@ -303,9 +332,14 @@ def test_a_full_disk_is_one_line_and_the_status_says_it_stopped(tiny_data, tmp_p
     assert not list(run_dir.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("value,expected", [(1.5, "epochs must be a whole number, got 1.5"),
-                                            ("ten", "epochs must be a whole number, got 'ten'"),
-                                            (True, "epochs must be a whole number, got True")])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (1.5, "epochs must be a whole number, got 1.5"),
+        ("ten", "epochs must be a whole number, got 'ten'"),
+        (True, "epochs must be a whole number, got True"),
+    ],
+)
 def test_sweep_grid_values_of_the_wrong_type_fail_the_dry_run(tmp_path, value, expected):
     from spatialmix.sweep.plan import grid_sweep
 

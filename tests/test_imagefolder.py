@@ -1,5 +1,6 @@
 """Image folders (ImageNet layout): loading, batches, and real training runs on generated PNGs that are
 reproducible bit for bit (crops seeded from (seed, epoch), in any worker) and honour --augment."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,9 +8,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from spatialmix.data.imagefolder import FolderLoader, load_image_folder
-from spatialmix.errors import SpatialmixError
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import train
+from spatialmix.errors import SpatialmixError
 
 
 def write_folder(root, classes=("cat", "dog", "eel"), per_class=(6, 3), size=20):
@@ -19,7 +20,7 @@ def write_folder(root, classes=("cat", "dog", "eel"), per_class=(6, 3), size=20)
             (root / split / name).mkdir(parents=True)
             for i in range(n):
                 pixels = rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
-                pixels[..., c] = 255   # each class has one saturated colour channel
+                pixels[..., c] = 255  # each class has one saturated colour channel
                 Image.fromarray(pixels).save(root / split / name / f"{i}.png")
     return root
 
@@ -44,11 +45,23 @@ def test_folder_loader_normalizes_like_the_formula_and_covers_every_example(tmp_
 
 
 def test_training_on_an_image_folder_finishes_and_freezes(tmp_path):
-    config = TrainConfig(dataset="imagefolder", data_dir=str(write_folder(tmp_path / "data")), image_size=16,
-                         workers=0, model="convmixer", width=8, depth=1, kernel_size=3, patch_size=4,
-                         mode="chans", epochs=1, batch_size=6, progress=False)
+    config = TrainConfig(
+        dataset="imagefolder",
+        data_dir=str(write_folder(tmp_path / "data")),
+        image_size=16,
+        workers=0,
+        model="convmixer",
+        width=8,
+        depth=1,
+        kernel_size=3,
+        patch_size=4,
+        mode="chans",
+        epochs=1,
+        batch_size=6,
+        progress=False,
+    )
     summary = train(config, tmp_path / "run")
-    assert summary["epochs"] == 1 and summary["frozen_params"] == 8 * 9 + 8   # depthwise weight + bias
+    assert summary["epochs"] == 1 and summary["frozen_params"] == 8 * 9 + 8  # depthwise weight + bias
     assert summary["frozen_unchanged"] is True
 
 
@@ -67,10 +80,28 @@ def test_bad_folders_give_one_clear_error(tmp_path, layout):
 
 # --------------------------------------------------------------------------- reproducible and honest
 
+
 def folder_config(root, **changes):
-    return TrainConfig(**{**dict(dataset="imagefolder", data_dir=str(root), image_size=16, workers=0,
-                                 model="convmixer", width=8, depth=1, kernel_size=3, patch_size=4, mode="chans",
-                                 epochs=2, batch_size=6, progress=False), **changes})
+    return TrainConfig(
+        **{
+            **dict(
+                dataset="imagefolder",
+                data_dir=str(root),
+                image_size=16,
+                workers=0,
+                model="convmixer",
+                width=8,
+                depth=1,
+                kernel_size=3,
+                patch_size=4,
+                mode="chans",
+                epochs=2,
+                batch_size=6,
+                progress=False,
+            ),
+            **changes,
+        }
+    )
 
 
 def weights_of(run_dir):
@@ -89,7 +120,7 @@ def test_two_identical_folder_runs_end_bitwise_equal(tmp_path):
     """Crops came from the process-global generator: two identical runs differed (0.229 vs 0.186)."""
     root = write_folder(tmp_path / "data")
     first = train(folder_config(root), tmp_path / "a")
-    torch.manual_seed(12345)   # whatever the global generator holds, the run is the same
+    torch.manual_seed(12345)  # whatever the global generator holds, the run is the same
     second = train(folder_config(root), tmp_path / "b")
     assert first["test_acc"] == second["test_acc"]
     assert_same_weights(weights_of(tmp_path / "a"), weights_of(tmp_path / "b"))
@@ -99,8 +130,17 @@ def test_worker_processes_give_the_batches_of_the_main_process(tmp_path):
     data = load_image_folder(write_folder(tmp_path), image_size=16)
     batches = {}
     for workers in (0, 1):
-        loader = FolderLoader(data.train_set, data.train_labels, 6, data.mean, data.std, train=True,
-                              augment="crop-flip", seed=3, workers=workers)
+        loader = FolderLoader(
+            data.train_set,
+            data.train_labels,
+            6,
+            data.mean,
+            data.std,
+            train=True,
+            augment="crop-flip",
+            seed=3,
+            workers=workers,
+        )
         loader.set_epoch(1)
         batches[workers] = list(loader)
     for (x0, y0), (x1, y1) in zip(batches[0], batches[1], strict=True):
@@ -120,6 +160,7 @@ def test_a_killed_folder_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Killed
+
     monkeypatch.setattr(runs, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         train(folder_config(root), tmp_path / "killed")
@@ -130,7 +171,9 @@ def test_a_killed_folder_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert_same_weights(weights_of(tmp_path / "straight"), weights_of(tmp_path / "killed"))
 
 
-@pytest.mark.parametrize("augment,random", [("none", False), ("flip", False), ("crop", True), ("crop-flip", True)])
+@pytest.mark.parametrize(
+    "augment,random", [("none", False), ("flip", False), ("crop", True), ("crop-flip", True)]
+)
 def test_augment_is_honoured_for_folders(tmp_path, augment, random):
     """--augment none used to crop anyway (RandomResizedCrop always)."""
     data = load_image_folder(write_folder(tmp_path), image_size=16, augment=augment)
@@ -140,13 +183,15 @@ def test_augment_is_honoured_for_folders(tmp_path, augment, random):
         draws.append(data.train_set[0][0])
     same = all(torch.equal(draws[0], d) for d in draws[1:])
     assert same != random
-    if not random:   # resized and center-cropped like the test images
-        assert torch.equal(draws[0], data.test_set.transform(data.train_set.loader(data.train_set.samples[0][0])))
+    if not random:  # resized and center-cropped like the test images
+        assert torch.equal(
+            draws[0], data.test_set.transform(data.train_set.loader(data.train_set.samples[0][0]))
+        )
 
 
 def test_no_data_dir_never_reads_the_current_folder(tmp_path, monkeypatch):
     write_folder(tmp_path)
-    monkeypatch.chdir(tmp_path)   # a folder that would load
+    monkeypatch.chdir(tmp_path)  # a folder that would load
     with pytest.raises(SpatialmixError) as err:
         load_image_folder(None, 16)
     assert "--data-dir" in str(err.value) and "SPATIALMIX_DATA" in str(err.value)

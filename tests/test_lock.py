@@ -1,5 +1,6 @@
 """One writer per run folder: an exclusive lock held for the whole run, released when the process
 dies; unique temporary names; fsync of files and folders."""
+
 from __future__ import annotations
 
 import os
@@ -10,14 +11,12 @@ import sys
 import pytest
 import torch
 
-from spatialmix.io import runs
-from spatialmix.studies import context as study
-from spatialmix.errors import SpatialmixError
+from conftest import TINY, config_flags, run_cli
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import train
-
-from conftest import TINY, config_flags, run_cli
-from spatialmix.io import lock
+from spatialmix.errors import SpatialmixError
+from spatialmix.io import lock, runs
+from spatialmix.studies import context as study
 
 # A process that holds a folder's lock the way spatialmix does (flock on RUN/run.lock, pid inside),
 # without importing torch: it starts in milliseconds.
@@ -48,7 +47,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(held, tiny_data):
     with pytest.raises(lock.RunLockedError) as err:
         train(TrainConfig(**TINY), folder, data=tiny_data)
     assert f"in use by another spatialmix process (pid {proc.pid})" in str(err.value)
-    assert sorted(p.name for p in folder.iterdir()) == [runs.LOCK]   # nothing written
+    assert sorted(p.name for p in folder.iterdir()) == [runs.LOCK]  # nothing written
 
 
 def test_the_lock_is_released_when_its_holder_dies(held, tiny_data):
@@ -57,7 +56,7 @@ def test_the_lock_is_released_when_its_holder_dies(held, tiny_data):
     proc.wait()
     summary = train(TrainConfig(**TINY), folder, resume=True, data=tiny_data)
     assert summary["epochs"] == 1
-    assert (folder / runs.LOCK).read_bytes() == b""   # empty again once released
+    assert (folder / runs.LOCK).read_bytes() == b""  # empty again once released
 
 
 def test_the_lock_is_held_for_the_whole_run_and_names_this_process(tmp_path, tiny_data, monkeypatch):
@@ -67,13 +66,22 @@ def test_the_lock_is_held_for_the_whole_run_and_names_this_process(tmp_path, tin
 
     def save_and_look(run_dir, *args, **kwargs):
         seen.append((folder / runs.LOCK).read_text().strip())
-        probe = subprocess.run([sys.executable, "-c", "import fcntl, os, sys\n"
-                                "fd = os.open(sys.argv[1], os.O_RDWR)\n"
-                                "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n"
-                                "    print('busy')\nelse:\n    print('free')", str(folder / runs.LOCK)],
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import fcntl, os, sys\n"
+                "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+                "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n"
+                "    print('busy')\nelse:\n    print('free')",
+                str(folder / runs.LOCK),
+            ],
+            capture_output=True,
+            text=True,
+        )
         seen.append(probe.stdout.strip())
         return real_save(run_dir, *args, **kwargs)
+
     monkeypatch.setattr(runs, "save_checkpoint", save_and_look)
     train(TrainConfig(**TINY), folder, data=tiny_data)
     assert seen == [str(os.getpid()), "busy"]
@@ -82,7 +90,7 @@ def test_the_lock_is_held_for_the_whole_run_and_names_this_process(tmp_path, tin
 def test_the_lock_is_reentrant_within_a_process(tmp_path, tiny_data):
     folder = tmp_path / "run"
     with runs.locked(folder):
-        train(TrainConfig(**TINY), folder, data=tiny_data)   # study.train_or_reuse holds the folder too
+        train(TrainConfig(**TINY), folder, data=tiny_data)  # study.train_or_reuse holds the folder too
         assert (folder / runs.LOCK).read_text().strip() == str(os.getpid())
     assert (folder / runs.LOCK).read_bytes() == b""
 
@@ -116,11 +124,14 @@ def test_second_writer_through_the_cli_exits_2_naming_the_pid(held, fake_fashion
     result = run_cli(["train", *config_flags(config), "--out", str(folder)])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"spatialmix: error: {folder} is in use by another spatialmix process (pid {proc.pid}); wait for it to "
-        f"finish or stop it, or choose another --out"]
+        f"spatialmix: error: {folder} is in use by another spatialmix process (pid {proc.pid}); "
+        f"wait for it to "
+        f"finish or stop it, or choose another --out"
+    ]
 
 
 # --------------------------------------------------------------------------- temporary files and fsync
+
 
 def test_temporary_names_are_unique(tmp_path, monkeypatch):
     """Two writers of the same file must never share a temporary name (one would rename the other's)."""
@@ -130,6 +141,7 @@ def test_temporary_names_are_unique(tmp_path, monkeypatch):
     def record(obj, path, *args, **kwargs):
         names.append(os.path.basename(path))
         return real_save(obj, path, *args, **kwargs)
+
     monkeypatch.setattr(torch, "save", record)
     for _ in range(2):
         runs._atomic_via_tmp(tmp_path / "state.pt", lambda tmp: torch.save({"a": 1}, tmp))
@@ -144,10 +156,11 @@ def test_files_and_their_folder_are_fsynced(tmp_path, monkeypatch):
     def record(fd):
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         return real_fsync(fd)
+
     monkeypatch.setattr(os, "fsync", record)
     runs.save_weights(tmp_path / "w.safetensors", {"x": torch.ones(2)})
-    assert any(p.endswith(".tmp") for p in synced), synced         # the data, before the rename
-    assert str(tmp_path) in synced, synced                           # the folder, after it
+    assert any(p.endswith(".tmp") for p in synced), synced  # the data, before the rename
+    assert str(tmp_path) in synced, synced  # the folder, after it
     synced.clear()
     runs.atomic_write_json(tmp_path / "s.json", {"a": 1})
     assert any(p.endswith(".tmp") for p in synced) and str(tmp_path) in synced
@@ -157,8 +170,11 @@ def test_stray_temporaries_of_a_kill_are_cleaned_on_resume(tiny_data, tmp_path):
     folder = tmp_path / "run"
     config = TrainConfig(**{**TINY, "epochs": 2})
     train(config.replace(epochs=1), folder, data=tiny_data)
-    strays = [folder / ".status.json.123.ab.tmp", folder / runs.CKPT_DIR / ".latest.json.9.tmp",
-              folder / runs.CKPT_DIR / "epoch-0001" / ".model.safetensors.77.cd.tmp"]
+    strays = [
+        folder / ".status.json.123.ab.tmp",
+        folder / runs.CKPT_DIR / ".latest.json.9.tmp",
+        folder / runs.CKPT_DIR / "epoch-0001" / ".model.safetensors.77.cd.tmp",
+    ]
     for p in strays:
         p.write_bytes(b"half")
     train(config, folder, resume=True, data=tiny_data)
@@ -174,8 +190,16 @@ def test_two_fresh_starts_at_once_leave_one_consistent_run(fake_fashion_dir, tmp
     cmd = [sys.executable, "-m", "spatialmix.cli.main", "train", *config_flags(config), "--out", str(folder)]
     from conftest import SUBPROCESS_ENV
 
-    procs = [subprocess.Popen(cmd + ["--seed", str(seed)], env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            cmd + ["--seed", str(seed)],
+            env=SUBPROCESS_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], outs

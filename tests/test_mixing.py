@@ -1,4 +1,5 @@
 """Mixing: what each mode freezes, that frozen tensors never move, and how random filters are drawn."""
+
 from __future__ import annotations
 
 import math
@@ -11,17 +12,24 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from spatialmix.io import runs
-from spatialmix.errors import SpatialmixError
-from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing, classify_layers, frozen_fingerprint, layers_of_kind, summarize
+from conftest import SUBPROCESS_ENV
 from spatialmix.core.inits import InitSpec, gaussian_kernel, smooth_filters
-from spatialmix.models.convmixer import ConvMixer
-from spatialmix.models.factory import create_model
+from spatialmix.core.mixing import (
+    CHANNEL,
+    SPATIAL,
+    apply_mixing,
+    classify_layers,
+    frozen_fingerprint,
+    layers_of_kind,
+    summarize,
+)
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.tasks import build_model
 from spatialmix.engine.train import make_optimizer, train
-
-from conftest import SUBPROCESS_ENV
+from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.models.factory import create_model
 
 WIDTH, DEPTH, KERNEL = 16, 2, 5
 
@@ -110,18 +118,25 @@ def test_training_run_keeps_frozen_tensors_bitwise(mode, tiny_config, tiny_data,
 
 
 def depthwise_convs(model) -> set[str]:
-    return {n for n, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1 and max(m.kernel_size) > 1}
+    return {
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1 and max(m.kernel_size) > 1
+    }
 
 
 def channel_mixers(model, head_name) -> set[str]:
-    return {n for n, m in model.named_modules()
-            if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))
-            or (isinstance(m, nn.Linear) and n != head_name)}
+    return {
+        n
+        for n, m in model.named_modules()
+        if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))
+        or (isinstance(m, nn.Linear) and n != head_name)
+    }
 
 
-@pytest.mark.parametrize("name,head_name", [("timm:convnext_atto", "head.fc"),
-                                            ("torchvision:mobilenet_v2", "classifier.1")])
+@pytest.mark.parametrize(
+    "name,head_name", [("timm:convnext_atto", "head.fc"), ("torchvision:mobilenet_v2", "classifier.1")]
+)
 @pytest.mark.parametrize("mode", ["chans", "space"])
 def test_mixing_on_library_models(name, head_name, mode):
     torch.manual_seed(0)
@@ -135,8 +150,9 @@ def test_mixing_on_library_models(name, head_name, mode):
     expected_tensors = sum(1 for n in expected_layers for _ in modules[n].parameters(recurse=False))
     assert len(frozen_names(model)) == expected_tensors
     if mode == "chans":
-        assert summarize(model).frozen == sum(p.numel() for n in expected_layers
-                                               for p in modules[n].parameters(recurse=False))
+        assert summarize(model).frozen == sum(
+            p.numel() for n in expected_layers for p in modules[n].parameters(recurse=False)
+        )
 
     params = dict(model.named_parameters())
     before = {n: p.detach().clone() for n, p in params.items()}
@@ -182,6 +198,7 @@ def test_summary_counts_trainable_and_frozen():
 
 # --------------------------------------------------------------------------- seeds
 
+
 def spatial_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if ".0.fn.0." in n}
 
@@ -222,15 +239,21 @@ from spatialmix.models.registry import ConvMixer
 torch.manual_seed(999)  # a different global RNG state than the test process
 model = ConvMixer(16, 2, kernel_size=5, patch_size=4, in_chans=1, num_classes=10)
 apply_mixing(model, "chans", InitSpec("gaussian", 0.2, 1.0), seed=7)
-save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if not p.requires_grad}, sys.argv[1])
+frozen = {n: p.detach().contiguous() for n, p in model.named_parameters() if not p.requires_grad}
+save_file(frozen, sys.argv[1])
 """
 
 
 @pytest.mark.slow
 def test_same_seed_rebuilds_identical_filters_in_a_new_process(tmp_path):
     out = tmp_path / "frozen.safetensors"
-    proc = subprocess.run([sys.executable, "-c", NEW_PROCESS_SCRIPT, str(out)], env=SUBPROCESS_ENV,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", NEW_PROCESS_SCRIPT, str(out)],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     theirs = load_file(str(out))
     ours = apply_mixing(tiny_convmixer(seed_for_torch=0), "chans", InitSpec("gaussian", 0.2, 1.0), seed=7)
@@ -240,6 +263,7 @@ def test_same_seed_rebuilds_identical_filters_in_a_new_process(tmp_path):
 
 
 # --------------------------------------------------------------------------- init distributions
+
 
 def wide_depthwise(kernel=7, width=512) -> nn.Conv2d:
     return nn.Conv2d(width, width, kernel, groups=width, padding=kernel // 2)
@@ -260,8 +284,13 @@ def test_default_init_draws_within_pytorch_bound():
     assert w.var().item() == pytest.approx(bound**2 / 3, rel=0.05)
     # The channel mixers' default follows their own fan-in (width for a 1 x 1 conv).
     pointwise = nn.Conv2d(256, 256, 1)
-    apply_mixing(nn.Sequential(wide_depthwise(3, 8), pointwise), "space", InitSpec("default"),
-                 channel_init=InitSpec("default"), seed=0)
+    apply_mixing(
+        nn.Sequential(wide_depthwise(3, 8), pointwise),
+        "space",
+        InitSpec("default"),
+        channel_init=InitSpec("default"),
+        seed=0,
+    )
     assert pointwise.weight.abs().max() <= 1 / 16 and pointwise.weight.abs().max() > 0.99 / 16
 
 

@@ -1,15 +1,16 @@
 """Models: the published ConvMixer sizes, the separable ResNet's layout, the registry."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
+from spatialmix.engine.config import TrainConfig
 from spatialmix.errors import SpatialmixError
 from spatialmix.models.convmixer import ConvMixer
-from spatialmix.models.factory import count_parameters, create_model
-from spatialmix.engine.config import TrainConfig
-from spatialmix.models.registry import MODEL_REGISTRY, list_models, register_model
+from spatialmix.models.factory import count_parameters, create_model, list_models
+from spatialmix.models.registry import MODEL_REGISTRY, register_model
 
 # Published sizes (ConvMixer paper, Table 1; timm's exact counts for 1000 classes).
 PUBLISHED = [
@@ -31,15 +32,18 @@ def convmixer_formula(width, depth, kernel, patch, in_chans, num_classes) -> int
 def test_named_convmixer_has_published_parameter_count(name, timm_name, millions, exact):
     import timm
 
-    with torch.device("meta"):   # shapes only: no memory, no init time
+    with torch.device("meta"):  # shapes only: no memory, no init time
         ours = create_model(name, in_chans=3, num_classes=1000)
         reference = timm.create_model(timm_name, pretrained=False)
     n = count_parameters(ours)
     assert n == count_parameters(reference)
     assert n == exact
     assert round(n / 1e6, 1) == millions
-    cfg = {"convmixer-1536/20": (1536, 20, 9, 7), "convmixer-768/32": (768, 32, 7, 7),
-           "convmixer-1024/20": (1024, 20, 9, 14)}[name]
+    cfg = {
+        "convmixer-1536/20": (1536, 20, 9, 7),
+        "convmixer-768/32": (768, 32, 7, 7),
+        "convmixer-1024/20": (1024, 20, 9, 14),
+    }[name]
     assert n == convmixer_formula(*cfg, in_chans=3, num_classes=1000)
     # Same layout as the reference, tensor by tensor (so timm checkpoints would load).
     ours_shapes = [(k, tuple(v.shape)) for k, v in ours.state_dict().items()]
@@ -105,12 +109,21 @@ def test_unknown_model_lists_the_valid_names():
 
 def test_registry_names():
     names = list_models()
-    for name in ("convmixer-256/8", "convmixer-768/32", "convmixer-1536/20", "convmixer-1024/20",
-                 "resnet18-sep", "resnet50-sep", "resnet18", "resnet50"):
+    for name in (
+        "convmixer-256/8",
+        "convmixer-768/32",
+        "convmixer-1536/20",
+        "convmixer-1024/20",
+        "resnet18-sep",
+        "resnet50-sep",
+        "resnet18",
+        "resnet50",
+    ):
         assert name in names
 
 
 # --------------------------------------------------------------------------- separable ResNet
+
 
 def convs(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
@@ -161,18 +174,35 @@ def test_separable_resnet_imagenet_stem_on_small_images():
 
 # --------------------------------------------------------------------------- MLP-Mixer
 
+
 @pytest.mark.parametrize("width,depth,patch,size,in_chans", [(128, 6, 4, 28, 1), (64, 2, 4, 32, 3)])
 def test_mlpmixer_has_the_parameters_of_timms_mixer_of_the_same_sizes(width, depth, patch, size, in_chans):
     """Same layout as timm's MlpMixer (stem conv, pre-norm token and channel MLPs, final norm, head),
     token hidden width / 2 and channel hidden 4 x width as in Mixer-S/16, and a formula by hand."""
     from timm.models.mlp_mixer import MlpMixer
 
-    ours = create_model("mlpmixer", in_chans=in_chans, num_classes=10, image_size=size, width=width, depth=depth,
-                        patch_size=patch)
-    reference = MlpMixer(num_classes=10, img_size=size, in_chans=in_chans, patch_size=patch, num_blocks=depth,
-                         embed_dim=width, mlp_ratio=(0.5, 4.0))
+    ours = create_model(
+        "mlpmixer",
+        in_chans=in_chans,
+        num_classes=10,
+        image_size=size,
+        width=width,
+        depth=depth,
+        patch_size=patch,
+    )
+    reference = MlpMixer(
+        num_classes=10,
+        img_size=size,
+        in_chans=in_chans,
+        patch_size=patch,
+        num_blocks=depth,
+        embed_dim=width,
+        mlp_ratio=(0.5, 4.0),
+    )
     tokens, t, c = (size // patch) ** 2, width // 2, 4 * width
-    block = 2 * width + (tokens * t + t + t * tokens + tokens) + 2 * width + (width * c + c + c * width + width)
+    block = (
+        2 * width + (tokens * t + t + t * tokens + tokens) + 2 * width + (width * c + c + c * width + width)
+    )
     formula = in_chans * width * patch * patch + width + depth * block + 2 * width + width * 10 + 10
     assert count_parameters(ours) == count_parameters(reference) == formula
     assert "mlpmixer" in list_models() and "mlpmixer-128/6" in list_models()
@@ -181,8 +211,15 @@ def test_mlpmixer_has_the_parameters_of_timms_mixer_of_the_same_sizes(width, dep
 def test_every_family_registers_its_models_in_the_one_table():
     """Each family's @register_model fills MODEL_REGISTRY; the factory imports every family, so a
     name is known (and validated by TrainConfig) wherever models are built."""
-    assert {"convmixer", "convmixer-256/8", "mlpmixer", "mlpmixer-128/6", "resnet18-sep", "resnet18",
-            "unshufflenet"} <= set(list_models())
+    assert {
+        "convmixer",
+        "convmixer-256/8",
+        "mlpmixer",
+        "mlpmixer-128/6",
+        "resnet18-sep",
+        "resnet18",
+        "unshufflenet",
+    } <= set(list_models())
     assert all(isinstance(info.description, str) and info.description for info in MODEL_REGISTRY.values())
     TrainConfig(model="unshufflenet", patch_size=1).validate()
     model = create_model("unshufflenet", in_chans=1, num_classes=10, width=8, depth=1)
@@ -194,8 +231,9 @@ def test_a_model_of_your_own_registers_with_the_decorator_and_builds_by_name():
     class TinyNet(nn.Module):
         def __init__(self, in_chans: int, num_classes: int, width: int):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1, groups=1), nn.Flatten(),
-                                      nn.LazyLinear(num_classes))
+            self.body = nn.Sequential(
+                nn.Conv2d(in_chans, width, 3, padding=1, groups=1), nn.Flatten(), nn.LazyLinear(num_classes)
+            )
 
     try:
         assert "tiny-test-net" in list_models() and MODEL_REGISTRY["tiny-test-net"].builder is TinyNet

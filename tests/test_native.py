@@ -1,5 +1,6 @@
 """Building, checking and loading the C kernels: a clean fall-back to torch, with the reason,
 whenever they cannot be built or do not agree with torch."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,9 @@ pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C compile
 
 def _fresh_status(env: dict) -> str:
     code = "from spatialmix.accel import native; print(native.status())"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_turned_off_or_without_a_compiler_it_falls_back_and_says_why(tmp_path):
@@ -25,14 +27,14 @@ def test_turned_off_or_without_a_compiler_it_falls_back_and_says_why(tmp_path):
     line = _fresh_status({**base, "CC": "/bin/false"})
     assert line.startswith("torch's (could not build or load the kernels: /bin/false failed")
     kernels = tmp_path / "cache" / "kernels"
-    assert not kernels.exists() or not any(kernels.iterdir())      # no half-built library left behind
-    assert _fresh_status(base) == "C kernels"        # and built where we pointed it
+    assert not kernels.exists() or not any(kernels.iterdir())  # no half-built library left behind
+    assert _fresh_status(base) == "C kernels"  # and built where we pointed it
     assert len(list(kernels.glob("spatialmix-kernels-*.so"))) == 1
 
 
 WRONG = """
-int depthwise_weight_grad(const void *x, const void *gy, float *out, int b, int n, int c, int h, int w, int ho,
-                          int wo, int k, int p, int chunk, int t) {
+int depthwise_weight_grad(const void *x, const void *gy, float *out, int b, int n, int c, int h, int w,
+                          int ho, int wo, int k, int p, int chunk, int t) {
     for (int i = 0; i < c * k * k; i++) out[i] = 1.0f;
     return 0;
 }

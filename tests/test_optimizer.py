@@ -1,4 +1,5 @@
 """The optimizer contract, in code: frozen tensors never reach it; decay on matrices and filters only."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,12 +7,11 @@ import sys
 
 import torch
 
+from conftest import SUBPROCESS_ENV
 from spatialmix.core.mixing import apply_mixing
-from spatialmix.models.convmixer import ConvMixer
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import make_optimizer, parameter_groups
-
-from conftest import SUBPROCESS_ENV
+from spatialmix.models.convmixer import ConvMixer
 
 
 def _model(mode):
@@ -31,8 +31,9 @@ def test_every_trainable_tensor_once_no_frozen_one_and_decay_only_on_matrices_an
         assert all(names[id(p)].endswith(("bias", ".weight")) and p.ndim == 1 for p in no_decay["params"])
         assert all(p.ndim >= 2 for p in decay["params"])
         # biases and BatchNorm weights are never decayed; every conv filter and the head's matrix are
-        assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in model.named_parameters()
-                                                              if p.requires_grad and p.ndim == 1}
+        assert {names[id(p)] for p in no_decay["params"]} == {
+            n for n, p in model.named_parameters() if p.requires_grad and p.ndim == 1
+        }
 
 
 def test_frozen_tensors_get_no_optimizer_state_after_steps():
@@ -49,7 +50,11 @@ def test_frozen_tensors_get_no_optimizer_state_after_steps():
 
 def test_the_command_line_builds_without_importing_torch():
     """`spatialmix --help` answers at once: building every command's options imports no torch."""
-    code = ("import sys; from spatialmix.cli.main import build_parser; build_parser(); "
-            "print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV, check=True)
+    code = (
+        "import sys; from spatialmix.cli.main import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV, check=True
+    )
     assert out.stdout.strip() == "[]"

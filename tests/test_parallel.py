@@ -1,14 +1,15 @@
 """Independent jobs side by side: results in order, errors surface, and nothing depends on neighbours."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from spatialmix.io import runs
-from spatialmix.errors import SpatialmixError
 from spatialmix.engine.parallel import run_side_by_side
-from spatialmix.studies.reproduce import resolve_parallelism
+from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs
 from spatialmix.studies.context import train_or_reuse
+from spatialmix.studies.reproduce import resolve_parallelism
 
 
 def _square_and_threads(x: int) -> tuple[int, int]:
@@ -24,8 +25,12 @@ def _refuse(x: int) -> int:
 @pytest.mark.slow
 def test_results_come_back_in_job_order_with_the_threads_asked_for():
     seen = []
-    results = run_side_by_side([(_square_and_threads, (i,)) for i in range(5)], processes=2, threads=1,
-                               on_done=lambda i, r: seen.append(i))
+    results = run_side_by_side(
+        [(_square_and_threads, (i,)) for i in range(5)],
+        processes=2,
+        threads=1,
+        on_done=lambda i, r: seen.append(i),
+    )
     assert results == [(i * i, 1) for i in range(5)]
     assert sorted(seen) == list(range(5))
 
@@ -34,8 +39,9 @@ def test_one_process_runs_here_in_order():
     seen = []
     before = torch.get_num_threads()
     try:
-        assert run_side_by_side([(_square_and_threads, (3,))] * 2, processes=1, threads=1,
-                                on_done=lambda i, r: seen.append(i)) == [(9, 1), (9, 1)]
+        assert run_side_by_side(
+            [(_square_and_threads, (3,))] * 2, processes=1, threads=1, on_done=lambda i, r: seen.append(i)
+        ) == [(9, 1), (9, 1)]
     finally:
         torch.set_num_threads(before)
     assert seen == [0, 1]
@@ -63,16 +69,28 @@ def _weights(run_dir):
 
 
 @pytest.mark.slow
-def test_a_run_trained_beside_another_is_bitwise_the_run_trained_alone(tmp_path, tiny_config, fake_fashion_dir):
+def test_a_run_trained_beside_another_is_bitwise_the_run_trained_alone(
+    tmp_path, tiny_config, fake_fashion_dir
+):
     config = tiny_config(data_dir=str(fake_fashion_dir), train_subset=256, threads=1, width=24, depth=2)
     neighbour = config.replace(mode="space", seed=5, width=32)
     alone = run_side_by_side([(train_or_reuse, (config, tmp_path / "alone"))], processes=1, threads=1)[0]
-    beside = run_side_by_side([(train_or_reuse, (config, tmp_path / "beside")),
-                               (train_or_reuse, (neighbour, tmp_path / "neighbour"))], processes=2, threads=1)[0]
+    beside = run_side_by_side(
+        [
+            (train_or_reuse, (config, tmp_path / "beside")),
+            (train_or_reuse, (neighbour, tmp_path / "neighbour")),
+        ],
+        processes=2,
+        threads=1,
+    )[0]
     assert _weights(tmp_path / "alone") == _weights(tmp_path / "beside")
-    assert alone["test_acc"] == beside["test_acc"] and alone["test_correct_bits"] == beside["test_correct_bits"]
-    assert runs.read_jsonl(tmp_path / "alone" / runs.METRICS)[0]["train_loss"] == \
-        runs.read_jsonl(tmp_path / "beside" / runs.METRICS)[0]["train_loss"]
+    assert (
+        alone["test_acc"] == beside["test_acc"] and alone["test_correct_bits"] == beside["test_correct_bits"]
+    )
+    assert (
+        runs.read_jsonl(tmp_path / "alone" / runs.METRICS)[0]["train_loss"]
+        == runs.read_jsonl(tmp_path / "beside" / runs.METRICS)[0]["train_loss"]
+    )
 
 
 def _sleep_then(x: float) -> float:
@@ -89,8 +107,11 @@ def test_each_job_is_reported_as_it_ends_not_when_all_have():
 
     start = time.perf_counter()
     reported = {}
-    run_side_by_side([(_sleep_then, (6.0,)), (_sleep_then, (0.0,))], processes=2,
-                     on_done=lambda i, r: reported.setdefault(i, time.perf_counter() - start))
+    run_side_by_side(
+        [(_sleep_then, (6.0,)), (_sleep_then, (0.0,))],
+        processes=2,
+        on_done=lambda i, r: reported.setdefault(i, time.perf_counter() - start),
+    )
     assert reported[1] < reported[0] - 3
 
 
@@ -119,6 +140,7 @@ def test_interrupted_reproduce_says_to_run_the_same_command_again(monkeypatch, c
 
     def interrupted(args):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(cli, "cmd_reproduce", interrupted)
     assert cli.main(["reproduce", "--out", "somewhere"]) == 130
     err = capsys.readouterr().err

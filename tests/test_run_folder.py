@@ -1,5 +1,6 @@
 """A run folder is untrusted input: runs.Run validates every file, never leaves the folder, never
 reads a device or a huge file whole, and answers "finished with this config?" in one place."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,14 +11,13 @@ import shutil
 import pytest
 import torch
 
-from spatialmix.io import runs, storage
-from spatialmix.sweep import plan as sweep
-from spatialmix.errors import SpatialmixError
+from conftest import TINY
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.tasks import saved_config
 from spatialmix.engine.train import load_trained_model, train
-
-from conftest import TINY
+from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs, storage
+from spatialmix.sweep import plan as sweep
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +49,20 @@ def edit_json(path, change):
 
 # --------------------------------------------------------------------------- latest.json
 
-@pytest.mark.parametrize("pointer,field", [({}, "folder"), ({"folder": 4, "epoch": 4}, "folder"),
-                                          ([], None), ("", None), ({"folder": "epoch-0002"}, "epoch"),
-                                          ({"folder": "../../x/checkpoints/epoch-0001", "epoch": 1}, "folder"),
-                                          ({"folder": "/etc", "epoch": 1}, "folder"),
-                                          ({"folder": "epoch-0002", "epoch": 7}, "epoch")])
+
+@pytest.mark.parametrize(
+    "pointer,field",
+    [
+        ({}, "folder"),
+        ({"folder": 4, "epoch": 4}, "folder"),
+        ([], None),
+        ("", None),
+        ({"folder": "epoch-0002"}, "epoch"),
+        ({"folder": "../../x/checkpoints/epoch-0001", "epoch": 1}, "folder"),
+        ({"folder": "/etc", "epoch": 1}, "folder"),
+        ({"folder": "epoch-0002", "epoch": 7}, "epoch"),
+    ],
+)
 def test_malformed_latest_json_is_one_line_naming_the_field(run, pointer, field):
     run_dir, _ = run
     (run_dir / runs.CKPT_DIR / runs.LATEST).write_text(json.dumps(pointer))
@@ -95,7 +104,7 @@ def test_weights_that_are_a_device_are_never_read(run):
 def test_weights_larger_than_plausible_are_refused(tmp_path, monkeypatch):
     big = tmp_path / "model.safetensors"
     with open(big, "wb") as f:
-        f.truncate(4096)   # sparse: the size check must come before any read
+        f.truncate(4096)  # sparse: the size check must come before any read
     from spatialmix.io import storage
 
     monkeypatch.setattr(storage, "MAX_WEIGHTS_BYTES", 1024)
@@ -114,6 +123,7 @@ def test_fingerprint_is_the_sha256_of_the_model_file(run):
 
 # --------------------------------------------------------------------------- symlinks out of the folder
 
+
 def test_metrics_symlink_is_never_written_through(tiny_data, tmp_path):
     """Training appends to metrics.jsonl: a symlink there must not carry the lines into another file."""
     config = TrainConfig(**{**TINY, "epochs": 2})
@@ -126,12 +136,13 @@ def test_metrics_symlink_is_never_written_through(tiny_data, tmp_path):
     def save_then_stop(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Stop
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runs, "save_checkpoint", save_then_stop)
         with pytest.raises(Stop):
             train(config, run_dir, data=tiny_data)
     victim = tmp_path / "victim.txt"
-    victim.write_bytes((run_dir / runs.METRICS).read_bytes())   # so a resume sees the history it expects
+    victim.write_bytes((run_dir / runs.METRICS).read_bytes())  # so a resume sees the history it expects
     before = victim.read_bytes()
     (run_dir / runs.METRICS).unlink()
     os.symlink(victim, run_dir / runs.METRICS)
@@ -171,12 +182,18 @@ CONFIG_DAMAGE = {
     "list": (lambda r: [r], "must hold a JSON object"),
     "train-null": (lambda r: {**r, "train": None}, "'train'"),
     "no-data": (lambda r: {k: v for k, v in r.items() if k != "data"}, "'data' is missing"),
-    "epochs-string": (lambda r: {**r, "train": {**r["train"], "epochs": "ten"}}, "epochs must be a whole number"),
+    "epochs-string": (
+        lambda r: {**r, "train": {**r["train"], "epochs": "ten"}},
+        "epochs must be a whole number",
+    ),
     "width-float": (lambda r: {**r, "train": {**r["train"], "width": 1.5}}, "width must be a whole number"),
     "mode-unknown": (lambda r: {**r, "train": {**r["train"], "mode": "bogus"}}, "unknown mode 'bogus'"),
     "size-string": (lambda r: {**r, "data": {**r["data"], "image_size": "28"}}, "'image_size'"),
     "mean-short": (lambda r: {**r, "data": {**r["data"], "mean": []}}, "'mean'"),
-    "task-argument": (lambda r: {**r, "task": {"name": "classification", "evil": 1}}, "settings this spatialmix"),
+    "task-argument": (
+        lambda r: {**r, "task": {"name": "classification", "evil": 1}},
+        "settings this spatialmix",
+    ),
     "task-string": (lambda r: {**r, "task": "classification"}, "task"),
     "version": (lambda r: {**r, "format_version": "1"}, "incompatible spatialmix"),
 }
@@ -187,20 +204,33 @@ def test_config_of_the_wrong_shape_is_one_line_naming_the_file(run, tiny_data, d
     run_dir, config = run
     change, expected = CONFIG_DAMAGE[damage]
     edit_json(run_dir / runs.CONFIG, change)
-    for action in (lambda: load_trained_model(run_dir),
-                   lambda: train(config.replace(epochs=3), run_dir, resume=True, data=tiny_data)):
+    for action in (
+        lambda: load_trained_model(run_dir),
+        lambda: train(config.replace(epochs=3), run_dir, resume=True, data=tiny_data),
+    ):
         with pytest.raises(SpatialmixError) as err:
             action()
         line = one_line(err)
         assert expected in line and ("config.json" in line or "incompatible" in line), line
 
 
-@pytest.mark.parametrize("section,field,value", [
-    ("train", "width", 10**9), ("train", "depth", 10**6), ("train", "kernel_size", 10**5 + 1),
-    ("train", "patch_size", 10**6), ("train", "token_hidden", 10**9), ("train", "channel_hidden", 10**9),
-    ("data", "in_chans", 10**6), ("data", "num_classes", 10**9), ("data", "image_size", 10**6)])
-def test_a_huge_model_in_config_json_is_refused_before_anything_is_built(run, tiny_data, monkeypatch, section,
-                                                                          field, value):
+@pytest.mark.parametrize(
+    "section,field,value",
+    [
+        ("train", "width", 10**9),
+        ("train", "depth", 10**6),
+        ("train", "kernel_size", 10**5 + 1),
+        ("train", "patch_size", 10**6),
+        ("train", "token_hidden", 10**9),
+        ("train", "channel_hidden", 10**9),
+        ("data", "in_chans", 10**6),
+        ("data", "num_classes", 10**9),
+        ("data", "image_size", 10**6),
+    ],
+)
+def test_a_huge_model_in_config_json_is_refused_before_anything_is_built(
+    run, tiny_data, monkeypatch, section, field, value
+):
     """A hostile or mistyped config.json must not make loading or resuming allocate a giant model."""
     import spatialmix.engine.train as train_module
 
@@ -209,10 +239,13 @@ def test_a_huge_model_in_config_json_is_refused_before_anything_is_built(run, ti
 
     def no_model(*args, **kwargs):
         raise AssertionError(f"a model was built from a config.json with {field}={value}")
+
     monkeypatch.setattr(train_module, "build_model", no_model)
-    for action in (lambda: runs.Run(run_dir).record() and saved_config(runs.Run(run_dir)),
-                   lambda: load_trained_model(run_dir),
-                   lambda: train(config.replace(epochs=3), run_dir, resume=True, data=tiny_data)):
+    for action in (
+        lambda: runs.Run(run_dir).record() and saved_config(runs.Run(run_dir)),
+        lambda: load_trained_model(run_dir),
+        lambda: train(config.replace(epochs=3), run_dir, resume=True, data=tiny_data),
+    ):
         with pytest.raises(SpatialmixError) as err:
             action()
         line = one_line(err)
@@ -222,17 +255,28 @@ def test_a_huge_model_in_config_json_is_refused_before_anything_is_built(run, ti
 
 def test_the_size_limits_leave_the_papers_models_loadable():
     # ConvMixer-1536/20 with kernel 9 and patch 7 on ImageNet (Trockman & Kolter), and ImageNet-21k's classes.
-    paper = {"width": 1536, "depth": 20, "kernel_size": 9, "patch_size": 7, "image_size": 224, "in_chans": 3,
-             "num_classes": 21841}
+    paper = {
+        "width": 1536,
+        "depth": 20,
+        "kernel_size": 9,
+        "patch_size": 7,
+        "image_size": 224,
+        "in_chans": 3,
+        "num_classes": 21841,
+    }
     assert all(value <= runs.SIZE_LIMITS[name] for name, value in paper.items())
 
 
-@pytest.mark.parametrize("name,content,expected", [
-    (runs.SUMMARY, [1, 2], "must hold a JSON object"),
-    (runs.SUMMARY, {"test_acc": "high"}, "'test_acc' must be a number"),
-    (runs.STATUS, {"state": "done", "epoch": 1}, "'state' must be one of"),
-    (runs.STATUS, {"state": "finished", "epoch": "2"}, "'epoch' must be a whole number"),
-    (runs.STATUS, None, "must hold a JSON object")])
+@pytest.mark.parametrize(
+    "name,content,expected",
+    [
+        (runs.SUMMARY, [1, 2], "must hold a JSON object"),
+        (runs.SUMMARY, {"test_acc": "high"}, "'test_acc' must be a number"),
+        (runs.STATUS, {"state": "done", "epoch": 1}, "'state' must be one of"),
+        (runs.STATUS, {"state": "finished", "epoch": "2"}, "'epoch' must be a whole number"),
+        (runs.STATUS, None, "must hold a JSON object"),
+    ],
+)
 def test_summary_and_status_of_the_wrong_shape(run, name, content, expected):
     run_dir, config = run
     (run_dir / name).write_text(json.dumps(content))
@@ -259,11 +303,14 @@ def test_a_line_cut_short_by_a_kill_is_left_out_but_damage_in_the_middle_is_not(
 
 # --------------------------------------------------------------------------- one "finished with this config"
 
+
 def test_finished_summary_fills_fields_added_later_with_their_defaults(run):
     """A run made before a field existed counts as that field's default: the sweep and train agree."""
     run_dir, config = run
-    edit_json(run_dir / runs.CONFIG, lambda r: {**r, "train": {k: v for k, v in r["train"].items()
-                                                               if k not in ("image_size", "workers")}})
+    edit_json(
+        run_dir / runs.CONFIG,
+        lambda r: {**r, "train": {k: v for k, v in r["train"].items() if k not in ("image_size", "workers")}},
+    )
     summary = runs.Run(run_dir).finished_summary(config)
     assert summary == runs.read_json(run_dir / runs.SUMMARY)
     job = sweep.SweepJob("x", config, run_dir, {})
@@ -272,8 +319,12 @@ def test_finished_summary_fills_fields_added_later_with_their_defaults(run):
 
 def test_finished_summary_refuses_another_config_and_ignores_speed_settings(run):
     run_dir, config = run
-    assert runs.Run(run_dir).finished_summary(config.replace(device="cpu", progress=True, workers=3)) is not None
-    with pytest.raises(SpatialmixError, match=r"finished with another configuration \(epochs=2 there, 3 now\)"):
+    assert (
+        runs.Run(run_dir).finished_summary(config.replace(device="cpu", progress=True, workers=3)) is not None
+    )
+    with pytest.raises(
+        SpatialmixError, match=r"finished with another configuration \(epochs=2 there, 3 now\)"
+    ):
         runs.Run(run_dir).finished_summary(config.replace(epochs=3))
     runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": 2})
     assert runs.Run(run_dir).finished_summary(config) is None
@@ -302,19 +353,22 @@ def test_reproduce_does_not_reuse_a_finished_run_of_another_config(run, monkeypa
 def test_config_types_are_checked_for_every_field():
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     assert {"epochs", "lr", "progress", "model"} <= names
-    for bad, pattern in [(dict(epochs=1.5), "epochs must be a whole number, got 1.5"),
-                         (dict(epochs="ten"), "epochs must be a whole number, got 'ten'"),
-                         (dict(lr="fast"), "lr must be a number, got 'fast'"),
-                         (dict(progress="yes"), "progress must be true or false"),
-                         (dict(model=3), "model must be a string"),
-                         (dict(lr=float("nan")), "lr must be a positive number, got nan"),
-                         (dict(lr=float("inf")), "lr must be a positive number, got inf")]:
+    for bad, pattern in [
+        (dict(epochs=1.5), "epochs must be a whole number, got 1.5"),
+        (dict(epochs="ten"), "epochs must be a whole number, got 'ten'"),
+        (dict(lr="fast"), "lr must be a number, got 'fast'"),
+        (dict(progress="yes"), "progress must be true or false"),
+        (dict(model=3), "model must be a string"),
+        (dict(lr=float("nan")), "lr must be a positive number, got nan"),
+        (dict(lr=float("inf")), "lr must be a positive number, got inf"),
+    ]:
         with pytest.raises(SpatialmixError, match=pattern):
             TrainConfig(**{**TINY, **bad}).validate()
     assert torch.isfinite(torch.tensor(TrainConfig().lr))
 
 
 # --------------------------------------------------------------------------- the report reads run folders too
+
 
 def test_report_never_embeds_a_file_outside_the_run_folder(run, tmp_path):
     import base64
@@ -325,7 +379,9 @@ def test_report_never_embeds_a_file_outside_the_run_folder(run, tmp_path):
     secret = tmp_path / "secret.png"
     secret.write_bytes(b"\x89PNG\r\n\x1a\n" + b"private key material " * 20)
     # the plot `spatialmix attack` draws beside its result robustness.json, here a link out of the folder
-    (run_dir / "robustness.json").write_text(json.dumps({"label": "run", "budgets": [{"eps": 0.0, "robust_acc": 1.0}]}))
+    (run_dir / "robustness.json").write_text(
+        json.dumps({"label": "run", "budgets": [{"eps": 0.0, "robust_acc": 1.0}]})
+    )
     os.symlink(secret, run_dir / "robustness.png")
     files = write_report([run_dir], tmp_path / "out" / "report.html")
     page = files.html.read_text()
@@ -358,13 +414,16 @@ def test_report_into_a_read_only_folder_fails_before_the_work(run, tmp_path, mon
     read_only = tmp_path / "ro"
     read_only.mkdir()
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(read_only) else real_access(p, mode))
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p) == str(read_only) else real_access(p, mode)
+    )
     monkeypatch.setattr(report, "build_sections", lambda *a, **k: pytest.fail("built the report first"))
     with pytest.raises(SpatialmixError, match=f"{read_only} is not writable"):
         report.write_report([run_dir], read_only / "report.html")
 
 
 # --------------------------------------------------------------------------- attack reads run folders
+
 
 def test_evaluation_data_is_the_users_choice_never_the_configs(run, tmp_path, monkeypatch):
     """A config.json naming RUN/payload made `attack` read (and unpickle) files from there."""
@@ -396,7 +455,9 @@ def test_attack_checks_that_results_can_be_written_before_attacking(run, monkeyp
     module = sys.modules[attack_runs.__module__]
     monkeypatch.setattr(module, "evaluate_run", lambda *a, **k: pytest.fail("attacked before checking"))
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(run_dir) else real_access(p, mode))
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p) == str(run_dir) else real_access(p, mode)
+    )
     with pytest.raises(SpatialmixError, match=f"{run_dir} is not writable"):
         attack_runs([run_dir], plot=None)
 
@@ -417,8 +478,8 @@ def test_training_refuses_the_sizes_a_run_folder_could_not_be_opened_with(field)
     from spatialmix.engine.config import TrainConfig
 
     limit = runs.SIZE_LIMITS[field]
-    value = limit + 1 if field != "kernel_size" else limit + 2   # kernels are odd
+    value = limit + 1 if field != "kernel_size" else limit + 2  # kernels are odd
     with pytest.raises(SpatialmixError) as err:
         TrainConfig(**{field: value}).validate()
     assert f"at most {limit:,}" in one_line(err)
-    TrainConfig(**{field: limit}).validate()   # the limit itself is allowed (following the advice works)
+    TrainConfig(**{field: limit}).validate()  # the limit itself is allowed (following the advice works)

@@ -1,4 +1,5 @@
 """The CPU speed-ups change kernels, never results: checked against the plain modules."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,7 +27,8 @@ def test_channels_last_gelu_is_bitwise_nn_gelu_on_dense_memory_forward_and_backw
             assert torch.equal(ya, yb)
             assert torch.allclose(ya, plain(x), rtol=0, atol=2e-6)
             assert ya.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(
-                memory_format=torch.channels_last)
+                memory_format=torch.channels_last
+            )
             g = torch.randn_like(ya)
             ya.backward(g), yb.backward(g.contiguous())
             assert torch.equal(a.grad, b.grad)
@@ -47,9 +49,9 @@ def test_frozen_depthwise_conv_and_no_autocast_are_the_plain_conv():
     plain, fast = _depthwise_pair(requires_grad=False)
     x = _channels_last(2, 8, 9, 9)
     with torch.autocast("cpu", torch.bfloat16):
-        assert torch.equal(fast(x), plain(x))     # frozen (Chans): bf16, exactly as autocast runs it
+        assert torch.equal(fast(x), plain(x))  # frozen (Chans): bf16, exactly as autocast runs it
     plain.weight.requires_grad_(True), fast.weight.requires_grad_(True)
-    assert torch.equal(fast(x), plain(x))         # no autocast: untouched
+    assert torch.equal(fast(x), plain(x))  # no autocast: untouched
 
 
 def test_accelerate_keeps_parameters_state_dict_and_freezing():
@@ -87,12 +89,12 @@ def test_accelerated_model_trains_like_the_plain_one_in_fp32():
 
 
 def test_allocator_and_threads():
-    assert speed.tune_allocator() is True          # glibc (Debian): the thresholds were set
-    assert speed.tune_allocator() is True          # idempotent
+    assert speed.tune_allocator() is True  # glibc (Debian): the thresholds were set
+    assert speed.tune_allocator() is True  # idempotent
     before = torch.get_num_threads()
     try:
         assert speed.set_threads(1) == 1
-        assert speed.set_threads(None) == 1        # None leaves the current setting
+        assert speed.set_threads(None) == 1  # None leaves the current setting
     finally:
         torch.set_num_threads(before)
     assert speed.available_cores() >= 1
@@ -102,7 +104,14 @@ def test_every_command_takes_threads_and_refuses_bad_values(capsys):
     from spatialmix.cli.main import build_parser, main
 
     parser = build_parser()
-    for argv in (["train"], ["reproduce"], ["attack", "RUN"], ["unshuffle"], ["report", "RUN"], ["sweep", "g.yaml"]):
+    for argv in (
+        ["train"],
+        ["reproduce"],
+        ["attack", "RUN"],
+        ["unshuffle"],
+        ["report", "RUN"],
+        ["sweep", "g.yaml"],
+    ):
         assert parser.parse_args(argv + ["--threads", "1"]).threads == 1
     for bad in ("0", "-2", "two"):
         with pytest.raises(SystemExit) as stop:
@@ -133,9 +142,9 @@ def test_batched_twin_computes_each_lone_model_and_trains_like_it():
     with torch.no_grad():
         together = twin(x)
         for i, m in enumerate(models):
-            torch.testing.assert_close(together[:, i], m.eval()(x[:, i:i + 1]), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(together[:, i], m.eval()(x[:, i : i + 1]), rtol=1e-5, atol=1e-5)
     frozen = [n for n, p in twin.named_parameters() if not p.requires_grad]
-    assert frozen and all(".fn.0." in n for n in frozen)   # Chans: only the depthwise filters
+    assert frozen and all(".fn.0." in n for n in frozen)  # Chans: only the depthwise filters
     for mode in ("full", "chans", "space"):
         assert bench.max_difference(2, mode, width=8, depth=2, steps=3) < 1e-4
 
@@ -160,7 +169,7 @@ def test_eval_batchnorm_is_batchnorms_eval_map_forward_and_input_gradient():
         with speed.eval_batchnorm(bn):
             assert type(bn) is speed.EvalBatchNorm2d
             ya = bn(a)
-        assert type(bn) is nn.BatchNorm2d                        # restored
+        assert type(bn) is nn.BatchNorm2d  # restored
         assert ya.dtype == yb.dtype and ya.shape == yb.shape
         assert torch.allclose(ya.float(), yb.float(), rtol=tol, atol=tol)
         g = torch.randn_like(ya)
@@ -168,8 +177,9 @@ def test_eval_batchnorm_is_batchnorms_eval_map_forward_and_input_gradient():
         assert torch.allclose(a.grad.float(), b.grad.float(), rtol=tol, atol=tol)
     # independently: (x - mean) / sqrt(var + eps) * weight + bias, in float64
     x = torch.randn(3, 12, 5, 5, dtype=torch.float64)
-    expected = ((x - bn.running_mean.double().view(1, -1, 1, 1)) / (bn.running_var.double().view(1, -1, 1, 1)
-                + bn.eps).sqrt() * bn.weight.double().view(1, -1, 1, 1) + bn.bias.double().view(1, -1, 1, 1))
+    expected = (x - bn.running_mean.double().view(1, -1, 1, 1)) / (
+        bn.running_var.double().view(1, -1, 1, 1) + bn.eps
+    ).sqrt() * bn.weight.double().view(1, -1, 1, 1) + bn.bias.double().view(1, -1, 1, 1)
     with speed.eval_batchnorm(bn):
         assert torch.allclose(bn(x.float()).double(), expected, rtol=1e-5, atol=1e-5)
 
@@ -178,12 +188,22 @@ def test_eval_batchnorm_leaves_training_mode_and_subclasses_alone():
     bn = _trained_batchnorm()
     bn.train()
     x = torch.randn(8, 12, 5, 5)
-    expected = nn.functional.batch_norm(x, bn.running_mean.clone(), bn.running_var.clone(), bn.weight, bn.bias,
-                                        training=True, momentum=bn.momentum, eps=bn.eps)
+    expected = nn.functional.batch_norm(
+        x,
+        bn.running_mean.clone(),
+        bn.running_var.clone(),
+        bn.weight,
+        bn.bias,
+        training=True,
+        momentum=bn.momentum,
+        eps=bn.eps,
+    )
     with speed.eval_batchnorm(bn):
-        assert torch.equal(bn(x), expected)                     # batch statistics, as in training
+        assert torch.equal(bn(x), expected)  # batch statistics, as in training
+
     class Own(nn.BatchNorm2d):
         pass
+
     own = Own(4)
     with speed.eval_batchnorm(nn.Sequential(own)):
         assert type(own) is Own
@@ -232,7 +252,7 @@ def test_training_batchnorm_is_torchs_forward_and_state_with_the_same_gradients(
     if native.library() is None:
         pytest.skip(native.status())
     plain, fast = _bn_pair(affine, momentum)
-    for step in range(3):   # running statistics and num_batches_tracked move alike, step after step
+    for _step in range(3):  # running statistics and num_batches_tracked move alike, step after step
         x = (_channels_last(6, 24, 7, 9) * 2 + 1).to(dtype)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = fast(xa), plain(xb)
@@ -241,7 +261,9 @@ def test_training_batchnorm_is_torchs_forward_and_state_with_the_same_gradients(
         g = torch.randn_like(ya)
         ya.backward(g), yb.backward(g)
         tol = 1e-5 if dtype == torch.float32 else 2e-2
-        assert torch.allclose(xa.grad.float(), xb.grad.float(), rtol=tol, atol=tol * xb.grad.abs().max().item())
+        assert torch.allclose(
+            xa.grad.float(), xb.grad.float(), rtol=tol, atol=tol * xb.grad.abs().max().item()
+        )
     for name, value in plain.state_dict().items():
         assert torch.equal(fast.state_dict()[name], value), name
     if affine:
@@ -270,7 +292,9 @@ def test_training_batchnorm_gradients_do_not_depend_on_threads_and_eval_is_plain
     x, g = _channels_last(64, 24, 14, 14).bfloat16(), _channels_last(64, 24, 14, 14).bfloat16()
     weight = torch.rand(24) + 0.5
     _, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, None, None, None, True, 0.1, 1e-5)[:3]
-    results = [native.call_batchnorm_backward(lib, x, g, mean, invstd, weight, threads) for threads in (1, 2, 3)]
+    results = [
+        native.call_batchnorm_backward(lib, x, g, mean, invstd, weight, threads) for threads in (1, 2, 3)
+    ]
     assert all(torch.equal(a, b) for r in results[1:] for a, b in zip(results[0], r))
     plain, fast = _bn_pair()
     fast.eval(), plain.eval()

@@ -1,12 +1,19 @@
 """Intervals and tests checked against values computed independently of the code under test."""
+
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from spatialmix.analysis.statistics import (
+    mcnemar_exact,
+    mean_interval,
+    ols_slope,
+    paired_bootstrap,
+    paired_t_interval,
+)
 from spatialmix.errors import SpatialmixError
-from spatialmix.analysis.statistics import mcnemar_exact, mean_interval, ols_slope, paired_bootstrap, paired_t_interval
 
 # Student's sleep data (Cushny & Peebles 1905), extra hours of sleep under two drugs, same 10 patients.
 # The textbook paired t-test (R: t.test(extra ~ group, sleep, paired = TRUE)) gives a mean
@@ -26,8 +33,8 @@ def test_t_interval_matches_the_textbook_sleep_example():
 
 def test_paired_t_interval_pairs_by_seed_not_by_position():
     first = {seed: v for seed, v in enumerate(SLEEP_DRUG_2)}
-    second = {seed: v for seed, v in reversed(list(enumerate(SLEEP_DRUG_1)))}   # other order, same seeds
-    second[99] = 100.0                                                            # unpaired: ignored
+    second = {seed: v for seed, v in reversed(list(enumerate(SLEEP_DRUG_1)))}  # other order, same seeds
+    second[99] = 100.0  # unpaired: ignored
     est = paired_t_interval(first, second)
     assert (est.low, est.high) == pytest.approx(SLEEP_CI, abs=1e-6) and est.n_seeds == 10
     assert "seed-paired t-interval" in est.method
@@ -61,6 +68,7 @@ def test_paired_t_interval_without_shared_seeds_is_an_error():
 
 
 # --------------------------------------------------------------------------- bootstrap
+
 
 def test_bootstrap_of_identical_models_is_exactly_zero():
     rng = np.random.default_rng(1)
@@ -106,6 +114,7 @@ def test_bootstrap_is_reproducible_and_seeded():
 
 # --------------------------------------------------------------------------- McNemar
 
+
 def test_mcnemar_on_a_hand_made_table():
     # 2 examples only the first gets right, 8 only the second, 30 both, 10 neither.
     first = [1] * 2 + [0] * 8 + [1] * 30 + [0] * 10
@@ -128,9 +137,12 @@ def test_mcnemar_refuses_different_examples():
 
 # --------------------------------------------------------------------------- slope
 
+
 def test_slope_of_an_exact_line_has_a_zero_width_interval():
     est = ols_slope([0, 1, 2, 3], [1, 3, 5, 7])
-    assert est.value == pytest.approx(2.0) and est.low == pytest.approx(2.0) and est.high == pytest.approx(2.0)
+    assert (
+        est.value == pytest.approx(2.0) and est.low == pytest.approx(2.0) and est.high == pytest.approx(2.0)
+    )
 
 
 def test_slope_interval_matches_linregress_standard_error():

@@ -1,4 +1,5 @@
 """The classification study end to end on real Fashion-MNIST (tiny model, small subsets)."""
+
 from __future__ import annotations
 
 import json
@@ -8,19 +9,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import SYSTEM_FASHION_MNIST
+from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.studies import context as study
-from spatialmix.errors import SpatialmixError
-from spatialmix.studies.context import PRESETS, classification_run_dir
-
-from conftest import SYSTEM_FASHION_MNIST
 from spatialmix.studies import reproduce as reproduce_module
+from spatialmix.studies.context import PRESETS, classification_run_dir
 from spatialmix.studies.reproduce import reproduce
 
 # trains on the real Fashion-MNIST: the slow tier
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not SYSTEM_FASHION_MNIST.is_dir(),
-                                 reason="needs the OS package dataset-fashion-mnist (scripts/setup.sh installs it)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not SYSTEM_FASHION_MNIST.is_dir(),
+        reason="needs the OS package dataset-fashion-mnist (scripts/setup.sh installs it)",
+    ),
+]
 
 OVERRIDES = dict(train_subset=512, test_subset=256, epochs=1, width=16, depth=1, progress=False)
 SEEDS = (0, 1)
@@ -33,7 +37,9 @@ def study_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("SPATIALMIX_DATA", raising=False)
-        printed = _capture(lambda: reproduce("quick", out, seeds=SEEDS, studies=["classification"], **OVERRIDES))
+        printed = _capture(
+            lambda: reproduce("quick", out, seeds=SEEDS, studies=["classification"], **OVERRIDES)
+        )
     return out, printed
 
 
@@ -41,7 +47,7 @@ def _capture(fn):
     import contextlib
     import io
 
-    buffer = io.StringIO()   # tables go to stdout, progress lines to stderr
+    buffer = io.StringIO()  # tables go to stdout, progress lines to stderr
     with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
         results = fn()
     return results, buffer.getvalue()
@@ -67,7 +73,7 @@ def test_prints_and_saves_the_table(study_dir):
     for mode in MODES:
         assert runs.read_json(classification_run_dir(out, mode, 0) / runs.STATUS)["state"] == "finished"
         record = runs.read_json(classification_run_dir(out, mode, 0) / runs.CONFIG)
-        assert record["data"]["source"] == "/usr/share/datasets/fashion-mnist"   # the real data
+        assert record["data"]["source"] == "/usr/share/datasets/fashion-mnist"  # the real data
         assert (record["data"]["n_train"], record["data"]["n_test"]) == (512, 256)
 
 
@@ -75,10 +81,10 @@ def test_parameter_counts(study_dir):
     out, (results, _) = study_dir
     base = PRESETS["quick"].base
     width, depth, k, p = OVERRIDES["width"], OVERRIDES["depth"], base.kernel_size, base.patch_size
-    spatial = depth * (width * k * k + width)              # depthwise weights + biases
-    channel = depth * (width * width + width)              # pointwise weights + biases
-    batchnorms = (1 + 2 * depth) * 2 * width                # scale + shift after the stem and each conv
-    stem = 1 * width * p * p + width                        # 1 input channel (grey images)
+    spatial = depth * (width * k * k + width)  # depthwise weights + biases
+    channel = depth * (width * width + width)  # pointwise weights + biases
+    batchnorms = (1 + 2 * depth) * 2 * width  # scale + shift after the stem and each conv
+    stem = 1 * width * p * p + width  # 1 input channel (grey images)
     head = width * 10 + 10
     total = stem + spatial + channel + batchnorms + head
     rows = {row["mode"]: row for row in results["classification"].tables[0].rows}
@@ -109,9 +115,13 @@ def test_two_seeds_give_mean_and_std(study_dir):
         assert rows[mode.capitalize()]["seeds"] == 2
     assert "±" in printed
     # The two seeds are different runs, not one run counted twice.
-    first, second = (runs.read_jsonl(classification_run_dir(out, "full", seed) / runs.METRICS) for seed in SEEDS)
+    first, second = (
+        runs.read_jsonl(classification_run_dir(out, "full", seed) / runs.METRICS) for seed in SEEDS
+    )
     assert first[0]["train_loss"] != second[0]["train_loss"]
-    assert summaries(out, "chans")[0]["frozen_fingerprint"] != summaries(out, "chans")[1]["frozen_fingerprint"]
+    assert (
+        summaries(out, "chans")[0]["frozen_fingerprint"] != summaries(out, "chans")[1]["frozen_fingerprint"]
+    )
 
 
 def test_second_call_reuses_finished_runs(study_dir, monkeypatch):
@@ -120,15 +130,18 @@ def test_second_call_reuses_finished_runs(study_dir, monkeypatch):
     for mode in MODES:
         for seed in SEEDS:
             run = classification_run_dir(out, mode, seed)
-            files[run] = (snapshot := {p: (p.read_bytes(), p.stat().st_mtime_ns)
-                                       for p in run.rglob("*") if p.is_file()})
+            files[run] = (
+                snapshot := {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+            )
             assert snapshot
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
+
     monkeypatch.setattr(study, "train", no_training)
-    again, printed = _capture(lambda: reproduce("quick", out, seeds=SEEDS, studies=["classification"],
-                                                **OVERRIDES))
+    again, printed = _capture(
+        lambda: reproduce("quick", out, seeds=SEEDS, studies=["classification"], **OVERRIDES)
+    )
     for run, snapshot in files.items():
         assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()} == snapshot
     assert again["classification"].tables[0].rows == first["classification"].tables[0].rows
@@ -141,7 +154,7 @@ def test_interrupted_study_run_is_continued(tmp_path):
     out = tmp_path / "study"
     config = PRESETS["quick"].base.replace(**overrides, mode="chans", seed=0)
     run_dir = classification_run_dir(out, "chans", 0)
-    study.train(config, run_dir, max_steps=1)     # stopped after one step: no checkpoint yet
+    study.train(config, run_dir, max_steps=1)  # stopped after one step: no checkpoint yet
     assert runs.read_json(run_dir / runs.STATUS)["state"] == "running"
     init = (run_dir / runs.INIT).read_bytes()
     _capture(lambda: reproduce("quick", out, seeds=(0,), studies=["classification"], **overrides))
@@ -154,8 +167,11 @@ def test_interrupted_study_run_is_continued(tmp_path):
     before[run_dir / runs.STATUS] = (run_dir / runs.STATUS).read_bytes()
     # (the finished Full run of the first call is the first to refuse: it is never reused for another config)
     with pytest.raises(SpatialmixError, match="different config|finished with another configuration"):
-        _capture(lambda: reproduce("quick", out, seeds=(0,), studies=["classification"],
-                                   **{**overrides, "lr": 0.02}))
+        _capture(
+            lambda: reproduce(
+                "quick", out, seeds=(0,), studies=["classification"], **{**overrides, "lr": 0.02}
+            )
+        )
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
@@ -165,11 +181,13 @@ def test_a_conflicting_run_is_refused_before_any_job_trains(tmp_path):
     overrides = dict(OVERRIDES, train_subset=256, test_subset=128)
     out = tmp_path / "study"
     config = PRESETS["quick"].base.replace(**overrides, mode="space", seed=0, lr=0.02)
-    run_dir = classification_run_dir(out, "space", 0)   # space runs last in the study's order
-    study.train(config, run_dir, max_steps=1)           # an interrupted run with another lr
+    run_dir = classification_run_dir(out, "space", 0)  # space runs last in the study's order
+    study.train(config, run_dir, max_steps=1)  # an interrupted run with another lr
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     with pytest.raises(SpatialmixError, match="different config"):
-        _capture(lambda: reproduce("quick", out, seeds=(0,), studies=["classification"], processes=1, **overrides))
+        _capture(
+            lambda: reproduce("quick", out, seeds=(0,), studies=["classification"], processes=1, **overrides)
+        )
     assert not classification_run_dir(out, "full", 0).exists()
     assert not classification_run_dir(out, "chans", 0).exists()
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before

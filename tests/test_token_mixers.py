@@ -1,4 +1,6 @@
-"""Token-mixing MLPs as spatial mixers (MLP-Mixer, ResMLP, gMLP, the built-in mlpmixer), the selector, smoothing."""
+"""Token-mixing MLPs as spatial mixers (MLP-Mixer, ResMLP, gMLP, the built-in mlpmixer),
+the selector, smoothing."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +12,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from spatialmix.io import runs
 from spatialmix.cli.main import main
-from spatialmix.errors import SpatialmixError
-from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing, classify_layers, summarize
 from spatialmix.core.inits import InitSpec, smooth_token_mixer
-from spatialmix.models.factory import create_model
+from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing, classify_layers, summarize
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import load_trained_model, make_optimizer, train
+from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs
+from spatialmix.models.factory import create_model
 
 
 def timm_small(kind: str, embed_dim: int = 32, blocks: int = 2, img: int = 32, patch: int = 8):
@@ -26,10 +28,20 @@ def timm_small(kind: str, embed_dim: int = 32, blocks: int = 2, img: int = 32, p
     from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, SpatialGatingBlock
 
     torch.manual_seed(0)
-    extra = {"mixer": {}, "resmlp": dict(mlp_ratio=4, block_layer=ResBlock, norm_layer=Affine),
-             "gmlp": dict(mlp_ratio=6, block_layer=SpatialGatingBlock, mlp_layer=GatedMlp)}[kind]
-    return MlpMixer(num_classes=10, img_size=img, in_chans=1, patch_size=patch, num_blocks=blocks,
-                    embed_dim=embed_dim, **extra)
+    extra = {
+        "mixer": {},
+        "resmlp": dict(mlp_ratio=4, block_layer=ResBlock, norm_layer=Affine),
+        "gmlp": dict(mlp_ratio=6, block_layer=SpatialGatingBlock, mlp_layer=GatedMlp),
+    }[kind]
+    return MlpMixer(
+        num_classes=10,
+        img_size=img,
+        in_chans=1,
+        patch_size=patch,
+        num_blocks=blocks,
+        embed_dim=embed_dim,
+        **extra,
+    )
 
 
 def expected_layers(kind: str, blocks: int) -> tuple[set[str], set[str]]:
@@ -43,7 +55,7 @@ def expected_layers(kind: str, blocks: int) -> tuple[set[str], set[str]]:
     elif kind == "gmlp":
         spatial = {f"blocks.{i}.mlp_channels.gate.proj" for i in range(blocks)}
         channel = {f"blocks.{i}.mlp_channels.fc{j}" for i in range(blocks) for j in (1, 2)}
-    else:   # the built-in mlpmixer
+    else:  # the built-in mlpmixer
         spatial = {f"blocks.{i}.token_mlp.fc{j}" for i in range(blocks) for j in (1, 2)}
         channel = {f"blocks.{i}.channel_mlp.{j}" for i in range(blocks) for j in (0, 2)}
     return spatial, channel
@@ -55,12 +67,17 @@ def of_kind(model, kind) -> set[str]:
 
 def builtin_mixer(width=24, depth=2, image=28, patch=4):
     torch.manual_seed(0)
-    return create_model("mlpmixer", in_chans=1, num_classes=10, image_size=image, width=width, depth=depth,
-                        patch_size=patch)
+    return create_model(
+        "mlpmixer", in_chans=1, num_classes=10, image_size=image, width=width, depth=depth, patch_size=patch
+    )
 
 
-MODELS = {"mixer": lambda: timm_small("mixer"), "resmlp": lambda: timm_small("resmlp"),
-          "gmlp": lambda: timm_small("gmlp"), "builtin": builtin_mixer}
+MODELS = {
+    "mixer": lambda: timm_small("mixer"),
+    "resmlp": lambda: timm_small("resmlp"),
+    "gmlp": lambda: timm_small("gmlp"),
+    "builtin": builtin_mixer,
+}
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
@@ -71,8 +88,14 @@ def test_token_mixers_are_spatial_and_channel_mlps_are_channel(kind):
     assert of_kind(model, CHANNEL) == channel
 
 
-@pytest.mark.parametrize("name,kind,blocks", [("timm:mixer_s16_224", "mixer", 8), ("timm:resmlp_12_224", "resmlp", 12),
-                                              ("timm:gmlp_s16_224", "gmlp", 30)])
+@pytest.mark.parametrize(
+    "name,kind,blocks",
+    [
+        ("timm:mixer_s16_224", "mixer", 8),
+        ("timm:resmlp_12_224", "resmlp", 12),
+        ("timm:gmlp_s16_224", "gmlp", 30),
+    ],
+)
 def test_published_timm_models_by_name(name, kind, blocks, capsys):
     """The published depths: Mixer-S/16 8 blocks, ResMLP-12 12, gMLP-S 30."""
     model = create_model(name, in_chans=1, num_classes=10, image_size=32)
@@ -80,7 +103,10 @@ def test_published_timm_models_by_name(name, kind, blocks, capsys):
     assert of_kind(model, SPATIAL) == spatial and of_kind(model, CHANNEL) == channel
     assert main(["models", name, "--in-chans", "1"]) == 0
     out = capsys.readouterr().out
-    assert f"{len(spatial)} spatial mixers ({len(spatial)} token-mixing linear layers), {len(channel)} channel" in out
+    assert (
+        f"{len(spatial)} spatial mixers ({len(spatial)} token-mixing linear layers), {len(channel)} channel"
+        in out
+    )
     assert "modes: full, chans, space" in out
 
 
@@ -96,12 +122,16 @@ def test_modes_freeze_token_or_channel_mlps_and_frozen_stay_bitwise(kind, mode):
     apply_mixing(model, mode, seed=1)
     frozen_layers = {"full": set(), "chans": spatial, "space": channel}[mode]
     modules = dict(model.named_modules())
-    assert frozen_names(model) == {f"{layer}.{p}" for layer in frozen_layers
-                                   for p, _ in modules[layer].named_parameters(recurse=False)}
+    assert frozen_names(model) == {
+        f"{layer}.{p}" for layer in frozen_layers for p, _ in modules[layer].named_parameters(recurse=False)
+    }
     params = dict(model.named_parameters())
     before = {n: p.detach().clone() for n, p in params.items()}
     optimizer = make_optimizer(model, TrainConfig(lr=0.01))
-    x, y = torch.randn(4, 1, 32 if kind != "builtin" else 28, 32 if kind != "builtin" else 28), torch.arange(4)
+    x, y = (
+        torch.randn(4, 1, 32 if kind != "builtin" else 28, 32 if kind != "builtin" else 28),
+        torch.arange(4),
+    )
     model.train()
     for _ in range(2):
         optimizer.zero_grad(set_to_none=True)
@@ -117,13 +147,28 @@ def test_modes_freeze_token_or_channel_mlps_and_frozen_stay_bitwise(kind, mode):
 
 @pytest.mark.parametrize("mode", ["chans", "space"])
 def test_builtin_mlpmixer_trains_with_frozen_tensors_bitwise_at_init(mode, tiny_data, tmp_path):
-    config = TrainConfig(dataset="fashion-mnist", model="mlpmixer", width=16, depth=2, patch_size=7, token_hidden=8,
-                         channel_hidden=32, mode=mode, epochs=1, batch_size=64, progress=False, device="cpu", amp="none")
+    config = TrainConfig(
+        dataset="fashion-mnist",
+        model="mlpmixer",
+        width=16,
+        depth=2,
+        patch_size=7,
+        token_hidden=8,
+        channel_hidden=32,
+        mode=mode,
+        epochs=1,
+        batch_size=64,
+        progress=False,
+        device="cpu",
+        amp="none",
+    )
     summary = train(config, tmp_path / "run", data=tiny_data)
     init = load_file(str(tmp_path / "run" / runs.INIT))
     final = load_file(str(runs.latest_checkpoint(tmp_path / "run") / runs.MODEL_FILE))
     spatial, channel = expected_layers("builtin", 2)
-    frozen = {f"{layer}.{p}" for layer in (spatial if mode == "chans" else channel) for p in ("weight", "bias")}
+    frozen = {
+        f"{layer}.{p}" for layer in (spatial if mode == "chans" else channel) for p in ("weight", "bias")
+    }
     for name in init:
         assert torch.equal(init[name], final[name]) == (name in frozen), name
     # Sizes from the options: 16 patches, token MLP 16 -> 8 -> 16, channel MLP 16 -> 32 -> 16.
@@ -136,7 +181,9 @@ def test_builtin_mlpmixer_trains_with_frozen_tensors_bitwise_at_init(mode, tiny_
 
 def test_mlpmixer_runs_on_28_and_32_pixel_images():
     for size, tokens in ((28, 49), (32, 64)):
-        model = create_model("mlpmixer-128/6", in_chans=3 if size == 32 else 1, num_classes=10, image_size=size)
+        model = create_model(
+            "mlpmixer-128/6", in_chans=3 if size == 32 else 1, num_classes=10, image_size=size
+        )
         assert model.num_tokens == tokens and model.blocks[0].token_mlp.fc1.in_features == tokens
         assert model(torch.zeros(2, 3 if size == 32 else 1, size, size)).shape == (2, 10)
     with pytest.raises(SpatialmixError, match="larger than the 28 x 28 image"):
@@ -145,11 +192,14 @@ def test_mlpmixer_runs_on_28_and_32_pixel_images():
         create_model("mlpmixer", in_chans=1, num_classes=10, image_size=28, depths=(2, 2))
     # The quick preset's ConvMixer kernel size does not stop `reproduce --model mlpmixer`: it does not apply.
     a = create_model("mlpmixer", in_chans=1, num_classes=10, image_size=28, kernel_size=5, activation="relu")
-    assert not any(isinstance(m, (nn.Conv2d, nn.ReLU)) and getattr(m, "kernel_size", (4, 4)) == (5, 5)
-                   for m in a.modules()) and not any(isinstance(m, nn.ReLU) for m in a.modules())
+    assert not any(
+        isinstance(m, (nn.Conv2d, nn.ReLU)) and getattr(m, "kernel_size", (4, 4)) == (5, 5)
+        for m in a.modules()
+    ) and not any(isinstance(m, nn.ReLU) for m in a.modules())
 
 
 # --------------------------------------------------------------------------- width equal to the token count
+
 
 class OwnMixerBlock(nn.Module):
     """A mixer block of a type spatialmix does not know."""
@@ -177,18 +227,22 @@ class OwnMixer(nn.Module):
 
 
 def test_unknown_block_found_by_structure_when_width_differs_from_token_count():
-    model = OwnMixer(width=24)   # 16 tokens
+    model = OwnMixer(width=24)  # 16 tokens
     assert of_kind(model, SPATIAL) == {"blocks.0.tok", "blocks.1.tok"}
     assert of_kind(model, CHANNEL) == {"blocks.0.chan", "blocks.1.chan"}
 
 
 def test_ambiguous_unknown_model_is_refused_with_a_clear_line_and_can_be_declared():
-    model = OwnMixer(width=16)   # 16 channels, 16 tokens: the shapes cannot tell
+    model = OwnMixer(width=16)  # 16 channels, 16 tokens: the shapes cannot tell
     with pytest.raises(SpatialmixError) as err:
         apply_mixing(model, "chans")
     message = str(err.value)
-    assert "cannot tell whether 'blocks.0.tok'" in message and "--spatial-pattern" in message and "\n" not in message
-    assert all(p.requires_grad for p in model.parameters())   # refused before anything changed
+    assert (
+        "cannot tell whether 'blocks.0.tok'" in message
+        and "--spatial-pattern" in message
+        and "\n" not in message
+    )
+    assert all(p.requires_grad for p in model.parameters())  # refused before anything changed
     apply_mixing(model, "chans", spatial="blocks.*.tok", channel="blocks.*.chan")
     assert frozen_names(model) == {f"blocks.{i}.tok.{p}" for i in range(2) for p in ("weight", "bias")}
     # The selector is remembered: later classification (summaries, analysis) agrees.
@@ -206,6 +260,7 @@ def test_ambiguous_known_blocks_are_classified_by_the_table(kind):
 
 # --------------------------------------------------------------------------- the selector
 
+
 def test_selector_patterns_and_predicates_override_the_classification():
     model = builtin_mixer()
     spatial, channel = expected_layers("builtin", 2)
@@ -217,37 +272,88 @@ def test_selector_patterns_and_predicates_override_the_classification():
     model = builtin_mixer()
     # A predicate adds to the automatic classification: the channel MLPs stay channel mixers.
     apply_mixing(model, "space", channel=lambda name, m: name.endswith("token_mlp.fc2"))
-    assert frozen_names(model) == {f"blocks.{i}.{layer}.{p}" for i in range(2) for p in ("weight", "bias")
-                                   for layer in ("channel_mlp.0", "channel_mlp.2", "token_mlp.fc2")}
+    assert frozen_names(model) == {
+        f"blocks.{i}.{layer}.{p}"
+        for i in range(2)
+        for p in ("weight", "bias")
+        for layer in ("channel_mlp.0", "channel_mlp.2", "token_mlp.fc2")
+    }
 
 
 def test_selector_errors_are_one_clear_line():
-    with pytest.raises(SpatialmixError, match="--spatial-pattern 'nothing.\\*' matches no layer with filters; layer "
-                                              "names look like: stem, blocks.0.token_mlp.fc1"):
+    with pytest.raises(
+        SpatialmixError,
+        match="--spatial-pattern 'nothing.\\*' matches no layer with filters; layer "
+        "names look like: stem, blocks.0.token_mlp.fc1",
+    ):
         apply_mixing(builtin_mixer(), "chans", spatial="nothing.*")
     with pytest.raises(SpatialmixError, match="matches both --spatial-pattern"):
         apply_mixing(builtin_mixer(), "chans", spatial="blocks.*", channel="*.fc1")
 
 
 def test_patterns_from_the_command_line_are_saved_and_rebuilt(tiny_data, tmp_path, capsys):
-    assert main(["models", "mlpmixer", "--in-chans", "1", "--image-size", "28", "--spatial-pattern",
-                 "blocks.*.token_mlp.fc1"]) == 0
-    assert "12 spatial mixers (12 token-mixing linear layers)" in capsys.readouterr().out   # fc1 and fc2 still found
+    assert (
+        main(
+            [
+                "models",
+                "mlpmixer",
+                "--in-chans",
+                "1",
+                "--image-size",
+                "28",
+                "--spatial-pattern",
+                "blocks.*.token_mlp.fc1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "12 spatial mixers (12 token-mixing linear layers)" in capsys.readouterr().out
+    )  # fc1 and fc2 still found
     run_dir = tmp_path / "run"
-    config = TrainConfig(dataset="fashion-mnist", model="mlpmixer", width=16, depth=1, patch_size=7, mode="chans",
-                         channel_pattern="blocks.0.token_mlp.fc2", epochs=1, batch_size=64, progress=False,
-                         device="cpu", amp="none")
+    config = TrainConfig(
+        dataset="fashion-mnist",
+        model="mlpmixer",
+        width=16,
+        depth=1,
+        patch_size=7,
+        mode="chans",
+        channel_pattern="blocks.0.token_mlp.fc2",
+        epochs=1,
+        batch_size=64,
+        progress=False,
+        device="cpu",
+        amp="none",
+    )
     train(config, run_dir, data=tiny_data)
     saved = json.loads((run_dir / runs.CONFIG).read_text())["train"]
     assert saved["channel_pattern"] == "blocks.0.token_mlp.fc2" and saved["spatial_pattern"] is None
     model, _ = load_trained_model(run_dir)
     assert frozen_names(model) == {"blocks.0.token_mlp.fc1.weight", "blocks.0.token_mlp.fc1.bias"}
-    assert main(["train", "--model", "mlpmixer", "--mode", "chans", "--spatial-pattern", "nope", "--train-subset",
-                 "32", "--no-progress", "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "mlpmixer",
+                "--mode",
+                "chans",
+                "--spatial-pattern",
+                "nope",
+                "--train-subset",
+                "32",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert "--spatial-pattern 'nope' matches no layer" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- smoothing a token-mixing matrix
+
 
 def direct_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur a 2-D map by the definition (zero outside, Gaussian cut at ceil(3 sigma)), keep the L2 norm."""
@@ -259,17 +365,17 @@ def direct_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
             for a in range(h):
                 for b in range(w):
                     if abs(a - i) <= radius and abs(b - j) <= radius:
-                        out[i, j] += image[a, b] * math.exp(-((a - i) ** 2 + (b - j) ** 2) / (2 * sigma ** 2))
+                        out[i, j] += image[a, b] * math.exp(-((a - i) ** 2 + (b - j) ** 2) / (2 * sigma**2))
     return out * image.norm() / out.norm()
 
 
 def test_smoothing_a_token_mixing_matrix_blurs_each_row_over_the_patch_grid():
     torch.manual_seed(0)
-    weight = torch.randn(5, 12, dtype=torch.float64)     # 12 input tokens on a 3 x 4 grid
+    weight = torch.randn(5, 12, dtype=torch.float64)  # 12 input tokens on a 3 x 4 grid
     out = smooth_token_mixer(weight, 0.8, (3, 4), "in")
     for r in range(5):
         torch.testing.assert_close(out[r].reshape(3, 4), direct_blur(weight[r].reshape(3, 4), 0.8))
-    cols = smooth_token_mixer(weight.T.contiguous(), 0.8, (3, 4), "out")   # tokens on the output side
+    cols = smooth_token_mixer(weight.T.contiguous(), 0.8, (3, 4), "out")  # tokens on the output side
     torch.testing.assert_close(cols, out.T)
 
 
@@ -279,11 +385,21 @@ def test_smoothed_frozen_token_mixers_in_a_model():
     apply_mixing(smooth, "chans", InitSpec("gaussian", 0.1, smooth_sigma=1.0), seed=3)
     fc1_raw, fc1 = raw.blocks[0].token_mlp.fc1.weight, smooth.blocks[0].token_mlp.fc1.weight
     fc2_raw, fc2 = raw.blocks[0].token_mlp.fc2.weight, smooth.blocks[0].token_mlp.fc2.weight
-    for r in range(3):   # fc1: (hidden, 49 tokens): rows over the 7 x 7 grid; fc2: (49 tokens, hidden): columns
-        torch.testing.assert_close(fc1[r].double().reshape(7, 7), direct_blur(fc1_raw[r].double().reshape(7, 7), 1.0),
-                                   rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(fc2[:, r].double().reshape(7, 7),
-                                   direct_blur(fc2_raw[:, r].double().reshape(7, 7), 1.0), rtol=1e-5, atol=1e-6)
+    for r in range(
+        3
+    ):  # fc1: (hidden, 49 tokens): rows over the 7 x 7 grid; fc2: (49 tokens, hidden): columns
+        torch.testing.assert_close(
+            fc1[r].double().reshape(7, 7),
+            direct_blur(fc1_raw[r].double().reshape(7, 7), 1.0),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        torch.testing.assert_close(
+            fc2[:, r].double().reshape(7, 7),
+            direct_blur(fc2_raw[:, r].double().reshape(7, 7), 1.0),
+            rtol=1e-5,
+            atol=1e-6,
+        )
     # Channel mixers are not smoothed.
     assert torch.equal(raw.blocks[0].channel_mlp[0].weight, smooth.blocks[0].channel_mlp[0].weight)
 
@@ -300,11 +416,17 @@ class ToTokens(nn.Module):
 
 
 def test_probe_leaves_the_model_and_the_global_rng_untouched():
-    model = nn.Sequential(nn.Conv2d(1, 8, 4, stride=4), nn.BatchNorm2d(8), ToTokens(), OwnMixerBlock(8, 49),
-                          nn.Flatten(), nn.Linear(8 * 49, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 4, stride=4),
+        nn.BatchNorm2d(8),
+        ToTokens(),
+        OwnMixerBlock(8, 49),
+        nn.Flatten(),
+        nn.Linear(8 * 49, 10),
+    )
     model.spatialmix_input_shape = (1, 28, 28)
     model.train()
-    model[1].eval()     # a mixed state must come back as it was
+    model[1].eval()  # a mixed state must come back as it was
     stats = model[1].running_mean.clone()
     state = torch.get_rng_state()
     kinds = classify_layers(model)

@@ -1,4 +1,5 @@
 """Training: the run directory, resume after a kill, non-finite losses, the schedule."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spatialmix.io import runs
-from spatialmix.errors import NonFiniteLossError, SpatialmixError
+from conftest import SUBPROCESS_ENV, config_flags, snapshot_files
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import load_trained_model, piecewise_linear_lr, train
-
-from conftest import SUBPROCESS_ENV, config_flags, snapshot_files
+from spatialmix.errors import NonFiniteLossError, SpatialmixError
+from spatialmix.io import runs
 
 
 def final_weights(run_dir) -> dict[str, torch.Tensor]:
@@ -34,7 +34,7 @@ def test_run_directory_contents(tiny_config, tiny_data, tmp_path):
     assert record["data"]["mean"] == [0.3] and record["data"]["num_classes"] == 4
     metrics = runs.read_jsonl(run_dir / runs.METRICS)
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert [m["step"] for m in metrics] == [4, 8]        # 256 images / batch 64
+    assert [m["step"] for m in metrics] == [4, 8]  # 256 images / batch 64
     assert all(0 <= m["test_acc"] <= 1 and m["train_loss"] > 0 for m in metrics)
     assert runs.read_json(run_dir / runs.STATUS) == {"state": "finished", "epoch": 2}
     assert runs.read_json(run_dir / runs.SUMMARY) == summary
@@ -73,8 +73,19 @@ def test_existing_run_is_not_overwritten(tiny_config, tiny_data, run_copy):
 
 # --------------------------------------------------------------------------- resume
 
-RESUME_CONFIG = dict(dataset="fashion-mnist", model="convmixer", width=32, depth=2, kernel_size=5, patch_size=2,
-                     epochs=3, batch_size=64, progress=False, seed=3, train_subset=256)
+RESUME_CONFIG = dict(
+    dataset="fashion-mnist",
+    model="convmixer",
+    width=32,
+    depth=2,
+    kernel_size=5,
+    patch_size=2,
+    epochs=3,
+    batch_size=64,
+    progress=False,
+    seed=3,
+    train_subset=256,
+)
 
 
 @pytest.mark.slow
@@ -84,8 +95,13 @@ def test_resume_after_kill_matches_an_uninterrupted_run(fake_fashion_dir, tmp_pa
     killed = tmp_path / "killed"
     latest = killed / runs.CKPT_DIR / runs.LATEST
 
-    proc = subprocess.Popen([*cli, "--out", str(killed)], env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [*cli, "--out", str(killed)],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not latest.is_file():
@@ -103,13 +119,18 @@ def test_resume_after_kill_matches_an_uninterrupted_run(fake_fashion_dir, tmp_pa
     killed_at = runs.read_json(latest)["epoch"]
     assert 1 <= killed_at < 3
 
-    resumed = subprocess.run([*cli, "--out", str(killed), "--resume"], env=SUBPROCESS_ENV, capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        [*cli, "--out", str(killed), "--resume"],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "run saved in" in resumed.stdout
 
     straight = tmp_path / "straight"
-    summary = train(config, straight)   # same process settings as the subprocesses: 1 thread
+    summary = train(config, straight)  # same process settings as the subprocesses: 1 thread
 
     a, b = final_weights(killed), final_weights(straight)
     assert a.keys() == b.keys()
@@ -118,8 +139,12 @@ def test_resume_after_kill_matches_an_uninterrupted_run(fake_fashion_dir, tmp_pa
     ma, mb = runs.read_jsonl(killed / runs.METRICS), runs.read_jsonl(straight / runs.METRICS)
     assert [m["epoch"] for m in ma] == [1, 2, 3]
     for x, y in zip(ma, mb, strict=True):
-        assert (x["step"], x["train_loss"], x["test_acc"], x["test_loss"]) == \
-               (y["step"], y["train_loss"], y["test_acc"], y["test_loss"])
+        assert (x["step"], x["train_loss"], x["test_acc"], x["test_loss"]) == (
+            y["step"],
+            y["train_loss"],
+            y["test_acc"],
+            y["test_loss"],
+        )
     resumed_summary = runs.read_json(killed / runs.SUMMARY)
     assert resumed_summary["test_acc"] == summary["test_acc"]
     assert resumed_summary["frozen_fingerprint"] == summary["frozen_fingerprint"]
@@ -129,8 +154,9 @@ class _Killed(Exception):
     pass
 
 
-def test_kill_between_metrics_line_and_checkpoint_does_not_duplicate_epochs(tiny_config, tiny_data, tmp_path,
-                                                                              monkeypatch):
+def test_kill_between_metrics_line_and_checkpoint_does_not_duplicate_epochs(
+    tiny_config, tiny_data, tmp_path, monkeypatch
+):
     """A kill after epoch 2's metrics line but before its checkpoint: resume redoes epoch 2 once."""
     config = tiny_config(epochs=3)
     run_dir = tmp_path / "run"
@@ -140,6 +166,7 @@ def test_kill_between_metrics_line_and_checkpoint_does_not_duplicate_epochs(tiny
         if epoch == 2:
             raise _Killed
         return real_save(run_dir_, epoch, *args, **kwargs)
+
     monkeypatch.setattr(runs, "save_checkpoint", die_before_epoch_2)
     with pytest.raises(_Killed):
         train(config, run_dir, data=tiny_data)
@@ -152,7 +179,8 @@ def test_kill_between_metrics_line_and_checkpoint_does_not_duplicate_epochs(tiny
     train(config, straight, data=tiny_data)
     assert runs.read_jsonl(run_dir / runs.METRICS) == [
         {**m, "epoch_time": m2["epoch_time"], "images_per_s": m2["images_per_s"]}
-        for m, m2 in zip(runs.read_jsonl(straight / runs.METRICS), runs.read_jsonl(run_dir / runs.METRICS))]
+        for m, m2 in zip(runs.read_jsonl(straight / runs.METRICS), runs.read_jsonl(run_dir / runs.METRICS))
+    ]
 
 
 def test_kill_after_last_checkpoint_before_summary(tiny_config, tiny_data, tmp_path):
@@ -200,6 +228,7 @@ def test_resume_with_another_config_is_refused(run_copy):
 
 # --------------------------------------------------------------------------- non-finite loss
 
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config, tiny_data, tmp_path, monkeypatch):
     import spatialmix.engine.train as train_mod
 
@@ -215,8 +244,10 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config, tiny_
                 calls["train"] += 1
                 if calls["train"] > steps_per_epoch:
                     return output * float("nan")
+
         model.register_forward_hook(hook)
         return model
+
     monkeypatch.setattr(train_mod, "build_model", model_that_turns_nan_in_epoch_2)
 
     snapshots = {}
@@ -226,6 +257,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config, tiny_
         folder = real_save(run_dir, epoch, *args, **kwargs)
         snapshots[epoch] = snapshot_files(run_dir / runs.CKPT_DIR)
         return folder
+
     monkeypatch.setattr(runs, "save_checkpoint", save_and_snapshot)
 
     run_dir = tmp_path / "run"
@@ -258,8 +290,13 @@ def test_config_round_trip_and_validation(tiny_config):
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(SpatialmixError, match="unknown fields"):
         TrainConfig.from_dict({**config.to_dict(), "warmup": 3})
-    for bad, pattern in [(dict(epochs=0), "epochs must be a positive"), (dict(lr=-1), "lr must be"),
-                         (dict(label_smoothing=1.0), "below 1"), (dict(amp="fp8"), "unknown amp setting"),
-                         (dict(augment="mixup"), "unknown augmentation"), (dict(device="tpu"), "unknown device")]:
+    for bad, pattern in [
+        (dict(epochs=0), "epochs must be a positive"),
+        (dict(lr=-1), "lr must be"),
+        (dict(label_smoothing=1.0), "below 1"),
+        (dict(amp="fp8"), "unknown amp setting"),
+        (dict(augment="mixup"), "unknown augmentation"),
+        (dict(device="tpu"), "unknown device"),
+    ]:
         with pytest.raises(SpatialmixError, match=pattern):
             tiny_config(**bad).validate()

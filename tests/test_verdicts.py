@@ -1,4 +1,5 @@
 """Verdicts from hand-made study data whose right answer is known, from study folders and run folders."""
+
 import json
 import math
 from pathlib import Path
@@ -6,12 +7,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spatialmix.analysis.claims import eps_value
-from spatialmix.analysis.verdicts import reproduce_commands
-from spatialmix.errors import SpatialmixError
+from spatialmix.analysis.claims import (
+    CLAIMS,
+    CONTRADICTS,
+    INCONCLUSIVE,
+    NOT_RUN,
+    SUPPORTS,
+    claim_verdicts,
+    decide,
+    eps_value,
+)
 from spatialmix.analysis.statistics import Estimate
-from spatialmix.analysis.claims import CLAIMS, CONTRADICTS, INCONCLUSIVE, NOT_RUN, SUPPORTS, claim_verdicts, decide
-from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs, verdicts_for_study
+from spatialmix.analysis.verdicts import (
+    reproduce_commands,
+    verdict_table,
+    verdicts_for_runs,
+    verdicts_for_study,
+)
+from spatialmix.errors import SpatialmixError
 
 
 def bits_of(array) -> str:
@@ -23,7 +36,8 @@ def correct(p: float, n: int = 500, seed: int = 0) -> np.ndarray:
 
 
 def with_changes(base: np.ndarray, to_right: int = 0, to_wrong: int = 0) -> np.ndarray:
-    """``base`` with the first ``to_right`` wrong examples made right and the first ``to_wrong`` right ones wrong."""
+    """``base`` with the first ``to_right`` wrong examples made right
+    and the first ``to_wrong`` right ones wrong."""
     out = base.copy()
     out[np.flatnonzero(~base)[:to_right]] = True
     out[np.flatnonzero(base)[:to_wrong]] = False
@@ -40,23 +54,27 @@ def est(low, high, value=None):
 
 # --------------------------------------------------------------------------- the rule
 
-@pytest.mark.parametrize("claim, low, high, word", [
-    ("1a", -0.008, 0.004, SUPPORTS),        # within 1 point of Full
-    ("1a", 0.01, 0.03, SUPPORTS),            # better than Full is not "worse than nearly the same"
-    ("1a", -0.05, -0.02, CONTRADICTS),
-    ("1a", -0.02, 0.0, INCONCLUSIVE),        # covers -1 point
-    ("1a", -0.01, 0.0, INCONCLUSIVE),        # touches the margin: not decided
-    ("1b", -0.06, -0.01, SUPPORTS),          # Space below Full
-    ("1b", 0.01, 0.02, CONTRADICTS),
-    ("1b", -0.01, 0.01, INCONCLUSIVE),
-    ("2a", 0.001, 0.03, SUPPORTS),
-    ("2a", -0.03, -0.001, CONTRADICTS),
-    ("2a", 0.0, 0.0, INCONCLUSIVE),          # identical models are not "more robust"
-    ("3a", -0.9, 0.5, SUPPORTS),
-    ("3a", -3.0, -1.5, CONTRADICTS),
-    ("3b", 0.95, 1.01, SUPPORTS),
-    ("3b", 0.5, 0.8, CONTRADICTS),
-])
+
+@pytest.mark.parametrize(
+    "claim, low, high, word",
+    [
+        ("1a", -0.008, 0.004, SUPPORTS),  # within 1 point of Full
+        ("1a", 0.01, 0.03, SUPPORTS),  # better than Full is not "worse than nearly the same"
+        ("1a", -0.05, -0.02, CONTRADICTS),
+        ("1a", -0.02, 0.0, INCONCLUSIVE),  # covers -1 point
+        ("1a", -0.01, 0.0, INCONCLUSIVE),  # touches the margin: not decided
+        ("1b", -0.06, -0.01, SUPPORTS),  # Space below Full
+        ("1b", 0.01, 0.02, CONTRADICTS),
+        ("1b", -0.01, 0.01, INCONCLUSIVE),
+        ("2a", 0.001, 0.03, SUPPORTS),
+        ("2a", -0.03, -0.001, CONTRADICTS),
+        ("2a", 0.0, 0.0, INCONCLUSIVE),  # identical models are not "more robust"
+        ("3a", -0.9, 0.5, SUPPORTS),
+        ("3a", -3.0, -1.5, CONTRADICTS),
+        ("3b", 0.95, 1.01, SUPPORTS),
+        ("3b", 0.5, 0.8, CONTRADICTS),
+    ],
+)
 def test_the_rule(claim, low, high, word):
     assert decide(CLAIMS[claim], est(low, high)) == word
 
@@ -67,6 +85,7 @@ def test_no_interval_is_inconclusive_and_no_data_is_not_run():
 
 
 # --------------------------------------------------------------------------- claim 1
+
 
 def classification(acc_by_mode: dict, bits_by_mode: dict | None = None) -> dict:
     out = {}
@@ -85,10 +104,14 @@ def test_claim_1_from_seed_accuracies_uses_the_seed_paired_t_interval():
     verdicts = claim_verdicts(classification({"full": full, "chans": chans, "space": space}))
     one_a, one_b = by_claim(verdicts, "1a")[0], by_claim(verdicts, "1b")[0]
     diffs = np.array(chans) - np.array(full)
-    half = 4.302653 * diffs.std(ddof=1) / math.sqrt(3)   # t(0.975, 2) from a table
+    half = 4.302653 * diffs.std(ddof=1) / math.sqrt(3)  # t(0.975, 2) from a table
     assert one_a.estimate.value == pytest.approx(diffs.mean())
-    assert (one_a.estimate.low, one_a.estimate.high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
-    assert one_a.verdict == SUPPORTS and one_a.estimate.n_seeds == 3 and "seed-paired" in one_a.estimate.method
+    assert (one_a.estimate.low, one_a.estimate.high) == pytest.approx(
+        (diffs.mean() - half, diffs.mean() + half)
+    )
+    assert (
+        one_a.verdict == SUPPORTS and one_a.estimate.n_seeds == 3 and "seed-paired" in one_a.estimate.method
+    )
     assert one_b.verdict == SUPPORTS and one_b.estimate.value == pytest.approx(np.mean(space) - np.mean(full))
 
 
@@ -104,14 +127,15 @@ def test_claim_1_contradicted_and_inconclusive():
 
 def test_claim_1_pairs_examples_when_both_runs_saved_them():
     full = [correct(0.9, seed=s) for s in range(3)]
-    chans = [with_changes(f, to_right=1, to_wrong=2) for f in full]   # 1 example fewer right per seed
-    data = classification({"full": [f.mean() for f in full], "chans": [c.mean() for c in chans]},
-                          {"full": full, "chans": chans})
+    chans = [with_changes(f, to_right=1, to_wrong=2) for f in full]  # 1 example fewer right per seed
+    data = classification(
+        {"full": [f.mean() for f in full], "chans": [c.mean() for c in chans]}, {"full": full, "chans": chans}
+    )
     verdict = by_claim(claim_verdicts(data), "1a")[0]
     assert verdict.estimate.value == pytest.approx(-1 / 500)
     assert "bootstrap" in verdict.estimate.method and verdict.estimate.n_examples == 500
     assert verdict.verdict == SUPPORTS and -0.01 < verdict.estimate.low < -1 / 500 < verdict.estimate.high
-    assert "1/2 p=1" in verdict.details   # McNemar: 1 only Chans right, 2 only Full right, each seed
+    assert "1/2 p=1" in verdict.details  # McNemar: 1 only Chans right, 2 only Full right, each seed
     # bits of another length in one pair: back to the seed-paired t-interval
     data["chans"][1]["test_correct_bits"] = data["chans"][1]["test_correct_bits"][:-1]
     assert "seed-paired" in by_claim(claim_verdicts(data), "1a")[0].estimate.method
@@ -125,6 +149,7 @@ def test_modes_without_a_common_seed_are_not_compared():
 
 # --------------------------------------------------------------------------- claim 2
 
+
 def robust_records(chans_change: dict, seeds=(0, 1, 2)) -> list[dict]:
     """Full and Chans runs on the same 500 examples; Chans differs from Full at 8/255 by ``chans_change``."""
     records = []
@@ -133,23 +158,36 @@ def robust_records(chans_change: dict, seeds=(0, 1, 2)) -> list[dict]:
         full = {"0": clean, "8/255": clean & correct(0.5, seed=100 + seed)}
         chans = {"0": clean, "8/255": with_changes(full["8/255"], **chans_change)}
         for mode, bits in (("full", full), ("chans", chans)):
-            records.append({"mode": mode, "seed": seed, "robust_acc": {k: float(b.mean()) for k, b in bits.items()},
-                            "robust_bits": {k: bits_of(b) for k, b in bits.items()}})
+            records.append(
+                {
+                    "mode": mode,
+                    "seed": seed,
+                    "robust_acc": {k: float(b.mean()) for k, b in bits.items()},
+                    "robust_bits": {k: bits_of(b) for k, b in bits.items()},
+                }
+            )
     return records
 
 
-@pytest.mark.parametrize("change, word", [({"to_right": 30}, SUPPORTS), ({"to_wrong": 30}, CONTRADICTS),
-                                          ({}, INCONCLUSIVE), ({"to_right": 2, "to_wrong": 2}, INCONCLUSIVE)])
+@pytest.mark.parametrize(
+    "change, word",
+    [
+        ({"to_right": 30}, SUPPORTS),
+        ({"to_wrong": 30}, CONTRADICTS),
+        ({}, INCONCLUSIVE),
+        ({"to_right": 2, "to_wrong": 2}, INCONCLUSIVE),
+    ],
+)
 def test_claim_2a_pairs_examples_per_budget(change, word):
     verdicts = by_claim(claim_verdicts(robustness=robust_records(change)), "2a")
-    assert len(verdicts) == 1 and "8/255" in verdicts[0].effect   # eps 0 is claim 1's business
+    assert len(verdicts) == 1 and "8/255" in verdicts[0].effect  # eps 0 is claim 1's business
     verdict = verdicts[0]
     expected = (change.get("to_right", 0) - change.get("to_wrong", 0)) / 500
     assert verdict.estimate.value == pytest.approx(expected) and verdict.verdict == word
     assert verdict.estimate.n_seeds == 3 and verdict.estimate.n_examples == 500
     if change == {"to_right": 30}:
         # every seed: 30 examples only Chans survives, none only Full: p = 2 * 0.5**30
-        assert f"30/0 p={2 * 0.5 ** 30:.2g}" in verdict.details
+        assert f"30/0 p={2 * 0.5**30:.2g}" in verdict.details
     if not change:
         assert (verdict.estimate.low, verdict.estimate.high) == (0.0, 0.0)
 
@@ -169,20 +207,27 @@ def test_claim_2a_without_bits_falls_back_to_seeds():
         r.pop("robust_bits")
     verdict = by_claim(claim_verdicts(robustness=records), "2a")[0]
     assert "seed-paired" in verdict.estimate.method and verdict.estimate.value == pytest.approx(30 / 500)
-    assert verdict.verdict == SUPPORTS   # the same shift on every seed: a zero-width interval
+    assert verdict.verdict == SUPPORTS  # the same shift on every seed: a zero-width interval
 
 
 def smoothing_records(slope: float, seeds=(0, 1, 2), noise: float = 0.005) -> list[dict]:
     rng = np.random.default_rng(0)
-    return [{"mode": "chans", "seed": seed, "smooth_sigma": sigma,
-             "robust_acc": {"0": 0.9, "8/255": 0.4 + slope * sigma + noise * rng.standard_normal()}}
-            for seed in seeds for sigma in (0.0, 0.5, 1.0, 2.0)]
+    return [
+        {
+            "mode": "chans",
+            "seed": seed,
+            "smooth_sigma": sigma,
+            "robust_acc": {"0": 0.9, "8/255": 0.4 + slope * sigma + noise * rng.standard_normal()},
+        }
+        for seed in seeds
+        for sigma in (0.0, 0.5, 1.0, 2.0)
+    ]
 
 
 @pytest.mark.parametrize("slope, word", [(0.05, SUPPORTS), (-0.05, CONTRADICTS), (0.0, INCONCLUSIVE)])
 def test_claim_2b_is_the_slope_against_sigma(slope, word):
     records = smoothing_records(slope, noise=0.0 if slope == 0.0 else 0.005)
-    if slope == 0.0:   # flat but noisy, symmetric around the line: the slope's interval covers 0
+    if slope == 0.0:  # flat but noisy, symmetric around the line: the slope's interval covers 0
         for r, wobble in zip(records, [0.01, -0.01, -0.01, 0.01] * 3):
             r["robust_acc"]["8/255"] += wobble
     verdict = by_claim(claim_verdicts(smoothing=records, robust_examples=500), "2b")[0]
@@ -193,20 +238,27 @@ def test_claim_2b_is_the_slope_against_sigma(slope, word):
 
 # --------------------------------------------------------------------------- claim 3
 
+
 def unshuffle_payload(full, chans, floor=7.0, n=None):
     seeds = list(range(len(full)))
-    return {"runs": {"Full": [{"seed": s, "test_psnr": p} for s, p in zip(seeds, full)],
-                     "Chans": [{"seed": s, "test_psnr": p} for s, p in zip(seeds, chans)],
-                     "No spatial mixing (k=1)": [{"seed": s, "test_psnr": 9.0} for s in seeds]},
-            "floor": [{"psnr": floor, "ssim": 0.1, "n": n} for _ in seeds] if n else [{"psnr": floor} for _ in seeds],
-            "settings": {"seeds": seeds}}
+    return {
+        "runs": {
+            "Full": [{"seed": s, "test_psnr": p} for s, p in zip(seeds, full)],
+            "Chans": [{"seed": s, "test_psnr": p} for s, p in zip(seeds, chans)],
+            "No spatial mixing (k=1)": [{"seed": s, "test_psnr": 9.0} for s in seeds],
+        },
+        "floor": [{"psnr": floor, "ssim": 0.1, "n": n} for _ in seeds]
+        if n
+        else [{"psnr": floor} for _ in seeds],
+        "settings": {"seeds": seeds},
+    }
 
 
 def test_claim_3_relative_to_full_and_to_the_floor():
     keeps_up = claim_verdicts(unshuffle=unshuffle_payload([30.0, 31.0, 30.5], [29.8, 30.6, 30.4]))
     three_a, three_b = by_claim(keeps_up, "3a")[0], by_claim(keeps_up, "3b")[0]
     assert three_a.estimate.value == pytest.approx(-0.7 / 3) and three_a.verdict == SUPPORTS
-    assert three_a.estimate.n_examples is None   # the floor did not say on how many images
+    assert three_a.estimate.n_examples is None  # the floor did not say on how many images
     fractions = [(c - 7) / (f - 7) for f, c in zip([30.0, 31.0, 30.5], [29.8, 30.6, 30.4])]
     assert three_b.estimate.value == pytest.approx(np.mean(fractions)) and three_b.verdict == SUPPORTS
     falls_behind = claim_verdicts(unshuffle=unshuffle_payload([16.0, 16.5, 16.2], [12.0, 12.1, 11.9], n=1000))
@@ -216,18 +268,21 @@ def test_claim_3_relative_to_full_and_to_the_floor():
 
 # --------------------------------------------------------------------------- not run, the table
 
+
 def test_claims_without_data_are_not_run_with_the_command():
     commands = reproduce_commands(Path("runs/study"))
     verdicts = claim_verdicts(classification({"full": [0.9, 0.91], "chans": [0.9, 0.905]}), commands=commands)
-    assert [v.claim for v in verdicts] == ["1a", "1b", "2a", "2b", "3a", "3b"]   # 1b: no Space runs
+    assert [v.claim for v in verdicts] == ["1a", "1b", "2a", "2b", "3a", "3b"]  # 1b: no Space runs
     assert [v.verdict for v in verdicts][1:] == [NOT_RUN] * 5
     assert "spatialmix reproduce --out runs/study --studies robustness" in verdicts[2].details
-    assert claim_verdicts() == []   # nothing and no commands: nothing to say
+    assert claim_verdicts() == []  # nothing and no commands: nothing to say
 
 
 def test_verdict_table_lists_every_line_with_its_numbers():
-    verdicts = claim_verdicts(classification({"full": [0.9, 0.91, 0.9], "chans": [0.85, 0.86, 0.86]}),
-                              commands=reproduce_commands(Path("x")))
+    verdicts = claim_verdicts(
+        classification({"full": [0.9, 0.91, 0.9], "chans": [0.85, 0.86, 0.86]}),
+        commands=reproduce_commands(Path("x")),
+    )
     table = verdict_table(verdicts)
     cells = table.cells()
     headers = [h for _, h, _ in table.columns]
@@ -242,15 +297,21 @@ def test_verdict_table_lists_every_line_with_its_numbers():
 
 # --------------------------------------------------------------------------- folders
 
-def write_run(path: Path, train: dict, summary: dict | None, robustness: dict | None = None,
-              task: dict | None = None) -> Path:
+
+def write_run(
+    path: Path, train: dict, summary: dict | None, robustness: dict | None = None, task: dict | None = None
+) -> Path:
     path.mkdir(parents=True)
     data = {"in_chans": 1, "num_classes": 10, "image_size": 28, "mean": [0.3], "std": [0.3], "n_test": 10_000}
-    (path / "config.json").write_text(json.dumps({"format_version": 1, "train": train, "data": data,
-                                                  "task": task or {"name": "classification"}}))
+    (path / "config.json").write_text(
+        json.dumps(
+            {"format_version": 1, "train": train, "data": data, "task": task or {"name": "classification"}}
+        )
+    )
     if summary is not None:
-        (path / "summary.json").write_text(json.dumps({"task": (task or {}).get("name", "classification"),
-                                                       **summary}))
+        (path / "summary.json").write_text(
+            json.dumps({"task": (task or {}).get("name", "classification"), **summary})
+        )
         (path / "status.json").write_text(json.dumps({"state": "finished", "epoch": 1}))
     if robustness is not None:
         (path / "robustness.json").write_text(json.dumps(robustness))
@@ -258,9 +319,19 @@ def write_run(path: Path, train: dict, summary: dict | None, robustness: dict | 
 
 
 def robustness_json(record: dict, settings: dict) -> dict:
-    return {"settings": settings, "n_examples": 500,
-            "budgets": [{"eps": eps_value(k), "eps_label": k, "robust_acc": record["robust_acc"][k],
-                         "robust_bits": record["robust_bits"][k]} for k in record["robust_acc"]]}
+    return {
+        "settings": settings,
+        "n_examples": 500,
+        "budgets": [
+            {
+                "eps": eps_value(k),
+                "eps_label": k,
+                "robust_acc": record["robust_acc"][k],
+                "robust_bits": record["robust_bits"][k],
+            }
+            for k in record["robust_acc"]
+        ],
+    }
 
 
 SETTINGS = {"eps": [0.0, 8 / 255], "norm": "Linf", "n_examples": 500, "seed": 0, "device": "cpu"}
@@ -275,14 +346,35 @@ def make_study(out: Path, moved_from: str = "/elsewhere/study") -> Path:
     for r in records:
         name = f"{r['mode']}-seed{r['seed']}"
         summary = next(s for s in cls[r["mode"]] if s["seed"] == r["seed"])
-        write_run(out / "classification" / name, {"mode": r["mode"], "seed": r["seed"], "model": "convmixer"},
-                  summary, robustness_json(r, SETTINGS))
-        float32 = {k: float(np.float32(v)) for k, v in r["robust_acc"].items()}   # as the attack engine saves them
-        runs_data.append({"run": f"{moved_from}/classification/{name}", "mode": r["mode"], "seed": r["seed"],
-                          "clean_acc": float32["0"], "robust_acc": float32, "warnings": []})
-    results = {"preset": "quick", "seeds": [0, 1, 2], "studies": {
-        "classification": {"data": {"runs": cls}},
-        "robustness": {"data": {"settings": {**SETTINGS, "device": "cuda"}, "runs": runs_data, "warnings": []}}}}
+        write_run(
+            out / "classification" / name,
+            {"mode": r["mode"], "seed": r["seed"], "model": "convmixer"},
+            summary,
+            robustness_json(r, SETTINGS),
+        )
+        float32 = {
+            k: float(np.float32(v)) for k, v in r["robust_acc"].items()
+        }  # as the attack engine saves them
+        runs_data.append(
+            {
+                "run": f"{moved_from}/classification/{name}",
+                "mode": r["mode"],
+                "seed": r["seed"],
+                "clean_acc": float32["0"],
+                "robust_acc": float32,
+                "warnings": [],
+            }
+        )
+    results = {
+        "preset": "quick",
+        "seeds": [0, 1, 2],
+        "studies": {
+            "classification": {"data": {"runs": cls}},
+            "robustness": {
+                "data": {"settings": {**SETTINGS, "device": "cuda"}, "runs": runs_data, "warnings": []}
+            },
+        },
+    }
     (out / "results.json").write_text(json.dumps(results))
     return out
 
@@ -294,10 +386,17 @@ def test_verdicts_for_a_study_folder(tmp_path):
     two_a = by_claim(verdicts, "2a")[0]
     # robust_bits found in the moved run folders: paired per example
     assert "bootstrap" in two_a.estimate.method and two_a.verdict == SUPPORTS
-    one_a = by_claim(verdicts, "1a")[0]   # seed-level t-interval of accuracies over the 10,000 test images
-    assert one_a.verdict == SUPPORTS and "seed-paired" in one_a.estimate.method and one_a.estimate.n_examples == 10_000
-    assert all(v.verdict == NOT_RUN and f"--out {study}" in v.details for v in verdicts if v.claim[0] != "2"
-               and v.claim != "1a")
+    one_a = by_claim(verdicts, "1a")[0]  # seed-level t-interval of accuracies over the 10,000 test images
+    assert (
+        one_a.verdict == SUPPORTS
+        and "seed-paired" in one_a.estimate.method
+        and one_a.estimate.n_examples == 10_000
+    )
+    assert all(
+        v.verdict == NOT_RUN and f"--out {study}" in v.details
+        for v in verdicts
+        if v.claim[0] != "2" and v.claim != "1a"
+    )
 
 
 def test_the_verdicts_step_of_reproduce_saves_strict_json(tmp_path):
@@ -305,7 +404,9 @@ def test_the_verdicts_step_of_reproduce_saves_strict_json(tmp_path):
     from spatialmix.studies.reproduce import STUDIES, study_function
 
     study = make_study(tmp_path / "study")
-    (study / "classification" / "chans-seed0").rename(study / "classification" / "gone")   # 1a: no pair at seed 0
+    (study / "classification" / "chans-seed0").rename(
+        study / "classification" / "gone"
+    )  # 1a: no pair at seed 0
     results = json.loads((study / "results.json").read_text())
     results["studies"]["classification"]["data"]["runs"]["chans"][0]["seed"] = 7
     (study / "results.json").write_text(json.dumps(results))
@@ -322,7 +423,7 @@ def test_a_robustness_json_of_another_evaluation_is_not_paired(tmp_path):
     study = make_study(tmp_path / "study")
     path = study / "classification" / "chans-seed1" / "robustness.json"
     saved = json.loads(path.read_text())
-    saved["settings"]["n_examples"] = 1000   # `spatialmix attack` re-ran it with other settings
+    saved["settings"]["n_examples"] = 1000  # `spatialmix attack` re-ran it with other settings
     path.write_text(json.dumps(saved))
     assert "seed-paired" in by_claim(verdicts_for_study(study), "2a")[0].estimate.method
 
@@ -347,58 +448,87 @@ def test_verdicts_for_an_empty_or_corrupt_study(tmp_path):
 def test_study_and_run_folders_give_the_same_verdicts(tmp_path):
     study = make_study(tmp_path / "study")
     from_study = [v for v in verdicts_for_study(study) if v.verdict != NOT_RUN]
-    from_runs = [v for v in verdicts_for_runs(sorted((study / "classification").iterdir())) if v.verdict != NOT_RUN]
+    from_runs = [
+        v for v in verdicts_for_runs(sorted((study / "classification").iterdir())) if v.verdict != NOT_RUN
+    ]
     assert from_runs == from_study
 
 
 def test_a_study_folder_without_study_results_is_read_as_runs(tmp_path):
     study = make_study(tmp_path / "study")
-    (study / "results.json").unlink()   # interrupted before the first study saved its results
+    (study / "results.json").unlink()  # interrupted before the first study saved its results
     verdicts = verdicts_for_study(study)
     assert by_claim(verdicts, "2a")[0].verdict == SUPPORTS
     assert f"spatialmix reproduce --out {study} --studies unshuffle" in by_claim(verdicts, "3a")[0].details
     sweep = tmp_path / "sweep"
     (study / "classification").rename(sweep)
-    (sweep / "results.json").write_text(json.dumps({"title": "Sweep", "runs": []}))   # what `sweep` writes
+    (sweep / "results.json").write_text(json.dumps({"title": "Sweep", "runs": []}))  # what `sweep` writes
     assert "spatialmix unshuffle" in by_claim(verdicts_for_study(sweep), "3a")[0].details
 
 
 def test_verdicts_for_a_grid_of_runs_are_grouped_by_setting(tmp_path):
-    accs = {("convmixer-a", "full"): [0.90, 0.91, 0.90], ("convmixer-a", "chans"): [0.899, 0.909, 0.898],
-            ("convmixer-b", "full"): [0.90, 0.91, 0.90], ("convmixer-b", "chans"): [0.85, 0.86, 0.86]}
+    accs = {
+        ("convmixer-a", "full"): [0.90, 0.91, 0.90],
+        ("convmixer-a", "chans"): [0.899, 0.909, 0.898],
+        ("convmixer-b", "full"): [0.90, 0.91, 0.90],
+        ("convmixer-b", "chans"): [0.85, 0.86, 0.86],
+    }
     dirs = []
     for (model, mode), values in accs.items():
         for seed, acc in enumerate(values):
             train = {"model": model, "mode": mode, "seed": seed, "lr": 0.01, "progress": seed == 0}
-            dirs.append(write_run(tmp_path / f"model={model},mode={mode},seed={seed}", train,
-                                  {"mode": mode, "seed": seed, "test_acc": acc}))
-    dirs.append(write_run(tmp_path / "unfinished", {"model": "convmixer-a", "mode": "space", "seed": 0}, None))
+            dirs.append(
+                write_run(
+                    tmp_path / f"model={model},mode={mode},seed={seed}",
+                    train,
+                    {"mode": mode, "seed": seed, "test_acc": acc},
+                )
+            )
+    dirs.append(
+        write_run(tmp_path / "unfinished", {"model": "convmixer-a", "mode": "space", "seed": 0}, None)
+    )
     verdicts = verdicts_for_runs(dirs)
     one_a = by_claim(verdicts, "1a")
-    assert [(v.scope, v.verdict) for v in one_a] == [("model=convmixer-a", SUPPORTS),
-                                                     ("model=convmixer-b", CONTRADICTS)]
+    assert [(v.scope, v.verdict) for v in one_a] == [
+        ("model=convmixer-a", SUPPORTS),
+        ("model=convmixer-b", CONTRADICTS),
+    ]
     assert one_a[0].estimate.n_examples == 10_000
-    assert by_claim(verdicts, "2a")[0].verdict == NOT_RUN and "spatialmix attack" in by_claim(verdicts, "2a")[0].details
+    assert (
+        by_claim(verdicts, "2a")[0].verdict == NOT_RUN
+        and "spatialmix attack" in by_claim(verdicts, "2a")[0].details
+    )
     table = verdict_table(verdicts)
     assert table.columns[1][1] == "setting"
-    assert verdicts_for_runs([d for d in dirs if "chans" not in d.name]) == []   # no pair of modes: no verdict
+    assert verdicts_for_runs([d for d in dirs if "chans" not in d.name]) == []  # no pair of modes: no verdict
 
 
 def test_smoothing_and_unshuffling_from_run_folders(tmp_path):
     dirs = []
     for r in smoothing_records(0.05):
         bits = {"0": bits_of(correct(0.9)), "8/255": None}
-        budgets = [{"eps_label": k, "robust_acc": v, "robust_bits": bits[k]} for k, v in r["robust_acc"].items()]
+        budgets = [
+            {"eps_label": k, "robust_acc": v, "robust_bits": bits[k]} for k, v in r["robust_acc"].items()
+        ]
         train = {"model": "convmixer", "mode": "chans", "seed": r["seed"], "smooth_sigma": r["smooth_sigma"]}
-        dirs.append(write_run(tmp_path / f"chans-sigma{r['smooth_sigma']}-seed{r['seed']}", train,
-                              {"mode": "chans", "seed": r["seed"], "test_acc": 0.9},
-                              {"settings": SETTINGS, "n_examples": 500, "budgets": budgets}))
+        dirs.append(
+            write_run(
+                tmp_path / f"chans-sigma{r['smooth_sigma']}-seed{r['seed']}",
+                train,
+                {"mode": "chans", "seed": r["seed"], "test_acc": 0.9},
+                {"settings": SETTINGS, "n_examples": 500, "budgets": budgets},
+            )
+        )
     for mode, psnr in (("full", 30.0), ("chans", 29.9)):
         for seed in (0, 1):
-            dirs.append(write_run(tmp_path / f"unshuffle-{mode}-{seed}",
-                                  {"model": "unshufflenet", "mode": mode, "seed": seed},
-                                  {"mode": mode, "seed": seed, "test_psnr": psnr + 0.1 * seed},
-                                  task={"name": "unshuffle", "perm_seed": 0, "window": None, "loss": "mse"}))
+            dirs.append(
+                write_run(
+                    tmp_path / f"unshuffle-{mode}-{seed}",
+                    {"model": "unshufflenet", "mode": mode, "seed": seed},
+                    {"mode": mode, "seed": seed, "test_psnr": psnr + 0.1 * seed},
+                    task={"name": "unshuffle", "perm_seed": 0, "window": None, "loss": "mse"},
+                )
+            )
     verdicts = verdicts_for_runs(dirs)
     two_b = by_claim(verdicts, "2b")[0]
     assert two_b.verdict == SUPPORTS and two_b.estimate.n_examples == 500 and two_b.scope == ""

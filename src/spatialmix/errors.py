@@ -1,4 +1,5 @@
 """Errors a user can fix. The command line prints them as one line and exits with code 2."""
+
 import math
 
 
@@ -23,6 +24,9 @@ def unknown_name(kind: str, name: str, valid) -> SpatialmixError:
 
 def check_positive(**values) -> None:
     for name, value in values.items():
-        if (not isinstance(value, (int, float)) or isinstance(value, bool)
-                or not (value > 0 and math.isfinite(value))):
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not (value > 0 and math.isfinite(value))
+        ):
             raise SpatialmixError(f"{name.replace('_', ' ')} must be a positive number, got {value}")

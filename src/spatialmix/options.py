@@ -25,6 +25,7 @@ type / metadata    option
 
 Imports nothing heavy: ``spatialmix --help`` builds every command's options without torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (no usage dump) with exit code 2."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)   # `--mode` must never be read as `--model`
+        kwargs.setdefault("allow_abbrev", False)  # `--mode` must never be read as `--model`
         super().__init__(*args, **kwargs)
 
     def error(self, message):
@@ -58,9 +59,10 @@ def option_strings(field: dataclasses.Field) -> tuple[str, ...]:
 
 
 def field_kind(cls, field: dataclasses.Field) -> tuple[type, type | None]:
-    """(base type, element type): ``int | None`` -> (int, None); ``tuple[int, ...] | None`` -> (tuple, int)."""
+    """(base type, element type): ``int | None`` -> (int, None); ``tuple[int, ...] | None`` -> (tuple,
+    int)."""
     kind = typing.get_type_hints(cls)[field.name]
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):   # X | None: the X
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: the X
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     origin = typing.get_origin(kind)
     if origin in (tuple, list):
@@ -92,13 +94,16 @@ def help_text(cls, field: dataclasses.Field) -> str:
 
 def _at_least(flag: str, minimum: int):
     """An argparse type: a whole number of at least ``minimum``."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = minimum - 1
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} must be a whole number of at least {minimum}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be a whole number of at least {minimum}, got {text!r}"
+            )
         return value
 
     return parse
@@ -113,7 +118,7 @@ def _value_kwargs(cls, field: dataclasses.Field, flag: str) -> dict:
     if kind in (tuple, list) and element is int and "parse" not in meta:
         return {"nargs": meta.get("nargs", "+"), "type": int}
     if "parse" in meta or kind in (tuple, list):
-        return {"type": str}   # converted by given_values, with the library's messages
+        return {"type": str}  # converted by given_values, with the library's messages
     if "minimum" in meta:
         return {"type": _at_least(flag, meta["minimum"])}
     return {"type": kind} if kind in (int, float, str) else {}
@@ -131,7 +136,7 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
         kwargs = {key: meta[key] for key in ("metavar", "nargs", "action", "choices") if key in meta}
         kwargs.update(_value_kwargs(cls, field, flags[-1]), help=help_text(cls, field).replace("%", "%%"))
         if not meta.get("positional"):
-            kwargs.update(dest=field.name, default=None)   # None: not given, the dataclass's default applies
+            kwargs.update(dest=field.name, default=None)  # None: not given, the dataclass's default applies
             if not {"metavar", "choices", "action"} & set(kwargs):
                 kwargs["metavar"] = field.name.upper()
         parser.add_argument(*flags, **kwargs)
@@ -151,7 +156,11 @@ def given_values(cls, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> d
         if "parse" in field.metadata:
             value = field.metadata["parse"](value)
         elif kind in (tuple, list):
-            value = tuple(value) if isinstance(value, list) else split_list(value, element, option_strings(field)[-1])
+            value = (
+                tuple(value)
+                if isinstance(value, list)
+                else split_list(value, element, option_strings(field)[-1])
+            )
         values[field.name] = value
     return values
 
@@ -164,11 +173,14 @@ def split_list(text: str, element: type, flag: str) -> tuple:
     try:
         return tuple(element(p) for p in parts)
     except ValueError:
-        raise SpatialmixError(f"{flag} takes comma-separated {element.__name__} values, got {text!r}") from None
+        raise SpatialmixError(
+            f"{flag} takes comma-separated {element.__name__} values, got {text!r}"
+        ) from None
 
 
 def int_or_all(flag: str):
     """A ``parse`` function for a count that may be ``all`` (None)."""
+
     def parse(text: str) -> int | None:
         if str(text).strip().lower() == "all":
             return None
@@ -180,14 +192,17 @@ def int_or_all(flag: str):
     return parse
 
 
-def option(default=None, help: str = "", **metadata):   # noqa: A002 (the name argparse uses)
+def option(default=None, help: str = "", **metadata):
     """A dataclass field with its command-line help: ``lr: float = option(0.01, "peak learning rate")``."""
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"help": help, **metadata}
+        )
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
 def option_like(cls, name: str, default=None, **changes):
-    """A field with the same help (and choices) as field ``name`` of dataclass ``cls``, so they cannot differ."""
+    """A field with the same help (and choices) as field ``name`` of dataclass ``cls``, so they cannot
+    differ."""
     metadata = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
     return option(default, **{**metadata, **changes})

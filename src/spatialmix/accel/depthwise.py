@@ -17,6 +17,7 @@ is False and callers keep torch's own convolution: the same results to float rou
 The images are summed in fixed chunks of :data:`CHUNK` and the chunks added in order, so the
 gradient is bitwise the same whatever the number of threads.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from spatialmix.accel import native
 
-CHUNK = 16                 # images summed together before the chunks are added, in order
+CHUNK = 16  # images summed together before the chunks are added, in order
 
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, kernel_size: int, padding: int) -> torch.Tensor:
@@ -35,14 +36,24 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, kernel_size: int, padding: in
         raise RuntimeError(f"the C kernels are not available: {native.status()}")
     n, c, h, w = x.shape
     out_shape = (n, c, h + 2 * padding - kernel_size + 1, w + 2 * padding - kernel_size + 1)
-    if tuple(gy.shape) != out_shape or gy.dtype != x.dtype or x.dtype not in (torch.float32, torch.bfloat16) \
-            or x.device.type != "cpu" or gy.device.type != "cpu" or min(out_shape) < 1:
+    if (
+        tuple(gy.shape) != out_shape
+        or gy.dtype != x.dtype
+        or x.dtype not in (torch.float32, torch.bfloat16)
+        or x.device.type != "cpu"
+        or gy.device.type != "cpu"
+        or min(out_shape) < 1
+    ):
         # the kernel trusts these sizes for its memory reads: nothing else may reach it
-        raise ValueError(f"weight_grad needs CPU fp32/bf16 tensors with gy of shape {out_shape} and x's dtype; "
-                         f"got x {tuple(x.shape)} {x.dtype}, gy {tuple(gy.shape)} {gy.dtype}")
+        raise ValueError(
+            f"weight_grad needs CPU fp32/bf16 tensors with gy of shape {out_shape} and x's dtype; "
+            f"got x {tuple(x.shape)} {x.dtype}, gy {tuple(gy.shape)} {gy.dtype}"
+        )
     x, gy = x.contiguous(memory_format=torch.channels_last), gy.contiguous(memory_format=torch.channels_last)
-    with torch.profiler.record_function("spatialmix::depthwise_weight_grad"):   # so profiles count it
-        return native.call_depthwise_weight_grad(lib, x, gy, kernel_size, padding, CHUNK, torch.get_num_threads())
+    with torch.profiler.record_function("spatialmix::depthwise_weight_grad"):  # so profiles count it
+        return native.call_depthwise_weight_grad(
+            lib, x, gy, kernel_size, padding, CHUNK, torch.get_num_threads()
+        )
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
@@ -53,11 +64,21 @@ def is_channels_last(t: torch.Tensor) -> bool:
 def supports(conv: torch.nn.Conv2d, x: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether :func:`conv` can run ``conv`` on ``x`` in ``dtype`` (a learned weight needs the kernel)."""
     k, p = conv.kernel_size, conv.padding
-    return (x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and is_channels_last(x)
-            and conv.groups == conv.in_channels == conv.out_channels and k[0] == k[1]
-            and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
-            and isinstance(p, tuple) and p[0] == p[1] and p[0] <= k[0] - 1
-            and conv.weight.dtype == torch.float32 and (not conv.weight.requires_grad or native.library() is not None))
+    return (
+        x.device.type == "cpu"
+        and dtype in (torch.float32, torch.bfloat16)
+        and is_channels_last(x)
+        and conv.groups == conv.in_channels == conv.out_channels
+        and k[0] == k[1]
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and isinstance(p, tuple)
+        and p[0] == p[1]
+        and p[0] <= k[0] - 1
+        and conv.weight.dtype == torch.float32
+        and (not conv.weight.requires_grad or native.library() is not None)
+    )
 
 
 class _DepthwiseConv(torch.autograd.Function):
@@ -80,7 +101,7 @@ class _DepthwiseConv(torch.autograd.Function):
         p, channels = ctx.padding, x.shape[1]
         gy = gy.contiguous(memory_format=torch.channels_last)
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:   # stride 1: the full correlation with the flipped filters
+        if ctx.needs_input_grad[0]:  # stride 1: the full correlation with the flipped filters
             gx = F.conv2d(gy, w.flip((2, 3)), None, 1, w.shape[-1] - 1 - p, 1, channels)
         if ctx.needs_input_grad[1]:
             gw = weight_grad(x, gy, w.shape[-1], p)

@@ -15,6 +15,7 @@ bad build, someone else's file) is not used. Without a compiler, with ``SPATIALM
 after any failure, :func:`library` is None, :func:`status` says why, and callers keep torch's
 own kernels: the same results to float rounding, slower.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -34,14 +35,14 @@ SOURCES = ("depthwise_grad.c", "batchnorm_grad.c")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-fopenmp")
 _BUILD_TIMEOUT_S = 180
 _INT, _PTR, _LONG = ctypes.c_int, ctypes.c_void_p, ctypes.c_long
-SIGNATURES = {   # function -> argument types (every kernel returns 0, or -1 when out of memory)
+SIGNATURES = {  # function -> argument types (every kernel returns 0, or -1 when out of memory)
     "depthwise_weight_grad": [_PTR] * 3 + [_INT] * 11,
     "batchnorm_backward": [_PTR] * 8 + [_INT, _LONG, _INT, _INT],
 }
 
 _lock = threading.Lock()
-_library = None                   # the loaded ctypes library
-_unavailable: str | None = None   # why there is none, once we know
+_library = None  # the loaded ctypes library
+_unavailable: str | None = None  # why there is none, once we know
 
 
 def cache_dir() -> Path:
@@ -65,8 +66,9 @@ def _library_path(cc: str) -> Path:
     """One build per sources, flags, compiler and CPU (``-march=native`` makes it CPU-specific)."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     texts = [(KERNELS / name).read_text() for name in SOURCES]
-    key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version, _cpu_flags(),
-                                    platform.machine()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        "\0".join([*texts, " ".join(FLAGS), version, _cpu_flags(), platform.machine()]).encode()
+    ).hexdigest()[:16]
     return cache_dir() / f"spatialmix-kernels-{key}.so"
 
 
@@ -75,8 +77,12 @@ def _build(cc: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        done = subprocess.run([cc, *FLAGS, *(str(KERNELS / name) for name in SOURCES), "-o", str(tmp)],
-                              capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
+        done = subprocess.run(
+            [cc, *FLAGS, *(str(KERNELS / name) for name in SOURCES), "-o", str(tmp)],
+            capture_output=True,
+            text=True,
+            timeout=_BUILD_TIMEOUT_S,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
         with open(tmp, "rb") as f:
@@ -98,11 +104,30 @@ def _channels_last(*shape, generator, dtype=torch.float32):
     return torch.randn(*shape, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-def call_depthwise_weight_grad(lib, x, gy, kernel_size: int, padding: int, chunk: int, threads: int) -> torch.Tensor:
+def call_depthwise_weight_grad(
+    lib, x, gy, kernel_size: int, padding: int, chunk: int, threads: int
+) -> torch.Tensor:
     n, c, h, w = x.shape
     out = torch.empty(c, 1, kernel_size, kernel_size, dtype=torch.float32)
-    if lib.depthwise_weight_grad(x.data_ptr(), gy.data_ptr(), out.data_ptr(), int(x.dtype == torch.bfloat16), n, c,
-                                 h, w, gy.shape[2], gy.shape[3], kernel_size, padding, chunk, threads) != 0:
+    if (
+        lib.depthwise_weight_grad(
+            x.data_ptr(),
+            gy.data_ptr(),
+            out.data_ptr(),
+            int(x.dtype == torch.bfloat16),
+            n,
+            c,
+            h,
+            w,
+            gy.shape[2],
+            gy.shape[3],
+            kernel_size,
+            padding,
+            chunk,
+            threads,
+        )
+        != 0
+    ):
         raise MemoryError("out of memory in the depthwise weight-gradient kernel")
     return out
 
@@ -112,10 +137,24 @@ def call_batchnorm_backward(lib, x, g, mean, invstd, weight, threads: int):
     n, c, h, w = x.shape
     gx = torch.empty_like(x, memory_format=torch.channels_last)
     gw, gb = torch.empty(c, dtype=torch.float32), torch.empty(c, dtype=torch.float32)
-    weight_ptr = None if weight is None else weight.data_ptr()   # NULL: no affine weight
-    if lib.batchnorm_backward(x.data_ptr(), g.data_ptr(), mean.data_ptr(), invstd.data_ptr(), weight_ptr,
-                              gx.data_ptr(), gw.data_ptr(), gb.data_ptr(), int(x.dtype == torch.bfloat16),
-                              n * h * w, c, threads) != 0:
+    weight_ptr = None if weight is None else weight.data_ptr()  # NULL: no affine weight
+    if (
+        lib.batchnorm_backward(
+            x.data_ptr(),
+            g.data_ptr(),
+            mean.data_ptr(),
+            invstd.data_ptr(),
+            weight_ptr,
+            gx.data_ptr(),
+            gw.data_ptr(),
+            gb.data_ptr(),
+            int(x.dtype == torch.bfloat16),
+            n * h * w,
+            c,
+            threads,
+        )
+        != 0
+    ):
         raise MemoryError("out of memory in the batch-norm backward kernel")
     return gx, gw, gb
 
@@ -126,15 +165,17 @@ def _agrees_with_torch(lib) -> bool:
     g = torch.Generator().manual_seed(0)
     x, gy = _channels_last(3, 19, 6, 7, generator=g), _channels_last(3, 19, 6, 7, generator=g)
     ours = call_depthwise_weight_grad(lib, x, gy, 5, 2, chunk=2, threads=2)
-    ref = torch.ops.aten.convolution_backward(gy, x, torch.zeros(19, 1, 5, 5), None, [1, 1], [2, 2], [1, 1], False,
-                                              [0, 0], 19, [False, True, False])[1]
+    ref = torch.ops.aten.convolution_backward(
+        gy, x, torch.zeros(19, 1, 5, 5), None, [1, 1], [2, 2], [1, 1], False, [0, 0], 19, [False, True, False]
+    )[1]
     if not torch.allclose(ours, ref, rtol=1e-4, atol=1e-4):
         return False
     weight, bias = torch.rand(19, generator=g) + 0.5, torch.randn(19, generator=g)
     _, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, None, None, True, 0.1, 1e-5)[:3]
     ours = call_batchnorm_backward(lib, x, gy, mean, invstd, weight, threads=2)
-    ref = torch.ops.aten.native_batch_norm_backward(gy, x, weight, None, None, mean, invstd, True, 1e-5,
-                                                    [True, True, True])
+    ref = torch.ops.aten.native_batch_norm_backward(
+        gy, x, weight, None, None, mean, invstd, True, 1e-5, [True, True, True]
+    )
     return all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(ours, ref))
 
 

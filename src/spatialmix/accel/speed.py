@@ -23,6 +23,7 @@ vectorized kernel; the kernels compute the same sums as torch's in another order
 accumulation, within about 1e-6 relative); a learned depthwise conv runs in fp32 under ``--amp
 bf16`` (more precise, not less).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spatialmix.accel import depthwise
-from spatialmix.accel import native
+from spatialmix.accel import depthwise, native
 
 # glibc caps the mmap threshold at 32 MiB on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -113,7 +113,11 @@ class DepthwiseConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or not torch.is_grad_enabled() or not (self.weight.requires_grad or x.requires_grad):
+        if (
+            x.device.type != "cpu"
+            or not torch.is_grad_enabled()
+            or not (self.weight.requires_grad or x.requires_grad)
+        ):
             return super().forward(x)
         autocast = torch.is_autocast_enabled("cpu")
         out_dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
@@ -134,8 +138,9 @@ class _TrainBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
-        y, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, running_mean, running_var, True,
-                                                           momentum, eps)[:3]
+        y, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, weight, bias, running_mean, running_var, True, momentum, eps
+        )[:3]
         ctx.save_for_backward(x, weight, mean, invstd)
         return y
 
@@ -143,12 +148,20 @@ class _TrainBatchNorm(torch.autograd.Function):
     def backward(ctx, g):
         x, weight, mean, invstd = ctx.saved_tensors
         g = g.to(x.dtype).contiguous(memory_format=torch.channels_last)
-        with torch.profiler.record_function("spatialmix::batchnorm_backward"):   # so profiles count it
-            gx, gw, gb = native.call_batchnorm_backward(native.library(), x, g, mean, invstd, weight,
-                                                         torch.get_num_threads())
+        with torch.profiler.record_function("spatialmix::batchnorm_backward"):  # so profiles count it
+            gx, gw, gb = native.call_batchnorm_backward(
+                native.library(), x, g, mean, invstd, weight, torch.get_num_threads()
+            )
         needs = ctx.needs_input_grad
-        return (gx if needs[0] else None, gw.to(weight.dtype) if needs[1] else None,
-                gb.to(weight.dtype) if needs[2] else None, None, None, None, None)
+        return (
+            gx if needs[0] else None,
+            gw.to(weight.dtype) if needs[1] else None,
+            gb.to(weight.dtype) if needs[2] else None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -163,17 +176,24 @@ class BatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and torch.is_grad_enabled() and x.device.type == "cpu"
-                and depthwise.is_channels_last(x) and x.dtype in (torch.float32, torch.bfloat16)
-                and (self.weight is None or self.weight.dtype == torch.float32) and native.library() is not None):
+        if not (
+            self.training
+            and torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and depthwise.is_channels_last(x)
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and (self.weight is None or self.weight.dtype == torch.float32)
+            and native.library() is not None
+        ):
             return super().forward(x)
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:   # a cumulative moving average, as nn.BatchNorm2d does
+            if self.momentum is None:  # a cumulative moving average, as nn.BatchNorm2d does
                 momentum = 1.0 / float(self.num_batches_tracked)
-        return _TrainBatchNorm.apply(x, self.weight, self.bias, self.running_mean, self.running_var, momentum,
-                                     self.eps)
+        return _TrainBatchNorm.apply(
+            x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps
+        )
 
 
 class EvalBatchNorm2d(nn.BatchNorm2d):
@@ -216,7 +236,8 @@ def eval_batchnorm(model: nn.Module):
 def accelerate(model: nn.Module) -> nn.Module:
     """Swap in the faster CPU kernels above, in place: same parameters, same state dict.
 
-    Only modules of exactly ``nn.GELU`` / a depthwise ``nn.Conv2d`` / ``nn.BatchNorm2d`` are changed (not subclasses
+    Only modules of exactly ``nn.GELU`` / a depthwise ``nn.Conv2d`` / ``nn.BatchNorm2d`` are changed (not
+    subclasses
     with their own forward), by switching their class, so hooks, parameters and their
     ``requires_grad`` flags stay untouched.
     """

@@ -4,6 +4,7 @@ Everything here works on plain data (run summaries, per-run robustness records, 
 un-shuffling study's numbers); :mod:`spatialmix.verdicts` reads them from study and run
 folders, documents the rule and makes the table.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,16 +12,23 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from spatialmix.analysis.statistics import Estimate, McNemar, mcnemar_exact, mean_interval, ols_slope, paired_bootstrap, \
-    paired_t_interval
+from spatialmix.analysis.statistics import (
+    Estimate,
+    McNemar,
+    mcnemar_exact,
+    mean_interval,
+    ols_slope,
+    paired_bootstrap,
+    paired_t_interval,
+)
 
 # The size of the test set a summary's accuracy was measured on (the readers add it from config.json).
 TEST_EXAMPLES = "test_examples"
 SUPPORTS, CONTRADICTS, INCONCLUSIVE, NOT_RUN = "supports", "contradicts", "inconclusive", "not run"
 VERDICT_WORDS = (SUPPORTS, CONTRADICTS, INCONCLUSIVE, NOT_RUN)
-CLASSIFICATION_MARGIN = 0.01      # 1 point of accuracy: "nearly the same" (claim 1a)
-PSNR_MARGIN_DB = 1.0              # claim 3a
-GAIN_FRACTION = 0.9               # claim 3b
+CLASSIFICATION_MARGIN = 0.01  # 1 point of accuracy: "nearly the same" (claim 1a)
+PSNR_MARGIN_DB = 1.0  # claim 3a
+GAIN_FRACTION = 0.9  # claim 3b
 
 
 @dataclass(frozen=True)
@@ -28,39 +36,85 @@ class Claim:
     """One claim of the paper: what is measured, and on which side of which threshold the paper is."""
 
     id: str
-    paper: str            # what the paper says
-    effect: str           # what is measured
-    unit: str             # "accuracy", "accuracy per sigma", "dB" or "fraction"
+    paper: str  # what the paper says
+    effect: str  # what is measured
+    unit: str  # "accuracy", "accuracy per sigma", "dB" or "fraction"
     threshold: float
-    side: int             # +1: the paper's side is above the threshold, -1: below
-    studies: str          # the `reproduce` studies that test it
+    side: int  # +1: the paper's side is above the threshold, -1: below
+    studies: str  # the `reproduce` studies that test it
 
 
-CLAIMS = {c.id: c for c in [
-    Claim("1a", "Chans reaches nearly Full's accuracy", "Chans − Full clean test accuracy", "accuracy",
-          -CLASSIFICATION_MARGIN, +1, "classification"),
-    Claim("1b", "Space is clearly worse than Full", "Space − Full clean test accuracy", "accuracy", 0.0, -1,
-          "classification"),
-    Claim("2a", "Chans is more robust than Full", "Chans − Full robust accuracy", "accuracy", 0.0, +1, "robustness"),
-    Claim("2b", "smoothing Chans's frozen filters adds robustness",
-          "slope of Chans robust accuracy vs smoothing sigma", "accuracy per sigma", 0.0, +1, "smoothing"),
-    Claim("3a", "Chans un-shuffles as well as Full", "Chans − Full un-shuffling PSNR", "dB", -PSNR_MARGIN_DB, +1,
-          "unshuffle"),
-    Claim("3b", "Chans recovers nearly all Full recovers", "(Chans − floor) / (Full − floor) PSNR", "fraction",
-          GAIN_FRACTION, +1, "unshuffle"),
-]}
+CLAIMS = {
+    c.id: c
+    for c in [
+        Claim(
+            "1a",
+            "Chans reaches nearly Full's accuracy",
+            "Chans − Full clean test accuracy",
+            "accuracy",
+            -CLASSIFICATION_MARGIN,
+            +1,
+            "classification",
+        ),
+        Claim(
+            "1b",
+            "Space is clearly worse than Full",
+            "Space − Full clean test accuracy",
+            "accuracy",
+            0.0,
+            -1,
+            "classification",
+        ),
+        Claim(
+            "2a",
+            "Chans is more robust than Full",
+            "Chans − Full robust accuracy",
+            "accuracy",
+            0.0,
+            +1,
+            "robustness",
+        ),
+        Claim(
+            "2b",
+            "smoothing Chans's frozen filters adds robustness",
+            "slope of Chans robust accuracy vs smoothing sigma",
+            "accuracy per sigma",
+            0.0,
+            +1,
+            "smoothing",
+        ),
+        Claim(
+            "3a",
+            "Chans un-shuffles as well as Full",
+            "Chans − Full un-shuffling PSNR",
+            "dB",
+            -PSNR_MARGIN_DB,
+            +1,
+            "unshuffle",
+        ),
+        Claim(
+            "3b",
+            "Chans recovers nearly all Full recovers",
+            "(Chans − floor) / (Full − floor) PSNR",
+            "fraction",
+            GAIN_FRACTION,
+            +1,
+            "unshuffle",
+        ),
+    ]
+}
 
 
 @dataclass(frozen=True)
 class Verdict:
     """One line of the verdict table."""
 
-    claim: str                     # an id of CLAIMS
-    effect: str                    # what was measured (with the budget for 2a / 2b)
-    estimate: Estimate | None      # None: not run
+    claim: str  # an id of CLAIMS
+    effect: str  # what was measured (with the budget for 2a / 2b)
+    estimate: Estimate | None  # None: not run
     verdict: str
-    scope: str = ""                # which setting of a sweep, "" when there is one
-    details: str = ""              # McNemar per seed, why an interval is missing, the command to run
+    scope: str = ""  # which setting of a sweep, "" when there is one
+    details: str = ""  # McNemar per seed, why an interval is missing, the command to run
 
     @property
     def paper(self) -> str:
@@ -81,12 +135,14 @@ def decide(claim: Claim, estimate: Estimate | None) -> str:
 def rule_text(claim: Claim) -> str:
     """When the claim's verdict is "supports" (the mirror image gives "contradicts")."""
     scale, unit = {"accuracy": (100, " pts"), "accuracy per sigma": (100, " pts/σ"), "dB": (1, " dB")}.get(
-        claim.unit, (1, ""))
+        claim.unit, (1, "")
+    )
     value = "0" if claim.threshold == 0 else f"{scale * claim.threshold:g}{unit}"
     return f"{'>' if claim.side > 0 else '<'} {value}"
 
 
 # --------------------------------------------------------------------------- numbers from plain data
+
 
 def finite_number(value) -> float | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -149,6 +205,7 @@ def mode_name(value) -> str:
 
 # --------------------------------------------------------------------------- the claims
 
+
 def classification_verdicts(summaries: dict[str, list[dict]], scope: str = "") -> list[Verdict]:
     """1a and 1b from ``{mode: [summary, ...]}`` (``test_acc``, ``seed``, optional ``test_correct_bits``)."""
     summaries = {mode_name(m): rows for m, rows in summaries.items() if isinstance(rows, list)}
@@ -163,8 +220,15 @@ def classification_verdicts(summaries: dict[str, list[dict]], scope: str = "") -
             continue
         estimate, tests = compared
         examples = _common_count(summaries.get(mode, []) + summaries.get("full", []), TEST_EXAMPLES)
-        out.append(_verdict(claim_id, CLAIMS[claim_id].effect, _with_examples(estimate, examples), scope,
-                            _mcnemar_text(tests, (mode.capitalize(), "Full"))))
+        out.append(
+            _verdict(
+                claim_id,
+                CLAIMS[claim_id].effect,
+                _with_examples(estimate, examples),
+                scope,
+                _mcnemar_text(tests, (mode.capitalize(), "Full")),
+            )
+        )
     return out
 
 
@@ -187,10 +251,22 @@ def robustness_verdicts(records: list[dict], scope: str = "") -> list[Verdict]:
     same_examples = len({r.get("examples_sha256") for r in records} - {None}) <= 1
     out = []
     for label in _budget_labels(records):
-        side = {mode: _by_seed([{"seed": r.get("seed"), "acc": (r.get("robust_acc") or {}).get(label),
-                                 "bits": (r.get("robust_bits") or {}).get(label) if same_examples else None}
-                                for r in records if mode_name(r.get("mode")) == mode], "acc", "bits")
-                for mode in ("chans", "full")}
+        side = {
+            mode: _by_seed(
+                [
+                    {
+                        "seed": r.get("seed"),
+                        "acc": (r.get("robust_acc") or {}).get(label),
+                        "bits": (r.get("robust_bits") or {}).get(label) if same_examples else None,
+                    }
+                    for r in records
+                    if mode_name(r.get("mode")) == mode
+                ],
+                "acc",
+                "bits",
+            )
+            for mode in ("chans", "full")
+        }
         if not side["chans"] or not side["full"]:
             continue
         compared = compare(side["chans"], side["full"])
@@ -198,25 +274,44 @@ def robustness_verdicts(records: list[dict], scope: str = "") -> list[Verdict]:
             out.append(_no_pairs("2a", scope, "chans", f" at eps {label}"))
             continue
         estimate, tests = compared
-        out.append(_verdict("2a", f"{CLAIMS['2a'].effect} at eps {label}", estimate, scope,
-                            _mcnemar_text(tests, ("Chans", "Full"))))
+        out.append(
+            _verdict(
+                "2a",
+                f"{CLAIMS['2a'].effect} at eps {label}",
+                estimate,
+                scope,
+                _mcnemar_text(tests, ("Chans", "Full")),
+            )
+        )
     return out
 
 
 def smoothing_verdicts(records: list[dict], scope: str = "", n_examples: int | None = None) -> list[Verdict]:
     """2b per budget: the OLS slope of robust accuracy on ``smooth_sigma`` over Chans runs."""
-    chans = [r for r in records if mode_name(r.get("mode", "chans")) == "chans" and finite_number(r.get("smooth_sigma")) is not None]
+    chans = [
+        r
+        for r in records
+        if mode_name(r.get("mode", "chans")) == "chans" and finite_number(r.get("smooth_sigma")) is not None
+    ]
     out = []
     for label in _budget_labels(chans):
-        points = [(float(r["smooth_sigma"]), finite_number((r.get("robust_acc") or {}).get(label)), r.get("seed"))
-                  for r in chans]
+        points = [
+            (float(r["smooth_sigma"]), finite_number((r.get("robust_acc") or {}).get(label)), r.get("seed"))
+            for r in chans
+        ]
         points = [p for p in points if p[1] is not None]
         if len({p[0] for p in points}) < 2:
             continue
-        estimate = ols_slope([p[0] for p in points], [p[1] for p in points], n_seeds=len({p[2] for p in points}),
-                             n_examples=n_examples)
+        estimate = ols_slope(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            n_seeds=len({p[2] for p in points}),
+            n_examples=n_examples,
+        )
         sigmas = ", ".join(f"{s:g}" for s in sorted({p[0] for p in points}))
-        out.append(_verdict("2b", f"{CLAIMS['2b'].effect} at eps {label}", estimate, scope, f"sigmas {sigmas}"))
+        out.append(
+            _verdict("2b", f"{CLAIMS['2b'].effect} at eps {label}", estimate, scope, f"sigmas {sigmas}")
+        )
     return out
 
 
@@ -231,18 +326,32 @@ def unshuffle_verdicts(payload: dict, scope: str = "") -> list[Verdict]:
     out = []
     examples = _common_count(payload.get("floor") if isinstance(payload.get("floor"), list) else [], "n")
     compared = compare(chans, full)
-    out.append(_verdict("3a", CLAIMS["3a"].effect, _with_examples(compared[0], examples), scope) if compared
-               else _no_pairs("3a", scope, "chans"))
+    out.append(
+        _verdict("3a", CLAIMS["3a"].effect, _with_examples(compared[0], examples), scope)
+        if compared
+        else _no_pairs("3a", scope, "chans")
+    )
     floors = _floors(payload)
-    fractions = [(chans[s][0] - floors[s]) / (full[s][0] - floors[s]) for s in sorted(set(chans) & set(full) & set(floors))
-                 if full[s][0] > floors[s]]
+    fractions = [
+        (chans[s][0] - floors[s]) / (full[s][0] - floors[s])
+        for s in sorted(set(chans) & set(full) & set(floors))
+        if full[s][0] > floors[s]
+    ]
     if fractions:
         estimate = _with_examples(mean_interval(fractions), examples)
-        note = f"Chans {_mean(chans):.2f} dB, Full {_mean(full):.2f} dB, floor {np.mean(list(floors.values())):.2f} dB"
+        floor = np.mean(list(floors.values()))
+        note = f"Chans {_mean(chans):.2f} dB, Full {_mean(full):.2f} dB, floor {floor:.2f} dB"
         out.append(_verdict("3b", CLAIMS["3b"].effect, estimate, scope, note))
     elif floors:
-        out.append(Verdict("3b", CLAIMS["3b"].effect, Estimate(math.nan, None, None, "no seed where Full beats the "
-                                                                "floor", 0), INCONCLUSIVE, scope))
+        out.append(
+            Verdict(
+                "3b",
+                CLAIMS["3b"].effect,
+                Estimate(math.nan, None, None, "no seed where Full beats the floor", 0),
+                INCONCLUSIVE,
+                scope,
+            )
+        )
     return out
 
 
@@ -263,30 +372,47 @@ def _verdict(claim_id: str, effect: str, estimate: Estimate, scope: str, details
 
 
 def _no_pairs(claim_id: str, scope: str, mode: str, where: str = "") -> Verdict:
-    return Verdict(claim_id, CLAIMS[claim_id].effect + where, Estimate(math.nan, None, None, "no seed in common", 0),
-                   INCONCLUSIVE, scope, f"{mode.capitalize()} and Full share no seed: train both with the same seeds")
+    return Verdict(
+        claim_id,
+        CLAIMS[claim_id].effect + where,
+        Estimate(math.nan, None, None, "no seed in common", 0),
+        INCONCLUSIVE,
+        scope,
+        f"{mode.capitalize()} and Full share no seed: train both with the same seeds",
+    )
 
 
-def claim_verdicts(classification: dict | None = None, robustness: list[dict] | None = None,
-                   smoothing: list[dict] | None = None, unshuffle: dict | None = None, *, scope: str = "",
-                   commands: dict[str, str] | None = None, robust_examples: int | None = None) -> list[Verdict]:
+def claim_verdicts(
+    classification: dict | None = None,
+    robustness: list[dict] | None = None,
+    smoothing: list[dict] | None = None,
+    unshuffle: dict | None = None,
+    *,
+    scope: str = "",
+    commands: dict[str, str] | None = None,
+    robust_examples: int | None = None,
+) -> list[Verdict]:
     """Every claim's verdict from the data of the studies (``None``: that study did not run).
 
     ``classification``: ``{mode: [summary, ...]}``; ``robustness`` / ``smoothing``: per-run records
     (see :func:`robustness_verdicts`, :func:`smoothing_verdicts`); ``unshuffle``: the un-shuffling
     study's ``unshuffle.json``. A claim without data gets a "not run" line naming ``commands[study]``.
     """
-    found = {"classification": classification_verdicts(classification or {}, scope),
-             "robustness": robustness_verdicts(robustness or [], scope),
-             "smoothing": smoothing_verdicts(smoothing or [], scope, robust_examples),
-             "unshuffle": unshuffle_verdicts(unshuffle or {}, scope)}
+    found = {
+        "classification": classification_verdicts(classification or {}, scope),
+        "robustness": robustness_verdicts(robustness or [], scope),
+        "smoothing": smoothing_verdicts(smoothing or [], scope, robust_examples),
+        "unshuffle": unshuffle_verdicts(unshuffle or {}, scope),
+    }
     out = []
     for claim in CLAIMS.values():
         lines = [v for v in found[claim.studies] if v.claim == claim.id]
         if lines:
             out += lines
         elif commands is not None and claim.studies in commands:
-            out.append(Verdict(claim.id, claim.effect, None, NOT_RUN, scope, f"run `{commands[claim.studies]}`"))
+            out.append(
+                Verdict(claim.id, claim.effect, None, NOT_RUN, scope, f"run `{commands[claim.studies]}`")
+            )
     return out
 
 

@@ -21,6 +21,7 @@ filters' scale and compares learned, random and smoothed filters on equal terms.
 * :class:`LayerStats`: filter norms and the distance from initialization (exactly zero for
   frozen layers, which doubles as a check that freezing worked).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,17 +32,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from spatialmix.io import runs
-from spatialmix.ui.display import ResultTable
-from spatialmix.errors import SpatialmixError
 from spatialmix.core.mixing import NORM, SPATIAL, classify_layers, layers_of_kind
 from spatialmix.engine.train import load_trained_model
+from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs
+from spatialmix.ui.display import ResultTable
 
 FFT_SIZE = 32
-LOW_HIGH_CUTOFF = 0.25   # cycles/pixel: half the Nyquist frequency
+LOW_HIGH_CUTOFF = 0.25  # cycles/pixel: half the Nyquist frequency
 
 
 # --------------------------------------------------------------------------- spectra
+
 
 def as_filter_bank(weight: torch.Tensor) -> torch.Tensor:
     """A conv weight (out, in/groups, kh, kw) as a bank of 2-D filters (out * in/groups, kh, kw), float64."""
@@ -67,7 +69,9 @@ def filter_spectrum(filters: torch.Tensor, size: int = FFT_SIZE) -> torch.Tensor
         filters = filters[None]
     kh, kw = filters.shape[-2:]
     if size < max(kh, kw):
-        raise SpatialmixError(f"FFT size {size} is smaller than the {kh} x {kw} filters; use at least {max(kh, kw)}")
+        raise SpatialmixError(
+            f"FFT size {size} is smaller than the {kh} x {kw} filters; use at least {max(kh, kw)}"
+        )
     # numpy's FFT: single-threaded, which for hundreds of tiny transforms beats torch's thread pool
     spectrum = np.abs(np.fft.fft2(filters.detach().cpu().to(torch.float64).numpy(), s=(size, size)))
     return torch.from_numpy(np.fft.fftshift(spectrum, axes=(-2, -1)))
@@ -82,8 +86,9 @@ def radial_profile(image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     size = image.shape[-1]
     ring = torch.round(frequency_radius(size) * size).long()
     n_rings = size // 2 + 1
-    sums = torch.zeros(n_rings, dtype=torch.float64).index_add_(0, ring[ring < n_rings],
-                                                                 image.to(torch.float64)[ring < n_rings])
+    sums = torch.zeros(n_rings, dtype=torch.float64).index_add_(
+        0, ring[ring < n_rings], image.to(torch.float64)[ring < n_rings]
+    )
     counts = torch.bincount(ring[ring < n_rings], minlength=n_rings).to(torch.float64)
     return (np.arange(n_rings) / size), (sums / counts).numpy()
 
@@ -94,7 +99,9 @@ def energy_split(power: torch.Tensor, cutoff: float = LOW_HIGH_CUTOFF) -> tuple[
     return float(power[..., low].sum()), float(power[..., ~low].sum())
 
 
-def low_high_energy_ratio(filters: torch.Tensor, size: int = FFT_SIZE, cutoff: float = LOW_HIGH_CUTOFF) -> float:
+def low_high_energy_ratio(
+    filters: torch.Tensor, size: int = FFT_SIZE, cutoff: float = LOW_HIGH_CUTOFF
+) -> float:
     """Energy of the filters below ``cutoff`` cycles/pixel divided by the energy above it."""
     low, high = energy_split(filter_spectrum(filters, size).pow(2).sum(0), cutoff)
     return low / high if high > 0 else math.inf
@@ -107,29 +114,36 @@ class LayerSpectrum:
     layer: str
     n_filters: int
     kernel: tuple[int, int]
-    magnitude: np.ndarray        # (size, size) mean |H| over the filters, centred
-    radii: np.ndarray            # ring radii, cycles/pixel
-    profile: np.ndarray          # mean power per ring / mean power over the grid (1 = white)
-    low_high_ratio: float        # energy below LOW_HIGH_CUTOFF / energy above it
-    high_fraction: float         # energy above LOW_HIGH_CUTOFF / all energy
+    magnitude: np.ndarray  # (size, size) mean |H| over the filters, centred
+    radii: np.ndarray  # ring radii, cycles/pixel
+    profile: np.ndarray  # mean power per ring / mean power over the grid (1 = white)
+    low_high_ratio: float  # energy below LOW_HIGH_CUTOFF / energy above it
+    high_fraction: float  # energy above LOW_HIGH_CUTOFF / all energy
 
 
-def layer_spectrum(layer: str, filters: torch.Tensor, size: int = FFT_SIZE,
-                   cutoff: float = LOW_HIGH_CUTOFF) -> LayerSpectrum:
+def layer_spectrum(
+    layer: str, filters: torch.Tensor, size: int = FFT_SIZE, cutoff: float = LOW_HIGH_CUTOFF
+) -> LayerSpectrum:
     magnitude = filter_spectrum(filters, size)
     power = magnitude.pow(2).mean(0)
     radii, ring_power = radial_profile(power)
     mean_power = float(power.mean())
     low, high = energy_split(power, cutoff)
     return LayerSpectrum(
-        layer=layer, n_filters=int(filters.shape[0]), kernel=tuple(filters.shape[-2:]),
-        magnitude=magnitude.mean(0).numpy(), radii=radii,
+        layer=layer,
+        n_filters=int(filters.shape[0]),
+        kernel=tuple(filters.shape[-2:]),
+        magnitude=magnitude.mean(0).numpy(),
+        radii=radii,
         profile=ring_power / mean_power if mean_power > 0 else ring_power,
         low_high_ratio=low / high if high > 0 else math.inf,
-        high_fraction=high / (low + high) if low + high > 0 else float("nan"))
+        high_fraction=high / (low + high) if low + high > 0 else float("nan"),
+    )
 
 
-def spatial_filters(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def spatial_filters(
+    model: nn.Module, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Each spatial mixer's filters as a bank (N, kh, kw); from ``state`` (a state dict) when given.
 
     Only convolutional mixers have k x k filters: token-mixing matrices (MLP-Mixer) are left out
@@ -152,6 +166,7 @@ def spectra(filters: dict[str, torch.Tensor], size: int = FFT_SIZE) -> list[Laye
 
 # --------------------------------------------------------------------------- per-layer statistics
 
+
 @dataclass
 class LayerStats:
     layer: str
@@ -159,18 +174,22 @@ class LayerStats:
     frozen: bool
     n_filters: int
     shape: str
-    norm_mean: float                   # mean L2 norm of one output filter (a row of the weight)
+    norm_mean: float  # mean L2 norm of one output filter (a row of the weight)
     norm_std: float
-    distance: float | None = None      # ||params - params at init||, weight and bias together
+    distance: float | None = None  # ||params - params at init||, weight and bias together
     relative_distance: float | None = None
 
 
 def _filter_layers(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     """Every layer that holds filters (a weight of 2 or more dims): mixers, stem, head, others."""
     modules = dict(model.named_modules())
-    return [(name, kind, modules[name]) for name, kind in classify_layers(model).items()
-            if kind != NORM and getattr(modules[name], "weight", None) is not None
-            and modules[name].weight.dim() >= 2]
+    return [
+        (name, kind, modules[name])
+        for name, kind in classify_layers(model).items()
+        if kind != NORM
+        and getattr(modules[name], "weight", None) is not None
+        and modules[name].weight.dim() >= 2
+    ]
 
 
 @torch.no_grad()
@@ -180,9 +199,15 @@ def layer_statistics(model: nn.Module, init_state: dict[str, torch.Tensor] | Non
     for name, kind, module in _filter_layers(model):
         params = dict(module.named_parameters(recurse=False))
         norms = params["weight"].detach().to("cpu", torch.float64).flatten(1).norm(dim=1)
-        row = LayerStats(layer=name, kind=kind, frozen=not any(p.requires_grad for p in params.values()),
-                         n_filters=len(norms), shape="x".join(str(s) for s in params["weight"].shape),
-                         norm_mean=float(norms.mean()), norm_std=float(norms.std()) if len(norms) > 1 else 0.0)
+        row = LayerStats(
+            layer=name,
+            kind=kind,
+            frozen=not any(p.requires_grad for p in params.values()),
+            n_filters=len(norms),
+            shape="x".join(str(s) for s in params["weight"].shape),
+            norm_mean=float(norms.mean()),
+            norm_std=float(norms.std()) if len(norms) > 1 else 0.0,
+        )
         if init_state is not None:
             now, start = [], []
             for pname, p in params.items():
@@ -200,13 +225,14 @@ def layer_statistics(model: nn.Module, init_state: dict[str, torch.Tensor] | Non
 
 # --------------------------------------------------------------------------- models and runs
 
+
 @dataclass
 class FilterAnalysis:
     """Filters, spectra and statistics of one model (a saved run or a model in memory)."""
 
     label: str
-    group: str                                   # the label without the seed (seeds of one setting)
-    filters: dict[str, torch.Tensor]             # spatial layer -> (N, kh, kw), final weights
+    group: str  # the label without the seed (seeds of one setting)
+    filters: dict[str, torch.Tensor]  # spatial layer -> (N, kh, kw), final weights
     spectra: list[LayerSpectrum]
     stats: list[LayerStats]
     init_spectra: list[LayerSpectrum] = field(default_factory=list)
@@ -226,20 +252,31 @@ def run_label(train_config: dict, with_seed: bool = True) -> str:
     return label
 
 
-def analyze_model(model: nn.Module, label: str = "model", init_state: dict[str, torch.Tensor] | None = None,
-                  size: int = FFT_SIZE, group: str | None = None) -> FilterAnalysis:
+def analyze_model(
+    model: nn.Module,
+    label: str = "model",
+    init_state: dict[str, torch.Tensor] | None = None,
+    size: int = FFT_SIZE,
+    group: str | None = None,
+) -> FilterAnalysis:
     """Spectra and statistics of ``model``'s spatial mixers (and distance from ``init_state`` if given)."""
     filters = spatial_filters(model)
     spatial = [m for _, m in layers_of_kind(model, SPATIAL)]
     if not spatial:
-        raise SpatialmixError(f"{label} has no spatial mixers (depthwise k x k convs or token-mixing layers) to "
-                              f"analyze; use a separable model such as convmixer or resnet18-sep")
+        raise SpatialmixError(
+            f"{label} has no spatial mixers (depthwise k x k convs or token-mixing layers) to "
+            f"analyze; use a separable model such as convmixer or resnet18-sep"
+        )
     frozen = all(not p.requires_grad for m in spatial for p in m.parameters(recurse=False))
     return FilterAnalysis(
-        label=label, group=group or label, filters=filters, spectra=spectra(filters, size),
+        label=label,
+        group=group or label,
+        filters=filters,
+        spectra=spectra(filters, size),
         stats=layer_statistics(model, init_state),
         init_spectra=spectra(spatial_filters(model, init_state), size) if init_state is not None else [],
-        spatial_frozen=frozen)
+        spatial_frozen=frozen,
+    )
 
 
 def analyze_run(run_dir: str | Path, size: int = FFT_SIZE, label: str | None = None) -> FilterAnalysis:
@@ -250,8 +287,9 @@ def analyze_run(run_dir: str | Path, size: int = FFT_SIZE, label: str | None = N
     init_path = run_dir / runs.INIT
     init_state = runs.load_weights(init_path) if init_path.is_file() else None
     config = record.get("train", {})
-    analysis = analyze_model(model, label or run_label(config), init_state, size,
-                             group=run_label(config, with_seed=False))
+    analysis = analyze_model(
+        model, label or run_label(config), init_state, size, group=run_label(config, with_seed=False)
+    )
     analysis.run_dir, analysis.config = str(run_dir), config
     return analysis
 
@@ -265,50 +303,90 @@ def analyze(source: nn.Module | str | Path, size: int = FFT_SIZE, label: str | N
 
 # --------------------------------------------------------------------------- tables
 
-def spectrum_table(analyses: list[FilterAnalysis], title: str = "Frequency content of the spatial filters"
-                   ) -> ResultTable:
-    table = ResultTable(title, [
-        ("run", "run", ""), ("layer", "layer", ""), ("filters", "filters", ""), ("state", "filters are", ""),
-        ("ratio", f"low/high energy (f<{LOW_HIGH_CUTOFF:g})", ".3f"), ("high", "high-freq. share", ".3f"),
-        ("ratio_init", "low/high at init", ".3f"), ("high_init", "high-freq. share at init", ".3f")])
+
+def spectrum_table(
+    analyses: list[FilterAnalysis], title: str = "Frequency content of the spatial filters"
+) -> ResultTable:
+    table = ResultTable(
+        title,
+        [
+            ("run", "run", ""),
+            ("layer", "layer", ""),
+            ("filters", "filters", ""),
+            ("state", "filters are", ""),
+            ("ratio", f"low/high energy (f<{LOW_HIGH_CUTOFF:g})", ".3f"),
+            ("high", "high-freq. share", ".3f"),
+            ("ratio_init", "low/high at init", ".3f"),
+            ("high_init", "high-freq. share at init", ".3f"),
+        ],
+    )
     for a in analyses:
         init = {s.layer: s for s in a.init_spectra}
         for s in a.spectra:
             start = init.get(s.layer)
-            table.add(run=a.label, layer=s.layer, filters=f"{s.n_filters} x {s.kernel[0]}x{s.kernel[1]}",
-                      state=filter_state(a), ratio=s.low_high_ratio, high=s.high_fraction,
-                      ratio_init=start.low_high_ratio if start else None, high_init=start.high_fraction if start else None)
+            table.add(
+                run=a.label,
+                layer=s.layer,
+                filters=f"{s.n_filters} x {s.kernel[0]}x{s.kernel[1]}",
+                state=filter_state(a),
+                ratio=s.low_high_ratio,
+                high=s.high_fraction,
+                ratio_init=start.low_high_ratio if start else None,
+                high_init=start.high_fraction if start else None,
+            )
     return table
 
 
 def filter_state(analysis: FilterAnalysis) -> str:
-    """"learned", "frozen random" or "frozen smoothed random"."""
+    """ "learned", "frozen random" or "frozen smoothed random"."""
     if not analysis.spatial_frozen:
         return "learned"
     return "frozen smoothed random" if (analysis.config.get("smooth_sigma") or 0) > 0 else "frozen random"
 
 
-def statistics_table(analyses: list[FilterAnalysis], title: str = "Filter norms and distance from initialization"
-                     ) -> ResultTable:
-    table = ResultTable(title, [
-        ("run", "run", ""), ("layer", "layer", ""), ("kind", "kind", ""), ("state", "state", ""), ("shape", "shape", ""),
-        ("norm", "filter norm (mean ± std)", ".4f"), ("distance", "distance from init", ".4g"),
-        ("relative", "relative distance", ".4f")])
+def statistics_table(
+    analyses: list[FilterAnalysis], title: str = "Filter norms and distance from initialization"
+) -> ResultTable:
+    table = ResultTable(
+        title,
+        [
+            ("run", "run", ""),
+            ("layer", "layer", ""),
+            ("kind", "kind", ""),
+            ("state", "state", ""),
+            ("shape", "shape", ""),
+            ("norm", "filter norm (mean ± std)", ".4f"),
+            ("distance", "distance from init", ".4g"),
+            ("relative", "relative distance", ".4f"),
+        ],
+    )
     for a in analyses:
         for s in a.stats:
-            table.add(run=a.label, layer=s.layer, kind=s.kind, state="frozen" if s.frozen else "trained",
-                      shape=s.shape, norm=(s.norm_mean, s.norm_std), distance=s.distance,
-                      relative=s.relative_distance)
+            table.add(
+                run=a.label,
+                layer=s.layer,
+                kind=s.kind,
+                state="frozen" if s.frozen else "trained",
+                shape=s.shape,
+                norm=(s.norm_mean, s.norm_std),
+                distance=s.distance,
+                relative=s.relative_distance,
+            )
     return table
 
 
 def frozen_layers_moved(analyses: list[FilterAnalysis]) -> list[str]:
     """``run: layer`` of every frozen layer whose distance from init is not exactly zero (should be none)."""
-    return [f"{a.label}: {s.layer}" for a in analyses for s in a.stats
-            if s.frozen and s.distance is not None and s.distance != 0.0]
+    return [
+        f"{a.label}: {s.layer}"
+        for a in analyses
+        for s in a.stats
+        if s.frozen and s.distance is not None and s.distance != 0.0
+    ]
 
 
 # --------------------------------------------------------------------------- figures (Agg, no pyplot state)
+
 
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
@@ -327,7 +405,9 @@ def filter_mosaic(bank: torch.Tensor, max_filters: int = 16) -> np.ndarray:
     for i, f in enumerate(bank):
         r, c = divmod(i, cols)
         scale = np.abs(f).max()
-        mosaic[r * (kh + 1):r * (kh + 1) + kh, c * (kw + 1):c * (kw + 1) + kw] = f / scale if scale > 0 else f
+        mosaic[r * (kh + 1) : r * (kh + 1) + kh, c * (kw + 1) : c * (kw + 1) + kw] = (
+            f / scale if scale > 0 else f
+        )
     return mosaic
 
 
@@ -345,7 +425,7 @@ def plot_filter_grids(analyses: list[FilterAnalysis], max_filters: int = 16, max
     """One row per analysis, one column per spatial layer: the layer's first filters."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.5")   # grey gaps, not white like a zero weight
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.5")  # grey gaps, not white like a zero weight
     n_layers = min(max_layers, max(len(a.filters) for a in analyses))
     fig = _figure(1.5 * n_layers + 1.2, 1.5 * len(analyses) + 0.6)
     axes = fig.subplots(len(analyses), n_layers, squeeze=False)
@@ -357,8 +437,13 @@ def plot_filter_grids(analyses: list[FilterAnalysis], max_filters: int = 16, max
                 ax.set_axis_off()
                 continue
             name = list(a.filters)[c]
-            image = ax.imshow(filter_mosaic(a.filters[name], max_filters), cmap=cmap, vmin=-1, vmax=1,
-                              interpolation="nearest")
+            image = ax.imshow(
+                filter_mosaic(a.filters[name], max_filters),
+                cmap=cmap,
+                vmin=-1,
+                vmax=1,
+                interpolation="nearest",
+            )
             if r == 0:
                 ax.set_title(_short(name, c), fontsize=7)
             if c == 0:
@@ -385,7 +470,9 @@ def plot_radial_profiles(analyses: list[FilterAnalysis], max_layers: int = 8):
                 ax.plot(s.radii, s.profile, marker=".", color=f"C{j % 10}", label=a.label)
         ax.axhline(1.0, color="0.6", lw=0.8, ls=":")
         ax.axvline(LOW_HIGH_CUTOFF, color="0.6", lw=0.8, ls="--")
-        ax.set_title(_short(analyses[0].spectra[i].layer if i < len(analyses[0].spectra) else "", i), fontsize=8)
+        ax.set_title(
+            _short(analyses[0].spectra[i].layer if i < len(analyses[0].spectra) else "", i), fontsize=8
+        )
         ax.set_xlabel("frequency (cycles/pixel)", fontsize=8)
         if i % cols == 0:
             ax.set_ylabel("power / mean power", fontsize=8)
@@ -407,8 +494,14 @@ def plot_mean_spectra(analyses: list[FilterAnalysis], max_layers: int = 8):
                 continue
             s = a.spectra[c]
             # each panel scaled to its own maximum: the shape matters here, the gain is in the tables
-            ax.imshow(s.magnitude / max(s.magnitude.max(), 1e-12), cmap="magma", vmin=0, vmax=1,
-                      extent=(-0.5, 0.5, -0.5, 0.5), interpolation="nearest")
+            ax.imshow(
+                s.magnitude / max(s.magnitude.max(), 1e-12),
+                cmap="magma",
+                vmin=0,
+                vmax=1,
+                extent=(-0.5, 0.5, -0.5, 0.5),
+                interpolation="nearest",
+            )
             if r == 0:
                 ax.set_title(_short(s.layer, c), fontsize=7)
             if c == 0:

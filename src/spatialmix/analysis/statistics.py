@@ -19,6 +19,7 @@ Four tools, each stating how its interval is made:
 
 Everything returns plain dataclasses with the number of seeds and examples behind them.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,7 @@ class Estimate:
     value: float
     low: float | None
     high: float | None
-    method: str                  # how the interval was made, in words
+    method: str  # how the interval was made, in words
     n_seeds: int
     n_examples: int | None = None
     level: float = LEVEL
@@ -55,10 +56,10 @@ class Estimate:
 class McNemar:
     """McNemar's exact test of two classifiers on the same examples."""
 
-    first_only: int              # examples only the first model gets right
-    second_only: int             # examples only the second model gets right
+    first_only: int  # examples only the first model gets right
+    second_only: int  # examples only the second model gets right
     n_examples: int
-    p_value: float               # two-sided exact binomial p of the discordant pairs
+    p_value: float  # two-sided exact binomial p of the discordant pairs
 
 
 def _finite_array(values, what: str) -> np.ndarray:
@@ -92,10 +93,15 @@ def paired_t_interval(first: dict, second: dict, level: float = LEVEL) -> Estima
     per-seed differences."""
     seeds = sorted(set(first) & set(second), key=str)
     if not seeds:
-        raise SpatialmixError("paired comparison: the two models share no seed; train both with the same seeds")
+        raise SpatialmixError(
+            "paired comparison: the two models share no seed; train both with the same seeds"
+        )
     estimate = mean_interval([first[s] - second[s] for s in seeds], level)
-    method = ("one seed: interval undefined" if len(seeds) == 1
-              else f"seed-paired t-interval ({len(seeds)} seeds, df={len(seeds) - 1})")
+    method = (
+        "one seed: interval undefined"
+        if len(seeds) == 1
+        else f"seed-paired t-interval ({len(seeds)} seeds, df={len(seeds) - 1})"
+    )
     return Estimate(estimate.value, estimate.low, estimate.high, method, len(seeds), level=level)
 
 
@@ -108,8 +114,12 @@ def _resampled_means(values: np.ndarray, size: int, rng: np.random.Generator) ->
     return (draws / n) @ distinct
 
 
-def paired_bootstrap(differences_by_seed, level: float = LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = BOOTSTRAP_SEED) -> Estimate:
+def paired_bootstrap(
+    differences_by_seed,
+    level: float = LEVEL,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> Estimate:
     """The mean per-example difference and its hierarchical percentile bootstrap interval.
 
     ``differences_by_seed``: one array per seed of per-example differences between two models
@@ -125,7 +135,9 @@ def paired_bootstrap(differences_by_seed, level: float = LEVEL, resamples: int =
         raise SpatialmixError("paired bootstrap: no seed with paired examples")
     rng = np.random.default_rng(seed)
     n_seeds = len(groups)
-    chosen = rng.integers(0, n_seeds, size=(resamples, n_seeds)) if n_seeds > 1 else np.zeros((resamples, 1), int)
+    chosen = (
+        rng.integers(0, n_seeds, size=(resamples, n_seeds)) if n_seeds > 1 else np.zeros((resamples, 1), int)
+    )
     replicate_means = np.empty(chosen.shape)
     for s, values in enumerate(groups):
         where = chosen == s
@@ -133,10 +145,17 @@ def paired_bootstrap(differences_by_seed, level: float = LEVEL, resamples: int =
     replicates = replicate_means.mean(axis=1)
     low, high = np.percentile(replicates, [50 * (1 - level), 50 * (1 + level)])
     value = float(np.mean([g.mean() for g in groups]))
-    n_examples = groups[0].size if len({g.size for g in groups}) == 1 else None   # per seed
+    n_examples = groups[0].size if len({g.size for g in groups}) == 1 else None  # per seed
     how = "examples" if n_seeds == 1 else f"{n_seeds} seeds, then examples"
-    return Estimate(value, float(low), float(high),
-                    f"paired bootstrap over {how} ({resamples:,} resamples, percentile)", n_seeds, n_examples, level)
+    return Estimate(
+        value,
+        float(low),
+        float(high),
+        f"paired bootstrap over {how} ({resamples:,} resamples, percentile)",
+        n_seeds,
+        n_examples,
+        level,
+    )
 
 
 def mcnemar_exact(first_correct, second_correct) -> McNemar:
@@ -144,14 +163,18 @@ def mcnemar_exact(first_correct, second_correct) -> McNemar:
     a = np.asarray(first_correct, dtype=bool).ravel()
     b = np.asarray(second_correct, dtype=bool).ravel()
     if a.size != b.size:
-        raise SpatialmixError(f"McNemar's test needs the same examples for both models, got {a.size} and {b.size}")
+        raise SpatialmixError(
+            f"McNemar's test needs the same examples for both models, got {a.size} and {b.size}"
+        )
     first_only, second_only = int((a & ~b).sum()), int((~a & b).sum())
     discordant = first_only + second_only
     p = 1.0 if discordant == 0 else float(stats.binomtest(first_only, discordant, 0.5).pvalue)
     return McNemar(first_only, second_only, int(a.size), p)
 
 
-def ols_slope(x, y, level: float = LEVEL, n_seeds: int | None = None, n_examples: int | None = None) -> Estimate:
+def ols_slope(
+    x, y, level: float = LEVEL, n_seeds: int | None = None, n_examples: int | None = None
+) -> Estimate:
     """The least-squares slope of ``y`` on ``x`` with its t-interval (``df = n - 2``).
 
     Needs at least two distinct ``x``; with only two points the line fits exactly and the
@@ -174,5 +197,12 @@ def ols_slope(x, y, level: float = LEVEL, n_seeds: int | None = None, n_examples
     residuals = y - y.mean() - slope * dx
     stderr = math.sqrt(float(residuals @ residuals) / (n - 2) / sxx)
     half = float(stats.t.ppf(0.5 + level / 2, n - 2)) * stderr
-    return Estimate(slope, slope - half, slope + half, f"OLS slope over {n} points, t-interval (df={n - 2})",
-                    seeds, n_examples, level)
+    return Estimate(
+        slope,
+        slope - half,
+        slope + half,
+        f"OLS slope over {n} points, t-interval (df={n - 2})",
+        seeds,
+        n_examples,
+        level,
+    )

@@ -10,12 +10,15 @@ Each line gives the effect, its 95% interval, the seeds and examples behind it, 
 
 | claim | the paper says | effect measured | supports when the interval is |
 |---|---|---|---|
-| 1a | Chans reaches nearly Full's accuracy | Chans - Full clean test accuracy | above -1 point (the margin of "nearly the same") |
+| 1a | Chans reaches nearly Full's accuracy | Chans - Full clean test accuracy | above -1 point (the margin
+of "nearly the same") |
 | 1b | Space is clearly worse than Full | Space - Full clean test accuracy | below 0 |
 | 2a | Chans is more robust than Full (per eps > 0) | Chans - Full robust accuracy | above 0 |
-| 2b | smoothing Chans's frozen filters adds robustness (per eps > 0) | slope of Chans robust accuracy against the smoothing sigma | above 0 |
+| 2b | smoothing Chans's frozen filters adds robustness (per eps > 0) | slope of Chans robust accuracy
+against the smoothing sigma | above 0 |
 | 3a | Chans un-shuffles as well as Full | Chans - Full un-shuffling test PSNR | above -1 dB |
-| 3b | Chans recovers nearly all Full recovers | (Chans - floor) / (Full - floor) PSNR, floor = the scrambled input | above 0.9 |
+| 3b | Chans recovers nearly all Full recovers | (Chans - floor) / (Full - floor) PSNR, floor = the scrambled
+input | above 0.9 |
 
 "contradicts" is the mirror image: the whole interval below -1 point (1a), above 0 (1b), below 0
 (2a, 2b), below -1 dB (3a), below 0.9 (3b).
@@ -30,6 +33,7 @@ t-interval (undefined with one seed). The slope (2b) is ordinary least squares o
 within one setting: runs that differ in anything but mode and seed (and the smoothing sigma for
 2b) are never compared with each other.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,21 +41,42 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from spatialmix.io import runs
 # The claims, the rule and the verdicts of plain data live in .claims; this module is their public face.
-from spatialmix.analysis.claims import (CLAIMS, NOT_RUN, TEST_EXAMPLES, Verdict, claim_verdicts, finite_number, format_value,
-                     mode_name, parse_bits, rule_text)
-from spatialmix.ui.display import ResultTable
+from spatialmix.analysis.claims import (
+    CLAIMS,
+    NOT_RUN,
+    TEST_EXAMPLES,
+    Verdict,
+    claim_verdicts,
+    finite_number,
+    format_value,
+    mode_name,
+    parse_bits,
+    rule_text,
+)
 from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs
 from spatialmix.io.runs import find_runs
+from spatialmix.ui.display import ResultTable
 
 ROBUSTNESS_FILE = "robustness.json"
 UNSHUFFLE_FILE = "unshuffle.json"
 # Settings that do not change what a run computes: runs differing only in these are one setting.
-NOT_A_SETTING = {"mode", "seed", "device", "data_dir", "download", "progress", "workers", "threads", "channels_last"}
+NOT_A_SETTING = {
+    "mode",
+    "seed",
+    "device",
+    "data_dir",
+    "download",
+    "progress",
+    "workers",
+    "threads",
+    "channels_last",
+}
 
 
 # --------------------------------------------------------------------------- the table
+
 
 def _interval(v: Verdict) -> str:
     est = v.estimate
@@ -65,29 +90,50 @@ def _interval(v: Verdict) -> str:
     return f"[{low.partition(' ')[0]}, {high.partition(' ')[0]}]" + (f" {suffix}" if suffix else "")
 
 
-def verdict_table(verdicts: list[Verdict], title: str = "Verdicts: each claim of the paper against the data") \
-        -> ResultTable:
+def verdict_table(
+    verdicts: list[Verdict], title: str = "Verdicts: each claim of the paper against the data"
+) -> ResultTable:
     """One row per verdict: claim, what the paper says, the effect, its 95% interval, seeds, examples,
     the word, and how the interval was made."""
     scoped = any(v.scope for v in verdicts)
-    columns = [("claim", "claim", "")] + ([("scope", "setting", "")] if scoped else []) + [
-        ("paper", "the paper says", ""), ("effect", "effect measured", ""), ("estimate", "estimate", ""),
-        ("interval", "95% interval", ""), ("seeds", "seeds", ""), ("examples", "examples", ""),
-        ("rule", "supports if interval", ""), ("verdict", "verdict", ""), ("how", "how", "")]
+    columns = (
+        [("claim", "claim", "")]
+        + ([("scope", "setting", "")] if scoped else [])
+        + [
+            ("paper", "the paper says", ""),
+            ("effect", "effect measured", ""),
+            ("estimate", "estimate", ""),
+            ("interval", "95% interval", ""),
+            ("seeds", "seeds", ""),
+            ("examples", "examples", ""),
+            ("rule", "supports if interval", ""),
+            ("verdict", "verdict", ""),
+            ("how", "how", ""),
+        ]
+    )
     table = ResultTable(title, columns)
     for v in verdicts:
         est = v.estimate
         known = est is not None and not math.isnan(est.value)
         how = "; ".join(x for x in ((est.method if est is not None else ""), v.details) if x)
-        table.add(claim=v.claim, scope=v.scope or "-", paper=v.paper, effect=v.effect,
-                  estimate=format_value(est.value, CLAIMS[v.claim].unit) if known else "-", interval=_interval(v),
-                  seeds=est.n_seeds if est is not None and est.n_seeds else "-",
-                  examples=f"{est.n_examples:,}" if est is not None and est.n_examples else "-",
-                  rule=rule_text(CLAIMS[v.claim]), verdict=v.verdict, how=how)
+        table.add(
+            claim=v.claim,
+            scope=v.scope or "-",
+            paper=v.paper,
+            effect=v.effect,
+            estimate=format_value(est.value, CLAIMS[v.claim].unit) if known else "-",
+            interval=_interval(v),
+            seeds=est.n_seeds if est is not None and est.n_seeds else "-",
+            examples=f"{est.n_examples:,}" if est is not None and est.n_examples else "-",
+            rule=rule_text(CLAIMS[v.claim]),
+            verdict=v.verdict,
+            how=how,
+        )
     return table
 
 
 # --------------------------------------------------------------------------- reading a study folder
+
 
 def _read_json_or_none(path: Path):
     """An untrusted JSON file: None when absent, a clear error when corrupt."""
@@ -102,8 +148,10 @@ def _dict(value) -> dict:
 
 def reproduce_commands(out_dir: Path, preset: str | None = None) -> dict[str, str]:
     preset_flag = f" --preset {preset}" if preset and preset != "quick" else ""
-    return {study: f"spatialmix reproduce{preset_flag} --out {out_dir} --studies {study}"
-            for study in ("classification", "robustness", "smoothing", "unshuffle")}
+    return {
+        study: f"spatialmix reproduce{preset_flag} --out {out_dir} --studies {study}"
+        for study in ("classification", "robustness", "smoothing", "unshuffle")
+    }
 
 
 def _locate_run(out_dir: Path, saved: str) -> Path | None:
@@ -128,7 +176,7 @@ def robust_records(study_data: dict, out_dir: Path) -> list[dict]:
         run_dir = _locate_run(out_dir, saved.get("run", ""))
         try:
             result = _read_json_or_none(run_dir / ROBUSTNESS_FILE) if run_dir else None
-        except SpatialmixError:   # damaged: results.json's accuracies still give the seed-paired interval
+        except SpatialmixError:  # damaged: results.json's accuracies still give the seed-paired interval
             result = None
         record["robust_bits"] = _matching_bits(result, settings, _dict(saved.get("robust_acc")))
         if record["robust_bits"]:
@@ -162,13 +210,20 @@ def _with_run_files(summaries: dict, out_dir: Path) -> dict:
         completed[mode] = []
         for row in rows if isinstance(rows, list) else []:
             row = dict(row) if isinstance(row, dict) else {}
-            run_dir = out_dir / "classification" / f"{mode_name(mode)}-seed{row.get('seed')}"  # classification_run_dir
+            run_dir = (
+                out_dir / "classification" / f"{mode_name(mode)}-seed{row.get('seed')}"
+            )  # classification_run_dir
             if isinstance(row.get("seed"), int) and runs.is_run_dir(run_dir):
                 saved = _read_json_or_none(run_dir / runs.SUMMARY)
-                if "test_correct_bits" not in row and isinstance(saved, dict) and saved.get("test_acc") == row.get(
-                        "test_acc"):
+                if (
+                    "test_correct_bits" not in row
+                    and isinstance(saved, dict)
+                    and saved.get("test_acc") == row.get("test_acc")
+                ):
                     row["test_correct_bits"] = saved.get("test_correct_bits")
-                row.setdefault(TEST_EXAMPLES, _test_set_size(_dict(runs.read_json(run_dir / runs.CONFIG, "run"))))
+                row.setdefault(
+                    TEST_EXAMPLES, _test_set_size(_dict(runs.read_json(run_dir / runs.CONFIG, "run")))
+                )
             completed[mode].append(row)
     return completed
 
@@ -188,25 +243,34 @@ def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
     results = results if isinstance(results, dict) else {}
     studies = _dict(results.get("studies"))
     if not studies:
-
         found = find_runs(out_dir) if out_dir.is_dir() else []
-        if found:   # a `reproduce` folder is told what to run next; a sweep gets the generic commands
+        if found:  # a `reproduce` folder is told what to run next; a sweep gets the generic commands
             reproduce_like = (out_dir / "classification").is_dir()
-            return verdicts_for_runs(found, commands=reproduce_commands(out_dir, results.get("preset"))
-                                     if reproduce_like else None)
-    data = {name: _dict(_dict(studies.get(name)).get("data")) for name in ("classification", "robustness", "smoothing")}
+            return verdicts_for_runs(
+                found, commands=reproduce_commands(out_dir, results.get("preset")) if reproduce_like else None
+            )
+    data = {
+        name: _dict(_dict(studies.get(name)).get("data"))
+        for name in ("classification", "robustness", "smoothing")
+    }
     classification = data["classification"].get("runs")
-    robustness, smoothing = (robust_records(data[n], out_dir) if data[n].get("runs") else None
-                             for n in ("robustness", "smoothing"))
+    robustness, smoothing = (
+        robust_records(data[n], out_dir) if data[n].get("runs") else None for n in ("robustness", "smoothing")
+    )
     unshuffle = _read_json_or_none(out_dir / "unshuffle" / UNSHUFFLE_FILE)
     examples = _dict(data["smoothing"].get("settings")).get("n_examples")
-    return claim_verdicts(_with_run_files(classification, out_dir) if isinstance(classification, dict) else None,
-                          robustness, smoothing, unshuffle if isinstance(unshuffle, dict) else None,
-                          commands=reproduce_commands(out_dir, results.get("preset")),
-                          robust_examples=examples if isinstance(examples, int) else None)
+    return claim_verdicts(
+        _with_run_files(classification, out_dir) if isinstance(classification, dict) else None,
+        robustness,
+        smoothing,
+        unshuffle if isinstance(unshuffle, dict) else None,
+        commands=reproduce_commands(out_dir, results.get("preset")),
+        robust_examples=examples if isinstance(examples, int) else None,
+    )
 
 
 # --------------------------------------------------------------------------- reading run folders
+
 
 @dataclass
 class _Run:
@@ -226,8 +290,13 @@ def _read_run(path: Path) -> _Run | None:
     record = _dict(runs.read_json(path / runs.CONFIG, "run"))
     robustness = _read_json_or_none(path / ROBUSTNESS_FILE)
     summary = {TEST_EXAMPLES: _test_set_size(record), **summary}
-    return _Run(path, _dict(record.get("train")), _dict(record.get("task")), summary,
-                robustness if isinstance(robustness, dict) else None)
+    return _Run(
+        path,
+        _dict(record.get("train")),
+        _dict(record.get("task")),
+        summary,
+        robustness if isinstance(robustness, dict) else None,
+    )
 
 
 def _setting(run: _Run, also_ignore: tuple[str, ...] = ()) -> str:
@@ -238,7 +307,11 @@ def _setting(run: _Run, also_ignore: tuple[str, ...] = ()) -> str:
 def _scope_names(keys: list[str]) -> dict[str, str]:
     """Name each setting by the training fields whose values differ between the settings."""
     decoded = [json.loads(k)["train"] for k in keys]
-    differ = [f for f in dict.fromkeys(f for d in decoded for f in d) if len({json.dumps(d.get(f)) for d in decoded}) > 1]
+    differ = [
+        f
+        for f in dict.fromkeys(f for d in decoded for f in d)
+        if len({json.dumps(d.get(f)) for d in decoded}) > 1
+    ]
     return {k: ", ".join(f"{f}={d.get(f)}" for f in differ) for k, d in zip(keys, decoded)}
 
 
@@ -246,12 +319,23 @@ def _run_robust_record(run: _Run) -> dict | None:
     budgets = [b for b in (run.robustness or {}).get("budgets") or [] if isinstance(b, dict)]
     if not budgets:
         return None
-    return {"mode": run.train.get("mode"), "seed": run.train.get("seed"), "smooth_sigma": run.train.get("smooth_sigma"),
-            "robust_acc": {b.get("eps_label"): b.get("robust_acc") for b in budgets},
-            "robust_bits": {b.get("eps_label"): b.get("robust_bits") for b in budgets},
-            "examples_sha256": run.robustness.get("examples_sha256"), "n_examples": run.robustness.get("n_examples"),
-            "attack": json.dumps([{k: v for k, v in _dict(run.robustness.get("settings")).items() if k != "device"},
-                                  run.robustness.get("examples_sha256")], sort_keys=True, default=str)}
+    return {
+        "mode": run.train.get("mode"),
+        "seed": run.train.get("seed"),
+        "smooth_sigma": run.train.get("smooth_sigma"),
+        "robust_acc": {b.get("eps_label"): b.get("robust_acc") for b in budgets},
+        "robust_bits": {b.get("eps_label"): b.get("robust_bits") for b in budgets},
+        "examples_sha256": run.robustness.get("examples_sha256"),
+        "n_examples": run.robustness.get("n_examples"),
+        "attack": json.dumps(
+            [
+                {k: v for k, v in _dict(run.robustness.get("settings")).items() if k != "device"},
+                run.robustness.get("examples_sha256"),
+            ],
+            sort_keys=True,
+            default=str,
+        ),
+    }
 
 
 def _same_attack(records: list[dict]) -> list[dict]:
@@ -310,27 +394,41 @@ def verdicts_for_runs(run_dirs, commands: dict[str, str] | None = None) -> list[
     out += _named([(key, _sigma_verdicts(members)) for key, members in sigma_groups.items()])
     if not out:
         return []
-    commands = commands or {"classification": "train Full, Chans and Space runs of one setting with the same seeds",
-                            "robustness": "spatialmix attack RUN_DIR ... (the Full and Chans runs)",
-                            "smoothing": "train Chans runs at several --smooth-sigma values, then spatialmix attack them",
-                            "unshuffle": "spatialmix unshuffle"}
+    commands = commands or {
+        "classification": "train Full, Chans and Space runs of one setting with the same seeds",
+        "robustness": "spatialmix attack RUN_DIR ... (the Full and Chans runs)",
+        "smoothing": "train Chans runs at several --smooth-sigma values, then spatialmix attack them",
+        "unshuffle": "spatialmix unshuffle",
+    }
     present = {v.claim for v in out}
-    missing = [Verdict(c.id, c.effect, None, NOT_RUN, "", f"run `{commands[c.studies]}`")
-               for c in CLAIMS.values() if c.id not in present and c.studies in commands]
+    missing = [
+        Verdict(c.id, c.effect, None, NOT_RUN, "", f"run `{commands[c.studies]}`")
+        for c in CLAIMS.values()
+        if c.id not in present and c.studies in commands
+    ]
     order = list(CLAIMS)
     return sorted(out + missing, key=lambda v: order.index(v.claim))
 
 
 # --------------------------------------------------------------------------- the step of `reproduce`
 
+
 def verdict_record(verdict: Verdict) -> dict:
     """A verdict as strict JSON (no NaN): what results.json keeps."""
     est = verdict.estimate
     value = None if est is None or math.isnan(est.value) else est.value
-    return {"claim": verdict.claim, "paper": verdict.paper, "effect": verdict.effect, "scope": verdict.scope,
-            "verdict": verdict.verdict, "rule": rule_text(CLAIMS[verdict.claim]), "estimate": value,
-            "low": est.low if est else None, "high": est.high if est else None,
-            "method": est.method if est else None, "seeds": est.n_seeds if est else None,
-            "examples": est.n_examples if est else None, "details": verdict.details}
-
-
+    return {
+        "claim": verdict.claim,
+        "paper": verdict.paper,
+        "effect": verdict.effect,
+        "scope": verdict.scope,
+        "verdict": verdict.verdict,
+        "rule": rule_text(CLAIMS[verdict.claim]),
+        "estimate": value,
+        "low": est.low if est else None,
+        "high": est.high if est else None,
+        "method": est.method if est else None,
+        "seeds": est.n_seeds if est else None,
+        "examples": est.n_examples if est else None,
+        "details": verdict.details,
+    }

@@ -4,12 +4,13 @@ Each dataclass holds what one command adds to the library's own settings (where 
 which runs to read, ...); the command line generates its options from them
 (:mod:`spatialmix.cli_options`). Imports nothing heavy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spatialmix.options import option, option_like
 from spatialmix.engine.config import TrainConfig
+from spatialmix.options import option, option_like
 
 THREADS_HELP = "torch threads of this process (default: torch's own, one per physical core)"
 
@@ -31,10 +32,13 @@ class TrainCommand:
     """``spatialmix train``: the TrainConfig options, and these."""
 
     out: str | None = option(None, "run directory (default: runs/DATASET-MODEL-MODE-seedS)")
-    resume: bool = option(False, "continue the run in --out with its saved config from its newest complete "
-                                 "checkpoint (or start it if nothing was saved); options given with it must match, "
-                                 "except --epochs (to extend), --device, --progress, --workers, and --lr/--amp after "
-                                 "a divergence")
+    resume: bool = option(
+        False,
+        "continue the run in --out with its saved config from its newest complete "
+        "checkpoint (or start it if nothing was saved); options given with it must match, "
+        "except --epochs (to extend), --device, --progress, --workers, and --lr/--amp after "
+        "a divergence",
+    )
 
 
 # TrainConfig fields the studies set per run: not options of `spatialmix reproduce`.
@@ -43,16 +47,24 @@ REPRODUCE_SKIP = ("mode", "seed", "threads")
 
 @dataclass(frozen=True)
 class ReproduceSettings:
-    """``spatialmix reproduce``: the arguments of :func:`spatialmix.study.reproduce` but the training overrides."""
+    """``spatialmix reproduce``: the arguments of :func:`spatialmix.study.reproduce` but the training
+    overrides."""
 
     preset: str = option("quick", "quick (Fashion-MNIST, CPU minutes) or paper (CIFAR-10, GPU)")
     out: str = option("runs/reproduce", "study folder")
-    seeds: tuple[int, ...] | None = option(None, "seeds to repeat each run with (mean and std; default: the "
-                                                 "preset's)")
-    studies: tuple[str, ...] | None = option(None, "comma-separated subset of the studies to run (default: every "
-                                                   "one but those run on request)", parse=_comma_list)
-    processes: int | None = option(None, "independent trainings and attack evaluations run side by side in this "
-                                         "many processes (default: one per available core)")
+    seeds: tuple[int, ...] | None = option(
+        None, "seeds to repeat each run with (mean and std; default: the preset's)"
+    )
+    studies: tuple[str, ...] | None = option(
+        None,
+        "comma-separated subset of the studies to run (default: every one but those run on request)",
+        parse=_comma_list,
+    )
+    processes: int | None = option(
+        None,
+        "independent trainings and attack evaluations run side by side in this "
+        "many processes (default: one per available core)",
+    )
     threads: int | None = _threads("torch threads of each process (default: 1 when side by side)")
 
 
@@ -60,12 +72,18 @@ class ReproduceSettings:
 class ModelQuery:
     """``spatialmix models [NAME]``: which model to build and describe."""
 
-    name: str | None = option(None, "a model name (also timm:NAME, torchvision:NAME); none: list the names",
-                              positional=True, nargs="?")
+    name: str | None = option(
+        None,
+        "a model name (also timm:NAME, torchvision:NAME); none: list the names",
+        positional=True,
+        nargs="?",
+    )
     in_chans: int = option(3, "input channels")
     num_classes: int = option(10, "classes")
     image_size: int = option(32, "image size in pixels")
-    patch_size: int | None = option(None, "patch size / stem stride (timm models that take one, and convmixer)")
+    patch_size: int | None = option(
+        None, "patch size / stem stride (timm models that take one, and convmixer)"
+    )
     spatial_pattern: str | None = option_like(TrainConfig, "spatial_pattern")
     channel_pattern: str | None = option_like(TrainConfig, "channel_pattern")
 
@@ -74,14 +92,22 @@ class ModelQuery:
 class AttackOutput:
     """``spatialmix attack RUN_DIR ...``: which runs, where their test set is, where the results go."""
 
-    run_dirs: tuple[str, ...] = option((), "run directories (spatialmix train / reproduce)", positional=True,
-                                       nargs="+", metavar="RUN_DIR")
-    data_dir: str | None = option(None, "folder holding the test set (default: $SPATIALMIX_DATA, the OS package, "
-                                        "the download cache; never the run's own config)")
+    run_dirs: tuple[str, ...] = option(
+        (), "run directories (spatialmix train / reproduce)", positional=True, nargs="+", metavar="RUN_DIR"
+    )
+    data_dir: str | None = option(
+        None,
+        "folder holding the test set (default: $SPATIALMIX_DATA, the OS package, "
+        "the download cache; never the run's own config)",
+    )
     out_name: str = option("robustness", "results go to RUN_DIR/OUT_NAME.json and the plot to OUT_NAME.png")
-    plot: str | None = option("auto", "where to draw robust accuracy vs eps (default: OUT_NAME.png in the run "
-                                      "directory, or in the runs' common parent folder); 'none' to skip",
-                              parse=_none_or_path, metavar="PATH")
+    plot: str | None = option(
+        "auto",
+        "where to draw robust accuracy vs eps (default: OUT_NAME.png in the run "
+        "directory, or in the runs' common parent folder); 'none' to skip",
+        parse=_none_or_path,
+        metavar="PATH",
+    )
     progress: bool = option(True, "progress bar")
     threads: int | None = _threads()
 
@@ -90,9 +116,17 @@ class AttackOutput:
 class ReportSettings:
     """``spatialmix report PATH ... -o report.html``."""
 
-    paths: tuple[str, ...] = option((), "run directories (spatialmix train) and study folders (spatialmix reproduce)",
-                                    positional=True, nargs="+", metavar="RUN_DIR_OR_STUDY_DIR")
-    out: str = option("report.html", "the HTML file to write; the Markdown tables go beside it as .md",
-                      flags=("-o", "--out"))
+    paths: tuple[str, ...] = option(
+        (),
+        "run directories (spatialmix train) and study folders (spatialmix reproduce)",
+        positional=True,
+        nargs="+",
+        metavar="RUN_DIR_OR_STUDY_DIR",
+    )
+    out: str = option(
+        "report.html",
+        "the HTML file to write; the Markdown tables go beside it as .md",
+        flags=("-o", "--out"),
+    )
     fft_size: int = option(32, "zero-pad each spatial filter to this size before its DFT")
     threads: int | None = _threads()

@@ -7,6 +7,7 @@ draw depthwise filters from the priors of :mod:`spatialmix.priors`. Smoothing (`
 blurs each k x k filter, or each token-mixing row over the patch grid, keeping its L2 norm (see
 :mod:`spatialmix.mixing`'s docstring).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from spatialmix.core.priors import ClosedFormPrior, EmpiricalPrior
-from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.core.token_mixers import TokenProbe
+from spatialmix.errors import SpatialmixError, unknown_name
 
 INITS = ("default", "gaussian", "uniform", "covariance", "covariance-from")
+
 
 @dataclass(frozen=True)
 class InitSpec:
@@ -40,7 +42,7 @@ class InitSpec:
     name: str = "default"
     std: float = 0.1
     smooth_sigma: float = 0.0
-    source: str | None = None   # covariance-from: the run directory whose filters are the prior
+    source: str | None = None  # covariance-from: the run directory whose filters are the prior
     # covariance-from: the prior fitted to ``source`` (spatialmix.engine.init_source.empirical_prior)
     prior: EmpiricalPrior | None = field(default=None, compare=False, repr=False)
 
@@ -48,8 +50,10 @@ class InitSpec:
         if self.name not in INITS:
             raise unknown_name("init", self.name, INITS)
         if (self.name == "covariance-from") != (self.source is not None):
-            raise SpatialmixError("--spatial-init covariance-from needs --init-from RUN_DIR (a trained Full run), "
-                                  "and --init-from goes only with covariance-from")
+            raise SpatialmixError(
+                "--spatial-init covariance-from needs --init-from RUN_DIR (a trained Full run), "
+                "and --init-from goes only with covariance-from"
+            )
         if not (self.std > 0 and math.isfinite(self.std)):
             raise SpatialmixError(f"init std must be a positive number, got {self.std}")
         if not (self.smooth_sigma >= 0 and math.isfinite(self.smooth_sigma)):
@@ -59,7 +63,7 @@ class InitSpec:
 def gaussian_kernel(sigma: float, size: int) -> torch.Tensor:
     """A normalized 2-D Gaussian of the given sigma, ``size`` x ``size`` (size odd)."""
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-coords**2 / (2 * sigma**2))
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
     kernel = g[:, None] * g[None, :]
     return kernel / kernel.sum()
 
@@ -77,7 +81,9 @@ def smooth_filters(weight: torch.Tensor, sigma: float) -> torch.Tensor:
     blur = gaussian_kernel(sigma, size)[None, None]
     w = weight.to(torch.float64).reshape(out_ch * in_ch, 1, kh, kw)
     smoothed = F.conv2d(w, blur, padding=size // 2)
-    smoothed = smoothed[..., (smoothed.shape[-2] - kh) // 2:][..., :kh, (smoothed.shape[-1] - kw) // 2:][..., :kw]
+    smoothed = smoothed[..., (smoothed.shape[-2] - kh) // 2 :][..., :kh, (smoothed.shape[-1] - kw) // 2 :][
+        ..., :kw
+    ]
     norm_before = w.flatten(1).norm(dim=1).clamp_min(1e-12)
     norm_after = smoothed.flatten(1).norm(dim=1).clamp_min(1e-12)
     smoothed = smoothed * (norm_before / norm_after)[:, None, None, None]
@@ -102,20 +108,29 @@ def smooth_token_mixer(weight: torch.Tensor, sigma: float, grid: tuple[int, int]
     return maps if axis == "in" else maps.T
 
 
-def _smooth(name: str, module: nn.Module, new: torch.Tensor, sigma: float, probe: TokenProbe | None) -> torch.Tensor:
+def _smooth(
+    name: str, module: nn.Module, new: torch.Tensor, sigma: float, probe: TokenProbe | None
+) -> torch.Tensor:
     if new.dim() == 4:
         return smooth_filters(new, sigma)
     axis = probe.token_axis.get(name) if probe is not None else None
-    if axis is None or probe.grid is None or new.shape[1 if axis == "in" else 0] != probe.grid[0] * probe.grid[1]:
-        raise SpatialmixError(f"cannot smooth spatial layer {name!r} (weight {tuple(new.shape)}): smoothing is "
-                              f"defined for depthwise k x k filters and for token-mixing layers over a known patch "
-                              f"grid; use --smooth-sigma 0 for this model")
+    if (
+        axis is None
+        or probe.grid is None
+        or new.shape[1 if axis == "in" else 0] != probe.grid[0] * probe.grid[1]
+    ):
+        raise SpatialmixError(
+            f"cannot smooth spatial layer {name!r} (weight {tuple(new.shape)}): smoothing is "
+            f"defined for depthwise k x k filters and for token-mixing layers over a known patch "
+            f"grid; use --smooth-sigma 0 for this model"
+        )
     return smooth_token_mixer(new, sigma, probe.grid, axis)
 
 
 @torch.no_grad()
-def initialize_layers(layers: list[tuple[str, nn.Module]], spec: InitSpec, seed: int,
-                      probe: TokenProbe | None = None) -> None:
+def initialize_layers(
+    layers: list[tuple[str, nn.Module]], spec: InitSpec, seed: int, probe: TokenProbe | None = None
+) -> None:
     """Draw new weights (and biases) for ``layers`` from ``spec``, reproducibly from ``seed``.
 
     Each layer gets its own generator seeded from (seed, layer name), so the filters of a layer
@@ -138,8 +153,11 @@ def initialize_layers(layers: list[tuple[str, nn.Module]], spec: InitSpec, seed:
         bias = getattr(module, "bias", None)
         if bias is not None:
             bound = 1.0 / math.sqrt(fan_in)
-            bias.copy_(((torch.rand(bias.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound)
-                       .to(bias.dtype))
+            bias.copy_(
+                ((torch.rand(bias.shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound).to(
+                    bias.dtype
+                )
+            )
 
 
 def _covariance_prior(spec: InitSpec, layers):
@@ -147,8 +165,10 @@ def _covariance_prior(spec: InitSpec, layers):
         return ClosedFormPrior()
     if spec.name == "covariance-from":
         if spec.prior is None:
-            raise SpatialmixError(f"InitSpec('covariance-from', source={spec.source!r}) needs the fitted prior of its "
-                                  f"run: pass prior=sm.empirical_prior({spec.source!r})")
+            raise SpatialmixError(
+                f"InitSpec('covariance-from', source={spec.source!r}) needs the fitted prior of its "
+                f"run: pass prior=sm.empirical_prior({spec.source!r})"
+            )
         return spec.prior
     return None
 

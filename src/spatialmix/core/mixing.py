@@ -28,21 +28,22 @@ Frozen tensors get ``requires_grad=False``; :func:`trainable_parameters` and the
 by :mod:`spatialmix.train` only ever see trainable ones, so frozen tensors receive no gradient, no
 optimizer state and no weight decay, and :func:`frozen_fingerprint` proves they did not move.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 import torch
 from torch import nn
 
-from spatialmix.errors import SpatialmixError, unknown_name
 # (the inits live in their own module; their names stay importable from here)
-from spatialmix.core.inits import (InitSpec, initialize_layers)
+from spatialmix.core.inits import InitSpec, initialize_layers
 from spatialmix.core.token_mixers import probe_token_mixers
+from spatialmix.errors import SpatialmixError, unknown_name
 
 MODES = ("full", "chans", "space")
 
@@ -55,8 +56,12 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 def is_spatial_mixer(module: nn.Module) -> bool:
     """A depthwise conv: one (or a few) k x k filters per input channel, k > 1 (token mixers: see
     :func:`classify_layers`)."""
-    return (isinstance(module, nn.Conv2d) and module.in_channels > 1
-            and module.groups == module.in_channels and max(module.kernel_size) > 1)
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.in_channels > 1
+        and module.groups == module.in_channels
+        and max(module.kernel_size) > 1
+    )
 
 
 def is_channel_mixer(module: nn.Module, head: nn.Module | None = None) -> bool:
@@ -73,7 +78,8 @@ def is_channel_mixer(module: nn.Module, head: nn.Module | None = None) -> bool:
 
 
 def find_head(model: nn.Module) -> nn.Module | None:
-    """The classifier: ``model.head`` / ``get_classifier()`` / ``fc`` / ``classifier``, else the last Linear."""
+    """The classifier: ``model.head`` / ``get_classifier()`` / ``fc`` / ``classifier``, else the last
+    Linear."""
     if hasattr(model, "get_classifier"):
         head = model.get_classifier()
         if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
@@ -90,7 +96,7 @@ def find_head(model: nn.Module) -> nn.Module | None:
 
 # --------------------------------------------------------------------------- user overrides
 
-Matcher = Union[str, tuple, list, Callable[[str, nn.Module], bool], None]
+Matcher = str | tuple | list | Callable[[str, nn.Module], bool] | None
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ class LayerSelector:
     channel: Matcher = None
 
     @staticmethod
-    def of(spatial: Matcher = None, channel: Matcher = None) -> "LayerSelector | None":
+    def of(spatial: Matcher = None, channel: Matcher = None) -> LayerSelector | None:
         spatial, channel = _normalize(spatial), _normalize(channel)
         return None if spatial is None and channel is None else LayerSelector(spatial, channel)
 
@@ -148,17 +154,26 @@ def _selected(model: nn.Module, selector: LayerSelector | None, head) -> dict[st
     for name, module in model.named_modules():
         if module is head or not _filter_layer(module):
             continue
-        spatial, channel = selector.matches("spatial", name, module), selector.matches("channel", name, module)
+        spatial, channel = (
+            selector.matches("spatial", name, module),
+            selector.matches("channel", name, module),
+        )
         if spatial and channel:
-            raise SpatialmixError(f"layer {name!r} matches both --spatial-pattern {selector.describe('spatial')!r} "
-                                  f"and --channel-pattern {selector.describe('channel')!r}; make the patterns disjoint")
+            raise SpatialmixError(
+                f"layer {name!r} matches both --spatial-pattern {selector.describe('spatial')!r} "
+                f"and --channel-pattern {selector.describe('channel')!r}; make the patterns disjoint"
+            )
         if spatial or channel:
             chosen[name] = SPATIAL if spatial else CHANNEL
     for side, kind in (("spatial", SPATIAL), ("channel", CHANNEL)):
         if getattr(selector, side) is not None and kind not in chosen.values():
-            examples = ", ".join([n for n, m in model.named_modules() if _filter_layer(m) and m is not head][:4])
-            raise SpatialmixError(f"--{side}-pattern {selector.describe(side)!r} matches no layer with filters; "
-                                  f"layer names look like: {examples}")
+            examples = ", ".join(
+                [n for n, m in model.named_modules() if _filter_layer(m) and m is not head][:4]
+            )
+            raise SpatialmixError(
+                f"--{side}-pattern {selector.describe(side)!r} matches no layer with filters; "
+                f"layer names look like: {examples}"
+            )
     return chosen
 
 
@@ -182,9 +197,11 @@ def classify_layers(model: nn.Module, selector: LayerSelector | None = None) -> 
     if unplaced:
         grid = f"{probe.grid[0]} x {probe.grid[1]}" if probe.grid else "?"
         raise SpatialmixError(
-            f"cannot tell whether {unplaced[0]!r} (and {len(unplaced) - 1} other linear layers) mix tokens or "
+            f"cannot tell whether {unplaced[0]!r} (and {len(unplaced) - 1} other linear layers) mix tokens "
+            "or "
             f"channels: the model's width equals its token count ({grid} patches); declare them with "
-            f"--spatial-pattern / --channel-pattern (e.g. --spatial-pattern 'blocks.*.token_mixer')")
+            f"--spatial-pattern / --channel-pattern (e.g. --spatial-pattern 'blocks.*.token_mixer')"
+        )
     kinds = {}
     for name, module in model.named_modules():
         if not any(True for _ in module.parameters(recurse=False)):
@@ -206,7 +223,9 @@ def classify_layers(model: nn.Module, selector: LayerSelector | None = None) -> 
     return kinds
 
 
-def layers_of_kind(model: nn.Module, kind: str, selector: LayerSelector | None = None) -> list[tuple[str, nn.Module]]:
+def layers_of_kind(
+    model: nn.Module, kind: str, selector: LayerSelector | None = None
+) -> list[tuple[str, nn.Module]]:
     kinds = classify_layers(model, selector)
     modules = dict(model.named_modules())
     return [(name, modules[name]) for name, k in kinds.items() if k == kind]
@@ -214,15 +233,23 @@ def layers_of_kind(model: nn.Module, kind: str, selector: LayerSelector | None =
 
 # --------------------------------------------------------------------------- modes
 
+
 def frozen_kind(mode: str) -> str | None:
     if mode not in MODES:
         raise unknown_name("mode", mode, MODES)
     return _FROZEN_KIND[mode]
 
 
-def apply_mixing(model: nn.Module, mode: str, spatial_init: InitSpec | None = InitSpec(),
-                 channel_init: InitSpec | None = None, seed: int = 0, *, spatial: Matcher = None,
-                 channel: Matcher = None) -> nn.Module:
+def apply_mixing(
+    model: nn.Module,
+    mode: str,
+    spatial_init: InitSpec | None = InitSpec(),
+    channel_init: InitSpec | None = None,
+    seed: int = 0,
+    *,
+    spatial: Matcher = None,
+    channel: Matcher = None,
+) -> nn.Module:
     """Initialize the mixers explicitly and freeze the kind that ``mode`` says, in place.
 
     The spatial mixers are (re)drawn from ``spatial_init`` in every mode, so that Full and Chans
@@ -236,7 +263,7 @@ def apply_mixing(model: nn.Module, mode: str, spatial_init: InitSpec | None = In
     """
     kind_to_freeze = frozen_kind(mode)
     selector = LayerSelector.of(spatial, channel)
-    kinds = classify_layers(model, selector)   # validates the selector before anything changes
+    kinds = classify_layers(model, selector)  # validates the selector before anything changes
     model.spatialmix_selector = selector
     modules = dict(model.named_modules())
     spatial = [(n, modules[n]) for n, k in kinds.items() if k == SPATIAL]
@@ -245,8 +272,10 @@ def apply_mixing(model: nn.Module, mode: str, spatial_init: InitSpec | None = In
         initialize_layers(spatial, spatial_init, seed, probe_token_mixers(model, find_head(model)))
     if channel_init is not None:
         if channel_init.name.startswith("covariance"):
-            raise SpatialmixError(f"--channel-init {channel_init.name} is for spatial mixers (depthwise k x k "
-                                  f"filters); use default, gaussian or uniform for the channel mixers")
+            raise SpatialmixError(
+                f"--channel-init {channel_init.name} is for spatial mixers (depthwise k x k "
+                f"filters); use default, gaussian or uniform for the channel mixers"
+            )
         initialize_layers(channel, channel_init, seed + 1)
     if kind_to_freeze is None:
         return model
@@ -255,8 +284,10 @@ def apply_mixing(model: nn.Module, mode: str, spatial_init: InitSpec | None = In
         what = "depthwise (spatial-mixing)" if kind_to_freeze == SPATIAL else "pointwise (channel-mixing)"
         raise SpatialmixError(
             f"mode {mode!r} freezes the {what} convolutions, but this model has none; "
-            f"use --mode full, a separable model (e.g. resnet18-sep, convmixer, mlpmixer) or declare its mixers "
-            f"with --spatial-pattern / --channel-pattern")
+            "use --mode full, a separable model (e.g. resnet18-sep, convmixer, mlpmixer) or declare its "
+            "mixers "
+            f"with --spatial-pattern / --channel-pattern"
+        )
     for _, module in targets:
         for p in module.parameters(recurse=False):
             p.requires_grad_(False)
@@ -299,7 +330,9 @@ class MixingSummary:
         lines = [f"{'kind':<10} {'layers':>6} {'trainable':>12} {'frozen':>12}"]
         for r in self.rows:
             lines.append(f"{r['kind']:<10} {r['layers']:>6} {r['trainable']:>12,} {r['frozen']:>12,}")
-        lines.append(f"{'total':<10} {sum(r['layers'] for r in self.rows):>6} {self.trainable:>12,} {self.frozen:>12,}")
+        lines.append(
+            f"{'total':<10} {sum(r['layers'] for r in self.rows):>6} {self.trainable:>12,} {self.frozen:>12,}"
+        )
         return "\n".join(lines)
 
 
@@ -312,7 +345,9 @@ def summarize(model: nn.Module, selector: LayerSelector | None = None) -> Mixing
         layers[kind] += 1
         for p in modules[name].parameters(recurse=False):
             (trainable if p.requires_grad else frozen)[kind] += p.numel()
-    rows = [dict(kind=k, layers=layers[k], trainable=trainable[k], frozen=frozen[k]) for k in KINDS if layers[k]]
+    rows = [
+        dict(kind=k, layers=layers[k], trainable=trainable[k], frozen=frozen[k]) for k in KINDS if layers[k]
+    ]
     return MixingSummary(rows)
 
 

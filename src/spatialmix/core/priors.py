@@ -31,6 +31,7 @@ Sampling is ``mean + L z`` with z standard normal from the layer's own seeded ge
 ``L = V sqrt(max(lambda, 0))`` from the eigendecomposition of the covariance (float64), which
 also handles the singular covariances of layers with fewer filters than k^2.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,14 +41,15 @@ import torch
 
 from spatialmix.errors import SpatialmixError
 
-SIGMA0 = 0.5    # pixels: width of the covariance bumps in the first spatial layer
-GROWTH = 1.0    # pixels added by the last spatial layer (linear in relative depth)
+SIGMA0 = 0.5  # pixels: width of the covariance bumps in the first spatial layer
+GROWTH = 1.0  # pixels added by the last spatial layer (linear in relative depth)
 
 
 def kernel_positions(k: int) -> torch.Tensor:
     """The (row, column) of each weight of a k x k filter, in the order of ``weight.reshape(-1)``."""
-    rows, cols = torch.meshgrid(torch.arange(k, dtype=torch.float64), torch.arange(k, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(k, dtype=torch.float64), torch.arange(k, dtype=torch.float64), indexing="ij"
+    )
     return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
 
 
@@ -63,10 +65,12 @@ def closed_form_covariance(k: int, sigma: float, variance: float | None = None) 
     variance = 1.0 / (3 * k * k) if variance is None else variance
     p = kernel_positions(k)
     distance2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)
-    return variance * torch.exp(-distance2 / (2 * sigma ** 2))
+    return variance * torch.exp(-distance2 / (2 * sigma**2))
 
 
-def sample_gaussian(mean: torch.Tensor, cov: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+def sample_gaussian(
+    mean: torch.Tensor, cov: torch.Tensor, n: int, generator: torch.Generator
+) -> torch.Tensor:
     """``n`` draws (n, d) of N(mean, cov), float64, from ``generator`` (cov may be singular)."""
     eigenvalues, vectors = torch.linalg.eigh(cov.to(torch.float64))
     root = vectors * eigenvalues.clamp_min(0).sqrt()[None, :]
@@ -77,9 +81,11 @@ def sample_gaussian(mean: torch.Tensor, cov: torch.Tensor, n: int, generator: to
 def _depthwise_shape(name: str, shape: tuple) -> int:
     """The kernel size k of a depthwise weight (C, m, k, k); a clear error for anything else."""
     if len(shape) != 4 or shape[-1] != shape[-2] or shape[-1] < 2:
-        raise SpatialmixError(f"the covariance inits are defined for square depthwise k x k filters; spatial layer "
-                              f"{name!r} has a weight of shape {tuple(shape)}: use --spatial-init default, gaussian "
-                              f"or uniform for this model")
+        raise SpatialmixError(
+            f"the covariance inits are defined for square depthwise k x k filters; spatial layer "
+            f"{name!r} has a weight of shape {tuple(shape)}: use --spatial-init default, gaussian "
+            f"or uniform for this model"
+        )
     return int(shape[-1])
 
 
@@ -93,7 +99,9 @@ class ClosedFormPrior:
     def covariance(self, k: int, index: int, n_layers: int) -> torch.Tensor:
         return closed_form_covariance(k, depth_sigma(index, n_layers, self.sigma0, self.growth))
 
-    def draw(self, name: str, shape: tuple, index: int, n_layers: int, generator: torch.Generator) -> torch.Tensor:
+    def draw(
+        self, name: str, shape: tuple, index: int, n_layers: int, generator: torch.Generator
+    ) -> torch.Tensor:
         k = _depthwise_shape(name, shape)
         n = math.prod(shape[:2])
         cov = self.covariance(k, index, n_layers)
@@ -105,8 +113,8 @@ class LayerFit:
     """The Gaussian fit of one trained layer's filters."""
 
     layer: str
-    mean: torch.Tensor        # (k^2,)
-    cov: torch.Tensor         # (k^2, k^2), sample covariance (n - 1 denominator)
+    mean: torch.Tensor  # (k^2,)
+    cov: torch.Tensor  # (k^2, k^2), sample covariance (n - 1 denominator)
     n_filters: int
 
 
@@ -136,35 +144,50 @@ class EmpiricalPrior:
     fits: tuple[LayerFit, ...]
 
     @staticmethod
-    def from_filters(source: str, filters: list[tuple[str, object]], weights_file: str) -> "EmpiricalPrior":
+    def from_filters(source: str, filters: list[tuple[str, object]], weights_file: str) -> EmpiricalPrior:
         """Fit each spatial layer's filters (``(layer name, weight)`` in depth order) of the run
         ``source``; ``weights_file`` names the file they came from in errors (it is untrusted)."""
         fits, kernel = [], None
         for name, weight in filters:
-            if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or weight.shape[-1] != weight.shape[-2] \
-                    or weight.shape[1] != 1 or not weight.is_floating_point():
+            if (
+                not isinstance(weight, torch.Tensor)
+                or weight.dim() != 4
+                or weight.shape[-1] != weight.shape[-2]
+                or weight.shape[1] != 1
+                or not weight.is_floating_point()
+            ):
                 shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
-                raise SpatialmixError(f"{weights_file}: {name}.weight should be depthwise filters "
-                                      f"(C, 1, k, k), found {shape}; the run is damaged or not the model its config "
-                                      f"builds")
+                raise SpatialmixError(
+                    f"{weights_file}: {name}.weight should be depthwise filters "
+                    f"(C, 1, k, k), found {shape}; the run is damaged or not the model its config "
+                    f"builds"
+                )
             if kernel is not None and weight.shape[-1] != kernel:
-                raise SpatialmixError(f"{source}: spatial layers of different kernel sizes ({kernel} and "
-                                      f"{weight.shape[-1]}); covariance-from needs one kernel size")
+                raise SpatialmixError(
+                    f"{source}: spatial layers of different kernel sizes ({kernel} and "
+                    f"{weight.shape[-1]}); covariance-from needs one kernel size"
+                )
             if not torch.isfinite(weight).all():
                 raise SpatialmixError(f"{weights_file}: {name}.weight holds NaN or infinite values")
             kernel = int(weight.shape[-1])
             fits.append(fit_filters(name, weight))
         if not fits:
-            raise SpatialmixError(f"{source} has no depthwise (spatial-mixing) filters to take a covariance from")
+            raise SpatialmixError(
+                f"{source} has no depthwise (spatial-mixing) filters to take a covariance from"
+            )
         return EmpiricalPrior(str(source), kernel, tuple(fits))
 
     def fit_for(self, index: int, n_layers: int) -> LayerFit:
         return self.fits[nearest_layer(index, n_layers, len(self.fits))]
 
-    def draw(self, name: str, shape: tuple, index: int, n_layers: int, generator: torch.Generator) -> torch.Tensor:
+    def draw(
+        self, name: str, shape: tuple, index: int, n_layers: int, generator: torch.Generator
+    ) -> torch.Tensor:
         k = _depthwise_shape(name, shape)
         if k != self.kernel_size:
-            raise SpatialmixError(f"--init-from {self.source} has {self.kernel_size} x {self.kernel_size} filters but "
-                                  f"this model's are {k} x {k}; use --kernel-size {self.kernel_size} or another run")
+            raise SpatialmixError(
+                f"--init-from {self.source} has {self.kernel_size} x {self.kernel_size} filters but "
+                f"this model's are {k} x {k}; use --kernel-size {self.kernel_size} or another run"
+            )
         fit = self.fit_for(index, n_layers)
         return sample_gaussian(fit.mean, fit.cov, math.prod(shape[:2]), generator).reshape(shape)

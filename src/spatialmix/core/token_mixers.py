@@ -21,6 +21,7 @@ line that says how to declare it (``--spatial-pattern`` / ``--channel-pattern``)
 A model whose input size cannot be found (no ``spatialmix_input_shape``, no timm patch
 embedding) or whose forward fails on a blank image is classified from the table alone.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -34,8 +35,10 @@ from torch import nn
 KNOWN_BLOCKS: dict[str, dict[str, tuple[str, ...]]] = {
     "timm.models.mlp_mixer.MixerBlock": {"spatial": ("mlp_tokens",), "channel": ("mlp_channels",)},
     "timm.models.mlp_mixer.ResBlock": {"spatial": ("linear_tokens",), "channel": ("mlp_channels",)},
-    "timm.models.mlp_mixer.SpatialGatingBlock": {"spatial": ("mlp_channels.gate.proj",),
-                                                 "channel": ("mlp_channels.fc1", "mlp_channels.fc2")},
+    "timm.models.mlp_mixer.SpatialGatingBlock": {
+        "spatial": ("mlp_channels.gate.proj",),
+        "channel": ("mlp_channels.fc1", "mlp_channels.fc2"),
+    },
     "timm.models.mlp_mixer.SpatialGatingUnit": {"spatial": ("proj",), "channel": ()},
     "spatialmix.models.mlpmixer.MixerBlock": {"spatial": ("token_mlp",), "channel": ("channel_mlp",)},
     "spatialmix.models.mlpmixer.TokenMixingMLP": {"spatial": ("fc1", "fc2"), "channel": ()},
@@ -47,9 +50,9 @@ class TokenProbe:
     """What the probe found: the patch grid, and per token-mixing linear which side indexes the grid."""
 
     grid: tuple[int, int] | None = None
-    token_axis: dict = field(default_factory=dict)     # layer name -> "in" (rows over the grid) or "out"
-    ambiguous: tuple[str, ...] = ()                    # linear layers neither shapes nor table could place
-    probed: bool = False                               # False: no forward pass, table only
+    token_axis: dict = field(default_factory=dict)  # layer name -> "in" (rows over the grid) or "out"
+    ambiguous: tuple[str, ...] = ()  # linear layers neither shapes nor table could place
+    probed: bool = False  # False: no forward pass, table only
 
 
 def block_type(module: nn.Module) -> str:
@@ -72,7 +75,7 @@ def input_shape(model: nn.Module) -> tuple[int, int, int] | None:
     return None
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def probe_token_mixers(model: nn.Module, head: nn.Module | None = None) -> TokenProbe:
@@ -106,6 +109,7 @@ def _run_probe(model: nn.Module, linears: dict, shape) -> tuple[dict, tuple[int,
                 seen[name] = tuple(args[0].shape)
                 if args[0].dim() == 3:
                     first_token_input[0] = True
+
         return hook
 
     handles = [m.register_forward_pre_hook(on_linear(n)) for n, m in linears.items()]
@@ -115,11 +119,11 @@ def _run_probe(model: nn.Module, linears: dict, shape) -> tuple[dict, tuple[int,
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     try:
-        model.eval()   # BatchNorm statistics untouched, no dropout
+        model.eval()  # BatchNorm statistics untouched, no dropout
         with torch.random.fork_rng(devices=[]):
             model(torch.zeros(1, *shape, device=device, dtype=dtype))
     except (RuntimeError, ValueError, TypeError, AssertionError):
-        return {}, None   # the model does not take this input: fall back to the table
+        return {}, None  # the model does not take this input: fall back to the table
     finally:
         for h in handles:
             h.remove()
@@ -135,7 +139,7 @@ def _classify(model: nn.Module, linears: dict, shapes: dict, grid) -> TokenProbe
     for name, layer in linears.items():
         shape = shapes.get(name)
         if n is None or shape is None or len(shape) != 3:
-            if table.get(name) == "spatial":   # not probed: the table is all there is
+            if table.get(name) == "spatial":  # not probed: the table is all there is
                 token_axis[name] = _axis(layer, n)
             continue
         rows = shape[1]
@@ -152,7 +156,8 @@ def _classify(model: nn.Module, linears: dict, shapes: dict, grid) -> TokenProbe
 
 
 def _axis(layer: nn.Linear, n: int | None) -> str:
-    """Which side of a token-mixing weight (out, in) indexes the patch grid: rows ("in") or columns ("out")."""
+    """Which side of a token-mixing weight (out, in) indexes the patch grid: rows ("in") or columns
+    ("out")."""
     if n is not None and layer.in_features != n and layer.out_features == n:
         return "out"
     return "in"
@@ -169,7 +174,7 @@ def _table_kinds(model: nn.Module, linears: dict) -> dict[str, str]:
         for name in linears:
             if not name.startswith(prefix):
                 continue
-            relative = name[len(prefix):]
+            relative = name[len(prefix) :]
             for kind in ("spatial", "channel"):
                 if any(relative == p or relative.startswith(p + ".") for p in entry[kind]):
                     kinds.setdefault(name, kind)

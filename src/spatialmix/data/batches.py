@@ -6,6 +6,7 @@ cropping (:func:`random_crop`), flipping (:func:`random_flip`) and normalization
 tensor operations, with no per-sample Python and no worker processes. :class:`Normalize` and
 :func:`to_unit_range` give attacks their [0, 1] input space.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,9 +31,23 @@ class BatchLoader:
     ``world_size`` ranks takes every ``world_size``-th example of the shuffled order.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std, *,
-                 train: bool, augment: str = "none", seed: int = 0, device: str | torch.device = "cpu",
-                 channels_last: bool = False, drop_last: bool | None = None, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean,
+        std,
+        *,
+        train: bool,
+        augment: str = "none",
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+        drop_last: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
@@ -72,7 +87,7 @@ class BatchLoader:
         if self.train:
             per_rank = -(-len(values) // self.world_size)
             values = torch.cat([values, values[: per_rank * self.world_size - len(values)]])
-        return values[self.rank::self.world_size]
+        return values[self.rank :: self.world_size]
 
     def _shard_size(self) -> int:
         n = len(self.labels)
@@ -103,12 +118,12 @@ class BatchLoader:
         flips = self._shard(torch.rand(n, generator=generator) < 0.5)
         stop = len(self) * self.batch_size
         for start in range(0, min(stop, len(order)), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             x = self.images[idx.to(self.device)]
             if "crop" in self.augment:
-                x = random_crop(x, offsets[start:start + len(idx)].to(self.device), pad)
+                x = random_crop(x, offsets[start : start + len(idx)].to(self.device), pad)
             if "flip" in self.augment:
-                x = random_flip(x, flips[start:start + len(idx)].to(self.device))
+                x = random_flip(x, flips[start : start + len(idx)].to(self.device))
             yield self.normalize(x), self.labels[idx.to(self.device)]
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:

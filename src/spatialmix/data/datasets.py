@@ -10,6 +10,7 @@ Files are looked for in this order: an explicit ``data_dir``; the ``SPATIALMIX_D
 environment variable; the operating system's data package (Debian's ``dataset-fashion-mnist``);
 then torchvision's download into ``~/.cache/spatialmix`` (needs internet).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,16 +25,26 @@ from spatialmix.errors import SpatialmixError, unknown_name
 ENV_VAR = "SPATIALMIX_DATA"
 DOWNLOAD_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spatialmix" / "data"
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                   "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    format: str                      # "idx", "cifar" or "folder"
-    subdirs: tuple[str, ...]         # where the files sit below a root (torchvision's layouts too)
-    system_dirs: tuple[str, ...]     # operating system data packages
+    format: str  # "idx", "cifar" or "folder"
+    subdirs: tuple[str, ...]  # where the files sit below a root (torchvision's layouts too)
+    system_dirs: tuple[str, ...]  # operating system data packages
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_augment: str
@@ -44,23 +55,63 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(
-        "fashion-mnist", "idx", ("", "fashion-mnist", "FashionMNIST/raw"), ("/usr/share/datasets/fashion-mnist",),
-        (0.2860,), (0.3530,), "crop-flip", "FashionMNIST",
-        "install it with `apt-get install dataset-fashion-mnist` or pass --data-dir DIR with the four IDX files",
-        FASHION_CLASSES),
+        "fashion-mnist",
+        "idx",
+        ("", "fashion-mnist", "FashionMNIST/raw"),
+        ("/usr/share/datasets/fashion-mnist",),
+        (0.2860,),
+        (0.3530,),
+        "crop-flip",
+        "FashionMNIST",
+        "install it with `apt-get install dataset-fashion-mnist` or pass --data-dir DIR with the four IDX "
+        "files",
+        FASHION_CLASSES,
+    ),
     "mnist": DatasetSpec(
-        "mnist", "idx", ("", "mnist", "MNIST/raw"), ("/usr/share/datasets/mnist",), (0.1307,), (0.3081,), "crop",
-        "MNIST", "pass --data-dir DIR with the four MNIST IDX files, or run once with internet to download",
-        [str(i) for i in range(10)]),
+        "mnist",
+        "idx",
+        ("", "mnist", "MNIST/raw"),
+        ("/usr/share/datasets/mnist",),
+        (0.1307,),
+        (0.3081,),
+        "crop",
+        "MNIST",
+        "pass --data-dir DIR with the four MNIST IDX files, or run once with internet to download",
+        [str(i) for i in range(10)],
+    ),
     "cifar10": DatasetSpec(
-        "cifar10", "cifar", ("cifar-10-batches-py",), (), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        "crop-flip", "CIFAR10", "pass --data-dir DIR holding cifar-10-batches-py/, or run once with internet"),
+        "cifar10",
+        "cifar",
+        ("cifar-10-batches-py",),
+        (),
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        "crop-flip",
+        "CIFAR10",
+        "pass --data-dir DIR holding cifar-10-batches-py/, or run once with internet",
+    ),
     "cifar100": DatasetSpec(
-        "cifar100", "cifar", ("cifar-100-python",), (), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-        "crop-flip", "CIFAR100", "pass --data-dir DIR holding cifar-100-python/, or run once with internet"),
+        "cifar100",
+        "cifar",
+        ("cifar-100-python",),
+        (),
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        "crop-flip",
+        "CIFAR100",
+        "pass --data-dir DIR holding cifar-100-python/, or run once with internet",
+    ),
     "imagefolder": DatasetSpec(
-        "imagefolder", "folder", ("",), (), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "crop-flip", None,
-        "pass --data-dir DIR with train/ and val/ folders of class subfolders (ImageNet layout)"),
+        "imagefolder",
+        "folder",
+        ("",),
+        (),
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        "crop-flip",
+        None,
+        "pass --data-dir DIR with train/ and val/ folders of class subfolders (ImageNet layout)",
+    ),
 }
 
 
@@ -90,8 +141,9 @@ class ImageData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "ImageData":
+    def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> ImageData:
         """A fixed, seeded random subset (for quick runs and tests); ``None`` keeps everything."""
+
         def pick(images, labels, n):
             idx = seeded_subset(len(labels), n, seed)
             return (images, labels) if idx is None else (images[idx], labels[idx])
@@ -109,6 +161,7 @@ def seeded_subset(n_total: int, n: int | None, seed: int) -> torch.Tensor | None
 
 
 # --------------------------------------------------------------------------- lookup
+
 
 def candidate_dirs(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> list[Path]:
     """Where we look, in order: --data-dir, $SPATIALMIX_DATA, the OS package, the download cache."""
@@ -130,8 +183,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         raise unknown_name("dataset", name, DATASETS)
     spec = DATASETS[name]
     if spec.format == "folder":
-        raise SpatialmixError("imagefolder data is streamed from disk, not held in memory; use "
-                              "spatialmix.data.imagefolder.load_image_folder(data_dir)")
+        raise SpatialmixError(
+            "imagefolder data is streamed from disk, not held in memory; use "
+            "spatialmix.data.imagefolder.load_image_folder(data_dir)"
+        )
     if data_dir is not None and not Path(data_dir).is_dir():
         raise SpatialmixError(f"--data-dir {data_dir} does not exist; {spec.how_to_get}")
     searched = candidate_dirs(spec, data_dir)
@@ -157,13 +212,27 @@ def _load_from(directory: Path, spec: DatasetSpec):
 def _make_image_data(spec: DatasetSpec, directory: Path, tensors) -> ImageData:
     tr_x, tr_y, te_x, te_y = tensors
     num_classes = int(max(tr_y.max(), te_y.max())) + 1
-    classes = spec.classes or (cifar_classes(directory, spec.name, num_classes) if spec.format == "cifar"
-                               else [str(i) for i in range(num_classes)])
+    classes = spec.classes or (
+        cifar_classes(directory, spec.name, num_classes)
+        if spec.format == "cifar"
+        else [str(i) for i in range(num_classes)]
+    )
     if num_classes > len(classes):
-        raise SpatialmixError(f"{directory}: labels go up to {num_classes - 1} but {spec.name} has "
-                              f"{len(classes)} classes; the files belong to another data set")
-    return ImageData(spec.name, tr_x.contiguous(), tr_y, te_x.contiguous(), te_y, spec.mean, spec.std, classes,
-                     str(directory))
+        raise SpatialmixError(
+            f"{directory}: labels go up to {num_classes - 1} but {spec.name} has "
+            f"{len(classes)} classes; the files belong to another data set"
+        )
+    return ImageData(
+        spec.name,
+        tr_x.contiguous(),
+        tr_y,
+        te_x.contiguous(),
+        te_y,
+        spec.mean,
+        spec.std,
+        classes,
+        str(directory),
+    )
 
 
 def _download(spec: DatasetSpec) -> Path:
@@ -175,6 +244,8 @@ def _download(spec: DatasetSpec) -> Path:
         for train in (True, False):
             cls(str(DOWNLOAD_ROOT), train=train, download=True)
     except Exception as err:
-        raise SpatialmixError(f"{spec.name} is not on this machine and the download failed "
-                              f"({type(err).__name__}); {spec.how_to_get}") from None
+        raise SpatialmixError(
+            f"{spec.name} is not on this machine and the download failed "
+            f"({type(err).__name__}); {spec.how_to_get}"
+        ) from None
     return DOWNLOAD_ROOT / spec.subdirs[-1]

@@ -7,6 +7,7 @@
 A truncated or damaged file raises :class:`~spatialmix.errors.SpatialmixError` saying to
 re-download it. Where the files are looked for is :mod:`spatialmix.data`'s business.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,8 +20,10 @@ import torch
 
 from spatialmix.errors import SpatialmixError
 
-IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def _open_maybe_gz(path: Path):
@@ -38,11 +41,13 @@ def read_idx(path: Path) -> torch.Tensor:
         raise SpatialmixError(f"{path} is not an uint8 IDX file (bad magic number); re-download it")
     ndim = data[3]
     header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape))
     if len(data) - header != expected:
-        raise SpatialmixError(f"{path} is truncated or corrupt: header says {shape}, "
-                              f"found {len(data) - header} of {expected} bytes; re-download it")
+        raise SpatialmixError(
+            f"{path} is truncated or corrupt: header says {shape}, "
+            f"found {len(data) - header} of {expected} bytes; re-download it"
+        )
     return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy())
 
 
@@ -61,8 +66,10 @@ def load_idx_dir(directory: Path) -> tuple[torch.Tensor, ...] | None:
     tr_x, tr_y, te_x, te_y = (read_idx(p) for p in paths)
     for images, labels, split in ((tr_x, tr_y, "train"), (te_x, te_y, "test")):
         if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-            raise SpatialmixError(f"{directory}: {split} images {tuple(images.shape)} and labels "
-                                  f"{tuple(labels.shape)} do not match; re-download the data set")
+            raise SpatialmixError(
+                f"{directory}: {split} images {tuple(images.shape)} and labels "
+                f"{tuple(labels.shape)} do not match; re-download the data set"
+            )
     return tr_x[:, None], tr_y.long(), te_x[:, None], te_y.long()
 
 
@@ -74,8 +81,13 @@ class _CifarUnpickler(pickle.Unpickler):
     """Unpickles CIFAR's batches without running code: the only globals admitted are those that
     rebuild numpy arrays (and bytes), so a crafted file cannot call anything else."""
 
-    SAFE = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    SAFE = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self.SAFE:
@@ -98,7 +110,11 @@ def load_cifar_pickle(path: Path) -> dict:
 def load_cifar_dir(directory: Path, name: str) -> tuple[torch.Tensor, ...] | None:
     """Read the python-pickle batches of CIFAR-10/100 (the format torchvision downloads)."""
     if name == "cifar10":
-        train_files, test_files, label_key = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"
+        train_files, test_files, label_key = (
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+            "labels",
+        )
     else:
         train_files, test_files, label_key = ["train"], ["test"], "fine_labels"
     if not all((directory / f).is_file() for f in train_files + test_files):
@@ -111,11 +127,15 @@ def load_cifar_dir(directory: Path, name: str) -> tuple[torch.Tensor, ...] | Non
                 entry = load_cifar_pickle(directory / f)
                 images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.extend(int(v) for v in entry[label_key])
-            except NotACifarBatch as err:   # a crafted file: nothing of it ran
-                raise SpatialmixError(f"{directory / f} is not a CIFAR batch ({err}); refusing to load it: "
-                                      f"re-download the data set") from None
+            except NotACifarBatch as err:  # a crafted file: nothing of it ran
+                raise SpatialmixError(
+                    f"{directory / f} is not a CIFAR batch ({err}); refusing to load it: "
+                    f"re-download the data set"
+                ) from None
             except Exception as err:  # any unreadable batch is a corrupt download
-                raise SpatialmixError(f"{directory / f} is corrupt ({type(err).__name__}); re-download it") from None
+                raise SpatialmixError(
+                    f"{directory / f} is corrupt ({type(err).__name__}); re-download it"
+                ) from None
         return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
 
     return (*load(train_files), *load(test_files))

@@ -6,6 +6,7 @@ on the device with :class:`~spatialmix.batches.BatchLoader`'s interface. Each sa
 crop is drawn from a seed fixed by ``(seed, epoch)``, so the batches do not depend on the number
 of processes or workers.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ import torch
 from spatialmix.data.batches import BatchLoader, check_augment, random_flip
 from spatialmix.data.datasets import DATASETS, ENV_VAR, seeded_subset
 from spatialmix.errors import SpatialmixError
+
 
 @dataclass
 class FolderData:
@@ -43,18 +45,23 @@ class FolderData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "FolderData":
+    def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> FolderData:
         def pick(dataset, labels, n):
             idx = seeded_subset(len(labels), n, seed)
-            return (dataset, labels) if idx is None else (torch.utils.data.Subset(dataset, idx.tolist()), labels[idx])
+            return (
+                (dataset, labels)
+                if idx is None
+                else (torch.utils.data.Subset(dataset, idx.tolist()), labels[idx])
+            )
 
         train = pick(self.train_set, self.train_labels, n_train)
         test = pick(self.test_set, self.test_labels, n_test)
         return replace(self, train_set=train[0], train_labels=train[1], test_set=test[0], test_labels=test[1])
 
 
-def load_image_folder(data_dir: str | os.PathLike | None, image_size: int | None = None,
-                      augment: str = "crop-flip") -> FolderData:
+def load_image_folder(
+    data_dir: str | os.PathLike | None, image_size: int | None = None, augment: str = "crop-flip"
+) -> FolderData:
     """An ImageNet-layout folder: ``DATA_DIR/train/CLASS/...`` and ``DATA_DIR/val/CLASS/...``.
 
     ``image_size`` defaults to the first training image's smaller side, at most 224 (a folder of
@@ -76,23 +83,36 @@ def load_image_folder(data_dir: str | os.PathLike | None, image_size: int | None
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise SpatialmixError(f"{root} has no train/ and val/ folders; {spec.how_to_get}")
-    rgb = lambda path: torchvision.datasets.folder.default_loader(path).convert("RGB")  # noqa: E731
+    rgb = lambda path: torchvision.datasets.folder.default_loader(path).convert("RGB")
     try:
         train_set = torchvision.datasets.ImageFolder(str(root / "train"), loader=rgb)
         test_set = torchvision.datasets.ImageFolder(str(test_dir), loader=rgb)
     except (FileNotFoundError, RuntimeError) as err:
         raise SpatialmixError(f"{root}: {err}; {spec.how_to_get}") from None
     if train_set.classes != test_set.classes:
-        raise SpatialmixError(f"{root}: train/ and {test_dir.name}/ have different class folders; make them match")
+        raise SpatialmixError(
+            f"{root}: train/ and {test_dir.name}/ have different class folders; make them match"
+        )
     if image_size is None:
         image_size = min(224, min(rgb(train_set.samples[0][0]).size))
     to_uint8 = T.PILToTensor()
     centered = [T.Resize(round(image_size * 256 / 224), antialias=True), T.CenterCrop(image_size), to_uint8]
-    train_set.transform = T.Compose([T.RandomResizedCrop(image_size, antialias=True), to_uint8]
-                                    if "crop" in augment else centered)
+    train_set.transform = T.Compose(
+        [T.RandomResizedCrop(image_size, antialias=True), to_uint8] if "crop" in augment else centered
+    )
     test_set.transform = T.Compose(centered)
-    return FolderData("imagefolder", train_set, test_set, torch.tensor(train_set.targets),
-                      torch.tensor(test_set.targets), spec.mean, spec.std, train_set.classes, image_size, str(root))
+    return FolderData(
+        "imagefolder",
+        train_set,
+        test_set,
+        torch.tensor(train_set.targets),
+        torch.tensor(test_set.targets),
+        spec.mean,
+        spec.std,
+        train_set.classes,
+        image_size,
+        str(root),
+    )
 
 
 class _SeededSamples(torch.utils.data.Dataset):
@@ -113,7 +133,8 @@ class _SeededSamples(torch.utils.data.Dataset):
 
 
 class _SeededOrder(torch.utils.data.Sampler):
-    """The (index, seed) pairs of one epoch, given up front (so they depend only on the seed and the epoch)."""
+    """The (index, seed) pairs of one epoch, given up front (so they depend only on the seed and the
+    epoch)."""
 
     def __init__(self, order: torch.Tensor, seeds: torch.Tensor):
         self.order = list(zip(order.tolist(), seeds.tolist()))
@@ -128,12 +149,39 @@ class _SeededOrder(torch.utils.data.Sampler):
 class FolderLoader(BatchLoader):
     """BatchLoader's interface over a FolderData split: workers decode, the device flips and normalizes."""
 
-    def __init__(self, dataset, labels: torch.Tensor, batch_size: int, mean, std, *, train: bool,
-                 augment: str = "none", seed: int = 0, device="cpu", channels_last: bool = False,
-                 drop_last: bool | None = None, rank: int = 0, world_size: int = 1, workers: int = 0):
-        super().__init__(torch.empty(0, dtype=torch.uint8), labels, batch_size, mean, std, train=train,
-                         augment=augment, seed=seed, device="cpu", channels_last=channels_last,
-                         drop_last=drop_last, rank=rank, world_size=world_size)
+    def __init__(
+        self,
+        dataset,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean,
+        std,
+        *,
+        train: bool,
+        augment: str = "none",
+        seed: int = 0,
+        device="cpu",
+        channels_last: bool = False,
+        drop_last: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 0,
+    ):
+        super().__init__(
+            torch.empty(0, dtype=torch.uint8),
+            labels,
+            batch_size,
+            mean,
+            std,
+            train=train,
+            augment=augment,
+            seed=seed,
+            device="cpu",
+            channels_last=channels_last,
+            drop_last=drop_last,
+            rank=rank,
+            world_size=world_size,
+        )
         self.device = torch.device(device)
         self.scale, self.shift = self.scale.to(self.device), self.shift.to(self.device)
         self.dataset, self.workers = dataset, workers
@@ -142,17 +190,23 @@ class FolderLoader(BatchLoader):
         # One seed per example of the epoch, drawn for every example and then sharded like the order,
         # so a sample's crop is the same whatever the number of processes or workers.
         n = len(self.labels)
-        seeds = self._shard(torch.randint(0, 2**62, (n,), generator=torch.Generator().manual_seed(self._epoch_seed(2))))
+        seeds = self._shard(
+            torch.randint(0, 2**62, (n,), generator=torch.Generator().manual_seed(self._epoch_seed(2)))
+        )
         order = self._indices()
         stop = len(self) * self.batch_size if self.drop_last else len(order)
         loader = torch.utils.data.DataLoader(
-            _SeededSamples(self.dataset), batch_size=self.batch_size, sampler=_SeededOrder(order[:stop], seeds[:stop]),
-            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            _SeededSamples(self.dataset),
+            batch_size=self.batch_size,
+            sampler=_SeededOrder(order[:stop], seeds[:stop]),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
             # DataLoader draws its workers' base seed from this generator, not from the global one
-            generator=torch.Generator().manual_seed(self._epoch_seed(3)))
+            generator=torch.Generator().manual_seed(self._epoch_seed(3)),
+        )
         generator = torch.Generator().manual_seed(self._epoch_seed(1))
         for x, y in loader:
             x = x.to(self.device, non_blocking=True)
-            if "flip" in self.augment:   # crops were done by the workers (RandomResizedCrop)
+            if "flip" in self.augment:  # crops were done by the workers (RandomResizedCrop)
                 x = random_flip(x, (torch.rand(len(x), generator=generator) < 0.5).to(self.device))
             yield self.normalize(x), y.to(self.device, non_blocking=True)

@@ -1,4 +1,5 @@
 """The classification task: labels from images, and the test metrics."""
+
 from __future__ import annotations
 
 import torch
@@ -9,6 +10,7 @@ from spatialmix.data.batches import BatchLoader
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.device import autocast_context
 from spatialmix.models.factory import create_model
+
 
 class ClassificationTask:
     """What a run learns: here, labels from images. Other tasks (un-shuffling) follow the same shape.
@@ -24,17 +26,25 @@ class ClassificationTask:
     def to_dict(self) -> dict:
         return {"name": self.name}
 
-    def create_model(self, config: "TrainConfig", data_info: dict) -> nn.Module:
-        return create_model(config.model, in_chans=data_info["in_chans"], num_classes=data_info["num_classes"],
-                            image_size=data_info["image_size"], width=config.width, depth=config.depth,
-                            kernel_size=config.kernel_size, patch_size=config.patch_size,
-                            activation=config.activation, token_hidden=config.token_hidden,
-                            channel_hidden=config.channel_hidden)
+    def create_model(self, config: TrainConfig, data_info: dict) -> nn.Module:
+        return create_model(
+            config.model,
+            in_chans=data_info["in_chans"],
+            num_classes=data_info["num_classes"],
+            image_size=data_info["image_size"],
+            width=config.width,
+            depth=config.depth,
+            kernel_size=config.kernel_size,
+            patch_size=config.patch_size,
+            activation=config.activation,
+            token_hidden=config.token_hidden,
+            channel_hidden=config.channel_hidden,
+        )
 
     def batch(self, x, y):
         return x, y
 
-    def loss_fn(self, config: "TrainConfig"):
+    def loss_fn(self, config: TrainConfig):
         return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     def running_score(self, outputs, targets) -> torch.Tensor:
@@ -63,5 +73,9 @@ def evaluate(model: nn.Module, loader: BatchLoader, device: torch.device, amp: s
         count += len(y)
     model.train(was_training)
     correct = torch.cat(hits).cpu() if hits else torch.zeros(0, dtype=torch.bool)
-    return {"loss": loss_sum.item() / max(1, count), "acc": correct.sum().item() / max(1, count), "n": count,
-            "correct": correct}
+    return {
+        "loss": loss_sum.item() / max(1, count),
+        "acc": correct.sum().item() / max(1, count),
+        "n": count,
+        "correct": correct,
+    }

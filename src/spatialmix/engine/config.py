@@ -4,6 +4,7 @@ Imports nothing heavy (no torch), so the command line can build its options and 
 at once; the names it validates against (data sets, models, modes) are looked up when a config
 is validated.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,10 +12,14 @@ import math
 import os
 import typing
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from spatialmix.errors import SpatialmixError, check_positive, unknown_name
 from spatialmix.io.limits import SIZE_LIMITS, SPEED_FIELDS
 from spatialmix.options import option
-from spatialmix.errors import SpatialmixError, check_positive, unknown_name
+
+if TYPE_CHECKING:
+    from spatialmix.core.inits import InitSpec
 
 AMP_CHOICES = ("auto", "bf16", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -25,16 +30,18 @@ RESUMABLE_FIELDS = frozenset(SPEED_FIELDS | {"epochs"})
 DIVERGED_RESUMABLE_FIELDS = frozenset({"lr", "amp"})
 
 
-
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. Saved as ``config.json`` in the run directory."""
 
     # data
-    dataset: str = option("fashion-mnist", "fashion-mnist, mnist, cifar10, cifar100, imagefolder (an ImageNet-layout "
-                                           "folder: --data-dir)")
-    data_dir: str | None = option(None, "folder holding the data set files (default: $SPATIALMIX_DATA, the OS "
-                                        "package, download)")
+    dataset: str = option(
+        "fashion-mnist",
+        "fashion-mnist, mnist, cifar10, cifar100, imagefolder (an ImageNet-layout folder: --data-dir)",
+    )
+    data_dir: str | None = option(
+        None, "folder holding the data set files (default: $SPATIALMIX_DATA, the OS package, download)"
+    )
     download: bool = option(True, "allow torchvision to download a data set that is not on this machine")
     train_subset: int | None = option(None, "train on a fixed seeded subset of this many images (quick runs)")
     test_subset: int | None = option(None, "evaluate on a fixed seeded subset of this many images")
@@ -46,28 +53,47 @@ class TrainConfig:
     kernel_size: int | None = option(None, "spatial kernel size, odd (default: the model's)")
     patch_size: int | None = option(None, "patch size / stem stride (default: the model's)")
     activation: str | None = option(None, "gelu, relu, silu (default: the model's)")
-    token_hidden: int | None = option(None, "mlpmixer: hidden size of the token-mixing MLPs (default: width / 2)")
-    channel_hidden: int | None = option(None, "mlpmixer: hidden size of the channel-mixing MLPs (default: 4 x width)")
+    token_hidden: int | None = option(
+        None, "mlpmixer: hidden size of the token-mixing MLPs (default: width / 2)"
+    )
+    channel_hidden: int | None = option(
+        None, "mlpmixer: hidden size of the channel-mixing MLPs (default: 4 x width)"
+    )
     # mixing: what is frozen and how it is initialized
-    mode: str = option("full", "full (learn everything), chans (freeze spatial mixers), space (freeze channel "
-                               "mixers)")
-    spatial_init: str = option("default", "random init of the spatial mixers: default (PyTorch's), gaussian, "
-                                          "uniform, covariance (Trockman et al. 2023, closed form), covariance-from "
-                                          "(a trained run's filters, see --init-from)")
+    mode: str = option(
+        "full", "full (learn everything), chans (freeze spatial mixers), space (freeze channel mixers)"
+    )
+    spatial_init: str = option(
+        "default",
+        "random init of the spatial mixers: default (PyTorch's), gaussian, "
+        "uniform, covariance (Trockman et al. 2023, closed form), covariance-from "
+        "(a trained run's filters, see --init-from)",
+    )
     channel_init: str = option("default", "random init of the pointwise filters: default, gaussian, uniform")
     init_std: float = option(0.1, "std of the gaussian init / half-width of the uniform init")
-    smooth_sigma: float = option(0.0, "Gaussian-smooth the random spatial filters with this sigma in pixels (0: off)")
+    smooth_sigma: float = option(
+        0.0, "Gaussian-smooth the random spatial filters with this sigma in pixels (0: off)"
+    )
     init_seed: int | None = option(None, "seed of the random filters (default: --seed)")
-    init_from: str | None = option(None, "with --spatial-init covariance-from: the trained Full run whose per-layer "
-                                         "filter covariance is the prior")
-    spatial_pattern: str | None = option(None, "comma-separated globs of layer names to treat as spatial mixers "
-                                               "(e.g. 'blocks.*.mlp_tokens')")
-    channel_pattern: str | None = option(None, "comma-separated globs of layer names to treat as channel mixers")
+    init_from: str | None = option(
+        None,
+        "with --spatial-init covariance-from: the trained Full run whose per-layer "
+        "filter covariance is the prior",
+    )
+    spatial_pattern: str | None = option(
+        None, "comma-separated globs of layer names to treat as spatial mixers (e.g. 'blocks.*.mlp_tokens')"
+    )
+    channel_pattern: str | None = option(
+        None, "comma-separated globs of layer names to treat as channel mixers"
+    )
     # optimization (the ConvMixer CIFAR recipe)
     seed: int = option(0, "seed of the initialization, the data order and the subsets")
-    epochs: int = option(10, "epochs (the learning rate rises to --lr at 2/5 of them and falls to 0 at the end)")
-    batch_size: int = option(128, "images per optimizer step: the global batch, split over the processes under "
-                                  "torchrun")
+    epochs: int = option(
+        10, "epochs (the learning rate rises to --lr at 2/5 of them and falls to 0 at the end)"
+    )
+    batch_size: int = option(
+        128, "images per optimizer step: the global batch, split over the processes under torchrun"
+    )
     lr: float = option(0.01, "peak learning rate")
     weight_decay: float = option(0.01, "weight decay of the matrices and filters (none for norms and biases)")
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy, in [0, 1)")
@@ -78,20 +104,29 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu, cuda", choices=DEVICE_CHOICES)
     sync_bn: bool = option(False, "SyncBatchNorm across processes under torchrun")
     progress: bool = option(True, "progress bars")
-    image_size: int | None = option(None, "imagefolder: crop size in pixels (default: the first training image's "
-                                          "smaller side, at most 224)")
-    workers: int | None = option(None, "imagefolder: DataLoader processes decoding images (default: the CPU cores "
-                                       "available)")
-    threads: int | None = option(None, "torch threads of this process (default: torch's own, one per physical "
-                                       "core; use 1 on a busy machine)", minimum=1)
+    image_size: int | None = option(
+        None,
+        "imagefolder: crop size in pixels (default: the first training image's smaller side, at most 224)",
+    )
+    workers: int | None = option(
+        None, "imagefolder: DataLoader processes decoding images (default: the CPU cores available)"
+    )
+    threads: int | None = option(
+        None,
+        "torch threads of this process (default: torch's own, one per physical "
+        "core; use 1 on a busy machine)",
+        minimum=1,
+    )
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Reject bad values with one clear message before anything is built or written."""
-        from spatialmix.data.batches import AUGMENTATIONS
-        from spatialmix.data.datasets import DATASETS
+        # Imported here, not above: the command line builds its options from this class without
+        # torch (--help answers at once), and these tables live in modules that import torch.
         from spatialmix.core.inits import INITS
         from spatialmix.core.mixing import MODES
-        from spatialmix.models.registry import list_models
+        from spatialmix.data.batches import AUGMENTATIONS
+        from spatialmix.data.datasets import DATASETS
+        from spatialmix.models.factory import list_models
 
         self.check_types()
         if self.dataset not in DATASETS:
@@ -105,8 +140,10 @@ class TrainConfig:
             if init not in INITS:
                 raise unknown_name("init", init, INITS)
         if self.channel_init.startswith("covariance"):
-            raise SpatialmixError(f"--channel-init {self.channel_init} is for spatial mixers (depthwise k x k filters); "
-                                  f"use default, gaussian or uniform for the channel mixers")
+            raise SpatialmixError(
+                f"--channel-init {self.channel_init} is for spatial mixers (depthwise k x k filters); "
+                f"use default, gaussian or uniform for the channel mixers"
+            )
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise unknown_name("augmentation", self.augment, AUGMENTATIONS)
         if self.amp not in AMP_CHOICES:
@@ -118,15 +155,26 @@ class TrainConfig:
             check_positive(threads=self.threads)
         if self.workers is not None and self.workers < 0:
             raise SpatialmixError(f"workers must be >= 0, got {self.workers}")
-        for name in ("width", "depth", "kernel_size", "patch_size", "train_subset", "test_subset", "image_size",
-                     "token_hidden", "channel_hidden"):
+        for name in (
+            "width",
+            "depth",
+            "kernel_size",
+            "patch_size",
+            "train_subset",
+            "test_subset",
+            "image_size",
+            "token_hidden",
+            "channel_hidden",
+        ):
             value = getattr(self, name)
             if value is not None:
                 check_positive(**{name: value})
             limit = SIZE_LIMITS.get(name)
             if limit is not None and isinstance(value, int) and value > limit:
-                raise SpatialmixError(f"--{name.replace('_', '-')} {value:,} is above spatialmix's limit of {limit:,} "
-                                      f"(a run folder asking for more could not be opened again); use at most {limit:,}")
+                raise SpatialmixError(
+                    f"--{name.replace('_', '-')} {value:,} is above spatialmix's limit of {limit:,} "
+                    f"(a run folder asking for more could not be opened again); use at most {limit:,}"
+                )
         for name in ("weight_decay", "label_smoothing", "clip_grad", "init_std", "smooth_sigma"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise SpatialmixError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
@@ -143,23 +191,24 @@ class TrainConfig:
             kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
             if value is None and type(None) in kinds:
                 continue
-            for kind, ok, wanted in ((bool, lambda v: isinstance(v, bool), "true or false"),
-                                     (int, lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-                                     (float, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-                                      "a number"),
-                                     (str, lambda v: isinstance(v, str), "a string")):
+            for kind, ok, wanted in (
+                (bool, lambda v: isinstance(v, bool), "true or false"),
+                (int, lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+                (float, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+                (str, lambda v: isinstance(v, str), "a string"),
+            ):
                 if kind in kinds:
                     if not ok(value):
                         optional = " (or null)" if type(None) in kinds else ""
                         raise SpatialmixError(f"{f.name} must be {wanted}{optional}, got {value!r}")
                     break
 
-    def spatial_init_spec(self) -> "InitSpec":  # noqa: F821 (imported when called)
+    def spatial_init_spec(self) -> InitSpec:
         from spatialmix.core.inits import InitSpec
 
         return InitSpec(self.spatial_init, self.init_std, self.smooth_sigma, source=self.init_from)
 
-    def channel_init_spec(self) -> "InitSpec":  # noqa: F821
+    def channel_init_spec(self) -> InitSpec:
         from spatialmix.core.inits import InitSpec
 
         return InitSpec(self.channel_init, self.init_std, 0.0)
@@ -172,17 +221,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str | os.PathLike | None = None) -> "TrainConfig":
+    def from_dict(cls, d: dict, source: str | os.PathLike | None = None) -> TrainConfig:
         """The config of a dict (a field missing from it takes its default); ``source`` names the file it came
         from, and then every value is validated too (a config.json may come from anyone)."""
         where = f"{source}: " if source else ""
         if not isinstance(d, dict):
-            raise SpatialmixError(f"{where}the training settings must be a JSON object, got {type(d).__name__}")
+            raise SpatialmixError(
+                f"{where}the training settings must be a JSON object, got {type(d).__name__}"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise SpatialmixError(f"{where}config has unknown fields {sorted(unknown)}: written by another "
-                                  f"spatialmix version")
+            raise SpatialmixError(
+                f"{where}config has unknown fields {sorted(unknown)}: written by another spatialmix version"
+            )
         config = cls(**d)
         try:
             config.validate() if source else config.check_types()
@@ -190,7 +242,7 @@ class TrainConfig:
             raise SpatialmixError(f"{where}{err}") from None
         return config
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 

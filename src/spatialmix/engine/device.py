@@ -1,4 +1,5 @@
 """Where a run computes, and in which precision."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -6,6 +7,7 @@ from contextlib import nullcontext
 import torch
 
 from spatialmix.errors import SpatialmixError
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":

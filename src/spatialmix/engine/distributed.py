@@ -15,6 +15,7 @@ The rules the training loop follows (see :func:`spatialmix.train.train`):
 * sums (loss, correct answers, examples) are all-reduced before they are printed or saved;
 * only rank 0 (:func:`is_main`) writes files and draws progress bars.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -25,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spatialmix.errors import SpatialmixError
 from spatialmix.accel.speed import BatchNorm2d as FastBackwardBatchNorm2d
+from spatialmix.errors import SpatialmixError
 from spatialmix.ui.display import console
 
 
@@ -55,8 +56,10 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise SpatialmixError(f"environment variable {name}={value!r} is not an integer; "
-                              f"start the processes with torchrun, which sets it") from None
+        raise SpatialmixError(
+            f"environment variable {name}={value!r} is not an integer; "
+            f"start the processes with torchrun, which sets it"
+        ) from None
 
 
 def launched_world_size() -> int:
@@ -103,29 +106,34 @@ def setup(device: torch.device) -> World:
     local_rank = _env_int("LOCAL_RANK", 0)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise SpatialmixError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible; "
-                                  f"start at most that many processes per node (torchrun --nproc-per-node)")
+            raise SpatialmixError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible; "
+                f"start at most that many processes per node (torchrun --nproc-per-node)"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not is_initialized():
         _init_process_group(backend_for(device), device)
     if dist.get_rank() != 0:
-
-        console.quiet = True   # one voice: progress and messages come from rank 0 only
+        console.quiet = True  # one voice: progress and messages come from rank 0 only
     return World(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def _init_process_group(backend: str, device: torch.device) -> None:
     missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
-        raise SpatialmixError(f"WORLD_SIZE is set but {', '.join(missing)} is not: start several processes with "
-                              f"`torchrun --nproc-per-node N -m spatialmix.cli ...`, not by hand")
+        raise SpatialmixError(
+            f"WORLD_SIZE is set but {', '.join(missing)} is not: start several processes with "
+            f"`torchrun --nproc-per-node N -m spatialmix.cli ...`, not by hand"
+        )
     try:
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     except (RuntimeError, ValueError) as err:
-        raise SpatialmixError(f"could not join the {backend} process group "
-                              f"({str(err).strip().splitlines()[0][:160]}); check MASTER_ADDR/MASTER_PORT and "
-                              f"that every process was started") from None
+        raise SpatialmixError(
+            f"could not join the {backend} process group "
+            f"({str(err).strip().splitlines()[0][:160]}); check MASTER_ADDR/MASTER_PORT and "
+            f"that every process was started"
+        ) from None
     atexit.register(teardown)
 
 
@@ -136,6 +144,7 @@ def teardown() -> None:
 
 
 # --------------------------------------------------------------------------- collectives
+
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of ``tensor`` over all ranks (in place; returned for convenience)."""
@@ -172,9 +181,12 @@ def mean_over_ranks(metrics: dict, count: int, device: torch.device | None = Non
     """
     if world_size() == 1:
         return dict(metrics)
-    keys = [k for k, v in metrics.items() if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    sums = torch.tensor([float(metrics[k]) * count for k in keys] + [float(count)], dtype=torch.float64,
-                        device=device)
+    keys = [
+        k for k, v in metrics.items() if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    sums = torch.tensor(
+        [float(metrics[k]) * count for k in keys] + [float(count)], dtype=torch.float64, device=device
+    )
     all_reduce_sum(sums)
     total = sums[-1].item()
     combined = dict(metrics)
@@ -214,6 +226,7 @@ def broadcast_buffers(model: nn.Module) -> None:
 
 # --------------------------------------------------------------------------- the model
 
+
 def wrap_model(model: nn.Module, world: World) -> nn.Module:
     """``model`` in DistributedDataParallel when there are several processes, else ``model`` itself.
 
@@ -249,7 +262,8 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 class _SumOverRanks(torch.autograd.Function):
-    """All-reduce (sum) that is differentiable: the gradient of a global sum is the global sum of gradients."""
+    """All-reduce (sum) that is differentiable: the gradient of a global sum is the global sum of
+    gradients."""
 
     @staticmethod
     def forward(ctx, tensor):
@@ -298,6 +312,6 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: float) -> None:
         self.num_batches_tracked.add_(1)
         momentum = (1.0 / self.num_batches_tracked.item()) if self.momentum is None else self.momentum
-        unbiased = var * (count / max(count - 1, 1.0))   # as nn.BatchNorm: the running variance is unbiased
+        unbiased = var * (count / max(count - 1, 1.0))  # as nn.BatchNorm: the running variance is unbiased
         self.running_mean.mul_(1 - momentum).add_(mean.to(self.running_mean.dtype), alpha=momentum)
         self.running_var.mul_(1 - momentum).add_(unbiased.to(self.running_var.dtype), alpha=momentum)

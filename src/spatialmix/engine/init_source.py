@@ -5,6 +5,7 @@ pickle), its model is rebuilt from config.json on the meta device (shapes only) 
 layers mix space, and :meth:`~spatialmix.core.priors.EmpiricalPrior.from_filters` checks every
 shape it fits.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,12 +28,15 @@ def empirical_prior(run_dir: str | Path) -> EmpiricalPrior:
     if not isinstance(train, dict) or not isinstance(record.get("data"), dict):
         raise SpatialmixError(f"{run_dir / runs.CONFIG} has no training config: not a spatialmix run")
     if train.get("mode") == "chans":
-        raise SpatialmixError(f"{run_dir} is a Chans run: its spatial filters were frozen at random, not learned; "
-                              f"pass a Full (or Space) run to --init-from")
+        raise SpatialmixError(
+            f"{run_dir} is a Chans run: its spatial filters were frozen at random, not learned; "
+            f"pass a Full (or Space) run to --init-from"
+        )
     folder = runs.latest_checkpoint(run_dir)
     if folder is None:
-        raise SpatialmixError(f"{run_dir} has no checkpoint yet; train it first (spatialmix train --resume --out "
-                              f"{run_dir})")
+        raise SpatialmixError(
+            f"{run_dir} has no checkpoint yet; train it first (spatialmix train --resume --out {run_dir})"
+        )
     state = runs.load_weights(folder / runs.MODEL_FILE)
     names = _spatial_layer_names(train, record["data"], run_dir)
     filters = [(name, state.get(f"{name}.weight")) for name in names]
@@ -49,7 +53,9 @@ def _spatial_layer_names(train: dict, data: dict, run_dir: Path) -> list[str]:
     except SpatialmixError as err:
         raise SpatialmixError(f"cannot rebuild the model of {run_dir}: {err}") from None
     except (KeyError, TypeError, ValueError) as err:
-        raise SpatialmixError(f"{run_dir / runs.CONFIG} is damaged ({type(err).__name__}: {err}); "
-                              f"pass another run to --init-from") from None
+        raise SpatialmixError(
+            f"{run_dir / runs.CONFIG} is damaged ({type(err).__name__}: {err}); "
+            f"pass another run to --init-from"
+        ) from None
     selector = LayerSelector.of(train.get("spatial_pattern"), train.get("channel_pattern"))
     return [name for name, _ in layers_of_kind(model, SPATIAL, selector)]

@@ -10,11 +10,13 @@ result of the same job run alone with the same number of threads (tested).
 Jobs are ``(function, args)`` pairs of module-level functions (they are sent to the workers by
 pickling, like any ``multiprocessing`` job); results come back in the order of the jobs.
 """
+
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from spatialmix.accel import speed
 
@@ -31,8 +33,12 @@ def _start_worker(threads: int) -> None:
     speed.tune_allocator()
 
 
-def run_side_by_side(jobs: Sequence[Job], processes: int | None = None, threads: int = 1,
-                     on_done: Callable[[int, Any], None] | None = None) -> list:
+def run_side_by_side(
+    jobs: Sequence[Job],
+    processes: int | None = None,
+    threads: int = 1,
+    on_done: Callable[[int, Any], None] | None = None,
+) -> list:
     """Run ``jobs`` in ``processes`` workers (``threads`` torch threads each); return their results.
 
     ``processes`` None: one per available core; 1 runs the jobs here, one after the other (with
@@ -53,12 +59,16 @@ def run_side_by_side(jobs: Sequence[Job], processes: int | None = None, threads:
         return results
     # spawn, not fork: a forked child inherits torch's thread pool and OpenMP state half-initialized.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=context,
-                             initializer=_start_worker, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(processes, len(jobs)),
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(threads,),
+    ) as pool:
         futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
         try:
-            for future in as_completed(futures):   # as each job ends, not when all have
-                results[futures[future]] = future.result()   # re-raises a job's exception
+            for future in as_completed(futures):  # as each job ends, not when all have
+                results[futures[future]] = future.result()  # re-raises a job's exception
                 if on_done:
                     on_done(futures[future], results[futures[future]])
         except BaseException:
@@ -67,7 +77,7 @@ def run_side_by_side(jobs: Sequence[Job], processes: int | None = None, threads:
             # is crash-safe, so the same command continues them later.
             # (No future.cancel() first: the executor then fails the jobs as "broken" itself, which
             # it cannot do to a cancelled one without printing a traceback.)
-            for process in list((getattr(pool, "_processes", None) or {}).values()):   # no public kill
+            for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public kill
                 process.terminate()
             raise
     return results

@@ -6,6 +6,7 @@ whether a folder may be started or continued with a config (:func:`prepare_run_d
 training state (weights, optimizer, random generators, progress) with a fall-back to the newest
 complete checkpoint, and the refusal to save anything non-finite.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,36 +18,42 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spatialmix import __version__
-from spatialmix.engine import distributed
-from spatialmix.io import runs
-from spatialmix.engine.config import DIVERGED_RESUMABLE_FIELDS, RESUMABLE_FIELDS, TrainConfig
-from spatialmix.data.datasets import ImageData
-from spatialmix.errors import NonFiniteLossError, SpatialmixError
 from spatialmix.core.mixing import frozen_fingerprint, summarize
-from spatialmix.engine.tasks import data_info, task_from_dict
-from spatialmix.engine.tasks import saved_config
-from spatialmix.io import storage
+from spatialmix.data.datasets import ImageData
+from spatialmix.engine import distributed
+from spatialmix.engine.config import DIVERGED_RESUMABLE_FIELDS, RESUMABLE_FIELDS, TrainConfig
+from spatialmix.engine.tasks import data_info, saved_config, task_from_dict
+from spatialmix.errors import NonFiniteLossError, SpatialmixError
+from spatialmix.io import runs, storage
+from spatialmix.version import __version__
 
 
 @dataclass
 class TrainState:
-    epoch: int = 0             # epochs completed
-    step: int = 0              # optimizer steps taken
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
     best_score: float = float("-inf")
-    train_time: float = 0.0    # seconds spent in training steps (not evaluation)
+    train_time: float = 0.0  # seconds spent in training steps (not evaluation)
     images_seen: int = 0
     history: list = field(default_factory=list)
 
+
 def resumable_fields(run: runs.Run) -> frozenset:
-    """What may change when ``run`` is continued: speed settings and epochs; lr and amp too after a divergence."""
-    return RESUMABLE_FIELDS | (DIVERGED_RESUMABLE_FIELDS if run.status().get("state") == "failed" else frozenset())
+    """What may change when ``run`` is continued: speed settings and epochs; lr and amp too after a
+    divergence."""
+    return RESUMABLE_FIELDS | (
+        DIVERGED_RESUMABLE_FIELDS if run.status().get("state") == "failed" else frozenset()
+    )
+
 
 def _different_config_error(run_dir: Path, diff: list, allowed) -> SpatialmixError:
     details = ", ".join(f"{k}={saved!r} (saved) vs {ours!r}" for k, saved, ours in diff[:4])
     may = ", ".join(sorted(a for a in allowed if a not in ("threads", "download")))
-    return SpatialmixError(f"cannot resume {run_dir}: it was made with a different config ({details}); only {may} "
-                           f"may change on resume: drop the other options, or start a new run with another --out")
+    return SpatialmixError(
+        f"cannot resume {run_dir}: it was made with a different config ({details}); only {may} "
+        f"may change on resume: drop the other options, or start a new run with another --out"
+    )
+
 
 def resume_config(run_dir: str | Path, changes: dict | None = None) -> TrainConfig:
     """The config that continues ``run_dir``: its saved config with ``changes`` (options given again).
@@ -55,7 +62,7 @@ def resume_config(run_dir: str | Path, changes: dict | None = None) -> TrainConf
     nothing was saved yet gives ``TrainConfig(**changes)`` (the run starts).
     """
     changes = dict(changes or {})
-    TrainConfig(**changes).validate()   # names and signs first, whatever the run holds
+    TrainConfig(**changes).validate()  # names and signs first, whatever the run holds
     run = runs.Run(run_dir)
     if run.holds_nothing():
         return TrainConfig(**changes)
@@ -63,10 +70,13 @@ def resume_config(run_dir: str | Path, changes: dict | None = None) -> TrainConf
     saved = saved_config(run)
     allowed = resumable_fields(run)
     _check_epochs_grow(run, changes.get("epochs", saved.epochs))
-    diff = [(k, getattr(saved, k), v) for k, v in changes.items() if k not in allowed and getattr(saved, k) != v]
+    diff = [
+        (k, getattr(saved, k), v) for k, v in changes.items() if k not in allowed and getattr(saved, k) != v
+    ]
     if diff:
         raise _different_config_error(run.path, diff, allowed)
     return saved.replace(**changes)
+
 
 def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, task) -> None:
     """Check that starting or resuming in ``run_dir`` cannot damage anything already there.
@@ -78,7 +88,9 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, task) -> N
     if run.holds_nothing():
         return
     if not resume:
-        raise SpatialmixError(f"{run.path} already holds a run; pass --resume to continue it or choose another --out")
+        raise SpatialmixError(
+            f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
+        )
     run.check()
     allowed = resumable_fields(run)
     diff = run.config_differences(config, ignore=allowed)
@@ -93,11 +105,15 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, task) -> N
     if diff:
         raise _different_config_error(run.path, diff, allowed)
 
+
 def _check_epochs_grow(run: runs.Run, epochs: int) -> None:
     saved = saved_config(run).epochs
     if epochs < saved:
-        raise SpatialmixError(f"cannot resume {run.path} with --epochs {epochs}: it was made for {saved} epochs, and "
-                              f"epochs may only grow on resume (to extend a run)")
+        raise SpatialmixError(
+            f"cannot resume {run.path} with --epochs {epochs}: it was made for {saved} epochs, and "
+            f"epochs may only grow on resume (to extend a run)"
+        )
+
 
 def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task, fingerprint: str) -> dict:
     summary = summarize(model)
@@ -112,6 +128,7 @@ def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task, fin
         "frozen_fingerprint": fingerprint,
     }
 
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -120,28 +137,36 @@ def _rng_state() -> dict:
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
+
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]
         if isinstance(cuda, torch.Tensor):
             torch.cuda.set_rng_state(cuda)
-        else:   # checkpoints written before: one state per GPU
-            torch.cuda.set_rng_state_all(list(cuda)[:torch.cuda.device_count()])
+        else:  # checkpoints written before: one state per GPU
+            torch.cuda.set_rng_state_all(list(cuda)[: torch.cuda.device_count()])
+
 
 def save_state(run_dir: Path, model: nn.Module, optimizer, state: TrainState) -> None:
-    train_state = {"optimizer": optimizer.state_dict(), "rng": _rng_state(),
-                   "progress": {k: v for k, v in dataclasses.asdict(state).items()}}
+    train_state = {
+        "optimizer": optimizer.state_dict(),
+        "rng": _rng_state(),
+        "progress": {k: v for k, v in dataclasses.asdict(state).items()},
+    }
     runs.save_checkpoint(run_dir, state.epoch, model.state_dict(), train_state)
+
 
 def saved_metrics(run_dir: Path) -> list[dict] | None:
     try:
         return runs.Run(run_dir).metrics()
-    except SpatialmixError:   # damaged: rewritten from the checkpoint's history
+    except SpatialmixError:  # damaged: rewritten from the checkpoint's history
         return None
 
-def restore_newest(run_dir: Path, model: nn.Module, optimizer, init_fingerprint: str, say: bool
-                    ) -> TrainState | None:
+
+def restore_newest(
+    run_dir: Path, model: nn.Module, optimizer, init_fingerprint: str, say: bool
+) -> TrainState | None:
     """Load the newest checkpoint that is complete and readable; None when there is none (start over).
 
     A damaged newest checkpoint (or a ``latest.json`` naming a missing folder) falls back to the
@@ -153,8 +178,9 @@ def restore_newest(run_dir: Path, model: nn.Module, optimizer, init_fingerprint:
         latest = run.latest_checkpoint()
     except SpatialmixError as err:
         latest, problem = None, err
-    candidates = ([latest] if latest is not None else []) + [c for c in run.checkpoints_newest_first()
-                                                               if latest is None or c.name != latest.name]
+    candidates = ([latest] if latest is not None else []) + [
+        c for c in run.checkpoints_newest_first() if latest is None or c.name != latest.name
+    ]
     for folder in candidates:
         try:
             state = _restore(model, optimizer, folder, init_fingerprint)
@@ -162,16 +188,24 @@ def restore_newest(run_dir: Path, model: nn.Module, optimizer, init_fingerprint:
             problem = problem or err
             continue
         if problem is not None and say:
-            print(f"spatialmix: warning: {str(problem).split('; ')[0]}; continuing from the newest complete "
-                  f"checkpoint, {folder.name}", file=sys.stderr)
+            print(
+                f"spatialmix: warning: {str(problem).split('; ')[0]}; continuing from the newest complete "
+                f"checkpoint, {folder.name}",
+                file=sys.stderr,
+            )
         return state
     if problem is None or (latest is None and not candidates and "which is missing" in str(problem)):
-        if problem is not None and say:   # its checkpoints were deleted by hand: start over
-            print(f"spatialmix: warning: {run_dir} has no checkpoint left; training starts from the beginning",
-                  file=sys.stderr)
+        if problem is not None and say:  # its checkpoints were deleted by hand: start over
+            print(
+                f"spatialmix: warning: {run_dir} has no checkpoint left; training starts from the beginning",
+                file=sys.stderr,
+            )
         return None
-    raise SpatialmixError(f"{problem} (no older complete checkpoint to fall back to; delete "
-                          f"{run.checkpoint_root()} and resume to train again from the beginning)")
+    raise SpatialmixError(
+        f"{problem} (no older complete checkpoint to fall back to; delete "
+        f"{run.checkpoint_root()} and resume to train again from the beginning)"
+    )
+
 
 def _restore(model: nn.Module, optimizer, folder: Path, init_fingerprint: str) -> TrainState:
     model_state, train_state = runs.load_checkpoint(folder)
@@ -182,17 +216,22 @@ def _restore(model: nn.Module, optimizer, folder: Path, init_fingerprint: str) -
         _set_rng_state(train_state["rng"])
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0][:160]
-        raise SpatialmixError(f"checkpoint {folder} does not match this run's model ({first}); "
-                              f"start a new run with another --out") from None
+        raise SpatialmixError(
+            f"checkpoint {folder} does not match this run's model ({first}); "
+            f"start a new run with another --out"
+        ) from None
     if frozen_fingerprint(model) != init_fingerprint:
-        raise SpatialmixError(f"checkpoint {folder}: frozen tensors differ from the ones this config rebuilds; "
-                              f"the checkpoint belongs to another config or was modified")
+        raise SpatialmixError(
+            f"checkpoint {folder}: frozen tensors differ from the ones this config rebuilds; "
+            f"the checkpoint belongs to another config or was modified"
+        )
     return TrainState(**progress)
+
 
 def record_stop(run: runs.Run, err: BaseException) -> None:
     """After a run stopped early: status.json names the newest complete checkpoint and why it stopped."""
     if isinstance(err, NonFiniteLossError) or not run.file(runs.CONFIG).is_file():
-        return   # a divergence writes its own status; a start that saved nothing has no status
+        return  # a divergence writes its own status; a start that saved nothing has no status
     try:
         if run.status().get("state") in ("finished", "failed"):
             return
@@ -200,25 +239,53 @@ def record_stop(run: runs.Run, err: BaseException) -> None:
         epoch = int(latest.name.split("-")[1]) if latest is not None else 0
     except SpatialmixError:
         epoch = 0
-    why = "interrupted" if isinstance(err, KeyboardInterrupt) else (str(err).splitlines() or [type(err).__name__])[0]
+    why = (
+        "interrupted"
+        if isinstance(err, KeyboardInterrupt)
+        else (str(err).splitlines() or [type(err).__name__])[0]
+    )
     try:
-        runs.atomic_write_json(run.file(runs.STATUS), {"state": "interrupted", "epoch": epoch, "reason": why[:300]})
+        runs.atomic_write_json(
+            run.file(runs.STATUS), {"state": "interrupted", "epoch": epoch, "reason": why[:300]}
+        )
     except (SpatialmixError, OSError):
-        pass   # the disk may be full: the checkpoints are consistent anyway
+        pass  # the disk may be full: the checkpoints are consistent anyway
 
-def stop_if_not_finite(run_dir: Path, state: TrainState, model: nn.Module, test: dict, epoch: int,
-                        config: TrainConfig, device: torch.device) -> None:
-    """Never save a poisoned checkpoint: the weights, the BatchNorm statistics and the test loss must be finite."""
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+def stop_if_not_finite(
+    run_dir: Path,
+    state: TrainState,
+    model: nn.Module,
+    test: dict,
+    epoch: int,
+    config: TrainConfig,
+    device: torch.device,
+) -> None:
+    """Never save a poisoned checkpoint: the weights, the BatchNorm statistics and the test loss must be
+    finite."""
+    bad = [
+        name
+        for name, t in model.state_dict().items()
+        if t.is_floating_point() and not torch.isfinite(t).all()
+    ]
     bad += [f"test {k}" for k, v in test.items() if isinstance(v, float) and not math.isfinite(v)]
     if not distributed.all_true(torch.tensor(not bad, device=device), device):
-        what = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") if bad else "another rank"
+        what = (
+            ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            if bad
+            else "another rank"
+        )
         stop_on_nonfinite(run_dir, state, f"{what} became non-finite in epoch {epoch + 1}", config)
+
 
 def stop_on_nonfinite(run_dir: Path, state: TrainState, what: str, config: TrainConfig):
     lower = f"{config.lr / 10:g}"
-    reason = (f"{what}; the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}; lower --lr: "
-              f"continue with `spatialmix train --resume --out {run_dir} --lr {lower}` (--amp none may help too)")
+    reason = (
+        f"{what}; the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}; lower --lr: "
+        f"continue with `spatialmix train --resume --out {run_dir} --lr {lower}` (--amp none may help too)"
+    )
     if distributed.is_main():
-        runs.atomic_write_json(run_dir / runs.STATUS, {"state": "failed", "epoch": state.epoch, "reason": reason})
+        runs.atomic_write_json(
+            run_dir / runs.STATUS, {"state": "failed", "epoch": state.epoch, "reason": reason}
+        )
     raise NonFiniteLossError(f"training stopped: {reason}")

@@ -7,6 +7,7 @@ test metrics. :data:`TASKS` is the one table of them. :func:`build_model` turns 
 model with its mixers initialized and frozen (:mod:`spatialmix.core.mixing`) and the fast CPU
 kernels swapped in (:mod:`spatialmix.accel.speed`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,9 @@ TASKS: dict[str, type] = {
 
 def task_from_dict(d: dict | None):
     if d is not None and not (isinstance(d, dict) and isinstance(d.get("name"), str)):
-        raise SpatialmixError(f"a task must be an object with a 'name', got {d!r}; the run's config.json is damaged")
+        raise SpatialmixError(
+            f"a task must be an object with a 'name', got {d!r}; the run's config.json is damaged"
+        )
     d = dict(d or {"name": "classification"})
     name = d.pop("name")
     if name not in TASKS:
@@ -41,12 +44,15 @@ def task_from_dict(d: dict | None):
     try:
         return TASKS[name](**d)
     except TypeError:
-        raise SpatialmixError(f"task {name!r} has settings this spatialmix does not know ({', '.join(sorted(d))}); "
-                              f"the run's config.json is damaged or from another version") from None
+        raise SpatialmixError(
+            f"task {name!r} has settings this spatialmix does not know ({', '.join(sorted(d))}); "
+            f"the run's config.json is damaged or from another version"
+        ) from None
 
 
 def saved_task(run: runs.Run):
-    """The task of a saved run (classification when config.json names none); a bad one is an error naming the file."""
+    """The task of a saved run (classification when config.json names none); a bad one is an error naming the
+    file."""
     try:
         return task_from_dict(run.record().get("task"))
     except SpatialmixError as err:
@@ -54,19 +60,31 @@ def saved_task(run: runs.Run):
 
 
 def saved_config(run: runs.Run) -> TrainConfig:
-    """The saved TrainConfig of a run (fields added to TrainConfig after the run was made take their defaults)."""
+    """The saved TrainConfig of a run (fields added to TrainConfig after the run was made take their
+    defaults)."""
     record = run.record()
-    saved_task(run)   # first: a damaged task is reported before the training fields
+    saved_task(run)  # first: a damaged task is reported before the training fields
     return TrainConfig.from_dict(record["train"], source=run.file(runs.CONFIG))
 
 
 def data_info(data: ImageData) -> dict:
     """What building a model needs to know about its data (saved in config.json)."""
-    return {"name": data.name, "in_chans": data.in_chans, "image_size": data.image_size,
-            "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std),
-            "n_train": len(data.train_labels), "n_test": len(data.test_labels), "source": data.source}
+    return {
+        "name": data.name,
+        "in_chans": data.in_chans,
+        "image_size": data.image_size,
+        "num_classes": data.num_classes,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "n_train": len(data.train_labels),
+        "n_test": len(data.test_labels),
+        "source": data.source,
+    }
 
-def build_model(config: TrainConfig, in_chans: int, num_classes: int, image_size: int, task=None) -> nn.Module:
+
+def build_model(
+    config: TrainConfig, in_chans: int, num_classes: int, image_size: int, task=None
+) -> nn.Module:
     """The model of ``config`` with its mixers initialized from the seeded init specs and frozen per mode.
 
     Construction runs under a fixed seed too, so every tensor (not only the mixers) is a function
@@ -80,8 +98,13 @@ def build_model(config: TrainConfig, in_chans: int, num_classes: int, image_size
     spatial_init = config.spatial_init_spec()
     if spatial_init.name == "covariance-from":
         spatial_init = dataclasses.replace(spatial_init, prior=empirical_prior(spatial_init.source))
-    model = apply_mixing(model, config.mode, spatial_init=spatial_init,
-                         channel_init=config.channel_init_spec(), seed=config.resolved_init_seed,
-                         spatial=config.spatial_pattern, channel=config.channel_pattern)
+    model = apply_mixing(
+        model,
+        config.mode,
+        spatial_init=spatial_init,
+        channel_init=config.channel_init_spec(),
+        seed=config.resolved_init_seed,
+        spatial=config.spatial_pattern,
+        channel=config.channel_pattern,
+    )
     return speed.accelerate(model)
-

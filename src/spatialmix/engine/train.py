@@ -6,6 +6,7 @@ frozen; :func:`train` runs it in four named steps (start or resume, one epoch, e
 checkpoint, finish) and keeps the run folder (:mod:`spatialmix.runs`, :mod:`spatialmix.resume`)
 up to date after every epoch, so a run killed at any moment continues bit for bit.
 """
+
 from __future__ import annotations
 
 import time
@@ -16,33 +17,45 @@ import numpy as np
 import torch
 from torch import nn
 
-from spatialmix.engine import distributed
-from spatialmix.io import runs
 from spatialmix.accel import speed
-from spatialmix.engine.config import (TrainConfig)
+from spatialmix.core.mixing import frozen_fingerprint, trainable_parameters
 from spatialmix.data.batches import BatchLoader
 from spatialmix.data.datasets import DATASETS, ImageData, load_dataset
-from spatialmix.ui.display import TrainProgress
 from spatialmix.data.imagefolder import FolderData, FolderLoader, load_image_folder
-from spatialmix.errors import SpatialmixError, unknown_name
-from spatialmix.core.mixing import frozen_fingerprint, trainable_parameters
-from spatialmix.engine.resume import (TrainState, prepare_run_dir, record_stop, restore_newest, run_record, save_state, saved_metrics, stop_if_not_finite, stop_on_nonfinite)
+from spatialmix.engine import distributed
 from spatialmix.engine.classification import ClassificationTask
+from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.device import autocast_context, resolve_amp, resolve_device
-from spatialmix.engine.tasks import build_model, task_from_dict
-from spatialmix.engine.tasks import saved_config
-from spatialmix.io import storage
-
+from spatialmix.engine.resume import (
+    TrainState,
+    prepare_run_dir,
+    record_stop,
+    restore_newest,
+    run_record,
+    save_state,
+    saved_metrics,
+    stop_if_not_finite,
+    stop_on_nonfinite,
+)
+from spatialmix.engine.tasks import build_model, saved_config, task_from_dict
+from spatialmix.errors import SpatialmixError, unknown_name
+from spatialmix.io import runs, storage
+from spatialmix.ui.display import TrainProgress
 
 # --------------------------------------------------------------------------- data and optimizer
 
+
 def load_data_for(config: TrainConfig) -> ImageData | FolderData:
     if config.dataset == "imagefolder":
-        data = load_image_folder(config.data_dir, config.image_size,
-                                 augment=config.augment or DATASETS[config.dataset].default_augment)
+        data = load_image_folder(
+            config.data_dir,
+            config.image_size,
+            augment=config.augment or DATASETS[config.dataset].default_augment,
+        )
     else:
         data = load_dataset(config.dataset, config.data_dir, download=config.download)
     return data.subset(config.train_subset, config.test_subset, seed=config.seed)
+
 
 def load_evaluation_data(run_dir: str | Path, data_dir: str | None = None) -> ImageData | FolderData:
     """The full data set of a saved run, to evaluate it (attacks, analysis).
@@ -57,40 +70,93 @@ def load_evaluation_data(run_dir: str | Path, data_dir: str | None = None) -> Im
         return load_data_for(config)
     except SpatialmixError as err:
         saved = run.record()["train"].get("data_dir")
-        hint = (f"; the run was trained on data from {saved} (its config.json says so): pass --data-dir {saved} "
-                f"if you trust it") if saved and data_dir is None else ""
+        hint = (
+            (
+                f"; the run was trained on data from {saved} (its config.json says so): pass --data-dir "
+                f"{saved} "
+                f"if you trust it"
+            )
+            if saved and data_dir is None
+            else ""
+        )
         raise SpatialmixError(f"{err}{hint}") from None
+
 
 def resolve_workers(workers: int | None) -> int:
     """Image-folder decoding processes: by default one per core this process may use."""
     return workers if workers is not None else speed.available_cores()
 
-def make_loaders(config: TrainConfig, data: ImageData, device: torch.device, rank: int = 0, world_size: int = 1
-                 ) -> tuple[BatchLoader, BatchLoader]:
+
+def make_loaders(
+    config: TrainConfig, data: ImageData, device: torch.device, rank: int = 0, world_size: int = 1
+) -> tuple[BatchLoader, BatchLoader]:
     """Loaders of this rank's shard; ``config.batch_size`` is the global batch, split over the ranks."""
     if config.batch_size % world_size:
-        raise SpatialmixError(f"batch size {config.batch_size} (the global batch) does not split evenly over "
-                              f"{world_size} processes; use a multiple of {world_size}")
+        raise SpatialmixError(
+            f"batch size {config.batch_size} (the global batch) does not split evenly over "
+            f"{world_size} processes; use a multiple of {world_size}"
+        )
     augment = config.augment or DATASETS[config.dataset].default_augment
     shard = dict(rank=rank, world_size=world_size)
     if isinstance(data, FolderData):
-        folder = dict(device=device, channels_last=config.channels_last, workers=resolve_workers(config.workers),
-                      **shard)
-        train_loader = FolderLoader(data.train_set, data.train_labels, config.batch_size // world_size, data.mean,
-                                    data.std, train=True, augment=augment, seed=config.seed, **folder)
-        test_loader = FolderLoader(data.test_set, data.test_labels, max(256, config.batch_size) // world_size,
-                                   data.mean, data.std, train=False, **folder)
+        folder = dict(
+            device=device,
+            channels_last=config.channels_last,
+            workers=resolve_workers(config.workers),
+            **shard,
+        )
+        train_loader = FolderLoader(
+            data.train_set,
+            data.train_labels,
+            config.batch_size // world_size,
+            data.mean,
+            data.std,
+            train=True,
+            augment=augment,
+            seed=config.seed,
+            **folder,
+        )
+        test_loader = FolderLoader(
+            data.test_set,
+            data.test_labels,
+            max(256, config.batch_size) // world_size,
+            data.mean,
+            data.std,
+            train=False,
+            **folder,
+        )
     else:
-        train_loader = BatchLoader(data.train_images, data.train_labels, config.batch_size // world_size,
-                                   data.mean, data.std, train=True, augment=augment, seed=config.seed,
-                                   device=device, channels_last=config.channels_last, **shard)
-        test_loader = BatchLoader(data.test_images, data.test_labels, max(256, config.batch_size) // world_size,
-                                  data.mean, data.std, train=False, device=device,
-                                  channels_last=config.channels_last, **shard)
+        train_loader = BatchLoader(
+            data.train_images,
+            data.train_labels,
+            config.batch_size // world_size,
+            data.mean,
+            data.std,
+            train=True,
+            augment=augment,
+            seed=config.seed,
+            device=device,
+            channels_last=config.channels_last,
+            **shard,
+        )
+        test_loader = BatchLoader(
+            data.test_images,
+            data.test_labels,
+            max(256, config.batch_size) // world_size,
+            data.mean,
+            data.std,
+            train=False,
+            device=device,
+            channels_last=config.channels_last,
+            **shard,
+        )
     if len(train_loader) == 0:
-        raise SpatialmixError(f"batch size {config.batch_size} is larger than the {len(data.train_labels)} "
-                              f"training images; lower --batch-size")
+        raise SpatialmixError(
+            f"batch size {config.batch_size} is larger than the {len(data.train_labels)} "
+            f"training images; lower --batch-size"
+        )
     return train_loader, test_loader
+
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """The optimizer's parameter groups: only trainable tensors (frozen mixers never reach the
@@ -115,6 +181,7 @@ def piecewise_linear_lr(step: int, total_steps: int, lr_max: float) -> float:
 
 # --------------------------------------------------------------------------- the loop
 
+
 @dataclass
 class _Session:
     """Everything one call of :func:`train` works with, built by :func:`_start_or_resume`."""
@@ -124,17 +191,17 @@ class _Session:
     task: object
     world: distributed.World
     amp: str
-    model: nn.Module               # the plain module: evaluated and saved
-    ddp_model: nn.Module           # the same module behind DDP: trained
+    model: nn.Module  # the plain module: evaluated and saved
+    ddp_model: nn.Module  # the same module behind DDP: trained
     optimizer: torch.optim.Optimizer
     train_loader: BatchLoader
     test_loader: BatchLoader
     state: TrainState
     record: dict
     init_fingerprint: str
-    summary: dict | None = None    # set when the run had already finished
+    summary: dict | None = None  # set when the run had already finished
     steps_this_call: int = 0
-    test_correct: torch.Tensor | None = None   # per example, from this call's last evaluation
+    test_correct: torch.Tensor | None = None  # per example, from this call's last evaluation
     evaluated_this_call: bool = False
 
     @property
@@ -146,8 +213,14 @@ class _Session:
         return self.config.epochs * len(self.train_loader)
 
 
-def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: ImageData | None = None,
-          max_steps: int | None = None, task=None) -> dict:
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    data: ImageData | None = None,
+    max_steps: int | None = None,
+    task=None,
+) -> dict:
     """Train ``config`` in ``run_dir`` (or continue it with ``resume=True``); return the summary.
 
     The run folder is locked for the whole call (:func:`spatialmix.runs.locked`): a second writer
@@ -164,12 +237,12 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
     config.validate()
     task = task or ClassificationTask()
     run = runs.Run(run_dir)
-    if distributed.launched_rank() == 0:   # before the lock file is made: never in a folder that is not ours
+    if distributed.launched_rank() == 0:  # before the lock file is made: never in a folder that is not ours
         prepare_run_dir(run.path, config, resume, task)
     with runs.locked(run.path):
         if distributed.launched_rank() == 0:
             run.remove_stray_temporaries()
-        started: list[bool] = []   # set once training began, so an error before it leaves the folder as it was
+        started: list[bool] = []  # set once training began, so an error before it leaves the folder as it was
         try:
             s = _start_or_resume(config, run.path, resume, data, task)
             if s.summary is not None:
@@ -184,15 +257,23 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
 
 def _train_epochs(s: _Session, max_steps: int | None) -> dict:
     criterion = s.task.loss_fn(s.config)
-    progress = TrainProgress(enabled=s.config.progress and s.world.is_main, total_epochs=s.config.epochs,
-                             steps_per_epoch=len(s.train_loader), title=f"{s.config.model} {s.config.mode}",
-                             score=s.task.score)
+    progress = TrainProgress(
+        enabled=s.config.progress and s.world.is_main,
+        total_epochs=s.config.epochs,
+        steps_per_epoch=len(s.train_loader),
+        title=f"{s.config.model} {s.config.mode}",
+        score=s.task.score,
+    )
     with progress:
         for epoch in range(s.state.epoch, s.config.epochs):
             totals = _one_epoch(s, epoch, criterion, progress, max_steps)
             if max_steps is not None and s.steps_this_call >= max_steps:
                 loss_sum, score_sum, seen, epoch_time = totals
-                return {"images_per_s": seen / epoch_time, "steps": s.steps_this_call, "train_time": epoch_time}
+                return {
+                    "images_per_s": seen / epoch_time,
+                    "steps": s.steps_this_call,
+                    "train_time": epoch_time,
+                }
             progress.end_epoch(_evaluate_and_checkpoint(s, epoch, totals))
     return _finish(s)
 
@@ -220,7 +301,9 @@ def _start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, data, tas
     restored = restore_newest(run_dir, model, optimizer, init_fingerprint, world.is_main) if resume else None
     if restored is not None:
         state = restored
-        if world.is_main:   # options that may change on resume (epochs, lr after a divergence) are now the run's
+        if (
+            world.is_main
+        ):  # options that may change on resume (epochs, lr after a divergence) are now the run's
             saved = runs.Run(run_dir).record()
             if saved["train"] != config.to_dict():
                 runs.atomic_write_json(run_dir / runs.CONFIG, {**saved, "train": config.to_dict()})
@@ -237,9 +320,21 @@ def _start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, data, tas
         storage.write_jsonl(run_dir / runs.METRICS, state.history)
     # Forward and backward go through DDP (gradient all-reduce); evaluation and checkpoints use the
     # plain module, so saved weights load in any number of processes.
-    s = _Session(config, run_dir, task, world, resolve_amp(config.amp, device), model,
-                 distributed.wrap_model(model, world), optimizer, train_loader, test_loader, state, record,
-                 init_fingerprint)
+    s = _Session(
+        config,
+        run_dir,
+        task,
+        world,
+        resolve_amp(config.amp, device),
+        model,
+        distributed.wrap_model(model, world),
+        optimizer,
+        train_loader,
+        test_loader,
+        state,
+        record,
+        init_fingerprint,
+    )
     summary = runs.Run(run_dir).summary() if resume and state.epoch >= config.epochs else None
     if summary is not None:
         # (Killed after the last checkpoint but before the summary: train on, which writes it;
@@ -271,9 +366,10 @@ def _one_epoch(s: _Session, epoch: int, criterion, progress: TrainProgress, max_
         with autocast_context(device, s.amp):
             outputs = s.ddp_model(inputs)
             loss = criterion(outputs.float(), targets)
-        if not distributed.all_true(torch.isfinite(loss), device):   # every rank stops together
-            stop_on_nonfinite(s.run_dir, state, f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}",
-                              config)
+        if not distributed.all_true(torch.isfinite(loss), device):  # every rank stops together
+            stop_on_nonfinite(
+                s.run_dir, state, f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}", config
+            )
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip_grad > 0:
@@ -307,16 +403,21 @@ def _evaluate_and_checkpoint(s: _Session, epoch: int, totals) -> dict:
     distributed.broadcast_buffers(s.model)
     evaluation = s.task.evaluate(s.model, s.test_loader, s.device, s.amp)
     s.evaluated_this_call = True
-    s.test_correct = evaluation.pop("correct", None)   # per example; only rank 0's shard under DDP
+    s.test_correct = evaluation.pop("correct", None)  # per example; only rank 0's shard under DDP
     test = distributed.mean_over_ranks(evaluation, s.test_loader.num_examples(), s.device)
     stop_if_not_finite(s.run_dir, s.state, s.model, test, epoch, s.config, s.device)
     s.state.epoch = epoch + 1
     s.state.best_score = max(s.state.best_score, test[s.task.score])
-    metrics = {"epoch": s.state.epoch, "step": s.state.step, "train_loss": loss_sum.item() / seen,
-               f"train_{s.task.score}": score_sum.item() / seen,
-               **{f"test_{k}": v for k, v in test.items() if k != "n"},
-               "lr": piecewise_linear_lr(s.state.step, s.total_steps, s.config.lr),
-               "epoch_time": epoch_time, "images_per_s": seen / epoch_time}
+    metrics = {
+        "epoch": s.state.epoch,
+        "step": s.state.step,
+        "train_loss": loss_sum.item() / seen,
+        f"train_{s.task.score}": score_sum.item() / seen,
+        **{f"test_{k}": v for k, v in test.items() if k != "n"},
+        "lr": piecewise_linear_lr(s.state.step, s.total_steps, s.config.lr),
+        "epoch_time": epoch_time,
+        "images_per_s": seen / epoch_time,
+    }
     s.state.history.append(metrics)
     if s.world.is_main:
         storage.append_jsonl(s.run_dir / runs.METRICS, metrics)
@@ -328,17 +429,28 @@ def _evaluate_and_checkpoint(s: _Session, epoch: int, totals) -> dict:
 def _finish(s: _Session) -> dict:
     """Check that no frozen tensor moved, then write the summary and the finished status."""
     if frozen_fingerprint(s.model) != s.init_fingerprint:
-        raise SpatialmixError(f"frozen tensors changed during training in {s.run_dir}: this is a bug in spatialmix, "
-                              f"please report it")
+        raise SpatialmixError(
+            f"frozen tensors changed during training in {s.run_dir}: this is a bug in spatialmix, "
+            f"please report it"
+        )
     config, state, task = s.config, s.state, s.task
     last = state.history[-1]
-    summary = {"task": task.name, "mode": config.mode, "model": config.model, "dataset": config.dataset,
-               "seed": config.seed, "trainable_params": s.record["params"]["trainable"],
-               "frozen_params": s.record["params"]["frozen"],
-               **{k: v for k, v in last.items() if k.startswith("test_")},
-               f"best_{task.score}": state.best_score, "epochs": state.epoch, "train_time": state.train_time,
-               "images_per_s": state.images_seen / max(state.train_time, 1e-9),
-               "frozen_unchanged": True, "frozen_fingerprint": s.init_fingerprint}
+    summary = {
+        "task": task.name,
+        "mode": config.mode,
+        "model": config.model,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "trainable_params": s.record["params"]["trainable"],
+        "frozen_params": s.record["params"]["frozen"],
+        **{k: v for k, v in last.items() if k.startswith("test_")},
+        f"best_{task.score}": state.best_score,
+        "epochs": state.epoch,
+        "train_time": state.train_time,
+        "images_per_s": state.images_seen / max(state.train_time, 1e-9),
+        "frozen_unchanged": True,
+        "frozen_fingerprint": s.init_fingerprint,
+    }
     if s.world.world_size == 1 and not s.evaluated_this_call:
         # Resumed after the last epoch's checkpoint (killed before the summary): evaluating the saved
         # weights again gives the same per-example answers (eval mode, same order).
@@ -349,23 +461,31 @@ def _finish(s: _Session) -> dict:
     if s.world.is_main:
         runs.atomic_write_json(s.run_dir / runs.SUMMARY, summary)
         runs.atomic_write_json(s.run_dir / runs.STATUS, {"state": "finished", "epoch": state.epoch})
-    distributed.barrier()   # the run's files exist on return, on every rank
+    distributed.barrier()  # the run's files exist on return, on every rank
     return summary
 
 
 def _global_epoch_totals(loss_sum: torch.Tensor, score_sum: torch.Tensor, seen: int, elapsed: float):
     """Sums over all ranks (and the slowest rank's time), so every rank records the same numbers."""
-    sums = distributed.all_reduce_sum(torch.stack([loss_sum.double(), score_sum.double(),
-                                                   torch.tensor(float(seen), dtype=torch.float64,
-                                                                device=loss_sum.device)]))
+    sums = distributed.all_reduce_sum(
+        torch.stack(
+            [
+                loss_sum.double(),
+                score_sum.double(),
+                torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device),
+            ]
+        )
+    )
     elapsed = distributed.all_reduce_max(torch.tensor([elapsed], dtype=torch.float64, device=loss_sum.device))
     return sums[0], sums[1], int(sums[2].item()), elapsed.item()
 
 
 # --------------------------------------------------------------------------- loading saved runs
 
-def load_trained_model(run_dir: str | Path, weights: str = "latest", device: str | torch.device = "cpu"
-                       ) -> tuple[nn.Module, dict]:
+
+def load_trained_model(
+    run_dir: str | Path, weights: str = "latest", device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
     """Rebuild the model of a saved run and load its weights; returns ``(model in eval mode, run record)``.
 
     ``weights``: ``latest`` (the newest checkpoint) or ``init`` (the weights at initialization).
@@ -392,6 +512,8 @@ def load_trained_model(run_dir: str | Path, weights: str = "latest", device: str
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise SpatialmixError(f"weights in {run_dir} do not fit the model its config builds "
-                              f"({str(err).splitlines()[0][:160]}); the run is damaged") from None
+        raise SpatialmixError(
+            f"weights in {run_dir} do not fit the model its config builds "
+            f"({str(err).splitlines()[0][:160]}); the run is damaged"
+        ) from None
     return model.to(device).eval(), record

@@ -22,6 +22,7 @@ Choices the paper leaves open, made explicit here: one permutation shared by all
 output head learned in every mode; MSE on normalized images by default. With a patch size of 1
 the stem is itself a pointwise conv, so it counts as a channel mixer (frozen in Space mode).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,24 +31,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spatialmix.engine.config import TrainConfig
 from spatialmix.data.datasets import DATASETS
+from spatialmix.data.permutation import PixelPermutation, check_window, make_permutation
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.device import autocast_context
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.models.factory import create_model
-from spatialmix.data.permutation import PixelPermutation, check_window, make_permutation
-from spatialmix.engine.device import autocast_context
 
 MODEL_NAME = "unshufflenet"
 LOSSES = ("mse", "l1")
-PSNR_CAP_MSE = 1e-10            # an exact reconstruction scores 100 dB instead of infinity
+PSNR_CAP_MSE = 1e-10  # an exact reconstruction scores 100 dB instead of infinity
 
 
 # --------------------------------------------------------------------------- metrics
 
+
 def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image, in dB: ``10 log10(data_range^2 / MSE)``."""
     mse = (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range ** 2 / mse.clamp_min(PSNR_CAP_MSE))
+    return 10 * torch.log10(data_range**2 / mse.clamp_min(PSNR_CAP_MSE))
 
 
 def ssim(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -59,8 +61,9 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
 
     size = min(prediction.shape[-2:])
     win_size = min(11, size if size % 2 else size - 1)
-    return msssim_ssim(prediction.float(), target.float(), data_range=data_range, size_average=False,
-                       win_size=win_size)
+    return msssim_ssim(
+        prediction.float(), target.float(), data_range=data_range, size_average=False, win_size=win_size
+    )
 
 
 def _unit_range(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -69,15 +72,17 @@ def _unit_range(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
 
 
 def _stats(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
-            torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    return (
+        torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1),
+        torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
+    )
 
 
 def scrambled_floor(images: torch.Tensor, permutation: PixelPermutation, batch_size: int = 1024) -> dict:
     """PSNR and SSIM of the scrambled images themselves against the originals (uint8 images in)."""
     psnr_sum = ssim_sum = 0.0
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].float() / 255
+        x = images[start : start + batch_size].float() / 255
         scrambled = permutation.scramble(x)
         psnr_sum += psnr(scrambled, x).sum().item()
         ssim_sum += ssim(scrambled, x).sum().item()
@@ -87,8 +92,8 @@ def scrambled_floor(images: torch.Tensor, permutation: PixelPermutation, batch_s
 # --------------------------------------------------------------------------- the model
 
 
-
 # --------------------------------------------------------------------------- the task
+
 
 class UnshuffleTask:
     """Learn to undo one fixed pixel permutation (see :class:`spatialmix.train.ClassificationTask`).
@@ -107,12 +112,14 @@ class UnshuffleTask:
             raise unknown_name("loss", loss, LOSSES)
         if isinstance(perm_seed, bool) or not isinstance(perm_seed, int) or not 0 <= perm_seed < 2**64:
             # (torch's generators take seeds below 2**64)
-            raise SpatialmixError(f"permutation seed must be a whole number from 0 to 2**64 - 1, got {perm_seed!r}")
+            raise SpatialmixError(
+                f"permutation seed must be a whole number from 0 to 2**64 - 1, got {perm_seed!r}"
+            )
         if window is not None:
-            check_window(window, window)   # a positive integer; whether it divides the image is checked later
+            check_window(window, window)  # a positive integer; whether it divides the image is checked later
         self.perm_seed, self.window, self.loss = perm_seed, window, loss
         self.permutation: PixelPermutation | None = None
-        self._mean, self._std = _stats((0.0,), (1.0,))   # replaced by the data's in create_model
+        self._mean, self._std = _stats((0.0,), (1.0,))  # replaced by the data's in create_model
 
     def to_dict(self) -> dict:
         return {"name": self.name, "perm_seed": self.perm_seed, "window": self.window, "loss": self.loss}
@@ -124,22 +131,32 @@ class UnshuffleTask:
 
     def check_config(self, config: TrainConfig) -> None:
         if config.model != MODEL_NAME:
-            raise SpatialmixError(f"the un-shuffling task trains the image-to-image model {MODEL_NAME!r}, "
-                                  f"not {config.model!r}; pass model={MODEL_NAME!r}")
+            raise SpatialmixError(
+                f"the un-shuffling task trains the image-to-image model {MODEL_NAME!r}, "
+                f"not {config.model!r}; pass model={MODEL_NAME!r}"
+            )
         augment = config.augment or DATASETS[config.dataset].default_augment
         if augment != "none":
-            raise SpatialmixError(f"un-shuffling needs augment='none' (the target is the exact original "
-                                  f"image), got {augment!r}")
+            raise SpatialmixError(
+                f"un-shuffling needs augment='none' (the target is the exact original image), got {augment!r}"
+            )
 
     def create_model(self, config: TrainConfig, data_info: dict) -> nn.Module:
         self.check_config(config)
         self.permutation_for(data_info["image_size"])
         spec = DATASETS[config.dataset]
         self._mean, self._std = _stats(data_info.get("mean", spec.mean), data_info.get("std", spec.std))
-        return create_model(MODEL_NAME, in_chans=data_info["in_chans"], num_classes=data_info["num_classes"],
-                            image_size=data_info["image_size"], width=config.width, depth=config.depth,
-                            kernel_size=config.kernel_size, patch_size=config.patch_size,
-                            activation=config.activation)
+        return create_model(
+            MODEL_NAME,
+            in_chans=data_info["in_chans"],
+            num_classes=data_info["num_classes"],
+            image_size=data_info["image_size"],
+            width=config.width,
+            depth=config.depth,
+            kernel_size=config.kernel_size,
+            patch_size=config.patch_size,
+            activation=config.activation,
+        )
 
     def scramble(self, x: torch.Tensor) -> torch.Tensor:
         return self.permutation_for(x.shape[-1]).scramble(x)
@@ -152,7 +169,9 @@ class UnshuffleTask:
 
     def running_score(self, outputs, targets) -> torch.Tensor:
         """Summed PSNR of the batch (for the progress bar)."""
-        return psnr(_unit_range(outputs, self._mean, self._std), _unit_range(targets, self._mean, self._std)).sum()
+        return psnr(
+            _unit_range(outputs, self._mean, self._std), _unit_range(targets, self._mean, self._std)
+        ).sum()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device, amp: str = "none") -> dict:
@@ -181,6 +200,7 @@ class UnshuffleTask:
 
 # --------------------------------------------------------------------------- presets and training
 
+
 @dataclass(frozen=True)
 class UnshufflePreset:
     name: str
@@ -190,23 +210,67 @@ class UnshufflePreset:
 
 UNSHUFFLE_PRESETS: dict[str, UnshufflePreset] = {
     "small": UnshufflePreset(
-        "small", "UnshuffleNet-32/8 (kernel 7) on 4,000 training images, 3 epochs: minutes on 2 CPU cores",
-        TrainConfig(dataset="fashion-mnist", model=MODEL_NAME, width=32, depth=8, kernel_size=7, patch_size=1,
-                    augment="none", label_smoothing=0.0, epochs=3, batch_size=32, lr=0.005, weight_decay=0.0,
-                    train_subset=4000, test_subset=1000)),
+        "small",
+        "UnshuffleNet-32/8 (kernel 7) on 4,000 training images, 3 epochs: minutes on 2 CPU cores",
+        TrainConfig(
+            dataset="fashion-mnist",
+            model=MODEL_NAME,
+            width=32,
+            depth=8,
+            kernel_size=7,
+            patch_size=1,
+            augment="none",
+            label_smoothing=0.0,
+            epochs=3,
+            batch_size=32,
+            lr=0.005,
+            weight_decay=0.0,
+            train_subset=4000,
+            test_subset=1000,
+        ),
+    ),
     # Sized to about an hour on 2 CPU cores (4 trainings, 2 side by side: `--processes 2`): width 64
     # runs about 80 images/s per single-thread process, so 15,000 images x 8 epochs is ~25 minutes a run.
     # Eight epochs give each curve eight points; the test subset is fixed for every model.
     "hour": UnshufflePreset(
-        "hour", "UnshuffleNet-64/8 (kernel 7) on 15,000 training images, 8 epochs: about an hour on 2 CPU cores "
-                "with --processes 2",
-        TrainConfig(dataset="fashion-mnist", model=MODEL_NAME, width=64, depth=8, kernel_size=7, patch_size=1,
-                    augment="none", label_smoothing=0.0, epochs=8, batch_size=32, lr=0.005, weight_decay=0.0,
-                    train_subset=15000, test_subset=2000)),
+        "hour",
+        "UnshuffleNet-64/8 (kernel 7) on 15,000 training images, 8 epochs: about an hour on 2 CPU cores "
+        "with --processes 2",
+        TrainConfig(
+            dataset="fashion-mnist",
+            model=MODEL_NAME,
+            width=64,
+            depth=8,
+            kernel_size=7,
+            patch_size=1,
+            augment="none",
+            label_smoothing=0.0,
+            epochs=8,
+            batch_size=32,
+            lr=0.005,
+            weight_decay=0.0,
+            train_subset=15000,
+            test_subset=2000,
+        ),
+    ),
     "large": UnshufflePreset(
-        "large", "UnshuffleNet-512/16 (kernel 7) as in the paper, whole data set, 20 epochs (GPU)",
-        TrainConfig(dataset="fashion-mnist", model=MODEL_NAME, width=512, depth=16, kernel_size=7, patch_size=1,
-                    augment="none", label_smoothing=0.0, epochs=20, batch_size=128, lr=0.002, weight_decay=0.0)),
+        "large",
+        "UnshuffleNet-512/16 (kernel 7) as in the paper, whole data set, 20 epochs (GPU)",
+        TrainConfig(
+            dataset="fashion-mnist",
+            model=MODEL_NAME,
+            width=512,
+            depth=16,
+            kernel_size=7,
+            patch_size=1,
+            augment="none",
+            label_smoothing=0.0,
+            epochs=20,
+            batch_size=128,
+            lr=0.002,
+            weight_decay=0.0,
+        ),
+    ),
 }
 # What the preset fixes: the task needs exactly this model, at full resolution, on unaugmented images.
 FIXED_FIELDS = ("model", "patch_size", "augment")
@@ -222,18 +286,18 @@ def unshuffle_config(preset: str = "small", mode: str = "full", seed: int = 0, *
         raise SpatialmixError(f"unknown training settings {bad}; valid ones are the fields of TrainConfig")
     fixed = sorted(k for k in FIXED_FIELDS if overrides.get(k) is not None)
     if fixed:
-        raise SpatialmixError(f"un-shuffling fixes {fixed} (model {MODEL_NAME}, patch size 1, no augmentation); "
-                              f"drop those settings")
+        raise SpatialmixError(
+            f"un-shuffling fixes {fixed} (model {MODEL_NAME}, patch size 1, no augmentation); "
+            f"drop those settings"
+        )
     changes = {k: v for k, v in overrides.items() if v is not None}
     return UNSHUFFLE_PRESETS[preset].config.replace(**changes, mode=mode, seed=seed).validate()
 
 
-
-
-
-
 @torch.no_grad()
-def reconstruct(model: nn.Module, images: torch.Tensor, permutation: PixelPermutation, mean, std) -> torch.Tensor:
+def reconstruct(
+    model: nn.Module, images: torch.Tensor, permutation: PixelPermutation, mean, std
+) -> torch.Tensor:
     """Scramble uint8 ``images``, run ``model`` and return its reconstructions in [0, 1]."""
     mean_t, std_t = _stats(mean, std)
     device = next(model.parameters()).device

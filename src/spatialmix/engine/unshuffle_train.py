@@ -1,4 +1,5 @@
 """Training an un-shuffling run, and reading its permutation back."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,15 @@ from spatialmix.engine.unshuffle import UnshuffleTask
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 
-def train_unshuffle(config: TrainConfig, run_dir: str | Path, task: UnshuffleTask | None = None,
-                    resume: bool = False, data: ImageData | None = None, max_steps: int | None = None) -> dict:
+
+def train_unshuffle(
+    config: TrainConfig,
+    run_dir: str | Path,
+    task: UnshuffleTask | None = None,
+    resume: bool = False,
+    data: ImageData | None = None,
+    max_steps: int | None = None,
+) -> dict:
     """Train an un-shuffling run (``spatialmix.train.train`` with :class:`UnshuffleTask`).
 
     The permutation is saved as ``permutation.safetensors`` in ``run_dir``; when resuming, the one
@@ -44,13 +52,15 @@ def load_run_permutation(run_dir: str | Path) -> PixelPermutation:
         raise SpatialmixError(f"{run.path} is not an un-shuffling run (its task is {task.name!r})")
     try:
         rebuilt = task.permutation_for(run.record()["data"]["image_size"])
-    except SpatialmixError as err:   # e.g. a window that does not divide the image size
+    except SpatialmixError as err:  # e.g. a window that does not divide the image size
         raise SpatialmixError(f"{run.file(runs.CONFIG)}: field 'task': {err}") from None
     path = run.file(PERMUTATION_FILE)
     if not path.exists():
         return rebuilt
     stored = PixelPermutation.load(path, rebuilt.image_size)
     if stored != rebuilt:
-        raise SpatialmixError(f"{path} does not match the run's seed {task.perm_seed} and window {task.window}: "
-                              f"the file was replaced or edited")
+        raise SpatialmixError(
+            f"{path} does not match the run's seed {task.perm_seed} and window {task.window}: "
+            f"the file was replaced or edited"
+        )
     return stored

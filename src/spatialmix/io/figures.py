@@ -5,11 +5,13 @@ Every plot of spatialmix (attack curves, study figures, the report's own figures
 (a crash never leaves half a PNG for the report to embed), and the figure released at once
 (a study draws dozens; pyplot would keep each one alive).
 """
+
 from __future__ import annotations
 
 import io
 import sys
 from pathlib import Path
+
 from spatialmix.io.storage import atomic_write_bytes
 
 
@@ -26,13 +28,12 @@ def save_png(fig, path: str | Path | None = None, *, dpi: float | None = None) -
         _close(fig)
     png = buffer.getvalue()
     if path is not None:
-
         atomic_write_bytes(Path(path), png)
     return png
 
 
 def _close(fig) -> None:
     """Release ``fig``: pyplot keeps the figures it made until they are closed; others need nothing."""
-    pyplot = sys.modules.get("matplotlib.pyplot")   # never import pyplot just to close a figure
+    pyplot = sys.modules.get("matplotlib.pyplot")  # never import pyplot just to close a figure
     if pyplot is not None:
         pyplot.close(fig)

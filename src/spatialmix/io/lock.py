@@ -4,6 +4,7 @@ The operating system releases the lock when its process dies, so a killed run ne
 stale lock behind; the lock file holds the pid of its holder, so the second writer can say who
 holds the folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,7 @@ class RunLockedError(SpatialmixError):
     """Another process holds the run folder."""
 
 
-_HELD: dict[str, list] = {}   # resolved run folder -> [fd, depth]: the locks this process holds
+_HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]: the locks this process holds
 
 
 @contextlib.contextmanager
@@ -40,7 +41,7 @@ def locked(run_dir: str | os.PathLike):
         raise SpatialmixError("the run folder is an empty string; pass a folder name such as runs/my-run")
     path = Path(run_dir)
     key = os.path.realpath(path)
-    if int(os.environ.get("RANK", "0") or 0) != 0:   # under torchrun only rank 0 writes, so only it locks
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # under torchrun only rank 0 writes, so only it locks
         yield path
         return
     if key in _HELD:
@@ -68,8 +69,10 @@ def locked(run_dir: str | os.PathLike):
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise RunLockedError(f"{path} is in use by another spatialmix process (pid {holder}); wait for it to "
-                                 f"finish or stop it, or choose another --out") from None
+            raise RunLockedError(
+                f"{path} is in use by another spatialmix process (pid {holder}); wait for it to "
+                f"finish or stop it, or choose another --out"
+            ) from None
         raise SpatialmixError(f"cannot lock {path} ({err.strerror}); choose another --out") from None
     _HELD[key] = [fd, 1]
     try:
@@ -79,11 +82,11 @@ def locked(run_dir: str | os.PathLike):
     finally:
         del _HELD[key]
         try:
-            os.ftruncate(fd, 0)   # empty when free: the folder's bytes do not depend on who last held it
+            os.ftruncate(fd, 0)  # empty when free: the folder's bytes do not depend on who last held it
         except OSError:
             pass
         with contextlib.suppress(OSError):
             if created and all(p.name == LOCK for p in path.iterdir()):
-                (path / LOCK).unlink(missing_ok=True)   # a start that wrote nothing leaves nothing behind
+                (path / LOCK).unlink(missing_ok=True)  # a start that wrote nothing leaves nothing behind
                 path.rmdir()
-        os.close(fd)   # releases the flock
+        os.close(fd)  # releases the flock

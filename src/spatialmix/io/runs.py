@@ -24,6 +24,7 @@ elsewhere), checks that weights files are regular files of plausible size before
 and never unpickles code (safetensors, ``torch.load(weights_only=True)``). The file primitives are
 in :mod:`spatialmix.storage`, the lock in :mod:`spatialmix.runlock`; both are re-exported here.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,16 +37,31 @@ from pathlib import Path
 
 import torch
 
-from spatialmix.io.limits import SIZE_LIMITS, SPEED_FIELDS
 from spatialmix.errors import SpatialmixError
+from spatialmix.io.limits import SIZE_LIMITS, SPEED_FIELDS
 from spatialmix.io.lock import LOCK
 from spatialmix.io.lock import locked as _locked_path
-from spatialmix.io.storage import (_atomic_via_tmp, _fsync_dir, _write_error, atomic_write_json, check_regular_file,
-                      file_sha256, load_weights, read_json, read_jsonl,
-                      save_weights)
+from spatialmix.io.storage import (
+    _atomic_via_tmp,
+    _fsync_dir,
+    _write_error,
+    atomic_write_json,
+    check_regular_file,
+    file_sha256,
+    load_weights,
+    read_json,
+    read_jsonl,
+    save_weights,
+)
 
 FORMAT_VERSION = 1
-CONFIG, INIT, METRICS, STATUS, SUMMARY = "config.json", "init.safetensors", "metrics.jsonl", "status.json", "summary.json"
+CONFIG, INIT, METRICS, STATUS, SUMMARY = (
+    "config.json",
+    "init.safetensors",
+    "metrics.jsonl",
+    "status.json",
+    "summary.json",
+)
 CKPT_DIR, LATEST, MODEL_FILE, STATE_FILE = "checkpoints", "latest.json", "model.safetensors", "train_state.pt"
 STATES = ("running", "finished", "failed", "interrupted")
 CHECKPOINT_NAME = re.compile(r"epoch-(\d{4,9})")
@@ -53,11 +69,13 @@ CHECKPOINT_NAME = re.compile(r"epoch-(\d{4,9})")
 
 # --------------------------------------------------------------------------- shapes of the run files
 
+
 def _bad(path: Path, field: str, wanted: str, value) -> SpatialmixError:
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return SpatialmixError(f"{path}: field {field!r} must be {wanted}, got {shown}; the file is damaged or not "
-                           f"spatialmix's")
+    return SpatialmixError(
+        f"{path}: field {field!r} must be {wanted}, got {shown}; the file is damaged or not spatialmix's"
+    )
 
 
 def _is_int(v) -> bool:
@@ -80,8 +98,9 @@ def _need(path: Path, obj: dict, field: str, check, wanted: str, optional: bool 
 
 def _need_dict(path: Path, value, what: str = "a JSON object") -> dict:
     if not isinstance(value, dict):
-        raise SpatialmixError(f"{path} must hold {what}, got {type(value).__name__}; the file is damaged or not "
-                              f"spatialmix's")
+        raise SpatialmixError(
+            f"{path} must hold {what}, got {type(value).__name__}; the file is damaged or not spatialmix's"
+        )
     return value
 
 
@@ -93,12 +112,15 @@ _LIMITS_TEXT = ", ".join(f"{name} {limit:,}" for name, limit in SIZE_LIMITS.item
 
 
 def check_size_limits(path: Path, values: dict) -> None:
-    """Refuse a size above :data:`SIZE_LIMITS` in ``values`` (one section of config.json), before anything is built."""
+    """Refuse a size above :data:`SIZE_LIMITS` in ``values`` (one section of config.json), before anything is
+    built."""
     for name, limit in SIZE_LIMITS.items():
         value = values.get(name)
         if _is_int(value) and value > limit:
-            raise SpatialmixError(f"{path}: field {name!r} is {value:,}; a run folder may ask for {name} at most "
-                                  f"{limit:,} (limits: {_LIMITS_TEXT}): the file is damaged or not spatialmix's")
+            raise SpatialmixError(
+                f"{path}: field {name!r} is {value:,}; a run folder may ask for {name} at most "
+                f"{limit:,} (limits: {_LIMITS_TEXT}): the file is damaged or not spatialmix's"
+            )
 
 
 def validate_record(record, path: Path) -> dict:
@@ -106,8 +128,10 @@ def validate_record(record, path: Path) -> dict:
     _need_dict(path, record)
     version = record.get("format_version")
     if version != FORMAT_VERSION:
-        raise SpatialmixError(f"{path.parent} was written by an incompatible spatialmix (run format {version!r}, "
-                              f"this version reads {FORMAT_VERSION}); re-run it with this version")
+        raise SpatialmixError(
+            f"{path.parent} was written by an incompatible spatialmix (run format {version!r}, "
+            f"this version reads {FORMAT_VERSION}); re-run it with this version"
+        )
     train = _need(path, record, "train", lambda v: isinstance(v, dict), "a JSON object of training settings")
     data = _need(path, record, "data", lambda v: isinstance(v, dict), "a JSON object")
     for name in ("in_chans", "num_classes", "image_size"):
@@ -115,8 +139,13 @@ def validate_record(record, path: Path) -> dict:
     check_size_limits(path, train)
     check_size_limits(path, data)
     for name in ("mean", "std"):
-        _need(path, data, name, lambda v: isinstance(v, list) and len(v) == data["in_chans"]
-              and all(_is_number(x) for x in v), f"a list of {data['in_chans']} numbers")
+        _need(
+            path,
+            data,
+            name,
+            lambda v: isinstance(v, list) and len(v) == data["in_chans"] and all(_is_number(x) for x in v),
+            f"a list of {data['in_chans']} numbers",
+        )
     if any(s <= 0 for s in data["std"]):
         raise _bad(path, "std", "positive numbers", data["std"])
     task = record.get("task")
@@ -134,23 +163,34 @@ def validate_status(status, path: Path) -> dict:
     return status
 
 
-SUMMARY_NUMBERS = ("trainable_params", "frozen_params", "epochs", "train_time", "images_per_s", "test_acc",
-                   "test_loss")
+SUMMARY_NUMBERS = (
+    "trainable_params",
+    "frozen_params",
+    "epochs",
+    "train_time",
+    "images_per_s",
+    "test_acc",
+    "test_loss",
+)
 
 
 def validate_summary(summary, path: Path) -> dict:
     _need_dict(path, summary)
     for name, value in summary.items():
-        if name in SUMMARY_NUMBERS or name.startswith("best_"):
-            if not _is_number(value):
-                raise _bad(path, name, "a number", value)
+        if (name in SUMMARY_NUMBERS or name.startswith("best_")) and not _is_number(value):
+            raise _bad(path, name, "a number", value)
     return summary
 
 
 def validate_latest(pointer, path: Path) -> tuple[str, int]:
     _need_dict(path, pointer)
-    folder = _need(path, pointer, "folder", lambda v: isinstance(v, str) and CHECKPOINT_NAME.fullmatch(v),
-                   "a checkpoint folder name like epoch-0003")
+    folder = _need(
+        path,
+        pointer,
+        "folder",
+        lambda v: isinstance(v, str) and CHECKPOINT_NAME.fullmatch(v),
+        "a checkpoint folder name like epoch-0003",
+    )
     epoch = _need(path, pointer, "epoch", lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
     if int(CHECKPOINT_NAME.fullmatch(folder).group(1)) != epoch:
         raise _bad(path, "epoch", f"the epoch of {folder}", epoch)
@@ -158,6 +198,7 @@ def validate_latest(pointer, path: Path) -> tuple[str, int]:
 
 
 # --------------------------------------------------------------------------- one run folder
+
 
 class Run:
     """One run folder and every question asked about it: what it is, whether it finished (with
@@ -180,21 +221,25 @@ class Run:
             root = self.path.resolve()
             target = path.resolve()
             if target != root and root not in target.parents:
-                raise SpatialmixError(f"{path} points outside its run folder (to {target}); a run folder holds "
-                                      f"only its own files: remove the link")
+                raise SpatialmixError(
+                    f"{path} points outside its run folder (to {target}); a run folder holds "
+                    f"only its own files: remove the link"
+                )
         return path
 
     @property
     def exists(self) -> bool:
         return self.path.is_dir() and self.file(CONFIG).is_file()
 
-    def check(self) -> "Run":
+    def check(self) -> Run:
         """Raise a clear error unless this is a spatialmix run of a version we read."""
         if not self.path.exists():
             raise SpatialmixError(f"run directory {self.path} does not exist")
         if not self.path.is_dir() or not self.file(CONFIG).is_file():
-            raise SpatialmixError(f"{self.path} is not a spatialmix run (no {CONFIG}); pass a folder made by "
-                                  f"`spatialmix train` or `spatialmix reproduce`")
+            raise SpatialmixError(
+                f"{self.path} is not a spatialmix run (no {CONFIG}); pass a folder made by "
+                f"`spatialmix train` or `spatialmix reproduce`"
+            )
         self.record()
         return self
 
@@ -256,8 +301,10 @@ class Run:
             diff.append(("task", saved_task, task))
         if diff:
             details = ", ".join(f"{k}={a!r} there, {b!r} now" for k, a, b in diff[:3])
-            raise SpatialmixError(f"{self.path} finished with another configuration ({details}); use another "
-                                  f"--out, or delete that run to train it again")
+            raise SpatialmixError(
+                f"{self.path} finished with another configuration ({details}); use another "
+                f"--out, or delete that run to train it again"
+            )
         return self.summary()
 
     # ---- checkpoints
@@ -272,8 +319,10 @@ class Run:
         name, _ = validate_latest(read_json(pointer, "checkpoint pointer"), pointer)
         folder = self.file(CKPT_DIR, name)
         if not folder.is_dir():
-            raise SpatialmixError(f"{pointer} names {name}, which is missing; resume with `spatialmix train "
-                                  f"--resume --out {self.path}` to continue from the newest complete checkpoint")
+            raise SpatialmixError(
+                f"{pointer} names {name}, which is missing; resume with `spatialmix train "
+                f"--resume --out {self.path}` to continue from the newest complete checkpoint"
+            )
         return folder
 
     def require_checkpoint(self) -> Path:
@@ -290,14 +339,22 @@ class Run:
         found = []
         for p in root.iterdir():
             match = CHECKPOINT_NAME.fullmatch(p.name)
-            if match and not p.is_symlink() and p.is_dir() and all((p / f).is_file() for f in (MODEL_FILE, STATE_FILE)):
+            if (
+                match
+                and not p.is_symlink()
+                and p.is_dir()
+                and all((p / f).is_file() for f in (MODEL_FILE, STATE_FILE))
+            ):
                 found.append((int(match.group(1)), self.file(CKPT_DIR, p.name)))
         return [p for _, p in sorted(found, reverse=True)]
 
     def weights_fingerprint(self) -> dict:
         """Which weights the newest checkpoint holds: its folder and the SHA-256 of its model file."""
         folder = self.require_checkpoint()
-        return {"checkpoint": folder.name, "sha256": file_sha256(self.file(CKPT_DIR, folder.name, MODEL_FILE))}
+        return {
+            "checkpoint": folder.name,
+            "sha256": file_sha256(self.file(CKPT_DIR, folder.name, MODEL_FILE)),
+        }
 
     # ---- cleaning after a kill (only under the lock)
     def remove_stray_temporaries(self) -> list[Path]:
@@ -317,8 +374,10 @@ def _is_tmp(p: Path) -> bool:
 
 
 def no_checkpoint_message(run_dir: Path) -> str:
-    return (f"{run_dir} has no checkpoint yet (training never finished an epoch); train it first with "
-            f"`spatialmix train --resume --out {run_dir}`")
+    return (
+        f"{run_dir} has no checkpoint yet (training never finished an epoch); train it first with "
+        f"`spatialmix train --resume --out {run_dir}`"
+    )
 
 
 def is_run_dir(path: Path) -> bool:
@@ -331,6 +390,7 @@ def check_run_dir(path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- checkpoints
+
 
 def save_checkpoint(run_dir: Path, epoch: int, model_state: dict, train_state: dict, keep: int = 2) -> Path:
     """Write ``checkpoints/epoch-NNNN/`` then point ``latest.json`` at it; prune older ones."""

@@ -6,6 +6,7 @@ sees the old file or the new one, never a mix, even across a power loss. Reads c
 are given first: a regular file (not a device or a fifo), of plausible size, inside the folder it
 should be in, and JSON that is UTF-8; a weights file is never read whole just to hash it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -34,6 +35,7 @@ os.umask(_UMASK)
 
 # --------------------------------------------------------------------------- writes
 
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (a power loss after it keeps the new name)."""
     try:
@@ -43,7 +45,7 @@ def _fsync_dir(folder: Path) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        pass   # some file systems cannot fsync a directory; the rename itself is still atomic
+        pass  # some file systems cannot fsync a directory; the rename itself is still atomic
     finally:
         os.close(fd)
 
@@ -75,12 +77,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as err:
         raise _write_error(path, err) from None
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; results are meant to be shared
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)            # replaces a symlink itself, never writes through it
+        os.replace(tmp, path)  # replaces a symlink itself, never writes through it
         _fsync_dir(path.parent)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -94,7 +96,9 @@ def strict_json(obj, **kwargs) -> str:
     try:
         return json.dumps(obj, allow_nan=False, **kwargs)
     except ValueError:
-        raise SpatialmixError(f"refusing to write a non-finite number as JSON: {_non_finite_keys(obj)}") from None
+        raise SpatialmixError(
+            f"refusing to write a non-finite number as JSON: {_non_finite_keys(obj)}"
+        ) from None
 
 
 def _non_finite_keys(obj, prefix="") -> list[str]:
@@ -125,7 +129,7 @@ def _atomic_via_tmp(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise _write_error(path, err) from None
-        if isinstance(err, RuntimeError) and "write" in str(err).lower():   # torch.save on a full disk
+        if isinstance(err, RuntimeError) and "write" in str(err).lower():  # torch.save on a full disk
             raise _write_error(path, OSError(errno.EIO, str(err).splitlines()[0][:120])) from None
         raise
 
@@ -136,18 +140,23 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict
 
 
 def check_regular_file(path: Path, max_bytes: int | None = None) -> int:
-    """The size of ``path``, after checking it is a regular file (not a device, fifo, ...) of plausible size."""
+    """The size of ``path``, after checking it is a regular file (not a device, fifo, ...) of plausible
+    size."""
     max_bytes = MAX_WEIGHTS_BYTES if max_bytes is None else max_bytes
     try:
         st = os.stat(path)
     except OSError as err:
         raise SpatialmixError(f"{path} cannot be read ({err.strerror}); restore it from a copy") from None
     if not stat.S_ISREG(st.st_mode):
-        raise SpatialmixError(f"{path} is not a regular file; a run folder holds only plain files: "
-                              f"replace it with the real file")
+        raise SpatialmixError(
+            f"{path} is not a regular file; a run folder holds only plain files: "
+            f"replace it with the real file"
+        )
     if st.st_size > max_bytes:
-        raise SpatialmixError(f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} a weights file may "
-                              f"have here; it is not a spatialmix file")
+        raise SpatialmixError(
+            f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} a weights file may "
+            f"have here; it is not a spatialmix file"
+        )
     return st.st_size
 
 
@@ -156,8 +165,9 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise SpatialmixError(f"{path} is not a readable safetensors file ({err}); "
-                              f"delete it or restore it from a copy") from None
+        raise SpatialmixError(
+            f"{path} is not a readable safetensors file ({err}); delete it or restore it from a copy"
+        ) from None
 
 
 def file_sha256(path: Path, max_bytes: int | None = None) -> str:
@@ -177,8 +187,9 @@ def append_jsonl(path: Path, record: dict) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise SpatialmixError(f"{path} is a symlink; a run folder's files must be plain files: remove it "
-                                  f"and resume") from None
+            raise SpatialmixError(
+                f"{path} is a symlink; a run folder's files must be plain files: remove it and resume"
+            ) from None
         raise _write_error(path, err) from None
     try:
         os.write(fd, line.encode())
@@ -201,7 +212,9 @@ def read_jsonl(path: Path) -> list[dict]:
     try:
         lines = path.read_bytes().decode("utf-8").splitlines()
     except UnicodeDecodeError:
-        raise SpatialmixError(f"{path} is not UTF-8 text (corrupt); delete it or restore it from a copy") from None
+        raise SpatialmixError(
+            f"{path} is not UTF-8 text (corrupt); delete it or restore it from a copy"
+        ) from None
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -210,8 +223,10 @@ def read_jsonl(path: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
-                break   # a line cut short by a kill: everything before it is good
-            raise SpatialmixError(f"{path}: line {number} is not JSON (corrupt); restore it from a copy") from None
+                break  # a line cut short by a kill: everything before it is good
+            raise SpatialmixError(
+                f"{path}: line {number} is not JSON (corrupt); restore it from a copy"
+            ) from None
         if not isinstance(record, dict):
             raise SpatialmixError(f"{path}: line {number} is not a JSON object; restore it from a copy")
         records.append(record)
@@ -234,6 +249,7 @@ def read_json(path: Path, what: str = "file") -> dict:
 
 # --------------------------------------------------------------------------- where files may be
 
+
 def check_folder_path(path: Path) -> Path:
     """A clear error when ``path`` cannot become a folder: it is a file, or lies below one."""
     path = Path(path)
@@ -242,7 +258,9 @@ def check_folder_path(path: Path) -> Path:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise SpatialmixError(f"{path} lies below a file ({parent}), not a folder; choose another --out")
+                raise SpatialmixError(
+                    f"{path} lies below a file ({parent}), not a folder; choose another --out"
+                )
             break
     return path
 
@@ -268,6 +286,8 @@ def check_writable(folder: Path) -> Path:
     folder = Path(folder)
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise SpatialmixError(f"{existing} is not writable (a read-only folder or mount); copy it somewhere "
-                              f"writable or choose another output")
+        raise SpatialmixError(
+            f"{existing} is not writable (a read-only folder or mount); copy it somewhere "
+            f"writable or choose another output"
+        )
     return folder

@@ -11,22 +11,32 @@ one-line error naming the file and the field, and a figure or file must stay ins
 folder. Entries written before studies declared their section (no ``section`` field) are placed
 by the study's name alone (:data:`LEGACY_SECTIONS`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spatialmix.ui.display import ResultTable
 from spatialmix.errors import SpatialmixError
+from spatialmix.ui.display import ResultTable
 
 # The report sections a study can feed, in the order of the page. A study with nothing for the
 # report (the verdicts, which the report recomputes; the report itself) declares ``section=None``.
 SECTIONS: tuple[str, ...] = ("classification", "robustness", "smoothing", "init", "unshuffle", "other")
 # Where the entries of older results.json files (without a "section" field) go, by study name.
 LEGACY_SECTIONS: dict[str, str | None] = {
-    "classification": "classification", "robustness": "robustness", "attack": "robustness",
-    "attacks": "robustness", "smoothing": "smoothing", "smooth": "smoothing", "init": "init",
-    "unshuffle": "unshuffle", "unshuffling": "unshuffle", "verdicts": None, "report": None}
+    "classification": "classification",
+    "robustness": "robustness",
+    "attack": "robustness",
+    "attacks": "robustness",
+    "smoothing": "smoothing",
+    "smooth": "smoothing",
+    "init": "init",
+    "unshuffle": "unshuffle",
+    "unshuffling": "unshuffle",
+    "verdicts": None,
+    "report": None,
+}
 
 
 @dataclass(frozen=True)
@@ -44,25 +54,31 @@ class StudyResult:
 
     name: str
     tables: list[ResultTable] = field(default_factory=list)
-    data: dict = field(default_factory=dict)      # JSON-serializable raw results
-    section: str | None = "other"                 # one of SECTIONS, or None: nothing for the report
+    data: dict = field(default_factory=dict)  # JSON-serializable raw results
+    section: str | None = "other"  # one of SECTIONS, or None: nothing for the report
     figures: list[Figure] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)   # other files it wrote (CSV, HTML, ...): named, not shown
+    files: list[str] = field(default_factory=list)  # other files it wrote (CSV, HTML, ...): named, not shown
 
     def __post_init__(self):
         if self.section is not None and self.section not in SECTIONS:
-            raise ValueError(f"study {self.name!r}: section {self.section!r} is not one of {SECTIONS} or None")
+            raise ValueError(
+                f"study {self.name!r}: section {self.section!r} is not one of {SECTIONS} or None"
+            )
 
 
 def study_entry(result: StudyResult, folder: str | Path) -> dict:
     """The results.json entry of ``result``; its figures' and files' paths relative to ``folder``."""
     folder = Path(folder)
-    return {"section": result.section, "data": result.data,
-            "tables": [t.rows for t in result.tables], "table_titles": [t.title for t in result.tables],
-            "table_columns": [[list(c) for c in t.columns] for t in result.tables],
-            "figures": [{"file": _relative(f.file, folder), "caption": f.caption} for f in result.figures],
-            "files": [_relative(f, folder) for f in result.files],
-            "markdown": "\n".join(t.to_markdown() for t in result.tables)}
+    return {
+        "section": result.section,
+        "data": result.data,
+        "tables": [t.rows for t in result.tables],
+        "table_titles": [t.title for t in result.tables],
+        "table_columns": [[list(c) for c in t.columns] for t in result.tables],
+        "figures": [{"file": _relative(f.file, folder), "caption": f.caption} for f in result.figures],
+        "files": [_relative(f, folder) for f in result.files],
+        "markdown": "\n".join(t.to_markdown() for t in result.tables),
+    }
 
 
 def _relative(path: str | Path, folder: Path) -> str:
@@ -73,17 +89,18 @@ def _relative(path: str | Path, folder: Path) -> str:
         except ValueError:
             continue
     if not path.is_absolute() and ".." not in path.parts:
-        return path.as_posix()   # already relative to the study folder
+        return path.as_posix()  # already relative to the study folder
     raise ValueError(f"{path} lies outside the study folder {folder}: a study writes its files inside it")
 
 
 # --------------------------------------------------------------------------- reading an entry back
 
+
 @dataclass
 class SavedTable:
     title: str | None
     rows: list[dict]
-    columns: list[tuple[str, str, str]] | None   # (key, header, format); None: unknown, from the rows
+    columns: list[tuple[str, str, str]] | None  # (key, header, format); None: unknown, from the rows
 
 
 @dataclass
@@ -97,13 +114,15 @@ class SavedStudy:
     figures: list[Figure]
     files: list[str]
     data: dict
-    legacy: bool = False          # written before studies declared their section
+    legacy: bool = False  # written before studies declared their section
 
 
 # What results.json says about the whole study besides its entries: (field, check, what it must be).
-STUDY_SETTINGS = (("preset", lambda v: isinstance(v, str), "a preset name"),
-                  ("seeds", lambda v: isinstance(v, list), "a list of seeds"),
-                  ("overrides", lambda v: isinstance(v, dict), "an object of training settings"))
+STUDY_SETTINGS = (
+    ("preset", lambda v: isinstance(v, str), "a preset name"),
+    ("seeds", lambda v: isinstance(v, list), "a list of seeds"),
+    ("overrides", lambda v: isinstance(v, dict), "an object of training settings"),
+)
 
 
 def check_study_settings(path: Path, results: dict) -> dict:
@@ -117,8 +136,9 @@ def check_study_settings(path: Path, results: dict) -> dict:
 def _bad_field(path: Path, field: str, wanted: str, value) -> SpatialmixError:
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return SpatialmixError(f"{path}: field {field!r} must be {wanted}, got {shown}; the file is damaged or not "
-                           f"spatialmix's")
+    return SpatialmixError(
+        f"{path}: field {field!r} must be {wanted}, got {shown}; the file is damaged or not spatialmix's"
+    )
 
 
 def _bad(path: Path, name: str, what: str, wanted: str, value) -> SpatialmixError:
@@ -137,14 +157,17 @@ def read_study_entry(path: Path, name: str, entry) -> SavedStudy:
     if section is not None and not isinstance(section, str):
         raise _bad(path, name, ".section", "a section name or null", section)
     if isinstance(section, str) and section not in SECTIONS:
-        section = "other"   # written by a newer spatialmix: shown, under "Other results"
+        section = "other"  # written by a newer spatialmix: shown, under "Other results"
     data = entry.get("data", {})
     if not isinstance(data, dict):
         raise _bad(path, name, ".data", "a JSON object", data)
-    files = [_inside(path, name, f".files[{i}]", f)
-             for i, f in enumerate(_list(path, name, ".files", entry.get("files", [])))]
-    return SavedStudy(name, section, _tables(path, name, entry), _figures(path, name, entry.get("figures", [])),
-                      files, data)
+    files = [
+        _inside(path, name, f".files[{i}]", f)
+        for i, f in enumerate(_list(path, name, ".files", entry.get("files", [])))
+    ]
+    return SavedStudy(
+        name, section, _tables(path, name, entry), _figures(path, name, entry.get("figures", [])), files, data
+    )
 
 
 def _list(path: Path, name: str, what: str, value) -> list:
@@ -165,8 +188,10 @@ def _tables(path: Path, name: str, entry: dict) -> list[SavedTable]:
         if title is not None and not isinstance(title, str):
             raise _bad(path, name, f".table_titles[{i}]", "a string", title)
         cols = columns[i] if i < len(columns) else None
-        if cols is not None and not (isinstance(cols, list) and all(
-                isinstance(c, list) and len(c) == 3 and all(isinstance(x, str) for x in c) for c in cols)):
+        if cols is not None and not (
+            isinstance(cols, list)
+            and all(isinstance(c, list) and len(c) == 3 and all(isinstance(x, str) for x in c) for c in cols)
+        ):
             raise _bad(path, name, f".table_columns[{i}]", "a list of [key, header, format] strings", cols)
         saved.append(SavedTable(title, rows, [tuple(c) for c in cols] if cols else None))
     return saved
@@ -195,7 +220,7 @@ def _inside(path: Path, name: str, what: str, value) -> str:
     if target.exists() or target.is_symlink():
         try:
             inside = folder.resolve() in target.resolve().parents
-        except (OSError, RuntimeError):   # a link loop
+        except (OSError, RuntimeError):  # a link loop
             inside = False
         if not inside:
             raise _bad(path, name, what, wanted + " (this one is a link that leads out of it)", value)
@@ -205,16 +230,23 @@ def _inside(path: Path, name: str, what: str, value) -> str:
 def _legacy_entry(name: str, entry: dict) -> SavedStudy:
     """An entry of an older results.json: read as leniently as it was then (its files may be absolute paths
     of the machine that wrote it; the report looks for them inside the folder), placed by its name."""
-    tables, titles, columns = (entry.get(k) if isinstance(entry.get(k), list) else []
-                               for k in ("tables", "table_titles", "table_columns"))
+    tables, titles, columns = (
+        entry.get(k) if isinstance(entry.get(k), list) else []
+        for k in ("tables", "table_titles", "table_columns")
+    )
     saved = []
     for i, raw in enumerate(tables):
         rows = json_rows(raw)
         if rows:
             title = titles[i] if i < len(titles) and isinstance(titles[i], str) else None
             cols = columns[i] if i < len(columns) else None
-            valid = isinstance(cols, list) and cols and all(
-                isinstance(c, list) and len(c) == 3 and all(isinstance(x, str) for x in c) for c in cols)
+            valid = (
+                isinstance(cols, list)
+                and cols
+                and all(
+                    isinstance(c, list) and len(c) == 3 and all(isinstance(x, str) for x in c) for c in cols
+                )
+            )
             saved.append(SavedTable(title, rows, [tuple(c) for c in cols] if valid else None))
     data = entry.get("data") if isinstance(entry.get("data"), dict) else {}
     files = [str(f) for f in (entry.get("files") if isinstance(entry.get("files"), list) else [])]

@@ -1,26 +1,43 @@
 """ConvMixer (Trockman & Kolter, "Patches Are All You Need?"), and its published configurations."""
+
 from __future__ import annotations
-from spatialmix.models.layers import check_kernel_size
-from spatialmix.errors import check_positive
-from spatialmix.models.layers import convmixer_block
-from spatialmix.models.layers import make_activation
+
 from torch import nn
+
+from spatialmix.errors import check_positive
+from spatialmix.models.layers import check_kernel_size, convmixer_block, make_activation
 from spatialmix.models.registry import register_model
 
 
-@register_model("convmixer", "ConvMixer with explicit width/depth/kernel_size/patch_size",
-                width=256, depth=8, kernel_size=5, patch_size=2, activation="gelu")
+@register_model(
+    "convmixer",
+    "ConvMixer with explicit width/depth/kernel_size/patch_size",
+    width=256,
+    depth=8,
+    kernel_size=5,
+    patch_size=2,
+    activation="gelu",
+)
 class ConvMixer(nn.Module):
     """ConvMixer (Trockman & Kolter), laid out like the reference implementation.
 
     stem (patch embedding) -> ``depth`` blocks -> global average pool -> linear head.
     """
 
-    def __init__(self, width: int, depth: int, kernel_size: int = 9, patch_size: int = 7,
-                 in_chans: int = 3, num_classes: int = 1000, activation: str = "gelu"):
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        kernel_size: int = 9,
+        patch_size: int = 7,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        activation: str = "gelu",
+    ):
         super().__init__()
-        check_positive(width=width, depth=depth, patch_size=patch_size, in_chans=in_chans,
-                       num_classes=num_classes)
+        check_positive(
+            width=width, depth=depth, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes
+        )
         check_kernel_size(kernel_size)
         self.width, self.depth = width, depth
         self.kernel_size, self.patch_size = kernel_size, patch_size

@@ -1,12 +1,21 @@
 """Any model of timm or torchvision, adapted to the data's channels and image size."""
+
 from __future__ import annotations
-from spatialmix.errors import SpatialmixError
-from torch import nn
+
 import torch
+from torch import nn
+
+from spatialmix.errors import SpatialmixError
 
 
-def _external_model(name: str, in_chans: int, num_classes: int, pretrained: bool, image_size: int | None = None,
-                    patch_size: int | None = None) -> nn.Module:
+def _external_model(
+    name: str,
+    in_chans: int,
+    num_classes: int,
+    pretrained: bool,
+    image_size: int | None = None,
+    patch_size: int | None = None,
+) -> nn.Module:
     """A timm or torchvision model. ``patch_size`` goes to timm models that take one (ConvNeXt's stem
     stride, a ViT's patch); the other size options are for the built-in models only."""
     library, _, arch = name.partition(":")
@@ -25,7 +34,9 @@ def _external_model(name: str, in_chans: int, num_classes: int, pretrained: bool
         try:
             builder = torchvision.models.get_model_builder(arch)
         except ValueError:
-            raise SpatialmixError(f"torchvision has no model {arch!r}; see torchvision.models.list_models()") from None
+            raise SpatialmixError(
+                f"torchvision has no model {arch!r}; see torchvision.models.list_models()"
+            ) from None
         model = builder(weights="DEFAULT" if pretrained else None, num_classes=num_classes)
         if in_chans != 3:
             _adapt_first_conv(model, in_chans)
@@ -58,9 +69,12 @@ def _check_image_fits(model: nn.Module, name: str, in_chans: int, image_size: in
         model(torch.zeros(1, in_chans, image_size, image_size))
     except RuntimeError as err:
         raise SpatialmixError(
-            f"{name} cannot take {image_size} x {image_size} images ({str(err).strip().splitlines()[0][:120]}); "
-            f"it downsamples them to nothing: use larger images or a model that downsamples less (timm models "
-            f"with a patch stem take --patch-size: ConvNeXt with --patch-size 1 fits 28 x 28 images)") from None
+            f"{name} cannot take {image_size} x {image_size} images "
+            f"({str(err).strip().splitlines()[0][:120]}); "
+            "it downsamples them to nothing: use larger images or a model that downsamples less (timm "
+            "models "
+            f"with a patch stem take --patch-size: ConvNeXt with --patch-size 1 fits 28 x 28 images)"
+        ) from None
     finally:
         model.train(was_training)
 
@@ -70,8 +84,16 @@ def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
     for module in model.modules():
         for child_name, child in module.named_children():
             if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                new = nn.Conv2d(in_chans, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                child.dilation, 1, child.bias is not None)
+                new = nn.Conv2d(
+                    in_chans,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    1,
+                    child.bias is not None,
+                )
                 setattr(module, child_name, new)
                 return
     raise SpatialmixError("could not find the first 3-channel conv to adapt to in_chans; use 3-channel data")

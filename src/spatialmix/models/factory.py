@@ -6,7 +6,8 @@ spatial mixing is done by depthwise convolutions and whose channel mixing is don
 
 Names understood by :func:`create_model`:
 
-* ``convmixer-W/D``: a named ConvMixer configuration (see :data:`~spatialmix.models.convmixer.CONVMIXER_CONFIGS`);
+* ``convmixer-W/D``: a named ConvMixer configuration (see
+:data:`~spatialmix.models.convmixer.CONVMIXER_CONFIGS`);
 * ``convmixer``: a ConvMixer with explicit ``width``, ``depth``, ``kernel_size``, ``patch_size``;
 * ``resnet18-sep``, ``resnet34-sep``, ``resnet50-sep`` (and ``resnet18`` ... for the ordinary
   ResNet baseline);
@@ -17,17 +18,17 @@ Names understood by :func:`create_model`:
 * ``timm:NAME`` and ``torchvision:NAME``: any model of those libraries (random weights unless
   ``pretrained=True``).
 """
+
 from __future__ import annotations
 
-from spatialmix.models.convmixer import ConvMixer
-from spatialmix.models.mlpmixer import MLPMixer
-from spatialmix.models import convmixer, mlpmixer, resnet, unshufflenet
-from spatialmix.models.registry import MODEL_REGISTRY
-from spatialmix.errors import SpatialmixError
-from spatialmix.models.external import _external_model
-from spatialmix.models.registry import list_models
 from torch import nn
-from spatialmix.errors import unknown_name
+
+from spatialmix.errors import SpatialmixError, unknown_name
+from spatialmix.models import convmixer, mlpmixer, resnet, unshufflenet
+from spatialmix.models.convmixer import ConvMixer
+from spatialmix.models.external import _external_model
+from spatialmix.models.mlpmixer import MLPMixer
+from spatialmix.models.registry import MODEL_REGISTRY
 
 # Every family: importing them runs their @register_model lines, so MODEL_REGISTRY is complete here.
 FAMILIES = (convmixer, mlpmixer, resnet, unshufflenet)
@@ -45,21 +46,30 @@ def model_kwargs(name: str, image_size: int | None = None, **overrides) -> dict:
     return kwargs
 
 
-def create_model(name: str, in_chans: int = 3, num_classes: int = 1000, image_size: int | None = None,
-                 pretrained: bool = False, **overrides) -> nn.Module:
+def create_model(
+    name: str,
+    in_chans: int = 3,
+    num_classes: int = 1000,
+    image_size: int | None = None,
+    pretrained: bool = False,
+    **overrides,
+) -> nn.Module:
     """Build a model by name. ``overrides`` replace the named configuration's sizes.
 
     ``image_size`` lets the builder reject impossible sizes (a patch larger than the image) and
     pick the small-image ResNet stem.
     """
     if name.startswith(("timm:", "torchvision:")):
-        return _external_model(name, in_chans, num_classes, pretrained, image_size, overrides.get("patch_size"))
+        return _external_model(
+            name, in_chans, num_classes, pretrained, image_size, overrides.get("patch_size")
+        )
     kwargs = model_kwargs(name, image_size, **overrides)
     info = MODEL_REGISTRY[name]
     if info.builder is ConvMixer and image_size is not None and kwargs["patch_size"] > image_size:
         raise SpatialmixError(
             f"patch size {kwargs['patch_size']} is larger than the {image_size} x {image_size} image; "
-            f"use --patch-size {max(1, image_size // 8)} or smaller")
+            f"use --patch-size {max(1, image_size // 8)} or smaller"
+        )
     if info.builder is MLPMixer:
         kwargs["image_size"] = image_size if image_size is not None else kwargs.get("image_size", 224)
         # A study preset's ConvMixer settings carry over: an MLP-Mixer has no kernel and uses GELU.
@@ -68,10 +78,14 @@ def create_model(name: str, in_chans: int = 3, num_classes: int = 1000, image_si
         model = info.builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
     except TypeError as err:
         raise SpatialmixError(f"model {name!r} does not take these options: {err}") from None
-    if image_size is not None:   # what spatialmix.token_mixers feeds the model to find its token axis
+    if image_size is not None:  # what spatialmix.token_mixers feeds the model to find its token axis
         model.spatialmix_input_shape = (in_chans, image_size, image_size)
     return model
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def list_models() -> list[str]:
+    return sorted(MODEL_REGISTRY) + ["timm:NAME", "torchvision:NAME"]

@@ -1,10 +1,10 @@
 """The building blocks of separable models: activations, residuals, spatial and channel mixers."""
-from __future__ import annotations
-from spatialmix.errors import SpatialmixError
-from spatialmix.errors import check_positive
-from torch import nn
-from spatialmix.errors import unknown_name
 
+from __future__ import annotations
+
+from torch import nn
+
+from spatialmix.errors import SpatialmixError, check_positive, unknown_name
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -57,9 +57,16 @@ def separable_conv(conv: nn.Conv2d) -> nn.Sequential:
 
     The pointwise conv takes over the bias, so the pair has the same interface as ``conv``.
     """
-    depthwise = nn.Conv2d(conv.in_channels, conv.in_channels, conv.kernel_size, stride=conv.stride,
-                          padding=conv.padding, dilation=conv.dilation, groups=conv.in_channels,
-                          bias=False)
+    depthwise = nn.Conv2d(
+        conv.in_channels,
+        conv.in_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.in_channels,
+        bias=False,
+    )
     pointwise = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
     return nn.Sequential(depthwise, pointwise)
 
@@ -72,7 +79,11 @@ def make_separable(model: nn.Module, skip: tuple[str, ...] = ()) -> nn.Module:
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full_name = f"{name}.{child_name}" if name else child_name
-            if (isinstance(child, nn.Conv2d) and full_name not in skip and child.groups == 1
-                    and max(child.kernel_size) > 1):
+            if (
+                isinstance(child, nn.Conv2d)
+                and full_name not in skip
+                and child.groups == 1
+                and max(child.kernel_size) > 1
+            ):
                 setattr(module, child_name, separable_conv(child))
     return model

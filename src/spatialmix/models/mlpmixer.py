@@ -1,8 +1,10 @@
 """A small isotropic MLP-Mixer whose spatial mixing is done by token-mixing linear layers."""
+
 from __future__ import annotations
-from spatialmix.errors import SpatialmixError
-from spatialmix.errors import check_positive
+
 from torch import nn
+
+from spatialmix.errors import SpatialmixError, check_positive
 from spatialmix.models.registry import register_model
 
 
@@ -31,15 +33,22 @@ class MixerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         self.token_mlp = TokenMixingMLP(num_tokens, token_hidden)
         self.norm2 = nn.LayerNorm(width)
-        self.channel_mlp = nn.Sequential(nn.Linear(width, channel_hidden), nn.GELU(), nn.Linear(channel_hidden, width))
+        self.channel_mlp = nn.Sequential(
+            nn.Linear(width, channel_hidden), nn.GELU(), nn.Linear(channel_hidden, width)
+        )
 
     def forward(self, x):
         x = x + self.token_mlp(self.norm1(x))
         return x + self.channel_mlp(self.norm2(x))
 
 
-@register_model("mlpmixer", "MLP-Mixer with explicit width/depth/patch_size (token_hidden, channel_hidden)",
-                width=128, depth=6, patch_size=4)
+@register_model(
+    "mlpmixer",
+    "MLP-Mixer with explicit width/depth/patch_size (token_hidden, channel_hidden)",
+    width=128,
+    depth=6,
+    patch_size=4,
+)
 class MLPMixer(nn.Module):
     """An isotropic MLP-Mixer for small images: patch stem -> ``depth`` blocks -> LayerNorm -> mean -> head.
 
@@ -48,24 +57,42 @@ class MLPMixer(nn.Module):
     so the model is built for one ``image_size``.
     """
 
-    def __init__(self, width: int, depth: int, patch_size: int = 4, image_size: int = 32, token_hidden: int | None = None,
-                 channel_hidden: int | None = None, in_chans: int = 3, num_classes: int = 1000):
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        patch_size: int = 4,
+        image_size: int = 32,
+        token_hidden: int | None = None,
+        channel_hidden: int | None = None,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+    ):
         super().__init__()
-        check_positive(width=width, depth=depth, patch_size=patch_size, image_size=image_size, in_chans=in_chans,
-                       num_classes=num_classes)
+        check_positive(
+            width=width,
+            depth=depth,
+            patch_size=patch_size,
+            image_size=image_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+        )
         token_hidden = max(1, width // 2) if token_hidden is None else token_hidden
         channel_hidden = 4 * width if channel_hidden is None else channel_hidden
         check_positive(token_hidden=token_hidden, channel_hidden=channel_hidden)
         if patch_size > image_size:
-            raise SpatialmixError(f"patch size {patch_size} is larger than the {image_size} x {image_size} image; "
-                                  f"use --patch-size {max(1, image_size // 8)} or smaller")
+            raise SpatialmixError(
+                f"patch size {patch_size} is larger than the {image_size} x {image_size} image; "
+                f"use --patch-size {max(1, image_size // 8)} or smaller"
+            )
         self.width, self.depth, self.patch_size, self.image_size = width, depth, patch_size, image_size
         self.grid = (image_size // patch_size, image_size // patch_size)
         self.num_tokens = self.grid[0] * self.grid[1]
         self.num_classes = num_classes
         self.stem = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
-        self.blocks = nn.Sequential(*[MixerBlock(width, self.num_tokens, token_hidden, channel_hidden)
-                                      for _ in range(depth)])
+        self.blocks = nn.Sequential(
+            *[MixerBlock(width, self.num_tokens, token_hidden, channel_hidden) for _ in range(depth)]
+        )
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_classes)
         self.spatialmix_input_shape = (in_chans, image_size, image_size)
@@ -73,8 +100,10 @@ class MLPMixer(nn.Module):
     def forward_features(self, x):
         x = self.stem(x)
         if x.shape[-2:] != self.grid:
-            raise SpatialmixError(f"this MLP-Mixer was built for {self.image_size} x {self.image_size} images "
-                                  f"(a {self.grid[0]} x {self.grid[1]} patch grid), got {tuple(x.shape[-2:])} patches")
+            raise SpatialmixError(
+                f"this MLP-Mixer was built for {self.image_size} x {self.image_size} images "
+                f"(a {self.grid[0]} x {self.grid[1]} patch grid), got {tuple(x.shape[-2:])} patches"
+            )
         return self.norm(self.blocks(x.flatten(2).transpose(1, 2)))
 
     def forward(self, x):

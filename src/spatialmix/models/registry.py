@@ -17,10 +17,11 @@ Names understood by :func:`create_model`:
 * ``timm:NAME`` and ``torchvision:NAME``: any model of those libraries (random weights unless
   ``pretrained=True``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
@@ -50,7 +51,3 @@ def register_model(name: str, description: str, **defaults):
         return builder
 
     return add
-
-
-def list_models() -> list[str]:
-    return sorted(MODEL_REGISTRY) + ["timm:NAME", "torchvision:NAME"]

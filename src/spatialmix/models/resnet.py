@@ -1,18 +1,28 @@
 """torchvision's ResNets, made separable after the stem (the paper's ResNet variant is not stated)."""
+
 from __future__ import annotations
-from spatialmix.errors import check_positive
-from spatialmix.models.layers import make_separable
+
 from torch import nn
+
+from spatialmix.errors import check_positive, unknown_name
+from spatialmix.models.layers import make_separable
 from spatialmix.models.registry import register_model
-from spatialmix.errors import unknown_name
+
+RESNET_DEPTHS = {
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
+    "resnet50": "resnet50",
+    "resnet101": "resnet101",
+}
 
 
-RESNET_DEPTHS = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
-                 "resnet101": "resnet101"}
-
-
-def resnet(arch: str = "resnet18", in_chans: int = 3, num_classes: int = 1000, separable: bool = True,
-           stem: str = "imagenet") -> nn.Module:
+def resnet(
+    arch: str = "resnet18",
+    in_chans: int = 3,
+    num_classes: int = 1000,
+    separable: bool = True,
+    stem: str = "imagenet",
+) -> nn.Module:
     """A torchvision ResNet, made separable after the stem unless ``separable=False``.
 
     ``stem="cifar"`` replaces the 7 x 7 stride-2 stem and max-pool with a 3 x 3 stride-1 conv,
@@ -35,6 +45,7 @@ def resnet(arch: str = "resnet18", in_chans: int = 3, num_classes: int = 1000, s
         make_separable(model, skip=("conv1",))
     model.num_classes = num_classes
     return model
+
 
 for _arch in RESNET_DEPTHS:
     register_model(f"{_arch}-sep", f"{_arch}, separable after the stem", arch=_arch, separable=True)(resnet)

@@ -17,6 +17,7 @@ The report is made in three steps, each in its own module:
 
 This module holds the entry points and keeps the names of those modules that callers use.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -24,23 +25,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spatialmix.analysis.filters import FFT_SIZE
-from spatialmix.ui.display import ResultTable
 from spatialmix.errors import SpatialmixError
+from spatialmix.io import storage
 from spatialmix.report.filters import filters_section
 from spatialmix.report.inputs import read_inputs
-from spatialmix.report.page import (Section, render_html, render_markdown)
-from spatialmix.report.sections import (classification_section, configuration_section,
-                              curves_section, study_section, verdicts_section)
-from spatialmix.io import storage
+from spatialmix.report.page import Section, render_html, render_markdown
+from spatialmix.report.sections import (
+    classification_section,
+    configuration_section,
+    curves_section,
+    study_section,
+    verdicts_section,
+)
+from spatialmix.ui.display import ResultTable
 
 
 @dataclass
 class ReportFiles:
     html: Path
     markdown: Path
-    present: list[str]          # ids of the sections with results
-    absent: list[str]           # ids of the sections left out with a note
-    verdicts: list[ResultTable] = field(default_factory=list)   # the verdict tables, for the terminal
+    present: list[str]  # ids of the sections with results
+    absent: list[str]  # ids of the sections left out with a note
+    verdicts: list[ResultTable] = field(default_factory=list)  # the verdict tables, for the terminal
 
 
 def build_sections(paths: list[str | Path], fft_size: int = FFT_SIZE) -> list[Section]:
@@ -48,11 +54,19 @@ def build_sections(paths: list[str | Path], fft_size: int = FFT_SIZE) -> list[Se
     if not isinstance(fft_size, int) or fft_size <= 0:
         raise SpatialmixError(f"FFT size must be a positive integer, got {fft_size}")
     inputs = read_inputs(paths)
-    sections = [verdicts_section(inputs), classification_section(inputs), curves_section(inputs),
-                study_section(inputs, "robustness"), study_section(inputs, "smoothing"),
-                study_section(inputs, "init"), study_section(inputs, "unshuffle"), filters_section(inputs, fft_size),
-                study_section(inputs, "other"), configuration_section(inputs)]
-    return [s for s in sections if s is not None]   # init and other appear only with results
+    sections = [
+        verdicts_section(inputs),
+        classification_section(inputs),
+        curves_section(inputs),
+        study_section(inputs, "robustness"),
+        study_section(inputs, "smoothing"),
+        study_section(inputs, "init"),
+        study_section(inputs, "unshuffle"),
+        filters_section(inputs, fft_size),
+        study_section(inputs, "other"),
+        configuration_section(inputs),
+    ]
+    return [s for s in sections if s is not None]  # init and other appear only with results
 
 
 def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = FFT_SIZE) -> ReportFiles:
@@ -63,11 +77,15 @@ def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = 
     """
     out_html = Path(out_html)
     if out_html.suffix.lower() not in (".html", ".htm"):
-        raise SpatialmixError(f"the report file must end in .html, got {out_html}; the Markdown tables are "
-                              f"written beside it as .md")
+        raise SpatialmixError(
+            f"the report file must end in .html, got {out_html}; the Markdown tables are "
+            f"written beside it as .md"
+        )
     if out_html.is_dir():
-        raise SpatialmixError(f"{out_html} is a directory; pass a file name such as {out_html / 'report.html'}")
-    storage.check_writable(out_html.parent)   # before the work, not after it
+        raise SpatialmixError(
+            f"{out_html} is a directory; pass a file name such as {out_html / 'report.html'}"
+        )
+    storage.check_writable(out_html.parent)  # before the work, not after it
     paths = [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
     sections = build_sections(paths, fft_size)
     created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -76,7 +94,10 @@ def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = 
     storage.atomic_write_bytes(markdown, render_markdown(sections, paths, created).encode())
     storage.atomic_write_bytes(out_html, page.encode())
     verdicts = [i for s in sections if s.id == "verdicts" for i in s.items if isinstance(i, ResultTable)]
-    return ReportFiles(out_html, markdown, [s.id for s in sections if s.present],
-                       [s.id for s in sections if not s.present], verdicts)
-
-
+    return ReportFiles(
+        out_html,
+        markdown,
+        [s.id for s in sections if s.present],
+        [s.id for s in sections if not s.present],
+        verdicts,
+    )

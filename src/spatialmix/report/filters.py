@@ -1,15 +1,26 @@
 """The report's filter analysis: the spatial filters of every run's latest checkpoint, their spectra,
 norms and distance from initialization (computed by :mod:`spatialmix.analysis`), and the check that
 frozen layers never moved."""
+
 from __future__ import annotations
 
-from spatialmix.analysis.filters import (FFT_SIZE, LOW_HIGH_CUTOFF, FilterAnalysis, analyze_run, frozen_layers_moved,
-                       plot_filter_grids, plot_mean_spectra, plot_radial_profiles, spectrum_table, statistics_table)
+from spatialmix.analysis.filters import (
+    FFT_SIZE,
+    LOW_HIGH_CUTOFF,
+    FilterAnalysis,
+    analyze_run,
+    frequency_radius,
+    frozen_layers_moved,
+    plot_filter_grids,
+    plot_mean_spectra,
+    plot_radial_profiles,
+    spectrum_table,
+    statistics_table,
+)
 from spatialmix.errors import SpatialmixError
 from spatialmix.report.inputs import Inputs
 from spatialmix.report.page import Section, figure_image
 from spatialmix.report.sections import ABSENT, SECTIONS
-from spatialmix.analysis.filters import frequency_radius
 
 MAX_FIGURE_ROWS = 12
 
@@ -24,7 +35,7 @@ def filters_section(inputs: Inputs, fft_size: int = FFT_SIZE) -> Section:
         except SpatialmixError as err:
             if "FFT size" in str(err):
                 raise
-            reason = str(err).split("; ")[0]   # the first clause says what is wrong; the advice is for the CLI
+            reason = str(err).split("; ")[0]  # the first clause says what is wrong; the advice is for the CLI
             skipped.append(reason if r.label in reason else f"{r.label}: {reason}")
             continue
         analysis.group = f"{r.source}|{r.group}"
@@ -35,19 +46,26 @@ def filters_section(inputs: Inputs, fft_size: int = FFT_SIZE) -> Section:
     shown = _representatives(analyses)
     section.items.append(
         f"Spatial filters (depthwise k x k) of each run's latest checkpoint. Frequencies are in cycles/pixel "
-        f"(0.5 = Nyquist), from each filter's DFT zero-padded to {fft_size} x {fft_size}. Energy ratios do not "
+        f"(0.5 = Nyquist), from each filter's DFT zero-padded to {fft_size} x {fft_size}. Energy ratios do "
+        "not "
         f"depend on the filters' scale: a white spectrum (a delta, or i.i.d. random filters in expectation) "
         f"has a flat relative profile at 1 and a low/high energy ratio of about "
-        f"{_white_ratio(fft_size):.3f} (the share of the frequency grid below {LOW_HIGH_CUTOFF:g} cycles/pixel); "
+        f"{_white_ratio(fft_size):.3f} (the share of the frequency grid below {LOW_HIGH_CUTOFF:g} "
+        "cycles/pixel); "
         f"more energy at low frequency means smoother filters. Full and Chans runs of the same seed and init "
-        f"start from the same random filters, so a Chans row shows what the Full row started from.")
+        f"start from the same random filters, so a Chans row shows what the Full row started from."
+    )
     if len(shown) < len(analyses):
-        section.items.append(f"Figures show the first seed of each setting ({len(shown)} of {len(analyses)} runs); "
-                             f"the tables show every run.")
-    shown = [a for a in shown if a.filters]   # token-mixing models have no k x k filters to draw
+        section.items.append(
+            f"Figures show the first seed of each setting ({len(shown)} of {len(analyses)} runs); "
+            f"the tables show every run."
+        )
+    shown = [a for a in shown if a.filters]  # token-mixing models have no k x k filters to draw
     if not shown:
-        section.items.append("These runs' spatial mixers are token-mixing matrices (no k x k filters): they are "
-                             "described by their norms and distance from initialization below.")
+        section.items.append(
+            "These runs' spatial mixers are token-mixing matrices (no k x k filters): they are "
+            "described by their norms and distance from initialization below."
+        )
     else:
         _filter_figures(section, shown)
     if any(a.spectra for a in analyses):
@@ -57,25 +75,41 @@ def filters_section(inputs: Inputs, fft_size: int = FFT_SIZE) -> Section:
     moved = frozen_layers_moved(analyses)
     frozen_count = sum(s.frozen for a in analyses for s in a.stats)
     if moved:
-        section.items.append("WARNING: frozen layers moved away from their initialization: " + "; ".join(moved))
+        section.items.append(
+            "WARNING: frozen layers moved away from their initialization: " + "; ".join(moved)
+        )
     elif frozen_count:
-        section.items.append(f"Check: all {frozen_count} frozen layers are bit-for-bit at their initialization "
-                             f"(distance exactly 0).")
+        section.items.append(
+            f"Check: all {frozen_count} frozen layers are bit-for-bit at their initialization "
+            f"(distance exactly 0)."
+        )
     if skipped:
         section.items.append("Not analyzed: " + "; ".join(skipped) + ".")
     return section
 
 
 def _filter_figures(section: Section, shown: list[FilterAnalysis]) -> None:
-    section.items.append(figure_image(plot_filter_grids(shown),
-                                      "The first 16 filters of each spatial layer; each filter scaled by its own "
-                                      "largest |weight| (red positive, blue negative)."))
-    section.items.append(figure_image(plot_radial_profiles(shown),
-                                      "Radial profile of the mean power spectrum of each spatial layer, relative to "
-                                      "the layer's mean power (dotted: white spectrum; dashed: the low/high cutoff)."))
-    section.items.append(figure_image(plot_mean_spectra(shown),
-                                      "Mean 2-D magnitude spectrum of each spatial layer (DC in the centre, each panel "
-                                      "scaled to its maximum)."))
+    section.items.append(
+        figure_image(
+            plot_filter_grids(shown),
+            "The first 16 filters of each spatial layer; each filter scaled by its own "
+            "largest |weight| (red positive, blue negative).",
+        )
+    )
+    section.items.append(
+        figure_image(
+            plot_radial_profiles(shown),
+            "Radial profile of the mean power spectrum of each spatial layer, relative to "
+            "the layer's mean power (dotted: white spectrum; dashed: the low/high cutoff).",
+        )
+    )
+    section.items.append(
+        figure_image(
+            plot_mean_spectra(shown),
+            "Mean 2-D magnitude spectrum of each spatial layer (DC in the centre, each panel "
+            "scaled to its maximum).",
+        )
+    )
 
 
 def _white_ratio(size: int) -> float:

@@ -6,17 +6,18 @@ folder through :class:`spatialmix.runs.Run` (every file validated) and each stud
 ``results.json`` through :func:`spatialmix.study_result.read_study_entry` (its section, tables,
 figures and files), so a damaged input is one line naming the file and the field.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spatialmix.io import runs
 from spatialmix.analysis.filters import run_label
-from spatialmix.errors import SpatialmixError
 from spatialmix.core.mixing import MODES
-from spatialmix.io.study_results import SavedStudy, check_study_settings, read_study_entry
+from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs
 from spatialmix.io.runs import find_runs
+from spatialmix.io.study_results import SavedStudy, check_study_settings, read_study_entry
 
 RESULTS = "results.json"
 
@@ -24,21 +25,21 @@ RESULTS = "results.json"
 @dataclass
 class RunInfo:
     path: Path
-    record: dict                 # config.json
+    record: dict  # config.json
     summary: dict | None
     status: dict
     metrics: list[dict]
     label: str
-    group: str                   # label without the seed
-    source: str                  # the study folder it was found in, or "" for a run given directly
+    group: str  # label without the seed
+    source: str  # the study folder it was found in, or "" for a run given directly
 
 
 @dataclass
 class StudyInfo:
     path: Path
-    results: dict                # results.json, {} when the folder has runs but no results yet
+    results: dict  # results.json, {} when the folder has runs but no results yet
     runs: list[RunInfo] = field(default_factory=list)
-    entries: list[SavedStudy] = field(default_factory=list)   # results.json's studies, checked, in order
+    entries: list[SavedStudy] = field(default_factory=list)  # results.json's studies, checked, in order
 
 
 @dataclass
@@ -52,7 +53,9 @@ class Inputs:
 
     def entries(self, section: str) -> list[tuple[StudyInfo, SavedStudy]]:
         """Every study entry that feeds ``section``, study folder by study folder."""
-        return [(study, entry) for study in self.studies for entry in study.entries if entry.section == section]
+        return [
+            (study, entry) for study in self.studies for entry in study.entries if entry.section == section
+        ]
 
 
 def task_name(run: RunInfo) -> str:
@@ -60,24 +63,34 @@ def task_name(run: RunInfo) -> str:
     return str(task.get("name", "classification")) if isinstance(task, dict) else "classification"
 
 
-
-
 def _read_run(path: Path, source: str = "", prefix: str = "") -> RunInfo:
-    run = runs.Run(path).check()   # every file validated: one line naming the file and the field
+    run = runs.Run(path).check()  # every file validated: one line naming the file and the field
     record, summary, status = run.record(), run.summary(), run.status()
     train = record.get("train") if isinstance(record.get("train"), dict) else {}
-    return RunInfo(path, record, summary, status, run.metrics(),
-                   prefix + run_label(train), prefix + run_label(train, with_seed=False), source)
+    return RunInfo(
+        path,
+        record,
+        summary,
+        status,
+        run.metrics(),
+        prefix + run_label(train),
+        prefix + run_label(train, with_seed=False),
+        source,
+    )
 
 
 def read_results(path: Path) -> tuple[dict, list[SavedStudy]]:
     """A study folder's results.json and its studies' entries, every field checked."""
     results = runs.read_json(path, "study folder")
     if not isinstance(results, dict) or not isinstance(results.get("studies", {}), dict):
-        raise SpatialmixError(f"{path} is not a spatialmix results file (no 'studies' table); "
-                              f"pass a folder made by `spatialmix reproduce`")
+        raise SpatialmixError(
+            f"{path} is not a spatialmix results file (no 'studies' table); "
+            f"pass a folder made by `spatialmix reproduce`"
+        )
     check_study_settings(path, results)
-    return results, [read_study_entry(path, name, entry) for name, entry in results.get("studies", {}).items()]
+    return results, [
+        read_study_entry(path, name, entry) for name, entry in results.get("studies", {}).items()
+    ]
 
 
 def read_inputs(paths: list[str | Path]) -> Inputs:
@@ -88,8 +101,10 @@ def read_inputs(paths: list[str | Path]) -> Inputs:
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise SpatialmixError(f"{path} does not exist; pass a run directory (with config.json) or a study "
-                                  f"folder (with results.json) made by spatialmix")
+            raise SpatialmixError(
+                f"{path} does not exist; pass a run directory (with config.json) or a study "
+                f"folder (with results.json) made by spatialmix"
+            )
         if not path.is_dir():
             raise SpatialmixError(f"{path} is a file, not a run directory or a study folder")
         if path.resolve() in seen:
@@ -99,14 +114,18 @@ def read_inputs(paths: list[str | Path]) -> Inputs:
             loose.append(_read_run(path))
             continue
         if not any(path.iterdir()):
-            raise SpatialmixError(f"{path} is an empty directory: nothing to report; pass a run directory "
-                                  f"or a study folder made by spatialmix")
+            raise SpatialmixError(
+                f"{path} is an empty directory: nothing to report; pass a run directory "
+                f"or a study folder made by spatialmix"
+            )
         has_results = (path / RESULTS).is_file()
         run_dirs = find_runs(path)
         if not has_results and not run_dirs:
-            raise SpatialmixError(f"{path} is neither a spatialmix run (no config.json) nor a study folder "
-                                  f"(no results.json, no runs inside); pass a folder made by `spatialmix train` "
-                                  f"or `spatialmix reproduce`")
+            raise SpatialmixError(
+                f"{path} is neither a spatialmix run (no config.json) nor a study folder "
+                f"(no results.json, no runs inside); pass a folder made by `spatialmix train` "
+                f"or `spatialmix reproduce`"
+            )
         results, entries = read_results(path / RESULTS) if has_results else ({}, [])
         study = StudyInfo(path, results, entries=entries)
         for run_dir in sorted(run_dirs, key=lambda d: _run_order(path, d)):
@@ -123,14 +142,20 @@ def _run_order(study: Path, run_dir: Path) -> tuple:
     """Classification runs first, then by folder, mode (Full, Chans, Space), smoothing sigma, seed."""
     parts = run_dir.relative_to(study).parts
     top = parts[0] if len(parts) > 1 else ""
-    try:   # only to sort: a damaged config.json is reported when the run is read
+    try:  # only to sort: a damaged config.json is reported when the run is read
         record = runs.read_json(run_dir / runs.CONFIG, "run")
     except SpatialmixError:
         record = {}
     train = record.get("train") if isinstance(record, dict) and isinstance(record.get("train"), dict) else {}
     mode, seed, sigma = train.get("mode"), train.get("seed"), train.get("smooth_sigma")
-    return (top != "classification", top, MODES.index(mode) if mode in MODES else len(MODES),
-            sigma if isinstance(sigma, (int, float)) else 0, seed if isinstance(seed, int) else 1 << 62, str(run_dir))
+    return (
+        top != "classification",
+        top,
+        MODES.index(mode) if mode in MODES else len(MODES),
+        sigma if isinstance(sigma, (int, float)) else 0,
+        seed if isinstance(seed, int) else 1 << 62,
+        str(run_dir),
+    )
 
 
 def _make_labels_unique(run_infos: list[RunInfo]) -> None:

@@ -5,6 +5,7 @@ The HTML needs nothing else to be read: images are embedded as base64, the style
 inline, there is no script and no external URL, and every table sits in a scrolling wrapper so
 that none is wider than the page.
 """
+
 from __future__ import annotations
 
 import base64
@@ -13,10 +14,10 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from spatialmix import __version__
-from spatialmix.ui.display import ResultTable
-from spatialmix.io.figures import save_png
 from spatialmix.analysis.claims import VERDICT_WORDS
+from spatialmix.io.figures import save_png
+from spatialmix.ui.display import ResultTable
+from spatialmix.version import __version__
 
 
 @dataclass
@@ -32,7 +33,9 @@ class Image:
 class Section:
     id: str
     title: str
-    items: list = field(default_factory=list)   # str (a paragraph), ResultTable, Image, ("details", ResultTable)
+    items: list = field(
+        default_factory=list
+    )  # str (a paragraph), ResultTable, Image, ("details", ResultTable)
     absent: str | None = None
 
     @property
@@ -47,6 +50,7 @@ def figure_image(fig, caption: str) -> Image:
 
 # --------------------------------------------------------------------------- tables from JSON
 
+
 def format_value(value) -> str:
     """A table cell from JSON: ints with separators, floats to 4 significant digits, [mean, std] pairs."""
     if value is None:
@@ -59,10 +63,15 @@ def format_value(value) -> str:
         if math.isnan(value) or math.isinf(value):
             return str(value)
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         mean, std = value
-        return f"{format_value(float(mean))} ± {format_value(float(std))}" if std else format_value(float(mean))
+        return (
+            f"{format_value(float(mean))} ± {format_value(float(std))}" if std else format_value(float(mean))
+        )
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, default=str)
     return str(value)
@@ -71,7 +80,7 @@ def format_value(value) -> str:
 def rows_table(title: str, rows: list[dict]) -> ResultTable:
     """A ResultTable from JSON rows whose columns nobody told us: the union of their keys, in order."""
     keys: list[str] = []
-    for row in sorted(rows, key=len, reverse=True):   # the fullest row sets the order
+    for row in sorted(rows, key=len, reverse=True):  # the fullest row sets the order
         keys += [k for k in row if k not in keys]
     table = ResultTable(title, [(k, k.replace("_", " "), "") for k in keys])
     for row in rows:
@@ -89,7 +98,7 @@ def saved_table(title: str, rows: list[dict], columns) -> ResultTable:
         table.add(**{k: tuple(v) if isinstance(v, list) and len(v) == 2 else v for k, v in row.items()})
     try:
         table.cells()
-    except (TypeError, ValueError):   # a saved format that does not fit the saved values
+    except (TypeError, ValueError):  # a saved format that does not fit the saved values
         return rows_table(title, rows)
     return table
 
@@ -121,7 +130,7 @@ def _esc(text) -> str:
 
 
 def _td(cell: str, column: str) -> str:
-    if column == "verdict" and cell in VERDICT_WORDS:   # the word of a verdict, coloured
+    if column == "verdict" and cell in VERDICT_WORDS:  # the word of a verdict, coloured
         return f'<td class="verdict-{cell.replace(" ", "-")}">{_esc(cell)}</td>'
     return f"<td>{_esc(cell)}</td>"
 
@@ -130,9 +139,13 @@ def html_table(table: ResultTable) -> str:
     """A table in a scrolling wrapper, so that no table is ever wider than the page."""
     head = "".join(f"<th>{_esc(h)}</th>" for _, h, _ in table.columns)
     keys = [k for k, _, _ in table.columns]
-    body = "\n".join("<tr>" + "".join(_td(c, k) for c, k in zip(cells, keys)) + "</tr>" for cells in table.cells())
-    return (f'<div class="table-wrap"><table>\n<caption>{_esc(table.title)}</caption>\n<thead><tr>{head}</tr>'
-            f"</thead>\n<tbody>\n{body}\n</tbody>\n</table></div>")
+    body = "\n".join(
+        "<tr>" + "".join(_td(c, k) for c, k in zip(cells, keys)) + "</tr>" for cells in table.cells()
+    )
+    return (
+        f'<div class="table-wrap"><table>\n<caption>{_esc(table.title)}</caption>\n<thead><tr>{head}</tr>'
+        f"</thead>\n<tbody>\n{body}\n</tbody>\n</table></div>"
+    )
 
 
 def html_item(item) -> str:
@@ -142,24 +155,38 @@ def html_item(item) -> str:
         return html_table(item)
     if isinstance(item, Image):
         data = base64.b64encode(item.png).decode("ascii")
-        return (f'<figure><img alt="{_esc(item.caption)}" src="data:{item.mime};base64,{data}">'
-                f"<figcaption>{_esc(item.caption)}</figcaption></figure>")
+        return (
+            f'<figure><img alt="{_esc(item.caption)}" src="data:{item.mime};base64,{data}">'
+            f"<figcaption>{_esc(item.caption)}</figcaption></figure>"
+        )
     if isinstance(item, tuple) and item[0] == "details":
         table = item[1]
-        return (f"<details><summary>{_esc(table.title)} ({len(table.rows)} rows)</summary>\n"
-                f"{html_table(table)}\n</details>")
+        return (
+            f"<details><summary>{_esc(table.title)} ({len(table.rows)} rows)</summary>\n"
+            f"{html_table(table)}\n</details>"
+        )
     raise TypeError(f"cannot render {type(item).__name__} in a report")
 
 
 def render_html(sections: list[Section], paths: list[str], created: str) -> str:
-    nav = "".join(f'<li><a href="#{s.id}">{_esc(s.title)}</a>{"" if s.present else " (absent)"}</li>'
-                  for s in sections)
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             "<title>spatialmix report</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
-             "<h1>spatialmix report</h1>",
-             f'<p class="meta">Written {_esc(created)} by spatialmix {_esc(__version__)} from: '
-             + ", ".join(f"<code>{_esc(p)}</code>" for p in paths) + "</p>",
-             f"<nav><ul>{nav}</ul></nav>"]
+    nav = "".join(
+        f'<li><a href="#{s.id}">{_esc(s.title)}</a>{"" if s.present else " (absent)"}</li>' for s in sections
+    )
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        "<title>spatialmix report</title>",
+        f"<style>{STYLE}</style>",
+        "</head>",
+        "<body>",
+        "<h1>spatialmix report</h1>",
+        f'<p class="meta">Written {_esc(created)} by spatialmix {_esc(__version__)} from: '
+        + ", ".join(f"<code>{_esc(p)}</code>" for p in paths)
+        + "</p>",
+        f"<nav><ul>{nav}</ul></nav>",
+    ]
     for s in sections:
         state = "present" if s.present else "absent"
         parts.append(f'<section id="{s.id}" class="{state}-section">')
@@ -176,9 +203,14 @@ def render_html(sections: list[Section], paths: list[str], created: str) -> str:
 
 # --------------------------------------------------------------------------- Markdown
 
+
 def render_markdown(sections: list[Section], paths: list[str], created: str) -> str:
-    lines = ["# spatialmix report", "", f"Written {created} by spatialmix {__version__} from: "
-             + ", ".join(f"`{p}`" for p in paths), ""]
+    lines = [
+        "# spatialmix report",
+        "",
+        f"Written {created} by spatialmix {__version__} from: " + ", ".join(f"`{p}`" for p in paths),
+        "",
+    ]
     for s in sections:
         lines += [f"## {s.title}", ""]
         for item in s.items:

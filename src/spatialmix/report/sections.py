@@ -7,21 +7,21 @@ its tables, its figures with their captions and the names of its other files; no
 placed by guessing from a file's name. A section with nothing to show keeps its heading and
 says why (:data:`ABSENT`), so a report of a single run or of an interrupted study is still a report.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from spatialmix.io import runs
-from spatialmix.ui.display import ResultTable
+from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs, verdicts_for_study
 from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs, storage
+from spatialmix.io.study_results import SavedStudy, json_rows
 from spatialmix.report.inputs import Inputs, RunInfo, StudyInfo, task_name
 from spatialmix.report.page import Image, Section, figure_image, format_value, rows_table, saved_table
 from spatialmix.report.tables import classification_table
-from spatialmix.io.study_results import SavedStudy, json_rows
-from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs, verdicts_for_study
 from spatialmix.robustness.results import result_rows
-from spatialmix.io import storage
+from spatialmix.ui.display import ResultTable
 
 SECTIONS = {
     "verdicts": "Verdicts",
@@ -37,47 +37,58 @@ SECTIONS = {
 }
 # Why a section is empty. Sections not named here (init, other) are left out of the page when empty.
 ABSENT = {
-    "verdicts": "no claim of the paper can be judged from these inputs: that needs finished Full and Chans (or "
-                "Space) runs of one setting with the same seeds, or a study folder of `spatialmix reproduce`",
+    "verdicts": "no claim of the paper can be judged from these inputs: that needs finished Full and Chans "
+    "(or "
+    "Space) runs of one setting with the same seeds, or a study folder of `spatialmix reproduce`",
     "configuration": "no runs in these inputs",
     "classification": "no finished classification run in these inputs (train one with `spatialmix train` "
-                      "or `spatialmix reproduce`)",
+    "or `spatialmix reproduce`)",
     "curves": "no run in these inputs has finished an epoch (metrics.jsonl is empty)",
     "robustness": "no robustness results in these inputs (run `spatialmix reproduce` with the robustness "
-                  "study, or `spatialmix attack RUN_DIR`)",
+    "study, or `spatialmix attack RUN_DIR`)",
     "smoothing": "no smoothing study in these inputs (it is part of the robustness study of "
-                 "`spatialmix reproduce`)",
-    "unshuffle": "no un-shuffling results in these inputs (run `spatialmix unshuffle` or `spatialmix reproduce`)",
+    "`spatialmix reproduce`)",
+    "unshuffle": "no un-shuffling results in these inputs (run `spatialmix unshuffle` or `spatialmix "
+    "reproduce`)",
     "filters": "no run in these inputs has a checkpoint of a model with spatial mixers",
 }
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-               ".svg": "image/svg+xml"}
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".svg": "image/svg+xml",
+}
 MAX_EMBED_BYTES = 20 * 2**20
 MAX_CURVE_PANELS = 4
 
 
 # --------------------------------------------------------------------------- verdicts
 
-VERDICTS_INTRO = ("Each claim of the paper against the data: the effect, its 95% interval, and the seeds and examples "
-                  "behind it. supports: the whole interval lies on the paper's side of the threshold in "
-                  "'supports if interval'; contradicts: the whole interval lies on the other side; inconclusive: "
-                  "the interval covers the threshold, or cannot be computed (one seed without per-example "
-                  "results); not run: no data for this claim yet (the line names the command that tests it). "
-                  "Paired comparisons use the same examples for both models (per-example bootstrap over seeds and "
-                  "examples, with McNemar's exact test per seed); otherwise a t-interval over seed-paired "
-                  "differences.")
+VERDICTS_INTRO = (
+    "Each claim of the paper against the data: the effect, its 95% interval, and the seeds and examples "
+    "behind it. supports: the whole interval lies on the paper's side of the threshold in "
+    "'supports if interval'; contradicts: the whole interval lies on the other side; inconclusive: "
+    "the interval covers the threshold, or cannot be computed (one seed without per-example "
+    "results); not run: no data for this claim yet (the line names the command that tests it). "
+    "Paired comparisons use the same examples for both models (per-example bootstrap over seeds and "
+    "examples, with McNemar's exact test per seed); otherwise a t-interval over seed-paired "
+    "differences."
+)
 
 
 def verdicts_section(inputs: Inputs) -> Section:
     """The answer first: one verdict table per study folder, one for the runs given directly."""
     section = Section("verdicts", SECTIONS["verdicts"])
-    sources = [(study.path.name, lambda study=study: verdicts_for_study(study.path)) for study in inputs.studies]
+    sources = [
+        (study.path.name, lambda study=study: verdicts_for_study(study.path)) for study in inputs.studies
+    ]
     if inputs.loose_runs:
         sources.append(("runs given", lambda: verdicts_for_runs([r.path for r in inputs.loose_runs])))
     for name, compute in sources:
         try:
             verdicts = compute()
-        except SpatialmixError as err:   # a damaged result file: the rest of the report still stands
+        except SpatialmixError as err:  # a damaged result file: the rest of the report still stands
             section.items.append(f"Verdicts of {name} could not be computed: {err}")
             continue
         if verdicts:
@@ -92,12 +103,23 @@ def verdicts_section(inputs: Inputs) -> Section:
 
 # --------------------------------------------------------------------------- classification
 
-CLASSIFICATION_KEYS = ("trainable_params", "frozen_params", "test_acc", "best_acc", "train_time", "images_per_s")
+CLASSIFICATION_KEYS = (
+    "trainable_params",
+    "frozen_params",
+    "test_acc",
+    "best_acc",
+    "train_time",
+    "images_per_s",
+)
 
 
 def _is_classification_summary(summary) -> bool:
-    return (isinstance(summary, dict) and all(k in summary for k in CLASSIFICATION_KEYS)
-            and isinstance(summary["test_acc"], (int, float)) and summary.get("task", "classification") == "classification")
+    return (
+        isinstance(summary, dict)
+        and all(k in summary for k in CLASSIFICATION_KEYS)
+        and isinstance(summary["test_acc"], (int, float))
+        and summary.get("task", "classification") == "classification"
+    )
 
 
 def _saved_summaries(entry: SavedStudy) -> dict[str, list[dict]]:
@@ -105,8 +127,11 @@ def _saved_summaries(entry: SavedStudy) -> dict[str, list[dict]]:
     saved = entry.data.get("runs")
     if not isinstance(saved, dict):
         return {}
-    summaries = {mode: [s for s in rows if _is_classification_summary(s)] for mode, rows in saved.items()
-                 if isinstance(rows, list)}
+    summaries = {
+        mode: [s for s in rows if _is_classification_summary(s)]
+        for mode, rows in saved.items()
+        if isinstance(rows, list)
+    }
     return summaries if any(summaries.values()) else {}
 
 
@@ -123,8 +148,11 @@ def classification_section(inputs: Inputs) -> Section:
     if grouped:
         section.items.append(classification_table(grouped, _classification_title("runs given", grouped)))
     if section.items:
-        section.items.insert(0, "Test accuracy of the last epoch and the best epoch; mean ± standard deviation "
-                                "over seeds where there are several.")
+        section.items.insert(
+            0,
+            "Test accuracy of the last epoch and the best epoch; mean ± standard deviation "
+            "over seeds where there are several.",
+        )
     else:
         section.absent = ABSENT["classification"]
     return section
@@ -141,18 +169,23 @@ def _group_summaries(run_infos: list[RunInfo]) -> dict[str, list[dict]]:
 def _classification_title(source: str, summaries: dict[str, list[dict]]) -> str:
     first = next(s for rows in summaries.values() for s in rows)
     seeds = {s.get("seed") for rows in summaries.values() for s in rows}
-    return f"Classification, {source} ({first.get('dataset', '?')}, {first.get('model', '?')}, {len(seeds)} seed(s))"
+    what = f"{first.get('dataset', '?')}, {first.get('model', '?')}, {len(seeds)} seed(s)"
+    return f"Classification, {source} ({what})"
 
 
 # --------------------------------------------------------------------------- training curves
+
 
 def curve_keys(run_infos: list[RunInfo]) -> list[str]:
     """The per-epoch numbers worth a panel: train loss, then every test metric, in first-seen order."""
     keys = ["train_loss"]
     for r in run_infos:
         for m in r.metrics:
-            keys += [k for k, v in m.items() if k.startswith("test_") and isinstance(v, (int, float))
-                     and k not in keys]
+            keys += [
+                k
+                for k, v in m.items()
+                if k.startswith("test_") and isinstance(v, (int, float)) and k not in keys
+            ]
     return keys[:MAX_CURVE_PANELS]
 
 
@@ -167,8 +200,12 @@ def curves_section(inputs: Inputs) -> Section:
         section.absent = ABSENT["curves"]
         return section
     for task, run_infos in by_task.items():
-        section.items.append(figure_image(curves_figure(run_infos, curve_keys(run_infos)),
-                                          f"{task}: per-epoch metrics from each run's metrics.jsonl."))
+        section.items.append(
+            figure_image(
+                curves_figure(run_infos, curve_keys(run_infos)),
+                f"{task}: per-epoch metrics from each run's metrics.jsonl.",
+            )
+        )
     if all(len(r.metrics) == 1 for rs in by_task.values() for r in rs):
         section.items.append("Every run has a single epoch, so each curve is one point.")
     return section
@@ -182,9 +219,15 @@ def curves_figure(run_infos: list[RunInfo], keys: list[str]):
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     for ax, key in zip(axes, keys):
         for i, r in enumerate(run_infos):
-            points = [(m["epoch"], m[key]) for m in r.metrics if isinstance(m.get(key), (int, float)) and "epoch" in m]
+            points = [
+                (m["epoch"], m[key])
+                for m in r.metrics
+                if isinstance(m.get(key), (int, float)) and "epoch" in m
+            ]
             if points:
-                ax.plot(*zip(*points), marker="o", color=f"C{i % 10}", ls="-" if i < 10 else "--", label=r.label)
+                ax.plot(
+                    *zip(*points), marker="o", color=f"C{i % 10}", ls="-" if i < 10 else "--", label=r.label
+                )
         ax.set_xlabel("epoch")
         ax.set_title(key.replace("_", " "))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
@@ -194,6 +237,7 @@ def curves_figure(run_infos: list[RunInfo], keys: list[str]):
 
 
 # --------------------------------------------------------------------------- the studies' own sections
+
 
 def study_section(inputs: Inputs, section_id: str) -> Section | None:
     """Every study that declared ``section_id``: its tables, warnings, figures and files. ``None`` when
@@ -222,12 +266,13 @@ def study_items(study: StudyInfo, entry: SavedStudy) -> list:
     warnings = entry.data.get("warnings")
     if isinstance(warnings, list) and warnings:
         items.append(f"Warnings from the {entry.name} study: " + "; ".join(str(w) for w in warnings))
-    if entry.legacy:   # an older results.json: every image among its files, captioned with its name
+    if entry.legacy:  # an older results.json: every image among its files, captioned with its name
         return items + legacy_file_items(study.path, entry.files)
     declared = [(f.file, f.caption) for f in entry.figures] + [(name, None) for name in entry.files]
     # (checked when read; a path is never followed out of the study folder)
-    return items + _file_items([(name, storage.contained_file(study.path, study.path / name), caption)
-                                for name, caption in declared])
+    return items + _file_items(
+        [(name, storage.contained_file(study.path, study.path / name), caption) for name, caption in declared]
+    )
 
 
 def _file_items(files: list[tuple[str, Path | None, str | None]]) -> list:
@@ -254,8 +299,9 @@ def _image(path: Path, caption: str) -> Image | None:
 
 def _named(other: list[str], missing: list[str]) -> list[str]:
     """The files of a study that are not shown, and those listed but not there, each in one sentence."""
-    return ((["Other files of this study: " + ", ".join(other) + "."] if other else [])
-            + (["Listed in results.json but not found: " + ", ".join(missing) + "."] if missing else []))
+    return (["Other files of this study: " + ", ".join(other) + "."] if other else []) + (
+        ["Listed in results.json but not found: " + ", ".join(missing) + "."] if missing else []
+    )
 
 
 def legacy_file_items(base: Path, files: list[str]) -> list:
@@ -269,10 +315,12 @@ def resolve_file(base: Path, name: str) -> Path | None:
     (the folder may have been moved since)."""
     path = Path(name)
     for candidate in (path, base / path):
-        found = storage.contained_file(base, candidate)   # never a file outside the folder reported on
+        found = storage.contained_file(base, candidate)  # never a file outside the folder reported on
         if found is not None:
             return found
-    matches = [m for m in sorted(base.rglob(path.name)) if storage.contained_file(base, m)] if path.name else []
+    matches = (
+        [m for m in sorted(base.rglob(path.name)) if storage.contained_file(base, m)] if path.name else []
+    )
     return matches[0] if matches else None
 
 
@@ -281,7 +329,10 @@ def run_robustness_items(run: RunInfo) -> list:
     table, and the plot it drew beside it (the same name, .png)."""
     items: list = []
     for path in sorted(run.path.glob("*.json")):
-        if path.name in (runs.CONFIG, runs.STATUS, runs.SUMMARY) or storage.contained_file(run.path, path) is None:
+        if (
+            path.name in (runs.CONFIG, runs.STATUS, runs.SUMMARY)
+            or storage.contained_file(run.path, path) is None
+        ):
             continue
         try:
             saved = json.loads(path.read_text())
@@ -289,7 +340,7 @@ def run_robustness_items(run: RunInfo) -> list:
             items.append(f"{path} is not valid JSON; left out.")
             continue
         if not (isinstance(saved, dict) and isinstance(saved.get("budgets"), list)):
-            continue   # not an attack result
+            continue  # not an attack result
         rows = attack_result_rows(saved)
         if rows:
             items.append(rows_table(f"{run.label}: {path.name}", rows))
@@ -306,11 +357,12 @@ def attack_result_rows(result: dict) -> list[dict] | None:
     """One row per budget of a `spatialmix attack` result, as the attack module lays them out."""
     try:
         return result_rows(result)
-    except (KeyError, TypeError, AttributeError):   # written by another version: show what is there
+    except (KeyError, TypeError, AttributeError):  # written by another version: show what is there
         return json_rows(result.get("budgets"))
 
 
 # --------------------------------------------------------------------------- configuration
+
 
 def configuration_section(inputs: Inputs) -> Section:
     section = Section("configuration", SECTIONS["configuration"])
@@ -318,12 +370,15 @@ def configuration_section(inputs: Inputs) -> Section:
         res = study.results
         if res:
             overrides = ", ".join(f"{k}={v}" for k, v in (res.get("overrides") or {}).items()) or "none"
-            section.items.append(f"Study folder {study.path}: preset {res.get('preset', '?')}, seeds "
-                                 f"{res.get('seeds', '?')}, overrides: {overrides}; studies run: "
-                                 f"{', '.join(e.name for e in study.entries) or 'none'}.")
+            section.items.append(
+                f"Study folder {study.path}: preset {res.get('preset', '?')}, seeds "
+                f"{res.get('seeds', '?')}, overrides: {overrides}; studies run: "
+                f"{', '.join(e.name for e in study.entries) or 'none'}."
+            )
         else:
-            section.items.append(f"Folder {study.path}: runs without results.json (an interrupted "
-                                 f"`spatialmix reproduce`?).")
+            section.items.append(
+                f"Folder {study.path}: runs without results.json (an interrupted `spatialmix reproduce`?)."
+            )
     all_runs = inputs.runs
     if not all_runs:
         section.absent = ABSENT["configuration"]
@@ -334,15 +389,28 @@ def configuration_section(inputs: Inputs) -> Section:
     common = [k for k in keys if k not in differing]
     # One narrow table: the settings that tell runs apart go into one wrapping cell, not a column each
     # (a study with un-shuffling runs differs in a dozen fields), and folders are relative to their study.
-    per_run = ResultTable("Runs", [("run", "run", ""), ("path", "folder", ""), ("state", "state", ""),
-                                   ("trainable", "trainable params", ""), ("frozen", "frozen params", ""),
-                                   ("differs", "settings that differ between runs", "")])
+    per_run = ResultTable(
+        "Runs",
+        [
+            ("run", "run", ""),
+            ("path", "folder", ""),
+            ("state", "state", ""),
+            ("trainable", "trainable params", ""),
+            ("frozen", "frozen params", ""),
+            ("differs", "settings that differ between runs", ""),
+        ],
+    )
     for r, s in zip(all_runs, settings):
         params = r.record.get("params", {}) if isinstance(r.record.get("params"), dict) else {}
-        per_run.add(run=r.label, path=_short_path(r), state=r.status.get("state", "?"),
-                    trainable=format_value(params.get("trainable")), frozen=format_value(params.get("frozen")),
-                    differs=", ".join(f"{k}={format_value(s.get(k))}" for k in differing if k not in ("mode", "seed"))
-                    or "-")
+        per_run.add(
+            run=r.label,
+            path=_short_path(r),
+            state=r.status.get("state", "?"),
+            trainable=format_value(params.get("trainable")),
+            frozen=format_value(params.get("frozen")),
+            differs=", ".join(f"{k}={format_value(s.get(k))}" for k in differing if k not in ("mode", "seed"))
+            or "-",
+        )
     section.items.append(per_run)
     shared = ResultTable("Settings shared by every run", [("setting", "setting", ""), ("value", "value", "")])
     for k in common:

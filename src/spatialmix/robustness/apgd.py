@@ -17,6 +17,7 @@ cross-entropy (APGD-CE) and the targeted difference of logits ratio (APGD-T's DL
 
 Inputs are images in [0, 1]; the model takes them as they are (normalization inside it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,11 +31,11 @@ from torch.nn import functional as F
 class Outcome:
     """What one attack did to each of its examples."""
 
-    broken: torch.Tensor     # bool: misclassified at some point inside the ball
-    adv: torch.Tensor        # that point where broken, else the highest-loss point (a warm start for later)
-    gradient_steps: int      # forward-backward passes, summed over examples (the attack's cost)
-    loss: torch.Tensor | None = None   # APGD: the loss and its gradient at ``adv`` where not broken, so a
-    grad: torch.Tensor | None = None   # warm start from there needs no forward-backward pass of its own
+    broken: torch.Tensor  # bool: misclassified at some point inside the ball
+    adv: torch.Tensor  # that point where broken, else the highest-loss point (a warm start for later)
+    gradient_steps: int  # forward-backward passes, summed over examples (the attack's cost)
+    loss: torch.Tensor | None = None  # APGD: the loss and its gradient at ``adv`` where not broken, so a
+    grad: torch.Tensor | None = None  # warm start from there needs no forward-backward pass of its own
 
 
 def project(adv: torch.Tensor, x: torch.Tensor, eps, norm: str) -> torch.Tensor:
@@ -72,7 +73,11 @@ def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
 
 def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
     """A random point of the ball (Croce & Hein's: on its surface for L-inf's sup norm and for L2)."""
-    noise = torch.randn(x.shape, generator=generator) if norm == "L2" else torch.rand(x.shape, generator=generator) * 2 - 1
+    noise = (
+        torch.randn(x.shape, generator=generator)
+        if norm == "L2"
+        else torch.rand(x.shape, generator=generator) * 2 - 1
+    )
     noise = noise.to(x.device, x.dtype)
     scale = noise.flatten(1).abs().amax(1) if norm == "Linf" else noise.flatten(1).norm(dim=1)
     noise = noise / scale.clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
@@ -136,7 +141,7 @@ def _loss_and_grad(model: nn.Module, x: torch.Tensor, y, target, loss_fn):
         with torch.enable_grad():
             logits = forward(model, xp)
             loss = loss_fn(logits, y[part], None if target is None else target[part])
-            grad, = torch.autograd.grad(loss.sum(), xp)
+            (grad,) = torch.autograd.grad(loss.sum(), xp)
         losses.append(loss.detach())
         grads.append(grad.detach())
         wrong.append(logits.detach().argmax(1) != y[part])
@@ -145,10 +150,22 @@ def _loss_and_grad(model: nn.Module, x: torch.Tensor, y, target, loss_fn):
     return torch.cat(losses), torch.cat(grads), torch.cat(wrong)
 
 
-def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int, *,
-         loss: str = "ce", target: torch.Tensor | None = None, start: torch.Tensor | None = None,
-         start_loss: torch.Tensor | None = None, start_grad: torch.Tensor | None = None,
-         generator: torch.Generator | None = None, rho: float = 0.75) -> Outcome:
+def apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    steps: int,
+    *,
+    loss: str = "ce",
+    target: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
+    start_loss: torch.Tensor | None = None,
+    start_grad: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    rho: float = 0.75,
+) -> Outcome:
     """APGD on every example of ``x`` until it is misclassified or ``steps`` are spent.
 
     ``start``: where each example begins (a warm start, projected into this ball), else a random
@@ -167,14 +184,28 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: s
         x_adv = project(start, x, eps, norm) if start is not None else random_start(x, eps, norm, generator)
         loss_now, grad, wrong = _loss_and_grad(model, x_adv, y, target, loss_fn)
         cost = len(x)
-    b = _Batch(x=x, y=y, x_adv=x_adv, x_prev=x_adv, grad=grad, loss=loss_now, best=x_adv, grad_best=grad,
-               loss_best=loss_now, loss_at_check=loss_now, step=torch.full((len(x),), 2.0 * eps, dtype=x.dtype,
-                                                                           device=x.device),
-               reduced=torch.ones(len(x), dtype=torch.bool, device=x.device),
-               increases=torch.zeros(len(x), device=x.device),
-               **({"target": target} if target is not None else {}))
+    b = _Batch(
+        x=x,
+        y=y,
+        x_adv=x_adv,
+        x_prev=x_adv,
+        grad=grad,
+        loss=loss_now,
+        best=x_adv,
+        grad_best=grad,
+        loss_best=loss_now,
+        loss_at_check=loss_now,
+        step=torch.full((len(x),), 2.0 * eps, dtype=x.dtype, device=x.device),
+        reduced=torch.ones(len(x), dtype=torch.bool, device=x.device),
+        increases=torch.zeros(len(x), device=x.device),
+        **({"target": target} if target is not None else {}),
+    )
     _retire(b, wrong, broken, adv)
-    window, min_window, shrink = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    window, min_window, shrink = (
+        max(int(0.22 * steps), 1),
+        max(int(0.06 * steps), 1),
+        max(int(0.03 * steps), 1),
+    )
     since_check = 0
     for i in range(steps):
         if not len(b):
@@ -184,8 +215,9 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: s
             step = t["step"].view(-1, *([1] * (x.dim() - 1)))
             z = project(t["x_adv"] + step * _direction(t["grad"], norm), t["x"], eps, norm)
             a = 0.75 if i > 0 else 1.0
-            new = project(t["x_adv"] + a * (z - t["x_adv"]) + (1 - a) * (t["x_adv"] - t["x_prev"]), t["x"], eps,
-                          norm)
+            new = project(
+                t["x_adv"] + a * (z - t["x_adv"]) + (1 - a) * (t["x_adv"] - t["x_prev"]), t["x"], eps, norm
+            )
         t["x_prev"], t["x_adv"] = t["x_adv"], new
         loss_now, t["grad"], wrong = _loss_and_grad(model, new, t["y"], t.get("target"), loss_fn)
         cost += len(b)
@@ -234,9 +266,19 @@ def _retire(b: _Batch, wrong: torch.Tensor, broken: torch.Tensor, adv: torch.Ten
         b.keep(~wrong)
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int, *,
-        step_size: float = 2.5, start: torch.Tensor | None = None, generator: torch.Generator | None = None,
-        random: bool = True) -> Outcome:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    steps: int,
+    *,
+    step_size: float = 2.5,
+    start: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    random: bool = True,
+) -> Outcome:
     """PGD (Madry et al. 2018) on cross-entropy, ``step_size * eps / steps`` per step, stopping per example.
 
     ``steps=1, random=False, step_size=1`` is FGSM (its L2 analogue under L2).
@@ -251,13 +293,13 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
     b = _Batch(x=x, y=y, x_adv=x_adv)
     cost = 0
     for i in range(steps + 1):
-        if i < steps:   # the forward pass of each gradient also says which examples are already broken
+        if i < steps:  # the forward pass of each gradient also says which examples are already broken
             _, grad, wrong = _loss_and_grad(model, b.t["x_adv"], b.t["y"], None, ce_loss)
             cost += len(b)
         else:
             with torch.no_grad():
                 wrong = forward(model, b.t["x_adv"]).argmax(1) != b.t["y"]
-        if i > 0 or random or start is not None:   # (FGSM's clean start is not an adversarial example)
+        if i > 0 or random or start is not None:  # (FGSM's clean start is not an adversarial example)
             keep = ~wrong
             _retire(b, wrong, broken, adv)
             grad = grad[keep] if i < steps else grad

@@ -23,28 +23,30 @@ saved as ``result["reference_check"]``, and the checks against gradient masking.
 break counts in the results too. The settings: :mod:`spatialmix.attack_settings`; reading,
 writing and plotting results: :mod:`spatialmix.attack_results`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
+from spatialmix.accel.speed import eval_batchnorm
+from spatialmix.data.batches import Normalize
 from spatialmix.robustness import apgd
 from spatialmix.robustness.apgd import distance, project
 from spatialmix.robustness.settings import AttackSettings, eps_label
-from spatialmix.accel.speed import eval_batchnorm
-from spatialmix.data.batches import Normalize
 
 RESULT_NAME = "robustness"
-DLR_MIN_CLASSES = 4     # the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2
+DLR_MIN_CLASSES = 4  # the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2
 
 
 # --------------------------------------------------------------------------- the attacked model
+
 
 class InputSpaceModel(nn.Module):
     """A model that takes images in [0, 1]: normalization, then the trained network."""
@@ -75,7 +77,10 @@ def attack_mode(model: nn.Module):
     model.eval()
     for p, _ in flags:
         p.requires_grad_(False)
-    for p, data in layouts:   # (not .contiguous(): it keeps a 1 x 1 kernel's strides, which oneDNN reads as NCHW)
+    for (
+        p,
+        data,
+    ) in layouts:  # (not .contiguous(): it keeps a 1 x 1 kernel's strides, which oneDNN reads as NCHW)
         p.data = torch.empty_like(data, memory_format=torch.channels_last).copy_(data)
     try:
         with eval_batchnorm(model):
@@ -96,7 +101,7 @@ def derive_seed(seed: int, *parts) -> int:
 
 # --------------------------------------------------------------------------- running one attack
 
-Progress = Callable[[str, int], None]   # (what runs now, gradient steps spent so far)
+Progress = Callable[[str, int], None]  # (what runs now, gradient steps spent so far)
 
 
 class Attacker:
@@ -106,8 +111,15 @@ class Attacker:
     i (0 when it is misclassified as it is): it is broken at every budget at least that large.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AttackSettings,
-                 device: torch.device, progress: Progress | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        settings: AttackSettings,
+        device: torch.device,
+        progress: Progress | None = None,
+    ):
         self.model, self.x, self.y, self.s, self.device = model, x, y, settings, device
         self.progress = progress or (lambda stage, steps: None)
         logits = self.logits(x)
@@ -117,13 +129,15 @@ class Attacker:
         self.ranked = logits.argsort(1, descending=True)
         self.nearest = torch.where(self.correct, math.inf, 0.0)
         self.gradient_steps = 0
-        self.outside_ball = 0     # adversarial examples an attack returned outside the ball or [0, 1]
+        self.outside_ball = 0  # adversarial examples an attack returned outside the ball or [0, 1]
         self.max_perturbation: dict[float, float] = {}
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        out = [apgd.forward(self.model, x[i:i + self.s.batch_size].to(self.device)).float().cpu()
-               for i in range(0, len(x), self.s.batch_size)]
+        out = [
+            apgd.forward(self.model, x[i : i + self.s.batch_size].to(self.device)).float().cpu()
+            for i in range(0, len(x), self.s.batch_size)
+        ]
         return torch.cat(out)
 
     def robust(self, eps: float) -> torch.Tensor:
@@ -134,8 +148,16 @@ class Attacker:
         mask = self.robust(eps) if among is None else self.robust(eps) & among
         return mask.nonzero().flatten()
 
-    def run(self, attack: str, eps: float, idx: torch.Tensor, *, tag: str, steps: int | None = None,
-            start: WarmStart | None = None) -> tuple[torch.Tensor, WarmStart]:
+    def run(
+        self,
+        attack: str,
+        eps: float,
+        idx: torch.Tensor,
+        *,
+        tag: str,
+        steps: int | None = None,
+        start: WarmStart | None = None,
+    ) -> tuple[torch.Tensor, WarmStart]:
         """Attack the examples ``idx`` at ``eps``; returns which it broke and where each one ended.
 
         ``attack``: apgd-ce, apgd-tJ (the J-th ranked other class), pgd, fgsm or square.
@@ -152,8 +174,9 @@ class Attacker:
             outcome = self._attack(attack, eps, x, y, idx[part], steps, begin, generator)
             # Only what the attack claims broken is checked (the rest it saw correctly classified).
             claimed = outcome.broken.nonzero().flatten()
-            broken[first + claimed] = self._verify(outcome.adv[claimed], x[claimed], y[claimed],
-                                                   idx[part][claimed], eps)
+            broken[first + claimed] = self._verify(
+                outcome.adv[claimed], x[claimed], y[claimed], idx[part][claimed], eps
+            )
             ends.store(part, outcome)
         self.progress(f"{tag}: {attack} at eps {eps_label(eps)}", self.gradient_steps)
         return broken, ends
@@ -166,17 +189,39 @@ class Attacker:
             outcome = apgd.pgd(self.model, x, y, eps, norm, 1, step_size=1.0, random=False)
         else:
             outcome = None
-            for r in range(self.s.restarts):   # a restart attacks only what the earlier ones missed
+            for r in range(self.s.restarts):  # a restart attacks only what the earlier ones missed
                 todo = torch.ones(len(y), dtype=torch.bool) if outcome is None else ~outcome.broken
                 warm = start.select(todo) if start is not None and r == 0 else {}
                 if attack == "pgd":
-                    o = apgd.pgd(self.model, x[todo], y[todo], eps, norm, steps, step_size=self.s.step_size,
-                                 start=warm.get("start"), generator=generator)
+                    o = apgd.pgd(
+                        self.model,
+                        x[todo],
+                        y[todo],
+                        eps,
+                        norm,
+                        steps,
+                        step_size=self.s.step_size,
+                        start=warm.get("start"),
+                        generator=generator,
+                    )
                 else:
-                    target = self.ranked[idx, int(attack[6:])].to(self.device) if attack.startswith("apgd-t") else None
-                    o = apgd.apgd(self.model, x[todo], y[todo], eps, norm, steps, generator=generator,
-                                  loss="ce" if target is None else "dlr-targeted",
-                                  target=None if target is None else target[todo], **warm)
+                    target = (
+                        self.ranked[idx, int(attack[6:])].to(self.device)
+                        if attack.startswith("apgd-t")
+                        else None
+                    )
+                    o = apgd.apgd(
+                        self.model,
+                        x[todo],
+                        y[todo],
+                        eps,
+                        norm,
+                        steps,
+                        generator=generator,
+                        loss="ce" if target is None else "dlr-targeted",
+                        target=None if target is None else target[todo],
+                        **warm,
+                    )
                 outcome = o if outcome is None else _merge(outcome, o, todo)
         self.gradient_steps += outcome.gradient_steps
         return outcome
@@ -184,13 +229,19 @@ class Attacker:
     def _square(self, eps, x, y, generator) -> apgd.Outcome:
         import torchattacks
 
-        seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
-            torch.manual_seed(seed)   # torchattacks draws from the global generators
-            attack = torchattacks.Square(self.model, norm=self.s.norm, eps=eps, n_queries=self.s.square_queries,
-                                         n_restarts=1, seed=seed)
+            torch.manual_seed(seed)  # torchattacks draws from the global generators
+            attack = torchattacks.Square(
+                self.model,
+                norm=self.s.norm,
+                eps=eps,
+                n_queries=self.s.square_queries,
+                n_restarts=1,
+                seed=seed,
+            )
             adv = attack(x, y).detach().to(x.dtype)
-        self.gradient_steps += len(y) * self.s.square_queries // 3    # (a query is about 1/3 of a step)
+        self.gradient_steps += len(y) * self.s.square_queries // 3  # (a query is about 1/3 of a step)
         with torch.no_grad():
             claimed = (apgd.forward(self.model, project(adv, x, eps, self.s.norm)).argmax(1) != y).cpu()
         return apgd.Outcome(claimed, adv, 0)
@@ -198,13 +249,16 @@ class Attacker:
     def _verify(self, adv, x, y, idx, eps) -> torch.Tensor:
         """Project into the ball, classify again, record the distances of the misclassified points."""
         norm = self.s.norm
-        outside = (distance(adv, x, norm) > eps * (1 + 1e-5) + 1e-6) | (adv.flatten(1).amin(1) < -1e-6) \
+        outside = (
+            (distance(adv, x, norm) > eps * (1 + 1e-5) + 1e-6)
+            | (adv.flatten(1).amin(1) < -1e-6)
             | (adv.flatten(1).amax(1) > 1 + 1e-6)
+        )
         self.outside_ball += int(outside.sum())
         adv = project(adv, x, eps, norm)
         with torch.no_grad():
             wrong = (apgd.forward(self.model, adv).argmax(1) != y).cpu()
-        dist = distance(adv, x, norm).cpu().clamp(max=eps)   # (inside the ball up to rounding)
+        dist = distance(adv, x, norm).cpu().clamp(max=eps)  # (inside the ball up to rounding)
         self.nearest[idx[wrong]] = torch.minimum(self.nearest[idx[wrong]], dist[wrong])
         if len(dist):
             self.max_perturbation[eps] = max(self.max_perturbation.get(eps, 0.0), float(dist.max()))
@@ -227,7 +281,7 @@ class WarmStart:
     points: torch.Tensor
     loss: torch.Tensor | None = None
     grad: torch.Tensor | None = None
-    gradless: bool = False    # some example has no gradient (a restart, a non-APGD attack): recompute them all
+    gradless: bool = False  # some example has no gradient (a restart, a non-APGD attack): recompute them all
 
     def store(self, part: slice, outcome: apgd.Outcome) -> None:
         self.points[part] = outcome.adv.cpu()
@@ -238,10 +292,10 @@ class WarmStart:
             self.loss, self.grad = torch.zeros(len(self.points)), torch.zeros_like(self.points)
         self.loss[part], self.grad[part] = outcome.loss.cpu(), outcome.grad.cpu()
 
-    def take(self, idx: torch.Tensor) -> "WarmStart":
+    def take(self, idx: torch.Tensor) -> WarmStart:
         return WarmStart(*(None if t is None else t[idx] for t in (self.points, self.loss, self.grad)))
 
-    def put(self, idx: torch.Tensor, ends: "WarmStart") -> None:
+    def put(self, idx: torch.Tensor, ends: WarmStart) -> None:
         """Keep ``ends`` for the examples ``idx`` (a superset of those standing at the next budget)."""
         self.points[idx] = ends.points
         if ends.grad is None:
@@ -251,8 +305,10 @@ class WarmStart:
             self.loss, self.grad = torch.zeros(len(self.points)), torch.zeros_like(self.points)
         self.loss[idx], self.grad[idx] = ends.loss, ends.grad
 
-    def part(self, part: slice, device) -> "WarmStart":
-        return WarmStart(*(None if t is None else t[part].to(device) for t in (self.points, self.loss, self.grad)))
+    def part(self, part: slice, device) -> WarmStart:
+        return WarmStart(
+            *(None if t is None else t[part].to(device) for t in (self.points, self.loss, self.grad))
+        )
 
     def select(self, mask: torch.Tensor) -> dict:
         """Keyword arguments of :func:`spatialmix.apgd.apgd` for the examples of ``mask``."""
@@ -265,25 +321,30 @@ def attack_plan(settings: AttackSettings, targets: int | None = None) -> list[st
     """The attacks of ``settings.attacks`` in the order they run, APGD-T as one attack per target."""
     plan = []
     for name in settings.attacks:
-        plan += [f"apgd-t{j}" for j in range(1, (targets or settings.targets) + 1)] if name == "apgd-t" else [name]
+        plan += (
+            [f"apgd-t{j}" for j in range(1, (targets or settings.targets) + 1)]
+            if name == "apgd-t"
+            else [name]
+        )
     return plan
 
 
 # --------------------------------------------------------------------------- the evaluation
+
 
 @dataclass
 class Budget:
     """What the default attacks did at one budget."""
 
     eps: float
-    broken_by: dict[str, int] = field(default_factory=dict)   # per attack, the examples it broke here
-    default_robust: torch.Tensor | None = None                 # robust after the default attacks alone
+    broken_by: dict[str, int] = field(default_factory=dict)  # per attack, the examples it broke here
+    default_robust: torch.Tensor | None = None  # robust after the default attacks alone
 
 
 def attack_every_budget(attacker: Attacker, s: AttackSettings) -> list[Budget]:
     """The default evaluation: every attack at every budget, smallest first, on what still stands."""
     plan = attack_plan(s)
-    starts: dict[str, WarmStart] = {}   # per attack, where each example ended at the last budget
+    starts: dict[str, WarmStart] = {}  # per attack, where each example ended at the last budget
     budgets = []
     for eps in s.eps:
         budget = Budget(eps)
@@ -296,13 +357,3 @@ def attack_every_budget(attacker: Attacker, s: AttackSettings) -> list[Budget]:
         budget.default_robust = attacker.robust(eps).clone()
         budgets.append(budget)
     return budgets
-
-
-
-
-
-
-
-
-
-

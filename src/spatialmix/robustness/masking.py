@@ -21,6 +21,7 @@ the results. A failed check is a warning in the result, its rows and the JSON.
   the uniform gray image, so at most the examples of the class the model predicts for gray may
   survive the default attacks.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from spatialmix.robustness.settings import AttackSettings, eps_label
 from spatialmix.robustness.attacks import Attacker, Budget, attack_plan
+from spatialmix.robustness.settings import AttackSettings, eps_label
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Check:
     ok: bool
     message: str
     eps: float | None = None
-    all_rows: bool = False    # a failure that makes every budget's number doubtful, not just its own
+    all_rows: bool = False  # a failure that makes every budget's number doubtful, not just its own
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,8 +65,12 @@ class ReferenceCheck:
         return max(self.gaps, default=0.0)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "gaps": self.gaps, "max_gap": self.max_gap,
-                "attacks": f"APGD-CE {self.steps} steps + APGD-T {self.steps} steps x {self.targets} targets"}
+        return {
+            **asdict(self),
+            "gaps": self.gaps,
+            "max_gap": self.max_gap,
+            "attacks": f"APGD-CE {self.steps} steps + APGD-T {self.steps} steps x {self.targets} targets",
+        }
 
 
 @dataclass
@@ -74,7 +79,7 @@ class MaskingReport:
     reference: ReferenceCheck | None
     chance: dict | None
     check_eps: float | None
-    broken_by_checks: dict[float, dict[str, int]]   # per budget, what each check's attack broke on top
+    broken_by_checks: dict[float, dict[str, int]]  # per budget, what each check's attack broke on top
 
 
 def run_checks(attacker: Attacker, s: AttackSettings, budgets: list[Budget]) -> MaskingReport:
@@ -89,9 +94,14 @@ def run_checks(attacker: Attacker, s: AttackSettings, budgets: list[Budget]) -> 
     reference = run_reference(attacker, s, positive, sample, extra)
     checks = [check_reference(reference, s.tolerance)]
     checks.append(check_single_step(*_fgsm_on_survivors(attacker, positive, sample, extra), n, s.tolerance))
-    checks.append(check_monotone([b.eps for b in positive], _fresh_accuracies(attacker, s, positive, sample),
-                                 s.tolerance))
-    check_eps = max((b.eps for b in positive if attacker.standing(b.eps, sample).numel()), default=positive[-1].eps)
+    checks.append(
+        check_monotone(
+            [b.eps for b in positive], _fresh_accuracies(attacker, s, positive, sample), s.tolerance
+        )
+    )
+    check_eps = max(
+        (b.eps for b in positive if attacker.standing(b.eps, sample).numel()), default=positive[-1].eps
+    )
     survivors = attacker.standing(check_eps, sample)
     broken, _ = attacker.run("square", check_eps, survivors, tag="check")
     extra[check_eps]["square"] = int(broken.sum())
@@ -101,8 +111,9 @@ def run_checks(attacker: Attacker, s: AttackSettings, budgets: list[Budget]) -> 
     return MaskingReport(checks, reference, chance, check_eps, extra)
 
 
-def run_reference(attacker: Attacker, s: AttackSettings, budgets: list[Budget], sample: torch.Tensor,
-                  extra: dict) -> ReferenceCheck:
+def run_reference(
+    attacker: Attacker, s: AttackSettings, budgets: list[Budget], sample: torch.Tensor, extra: dict
+) -> ReferenceCheck:
     """100-step APGD-CE + APGD-T at every budget, smallest first, on the sample's survivors."""
     n = int(sample.sum())
     plan = ["apgd-ce"] + [f"apgd-t{j}" for j in range(1, s.reference_targets + 1)]
@@ -110,16 +121,23 @@ def run_reference(attacker: Attacker, s: AttackSettings, budgets: list[Budget], 
     for budget in budgets:
         default_acc.append(int((budget.default_robust & sample).sum()) / n)
         for attack in plan:
-            broken, _ = attacker.run(attack, budget.eps, attacker.standing(budget.eps, sample),
-                                     steps=s.reference_steps, tag="reference")
+            broken, _ = attacker.run(
+                attack,
+                budget.eps,
+                attacker.standing(budget.eps, sample),
+                steps=s.reference_steps,
+                tag="reference",
+            )
             extra[budget.eps][f"reference {attack}"] = int(broken.sum())
         reference_acc.append(int(attacker.standing(budget.eps, sample).numel()) / n)
-    return ReferenceCheck(n, [b.eps for b in budgets], default_acc, reference_acc, s.reference_steps,
-                          s.reference_targets)
+    return ReferenceCheck(
+        n, [b.eps for b in budgets], default_acc, reference_acc, s.reference_steps, s.reference_targets
+    )
 
 
-def _fgsm_on_survivors(attacker: Attacker, budgets: list[Budget], sample: torch.Tensor, extra: dict
-                       ) -> tuple[float, int, int]:
+def _fgsm_on_survivors(
+    attacker: Attacker, budgets: list[Budget], sample: torch.Tensor, extra: dict
+) -> tuple[float, int, int]:
     """FGSM on the iterative attacks' survivors at every budget: (budget where it broke most,
     examples it broke there, survivors it attacked there)."""
     worst = None
@@ -132,8 +150,9 @@ def _fgsm_on_survivors(attacker: Attacker, budgets: list[Budget], sample: torch.
     return worst
 
 
-def _fresh_accuracies(attacker: Attacker, s: AttackSettings, budgets: list[Budget], sample: torch.Tensor
-                      ) -> list[float]:
+def _fresh_accuracies(
+    attacker: Attacker, s: AttackSettings, budgets: list[Budget], sample: torch.Tensor
+) -> list[float]:
     """Per budget, the sample's accuracy under that budget's own attacks (from random starts)."""
     n = int(sample.sum())
     accuracies = []
@@ -165,73 +184,114 @@ def _chance(attacker: Attacker, s: AttackSettings, sample: torch.Tensor) -> dict
     gray_class = int(attacker.logits(torch.full_like(attacker.x[:1], 0.5)).argmax(1)[0])
     n = int(sample.sum())
     bound = float((attacker.y[sample] == gray_class).float().mean())
-    return {"eps": large_eps, "robust_acc": len(todo) / n, "bound": bound, "gray_class": gray_class,
-            "examples": n}
+    return {
+        "eps": large_eps,
+        "robust_acc": len(todo) / n,
+        "bound": bound,
+        "gray_class": gray_class,
+        "examples": n,
+    }
 
 
 # --------------------------------------------------------------------------- the verdicts
+
 
 def check_reference(reference: ReferenceCheck, tolerance: float) -> Check:
     """Fails when the strong reference breaks more than ``tolerance`` of the sample on top at some budget."""
     i = max(range(len(reference.gaps)), key=lambda k: reference.gaps[k])
     gap, eps = reference.gaps[i], reference.eps[i]
     if gap > tolerance + 1e-12:
-        return Check("reference", False,
-                     f"the reference ({reference.to_dict()['attacks']}) lowers robust accuracy by {gap:.3f} at eps "
-                     f"{eps_label(eps)} on {reference.n} examples: the numbers at every budget may be too high; "
-                     f"raise --steps/--targets", eps=eps, all_rows=True)
-    return Check("reference", True, f"the reference lowers robust accuracy by at most {gap:.3f} (eps "
-                                    f"{eps_label(eps)}, {reference.n} examples)", eps=eps)
+        return Check(
+            "reference",
+            False,
+            f"the reference ({reference.to_dict()['attacks']}) lowers robust accuracy by {gap:.3f} at eps "
+            f"{eps_label(eps)} on {reference.n} examples: the numbers at every budget may be too high; "
+            f"raise --steps/--targets",
+            eps=eps,
+            all_rows=True,
+        )
+    return Check(
+        "reference",
+        True,
+        f"the reference lowers robust accuracy by at most {gap:.3f} (eps "
+        f"{eps_label(eps)}, {reference.n} examples)",
+        eps=eps,
+    )
 
 
 def check_single_step(eps: float, extra_broken: int, attacked: int, n: int, tolerance: float) -> Check:
     """Fails when single-step FGSM breaks examples that every iterative attack missed (a masking symptom)."""
     share = extra_broken / max(1, n)
     if share > tolerance:
-        return Check("steps", False,
-                     f"single-step FGSM breaks {extra_broken} of {attacked} examples every iterative attack missed "
-                     f"at eps {eps_label(eps)} ({share:.3f} of {n}): more steps do worse, a sign of gradient "
-                     f"masking", eps=eps, all_rows=True)
-    return Check("steps", True, f"FGSM broke {extra_broken} of {attacked} iterative-attack survivors at eps "
-                                f"{eps_label(eps)}", eps=eps)
+        return Check(
+            "steps",
+            False,
+            f"single-step FGSM breaks {extra_broken} of {attacked} examples every iterative attack missed "
+            f"at eps {eps_label(eps)} ({share:.3f} of {n}): more steps do worse, a sign of gradient "
+            f"masking",
+            eps=eps,
+            all_rows=True,
+        )
+    return Check(
+        "steps",
+        True,
+        f"FGSM broke {extra_broken} of {attacked} iterative-attack survivors at eps {eps_label(eps)}",
+        eps=eps,
+    )
 
 
 def check_monotone(eps_list, accuracies, tolerance: float) -> Check:
     """Fails when the accuracy a budget got from its own attacks rises above a smaller budget's."""
     worst = None
     for i, (e_small, a_small) in enumerate(zip(eps_list, accuracies)):
-        for e_large, a_large in zip(eps_list[i + 1:], accuracies[i + 1:]):
+        for e_large, a_large in zip(eps_list[i + 1 :], accuracies[i + 1 :]):
             rise = a_large - a_small
             if rise > tolerance and (worst is None or rise > worst[0]):
                 worst = (rise, e_small, e_large, a_small, a_large)
     if worst is None:
         return Check("monotone", True, "robust accuracy does not rise with eps")
     rise, e_small, e_large, a_small, a_large = worst
-    return Check("monotone", False,
-                 f"robust accuracy rises with eps: {a_small:.3f} at eps {eps_label(e_small)} but {a_large:.3f} at "
-                 f"{eps_label(e_large)} (the attacks at {eps_label(e_large)} missed examples a smaller budget broke; "
-                 f"reported numbers take the worst case, but the attack is unreliable: raise --steps/--restarts)",
-                 eps=e_large)
+    return Check(
+        "monotone",
+        False,
+        f"robust accuracy rises with eps: {a_small:.3f} at eps {eps_label(e_small)} but {a_large:.3f} at "
+        f"{eps_label(e_large)} (the attacks at {eps_label(e_large)} missed examples a smaller budget broke; "
+        f"reported numbers take the worst case, but the attack is unreliable: raise --steps/--restarts)",
+        eps=e_large,
+    )
 
 
 def check_black_box(eps: float, extra_broken: int, survivors: int, n: int, tolerance: float) -> Check:
-    """Fails when black-box Square breaks more than ``tolerance`` of the sample that white-box attacks missed."""
+    """Fails when black-box Square breaks more than ``tolerance`` of the sample that white-box attacks
+    missed."""
     share = extra_broken / max(1, n)
     if share > tolerance:
-        return Check("black-box", False,
-                     f"black-box Square breaks {extra_broken} of {survivors} white-box survivors at eps "
-                     f"{eps_label(eps)} ({share:.3f} of {n} examples): the gradients are masked", eps=eps,
-                     all_rows=True)
-    return Check("black-box", True, f"Square broke {extra_broken} of {survivors} white-box survivors at eps "
-                                    f"{eps_label(eps)}", eps=eps)
+        return Check(
+            "black-box",
+            False,
+            f"black-box Square breaks {extra_broken} of {survivors} white-box survivors at eps "
+            f"{eps_label(eps)} ({share:.3f} of {n} examples): the gradients are masked",
+            eps=eps,
+            all_rows=True,
+        )
+    return Check(
+        "black-box",
+        True,
+        f"Square broke {extra_broken} of {survivors} white-box survivors at eps {eps_label(eps)}",
+        eps=eps,
+    )
 
 
 def check_chance(large_eps: float, acc: float, bound: float, tolerance: float, norm: str) -> Check:
     """Fails when robust accuracy at a budget that reaches the gray image stays above the bound."""
     where = f"eps {large_eps:g} ({norm})"
     if acc > bound + tolerance:
-        return Check("chance", False,
-                     f"at {where} every image can be made uniform gray, so at most {bound:.3f} can stay robust, "
-                     f"but {acc:.3f} did: the attack cannot follow the gradient (gradient masking)", eps=large_eps,
-                     all_rows=True)
+        return Check(
+            "chance",
+            False,
+            f"at {where} every image can be made uniform gray, so at most {bound:.3f} can stay robust, "
+            f"but {acc:.3f} did: the attack cannot follow the gradient (gradient masking)",
+            eps=large_eps,
+            all_rows=True,
+        )
     return Check("chance", True, f"robust accuracy {acc:.3f} at {where} (bound {bound:.3f})", eps=large_eps)

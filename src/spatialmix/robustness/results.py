@@ -9,6 +9,7 @@ per budget ``eps``, ``eps_label``, ``robust_acc``, ``n_robust`` and ``robust_bit
 per example in the evaluation's fixed order (1: correctly classified under the worst case of every
 attack at this budget or any smaller one; at eps 0, clean correctness).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,13 +17,13 @@ from pathlib import Path
 
 import torch
 
+from spatialmix.io.figures import save_png
 from spatialmix.robustness.attacks import Attacker, Budget
 from spatialmix.robustness.settings import AttackSettings, eps_label
-from spatialmix.io.figures import save_png
 from spatialmix.ui.display import ResultTable
 
-
 # --------------------------------------------------------------------------- the result dict
+
 
 def result_dict(label: str, s: AttackSettings, attacker: Attacker, budgets: list[Budget], report) -> dict:
     """The JSON-able result of one evaluation (``report``: the masking checks', or None)."""
@@ -34,27 +35,48 @@ def result_dict(label: str, s: AttackSettings, attacker: Attacker, budgets: list
     for b in budgets:
         robust = attacker.robust(b.eps)
         broken_by = {**b.broken_by, **(report.broken_by_checks.get(b.eps, {}) if report else {})}
-        rows.append({
-            "eps": b.eps, "eps_label": eps_label(b.eps), "robust_acc": float(robust.float().mean()),
-            "n_robust": int(robust.sum()), "default_acc": float(b.default_robust.float().mean()),
-            "broken_by": broken_by, "max_perturbation": attacker.max_perturbation.get(b.eps, 0.0),
-            # A check that makes every number doubtful flags every row, not just the budget it ran at.
-            "warnings": list(dict.fromkeys(c["name"] for c in failed
-                                           if (c["all_rows"] and b.eps > 0) or c["eps"] == b.eps)),
-            "robust_bits": "".join("1" if r else "0" for r in robust.tolist()),
-        })
+        rows.append(
+            {
+                "eps": b.eps,
+                "eps_label": eps_label(b.eps),
+                "robust_acc": float(robust.float().mean()),
+                "n_robust": int(robust.sum()),
+                "default_acc": float(b.default_robust.float().mean()),
+                "broken_by": broken_by,
+                "max_perturbation": attacker.max_perturbation.get(b.eps, 0.0),
+                # A check that makes every number doubtful flags every row, not just the budget it ran at.
+                "warnings": list(
+                    dict.fromkeys(
+                        c["name"] for c in failed if (c["all_rows"] and b.eps > 0) or c["eps"] == b.eps
+                    )
+                ),
+                "robust_bits": "".join("1" if r else "0" for r in robust.tolist()),
+            }
+        )
     warnings = [c["message"] for c in failed]
     if attacker.outside_ball:
-        warnings.append(f"attacks returned {attacker.outside_ball} adversarial examples outside the eps ball or "
-                        f"[0, 1]; they were projected back before being counted")
-    return {"label": label, "settings": s.to_dict(), "n_examples": len(attacker.y),
-            "num_classes": attacker.num_classes, "clean_acc": float(attacker.correct.float().mean()),
-            "examples_sha256": examples_digest(attacker.x, attacker.y), "budgets": rows,
-            "reference_check": report.reference.to_dict() if report and report.reference else None,
-            "check_eps": report.check_eps if report else None, "chance": report.chance if report else None,
-            "checks": checks, "warnings": warnings, "outside_ball": attacker.outside_ball,
-            "gradient_steps": attacker.gradient_steps, "device": str(attacker.device),
-            "torchattacks_version": torchattacks.__version__}
+        warnings.append(
+            f"attacks returned {attacker.outside_ball} adversarial examples outside the eps ball or "
+            f"[0, 1]; they were projected back before being counted"
+        )
+    return {
+        "label": label,
+        "settings": s.to_dict(),
+        "n_examples": len(attacker.y),
+        "num_classes": attacker.num_classes,
+        "clean_acc": float(attacker.correct.float().mean()),
+        "examples_sha256": examples_digest(attacker.x, attacker.y),
+        "budgets": rows,
+        "reference_check": report.reference.to_dict() if report and report.reference else None,
+        "check_eps": report.check_eps if report else None,
+        "chance": report.chance if report else None,
+        "checks": checks,
+        "warnings": warnings,
+        "outside_ball": attacker.outside_ball,
+        "gradient_steps": attacker.gradient_steps,
+        "device": str(attacker.device),
+        "torchattacks_version": torchattacks.__version__,
+    }
 
 
 def examples_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -73,10 +95,18 @@ def result_rows(result: dict) -> list[dict]:
     reference = result.get("reference_check") or {}
     gaps = dict(zip(reference.get("eps", []), reference.get("gaps", [])))
     for b in result["budgets"]:
-        rows.append({"run": result.get("label", "?"), "norm": result["settings"].get("norm", "Linf"),
-                     "eps": b["eps_label"], "clean_acc": result["clean_acc"], "robust_acc": b["robust_acc"],
-                     "default_acc": b.get("default_acc"), "reference_gap": gaps.get(b["eps"]),
-                     "warnings": ", ".join(dict.fromkeys([*b.get("warnings", []), *elsewhere])) or "ok"})
+        rows.append(
+            {
+                "run": result.get("label", "?"),
+                "norm": result["settings"].get("norm", "Linf"),
+                "eps": b["eps_label"],
+                "clean_acc": result["clean_acc"],
+                "robust_acc": b["robust_acc"],
+                "default_acc": b.get("default_acc"),
+                "reference_gap": gaps.get(b["eps"]),
+                "warnings": ", ".join(dict.fromkeys([*b.get("warnings", []), *elsewhere])) or "ok",
+            }
+        )
     return rows
 
 
@@ -84,10 +114,18 @@ def robustness_table(results: list[dict], title: str | None = None):
     """Clean and robust accuracy per run and budget, the reference's gap and the check warnings."""
 
     norm = results[0]["settings"]["norm"] if results else "Linf"
-    table = ResultTable(title or f"Robust accuracy ({norm}, worst case over every attack)",
-                        [("run", "run", ""), ("eps", "eps", ""), ("clean_acc", "clean acc", ".3f"),
-                         ("robust_acc", "robust acc", ".3f"), ("default_acc", "default attacks", ".3f"),
-                         ("reference_gap", "reference gap", ".3f"), ("warnings", "checks", "")])
+    table = ResultTable(
+        title or f"Robust accuracy ({norm}, worst case over every attack)",
+        [
+            ("run", "run", ""),
+            ("eps", "eps", ""),
+            ("clean_acc", "clean acc", ".3f"),
+            ("robust_acc", "robust acc", ".3f"),
+            ("default_acc", "default attacks", ".3f"),
+            ("reference_gap", "reference gap", ".3f"),
+            ("warnings", "checks", ""),
+        ],
+    )
     for result in results:
         for row in result.get("rows") or result_rows(result):
             table.add(**row)
@@ -117,14 +155,25 @@ def plot_robustness(results: list[dict], path: str | Path) -> Path:
             ax.plot(*zip(*points), "--", marker=".", label="default attacks alone")
         reference = result.get("reference_check")
         if reference:
-            ax.plot(reference["eps"], reference["reference_acc"], ":", marker="x",
-                    label=f"reference sample (n={reference['n']})")
+            ax.plot(
+                reference["eps"],
+                reference["reference_acc"],
+                ":",
+                marker="x",
+                label=f"reference sample (n={reference['n']})",
+            )
         if result.get("chance"):
             ax.axhline(result["chance"]["bound"], color="gray", lw=0.8, ls="-.", label="gray-image bound")
         warned = [b for b in budgets if b.get("warnings")]
         if warned:
-            ax.scatter([b["eps"] for b in warned], [b["robust_acc"] for b in warned], s=120, facecolors="none",
-                       edgecolors="red", label="check warning")
+            ax.scatter(
+                [b["eps"] for b in warned],
+                [b["robust_acc"] for b in warned],
+                s=120,
+                facecolors="none",
+                edgecolors="red",
+                label="check warning",
+            )
         title = result["label"] + (f"\n{len(result['warnings'])} warning(s)" if result["warnings"] else "")
         ax.set_title(title, fontsize=8, color="red" if result["warnings"] else "black")
         ax.legend(fontsize=6)
@@ -142,24 +191,4 @@ def plot_robustness(results: list[dict], path: str | Path) -> Path:
 # --------------------------------------------------------------------------- progress
 
 
-
-
-
 # --------------------------------------------------------------------------- saved runs
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -1,20 +1,22 @@
 """TODO"""
+
 from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from spatialmix.data.batches import to_unit_range
 from spatialmix.engine.device import resolve_device
 from spatialmix.engine.train import load_evaluation_data, load_trained_model
-from spatialmix.data.batches import to_unit_range
-from spatialmix.io import runs
-from spatialmix.robustness.settings import AttackSettings
-from pathlib import Path
-from spatialmix.robustness.attacks import RESULT_NAME
 from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs, storage
+from spatialmix.robustness.attacks import RESULT_NAME
 from spatialmix.robustness.evaluate import evaluate_robustness
-import os
-from spatialmix.robustness.results import plot_robustness
-import re
-from spatialmix.robustness.results import result_rows
-import torch
-from spatialmix.io import storage
+from spatialmix.robustness.results import plot_robustness, result_rows
+from spatialmix.robustness.settings import AttackSettings
 
 
 def select_examples(data, n_examples: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,19 +41,31 @@ def run_label(record: dict, run_dir: Path) -> str:
 
 
 def weights_fingerprint(run_dir: Path) -> dict:
-    """The newest checkpoint's folder and SHA-256 (read in chunks, from a regular file inside the run only)."""
+    """The newest checkpoint's folder and SHA-256 (read in chunks, from a regular file inside the run
+    only)."""
     return runs.Run(run_dir).weights_fingerprint()
 
 
 def _check_out_name(out_name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", out_name or "") or out_name.endswith((".json", ".png")):
-        raise SpatialmixError(f"--out-name {out_name!r} must be a plain file stem like 'robustness' "
-                              f"(letters, digits, '-', '_', '.'; no folder, no extension)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", out_name or "") or out_name.endswith(
+        (".json", ".png")
+    ):
+        raise SpatialmixError(
+            f"--out-name {out_name!r} must be a plain file stem like 'robustness' "
+            f"(letters, digits, '-', '_', '.'; no folder, no extension)"
+        )
     return out_name
 
 
-def evaluate_run(run_dir: str | Path, settings: AttackSettings | None = None, *, data=None, progress: bool = True,
-                 data_dir: str | None = None, **changes) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    settings: AttackSettings | None = None,
+    *,
+    data=None,
+    progress: bool = True,
+    data_dir: str | None = None,
+    **changes,
+) -> dict:
     """Load a saved run and evaluate it (see :func:`evaluate_robustness`); the run's folder, mode,
     smoothing, seed and checkpoint are added to the result."""
 
@@ -62,20 +76,46 @@ def evaluate_run(run_dir: str | Path, settings: AttackSettings | None = None, *,
     data = data if data is not None else _data_for_run(run_dir, {}, data_dir)
     images, labels = select_examples(data, settings.n_examples, settings.seed)
     d = record["data"]
-    result = evaluate_robustness(model, images, labels, settings, mean=d["mean"], std=d["std"],
-                                 label=run_label(record, run_dir), progress=progress)
+    result = evaluate_robustness(
+        model,
+        images,
+        labels,
+        settings,
+        mean=d["mean"],
+        std=d["std"],
+        label=run_label(record, run_dir),
+        progress=progress,
+    )
     train = record["train"]
-    summary = runs.read_json(run_dir / runs.SUMMARY, "run summary") if (run_dir / runs.SUMMARY).is_file() else {}
-    result.update({"run": str(run_dir), "mode": train.get("mode"), "seed": train.get("seed"),
-                   "smooth_sigma": train.get("smooth_sigma"), "dataset": train.get("dataset"),
-                   "test_acc": summary.get("test_acc"), "weights": fingerprint})
+    summary = (
+        runs.read_json(run_dir / runs.SUMMARY, "run summary") if (run_dir / runs.SUMMARY).is_file() else {}
+    )
+    result.update(
+        {
+            "run": str(run_dir),
+            "mode": train.get("mode"),
+            "seed": train.get("seed"),
+            "smooth_sigma": train.get("smooth_sigma"),
+            "dataset": train.get("dataset"),
+            "test_acc": summary.get("test_acc"),
+            "weights": fingerprint,
+        }
+    )
     result["rows"] = result_rows(result)
     return result
 
 
-def attack_runs(run_dirs, settings: AttackSettings | None = None, *, out_name: str = RESULT_NAME,
-                plot: str | Path | None = "auto", progress: bool = True, reuse: bool = False,
-                data_dir: str | None = None, **changes) -> list[dict]:
+def attack_runs(
+    run_dirs,
+    settings: AttackSettings | None = None,
+    *,
+    out_name: str = RESULT_NAME,
+    plot: str | Path | None = "auto",
+    progress: bool = True,
+    reuse: bool = False,
+    data_dir: str | None = None,
+    **changes,
+) -> list[dict]:
     """Evaluate saved runs, save ``OUT_NAME.json`` in each run directory and plot them side by side.
 
     Everything is checked before anything is computed or written, so bad input leaves existing
@@ -90,11 +130,13 @@ def attack_runs(run_dirs, settings: AttackSettings | None = None, *, out_name: s
     out_name = _check_out_name(out_name)
     run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
     if not run_dirs:
-        raise SpatialmixError("no run directory given; pass folders made by `spatialmix train` or `reproduce`")
+        raise SpatialmixError(
+            "no run directory given; pass folders made by `spatialmix train` or `reproduce`"
+        )
     fingerprints = []
     for run_dir in run_dirs:
         runs.check_run_dir(run_dir)
-        storage.check_writable(run_dir)   # the results go there: fail now, not after the attacks
+        storage.check_writable(run_dir)  # the results go there: fail now, not after the attacks
         fingerprints.append(weights_fingerprint(run_dir))
     results, datasets = [], {}
     for run_dir, fingerprint in zip(run_dirs, fingerprints):

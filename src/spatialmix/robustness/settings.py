@@ -1,4 +1,5 @@
 """What an adversarial evaluation depends on: budgets, attacks, their sizes (saved with the results)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +8,9 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from spatialmix.options import int_or_all, option
 from spatialmix.engine.config import DEVICE_CHOICES
 from spatialmix.errors import SpatialmixError, check_positive, unknown_name
+from spatialmix.options import int_or_all, option
 
 NORMS = ("Linf", "L2")
 ATTACKS = ("apgd-ce", "apgd-t", "pgd", "fgsm")
@@ -61,73 +62,113 @@ class AttackSettings:
     check may be off before it warns; the reference's gap is held to it at every budget.
     """
 
-    eps: tuple[float, ...] = option(DEFAULT_EPS, "comma-separated budgets in [0, 1], fractions allowed",
-                                    parse=parse_eps_list,
-                                    default_help=",".join(eps_label(e) for e in DEFAULT_EPS))
+    eps: tuple[float, ...] = option(
+        DEFAULT_EPS,
+        "comma-separated budgets in [0, 1], fractions allowed",
+        parse=parse_eps_list,
+        default_help=",".join(eps_label(e) for e in DEFAULT_EPS),
+    )
     norm: str = option("Linf", "Linf or L2")
-    attacks: tuple[str, ...] = option(("apgd-ce", "apgd-t"), f"comma-separated white-box attacks run at every budget "
-                                                             f"on the examples still standing: {', '.join(ATTACKS)}")
+    attacks: tuple[str, ...] = option(
+        ("apgd-ce", "apgd-t"),
+        f"comma-separated white-box attacks run at every budget "
+        f"on the examples still standing: {', '.join(ATTACKS)}",
+    )
     steps: int = option(10, "steps of each iterative attack")
     targets: int = option(3, "APGD-T's target classes, the ones the model ranks next")
     restarts: int = option(1, "random restarts")
-    step_size: float = option(2.5, "PGD's step size, in units of eps / steps (Madry et al.'s 2.5); APGD sets its own")
-    warm_start: bool = option(True, "start each budget's attacks at the previous budget's best points (--no-warm-"
-                                    "start: at random points)")
-    reference_examples: int | None = option(100, "the strong reference and the masking checks run on the first N "
-                                                 "examples; 'all', or 0 for none",
-                                            parse=int_or_all("--reference-examples"), metavar="N")
+    step_size: float = option(
+        2.5, "PGD's step size, in units of eps / steps (Madry et al.'s 2.5); APGD sets its own"
+    )
+    warm_start: bool = option(
+        True,
+        "start each budget's attacks at the previous budget's best points (--no-warm-"
+        "start: at random points)",
+    )
+    reference_examples: int | None = option(
+        100,
+        "the strong reference and the masking checks run on the first N examples; 'all', or 0 for none",
+        parse=int_or_all("--reference-examples"),
+        metavar="N",
+    )
     reference_steps: int = option(100, "steps of the reference's APGD-CE and APGD-T")
     reference_targets: int = option(9, "the reference's APGD-T target classes")
     square_queries: int = option(1000, "queries of the black-box Square check", metavar="Q")
     tolerance: float = option(0.01, "how far (a fraction of the examples) a check may be off before it warns")
-    n_examples: int | None = option(500, "a fixed seeded subset of the test set, or 'all'",
-                                    parse=int_or_all("--n-examples"), metavar="N")
+    n_examples: int | None = option(
+        500, "a fixed seeded subset of the test set, or 'all'", parse=int_or_all("--n-examples"), metavar="N"
+    )
     batch_size: int = option(500, "examples attacked at once")
     seed: int = option(0, "seed of the subset and the attacks")
     device: str = option("auto", "auto, cpu, cuda", choices=DEVICE_CHOICES)
 
-    def validate(self) -> "AttackSettings":
+    def validate(self) -> AttackSettings:
         """Reject bad values with one clear line; returns the settings in canonical form."""
         eps = tuple(parse_eps(e) for e in (self.eps if isinstance(self.eps, (list, tuple)) else [self.eps]))
         if not eps:
             raise SpatialmixError("no eps given; pass budgets like 0,2/255,8/255")
         for e in eps:
             if not (math.isfinite(e) and 0 <= e <= 1):
-                raise SpatialmixError(f"eps {e:g} is outside [0, 1]; budgets are in the units of images scaled "
-                                      f"to [0, 1], e.g. 8/255")
-        attacks = tuple(a.lower() for a in (self.attacks if isinstance(self.attacks, (list, tuple)) else
-                                            [a for a in re.split(r"[,\s]+", str(self.attacks)) if a]))
+                raise SpatialmixError(
+                    f"eps {e:g} is outside [0, 1]; budgets are in the units of images scaled "
+                    f"to [0, 1], e.g. 8/255"
+                )
+        attacks = tuple(
+            a.lower()
+            for a in (
+                self.attacks
+                if isinstance(self.attacks, (list, tuple))
+                else [a for a in re.split(r"[,\s]+", str(self.attacks)) if a]
+            )
+        )
         if not attacks:
             raise SpatialmixError(f"no attack given; choose from: {', '.join(ATTACKS)}")
         for a in attacks:
             if a not in ATTACKS:
                 raise unknown_name("attack", a, ATTACKS)
         if self.n_examples is not None and self.n_examples <= 0:
-            raise SpatialmixError(f"--n-examples must be at least 1, got {self.n_examples}: there is nothing to "
-                                  f"attack")
-        check_positive(steps=self.steps, restarts=self.restarts, step_size=self.step_size,
-                       batch_size=self.batch_size, square_queries=self.square_queries,
-                       reference_steps=self.reference_steps)
-        for name in ("targets", "reference_targets") + (("reference_examples",) if self.reference_examples
-                                                        is not None else ()):
+            raise SpatialmixError(
+                f"--n-examples must be at least 1, got {self.n_examples}: there is nothing to attack"
+            )
+        check_positive(
+            steps=self.steps,
+            restarts=self.restarts,
+            step_size=self.step_size,
+            batch_size=self.batch_size,
+            square_queries=self.square_queries,
+            reference_steps=self.reference_steps,
+        )
+        for name in ("targets", "reference_targets") + (
+            ("reference_examples",) if self.reference_examples is not None else ()
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise SpatialmixError(f"{name.replace('_', ' ')} must be a whole number >= 0, got "
-                                      f"{getattr(self, name)}")
+                raise SpatialmixError(
+                    f"{name.replace('_', ' ')} must be a whole number >= 0, got {getattr(self, name)}"
+                )
         if "apgd-t" in attacks and self.targets == 0:
-            raise SpatialmixError("apgd-t with 0 targets attacks nothing; set --targets 1 or more, or leave "
-                                  "apgd-t out of --attacks")
+            raise SpatialmixError(
+                "apgd-t with 0 targets attacks nothing; set --targets 1 or more, or leave "
+                "apgd-t out of --attacks"
+            )
         if self.device not in DEVICE_CHOICES:
             raise unknown_name("device", str(self.device), DEVICE_CHOICES)
         if not 0 <= self.tolerance < 1:
             raise SpatialmixError(f"tolerance must be in [0, 1), got {self.tolerance}")
-        return dataclasses.replace(self, eps=tuple(sorted(set(eps))), attacks=tuple(dict.fromkeys(attacks)),
-                                   norm=_canonical_norm(self.norm), warm_start=bool(self.warm_start))
+        return dataclasses.replace(
+            self,
+            eps=tuple(sorted(set(eps))),
+            attacks=tuple(dict.fromkeys(attacks)),
+            norm=_canonical_norm(self.norm),
+            warm_start=bool(self.warm_start),
+        )
 
-    def replace(self, **changes) -> "AttackSettings":
+    def replace(self, **changes) -> AttackSettings:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = set(changes) - names
         if unknown:
-            raise SpatialmixError(f"unknown attack settings {sorted(unknown)}; valid ones: {', '.join(sorted(names))}")
+            raise SpatialmixError(
+                f"unknown attack settings {sorted(unknown)}; valid ones: {', '.join(sorted(names))}"
+            )
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

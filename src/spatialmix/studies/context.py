@@ -8,19 +8,20 @@ read back instead of retrained and an interrupted one is resumed, so ``reproduce
 killed and started again at any point without losing work. Independent trainings run side by
 side (:func:`train_all`, one process per core with one thread each).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spatialmix.io import runs
-from spatialmix.engine.config import TrainConfig
-from spatialmix.ui.display import console
 from spatialmix.core.mixing import MODES
-from spatialmix.engine.resume import prepare_run_dir
 from spatialmix.engine.classification import ClassificationTask
-from spatialmix.engine.train import train
+from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.parallel import run_side_by_side
+from spatialmix.engine.resume import prepare_run_dir
+from spatialmix.engine.train import train
+from spatialmix.io import runs
+from spatialmix.ui.display import console
 
 
 @dataclass
@@ -32,41 +33,74 @@ class Preset:
     base: TrainConfig
     seeds: tuple[int, ...] = (0,)
     modes: tuple[str, ...] = MODES
-    options: dict = field(default_factory=dict)   # per-study settings, keyed by study name
+    options: dict = field(default_factory=dict)  # per-study settings, keyed by study name
 
 
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
-        "quick", "Fashion-MNIST, ConvMixer-64/4 (kernel 5, patch 2), 45,000 images x 1 epoch without "
-                 "augmentation, 3 seeds: about 10 minutes on 2 CPU cores",
+        "quick",
+        "Fashion-MNIST, ConvMixer-64/4 (kernel 5, patch 2), 45,000 images x 1 epoch without "
+        "augmentation, 3 seeds: about 10 minutes on 2 CPU cores",
         # Patch 2 leaves 14 x 14 tokens for the spatial mixers to work on (patch 4's 7 x 7 leaves little).
         # Measured (Full, seed 0, one epoch, lr 0.04 at batch 64): flip augmentation costs a single epoch
         # 2.5 points (0.846 with it, 0.872 without on 30,000 images); without it, 45,000 images reach
         # 0.883 and 0.885 (seeds 0, 1), all 60,000 0.889. Label smoothing 0, batch 32 / lr 0.02, lr 0.06
         # and kernel 7 did no better on 30,000. 45,000 keeps the study within about 10 minutes.
-        TrainConfig(dataset="fashion-mnist", model="convmixer", width=64, depth=4, kernel_size=5, patch_size=2,
-                    epochs=1, batch_size=64, lr=0.04, weight_decay=0.01, train_subset=45000, augment="none"),
+        TrainConfig(
+            dataset="fashion-mnist",
+            model="convmixer",
+            width=64,
+            depth=4,
+            kernel_size=5,
+            patch_size=2,
+            epochs=1,
+            batch_size=64,
+            lr=0.04,
+            weight_decay=0.01,
+            train_subset=45000,
+            augment="none",
+        ),
         seeds=(0, 1, 2),
         options={
             # 500 fixed images, APGD-CE-10 + APGD-T-10 on one target, on the examples still standing; the
             # 100-step reference and the masking checks on 25 of them. 1/255 left out: at the quick
             # models' robustness it costs a third of the time and decides nothing 2/255 does not.
-            "robustness": {"eps": (0.0, 2 / 255, 4 / 255, 8 / 255), "n_examples": 500, "targets": 1,
-                           "reference_examples": 25, "reference_targets": 1, "square_queries": 300},
+            "robustness": {
+                "eps": (0.0, 2 / 255, 4 / 255, 8 / 255),
+                "n_examples": 500,
+                "targets": 1,
+                "reference_examples": 25,
+                "reference_targets": 1,
+                "square_queries": 300,
+            },
             # Two sigmas: the slope is the paired difference of sigma 2 and the classification study's
             # Chans runs (sigma 0, reused); a third sigma cost two minutes and decided nothing more.
             "smoothing": {"sigmas": (0.0, 2.0)},
             # Full-resolution un-shuffling costs ~15x the classifier per image: a small share, without
             # the kernel-1 reference (the verdicts use the scrambled-input floor; the `hour` preset of
             # `spatialmix unshuffle` answers claim 3 properly).
-            "unshuffle": {"train_subset": 2000, "epochs": 2, "references": False}}),
+            "unshuffle": {"train_subset": 2000, "epochs": 2, "references": False},
+        },
+    ),
     "paper": Preset(
-        "paper", "CIFAR-10, ConvMixer-256/8 (kernel 5, patch 2), the ConvMixer CIFAR recipe, 100 epochs (GPU)",
-        TrainConfig(dataset="cifar10", model="convmixer-256/8", epochs=100, batch_size=512, lr=0.01,
-                    weight_decay=0.01), seeds=(0, 1, 2),
+        "paper",
+        "CIFAR-10, ConvMixer-256/8 (kernel 5, patch 2), the ConvMixer CIFAR recipe, 100 epochs (GPU)",
+        TrainConfig(
+            dataset="cifar10", model="convmixer-256/8", epochs=100, batch_size=512, lr=0.01, weight_decay=0.01
+        ),
+        seeds=(0, 1, 2),
         # A GPU affords the full evaluation: 1,000 images, 3 targets, the reference on all of them.
-        options={"robustness": {"n_examples": 1000, "batch_size": 1000, "targets": 3, "reference_examples": None,
-                                "reference_targets": 9, "square_queries": 5000}}),
+        options={
+            "robustness": {
+                "n_examples": 1000,
+                "batch_size": 1000,
+                "targets": 3,
+                "reference_examples": None,
+                "reference_targets": 9,
+                "square_queries": 5000,
+            }
+        },
+    ),
 }
 
 
@@ -76,16 +110,12 @@ class StudyContext:
     out_dir: Path
     seeds: tuple[int, ...]
     overrides: dict
-    results: dict = field(default_factory=dict)   # name -> StudyResult of the studies already run
-    processes: int = 1                            # independent jobs run side by side in this many processes
-    threads: int | None = None                    # torch threads of each (None: torch's default)
+    results: dict = field(default_factory=dict)  # name -> StudyResult of the studies already run
+    processes: int = 1  # independent jobs run side by side in this many processes
+    threads: int | None = None  # torch threads of each (None: torch's default)
 
     def config(self, **changes) -> TrainConfig:
         return self.preset.base.replace(**{**self.overrides, **changes})
-
-
-
-
 
 
 def check_job(config: TrainConfig, run_dir: Path) -> None:
@@ -100,7 +130,7 @@ def train_or_reuse(config: TrainConfig, run_dir: Path) -> dict:
     interrupted; a run that finished with another config is an error (see :meth:`runs.Run.finished_summary`).
     The run folder stays locked from the check to the end of training."""
     summary = runs.Run(run_dir).finished_summary(config)
-    if summary is not None:   # a finished run is only read: no lock, nothing in its folder changes
+    if summary is not None:  # a finished run is only read: no lock, nothing in its folder changes
         return summary
     with runs.locked(run_dir) as run:
         summary = run.finished_summary(config)
@@ -111,8 +141,6 @@ def train_or_reuse(config: TrainConfig, run_dir: Path) -> dict:
 
 def classification_run_dir(out_dir: Path, mode: str, seed: int) -> Path:
     return Path(out_dir) / "classification" / f"{mode}-seed{seed}"
-
-
 
 
 def _run_description(config: TrainConfig) -> str:
@@ -127,7 +155,7 @@ def train_all(ctx: StudyContext, study: str, jobs: list[tuple[TrainConfig, Path]
     The jobs run side by side in ``ctx.processes`` processes with ``ctx.threads`` threads each;
     with more than one process the progress bars give way to one line per finished run.
     """
-    for config, run_dir in jobs:   # every refusal before the first job starts: nothing half done
+    for config, run_dir in jobs:  # every refusal before the first job starts: nothing half done
         check_job(config, run_dir)
     side_by_side = ctx.processes > 1 and len(jobs) > 1
     work = []
@@ -141,19 +169,12 @@ def train_all(ctx: StudyContext, study: str, jobs: list[tuple[TrainConfig, Path]
         if side_by_side:
             config, run_dir = jobs[i]
             score = summary.get("test_acc", summary.get("test_psnr"))
-            console.print(f"[bold]{study}[/] {i + 1}/{len(jobs)}: {_run_description(config)} -> {run_dir}: "
-                          f"test {score:.4f}, {summary.get('train_time', 0):.0f} s", highlight=False)
+            console.print(
+                f"[bold]{study}[/] {i + 1}/{len(jobs)}: {_run_description(config)} -> {run_dir}: "
+                f"test {score:.4f}, {summary.get('train_time', 0):.0f} s",
+                highlight=False,
+            )
 
-
-    if not side_by_side:   # here, keeping torch's default threads unless ctx.threads says otherwise
+    if not side_by_side:  # here, keeping torch's default threads unless ctx.threads says otherwise
         return [fn(*args) for fn, args in work]
     return run_side_by_side(work, processes=ctx.processes, threads=ctx.threads or 1, on_done=done)
-
-
-
-
-
-
-
-
-

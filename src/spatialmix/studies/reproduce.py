@@ -5,44 +5,41 @@ in its own module of :mod:`spatialmix.studies`. Every run lives in its own run d
 study folder; a finished run is read back instead of retrained and an interrupted one is resumed,
 so ``reproduce`` can be killed and started again at any point without losing work.
 """
+
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from spatialmix.accel.speed import available_cores
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.distributed import is_main, launched_world_size
+from spatialmix.errors import SpatialmixError, unknown_name
+from spatialmix.io import storage
+from spatialmix.io.study_results import StudyResult, study_entry
 from spatialmix.studies.classification import classification_study
+from spatialmix.studies.context import PRESETS, StudyContext
 from spatialmix.studies.init import init_study
 from spatialmix.studies.robustness import robustness_study, smoothing_study
 from spatialmix.studies.steps import report_study, verdicts_study
 from spatialmix.studies.unshuffle import unshuffle_reproduce_study
-from typing import Callable
-from spatialmix.studies.context import PRESETS
-from pathlib import Path
-from spatialmix.errors import SpatialmixError
-from spatialmix.studies.context import StudyContext
-from spatialmix.io.study_results import StudyResult
-from spatialmix.engine.config import TrainConfig
-from spatialmix.accel.speed import available_cores
 from spatialmix.ui.display import console
-import dataclasses
-from spatialmix.engine.distributed import is_main
-import json
-from spatialmix.engine.distributed import launched_world_size
-from spatialmix.io.study_results import study_entry
-import time
-from spatialmix.errors import unknown_name
-from spatialmix.io import storage
-
 
 StudyFn = Callable[[StudyContext], StudyResult]
 
 
 # Every study, in the order `reproduce` runs them (the verdicts and the report read what the others wrote).
 STUDIES: dict[str, StudyFn] = {
-    "classification": classification_study,     # claim 1
-    "robustness": robustness_study,             # claim 2
-    "smoothing": smoothing_study,               # claim 2, smoothed filters
-    "init": init_study,                         # the prior of the random filters
-    "unshuffle": unshuffle_reproduce_study,     # claim 3
-    "verdicts": verdicts_study,                 # one verdict per claim
-    "report": report_study,                     # report.html, last
+    "classification": classification_study,  # claim 1
+    "robustness": robustness_study,  # claim 2
+    "smoothing": smoothing_study,  # claim 2, smoothed filters
+    "init": init_study,  # the prior of the random filters
+    "unshuffle": unshuffle_reproduce_study,  # claim 3
+    "verdicts": verdicts_study,  # one verdict per claim
+    "report": report_study,  # report.html, last
 }
 # Run only when asked for (`--studies ...,init`): not part of `make reproduce`'s time budget.
 ON_REQUEST: frozenset[str] = frozenset({"init"})
@@ -55,9 +52,15 @@ def study_function(name: str) -> StudyFn:
     return STUDIES[name]
 
 
-def reproduce(preset: str = "quick", out_dir: str | Path = "runs/reproduce", seeds: tuple[int, ...] | None = None,
-              studies: list[str] | None = None, processes: int | None = None, threads: int | None = None,
-              **overrides) -> dict[str, StudyResult]:
+def reproduce(
+    preset: str = "quick",
+    out_dir: str | Path = "runs/reproduce",
+    seeds: tuple[int, ...] | None = None,
+    studies: list[str] | None = None,
+    processes: int | None = None,
+    threads: int | None = None,
+    **overrides,
+) -> dict[str, StudyResult]:
     """Run the studies of ``preset`` (by default every one of :data:`STUDIES` but those run
     :data:`ON_REQUEST`) and save their tables.
 
@@ -76,10 +79,18 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/reproduce", see
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     bad = set(overrides) - known
     if bad:
-        raise SpatialmixError(f"unknown training settings {sorted(bad)}; valid ones are the fields of TrainConfig")
+        raise SpatialmixError(
+            f"unknown training settings {sorted(bad)}; valid ones are the fields of TrainConfig"
+        )
     processes, threads = resolve_parallelism(processes, threads)
-    ctx = StudyContext(PRESETS[preset], Path(out_dir), tuple(seeds or PRESETS[preset].seeds),
-                       {k: v for k, v in overrides.items() if v is not None}, processes=processes, threads=threads)
+    ctx = StudyContext(
+        PRESETS[preset],
+        Path(out_dir),
+        tuple(seeds or PRESETS[preset].seeds),
+        {k: v for k, v in overrides.items() if v is not None},
+        processes=processes,
+        threads=threads,
+    )
     ctx.config().validate()
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -90,14 +101,18 @@ def reproduce(preset: str = "quick", out_dir: str | Path = "runs/reproduce", see
         timings[name] = time.perf_counter() - t0
         result.data = {**result.data, "time_s": timings[name]}
         ctx.results[name] = result
-        if is_main():   # under torchrun every rank runs the studies; rank 0 prints and writes
+        if is_main():  # under torchrun every rank runs the studies; rank 0 prints and writes
             for table in result.tables:
                 table.print()
             console.print(f"[bold]{name}[/] took {timings[name]:.0f} s", highlight=False)
             save_results(ctx)
     if is_main():
-        console.print("time per study: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-                      + f"; total {time.perf_counter() - start:.0f} s", highlight=False)
+        console.print(
+            "time per study: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+            + f"; total {time.perf_counter() - start:.0f} s",
+            highlight=False,
+        )
     return ctx.results
 
 
@@ -125,9 +140,14 @@ def save_results(ctx: StudyContext) -> None:
             if old.get("preset") == ctx.preset.name:
                 previous = old.get("studies", {})
         except (json.JSONDecodeError, OSError):
-            previous = {}   # unreadable: replaced by this call's results
+            previous = {}  # unreadable: replaced by this call's results
     studies = {**previous, **{name: study_entry(r, ctx.out_dir) for name, r in ctx.results.items()}}
-    payload = {"preset": ctx.preset.name, "seeds": list(ctx.seeds), "overrides": ctx.overrides, "studies": studies}
+    payload = {
+        "preset": ctx.preset.name,
+        "seeds": list(ctx.seeds),
+        "overrides": ctx.overrides,
+        "studies": studies,
+    }
     storage.atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
     markdown = "\n".join(entry.get("markdown", "") for entry in studies.values())
     storage.atomic_write_bytes(ctx.out_dir / "results.md", markdown.encode())

@@ -27,29 +27,29 @@ run again, so a sweep that was interrupted continues when it is started again. W
 finished, the results are gathered into the same tables as a local run (``results.md``,
 ``results.json`` in the sweep folder).
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from spatialmix.engine import distributed
-from spatialmix.io import runs
-from spatialmix.engine.config import TrainConfig
-from spatialmix.ui.display import ResultTable, console
-from spatialmix.errors import SpatialmixError, unknown_name
-from spatialmix.sweep.slurm import run_with_submitit
-from spatialmix.sweep.settings import EXECUTORS, JobResources, SweepSettings
 from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs
+from spatialmix.engine import distributed
+from spatialmix.engine.config import TrainConfig
+from spatialmix.errors import SpatialmixError, unknown_name
+from spatialmix.io import runs, storage
 from spatialmix.report.tables import classification_table
-from spatialmix.studies.reproduce import reproduce
 from spatialmix.studies.context import PRESETS, classification_run_dir
+from spatialmix.studies.reproduce import reproduce
 from spatialmix.sweep.jobs import run_job
-from spatialmix.io import storage
+from spatialmix.sweep.settings import EXECUTORS, JobResources, SweepSettings
+from spatialmix.sweep.slurm import run_with_submitit
+from spatialmix.ui.display import ResultTable, console
 
 GRID_KEYS = ("preset", "base", "grid")
 
@@ -61,7 +61,7 @@ class SweepJob:
     name: str
     config: TrainConfig
     run_dir: Path
-    labels: dict            # the values that set this configuration apart (grid values, or mode and seed)
+    labels: dict  # the values that set this configuration apart (grid values, or mode and seed)
 
 
 @dataclass
@@ -69,21 +69,22 @@ class Sweep:
     out_dir: Path
     jobs: list[SweepJob]
     title: str
-    preset: str | None = None            # a study sweep: the study's own code gathers the results
+    preset: str | None = None  # a study sweep: the study's own code gathers the results
     seeds: tuple[int, ...] | None = None
     overrides: dict = field(default_factory=dict)
-    varying: tuple[str, ...] = ()        # the grid's keys, in file order
+    varying: tuple[str, ...] = ()  # the grid's keys, in file order
 
 
 @dataclass
 class SweepOutcome:
-    skipped: list[str]                  # finished before this call
-    ran: list[str]                      # finished in this call
-    failed: dict[str, str]              # name -> why
+    skipped: list[str]  # finished before this call
+    ran: list[str]  # finished in this call
+    failed: dict[str, str]  # name -> why
     tables: list[ResultTable]
 
 
 # --------------------------------------------------------------------------- planning
+
 
 def load_grid_file(path: str | Path) -> dict:
     """Read a grid file (YAML), checking its shape."""
@@ -99,8 +100,9 @@ def load_grid_file(path: str | Path) -> dict:
         at = f" at line {where.line + 1}" if where is not None else ""
         raise SpatialmixError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', err)}") from None
     if not isinstance(spec, dict):
-        raise SpatialmixError(f"{path} must be a mapping with the keys {', '.join(GRID_KEYS)} (see `spatialmix "
-                              f"sweep --help`)")
+        raise SpatialmixError(
+            f"{path} must be a mapping with the keys {', '.join(GRID_KEYS)} (see `spatialmix sweep --help`)"
+        )
     return spec
 
 
@@ -109,7 +111,9 @@ def grid_sweep(spec: dict, out_dir: str | Path, **overrides) -> Sweep:
 
     unknown = set(spec) - set(GRID_KEYS)
     if unknown:
-        raise SpatialmixError(f"unknown keys {sorted(unknown)} in the grid file; valid ones: {', '.join(GRID_KEYS)}")
+        raise SpatialmixError(
+            f"unknown keys {sorted(unknown)} in the grid file; valid ones: {', '.join(GRID_KEYS)}"
+        )
     base = TrainConfig()
     if spec.get("preset") is not None:
         if spec["preset"] not in PRESETS:
@@ -117,7 +121,9 @@ def grid_sweep(spec: dict, out_dir: str | Path, **overrides) -> Sweep:
         base = PRESETS[spec["preset"]].base
     grid = spec.get("grid")
     if not isinstance(grid, dict) or not grid:
-        raise SpatialmixError("the grid file needs a `grid:` mapping of TrainConfig fields to lists of values")
+        raise SpatialmixError(
+            "the grid file needs a `grid:` mapping of TrainConfig fields to lists of values"
+        )
     base_values = spec.get("base") or {}
     if not isinstance(base_values, dict):
         raise SpatialmixError("`base:` in the grid file must be a mapping of TrainConfig fields to values")
@@ -132,8 +138,10 @@ def grid_sweep(spec: dict, out_dir: str | Path, **overrides) -> Sweep:
             raise SpatialmixError(f"grid entry {key!r} lists a value twice: {values}")
     clash = (set(base_values) | set(overrides)) & set(grid)
     if clash:
-        raise SpatialmixError(f"{', '.join(sorted(clash))} is both swept in `grid:` and fixed (in `base:` or on the "
-                              f"command line); keep one")
+        raise SpatialmixError(
+            f"{', '.join(sorted(clash))} is both swept in `grid:` and fixed (in `base:` or on the "
+            f"command line); keep one"
+        )
     base = base.replace(**{**base_values, **overrides})
     out_dir = Path(out_dir)
     jobs = []
@@ -151,7 +159,9 @@ def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None 
         raise unknown_name("preset", preset, PRESETS)
     _check_fields(overrides)
     if {"mode", "seed"} & set(overrides):
-        raise SpatialmixError("a study sweep runs every mode and seed of the preset; choose seeds with --seeds")
+        raise SpatialmixError(
+            "a study sweep runs every mode and seed of the preset; choose seeds with --seeds"
+        )
     p = PRESETS[preset]
     seeds = tuple(seeds or p.seeds)
     jobs = []
@@ -161,8 +171,15 @@ def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None 
             config = _validated(p.base.replace(**overrides, mode=mode, seed=seed), name)
             run_dir = classification_run_dir(out_dir, mode, seed)
             jobs.append(SweepJob(name, config, run_dir, {"mode": mode, "seed": seed}))
-    return Sweep(Path(out_dir), jobs, title=f"Study {preset}", preset=preset, seeds=seeds, overrides=dict(overrides),
-                 varying=("mode", "seed"))
+    return Sweep(
+        Path(out_dir),
+        jobs,
+        title=f"Study {preset}",
+        preset=preset,
+        seeds=seeds,
+        overrides=dict(overrides),
+        varying=("mode", "seed"),
+    )
 
 
 def plan_sweep(settings: SweepSettings, **overrides) -> Sweep:
@@ -175,8 +192,12 @@ def plan_sweep(settings: SweepSettings, **overrides) -> Sweep:
             raise SpatialmixError("--seeds is for --preset sweeps; put `seed: [...]` in the grid file")
         out = settings.out or f"runs/sweep-{Path(settings.grid).stem}"
         return grid_sweep(load_grid_file(settings.grid), out, **overrides)
-    return study_sweep(settings.preset, settings.out or "runs/reproduce", seeds=tuple(settings.seeds or ()) or None,
-                       **overrides)
+    return study_sweep(
+        settings.preset,
+        settings.out or "runs/reproduce",
+        seeds=tuple(settings.seeds or ()) or None,
+        **overrides,
+    )
 
 
 _PATH_UNSAFE = re.compile(r"[/:\s]+")
@@ -191,12 +212,15 @@ def _check_fields(values: dict) -> None:
     known = {f for f in TrainConfig().to_dict()}
     bad = set(values) - known
     if bad:
-        raise SpatialmixError(f"unknown training settings {sorted(bad)}; valid ones are the fields of TrainConfig "
-                              f"(the options of `spatialmix train`, with _ for -)")
+        raise SpatialmixError(
+            f"unknown training settings {sorted(bad)}; valid ones are the fields of TrainConfig "
+            f"(the options of `spatialmix train`, with _ for -)"
+        )
 
 
 def _typed(values: dict) -> dict:
-    """YAML reads ``1e-3`` as a string and ``1`` as an int: float fields get floats, as on the command line."""
+    """YAML reads ``1e-3`` as a string and ``1`` as an int: float fields get floats, as on the command
+    line."""
     hints = typing.get_type_hints(TrainConfig)
     typed = {}
     for name, value in values.items():
@@ -205,7 +229,7 @@ def _typed(values: dict) -> dict:
             try:
                 value = float(value)
             except ValueError:
-                pass   # validate() names the configuration and the bad value
+                pass  # validate() names the configuration and the bad value
         typed[name] = value
     return typed
 
@@ -221,18 +245,18 @@ def _validated(config: TrainConfig, name: str) -> TrainConfig:
 
 # --------------------------------------------------------------------------- state on disk
 
+
 def finished_summary(job: SweepJob) -> dict | None:
-    """The summary of ``job``'s run if it finished, else None. A finished run of another config is an error."""
+    """The summary of ``job``'s run if it finished, else None. A finished run of another config is an
+    error."""
     return runs.Run(job.run_dir).finished_summary(job.config)
-
-
 
 
 # --------------------------------------------------------------------------- one job
 
 
-
 # --------------------------------------------------------------------------- running
+
 
 def job_states(sweep: Sweep) -> list[tuple[SweepJob, str]]:
     """Each configuration with ``finished``, ``started`` (a run to resume) or ``new``."""
@@ -245,9 +269,14 @@ def job_states(sweep: Sweep) -> list[tuple[SweepJob, str]]:
     return states
 
 
-def run_sweep(sweep: Sweep, executor: str = "local", resources: JobResources | None = None,
-              max_running: int | None = None, poll_s: float | None = None,
-              on_finish: Callable[[SweepJob, dict], None] | None = None) -> SweepOutcome:
+def run_sweep(
+    sweep: Sweep,
+    executor: str = "local",
+    resources: JobResources | None = None,
+    max_running: int | None = None,
+    poll_s: float | None = None,
+    on_finish: Callable[[SweepJob, dict], None] | None = None,
+) -> SweepOutcome:
     """Run the configurations of ``sweep`` that have not finished, then gather the results.
 
     ``executor``: ``local`` (in this process, one after another), ``submitit-local`` (a process per
@@ -266,13 +295,16 @@ def run_sweep(sweep: Sweep, executor: str = "local", resources: JobResources | N
     states = job_states(sweep)
     skipped = [job.name for job, state in states if state == "finished"]
     pending = [job for job, state in states if state != "finished"]
-    _say(f"[bold]{sweep.title}[/]: {len(sweep.jobs)} configurations, {len(skipped)} finished before, "
-         f"{len(pending)} to run ({executor})")
+    _say(
+        f"[bold]{sweep.title}[/]: {len(sweep.jobs)} configurations, {len(skipped)} finished before, "
+        f"{len(pending)} to run ({executor})"
+    )
     if executor == "local":
         ran, failed = _run_here(pending, on_finish)
     else:
-        ran, failed = run_with_submitit(sweep.out_dir / "submitit", pending, executor, resources, max_running, poll_s,
-                                        on_finish, say=_say)
+        ran, failed = run_with_submitit(
+            sweep.out_dir / "submitit", pending, executor, resources, max_running, poll_s, on_finish, say=_say
+        )
     tables = gather(sweep) if sweep.preset is None or not failed else []
     return SweepOutcome(skipped, ran, failed, tables)
 
@@ -286,8 +318,10 @@ def _check_distinct_run_dirs(sweep: Sweep) -> None:
     seen = {}
     for job in sweep.jobs:
         if job.run_dir in seen:
-            raise SpatialmixError(f"configurations {seen[job.run_dir]} and {job.name} would share the run directory "
-                                  f"{job.run_dir}; make their grid values differ by more than / : or spaces")
+            raise SpatialmixError(
+                f"configurations {seen[job.run_dir]} and {job.name} would share the run directory "
+                f"{job.run_dir}; make their grid values differ by more than / : or spaces"
+            )
         seen[job.run_dir] = job.name
 
 
@@ -302,7 +336,7 @@ def _run_here(pending: list[SweepJob], on_finish) -> tuple[list[str], dict[str, 
         _say(f"[{i + 1}/{len(pending)}] {job.name} -> {job.run_dir}")
         try:
             summary = run_job(job.config.to_dict(), str(job.run_dir))
-        except SpatialmixError as err:   # this configuration is wrong or diverged: the others still run
+        except SpatialmixError as err:  # this configuration is wrong or diverged: the others still run
             failed[job.name] = str(err)
             _say(f"[red]failed[/] {job.name}: {err}")
             continue
@@ -314,8 +348,10 @@ def _run_here(pending: list[SweepJob], on_finish) -> tuple[list[str], dict[str, 
 
 # --------------------------------------------------------------------------- gathering
 
+
 def gather(sweep: Sweep) -> list[ResultTable]:
-    """The result tables of the finished runs; written to ``results.md`` and ``results.json`` in the sweep folder.
+    """The result tables of the finished runs; written to ``results.md`` and ``results.json`` in the
+    sweep folder.
 
     A study sweep is gathered by the study itself (``reproduce`` reads the finished runs back), so
     its tables are those of a local ``spatialmix reproduce``.
@@ -325,18 +361,33 @@ def gather(sweep: Sweep) -> list[ResultTable]:
             return []
 
         # the classification table, then the verdicts (claims 2 and 3 "not run", with their commands)
-        results = reproduce(sweep.preset, sweep.out_dir, seeds=sweep.seeds, studies=["classification", "verdicts"],
-                            **sweep.overrides)
+        results = reproduce(
+            sweep.preset,
+            sweep.out_dir,
+            seeds=sweep.seeds,
+            studies=["classification", "verdicts"],
+            **sweep.overrides,
+        )
         return [table for result in results.values() for table in result.tables]
     summaries = [(job, finished_summary(job)) for job in sweep.jobs]
     tables = grid_tables(sweep, summaries)
     if distributed.is_main():
-        payload = {"title": sweep.title, "varying": list(sweep.varying), "overrides": sweep.overrides,
-                   "runs": [{"name": job.name, "labels": job.labels, "run_dir": str(job.run_dir), "summary": summary}
-                            for job, summary in summaries],
-                   "tables": [table.rows for table in tables]}
-        storage.atomic_write_bytes(sweep.out_dir / "results.json", json.dumps(payload, indent=2, default=str).encode())
-        storage.atomic_write_bytes(sweep.out_dir / "results.md", "\n".join(t.to_markdown() for t in tables).encode())
+        payload = {
+            "title": sweep.title,
+            "varying": list(sweep.varying),
+            "overrides": sweep.overrides,
+            "runs": [
+                {"name": job.name, "labels": job.labels, "run_dir": str(job.run_dir), "summary": summary}
+                for job, summary in summaries
+            ],
+            "tables": [table.rows for table in tables],
+        }
+        storage.atomic_write_bytes(
+            sweep.out_dir / "results.json", json.dumps(payload, indent=2, default=str).encode()
+        )
+        storage.atomic_write_bytes(
+            sweep.out_dir / "results.md", "\n".join(t.to_markdown() for t in tables).encode()
+        )
         for table in tables:
             table.print()
     return tables
@@ -356,20 +407,38 @@ def grid_tables(sweep: Sweep, summaries: list[tuple[SweepJob, dict | None]]) -> 
     for key, by_mode in groups.items():
         what = ", ".join(f"{k}={v}" for k, v in key)
         seeds = max(len(rows) for rows in by_mode.values())
-        tables.append(classification_table(by_mode, title=f"{sweep.title}{': ' + what if what else ''} "
-                                                          f"({seeds} seed(s))"))
-    every = ResultTable(f"{sweep.title}: every configuration",
-                        [(k, k, "") for k in sweep.varying]
-                        + [("state", "state", ""), ("test_acc", "test acc", ".4f"), ("best_acc", "best acc", ".4f"),
-                           ("frozen", "frozen params", ","), ("train_time", "train time (s)", ".1f"),
-                           ("images_per_s", "images/s", ".0f")])
+        tables.append(
+            classification_table(
+                by_mode, title=f"{sweep.title}{': ' + what if what else ''} ({seeds} seed(s))"
+            )
+        )
+    every = ResultTable(
+        f"{sweep.title}: every configuration",
+        [(k, k, "") for k in sweep.varying]
+        + [
+            ("state", "state", ""),
+            ("test_acc", "test acc", ".4f"),
+            ("best_acc", "best acc", ".4f"),
+            ("frozen", "frozen params", ","),
+            ("train_time", "train time (s)", ".1f"),
+            ("images_per_s", "images/s", ".0f"),
+        ],
+    )
     for job, summary in summaries:
-        numbers = {} if summary is None else dict(
-            test_acc=summary["test_acc"], best_acc=summary["best_acc"], frozen=summary["frozen_params"],
-            train_time=summary["train_time"], images_per_s=summary["images_per_s"])
+        numbers = (
+            {}
+            if summary is None
+            else dict(
+                test_acc=summary["test_acc"],
+                best_acc=summary["best_acc"],
+                frozen=summary["frozen_params"],
+                train_time=summary["train_time"],
+                images_per_s=summary["images_per_s"],
+            )
+        )
         every.add(**job.labels, state="finished" if summary is not None else "not finished", **numbers)
-    # The same verdicts as `spatialmix report` and `reproduce`, for every setting of the grid that has the modes.
+    # The same verdicts as `spatialmix report` and `reproduce`, for every setting of the grid that has the
+    # modes.
 
     verdicts = verdicts_for_runs([job.run_dir for job, summary in summaries if summary is not None])
     return tables + [every] + ([verdict_table(verdicts)] if verdicts else [])
-

@@ -6,17 +6,18 @@ running. Inside a job, :class:`SubmititJob` joins the job's processes (one per G
 group, and submitit requeues the job when Slurm stops it for time or preemption (it resumes from
 its checkpoint).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import submitit
 
 from spatialmix.errors import SpatialmixError
-from spatialmix.sweep.settings import JobResources
 from spatialmix.sweep.jobs import run_job
+from spatialmix.sweep.settings import JobResources
 
 
 class SubmititJob(submitit.helpers.Checkpointable):
@@ -44,15 +45,24 @@ def make_executor(executor: str, folder: Path, resources: JobResources):
     try:
         ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
     except RuntimeError as err:
-        raise SpatialmixError(f"--executor {executor} cannot start here ({err}); run the sweep on a Slurm login node, "
-                              f"or use --executor local") from None
+        raise SpatialmixError(
+            f"--executor {executor} cannot start here ({err}); run the sweep on a Slurm login node, "
+            f"or use --executor local"
+        ) from None
     ex.update_parameters(**resources.executor_parameters(name="spatialmix"))
     return ex
 
 
-def run_with_submitit(folder: Path, pending: list, executor: str, resources: JobResources, max_running: int | None,
-                      poll_s: float | None, on_finish: Callable | None,
-                      say: Callable[[str], None] = print) -> tuple[list[str], dict[str, str]]:
+def run_with_submitit(
+    folder: Path,
+    pending: list,
+    executor: str,
+    resources: JobResources,
+    max_running: int | None,
+    poll_s: float | None,
+    on_finish: Callable | None,
+    say: Callable[[str], None] = print,
+) -> tuple[list[str], dict[str, str]]:
     """Run the sweep jobs ``pending`` through submitit (files in ``folder``); returns (finished names,
     failed name -> why). ``on_finish(job, summary)`` is called here as each job finishes."""
     if not pending:
@@ -67,14 +77,16 @@ def run_with_submitit(folder: Path, pending: list, executor: str, resources: Job
             while waiting and len(running) < limit:
                 job = waiting.pop(0)
                 # Job logs are files: no progress bar redrawn into them.
-                submitted = ex.submit(SubmititJob(), job.config.replace(progress=False).to_dict(), str(job.run_dir))
+                submitted = ex.submit(
+                    SubmititJob(), job.config.replace(progress=False).to_dict(), str(job.run_dir)
+                )
                 running[submitted] = job
                 say(f"submitted {job.name} (job {submitted.job_id})")
             for submitted in [s for s in running if s.done()]:
                 job = running.pop(submitted)
                 try:
                     summary = submitted.result()
-                except Exception as err:   # the job's traceback is in its log, next to the job
+                except Exception as err:  # the job's traceback is in its log, next to the job
                     failed[job.name] = f"{_last_line(err)} (log: {submitted.paths.stderr})"
                     say(f"[red]failed[/] {job.name}: {failed[job.name]}")
                     continue
@@ -87,8 +99,11 @@ def run_with_submitit(folder: Path, pending: list, executor: str, resources: Job
     except BaseException:
         for submitted in running:
             submitted.cancel(check=False)
-        say(f"sweep interrupted: {len(ran)} configuration(s) finished in this call, {len(running)} running job(s) "
-            f"cancelled; start the same sweep again to run the rest (finished ones are kept)")
+        say(
+            f"sweep interrupted: {len(ran)} configuration(s) finished in this call, {len(running)} running "
+            "job(s) "
+            f"cancelled; start the same sweep again to run the rest (finished ones are kept)"
+        )
         raise
     return ran, failed
 

@@ -1,4 +1,5 @@
 """What the user sees: progress bars and result tables (terminal, Markdown, CSV, JSON)."""
+
 from __future__ import annotations
 
 import csv
@@ -9,7 +10,14 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 console = Console(stderr=True)
@@ -22,8 +30,9 @@ class TrainProgress:
     slow training down.
     """
 
-    def __init__(self, enabled: bool, total_epochs: int, steps_per_epoch: int, title: str = "train",
-                 score: str = "acc"):
+    def __init__(
+        self, enabled: bool, total_epochs: int, steps_per_epoch: int, title: str = "train", score: str = "acc"
+    ):
         self.enabled = enabled
         self.score = score
         self.total_epochs = total_epochs
@@ -36,9 +45,16 @@ class TrainProgress:
     def __enter__(self):
         if self.enabled:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=console, transient=True)
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
             self._progress.__enter__()
         return self
 
@@ -50,8 +66,9 @@ class TrainProgress:
         if self._progress is not None:
             if self._task is not None:
                 self._progress.remove_task(self._task)
-            self._task = self._progress.add_task(f"{self.title} epoch {epoch + 1}/{self.total_epochs}",
-                                                 total=self.steps_per_epoch, stats="")
+            self._task = self._progress.add_task(
+                f"{self.title} epoch {epoch + 1}/{self.total_epochs}", total=self.steps_per_epoch, stats=""
+            )
 
     def update(self, step: int, loss_sum, score_sum, seen: int, elapsed: float) -> None:
         if self._progress is None:
@@ -60,16 +77,21 @@ class TrainProgress:
         if now - self._last < 0.25 and step < self.steps_per_epoch:
             return
         self._last = now
-        stats = (f"loss {loss_sum.item() / seen:.3f} {self.score} {score_sum.item() / seen:.3f} "
-                 f"{seen / max(elapsed, 1e-9):.0f} img/s")
+        stats = (
+            f"loss {loss_sum.item() / seen:.3f} {self.score} {score_sum.item() / seen:.3f} "
+            f"{seen / max(elapsed, 1e-9):.0f} img/s"
+        )
         self._progress.update(self._task, completed=step, stats=stats)
 
     def end_epoch(self, m: dict) -> None:
         if self.enabled:
             tests = " ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("test_"))
-            console.print(f"{self.title} epoch {m['epoch']}/{self.total_epochs}: train loss {m['train_loss']:.4f} "
-                          f"{self.score} {m[f'train_{self.score}']:.4f} | test {tests} | "
-                          f"{m['images_per_s']:.0f} img/s, {m['epoch_time']:.1f} s", highlight=False)
+            console.print(
+                f"{self.title} epoch {m['epoch']}/{self.total_epochs}: train loss {m['train_loss']:.4f} "
+                f"{self.score} {m[f'train_{self.score}']:.4f} | test {tests} | "
+                f"{m['images_per_s']:.0f} img/s, {m['epoch_time']:.1f} s",
+                highlight=False,
+            )
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -113,8 +135,12 @@ class ResultTable:
 
     def to_markdown(self) -> str:
         headers = [h for _, h, _ in self.columns]
-        lines = [f"### {self.title}", "", "| " + " | ".join(headers) + " |",
-                 "|" + "|".join("---" for _ in headers) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(headers) + " |",
+            "|" + "|".join("---" for _ in headers) + "|",
+        ]
         lines += ["| " + " | ".join(cells) + " |" for cells in self.cells()]
         return "\n".join(lines) + "\n"
 
@@ -127,7 +153,7 @@ class ResultTable:
 
     def print(self, file=None) -> None:
         out = Console(file=file or sys.stdout)
-        if not out.is_terminal:   # logs and pipes: do not squeeze the table into 80 columns
+        if not out.is_terminal:  # logs and pipes: do not squeeze the table into 80 columns
             out = Console(file=file or sys.stdout, width=160)
         out.print(self.to_rich())
 
@@ -153,10 +179,10 @@ class ProgressBar:
     def __enter__(self):
         from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-
         self._started = time.perf_counter()
-        self._bar = Progress(TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console,
-                             transient=True)
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console, transient=True
+        )
         self._bar.__enter__()
         self._task = self._bar.add_task(self.label, total=None)
         return self
@@ -170,8 +196,9 @@ class ProgressBar:
             return
         self._last = now
         rate = gradient_steps / max(now - self._started, 1e-9)
-        self._bar.update(self._task, description=f"{self.label}: {stage} ({gradient_steps:,} steps, "
-                                                 f"{rate:,.0f} steps/s)")
+        self._bar.update(
+            self._task, description=f"{self.label}: {stage} ({gradient_steps:,} steps, {rate:,.0f} steps/s)"
+        )
 
 
 class _Passthrough:

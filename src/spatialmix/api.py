@@ -1,0 +1,53 @@
+"""The public API: every name ``import spatialmix as sm`` gives, each from the one module it lives in.
+
+``spatialmix/__init__.py`` lists these names in ``__all__`` and loads this module on the first use
+of one of them (importing it pulls in torch, which takes seconds; the command line answers
+``--help`` without it).
+"""
+
+from spatialmix.analysis.claims import CLAIMS, Verdict
+from spatialmix.analysis.filters import analyze_run
+from spatialmix.analysis.statistics import Estimate, mean_interval, paired_bootstrap, paired_t_interval
+from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs, verdicts_for_study
+from spatialmix.core.inits import InitSpec
+from spatialmix.core.mixing import (
+    CHANNEL,
+    MODES,
+    SPATIAL,
+    LayerSelector,
+    apply_mixing,
+    classify_layers,
+    frozen_fingerprint,
+    layers_of_kind,
+    summarize,
+    trainable_parameters,
+)
+from spatialmix.data.datasets import DATASETS, ImageData, load_dataset
+from spatialmix.data.imagefolder import load_image_folder
+from spatialmix.data.permutation import PixelPermutation, make_permutation
+from spatialmix.engine.classification import ClassificationTask
+from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.init_source import empirical_prior
+from spatialmix.engine.resume import resume_config
+from spatialmix.engine.tasks import build_model
+from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.unshuffle import UnshuffleTask, psnr, ssim, unshuffle_config
+from spatialmix.engine.unshuffle_train import train_unshuffle
+from spatialmix.errors import SpatialmixError
+from spatialmix.io.runs import Run
+from spatialmix.io.study_results import StudyResult
+from spatialmix.models.factory import count_parameters, create_model, list_models
+from spatialmix.models.info import ModelInfo, describe_model, model_catalog
+from spatialmix.models.registry import MODEL_REGISTRY, register_model
+from spatialmix.report.document import write_report
+from spatialmix.robustness.attacks import InputSpaceModel
+from spatialmix.robustness.evaluate import evaluate_robustness
+from spatialmix.robustness.results import robustness_table
+from spatialmix.robustness.run_attacks import attack_runs, evaluate_run
+from spatialmix.robustness.settings import AttackSettings
+from spatialmix.studies.context import PRESETS, Preset
+from spatialmix.studies.reproduce import STUDIES, reproduce
+from spatialmix.studies.unshuffle import unshuffle_study
+from spatialmix.studies.unshuffle_settings import UnshuffleSettings
+from spatialmix.sweep.plan import plan_sweep, run_sweep
+from spatialmix.sweep.settings import JobResources, SweepSettings

@@ -1,0 +1,3 @@
+"""The version of spatialmix (also what pyproject.toml reads)."""
+
+__version__ = "0.1.0"
