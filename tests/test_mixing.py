@@ -235,7 +235,7 @@ NEW_PROCESS_SCRIPT = """
 import sys, torch
 from safetensors.torch import save_file
 from spatialmix.core.mixing import InitSpec, apply_mixing
-from spatialmix.models.registry import ConvMixer
+from spatialmix.models.convmixer import ConvMixer
 torch.manual_seed(999)  # a different global RNG state than the test process
 model = ConvMixer(16, 2, kernel_size=5, patch_size=4, in_chans=1, num_classes=10)
 apply_mixing(model, "chans", InitSpec("gaussian", 0.2, 1.0), seed=7)
