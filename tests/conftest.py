@@ -88,7 +88,7 @@ def snapshot_files(root: Path) -> dict[str, bytes]:
 def run_cli(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """``python -m spatialmix.cli ARGS`` in a fresh process, with the code under test."""
     return subprocess.run(
-        [sys.executable, "-m", "spatialmix.cli.main", *args],
+        [sys.executable, "-m", "spatialmix.cli", *args],
         capture_output=True,
         text=True,
         env=SUBPROCESS_ENV,

@@ -144,7 +144,7 @@ def test_sigterm_leaves_a_consistent_checkpoint_a_clear_line_and_a_run_that_resu
     run_dir = tmp_path / "run"
     latest = run_dir / runs.CKPT_DIR / runs.LATEST
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spatialmix.cli.main", "train", *config_flags(config), "--out", str(run_dir)],
+        [sys.executable, "-m", "spatialmix.cli", "train", *config_flags(config), "--out", str(run_dir)],
         env=SUBPROCESS_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -172,7 +172,7 @@ def test_sigterm_leaves_a_consistent_checkpoint_a_clear_line_and_a_run_that_resu
     assert status["state"] == "interrupted" and status["epoch"] == epoch
     load_trained_model(run_dir)  # the checkpoint it names is complete
     resumed = subprocess.run(
-        [sys.executable, "-m", "spatialmix.cli.main", "train", "--resume", "--out", str(run_dir)],
+        [sys.executable, "-m", "spatialmix.cli", "train", "--resume", "--out", str(run_dir)],
         env=SUBPROCESS_ENV,
         capture_output=True,
         text=True,

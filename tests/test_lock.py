@@ -187,7 +187,7 @@ def test_two_fresh_starts_at_once_leave_one_consistent_run(fake_fashion_dir, tmp
     """Two `spatialmix train` on the same --out: one runs, the other exits 2 naming it."""
     folder = tmp_path / "run"
     config = TrainConfig(**{**TINY, "data_dir": str(fake_fashion_dir), "train_subset": 256, "epochs": 2})
-    cmd = [sys.executable, "-m", "spatialmix.cli.main", "train", *config_flags(config), "--out", str(folder)]
+    cmd = [sys.executable, "-m", "spatialmix.cli", "train", *config_flags(config), "--out", str(folder)]
     from conftest import SUBPROCESS_ENV
 
     procs = [

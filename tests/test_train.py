@@ -91,7 +91,7 @@ RESUME_CONFIG = dict(
 @pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(fake_fashion_dir, tmp_path):
     config = TrainConfig(**RESUME_CONFIG, data_dir=str(fake_fashion_dir))
-    cli = [sys.executable, "-m", "spatialmix.cli.main", "train", *config_flags(config)]
+    cli = [sys.executable, "-m", "spatialmix.cli", "train", *config_flags(config)]
     killed = tmp_path / "killed"
     latest = killed / runs.CKPT_DIR / runs.LATEST
 

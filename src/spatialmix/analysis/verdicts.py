@@ -56,6 +56,7 @@ from spatialmix.analysis.claims import (
 )
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
+from spatialmix.io.paths import inside
 from spatialmix.io.runs import find_runs
 from spatialmix.ui.display import ResultTable
 
@@ -155,11 +156,12 @@ def reproduce_commands(out_dir: Path, preset: str | None = None) -> dict[str, st
 
 
 def _locate_run(out_dir: Path, saved: str) -> Path | None:
-    """A run folder named in results.json: as written, or by its last two parts below the study folder
-    (the folder may have been moved since)."""
+    """A run folder named in results.json, inside the study folder: as written, or by its last two
+    parts below the study folder (the folder may have been moved since)."""
     path = Path(str(saved))
     for candidate in (path, out_dir / path, out_dir / Path(*path.parts[-2:])):
-        if runs.is_run_dir(candidate):
+        # never a folder outside the study folder (results.json is untrusted)
+        if inside(out_dir, candidate) is not None and runs.is_run_dir(candidate):
             return candidate
     return None
 

@@ -24,7 +24,8 @@ from spatialmix.engine import distributed
 from spatialmix.engine.config import DIVERGED_RESUMABLE_FIELDS, RESUMABLE_FIELDS, TrainConfig
 from spatialmix.engine.tasks import data_info, saved_config, task_from_dict
 from spatialmix.errors import NonFiniteLossError, SpatialmixError
-from spatialmix.io import runs, storage
+from spatialmix.io import runs
+from spatialmix.io.paths import check_folder_path
 from spatialmix.version import __version__
 
 
@@ -84,7 +85,7 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, task) -> N
     ``resume`` continues a run, or starts it when nothing was saved yet (a kill before its first file).
     """
     run = runs.Run(run_dir)
-    storage.check_folder_path(run.path)
+    check_folder_path(run.path)
     if run.holds_nothing():
         return
     if not resume:

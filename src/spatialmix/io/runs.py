@@ -41,6 +41,7 @@ from spatialmix.errors import SpatialmixError
 from spatialmix.io.limits import SIZE_LIMITS, SPEED_FIELDS
 from spatialmix.io.lock import LOCK
 from spatialmix.io.lock import locked as _locked_path
+from spatialmix.io.paths import inside
 from spatialmix.io.storage import (
     _atomic_via_tmp,
     _fsync_dir,
@@ -217,14 +218,11 @@ class Run:
     def file(self, *parts: str) -> Path:
         """``RUN/parts...``, refusing a path that leads out of the run folder (a symlink to elsewhere)."""
         path = self.path.joinpath(*parts)
-        if os.path.lexists(path):
-            root = self.path.resolve()
-            target = path.resolve()
-            if target != root and root not in target.parents:
-                raise SpatialmixError(
-                    f"{path} points outside its run folder (to {target}); a run folder holds "
-                    f"only its own files: remove the link"
-                )
+        if parts and os.path.lexists(path) and inside(self.path, path) is None:
+            raise SpatialmixError(
+                f"{path} points outside its run folder (to {os.path.realpath(path)}); a run folder holds "
+                f"only its own files: remove the link"
+            )
         return path
 
     @property

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spatialmix.errors import SpatialmixError
+from spatialmix.io.paths import inside
 from spatialmix.ui.display import ResultTable
 
 # The report sections a study can feed, in the order of the page. A study with nothing for the
@@ -162,7 +163,7 @@ def read_study_entry(path: Path, name: str, entry) -> SavedStudy:
     if not isinstance(data, dict):
         raise _bad(path, name, ".data", "a JSON object", data)
     files = [
-        _inside(path, name, f".files[{i}]", f)
+        _file_field(path, name, f".files[{i}]", f)
         for i, f in enumerate(_list(path, name, ".files", entry.get("files", [])))
     ]
     return SavedStudy(
@@ -205,11 +206,11 @@ def _figures(path: Path, name: str, value) -> list[Figure]:
         caption = item.get("caption", "")
         if not isinstance(caption, str):
             raise _bad(path, name, f".figures[{i}].caption", "a string", caption)
-        figures.append(Figure(_inside(path, name, f".figures[{i}].file", item.get("file")), caption))
+        figures.append(Figure(_file_field(path, name, f".figures[{i}].file", item.get("file")), caption))
     return figures
 
 
-def _inside(path: Path, name: str, what: str, value) -> str:
+def _file_field(path: Path, name: str, what: str, value) -> str:
     """``value`` if it names a file inside the study folder (``path``'s folder), even once symbolic links
     are followed; a missing file is allowed (the report says so), a way out of the folder is not."""
     wanted = "a relative path inside the study folder"
@@ -217,13 +218,8 @@ def _inside(path: Path, name: str, what: str, value) -> str:
         raise _bad(path, name, what, wanted, value)
     folder = path.parent
     target = folder / value
-    if target.exists() or target.is_symlink():
-        try:
-            inside = folder.resolve() in target.resolve().parents
-        except (OSError, RuntimeError):  # a link loop
-            inside = False
-        if not inside:
-            raise _bad(path, name, what, wanted + " (this one is a link that leads out of it)", value)
+    if (target.exists() or target.is_symlink()) and inside(folder, target) is None:
+        raise _bad(path, name, what, wanted + " (this one is a link that leads out of it)", value)
     return value
 
 

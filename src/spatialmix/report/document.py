@@ -27,6 +27,7 @@ from pathlib import Path
 from spatialmix.analysis.filters import FFT_SIZE
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import storage
+from spatialmix.io.paths import check_writable
 from spatialmix.report.filters import filters_section
 from spatialmix.report.inputs import read_inputs
 from spatialmix.report.page import Section, render_html, render_markdown
@@ -85,7 +86,7 @@ def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = 
         raise SpatialmixError(
             f"{out_html} is a directory; pass a file name such as {out_html / 'report.html'}"
         )
-    storage.check_writable(out_html.parent)  # before the work, not after it
+    check_writable(out_html.parent)  # before the work, not after it
     paths = [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
     sections = build_sections(paths, fft_size)
     created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")

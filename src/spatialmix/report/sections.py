@@ -15,7 +15,8 @@ from pathlib import Path
 
 from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs, verdicts_for_study
 from spatialmix.errors import SpatialmixError
-from spatialmix.io import runs, storage
+from spatialmix.io import runs
+from spatialmix.io.paths import contained_file
 from spatialmix.io.study_results import SavedStudy, json_rows
 from spatialmix.report.inputs import Inputs, RunInfo, StudyInfo, task_name
 from spatialmix.report.page import Image, Section, figure_image, format_value, rows_table, saved_table
@@ -271,7 +272,7 @@ def study_items(study: StudyInfo, entry: SavedStudy) -> list:
     declared = [(f.file, f.caption) for f in entry.figures] + [(name, None) for name in entry.files]
     # (checked when read; a path is never followed out of the study folder)
     return items + _file_items(
-        [(name, storage.contained_file(study.path, study.path / name), caption) for name, caption in declared]
+        [(name, contained_file(study.path, study.path / name), caption) for name, caption in declared]
     )
 
 
@@ -315,12 +316,10 @@ def resolve_file(base: Path, name: str) -> Path | None:
     (the folder may have been moved since)."""
     path = Path(name)
     for candidate in (path, base / path):
-        found = storage.contained_file(base, candidate)  # never a file outside the folder reported on
+        found = contained_file(base, candidate)  # never a file outside the folder reported on
         if found is not None:
             return found
-    matches = (
-        [m for m in sorted(base.rglob(path.name)) if storage.contained_file(base, m)] if path.name else []
-    )
+    matches = [m for m in sorted(base.rglob(path.name)) if contained_file(base, m)] if path.name else []
     return matches[0] if matches else None
 
 
@@ -329,10 +328,7 @@ def run_robustness_items(run: RunInfo) -> list:
     table, and the plot it drew beside it (the same name, .png)."""
     items: list = []
     for path in sorted(run.path.glob("*.json")):
-        if (
-            path.name in (runs.CONFIG, runs.STATUS, runs.SUMMARY)
-            or storage.contained_file(run.path, path) is None
-        ):
+        if path.name in (runs.CONFIG, runs.STATUS, runs.SUMMARY) or contained_file(run.path, path) is None:
             continue
         try:
             saved = json.loads(path.read_text())
@@ -346,7 +342,7 @@ def run_robustness_items(run: RunInfo) -> list:
             items.append(rows_table(f"{run.label}: {path.name}", rows))
             if isinstance(saved.get("warnings"), list):
                 items += [f"{run.label}: {w}" for w in saved["warnings"]]
-        plot = storage.contained_file(run.path, path.with_suffix(".png"))
+        plot = contained_file(run.path, path.with_suffix(".png"))
         image = _image(plot, f"{run.label}: {plot.name}") if plot is not None else None
         if image is not None:
             items.append(image)

@@ -12,7 +12,8 @@ from spatialmix.data.batches import to_unit_range
 from spatialmix.engine.device import resolve_device
 from spatialmix.engine.train import load_evaluation_data, load_trained_model
 from spatialmix.errors import SpatialmixError
-from spatialmix.io import runs, storage
+from spatialmix.io import runs
+from spatialmix.io.paths import check_writable
 from spatialmix.robustness.attacks import RESULT_NAME
 from spatialmix.robustness.evaluate import evaluate_robustness
 from spatialmix.robustness.results import plot_robustness, result_rows
@@ -136,7 +137,7 @@ def attack_runs(
     fingerprints = []
     for run_dir in run_dirs:
         runs.check_run_dir(run_dir)
-        storage.check_writable(run_dir)  # the results go there: fail now, not after the attacks
+        check_writable(run_dir)  # the results go there: fail now, not after the attacks
         fingerprints.append(weights_fingerprint(run_dir))
     results, datasets = [], {}
     for run_dir, fingerprint in zip(run_dirs, fingerprints):

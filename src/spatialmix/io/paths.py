@@ -1,0 +1,60 @@
+"""Where files may be: inside the folder the user pointed at, once symbolic links are followed.
+
+:func:`inside` is the one containment check: a results.json, a run folder or a grid file may name,
+or link to, any path of the machine, and every path read from one goes through it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from spatialmix.errors import SpatialmixError
+
+
+def inside(base: Path, path: Path) -> Path | None:
+    """``path`` (relative paths are taken below ``base``) if it lies inside ``base`` once symlinks are
+    followed, else None; a link loop or an unreadable path is outside."""
+    base, path = Path(base), Path(path)
+    if not path.is_absolute():
+        path = base / path
+    try:
+        root, target = base.resolve(), path.resolve()
+    except (OSError, RuntimeError):
+        return None
+    return path if root in target.parents else None
+
+
+def check_folder_path(path: Path) -> Path:
+    """A clear error when ``path`` cannot become a folder: it is a file, or lies below one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SpatialmixError(f"{path} is a file, not a run folder; choose another --out")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SpatialmixError(
+                    f"{path} lies below a file ({parent}), not a folder; choose another --out"
+                )
+            break
+    return path
+
+
+def contained_file(base: Path, path: Path) -> Path | None:
+    """``path`` if it is a regular file that stays inside ``base`` once symlinks are followed, else None
+    (a results.json or a run folder may name, or link to, any file of the machine)."""
+    found = inside(base, path)
+    return found if found is not None and found.is_file() else None
+
+
+def check_writable(folder: Path) -> Path:
+    """Raise a clear error now (before hours of work) if results cannot be written into ``folder``
+    (or, when it does not exist yet, into the folder that would hold it)."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise SpatialmixError(
+            f"{existing} is not writable (a read-only folder or mount); copy it somewhere "
+            f"writable or choose another output"
+        )
+    return folder
