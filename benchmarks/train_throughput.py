@@ -30,7 +30,8 @@ from spatialmix.accel import native
 from spatialmix.data.datasets import load_dataset
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.device import resolve_amp, resolve_device
-from spatialmix.engine.train import piecewise_linear_lr, train
+from spatialmix.engine.optim import piecewise_linear_lr
+from spatialmix.engine.train import train
 from spatialmix.models.convmixer import ConvMixer
 from spatialmix.ui.display import ResultTable
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from spatialmix.analysis import filter_plots
 from spatialmix.analysis import filters as analysis
 from spatialmix.core.inits import InitSpec, gaussian_kernel, smooth_filters
 from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing
@@ -239,10 +240,14 @@ def test_tables_and_figures_of_runs(tiny_runs):
     assert spec.rows[2]["ratio"] == spec.rows[2]["ratio_init"]  # frozen: unchanged
     stats = analysis.statistics_table(analyses)
     assert "distance from init" in stats.to_markdown()
-    mosaic = analysis.filter_mosaic(analyses[0].filters["blocks.0.0.fn.0"], max_filters=6)
+    mosaic = filter_plots.filter_mosaic(analyses[0].filters["blocks.0.0.fn.0"], max_filters=6)
     assert mosaic.shape == (2 * 4 - 1, 3 * 4 - 1)  # 6 filters of 3x3: 2 rows, 3 columns, 1 px gaps
     assert np.nanmax(np.abs(mosaic)) == pytest.approx(1.0)
-    for plot in (analysis.plot_filter_grids, analysis.plot_radial_profiles, analysis.plot_mean_spectra):
+    for plot in (
+        filter_plots.plot_filter_grids,
+        filter_plots.plot_radial_profiles,
+        filter_plots.plot_mean_spectra,
+    ):
         fig = plot(analyses)
         assert len(fig.axes) >= 2
 

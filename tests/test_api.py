@@ -54,3 +54,16 @@ def test_importing_the_package_and_its_command_line_imports_no_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV, check=True
     )
     assert out.stdout.split() == [sm.__version__, "[]"]
+
+
+def test_the_layout_page_lists_every_module_of_the_package():
+    """docs/layout.md is the map of the package: a new module must be added to it."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "layout.md").read_text()
+    package = Path(sm.__file__).parent
+    listed = set()
+    for line in page.splitlines():
+        words = line.split()
+        if words and words[0].endswith(".py"):
+            listed.add(words[0])
+    modules = {p.name for p in package.rglob("*.py") if p.name != "__init__.py" or p.parent == package}
+    assert modules <= listed, f"not in docs/layout.md: {sorted(modules - listed)}"

@@ -271,7 +271,7 @@ def test_sharded_evaluation_counts_every_example_once(tiny_data):
 
 
 def test_global_batch_must_split_over_the_processes(tiny_data):
-    from spatialmix.engine.train import make_loaders
+    from spatialmix.engine.loaders import make_loaders
 
     with pytest.raises(SpatialmixError, match="does not split evenly over 3 processes"):
         make_loaders(TrainConfig(**CONFIG), tiny_data, torch.device("cpu"), rank=0, world_size=3)

@@ -208,7 +208,7 @@ def test_default_image_size_is_the_images_own(tmp_path):
 def test_default_workers_are_the_available_cores():
     import os
 
-    from spatialmix.engine.train import resolve_workers
+    from spatialmix.engine.loaders import resolve_workers
 
     assert TrainConfig().workers is None
     assert resolve_workers(None) == len(os.sched_getaffinity(0))

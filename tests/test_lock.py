@@ -15,7 +15,7 @@ from conftest import TINY, config_flags, run_cli
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import train
 from spatialmix.errors import SpatialmixError
-from spatialmix.io import lock, runs
+from spatialmix.io import lock, runs, storage
 from spatialmix.studies import context as study
 
 # A process that holds a folder's lock the way spatialmix does (flock on RUN/run.lock, pid inside),
@@ -144,7 +144,7 @@ def test_temporary_names_are_unique(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", record)
     for _ in range(2):
-        runs._atomic_via_tmp(tmp_path / "state.pt", lambda tmp: torch.save({"a": 1}, tmp))
+        storage.atomic_via_tmp(tmp_path / "state.pt", lambda tmp: torch.save({"a": 1}, tmp))
     assert len(set(names)) == 2 and all(str(os.getpid()) in n and n.endswith(".tmp") for n in names)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
 

@@ -24,8 +24,9 @@ from spatialmix.core.mixing import (
     summarize,
 )
 from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.optim import make_optimizer
 from spatialmix.engine.tasks import build_model
-from spatialmix.engine.train import make_optimizer, train
+from spatialmix.engine.train import train
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.models.convmixer import ConvMixer

@@ -10,7 +10,7 @@ import torch
 from conftest import SUBPROCESS_ENV
 from spatialmix.core.mixing import apply_mixing
 from spatialmix.engine.config import TrainConfig
-from spatialmix.engine.train import make_optimizer, parameter_groups
+from spatialmix.engine.optim import make_optimizer, parameter_groups
 from spatialmix.models.convmixer import ConvMixer
 
 

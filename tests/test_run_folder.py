@@ -428,7 +428,7 @@ def test_report_into_a_read_only_folder_fails_before_the_work(run, tmp_path, mon
 def test_evaluation_data_is_the_users_choice_never_the_configs(run, tmp_path, monkeypatch):
     """A config.json naming RUN/payload made `attack` read (and unpickle) files from there."""
     from conftest import write_fake_idx_dir
-    from spatialmix.engine.train import load_evaluation_data
+    from spatialmix.engine.loaders import load_evaluation_data
 
     run_dir, _ = run
     named, chosen = run_dir / "payload", tmp_path / "chosen"

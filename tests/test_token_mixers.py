@@ -16,7 +16,8 @@ from spatialmix.cli.main import main
 from spatialmix.core.inits import InitSpec, smooth_token_mixer
 from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing, classify_layers, summarize
 from spatialmix.engine.config import TrainConfig
-from spatialmix.engine.train import load_trained_model, make_optimizer, train
+from spatialmix.engine.optim import make_optimizer
+from spatialmix.engine.train import load_trained_model, train
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.models.factory import create_model

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from conftest import SUBPROCESS_ENV, config_flags, snapshot_files
 from spatialmix.engine.config import TrainConfig
-from spatialmix.engine.train import load_trained_model, piecewise_linear_lr, train
+from spatialmix.engine.optim import piecewise_linear_lr
+from spatialmix.engine.train import load_trained_model, train
 from spatialmix.errors import NonFiniteLossError, SpatialmixError
 from spatialmix.io import runs
 

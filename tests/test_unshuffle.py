@@ -180,7 +180,7 @@ class _Oracle(torch.nn.Module):
 
 
 def test_task_evaluation_scores_the_oracle_perfectly_and_the_identity_as_the_floor(shapes_data):
-    from spatialmix.engine.train import make_loaders
+    from spatialmix.engine.loaders import make_loaders
 
     task = UnshuffleTask(perm_seed=2)
     config = unshuffle_config("small", width=8, depth=1, progress=False)

@@ -10,7 +10,7 @@ about twice its forward pass; the forward conv of the output gradient with the f
 the same sum.
 
 :func:`conv` is a stride-1 depthwise ``conv2d`` with those two gradients and torch's own forward
-pass. The kernel is built and checked by :mod:`spatialmix.native`. Without it, or for shapes it
+pass. The kernel is built and checked by :mod:`spatialmix.accel.native`. Without it, or for shapes it
 does not handle (stride or dilation above 1, not channels_last, unequal padding), :func:`supports`
 is False and callers keep torch's own convolution: the same results to float rounding, slower.
 

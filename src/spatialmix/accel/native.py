@@ -1,8 +1,8 @@
 """The C kernels in ``spatialmix/kernels/*.c``: built on first use, checked, loaded with ctypes.
 
 torch has no fast CPU path for two backward passes that ConvMixer training and attacks run at
-every step: a depthwise conv's weight gradient (:mod:`spatialmix.depthwise`) and a training-mode
-batch norm's backward (:class:`spatialmix.speed.BatchNorm2d`). Their kernels are plain C (GCC
+every step: a depthwise conv's weight gradient (:mod:`spatialmix.accel.depthwise`) and a training-mode
+batch norm's backward (:class:`spatialmix.accel.speed.BatchNorm2d`). Their kernels are plain C (GCC
 vector extensions, OpenMP), compiled with the machine's C compiler (``$CC``, else ``cc`` or
 ``gcc``) into ``~/.cache/spatialmix/kernels`` (or ``$SPATIALMIX_CACHE``), once per source,
 compiler and CPU (``-march=native``), to a unique temporary name and then renamed, so concurrent

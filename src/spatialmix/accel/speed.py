@@ -13,8 +13,8 @@ gives the table):
 * **GELU on channels_last** takes a slower strided kernel than the same memory viewed as a
   contiguous NHWC tensor (:class:`ChannelsLastGELU` runs it on that view).
 * **Two backward passes torch has no fast CPU path for**: a depthwise conv's weight and input
-  gradients (:class:`DepthwiseConv2d`, :mod:`spatialmix.depthwise`) and a training-mode batch
-  norm's backward (:class:`BatchNorm2d`) come from the C kernels of :mod:`spatialmix.native`.
+  gradients (:class:`DepthwiseConv2d`, :mod:`spatialmix.accel.depthwise`) and a training-mode batch
+  norm's backward (:class:`BatchNorm2d`) come from the C kernels of :mod:`spatialmix.accel.native`.
 * **Eval-mode batch norms under attack** are the per-channel multiply-add they are
   (:class:`EvalBatchNorm2d`, :func:`eval_batchnorm`).
 
@@ -101,7 +101,7 @@ class ChannelsLastGELU(nn.GELU):
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """A depthwise ``nn.Conv2d`` whose gradients come from :mod:`spatialmix.depthwise` on CPUs.
+    """A depthwise ``nn.Conv2d`` whose gradients come from :mod:`spatialmix.accel.depthwise` on CPUs.
 
     oneDNN's depthwise weight gradient is 8x (fp32) to 20x (bf16) slower than its forward pass on
     CPUs, and its input gradient about 2x: the weight gradient comes from a C kernel and the input
@@ -134,7 +134,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
 class _TrainBatchNorm(torch.autograd.Function):
     """torch's own training-mode batch norm forward (batch statistics, running statistics updated
-    in place); the backward pass from the C kernel of :mod:`spatialmix.native`."""
+    in place); the backward pass from the C kernel of :mod:`spatialmix.accel.native`."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):

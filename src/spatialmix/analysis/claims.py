@@ -1,7 +1,7 @@
 """The claims of the paper and the rule that turns data into a verdict for each.
 
 Everything here works on plain data (run summaries, per-run robustness records, an
-un-shuffling study's numbers); :mod:`spatialmix.verdicts` reads them from study and run
+un-shuffling study's numbers); :mod:`spatialmix.analysis.verdicts` reads them from study and run
 folders, documents the rule and makes the table.
 """
 
@@ -122,7 +122,7 @@ class Verdict:
 
 
 def decide(claim: Claim, estimate: Estimate | None) -> str:
-    """The word of the rule (stated in :mod:`spatialmix.verdicts`) for ``estimate``'s interval."""
+    """The word of the rule (stated in :mod:`spatialmix.analysis.verdicts`) for ``estimate``'s interval."""
     if estimate is None:
         return NOT_RUN
     if not estimate.defined:

@@ -23,7 +23,7 @@ input | above 0.9 |
 "contradicts" is the mirror image: the whole interval below -1 point (1a), above 0 (1b), below 0
 (2a, 2b), below -1 dB (3a), below 0.9 (3b).
 
-The intervals (:mod:`spatialmix.statistics`): where both models of a pair saw the same examples
+The intervals (:mod:`spatialmix.analysis.statistics`): where both models of a pair saw the same examples
 and saved per-example results (``test_correct_bits`` in a classification summary, ``robust_bits``
 per budget of ``robustness.json``), the per-example difference is bootstrapped hierarchically
 (seeds, then examples within each seed; 10,000 resamples, percentile interval), and McNemar's
@@ -275,7 +275,9 @@ def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
 
 
 @dataclass
-class _Run:
+class _FinishedRun:
+    """What the verdicts need of one finished run (read through :class:`runs.Run`)."""
+
     path: Path
     train: dict
     task: dict
@@ -283,16 +285,18 @@ class _Run:
     robustness: dict | None
 
 
-def _read_run(path: Path) -> _Run | None:
-    """A finished run's config, summary and robustness.json; None for a run that has not finished."""
+def _read_run(path: Path) -> _FinishedRun | None:
+    """A finished run's config, summary and robustness.json, read through :class:`runs.Run` (every
+    file validated); None for a run that has not finished."""
     runs.check_run_dir(path)
-    summary = _read_json_or_none(path / runs.SUMMARY)
-    if not isinstance(summary, dict):
+    run = runs.Run(path)
+    summary = run.summary()
+    if summary is None:
         return None
-    record = _dict(runs.read_json(path / runs.CONFIG, "run"))
-    robustness = _read_json_or_none(path / ROBUSTNESS_FILE)
+    record = run.record()
+    robustness = _read_json_or_none(run.file(ROBUSTNESS_FILE))
     summary = {TEST_EXAMPLES: _test_set_size(record), **summary}
-    return _Run(
+    return _FinishedRun(
         path,
         _dict(record.get("train")),
         _dict(record.get("task")),
@@ -301,7 +305,7 @@ def _read_run(path: Path) -> _Run | None:
     )
 
 
-def _setting(run: _Run, also_ignore: tuple[str, ...] = ()) -> str:
+def _setting(run: _FinishedRun, also_ignore: tuple[str, ...] = ()) -> str:
     kept = {k: v for k, v in run.train.items() if k not in NOT_A_SETTING and k not in also_ignore}
     return json.dumps({"train": kept, "task": run.task}, sort_keys=True, default=str)
 
@@ -317,7 +321,7 @@ def _scope_names(keys: list[str]) -> dict[str, str]:
     return {k: ", ".join(f"{f}={d.get(f)}" for f in differ) for k, d in zip(keys, decoded)}
 
 
-def _run_robust_record(run: _Run) -> dict | None:
+def _run_robust_record(run: _FinishedRun) -> dict | None:
     budgets = [b for b in (run.robustness or {}).get("budgets") or [] if isinstance(b, dict)]
     if not budgets:
         return None
@@ -349,7 +353,7 @@ def _same_attack(records: list[dict]) -> list[dict]:
     return [r for r in records if r["attack"] == common]
 
 
-def _group_verdicts(members: list[_Run]) -> list[Verdict]:
+def _group_verdicts(members: list[_FinishedRun]) -> list[Verdict]:
     """Claims 1, 2a and 3a of one setting's runs (scope filled in later)."""
     classification = [r for r in members if r.summary.get("task", "classification") == "classification"]
     by_mode: dict[str, list[dict]] = {}
@@ -363,7 +367,7 @@ def _group_verdicts(members: list[_Run]) -> list[Verdict]:
     return claim_verdicts(by_mode, robust, None, {"runs": unshuffle})
 
 
-def _sigma_verdicts(members: list[_Run]) -> list[Verdict]:
+def _sigma_verdicts(members: list[_FinishedRun]) -> list[Verdict]:
     records = _same_attack([x for x in map(_run_robust_record, members) if x is not None])
     examples = records[0].get("n_examples") if records else None
     return claim_verdicts(smoothing=records, robust_examples=examples if isinstance(examples, int) else None)
@@ -385,8 +389,8 @@ def verdicts_for_runs(run_dirs, commands: dict[str, str] | None = None) -> list[
     "not run" line. Unfinished runs are left out.
     """
     loaded = [r for r in (_read_run(Path(p)) for p in run_dirs) if r is not None]
-    groups: dict[str, list[_Run]] = {}
-    sigma_groups: dict[str, list[_Run]] = {}
+    groups: dict[str, list[_FinishedRun]] = {}
+    sigma_groups: dict[str, list[_FinishedRun]] = {}
     for run in loaded:
         groups.setdefault(_setting(run), []).append(run)
         if mode_name(run.train.get("mode")) == "chans" and run.robustness:

@@ -2,7 +2,7 @@
 
 Each dataclass holds what one command adds to the library's own settings (where a run goes,
 which runs to read, ...); the command line generates its options from them
-(:mod:`spatialmix.cli_options`). Imports nothing heavy.
+(:mod:`spatialmix.options`). Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ REPRODUCE_SKIP = ("mode", "seed", "threads")
 
 @dataclass(frozen=True)
 class ReproduceSettings:
-    """``spatialmix reproduce``: the arguments of :func:`spatialmix.study.reproduce` but the training
+    """``spatialmix reproduce``: the arguments of :func:`spatialmix.studies.reproduce.reproduce` but the training
     overrides."""
 
     preset: str = option("quick", "quick (Fashion-MNIST, CPU minutes) or paper (CIFAR-10, GPU)")

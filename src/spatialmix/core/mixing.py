@@ -13,7 +13,7 @@ network in three modes:
 Everything here works on any ``nn.Module`` (our models, timm, torchvision): layers are found by
 their structure, not their name. Spatial mixers are depthwise k x k convolutions and token-mixing
 linear layers (MLP-Mixer, ResMLP, gMLP; found by the axis they act on, see
-:mod:`spatialmix.token_mixers`); channel mixers are 1 x 1 convolutions and the other linear
+:mod:`spatialmix.core.token_mixers`); channel mixers are 1 x 1 convolutions and the other linear
 layers. A :class:`LayerSelector` (``apply_mixing(..., spatial=..., channel=...)``, or
 ``--spatial-pattern`` / ``--channel-pattern``) overrides that for any layer, so the mixers of an
 architecture spatialmix does not know can be declared in one line.
@@ -25,7 +25,7 @@ k x k window is a row of the equivalent token-mixing matrix. Where the grid inde
 side only (MLP-Mixer's second token layer, hidden -> tokens) each column is smoothed instead.
 
 Frozen tensors get ``requires_grad=False``; :func:`trainable_parameters` and the optimizer built
-by :mod:`spatialmix.train` only ever see trainable ones, so frozen tensors receive no gradient, no
+by :mod:`spatialmix.engine.train` only ever see trainable ones, so frozen tensors receive no gradient, no
 optimizer state and no weight decay, and :func:`frozen_fingerprint` proves they did not move.
 """
 

@@ -15,7 +15,7 @@ model with hooks:
 When the width of the tensor a layer sees equals N (e.g. 49 channels on a 7 x 7 grid) the
 shapes cannot tell the two axes apart. Those layers are looked up in :data:`KNOWN_BLOCKS`, a
 small table of published block types and which of their children mix tokens; a layer that is
-ambiguous and not in the table makes :func:`spatialmix.mixing.classify_layers` refuse with a
+ambiguous and not in the table makes :func:`spatialmix.core.mixing.classify_layers` refuse with a
 line that says how to declare it (``--spatial-pattern`` / ``--channel-pattern``).
 
 A model whose input size cannot be found (no ``spatialmix_input_shape``, no timm patch

@@ -1,6 +1,6 @@
 """One fixed, seeded permutation of an image's pixel positions, and its file.
 
-The scrambling of the un-shuffling task (:mod:`spatialmix.unshuffle`): :func:`make_permutation`
+The scrambling of the un-shuffling task (:mod:`spatialmix.engine.unshuffle`): :func:`make_permutation`
 draws the same permutation from a seed in every process and on every machine, optionally moving
 pixels only within ``window x window`` tiles (a milder scrambling). The channels of a pixel move
 together. :class:`PixelPermutation` scrambles and unscrambles exactly, and is saved as

@@ -1,9 +1,9 @@
 """Training one configuration: the loop, read top to bottom.
 
-:class:`~spatialmix.config.TrainConfig` says everything a run depends on;
-:func:`~spatialmix.tasks.build_model` turns it into a model with its mixers initialized and
+:class:`~spatialmix.engine.config.TrainConfig` says everything a run depends on;
+:func:`~spatialmix.engine.tasks.build_model` turns it into a model with its mixers initialized and
 frozen; :func:`train` runs it in four named steps (start or resume, one epoch, evaluate and
-checkpoint, finish) and keeps the run folder (:mod:`spatialmix.runs`, :mod:`spatialmix.resume`)
+checkpoint, finish) and keeps the run folder (:mod:`spatialmix.io.runs`, :mod:`spatialmix.engine.resume`)
 up to date after every epoch, so a run killed at any moment continues bit for bit.
 """
 
@@ -13,19 +13,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from spatialmix.accel import speed
 from spatialmix.core.mixing import frozen_fingerprint, trainable_parameters
 from spatialmix.data.batches import BatchLoader
-from spatialmix.data.datasets import DATASETS, ImageData, load_dataset
-from spatialmix.data.imagefolder import FolderData, FolderLoader, load_image_folder
+from spatialmix.data.datasets import ImageData
 from spatialmix.engine import distributed
 from spatialmix.engine.classification import ClassificationTask
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.device import autocast_context, resolve_amp, resolve_device
+from spatialmix.engine.loaders import load_data_for, make_loaders
+from spatialmix.engine.optim import make_optimizer, piecewise_linear_lr
 from spatialmix.engine.resume import (
     TrainState,
     prepare_run_dir,
@@ -40,143 +40,9 @@ from spatialmix.engine.resume import (
 from spatialmix.engine.tasks import build_model, saved_config, task_from_dict
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.io import runs, storage
-from spatialmix.ui.display import TrainProgress
+from spatialmix.ui.progress import TrainProgress
 
 # --------------------------------------------------------------------------- data and optimizer
-
-
-def load_data_for(config: TrainConfig) -> ImageData | FolderData:
-    if config.dataset == "imagefolder":
-        data = load_image_folder(
-            config.data_dir,
-            config.image_size,
-            augment=config.augment or DATASETS[config.dataset].default_augment,
-        )
-    else:
-        data = load_dataset(config.dataset, config.data_dir, download=config.download)
-    return data.subset(config.train_subset, config.test_subset, seed=config.seed)
-
-
-def load_evaluation_data(run_dir: str | Path, data_dir: str | None = None) -> ImageData | FolderData:
-    """The full data set of a saved run, to evaluate it (attacks, analysis).
-
-    Where the files come from is the user's choice (``data_dir``, ``$SPATIALMIX_DATA``, the system's
-    data package, the download cache), never the ``data_dir`` in the run's config.json: a run folder
-    may come from anyone, and its config must not point data loading somewhere the user did not choose.
-    """
-    run = runs.Run(run_dir).check()
-    config = saved_config(run).replace(train_subset=None, test_subset=None, data_dir=data_dir)
-    try:
-        return load_data_for(config)
-    except SpatialmixError as err:
-        saved = run.record()["train"].get("data_dir")
-        hint = (
-            (
-                f"; the run was trained on data from {saved} (its config.json says so): pass --data-dir "
-                f"{saved} "
-                f"if you trust it"
-            )
-            if saved and data_dir is None
-            else ""
-        )
-        raise SpatialmixError(f"{err}{hint}") from None
-
-
-def resolve_workers(workers: int | None) -> int:
-    """Image-folder decoding processes: by default one per core this process may use."""
-    return workers if workers is not None else speed.available_cores()
-
-
-def make_loaders(
-    config: TrainConfig, data: ImageData, device: torch.device, rank: int = 0, world_size: int = 1
-) -> tuple[BatchLoader, BatchLoader]:
-    """Loaders of this rank's shard; ``config.batch_size`` is the global batch, split over the ranks."""
-    if config.batch_size % world_size:
-        raise SpatialmixError(
-            f"batch size {config.batch_size} (the global batch) does not split evenly over "
-            f"{world_size} processes; use a multiple of {world_size}"
-        )
-    augment = config.augment or DATASETS[config.dataset].default_augment
-    shard = dict(rank=rank, world_size=world_size)
-    if isinstance(data, FolderData):
-        folder = dict(
-            device=device,
-            channels_last=config.channels_last,
-            workers=resolve_workers(config.workers),
-            **shard,
-        )
-        train_loader = FolderLoader(
-            data.train_set,
-            data.train_labels,
-            config.batch_size // world_size,
-            data.mean,
-            data.std,
-            train=True,
-            augment=augment,
-            seed=config.seed,
-            **folder,
-        )
-        test_loader = FolderLoader(
-            data.test_set,
-            data.test_labels,
-            max(256, config.batch_size) // world_size,
-            data.mean,
-            data.std,
-            train=False,
-            **folder,
-        )
-    else:
-        train_loader = BatchLoader(
-            data.train_images,
-            data.train_labels,
-            config.batch_size // world_size,
-            data.mean,
-            data.std,
-            train=True,
-            augment=augment,
-            seed=config.seed,
-            device=device,
-            channels_last=config.channels_last,
-            **shard,
-        )
-        test_loader = BatchLoader(
-            data.test_images,
-            data.test_labels,
-            max(256, config.batch_size) // world_size,
-            data.mean,
-            data.std,
-            train=False,
-            device=device,
-            channels_last=config.channels_last,
-            **shard,
-        )
-    if len(train_loader) == 0:
-        raise SpatialmixError(
-            f"batch size {config.batch_size} is larger than the {len(data.train_labels)} "
-            f"training images; lower --batch-size"
-        )
-    return train_loader, test_loader
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """The optimizer's parameter groups: only trainable tensors (frozen mixers never reach the
-    optimizer, so they get no state and no decay), weight decay on matrices and filters, none on
-    norms and biases (1-D tensors)."""
-    no_decay, decay = [], []
-    for p in trainable_parameters(model):
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over :func:`parameter_groups` (the ConvMixer recipe's optimizer)."""
-    return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
-
-
-def piecewise_linear_lr(step: int, total_steps: int, lr_max: float) -> float:
-    """The ConvMixer CIFAR schedule: 0 -> lr_max at 2/5, -> lr_max/20 at 4/5, -> 0 at the end."""
-    t = step / max(1, total_steps)
-    return float(np.interp(t, [0, 0.4, 0.8, 1.0], [0, lr_max, lr_max / 20, 0]))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -223,7 +89,7 @@ def train(
 ) -> dict:
     """Train ``config`` in ``run_dir`` (or continue it with ``resume=True``); return the summary.
 
-    The run folder is locked for the whole call (:func:`spatialmix.runs.locked`): a second writer
+    The run folder is locked for the whole call (:func:`spatialmix.io.runs.locked`): a second writer
     gets an error naming the process that holds it. ``resume=True`` starts the run when nothing
     was saved yet, and otherwise continues it from its newest complete checkpoint. However the
     call ends (finished, diverged, Ctrl-C, SIGTERM, an error), ``status.json`` says so.
@@ -232,7 +98,7 @@ def train(
     many optimizer steps in this call (for benchmarks and tests); the run is then left resumable.
     Under ``torchrun`` every process calls this with the same arguments: each rank trains on its
     shard of every global batch of ``config.batch_size`` examples, the numbers printed and saved
-    are global, and only rank 0 writes to ``run_dir`` (see :mod:`spatialmix.distributed`).
+    are global, and only rank 0 writes to ``run_dir`` (see :mod:`spatialmix.engine.distributed`).
     """
     config.validate()
     task = task or ClassificationTask()

@@ -7,8 +7,9 @@ from pathlib import Path
 from spatialmix.data.datasets import ImageData
 from spatialmix.data.permutation import PERMUTATION_FILE, PixelPermutation, check_or_save_permutation
 from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.loaders import load_data_for
 from spatialmix.engine.tasks import saved_task
-from spatialmix.engine.train import load_data_for, train
+from spatialmix.engine.train import train
 from spatialmix.engine.unshuffle import UnshuffleTask
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
@@ -22,7 +23,7 @@ def train_unshuffle(
     data: ImageData | None = None,
     max_steps: int | None = None,
 ) -> dict:
-    """Train an un-shuffling run (``spatialmix.train.train`` with :class:`UnshuffleTask`).
+    """Train an un-shuffling run (``spatialmix.engine.train.train`` with :class:`UnshuffleTask`).
 
     The permutation is saved as ``permutation.safetensors`` in ``run_dir``; when resuming, the one
     already there must be the one the task rebuilds from its seed.
@@ -43,7 +44,7 @@ def train_unshuffle(
 def load_run_permutation(run_dir: str | Path) -> PixelPermutation:
     """The permutation of a saved un-shuffling run, checked against the one its seed rebuilds.
 
-    Everything comes from the validated :class:`spatialmix.runs.Run` (a run folder is untrusted):
+    Everything comes from the validated :class:`spatialmix.io.runs.Run` (a run folder is untrusted):
     a malformed config.json is one line naming the file and the field.
     """
     run = runs.Run(run_dir).check()

@@ -22,7 +22,7 @@ A run folder is something people download and share, so everything read from it 
 is wrong), refuses paths that lead out of the run folder (symlinks, ``latest.json`` pointing
 elsewhere), checks that weights files are regular files of plausible size before reading them,
 and never unpickles code (safetensors, ``torch.load(weights_only=True)``). The file primitives are
-in :mod:`spatialmix.storage`, the lock in :mod:`spatialmix.runlock`; both are re-exported here.
+in :mod:`spatialmix.io.storage`, the lock in :mod:`spatialmix.io.lock`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -43,16 +43,16 @@ from spatialmix.io.lock import LOCK
 from spatialmix.io.lock import locked as _locked_path
 from spatialmix.io.paths import inside
 from spatialmix.io.storage import (
-    _atomic_via_tmp,
-    _fsync_dir,
-    _write_error,
+    atomic_via_tmp,
     atomic_write_json,
     check_regular_file,
     file_sha256,
+    fsync_dir,
     load_weights,
     read_json,
     read_jsonl,
     save_weights,
+    write_error,
 )
 
 FORMAT_VERSION = 1
@@ -404,10 +404,10 @@ def save_checkpoint(run_dir: Path, epoch: int, model_state: dict, train_state: d
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
     except OSError as err:
-        raise _write_error(folder, err) from None
+        raise write_error(folder, err) from None
     save_weights(folder / MODEL_FILE, model_state, metadata={"epoch": str(epoch)})
-    _atomic_via_tmp(folder / STATE_FILE, lambda tmp: torch.save(train_state, tmp))
-    _fsync_dir(ckpt_root)
+    atomic_via_tmp(folder / STATE_FILE, lambda tmp: torch.save(train_state, tmp))
+    fsync_dir(ckpt_root)
     atomic_write_json(ckpt_root / LATEST, {"folder": folder.name, "epoch": epoch})
     done = sorted(p for p in ckpt_root.glob("epoch-*") if p.is_dir() and not p.is_symlink())
     for old in done[:-keep]:
@@ -433,7 +433,7 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict]:
 
 @contextlib.contextmanager
 def locked(run_dir: str | os.PathLike):
-    """Hold ``run_dir`` exclusively for the block (see :mod:`spatialmix.runlock`); yields its :class:`Run`."""
+    """Hold ``run_dir`` exclusively for the block (see :mod:`spatialmix.io.lock`); yields its :class:`Run`."""
     with _locked_path(Run(run_dir).path):
         yield Run(run_dir)
 

@@ -36,7 +36,7 @@ os.umask(_UMASK)
 # --------------------------------------------------------------------------- writes
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (a power loss after it keeps the new name)."""
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -63,7 +63,7 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def _write_error(path: Path, err: OSError) -> SpatialmixError:
+def write_error(path: Path, err: OSError) -> SpatialmixError:
     why = err.strerror or type(err).__name__
     hint = "free some space and resume" if err.errno == errno.ENOSPC else "choose a writable folder"
     return SpatialmixError(f"cannot write {path} ({why}); {hint}")
@@ -75,7 +75,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        raise _write_error(path, err) from None
+        raise write_error(path, err) from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
@@ -83,11 +83,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # replaces a symlink itself, never writes through it
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise _write_error(path, err) from None
+            raise write_error(path, err) from None
         raise
 
 
@@ -115,7 +115,7 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _atomic_via_tmp(path: Path, write) -> None:
+def atomic_via_tmp(path: Path, write) -> None:
     """Call ``write(tmp_path)``, fsync the result and rename it onto ``path``."""
     path = Path(path)
     tmp = _tmp_name(path)
@@ -124,19 +124,19 @@ def _atomic_via_tmp(path: Path, write) -> None:
         write(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise _write_error(path, err) from None
+            raise write_error(path, err) from None
         if isinstance(err, RuntimeError) and "write" in str(err).lower():  # torch.save on a full disk
-            raise _write_error(path, OSError(errno.EIO, str(err).splitlines()[0][:120])) from None
+            raise write_error(path, OSError(errno.EIO, str(err).splitlines()[0][:120])) from None
         raise
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    _atomic_via_tmp(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_via_tmp(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def check_regular_file(path: Path, max_bytes: int | None = None) -> int:
@@ -190,12 +190,12 @@ def append_jsonl(path: Path, record: dict) -> None:
             raise SpatialmixError(
                 f"{path} is a symlink; a run folder's files must be plain files: remove it and resume"
             ) from None
-        raise _write_error(path, err) from None
+        raise write_error(path, err) from None
     try:
         os.write(fd, line.encode())
         os.fsync(fd)
     except OSError as err:
-        raise _write_error(path, err) from None
+        raise write_error(path, err) from None
     finally:
         os.close(fd)
 

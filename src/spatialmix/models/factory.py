@@ -2,7 +2,7 @@
 
 Every model takes ``in_chans`` and ``num_classes`` and is a plain ``nn.Module`` whose
 spatial mixing is done by depthwise convolutions and whose channel mixing is done by
-1 x 1 convolutions, so that :mod:`spatialmix.mixing` can freeze either kind.
+1 x 1 convolutions, so that :mod:`spatialmix.core.mixing` can freeze either kind.
 
 Names understood by :func:`create_model`:
 
@@ -78,7 +78,7 @@ def create_model(
         model = info.builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
     except TypeError as err:
         raise SpatialmixError(f"model {name!r} does not take these options: {err}") from None
-    if image_size is not None:  # what spatialmix.token_mixers feeds the model to find its token axis
+    if image_size is not None:  # what spatialmix.core.token_mixers feeds the model to find its token axis
         model.spatialmix_input_shape = (in_chans, image_size, image_size)
     return model
 

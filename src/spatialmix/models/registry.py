@@ -2,7 +2,7 @@
 
 Every model takes ``in_chans`` and ``num_classes`` and is a plain ``nn.Module`` whose
 spatial mixing is done by depthwise convolutions and whose channel mixing is done by
-1 x 1 convolutions, so that :mod:`spatialmix.mixing` can freeze either kind.
+1 x 1 convolutions, so that :mod:`spatialmix.core.mixing` can freeze either kind.
 
 Names understood by :func:`create_model`:
 

@@ -1,19 +1,19 @@
 """One page for every result: ``spatialmix report RUN_DIR_OR_STUDY_DIR ... -o report.html``.
 
-The page leads with the answer: the verdict of every claim of the paper (:mod:`spatialmix.verdicts`),
+The page leads with the answer: the verdict of every claim of the paper (:mod:`spatialmix.analysis.verdicts`),
 then each claim's tables and figures, the filter analysis, and the configuration last. It is a
 single HTML file that needs nothing else to be read; its tables are also written as Markdown
 next to it (``report.md``) for a README or a paper draft.
 
 The report is made in three steps, each in its own module:
 
-* :mod:`spatialmix.report_inputs` reads and checks the inputs: run directories (``spatialmix
+* :mod:`spatialmix.report.inputs` reads and checks the inputs: run directories (``spatialmix
   train``) and study folders (``spatialmix reproduce``: ``results.json`` plus the runs below it);
-* :mod:`spatialmix.report_sections` (and :mod:`spatialmix.report_filters`) fill each section
+* :mod:`spatialmix.report.sections` (and :mod:`spatialmix.report.filters`) fill each section
   from whatever results exist: a study's results go to the section it declared in
   ``results.json``; a section with nothing to show keeps its heading and says so, so a report of
   a single run or of an interrupted study is still a report;
-* :mod:`spatialmix.report_page` writes the sections out as HTML and Markdown.
+* :mod:`spatialmix.report.page` writes the sections out as HTML and Markdown.
 
 This module holds the entry points and keeps the names of those modules that callers use.
 """

@@ -4,6 +4,7 @@ frozen layers never moved."""
 
 from __future__ import annotations
 
+from spatialmix.analysis.filter_plots import plot_filter_grids, plot_mean_spectra, plot_radial_profiles
 from spatialmix.analysis.filters import (
     FFT_SIZE,
     LOW_HIGH_CUTOFF,
@@ -11,9 +12,6 @@ from spatialmix.analysis.filters import (
     analyze_run,
     frequency_radius,
     frozen_layers_moved,
-    plot_filter_grids,
-    plot_mean_spectra,
-    plot_radial_profiles,
     spectrum_table,
     statistics_table,
 )

@@ -2,8 +2,8 @@
 (``spatialmix reproduce``: ``results.json`` plus the runs below it).
 
 Everything is read and checked here, before the report computes or writes anything: each run
-folder through :class:`spatialmix.runs.Run` (every file validated) and each study's entry of
-``results.json`` through :func:`spatialmix.study_result.read_study_entry` (its section, tables,
+folder through :class:`spatialmix.io.runs.Run` (every file validated) and each study's entry of
+``results.json`` through :func:`spatialmix.io.study_results.read_study_entry` (its section, tables,
 figures and files), so a damaged input is one line naming the file and the field.
 """
 

@@ -22,7 +22,7 @@ from spatialmix.robustness.attacks import (
 )
 from spatialmix.robustness.results import result_dict
 from spatialmix.robustness.settings import AttackSettings
-from spatialmix.ui.display import ProgressBar
+from spatialmix.ui.progress import AttackProgress
 
 
 def evaluate_robustness(
@@ -45,7 +45,7 @@ def evaluate_robustness(
     e.g. ``eps=(0, 8/255), steps=20``) say what runs; see :class:`AttackSettings`. ``checks=False``
     skips the reference and the masking checks (for benchmarks). ``progress``: a rich progress
     bar (True), none (False), or a callable ``(stage, gradient_steps)``. The model is left on its
-    device and in its mode. Returns a JSON-able dict (see :func:`spatialmix.attack_results.result_dict`).
+    device and in its mode. Returns a JSON-able dict (see :func:`spatialmix.robustness.results.result_dict`).
     """
 
     settings = (settings or AttackSettings()).replace(**changes).validate()
@@ -61,7 +61,7 @@ def evaluate_robustness(
     original_device = _device_of(model)
     model.to(device)
     try:
-        with attack_mode(model), ProgressBar.for_setting(progress, label) as bar:
+        with attack_mode(model), AttackProgress.for_setting(progress, label) as bar:
             attacker = Attacker(model, images, labels, settings, device, bar)
             _check_classes(
                 attacker.num_classes, settings if checks else settings.replace(reference_examples=0)

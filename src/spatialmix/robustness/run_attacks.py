@@ -10,7 +10,8 @@ import torch
 
 from spatialmix.data.batches import to_unit_range
 from spatialmix.engine.device import resolve_device
-from spatialmix.engine.train import load_evaluation_data, load_trained_model
+from spatialmix.engine.loaders import load_evaluation_data
+from spatialmix.engine.train import load_trained_model
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.io.paths import check_writable

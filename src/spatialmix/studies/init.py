@@ -9,12 +9,12 @@ from four priors, beside the classification study's Full and Space runs of the s
   (highest mean robust accuracy at the largest budget among its sigmas > 0) when it ran in this
   or an earlier ``reproduce`` call of the same preset, else :data:`DEFAULT_SIGMA` (the run folder
   is the smoothing study's, so a run both studies need is trained once);
-* ``covariance``: the closed-form covariance of Trockman et al. (ICLR 2023), :mod:`spatialmix.priors`;
+* ``covariance``: the closed-form covariance of Trockman et al. (ICLR 2023), :mod:`spatialmix.core.priors`;
 * ``covariance-from-Full``: each layer's filters drawn from the Gaussian fit of the trained
   filters of the classification study's Full run of the same seed.
 
-Every run is attacked with the robustness study's settings (:func:`spatialmix.robustness.attack_settings`,
-:func:`spatialmix.attacks.attack_runs`; results saved as ``robustness.json`` in each run folder and
+Every run is attacked with the robustness study's settings (:func:`spatialmix.studies.robustness.attack_settings`,
+:func:`spatialmix.robustness.run_attacks.attack_runs`; results saved as ``robustness.json`` in each run folder and
 reused). The result has a table of clean and robust accuracy (mean ± std over seeds), a table of
 what each prior buys over the default one, the first seed's frozen filters side by side with
 their radial spectra, and per run the numbers and the path of its ``robustness.json`` (whose
@@ -29,7 +29,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spatialmix.analysis.filters import analyze_run, plot_filter_grids, plot_radial_profiles
+from spatialmix.analysis.filter_plots import plot_filter_grids, plot_radial_profiles
+from spatialmix.analysis.filters import analyze_run
 from spatialmix.errors import SpatialmixError
 from spatialmix.io.figures import save_png
 from spatialmix.io.study_results import Figure, StudyResult

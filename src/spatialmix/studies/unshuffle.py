@@ -3,9 +3,9 @@
 :func:`unshuffle_study` plans one run per mode and seed (plus the no-spatial-mixing reference,
 kernel size 1), checks every run folder before writing anything, trains them (side by side with
 ``processes``), and compares them with the floor of the scrambled input itself. The task it
-trains (metrics, :class:`~spatialmix.unshuffle.UnshuffleNet`, presets) lives in
-:mod:`spatialmix.unshuffle`, the scrambling in :mod:`spatialmix.permutation`;
-:func:`unshuffle_reproduce_study` is its entry in :data:`spatialmix.study.STUDIES`.
+trains (metrics, :class:`~spatialmix.models.unshufflenet.UnshuffleNet`, presets) lives in
+:mod:`spatialmix.engine.unshuffle`, the scrambling in :mod:`spatialmix.data.permutation`;
+:func:`unshuffle_reproduce_study` is its entry in :data:`spatialmix.studies.reproduce.STUDIES`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from spatialmix.core.mixing import MODES
 from spatialmix.data.datasets import ImageData
 from spatialmix.data.permutation import PERMUTATION_FILE, PixelPermutation, check_or_save_permutation
 from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.loaders import load_data_for
 from spatialmix.engine.parallel import run_side_by_side
 from spatialmix.engine.resume import prepare_run_dir
-from spatialmix.engine.train import load_data_for, load_trained_model
+from spatialmix.engine.train import load_trained_model
 from spatialmix.engine.unshuffle import UnshuffleTask, reconstruct, scrambled_floor, unshuffle_config
 from spatialmix.engine.unshuffle_train import train_unshuffle
 from spatialmix.errors import SpatialmixError, check_positive, unknown_name
@@ -101,7 +102,7 @@ def unshuffle_study(
     ``unshuffle.png`` (ground truth, scrambled, each model's reconstruction of the same test
     images). Finished runs are reused and interrupted ones resumed; everything is checked before
     anything is written, so a bad setting leaves ``out_dir`` as it was. ``processes`` runs train
-    side by side with ``threads`` threads each (see :mod:`spatialmix.parallel`).
+    side by side with ``threads`` threads each (see :mod:`spatialmix.engine.parallel`).
     """
     out_dir = Path(out_dir)
     task = UnshuffleTask(perm_seed, window, loss)

@@ -33,7 +33,7 @@ TRAINING_OVERRIDES = (
 
 @dataclass(frozen=True)
 class UnshuffleSettings:
-    """The settings of ``unshuffle_study`` (see :func:`spatialmix.unshuffle_study.unshuffle_study`)."""
+    """The settings of ``unshuffle_study`` (see :func:`spatialmix.studies.unshuffle.unshuffle_study`)."""
 
     out: str = option("runs/unshuffle", "study folder")
     preset: str = option(

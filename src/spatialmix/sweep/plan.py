@@ -21,8 +21,8 @@ Each configuration is one job, which trains its run, resumes it from its last ch
 reads it back when it finished. Jobs run one after another in this process (``local``, the
 default), each in its own process on this machine through submitit (``submitit-local``), or one
 Slurm job per configuration through submitit (``slurm``; GPUs, time and partition per job; a job
-that runs out of time or is preempted is requeued and resumes): see :mod:`spatialmix.slurm`, and
-:mod:`spatialmix.sweep_settings` for the settings and each job's resources. A finished configuration is never
+that runs out of time or is preempted is requeued and resumes): see :mod:`spatialmix.sweep.slurm`, and
+:mod:`spatialmix.sweep.settings` for the settings and each job's resources. A finished configuration is never
 run again, so a sweep that was interrupted continues when it is started again. When every job has
 finished, the results are gathered into the same tables as a local run (``results.md``,
 ``results.json`` in the sweep folder).
