@@ -106,7 +106,7 @@ def test_a_start_that_wrote_nothing_leaves_no_folder(tmp_path):
 
 
 def test_reproduce_and_sweeps_use_the_same_lock(held, monkeypatch):
-    from spatialmix.sweep import plan as sweep
+    from spatialmix.sweep.jobs import run_job
 
     folder, proc = held
     config = TrainConfig(**TINY)
@@ -114,7 +114,7 @@ def test_reproduce_and_sweeps_use_the_same_lock(held, monkeypatch):
     with pytest.raises(lock.RunLockedError, match=f"pid {proc.pid}"):
         study.train_or_reuse(config, folder)
     with pytest.raises(lock.RunLockedError, match=f"pid {proc.pid}"):
-        sweep.run_job(config.to_dict(), str(folder))
+        run_job(config.to_dict(), str(folder))
 
 
 @pytest.mark.slow

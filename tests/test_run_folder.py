@@ -18,6 +18,7 @@ from spatialmix.engine.train import load_trained_model, train
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs, storage
 from spatialmix.sweep import plan as sweep
+from spatialmix.sweep.run import finished_summary
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +315,7 @@ def test_finished_summary_fills_fields_added_later_with_their_defaults(run):
     summary = runs.Run(run_dir).finished_summary(config)
     assert summary == runs.read_json(run_dir / runs.SUMMARY)
     job = sweep.SweepJob("x", config, run_dir, {})
-    assert sweep.finished_summary(job) == summary
+    assert finished_summary(job) == summary
 
 
 def test_finished_summary_refuses_another_config_and_ignores_speed_settings(run):

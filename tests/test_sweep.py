@@ -16,14 +16,8 @@ from spatialmix.cli.main import main
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.studies.context import classification_run_dir
-from spatialmix.sweep.plan import (
-    finished_summary,
-    grid_sweep,
-    load_grid_file,
-    plan_sweep,
-    run_sweep,
-    study_sweep,
-)
+from spatialmix.sweep.plan import grid_sweep, load_grid_file, plan_sweep, study_sweep
+from spatialmix.sweep.run import finished_summary, run_sweep
 from spatialmix.sweep.settings import JobResources, SweepSettings, parse_slurm_options, parse_time
 from spatialmix.sweep.slurm import make_executor
 

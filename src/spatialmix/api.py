@@ -49,5 +49,6 @@ from spatialmix.studies.context import PRESETS, Preset
 from spatialmix.studies.reproduce import STUDIES, reproduce
 from spatialmix.studies.unshuffle import unshuffle_study
 from spatialmix.studies.unshuffle_settings import UnshuffleSettings
-from spatialmix.sweep.plan import plan_sweep, run_sweep
+from spatialmix.sweep.plan import plan_sweep
+from spatialmix.sweep.run import run_sweep
 from spatialmix.sweep.settings import JobResources, SweepSettings

@@ -158,7 +158,8 @@ def cmd_report(args) -> None:
 
 def cmd_sweep(args) -> None:
     from spatialmix.engine.distributed import is_main
-    from spatialmix.sweep.plan import job_states, plan_sweep, run_sweep
+    from spatialmix.sweep.plan import plan_sweep
+    from spatialmix.sweep.run import job_states, run_sweep
 
     settings = SweepSettings(**given_values(SweepSettings, args))
     sweep = plan_sweep(settings, **given_values(TrainConfig, args, skip=SWEEP_SKIP))

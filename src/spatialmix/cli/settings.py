@@ -47,8 +47,8 @@ REPRODUCE_SKIP = ("mode", "seed", "threads")
 
 @dataclass(frozen=True)
 class ReproduceSettings:
-    """``spatialmix reproduce``: the arguments of :func:`spatialmix.studies.reproduce.reproduce` but the training
-    overrides."""
+    """``spatialmix reproduce``: the arguments of :func:`spatialmix.studies.reproduce.reproduce` but
+    the training overrides."""
 
     preset: str = option("quick", "quick (Fashion-MNIST, CPU minutes) or paper (CIFAR-10, GPU)")
     out: str = option("runs/reproduce", "study folder")

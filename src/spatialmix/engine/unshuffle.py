@@ -96,7 +96,8 @@ def scrambled_floor(images: torch.Tensor, permutation: PixelPermutation, batch_s
 
 
 class UnshuffleTask:
-    """Learn to undo one fixed pixel permutation (see :class:`spatialmix.engine.classification.ClassificationTask`).
+    """Learn to undo one fixed pixel permutation (see
+    :class:`spatialmix.engine.classification.ClassificationTask`).
 
     Inputs are the scrambled normalized images, targets the original normalized images; the loss
     (``mse`` or ``l1``) is taken there. Test metrics: ``loss``, ``psnr`` (the score) and ``ssim``

@@ -8,7 +8,7 @@ from torch import nn
 from spatialmix.errors import SpatialmixError
 
 
-def _external_model(
+def external_model(
     name: str,
     in_chans: int,
     num_classes: int,

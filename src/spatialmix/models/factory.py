@@ -26,7 +26,7 @@ from torch import nn
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.models import convmixer, mlpmixer, resnet, unshufflenet
 from spatialmix.models.convmixer import ConvMixer
-from spatialmix.models.external import _external_model
+from spatialmix.models.external import external_model
 from spatialmix.models.mlpmixer import MLPMixer
 from spatialmix.models.registry import MODEL_REGISTRY
 
@@ -60,7 +60,7 @@ def create_model(
     pick the small-image ResNet stem.
     """
     if name.startswith(("timm:", "torchvision:")):
-        return _external_model(
+        return external_model(
             name, in_chans, num_classes, pretrained, image_size, overrides.get("patch_size")
         )
     kwargs = model_kwargs(name, image_size, **overrides)

@@ -13,8 +13,10 @@ from four priors, beside the classification study's Full and Space runs of the s
 * ``covariance-from-Full``: each layer's filters drawn from the Gaussian fit of the trained
   filters of the classification study's Full run of the same seed.
 
-Every run is attacked with the robustness study's settings (:func:`spatialmix.studies.robustness.attack_settings`,
-:func:`spatialmix.robustness.run_attacks.attack_runs`; results saved as ``robustness.json`` in each run folder and
+Every run is attacked with the robustness study's settings
+(:func:`spatialmix.studies.robustness.attack_settings`,
+:func:`spatialmix.robustness.run_attacks.attack_runs`; results saved as ``robustness.json`` in each run
+folder and
 reused). The result has a table of clean and robust accuracy (mean ± std over seeds), a table of
 what each prior buys over the default one, the first seed's frozen filters side by side with
 their radial spectra, and per run the numbers and the path of its ``robustness.json`` (whose
