@@ -1,4 +1,4 @@
-"""TODO"""
+"""Result tables that several places print: the classification table of a study or a sweep."""
 
 from __future__ import annotations
 

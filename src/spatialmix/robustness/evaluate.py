@@ -1,4 +1,9 @@
-"""TODO"""
+"""Adversarial evaluation of a model in memory: every budget, the masking checks, one result dict.
+
+:func:`evaluate_robustness` is the library's entry point (RobustBench's conventions: inputs in
+[0, 1], normalization inside the attacked model, the model in eval mode); :func:`attack_examples`
+returns the adversarial images of one attack.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""TODO"""
+"""Adversarial evaluation of saved runs: ``spatialmix attack`` and the robustness studies.
+
+Each run's model is rebuilt from its folder, attacked on a fixed, seeded choice of test images,
+and its result saved as ``robustness.json`` beside it; a saved result of the same settings and
+weights is reused instead of attacking again.
+"""
 
 from __future__ import annotations
 
