@@ -457,6 +457,23 @@ def test_declared_sections_and_figures_round_trip_through_results_json_and_the_r
     assert "_Figure in the HTML report: Caption of figure three_" in files.markdown.read_text()
 
 
+def test_a_study_folder_given_as_a_relative_path_shows_its_declared_figures(study_dir, tmp_path, monkeypatch):
+    """`make reproduce` writes its report with the relative study folder runs/reproduce: every declared
+    figure is found there too (a relative folder was once prefixed to its own files twice)."""
+    dest = _declared_study(study_dir, tmp_path / "made-here")
+    monkeypatch.chdir(tmp_path)
+    files = report.write_report([Path("made-here")], Path("report.html"))
+    page = files.html.read_text()
+    one, two, three = (
+        (dest / f).read_bytes() for f in ("a/sigma-robust.png", "b/attack.png", "c/filters.png")
+    )
+    b64 = lambda data: base64.b64encode(data).decode()
+    robustness, smoothing, init = (section_html(page, s) for s in ("robustness", "smoothing", "init"))
+    assert b64(one) in robustness and b64(two) in smoothing and b64(three) in init
+    assert "not found: a/sigma-robust.png" not in page and "not found: c/filters.png" not in page
+    assert "Listed in results.json but not found: c/deleted.png" in init
+
+
 def test_a_study_declares_a_known_section():
     with pytest.raises(ValueError, match="section 'robust' is not one of"):
         StudyResult("x", section="robust")

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from spatialmix.engine.tasks import saved_config
 from spatialmix.engine.train import load_trained_model, train
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs, storage
+from spatialmix.io.paths import inside
 from spatialmix.sweep import plan as sweep
 from spatialmix.sweep.run import finished_summary
 
@@ -484,3 +486,20 @@ def test_training_refuses_the_sizes_a_run_folder_could_not_be_opened_with(field)
         TrainConfig(**{field: value}).validate()
     assert f"at most {limit:,}" in one_line(err)
     TrainConfig(**{field: limit}).validate()  # the limit itself is allowed (following the advice works)
+
+
+def test_inside_takes_both_paths_as_opened_and_follows_links(tmp_path, monkeypatch):
+    """The one containment check: relative folders work (no prefix added twice), a way out by `..` or by
+    a symbolic link does not."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study" / "a").mkdir(parents=True)
+    (tmp_path / "study" / "a" / "f.png").write_bytes(b"x")
+    (tmp_path / "secret.txt").write_text("s")
+    (tmp_path / "study" / "a" / "leak.png").symlink_to(tmp_path / "secret.txt")
+    base = Path("study")
+    assert inside(base, base / "a" / "f.png") == base / "a" / "f.png"
+    assert inside(tmp_path / "study", base / "a" / "f.png") is not None  # absolute base, relative path
+    assert inside(base, Path("a") / "f.png") is None  # a bare name is not joined: it is not below study/
+    assert inside(base, base / ".." / "secret.txt") is None
+    assert inside(base, base / "a" / "leak.png") is None
+    assert inside(base, base) is None  # the folder itself is not a file inside it

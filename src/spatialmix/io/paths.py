@@ -13,11 +13,10 @@ from spatialmix.errors import SpatialmixError
 
 
 def inside(base: Path, path: Path) -> Path | None:
-    """``path`` (relative paths are taken below ``base``) if it lies inside ``base`` once symlinks are
-    followed, else None; a link loop or an unreadable path is outside."""
+    """``path`` if it lies inside ``base`` once symlinks are followed, else None; a link loop or an
+    unreadable path is outside. Both are taken as they would be opened (a relative path from the
+    current folder): join a name to its folder before asking, as ``base / name``."""
     base, path = Path(base), Path(path)
-    if not path.is_absolute():
-        path = base / path
     try:
         root, target = base.resolve(), path.resolve()
     except (OSError, RuntimeError):
