@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import spatialmix as sm
 from spatialmix.core.inits import InitSpec
 from spatialmix.core.mixing import apply_mixing
 from spatialmix.core.priors import GROWTH, SIGMA0, closed_form_covariance, depth_sigma, nearest_layer
@@ -253,3 +254,18 @@ def test_covariance_from_untrusted_folders_fails_with_one_clear_line(full_run, t
         apply_mixing(model(), "chans", spec(tmp_path / "notarun"))
     cases.append(err)
     assert all("\n" not in str(e.value) for e in cases)
+
+
+def test_covariance_from_without_its_prior_says_how_and_the_advice_works(full_run):
+    """From Python, InitSpec('covariance-from') needs the fitted prior; the error names the call that
+    makes it, and following it draws the filters."""
+    run_dir, _ = full_run
+    bare = InitSpec("covariance-from", source=str(run_dir))
+    with pytest.raises(SpatialmixError, match=r"pass prior=sm\.empirical_prior\(") as err:
+        apply_mixing(depthwise_stack(4, 2, 3), "chans", bare, seed=0)
+    assert str(run_dir) in str(err.value) and len(str(err.value).splitlines()) == 1
+    advised = InitSpec("covariance-from", source=str(run_dir), prior=sm.empirical_prior(str(run_dir)))
+    model = apply_mixing(depthwise_stack(4, 2, 3), "chans", advised, seed=0)
+    assert sm.frozen_fingerprint(model) == sm.frozen_fingerprint(
+        apply_mixing(depthwise_stack(4, 2, 3), "chans", spec(run_dir), seed=0)
+    )
