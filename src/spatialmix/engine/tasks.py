@@ -50,11 +50,12 @@ def task_from_dict(d: dict | None):
         ) from None
 
 
-def saved_task(run: runs.Run):
+def saved_task(run: runs.Run, record: dict | None = None):
     """The task of a saved run (classification when config.json names none); a bad one is an error naming the
-    file."""
+    file. ``record``: config.json when the caller has read it already."""
+    record = run.record() if record is None else record
     try:
-        return task_from_dict(run.record().get("task"))
+        return task_from_dict(record.get("task"))
     except SpatialmixError as err:
         raise SpatialmixError(f"{run.file(runs.CONFIG)}: field 'task': {err}") from None
 
@@ -63,7 +64,7 @@ def saved_config(run: runs.Run) -> TrainConfig:
     """The saved TrainConfig of a run (fields added to TrainConfig after the run was made take their
     defaults)."""
     record = run.record()
-    saved_task(run)  # first: a damaged task is reported before the training fields
+    saved_task(run, record)  # first: a damaged task is reported before the training fields
     return TrainConfig.from_dict(record["train"], source=run.file(runs.CONFIG))
 
 
