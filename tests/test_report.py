@@ -228,7 +228,7 @@ def test_the_report_leads_with_the_verdicts_and_ends_with_the_configuration(stud
     row = row[: row.index("</tr>")]
     assert f"<td>{100 * effect:+.2f} pts</td>" in row and "<td>2</td>" in row
     assert (
-        "paired bootstrap over 2 seeds" in row and "<td>32</td>" in row
+        "t over 2 seed-paired differences" in row and "<td>32</td>" in row
     )  # test_correct_bits of the 32 test images
     assert any(
         f'<td class="verdict-{word}">{word}</td>' in row

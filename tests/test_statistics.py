@@ -7,11 +7,15 @@ import pytest
 from scipy import stats
 
 from spatialmix.analysis.statistics import (
+    decision_power,
+    detectable_distance,
+    hartung_knapp,
     mcnemar_exact,
     mean_interval,
-    ols_slope,
-    paired_bootstrap,
     paired_t_interval,
+    seed_slopes,
+    seeds_needed,
+    slope,
 )
 from spatialmix.errors import SpatialmixError
 
@@ -28,7 +32,8 @@ def test_t_interval_matches_the_textbook_sleep_example():
     est = mean_interval(diffs)
     assert est.value == pytest.approx(1.58)
     assert (est.low, est.high) == pytest.approx(SLEEP_CI, abs=1e-6)
-    assert est.n_seeds == 10 and "t-interval" in est.method
+    assert est.n_seeds == 10 and est.method == "t over 10 seeds"
+    assert est.spread == pytest.approx(np.std(diffs, ddof=1))
 
 
 def test_paired_t_interval_pairs_by_seed_not_by_position():
@@ -37,7 +42,7 @@ def test_paired_t_interval_pairs_by_seed_not_by_position():
     second[99] = 100.0  # unpaired: ignored
     est = paired_t_interval(first, second)
     assert (est.low, est.high) == pytest.approx(SLEEP_CI, abs=1e-6) and est.n_seeds == 10
-    assert "seed-paired t-interval" in est.method
+    assert est.method == "t over 10 seed-paired differences"
 
 
 def test_t_interval_by_hand_for_three_seeds():
@@ -46,13 +51,13 @@ def test_t_interval_by_hand_for_three_seeds():
     half = 4.303 * 2 / math.sqrt(3)
     assert est.value == 7.0
     assert est.low == pytest.approx(7 - half, abs=1e-3) and est.high == pytest.approx(7 + half, abs=1e-3)
-    assert "df=2" in est.method
+    assert est.spread == pytest.approx(2.0)
 
 
 def test_one_seed_has_no_interval():
     est = mean_interval([0.87])
     assert est.value == 0.87 and est.low is None and est.high is None and not est.defined
-    assert "undefined" in est.method
+    assert est.method == "one seed: no interval" and est.spread is None
     assert not paired_t_interval({0: 0.9}, {0: 0.8}).defined
 
 
@@ -67,49 +72,42 @@ def test_paired_t_interval_without_shared_seeds_is_an_error():
         paired_t_interval({0: 1.0}, {1: 1.0})
 
 
-# --------------------------------------------------------------------------- bootstrap
+# --------------------------------------------------------------------------- random effects
 
 
-def test_bootstrap_of_identical_models_is_exactly_zero():
-    rng = np.random.default_rng(1)
-    correct = [rng.random(500) < 0.8 for _ in range(3)]
-    est = paired_bootstrap([c.astype(int) - c.astype(int) for c in correct])
-    assert (est.value, est.low, est.high) == (0.0, 0.0, 0.0)
-    assert est.n_seeds == 3 and est.n_examples == 500
+def test_hartung_knapp_with_equal_within_variances_is_the_plain_t_interval():
+    # Equal weights: the random-effects mean is the plain mean, and the Hartung-Knapp variance
+    # sum((y - mean)^2) / ((k - 1) k) is s^2 / k, the t-interval's.
+    effects = [0.012, -0.004, 0.031, 0.008]
+    est = hartung_knapp(effects, [2e-4] * 4)
+    plain = mean_interval(effects)
+    assert (est.value, est.low, est.high) == pytest.approx((plain.value, plain.low, plain.high), rel=1e-12)
+    assert est.n_seeds == 4 and "Hartung-Knapp" in est.method
 
 
-def test_bootstrap_of_a_constant_shift_is_that_shift():
-    est = paired_bootstrap([np.full(500, 0.02), np.full(500, 0.02)])
-    assert est.value == pytest.approx(0.02, abs=1e-15)
-    assert est.low == pytest.approx(0.02, abs=1e-15) and est.high == pytest.approx(0.02, abs=1e-15)
+def test_hartung_knapp_by_hand_without_heterogeneity():
+    # y = (0, 2), v = (1, 3): weights 1 and 1/3, fixed mean 0.5, Q = 1 = k - 1 so no between-seed
+    # variance; HK variance = Q / ((k - 1) * 4/3) = 0.75; half width t(0.975, 1) * sqrt(0.75).
+    est = hartung_knapp([0.0, 2.0], [1.0, 3.0])
+    half = stats.t.ppf(0.975, 1) * math.sqrt(0.75)
+    assert est.value == pytest.approx(0.5)
+    assert (est.low, est.high) == pytest.approx((0.5 - half, 0.5 + half))
 
 
-def test_bootstrap_of_one_large_seed_matches_the_normal_approximation():
-    rng = np.random.default_rng(2)
-    n = 40_000
-    diffs = rng.choice([-1.0, 0.0, 1.0], size=n, p=[0.1, 0.8, 0.1]) + (rng.random(n) < 0.03)
-    est = paired_bootstrap([diffs])
-    half = 1.959964 * diffs.std(ddof=1) / math.sqrt(n)
-    assert est.value == pytest.approx(diffs.mean())
-    assert est.low == pytest.approx(diffs.mean() - half, abs=0.05 * half)
-    assert est.high == pytest.approx(diffs.mean() + half, abs=0.05 * half)
-    assert "examples" in est.method and "seeds" not in est.method
+def test_hartung_knapp_by_hand_with_heterogeneity():
+    # y = (0, 4), v = (1, 1): Q = 8, between = (8 - 1) / (2 - 1) = 7, weights 1/8 each, mean 2,
+    # HK variance = (4/8 + 4/8) / (1 * 2/8) = 4.
+    est = hartung_knapp([0.0, 4.0], [1.0, 1.0])
+    half = stats.t.ppf(0.975, 1) * 2
+    assert est.value == pytest.approx(2.0) and (est.low, est.high) == pytest.approx((2 - half, 2 + half))
 
 
-def test_hierarchical_bootstrap_carries_the_spread_between_seeds():
-    # Each seed has no spread of its own, so the interval comes only from resampling seeds: all three
-    # draws are the lowest seed with probability 1/27 > 2.5%, so the 2.5th percentile is that seed.
-    est = paired_bootstrap([np.zeros(200), np.full(200, 0.03), np.full(200, 0.06)])
-    assert est.value == pytest.approx(0.03)
-    assert est.low == pytest.approx(0.0, abs=1e-15) and est.high == pytest.approx(0.06, abs=1e-15)
-    assert "3 seeds, then examples" in est.method
-
-
-def test_bootstrap_is_reproducible_and_seeded():
-    rng = np.random.default_rng(3)
-    diffs = [rng.choice([-1, 0, 1], size=300) for _ in range(2)]
-    assert paired_bootstrap(diffs) == paired_bootstrap(diffs)
-    assert paired_bootstrap(diffs, seed=1) != paired_bootstrap(diffs, seed=2)
+def test_hartung_knapp_of_one_seed_has_no_interval_and_refuses_bad_input():
+    assert not hartung_knapp([0.1], [0.01]).defined
+    with pytest.raises(SpatialmixError, match="2 effects but 3 variances"):
+        hartung_knapp([0.1, 0.2], [0.01, 0.01, 0.01])
+    with pytest.raises(SpatialmixError, match=">= 0"):
+        hartung_knapp([0.1, 0.2], [0.01, -0.01])
 
 
 # --------------------------------------------------------------------------- McNemar
@@ -138,25 +136,67 @@ def test_mcnemar_refuses_different_examples():
 # --------------------------------------------------------------------------- slope
 
 
-def test_slope_of_an_exact_line_has_a_zero_width_interval():
-    est = ols_slope([0, 1, 2, 3], [1, 3, 5, 7])
-    assert (
-        est.value == pytest.approx(2.0) and est.low == pytest.approx(2.0) and est.high == pytest.approx(2.0)
-    )
-
-
-def test_slope_interval_matches_linregress_standard_error():
+def test_slope_of_an_exact_line():
+    assert slope([0, 1, 2, 3], [1, 3, 5, 7]) == pytest.approx(2.0)
     x = [0, 0, 0.5, 0.5, 1, 1, 2, 2]
     y = [0.41, 0.39, 0.42, 0.40, 0.38, 0.37, 0.33, 0.32]
-    reference = stats.linregress(x, y)
-    half = stats.t.ppf(0.975, len(x) - 2) * reference.stderr
-    est = ols_slope(x, y, n_seeds=2, n_examples=500)
-    assert est.value == pytest.approx(reference.slope)
-    assert (est.low, est.high) == pytest.approx((reference.slope - half, reference.slope + half))
-    assert est.n_seeds == 2 and est.n_examples == 500 and "df=6" in est.method
+    assert slope(x, y) == pytest.approx(stats.linregress(x, y).slope)
 
 
-def test_slope_needs_two_distinct_x_and_three_points_for_an_interval():
-    assert not ols_slope([0, 1], [0.4, 0.3]).defined
+def test_seed_slopes_are_one_slope_per_seed_then_a_t_interval():
+    points = {
+        0: ([0, 1, 2], [0.50, 0.48, 0.46]),  # slope -0.02
+        1: ([0, 2], [0.40, 0.38]),  # slope -0.01
+        2: ([2, 0], [0.40, 0.46]),  # slope -0.03, points in any order
+        3: ([1, 1], [0.3, 0.9]),  # one sigma only: left out
+    }
+    est = seed_slopes(points)
+    reference = mean_interval([-0.02, -0.01, -0.03])
+    assert (est.value, est.low, est.high) == pytest.approx((reference.value, reference.low, reference.high))
+    assert est.n_seeds == 3 and "per-seed slopes" in est.method
+
+
+def test_slope_needs_two_distinct_x():
     with pytest.raises(SpatialmixError, match="two different x"):
-        ols_slope([1, 1, 1], [0.1, 0.2, 0.3])
+        slope([1, 1, 1], [0.1, 0.2, 0.3])
+    with pytest.raises(SpatialmixError, match="no seed has two different x"):
+        seed_slopes({0: ([1, 1], [0.1, 0.2])})
+    assert not seed_slopes({0: ([0, 1], [0.4, 0.3])}).defined  # one seed: no interval
+
+
+# --------------------------------------------------------------------------- power
+
+
+def test_decision_power_matches_simulated_t_intervals():
+    rng = np.random.default_rng(5)
+    n, spread, distance = 5, 2.0, 2.5
+    samples = rng.normal(distance, spread, size=(40_000, n))
+    low = samples.mean(1) - stats.t.ppf(0.975, n - 1) * samples.std(1, ddof=1) / math.sqrt(n)
+    assert decision_power(distance, spread, n) == pytest.approx((low > 0).mean(), abs=0.01)
+
+
+def test_detectable_distance_is_where_power_reaches_80_percent():
+    for n in (2, 3, 8, 30):
+        d = detectable_distance(1.5, n)
+        assert decision_power(d, 1.5, n) == pytest.approx(0.8, abs=1e-6)
+    assert detectable_distance(1.0, 1) == math.inf
+    # large n: the normal approximation (z_0.975 + z_0.8) * sd / sqrt(n)
+    assert detectable_distance(1.0, 10_000) == pytest.approx((1.959964 + 0.841621) / 100, rel=1e-3)
+
+
+def test_seeds_needed_is_the_fewest_with_80_percent_power():
+    for distance, spread in ((0.5, 1.0), (3.0, 2.0), (0.02, 0.05)):
+        n = seeds_needed(distance, spread)
+        assert decision_power(distance, spread, n) >= 0.8 > decision_power(distance, spread, n - 1)
+    # 0.5 SD: the normal approximation gives 31.4; the t-interval needs a few more
+    assert seeds_needed(0.5, 1.0) == 34
+    assert seeds_needed(0.0, 1.0) is None and seeds_needed(1e-4, 1.0) is None  # beyond MAX_SEEDS
+    assert seeds_needed(0.01, 0.0) == 2
+
+
+@pytest.mark.parametrize("first_only, second_only", [(0, 1), (3, 9), (20, 17), (0, 40), (55, 12)])
+def test_mcnemar_p_value_is_scipys_two_sided_binomial_test(first_only, second_only):
+    first = [1] * first_only + [0] * second_only
+    second = [0] * first_only + [1] * second_only
+    expected = stats.binomtest(first_only, first_only + second_only, 0.5).pvalue
+    assert mcnemar_exact(first, second).p_value == pytest.approx(expected, rel=1e-12)

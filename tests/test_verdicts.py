@@ -16,8 +16,9 @@ from spatialmix.analysis.claims import (
     claim_verdicts,
     decide,
     eps_value,
+    power_text,
 )
-from spatialmix.analysis.statistics import Estimate
+from spatialmix.analysis.statistics import Estimate, hartung_knapp
 from spatialmix.analysis.verdicts import (
     reproduce_commands,
     verdict_table,
@@ -122,7 +123,8 @@ def test_claim_1_contradicted_and_inconclusive():
     assert by_claim(noisy, "1a")[0].verdict == INCONCLUSIVE
     one_seed = by_claim(claim_verdicts(classification({"full": [0.90], "chans": [0.899]})), "1a")[0]
     assert one_seed.verdict == INCONCLUSIVE and not one_seed.estimate.defined
-    assert "undefined" in one_seed.estimate.method
+    assert one_seed.estimate.method == "one seed: no interval"
+    assert power_text(one_seed) == "one seed: train more seeds"
 
 
 def test_claim_1_pairs_examples_when_both_runs_saved_them():
@@ -133,8 +135,12 @@ def test_claim_1_pairs_examples_when_both_runs_saved_them():
     )
     verdict = by_claim(claim_verdicts(data), "1a")[0]
     assert verdict.estimate.value == pytest.approx(-1 / 500)
-    assert "bootstrap" in verdict.estimate.method and verdict.estimate.n_examples == 500
-    assert verdict.verdict == SUPPORTS and -0.01 < verdict.estimate.low < -1 / 500 < verdict.estimate.high
+    assert verdict.estimate.method == "t over 3 seed-paired differences"
+    assert verdict.estimate.n_examples == 500
+    # every seed loses the same one example: the seeds agree exactly, so the interval has no width
+    # (example-level noise enters only through how much the seeds' effects differ)
+    assert verdict.verdict == SUPPORTS
+    assert verdict.estimate.low == verdict.estimate.high == pytest.approx(-1 / 500)
     assert "1/2 p=1" in verdict.details  # McNemar: 1 only Chans right, 2 only Full right, each seed
     # bits of another length in one pair: back to the seed-paired t-interval
     data["chans"][1]["test_correct_bits"] = data["chans"][1]["test_correct_bits"][:-1]
@@ -196,9 +202,23 @@ def test_claim_2a_pairs_only_runs_attacked_on_the_same_examples():
     records = robust_records({"to_right": 30})
     for r in records:
         r["examples_sha256"] = "abc"
-    assert "bootstrap" in by_claim(claim_verdicts(robustness=records), "2a")[0].estimate.method
+    paired = by_claim(claim_verdicts(robustness=records), "2a")[0]
+    assert paired.details.startswith("exact McNemar per seed") and paired.estimate.n_examples == 500
     records[3]["examples_sha256"] = "other"
     assert "seed-paired" in by_claim(claim_verdicts(robustness=records), "2a")[0].estimate.method
+
+
+def test_seeds_scored_on_different_examples_get_the_random_effects_interval():
+    sizes = (200, 500, 1000)
+    full = [correct(0.8, seed=s, n=n) for s, n in enumerate(sizes)]
+    chans = [with_changes(f, to_right=k, to_wrong=0) for f, k in zip(full, (2, 10, 12))]
+    data = classification(
+        {"full": [f.mean() for f in full], "chans": [c.mean() for c in chans]}, {"full": full, "chans": chans}
+    )
+    estimate = by_claim(claim_verdicts(data), "1a")[0].estimate
+    differences = [c.astype(float) - f for c, f in zip(chans, full)]
+    reference = hartung_knapp([d.mean() for d in differences], [d.var(ddof=1) / d.size for d in differences])
+    assert estimate == reference and "Hartung-Knapp" in estimate.method
 
 
 def test_claim_2a_without_bits_falls_back_to_seeds():
@@ -227,13 +247,13 @@ def smoothing_records(slope: float, seeds=(0, 1, 2), noise: float = 0.005) -> li
 @pytest.mark.parametrize("slope, word", [(0.05, SUPPORTS), (-0.05, CONTRADICTS), (0.0, INCONCLUSIVE)])
 def test_claim_2b_is_the_slope_against_sigma(slope, word):
     records = smoothing_records(slope, noise=0.0 if slope == 0.0 else 0.005)
-    if slope == 0.0:  # flat but noisy, symmetric around the line: the slope's interval covers 0
-        for r, wobble in zip(records, [0.01, -0.01, -0.01, 0.01] * 3):
-            r["robust_acc"]["8/255"] += wobble
+    if slope == 0.0:  # flat on average, but one seed rises and one falls: the interval covers 0
+        for r in records:
+            r["robust_acc"]["8/255"] += {0: 0.02, 1: -0.02, 2: 0.001}[r["seed"]] * r["smooth_sigma"]
     verdict = by_claim(claim_verdicts(smoothing=records, robust_examples=500), "2b")[0]
     assert verdict.verdict == word and verdict.estimate.n_seeds == 3 and verdict.estimate.n_examples == 500
     assert verdict.estimate.value == pytest.approx(slope, abs=0.01)
-    assert "df=10" in verdict.estimate.method and "sigmas 0, 0.5, 1, 2" in verdict.details
+    assert verdict.estimate.method == "t over 3 per-seed slopes" and "sigmas 0, 0.5, 1, 2" in verdict.details
 
 
 # --------------------------------------------------------------------------- claim 3
@@ -384,8 +404,9 @@ def test_verdicts_for_a_study_folder(tmp_path):
     verdicts = verdicts_for_study(study)
     assert [v.claim for v in verdicts] == ["1a", "1b", "2a", "2b", "3a", "3b"]
     two_a = by_claim(verdicts, "2a")[0]
-    # robust_bits found in the moved run folders: paired per example
-    assert "bootstrap" in two_a.estimate.method and two_a.verdict == SUPPORTS
+    # robust_bits found in the moved run folders: paired per example (McNemar per seed, exact counts)
+    assert "McNemar" in two_a.details and two_a.verdict == SUPPORTS
+    assert two_a.estimate.value == 30 / 500
     one_a = by_claim(verdicts, "1a")[0]  # seed-level t-interval of accuracies over the 10,000 test images
     assert (
         one_a.verdict == SUPPORTS

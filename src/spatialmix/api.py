@@ -7,7 +7,15 @@ of one of them (importing it pulls in torch, which takes seconds; the command li
 
 from spatialmix.analysis.claims import CLAIMS, Verdict
 from spatialmix.analysis.filters import analyze_run
-from spatialmix.analysis.statistics import Estimate, mean_interval, paired_bootstrap, paired_t_interval
+from spatialmix.analysis.statistics import (
+    Estimate,
+    detectable_distance,
+    hartung_knapp,
+    mean_interval,
+    paired_t_interval,
+    seed_slopes,
+    seeds_needed,
+)
 from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs, verdicts_for_study
 from spatialmix.core.inits import InitSpec
 from spatialmix.core.mixing import (

@@ -13,13 +13,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from spatialmix.analysis.statistics import (
+    LEVEL,
+    MAX_SEEDS,
     Estimate,
     McNemar,
+    detectable_distance,
+    hartung_knapp,
     mcnemar_exact,
     mean_interval,
-    ols_slope,
-    paired_bootstrap,
     paired_t_interval,
+    seed_slopes,
+    seeds_needed,
 )
 
 # The size of the test set a summary's accuracy was measured on (the readers add it from config.json).
@@ -115,6 +119,8 @@ class Verdict:
     verdict: str
     scope: str = ""  # which setting of a sweep, "" when there is one
     details: str = ""  # McNemar per seed, why an interval is missing, the command to run
+    detectable: float | None = None  # the distance from the threshold these seeds decide at 80% power
+    seeds_needed: int | None = None  # seeds the observed spread needs to decide the observed effect
 
     @property
     def paper(self) -> str:
@@ -166,17 +172,32 @@ def _by_seed(items: list[dict], value_key: str, bits_key: str) -> dict:
     return out
 
 
-def compare(first: dict, second: dict) -> tuple[Estimate, list[McNemar]] | None:
-    """``first - second`` over the seeds both have (``{seed: (value, bits)}``): the paired per-example
-    bootstrap when every pair has bits of one length, else the seed-paired t-interval."""
+def compare(first: dict, second: dict, level: float = LEVEL) -> tuple[Estimate, list[McNemar]] | None:
+    """``first - second`` over the seeds both have (``{seed: (value, bits)}``): one effect per seed and
+    the t-interval of those effects (df = seeds - 1). When the seeds were scored on different numbers
+    of examples and every pair has its per-example bits, the Hartung-Knapp random-effects interval
+    weighs each seed by its own precision. McNemar's test describes each seed with bits."""
     seeds = sorted(set(first) & set(second))
     if not seeds:
         return None
     pairs = [(first[s][1], second[s][1]) for s in seeds]
-    if all(a is not None and b is not None and a.size == b.size for a, b in pairs):
-        estimate = paired_bootstrap([a.astype(float) - b for a, b in pairs])
-        return estimate, [mcnemar_exact(a, b) for a, b in pairs]
-    return paired_t_interval({s: first[s][0] for s in seeds}, {s: second[s][0] for s in seeds}), []
+    with_bits = all(a is not None and b is not None and a.size == b.size for a, b in pairs)
+    tests = [mcnemar_exact(a, b) for a, b in pairs] if with_bits else []
+    if not with_bits:
+        return paired_t_interval({s: first[s][0] for s in seeds}, {s: second[s][0] for s in seeds}, level), []
+    # the per-example counts, exact (a saved accuracy may be a float32 mean)
+    differences = [a.astype(float) - b for a, b in pairs]
+    sizes = {d.size for d in differences}
+    if len(sizes) > 1:
+        estimate = hartung_knapp(
+            [d.mean() for d in differences], [d.var(ddof=1) / d.size for d in differences], level
+        )
+    else:
+        estimate = replace(
+            mean_interval([d.mean() for d in differences], level, "seed-paired differences"),
+            n_examples=sizes.pop(),
+        )
+    return estimate, tests
 
 
 def _mcnemar_text(seeds_tests: list[McNemar], names: tuple[str, str]) -> str:
@@ -206,7 +227,9 @@ def mode_name(value) -> str:
 # --------------------------------------------------------------------------- the claims
 
 
-def classification_verdicts(summaries: dict[str, list[dict]], scope: str = "") -> list[Verdict]:
+def classification_verdicts(
+    summaries: dict[str, list[dict]], scope: str = "", level: float = LEVEL
+) -> list[Verdict]:
     """1a and 1b from ``{mode: [summary, ...]}`` (``test_acc``, ``seed``, optional ``test_correct_bits``)."""
     summaries = {mode_name(m): rows for m, rows in summaries.items() if isinstance(rows, list)}
     by_mode = {m: _by_seed(rows, "test_acc", "test_correct_bits") for m, rows in summaries.items()}
@@ -214,7 +237,7 @@ def classification_verdicts(summaries: dict[str, list[dict]], scope: str = "") -
     for claim_id, mode in (("1a", "chans"), ("1b", "space")):
         if not by_mode.get(mode) or not by_mode.get("full"):
             continue
-        compared = compare(by_mode[mode], by_mode["full"])
+        compared = compare(by_mode[mode], by_mode["full"], level)
         if compared is None:
             out.append(_no_pairs(claim_id, scope, mode))
             continue
@@ -244,7 +267,7 @@ def _with_examples(estimate: Estimate, n: int | None) -> Estimate:
     return estimate if estimate.n_examples is not None or n is None else replace(estimate, n_examples=n)
 
 
-def robustness_verdicts(records: list[dict], scope: str = "") -> list[Verdict]:
+def robustness_verdicts(records: list[dict], scope: str = "", level: float = LEVEL) -> list[Verdict]:
     """2a per budget from per-run records: ``mode``, ``seed``, ``robust_acc`` and optional ``robust_bits``
     (both ``{eps_label: ...}``) and ``examples_sha256`` (which examples were attacked). Examples are
     paired only when every record that names its examples names the same ones."""
@@ -269,7 +292,7 @@ def robustness_verdicts(records: list[dict], scope: str = "") -> list[Verdict]:
         }
         if not side["chans"] or not side["full"]:
             continue
-        compared = compare(side["chans"], side["full"])
+        compared = compare(side["chans"], side["full"], level)
         if compared is None:
             out.append(_no_pairs("2a", scope, "chans", f" at eps {label}"))
             continue
@@ -286,8 +309,11 @@ def robustness_verdicts(records: list[dict], scope: str = "") -> list[Verdict]:
     return out
 
 
-def smoothing_verdicts(records: list[dict], scope: str = "", n_examples: int | None = None) -> list[Verdict]:
-    """2b per budget: the OLS slope of robust accuracy on ``smooth_sigma`` over Chans runs."""
+def smoothing_verdicts(
+    records: list[dict], scope: str = "", n_examples: int | None = None, level: float = LEVEL
+) -> list[Verdict]:
+    """2b per budget: each seed's least-squares slope of Chans robust accuracy on ``smooth_sigma``, then
+    the t-interval over the seeds' slopes (a seed's runs share their initial tensors and examples)."""
     chans = [
         r
         for r in records
@@ -295,27 +321,25 @@ def smoothing_verdicts(records: list[dict], scope: str = "", n_examples: int | N
     ]
     out = []
     for label in _budget_labels(chans):
-        points = [
-            (float(r["smooth_sigma"]), finite_number((r.get("robust_acc") or {}).get(label)), r.get("seed"))
-            for r in chans
-        ]
-        points = [p for p in points if p[1] is not None]
-        if len({p[0] for p in points}) < 2:
+        by_seed: dict = {}
+        for r in chans:
+            accuracy = finite_number((r.get("robust_acc") or {}).get(label))
+            if accuracy is not None and isinstance(r.get("seed"), int):
+                sigmas, values = by_seed.setdefault(r["seed"], ([], []))
+                sigmas.append(float(r["smooth_sigma"]))
+                values.append(accuracy)
+        by_seed = {seed: points for seed, points in by_seed.items() if len(set(points[0])) >= 2}
+        if not by_seed:
             continue
-        estimate = ols_slope(
-            [p[0] for p in points],
-            [p[1] for p in points],
-            n_seeds=len({p[2] for p in points}),
-            n_examples=n_examples,
-        )
-        sigmas = ", ".join(f"{s:g}" for s in sorted({p[0] for p in points}))
+        estimate = replace(seed_slopes(by_seed, level), n_examples=n_examples)
+        sigmas = ", ".join(f"{s:g}" for s in sorted({x for xs, _ in by_seed.values() for x in xs}))
         out.append(
             _verdict("2b", f"{CLAIMS['2b'].effect} at eps {label}", estimate, scope, f"sigmas {sigmas}")
         )
     return out
 
 
-def unshuffle_verdicts(payload: dict, scope: str = "") -> list[Verdict]:
+def unshuffle_verdicts(payload: dict, scope: str = "", level: float = LEVEL) -> list[Verdict]:
     """3a and 3b from an un-shuffling study (``unshuffle.json``: ``runs`` = ``{label: [summary, ...]}``,
     ``floor`` = one ``{"psnr"}`` per seed of ``settings.seeds``)."""
     labelled = payload.get("runs") if isinstance(payload.get("runs"), dict) else {}
@@ -325,7 +349,7 @@ def unshuffle_verdicts(payload: dict, scope: str = "") -> list[Verdict]:
         return []
     out = []
     examples = _common_count(payload.get("floor") if isinstance(payload.get("floor"), list) else [], "n")
-    compared = compare(chans, full)
+    compared = compare(chans, full, level)
     out.append(
         _verdict("3a", CLAIMS["3a"].effect, _with_examples(compared[0], examples), scope)
         if compared
@@ -338,7 +362,7 @@ def unshuffle_verdicts(payload: dict, scope: str = "") -> list[Verdict]:
         if full[s][0] > floors[s]
     ]
     if fractions:
-        estimate = _with_examples(mean_interval(fractions), examples)
+        estimate = _with_examples(mean_interval(fractions, level, "per-seed ratios"), examples)
         floor = np.mean(list(floors.values()))
         note = f"Chans {_mean(chans):.2f} dB, Full {_mean(full):.2f} dB, floor {floor:.2f} dB"
         out.append(_verdict("3b", CLAIMS["3b"].effect, estimate, scope, note))
@@ -368,7 +392,21 @@ def _mean(by_seed: dict) -> float:
 
 
 def _verdict(claim_id: str, effect: str, estimate: Estimate, scope: str, details: str = "") -> Verdict:
-    return Verdict(claim_id, effect, estimate, decide(CLAIMS[claim_id], estimate), scope, details)
+    verdict = decide(CLAIMS[claim_id], estimate)
+    detectable, needed = power_of(CLAIMS[claim_id], estimate)
+    return Verdict(claim_id, effect, estimate, verdict, scope, details, detectable, needed)
+
+
+def power_of(claim: Claim, estimate: Estimate) -> tuple[float | None, int | None]:
+    """What the seeds behind ``estimate`` can decide at 80% power: the smallest distance from the
+    claim's threshold, and the seeds the observed spread needs for the observed distance."""
+    if estimate.spread is None or not math.isfinite(estimate.value):
+        return None, None
+    distance = estimate.value - claim.threshold
+    return (
+        detectable_distance(estimate.spread, estimate.n_seeds, estimate.level),
+        seeds_needed(distance, estimate.spread, estimate.level),
+    )
 
 
 def _no_pairs(claim_id: str, scope: str, mode: str, where: str = "") -> Verdict:
@@ -391,18 +429,20 @@ def claim_verdicts(
     scope: str = "",
     commands: dict[str, str] | None = None,
     robust_examples: int | None = None,
+    level: float = LEVEL,
 ) -> list[Verdict]:
     """Every claim's verdict from the data of the studies (``None``: that study did not run).
 
     ``classification``: ``{mode: [summary, ...]}``; ``robustness`` / ``smoothing``: per-run records
     (see :func:`robustness_verdicts`, :func:`smoothing_verdicts`); ``unshuffle``: the un-shuffling
     study's ``unshuffle.json``. A claim without data gets a "not run" line naming ``commands[study]``.
+    ``level``: the confidence of every interval (lower when ``--until-decided`` spends it over looks).
     """
     found = {
-        "classification": classification_verdicts(classification or {}, scope),
-        "robustness": robustness_verdicts(robustness or [], scope),
-        "smoothing": smoothing_verdicts(smoothing or [], scope, robust_examples),
-        "unshuffle": unshuffle_verdicts(unshuffle or {}, scope),
+        "classification": classification_verdicts(classification or {}, scope, level),
+        "robustness": robustness_verdicts(robustness or [], scope, level),
+        "smoothing": smoothing_verdicts(smoothing or [], scope, robust_examples, level),
+        "unshuffle": unshuffle_verdicts(unshuffle or {}, scope, level),
     }
     out = []
     for claim in CLAIMS.values():
@@ -414,6 +454,24 @@ def claim_verdicts(
                 Verdict(claim.id, claim.effect, None, NOT_RUN, scope, f"run `{commands[claim.studies]}`")
             )
     return out
+
+
+def power_text(verdict: Verdict) -> str:
+    """What an inconclusive line's seeds can decide, in a few words ("" for a decided line)."""
+    est = verdict.estimate
+    if verdict.verdict != INCONCLUSIVE or est is None or not math.isfinite(est.value):
+        return ""
+    if est.spread is None:
+        return "one seed: train more seeds"
+    unit = CLAIMS[verdict.claim].unit
+    detects = "" if verdict.detectable is None else format_value(verdict.detectable, unit).lstrip("+")
+    if verdict.seeds_needed is None:
+        needs = f"needs more than {MAX_SEEDS:,} seeds"
+    elif verdict.seeds_needed <= est.n_seeds:
+        needs = f"{est.n_seeds} seeds should decide it: a chance miss"
+    else:
+        needs = f"needs about {verdict.seeds_needed:,} seeds"
+    return f"detects ≥ {detects} from the threshold; {needs}"
 
 
 def format_value(value: float, unit: str) -> str:

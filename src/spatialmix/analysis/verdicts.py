@@ -23,15 +23,19 @@ input | above 0.9 |
 "contradicts" is the mirror image: the whole interval below -1 point (1a), above 0 (1b), below 0
 (2a, 2b), below -1 dB (3a), below 0.9 (3b).
 
-The intervals (:mod:`spatialmix.analysis.statistics`): where both models of a pair saw the same examples
-and saved per-example results (``test_correct_bits`` in a classification summary, ``robust_bits``
-per budget of ``robustness.json``), the per-example difference is bootstrapped hierarchically
-(seeds, then examples within each seed; 10,000 resamples, percentile interval), and McNemar's
-exact test per seed is listed beside it. Otherwise the seed-paired differences get a Student
-t-interval (undefined with one seed). The slope (2b) is ordinary least squares over every
-(sigma, seed) point of Chans runs with its t-interval (df = points - 2). Models are paired by seed
-within one setting: runs that differ in anything but mode and seed (and the smoothing sigma for
-2b) are never compared with each other.
+The intervals (:mod:`spatialmix.analysis.statistics`) rest on one effect per seed: the
+difference of the two models of a seed (the per-example pairing stays inside that number), and a
+Student t-interval over the seeds, df = seeds - 1 (undefined with one seed). Where the seeds were
+scored on different numbers of examples and saved per-example results (``test_correct_bits``,
+``robust_bits``), the Hartung-Knapp random-effects interval weighs each seed by its precision.
+The slope (2b) is one least-squares slope per seed (its runs share their initial tensors and
+examples), then the t-interval over the seeds' slopes; 3b is the t-interval of the per-seed
+ratios. McNemar's exact test per seed is listed beside a comparison as a description, never as
+the verdict. Every line also says what its seeds can decide: the smallest distance from the
+threshold a t-interval over this many seeds finds at 80% power, and, for the spread the seeds
+showed, how many seeds the observed effect needs ("needs about 7 seeds"). Models are paired by
+seed within one setting: runs that differ in anything but mode and seed (and the smoothing sigma
+for 2b) are never compared with each other.
 """
 
 from __future__ import annotations
@@ -52,8 +56,10 @@ from spatialmix.analysis.claims import (
     format_value,
     mode_name,
     parse_bits,
+    power_text,
     rule_text,
 )
+from spatialmix.analysis.statistics import LEVEL
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.io.paths import inside
@@ -94,9 +100,11 @@ def _interval(v: Verdict) -> str:
 def verdict_table(
     verdicts: list[Verdict], title: str = "Verdicts: each claim of the paper against the data"
 ) -> ResultTable:
-    """One row per verdict: claim, what the paper says, the effect, its 95% interval, seeds, examples,
-    the word, and how the interval was made."""
+    """One row per verdict: claim, what the paper says, the effect, its interval, seeds, examples,
+    the word, what the seeds can decide at 80% power, and how the interval was made."""
     scoped = any(v.scope for v in verdicts)
+    levels = {v.estimate.level for v in verdicts if v.estimate is not None}
+    level = f"{100 * levels.pop():g}% interval" if len(levels) == 1 else "interval (level in how)"
     columns = (
         [("claim", "claim", "")]
         + ([("scope", "setting", "")] if scoped else [])
@@ -104,11 +112,12 @@ def verdict_table(
             ("paper", "the paper says", ""),
             ("effect", "effect measured", ""),
             ("estimate", "estimate", ""),
-            ("interval", "95% interval", ""),
+            ("interval", level, ""),
             ("seeds", "seeds", ""),
             ("examples", "examples", ""),
             ("rule", "supports if interval", ""),
             ("verdict", "verdict", ""),
+            ("power", "80% power", ""),
             ("how", "how", ""),
         ]
     )
@@ -116,7 +125,10 @@ def verdict_table(
     for v in verdicts:
         est = v.estimate
         known = est is not None and not math.isnan(est.value)
-        how = "; ".join(x for x in ((est.method if est is not None else ""), v.details) if x)
+        method = est.method if est is not None else ""
+        if est is not None and est.level != LEVEL:
+            method += f", {100 * est.level:.3g}% level"
+        how = "; ".join(x for x in (method, v.details) if x)
         table.add(
             claim=v.claim,
             scope=v.scope or "-",
@@ -128,6 +140,7 @@ def verdict_table(
             examples=f"{est.n_examples:,}" if est is not None and est.n_examples else "-",
             rule=rule_text(CLAIMS[v.claim]),
             verdict=v.verdict,
+            power=power_text(v) or "-",
             how=how,
         )
     return table
@@ -234,8 +247,9 @@ def _test_set_size(record: dict) -> int | None:
     return _dict(record.get("data")).get("n_test")
 
 
-def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
+def verdicts_for_study(out_dir: str | Path, level: float = LEVEL) -> list[Verdict]:
     """The verdicts of a ``spatialmix reproduce`` folder; a study that did not run gets "not run" lines.
+    ``level``: the confidence of the intervals.
 
     A folder with runs but no study results (a sweep, an interrupted study) is read as its runs
     (:func:`verdicts_for_runs`).
@@ -268,6 +282,7 @@ def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
         unshuffle if isinstance(unshuffle, dict) else None,
         commands=reproduce_commands(out_dir, results.get("preset")),
         robust_examples=examples if isinstance(examples, int) else None,
+        level=level,
     )
 
 
@@ -436,5 +451,10 @@ def verdict_record(verdict: Verdict) -> dict:
         "method": est.method if est else None,
         "seeds": est.n_seeds if est else None,
         "examples": est.n_examples if est else None,
+        "level": est.level if est else None,
+        "spread": est.spread if est else None,
+        "detectable": verdict.detectable,
+        "seeds_needed": verdict.seeds_needed,
+        "power": power_text(verdict),
         "details": verdict.details,
     }

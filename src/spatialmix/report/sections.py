@@ -67,14 +67,14 @@ MAX_CURVE_PANELS = 4
 # --------------------------------------------------------------------------- verdicts
 
 VERDICTS_INTRO = (
-    "Each claim of the paper against the data: the effect, its 95% interval, and the seeds and examples "
+    "Each claim of the paper against the data: the effect, its interval, and the seeds and examples "
     "behind it. supports: the whole interval lies on the paper's side of the threshold in "
     "'supports if interval'; contradicts: the whole interval lies on the other side; inconclusive: "
-    "the interval covers the threshold, or cannot be computed (one seed without per-example "
-    "results); not run: no data for this claim yet (the line names the command that tests it). "
-    "Paired comparisons use the same examples for both models (per-example bootstrap over seeds and "
-    "examples, with McNemar's exact test per seed); otherwise a t-interval over seed-paired "
-    "differences."
+    "the interval covers the threshold, or cannot be computed (one seed); not run: no data for this "
+    "claim yet (the line names the command that tests it). Every interval rests on one effect per "
+    "seed (two models of a seed compared on the same examples, McNemar's exact test per seed "
+    "beside it) and a t-interval over the seeds, df = seeds - 1; '80% power' says what an "
+    "inconclusive line's seeds could decide and how many seeds its spread needs."
 )
 
 
