@@ -381,21 +381,36 @@ def test_unshuffle_settings_mirror_the_study_function():
     assert UnshuffleSettings(epochs=2, out="x").study_kwargs()["epochs"] == 2
 
 
-def test_reproduce_settings_mirror_the_reproduce_function():
+def test_reproduce_settings_mirror_the_reproduce_functions():
     import dataclasses
     import inspect
 
     from spatialmix.cli.settings import ReproduceSettings
     from spatialmix.studies.reproduce import reproduce
+    from spatialmix.studies.sequential import reproduce_until_decided
 
-    named = [
-        name for name, p in inspect.signature(reproduce).parameters.items() if p.kind is not p.VAR_KEYWORD
-    ]
-    assert [f.name for f in dataclasses.fields(ReproduceSettings)] == [
-        {"out_dir": "out"}.get(name, name) for name in named
-    ]
+    def named(fn, leave_out=()):
+        parameters = inspect.signature(fn).parameters.items()
+        return {
+            {"out_dir": "out"}.get(name, name)
+            for name, p in parameters
+            if p.kind is not p.VAR_KEYWORD and name not in leave_out
+        }
+
+    fields = {f.name for f in dataclasses.fields(ReproduceSettings)}
+    assert fields == named(reproduce, ("sequential",)) | named(reproduce_until_decided) | {"until_decided"}
     defaults = {name: p.default for name, p in inspect.signature(reproduce).parameters.items()}
     assert ReproduceSettings().preset == defaults["preset"] and ReproduceSettings().out == defaults["out_dir"]
+
+
+def test_until_decided_options_without_until_decided_are_refused(capsys, tmp_path):
+    for flag, value in (("--budget", "30m"), ("--max-seeds", "8"), ("--seed-step", "1")):
+        code, _, err = run_main(capsys, ["reproduce", "--out", str(tmp_path / "x"), flag, value])
+        line = assert_one_error_line(code, err)
+        assert f"{flag} only applies with --until-decided" in line
+    assert not (tmp_path / "x").exists()
+    code, _, err = run_main(capsys, ["reproduce", "--until-decided", "--budget", "soon"])
+    assert "a duration must be like 90s, 30m" in assert_one_error_line(code, err)
 
 
 def test_the_generator_turns_field_types_into_options():

@@ -6,7 +6,8 @@ computed by the same code the verdicts run (:func:`claims.compare`, :func:`claim
 Over N studies a 95% interval must cover the true mean effect in 95% of them, within a 99.9%
 binomial band. The hierarchical percentile bootstrap these verdicts once used covered 89% (3 seeds),
 93% (5 seeds) and 98% (no seed spread) here, and the OLS fit over every (sigma, seed) point 82%
-for 2b; each fails these tests.
+for 2b; each fails these tests. Under optional stopping (``--until-decided``), the spent levels keep
+the coverage where a 95% interval at every look does not.
 """
 
 import math
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from spatialmix.analysis.claims import compare, smoothing_verdicts
+from spatialmix.analysis.claims import CLAIMS, INCONCLUSIVE, compare, decide, smoothing_verdicts
+from spatialmix.analysis.statistics import mean_interval, spending_levels
+from spatialmix.studies.sequential import SeedRounds
 
 STUDIES = 1500
 LOW, HIGH = stats.binom.ppf([0.0005, 0.9995], STUDIES, 0.95) / STUDIES  # the 99.9% band around 95%
@@ -88,3 +91,38 @@ def test_the_band_rejects_an_interval_that_is_too_narrow():
     half = 1.959964 * samples.std(1, ddof=1) / math.sqrt(3)
     coverage = (np.abs(samples.mean(1)) <= half).mean()
     assert coverage < LOW
+
+
+def _stopped_intervals(levels_by_look, schedule, rng, truth: float, threshold: float):
+    """Optional stopping: look after every round and stop at the first interval that decides."""
+    values = rng.normal(truth, 1.0, size=schedule.max_seeds)
+    for look, level in enumerate(levels_by_look, start=1):
+        estimate = mean_interval(values[: schedule.seeds_at(look)], level)
+        if decide(CLAIM_AT_ZERO, estimate) != INCONCLUSIVE:
+            break
+    return estimate
+
+
+CLAIM_AT_ZERO = CLAIMS["2a"]  # supports above 0, contradicts below
+
+
+@pytest.mark.parametrize("truth", [0.0, 0.5])
+def test_until_decided_keeps_its_coverage_under_optional_stopping(truth):
+    schedule = SeedRounds(start=3, step=2, max_seeds=13)  # 6 looks
+    rng = np.random.default_rng(13)
+    levels = spending_levels(schedule.looks)
+    estimates = [_stopped_intervals(levels, schedule, rng, truth, 0.0) for _ in range(STUDIES)]
+    coverage = np.mean([e.low <= truth <= e.high for e in estimates])
+    assert coverage >= LOW, f"coverage {coverage:.3f} below {LOW:.3f}"
+    if truth == 0.0:  # the effect sits on the threshold: any decision is an error
+        errors = np.mean([e.low > 0 or e.high < 0 for e in estimates])
+        assert errors <= 1 - LOW
+
+
+def test_looking_after_every_round_at_95_percent_inflates_the_error():
+    # the check can fail: the same stopping rule with a 95% interval at every look
+    schedule = SeedRounds(start=3, step=2, max_seeds=13)
+    rng = np.random.default_rng(13)
+    estimates = [_stopped_intervals([0.95] * schedule.looks, schedule, rng, 0.0, 0.0) for _ in range(STUDIES)]
+    errors = np.mean([e.low > 0 or e.high < 0 for e in estimates])
+    assert errors > 1 - LOW

@@ -556,3 +556,31 @@ def test_smoothing_and_unshuffling_from_run_folders(tmp_path):
     three_a = by_claim(verdicts, "3a")[0]
     assert three_a.estimate.value == pytest.approx(-0.1) and three_a.verdict == SUPPORTS
     assert [v.verdict for v in by_claim(verdicts, "1a") + by_claim(verdicts, "3b")] == [NOT_RUN, NOT_RUN]
+
+
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        ({"studies": []}, "sequential.studies"),
+        ({"studies": {"classification": {"level": 1.5}}}, "sequential.studies.classification.level"),
+        ({"studies": {"classification": {"level": "0.99"}}}, "sequential.studies.classification.level"),
+        ({"studies": {"__import__": {"level": 0.99}}}, "sequential.studies.__import__.level"),
+    ],
+)
+def test_a_damaged_sequential_record_is_one_error_naming_the_file_and_field(tmp_path, record, field):
+    study = make_study(tmp_path / "study")
+    results = json.loads((study / "results.json").read_text())
+    (study / "results.json").write_text(json.dumps({**results, "sequential": record}))
+    with pytest.raises(SpatialmixError) as caught:
+        verdicts_for_study(study)
+    message = str(caught.value)
+    assert message.startswith(str(study / "results.json")) and field in message and "\n" not in message
+
+
+def test_a_sequential_record_sets_the_level_of_its_study(tmp_path):
+    study = make_study(tmp_path / "study")
+    results = json.loads((study / "results.json").read_text())
+    record = {"studies": {"robustness": {"level": 0.99}}}
+    (study / "results.json").write_text(json.dumps({**results, "sequential": record}))
+    levels = {v.claim: v.estimate.level for v in verdicts_for_study(study) if v.estimate is not None}
+    assert levels["2a"] == 0.99 and levels["1a"] == 0.95

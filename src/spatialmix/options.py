@@ -192,6 +192,31 @@ def int_or_all(flag: str):
     return parse
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text) -> float:
+    """``"90s"``, ``"30m"``, ``"1h30m"``, ``"2h"`` or a number of seconds, as seconds (> 0)."""
+    raw = str(text).strip().lower()
+    seconds, number = 0.0, ""
+    try:
+        for char in raw:
+            if char.isdigit() or char == ".":
+                number += char
+            elif char in DURATION_UNITS and number:
+                seconds, number = seconds + float(number) * DURATION_UNITS[char], ""
+            else:
+                raise ValueError(char)
+        seconds += float(number) if number else 0.0
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise SpatialmixError(
+            f"a duration must be like 90s, 30m, 1h30m or a number of seconds (> 0), got {text!r}"
+        )
+    return seconds
+
+
 def option(default=None, help: str = "", **metadata):
     """A dataclass field with its command-line help: ``lr: float = option(0.01, "peak learning rate")``."""
     if isinstance(default, (list, dict, set)):

@@ -429,20 +429,26 @@ def claim_verdicts(
     scope: str = "",
     commands: dict[str, str] | None = None,
     robust_examples: int | None = None,
-    level: float = LEVEL,
+    levels: dict[str, float] | None = None,
 ) -> list[Verdict]:
     """Every claim's verdict from the data of the studies (``None``: that study did not run).
 
     ``classification``: ``{mode: [summary, ...]}``; ``robustness`` / ``smoothing``: per-run records
     (see :func:`robustness_verdicts`, :func:`smoothing_verdicts`); ``unshuffle``: the un-shuffling
     study's ``unshuffle.json``. A claim without data gets a "not run" line naming ``commands[study]``.
-    ``level``: the confidence of every interval (lower when ``--until-decided`` spends it over looks).
+    ``levels``: the confidence of each study's intervals (default 95%; higher where ``--until-decided``
+    spends the error rate over several looks).
     """
+    levels = levels or {}
     found = {
-        "classification": classification_verdicts(classification or {}, scope, level),
-        "robustness": robustness_verdicts(robustness or [], scope, level),
-        "smoothing": smoothing_verdicts(smoothing or [], scope, robust_examples, level),
-        "unshuffle": unshuffle_verdicts(unshuffle or {}, scope, level),
+        "classification": classification_verdicts(
+            classification or {}, scope, levels.get("classification", LEVEL)
+        ),
+        "robustness": robustness_verdicts(robustness or [], scope, levels.get("robustness", LEVEL)),
+        "smoothing": smoothing_verdicts(
+            smoothing or [], scope, robust_examples, levels.get("smoothing", LEVEL)
+        ),
+        "unshuffle": unshuffle_verdicts(unshuffle or {}, scope, levels.get("unshuffle", LEVEL)),
     }
     out = []
     for claim in CLAIMS.values():

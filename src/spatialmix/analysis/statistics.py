@@ -16,7 +16,9 @@ inside each seed's effect) and an interval whose width comes from how much the s
 * :func:`mcnemar_exact`: McNemar's exact test of one seed's paired correctness, a per-seed
   description, never a verdict;
 * :func:`detectable_distance` and :func:`seeds_needed`: what a t-interval over seeds can decide
-  at 80% power, from the spread the seeds showed.
+  at 80% power, from the spread the seeds showed;
+* :func:`spending_levels`: the level of each look when seeds are added until a claim is decided
+  (alpha spending over a fixed number of looks, valid under optional stopping).
 
 A percentile bootstrap over 3-5 seeds, or a fit that treats a seed's runs as independent points,
 covers far less than its nominal 95% when seeds differ; ``tests/test_coverage.py`` simulates it.
@@ -190,6 +192,29 @@ def mcnemar_exact(first_correct, second_correct) -> McNemar:
     # the two-sided exact binomial test against 1/2, symmetric: twice the smaller tail
     p = min(1.0, 2 * float(stats.binom.cdf(min(first_only, second_only), discordant, 0.5)))
     return McNemar(first_only, second_only, int(a.size), p)
+
+
+# --------------------------------------------------------------------------- looking more than once
+
+SPENDING_RHO = 2.0
+
+
+def spending_levels(looks: int, level: float = LEVEL, rho: float = SPENDING_RHO) -> list[float]:
+    """The confidence level of each of at most ``looks`` looks at data that grows between looks, such
+    that the intervals of *every* look cover the truth together with probability ``level``.
+
+    The error rate ``alpha = 1 - level`` is spent over the looks by the power family of Kim & DeMets
+    (1987), ``alpha * (j / looks) ** rho`` spent by look ``j`` (rho = 2: little early, most late);
+    look ``j`` gets the increment, and the union (Bonferroni) bound makes the levels valid whatever
+    rule decides when to stop, with no assumption about how the looks' statistics are correlated
+    (conservative where the Lan-DeMets boundaries would use that correlation).
+    """
+    _check_level(level)
+    if not isinstance(looks, int) or looks < 1:
+        raise SpatialmixError(f"looks must be a whole number of at least 1, got {looks!r}")
+    alpha = 1 - level
+    spent = [alpha * (j / looks) ** rho for j in range(looks + 1)]
+    return [1 - (spent[j] - spent[j - 1]) for j in range(1, looks + 1)]
 
 
 # --------------------------------------------------------------------------- power

@@ -247,9 +247,10 @@ def _test_set_size(record: dict) -> int | None:
     return _dict(record.get("data")).get("n_test")
 
 
-def verdicts_for_study(out_dir: str | Path, level: float = LEVEL) -> list[Verdict]:
+def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
     """The verdicts of a ``spatialmix reproduce`` folder; a study that did not run gets "not run" lines.
-    ``level``: the confidence of the intervals.
+    Intervals are at 95%, or at the level results.json's ``sequential`` record gives a study whose
+    seeds were added until its claims were decided (``reproduce --until-decided``).
 
     A folder with runs but no study results (a sweep, an interrupted study) is read as its runs
     (:func:`verdicts_for_runs`).
@@ -282,8 +283,28 @@ def verdicts_for_study(out_dir: str | Path, level: float = LEVEL) -> list[Verdic
         unshuffle if isinstance(unshuffle, dict) else None,
         commands=reproduce_commands(out_dir, results.get("preset")),
         robust_examples=examples if isinstance(examples, int) else None,
-        level=level,
+        levels=sequential_levels(results, out_dir / "results.json"),
     )
+
+
+def sequential_levels(results: dict, path: Path) -> dict[str, float]:
+    """``{study: level}`` from results.json's ``sequential`` record (untrusted: checked field by field)."""
+    record = results.get("sequential")
+    if record is None:
+        return {}
+    studies = record.get("studies") if isinstance(record, dict) else None
+    if not isinstance(studies, dict):
+        raise SpatialmixError(f"{path}: field sequential.studies must be an object of studies")
+    levels = {}
+    for name, entry in studies.items():
+        level = finite_number(entry.get("level")) if isinstance(entry, dict) else None
+        if name not in {c.studies for c in CLAIMS.values()} or level is None or not 0 < level < 1:
+            raise SpatialmixError(
+                f"{path}: field sequential.studies.{str(name)[:40]}.level must be a number between 0 and 1 "
+                "for a study of the claims"
+            )
+        levels[name] = level
+    return levels
 
 
 # --------------------------------------------------------------------------- reading run folders

@@ -53,18 +53,27 @@ def cmd_train(args) -> None:
 
 
 def cmd_reproduce(args) -> None:
-    from spatialmix.studies.reproduce import reproduce
-
     s = ReproduceSettings(**given_values(ReproduceSettings, args))
-    reproduce(
-        s.preset,
-        s.out,
+    given = [f for f in ("budget", "max_seeds", "seed_step") if getattr(s, f) is not None]
+    if given and not s.until_decided:  # refused before torch is imported
+        flag = "--" + given[0].replace("_", "-")
+        raise SpatialmixError(f"{flag} only applies with --until-decided; add --until-decided or drop {flag}")
+    from spatialmix.studies.reproduce import reproduce
+    from spatialmix.studies.sequential import reproduce_until_decided
+
+    common = dict(
         seeds=s.seeds,
         studies=list(s.studies) if s.studies else None,
         processes=s.processes,
         threads=s.threads,
         **given_values(TrainConfig, args, skip=REPRODUCE_SKIP),
     )
+    if s.until_decided:
+        reproduce_until_decided(
+            s.preset, s.out, budget=s.budget, max_seeds=s.max_seeds, seed_step=s.seed_step or 2, **common
+        )
+    else:
+        reproduce(s.preset, s.out, **common)
     print(f"results saved in {s.out}/results.json and {s.out}/results.md")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spatialmix.engine.config import TrainConfig
-from spatialmix.options import option, option_like
+from spatialmix.options import option, option_like, parse_duration
 
 THREADS_HELP = "torch threads of this process (default: torch's own, one per physical core)"
 
@@ -66,6 +66,23 @@ class ReproduceSettings:
         "many processes (default: one per available core)",
     )
     threads: int | None = _threads("torch threads of each process (default: 1 when side by side)")
+    until_decided: bool = option(
+        False,
+        "add seeds in rounds to the studies whose claims are still open, until each is decided, "
+        "--max-seeds is reached or the next round would overrun --budget (intervals spend the error "
+        "rate over the looks, so stopping early keeps them valid)",
+    )
+    budget: float | None = option(
+        None, "with --until-decided: wall-time limit, e.g. 30m, 1h30m (default: none)", parse=parse_duration
+    )
+    max_seeds: int | None = option(
+        None,
+        "with --until-decided: the most seeds per configuration (default: 4 x the first round's)",
+        minimum=1,
+    )
+    seed_step: int | None = option(
+        None, "with --until-decided: seeds added per round (default: 2)", minimum=1
+    )
 
 
 @dataclass(frozen=True)

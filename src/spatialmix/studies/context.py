@@ -113,6 +113,7 @@ class StudyContext:
     results: dict = field(default_factory=dict)  # name -> StudyResult of the studies already run
     processes: int = 1  # independent jobs run side by side in this many processes
     threads: int | None = None  # torch threads of each (None: torch's default)
+    sequential: dict | None = None  # --until-decided: each study's look and level (results.json keeps it)
 
     def config(self, **changes) -> TrainConfig:
         return self.preset.base.replace(**{**self.overrides, **changes})

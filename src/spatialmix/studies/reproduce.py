@@ -43,6 +43,8 @@ STUDIES: dict[str, StudyFn] = {
 }
 # Run only when asked for (`--studies ...,init`): not part of `make reproduce`'s time budget.
 ON_REQUEST: frozenset[str] = frozenset({"init"})
+# Studies that add no data to a claim: running them alone keeps an --until-decided record.
+KEEP_SEQUENTIAL: frozenset[str] = frozenset({"verdicts", "report", "init"})
 
 
 def study_function(name: str) -> StudyFn:
@@ -59,6 +61,7 @@ def reproduce(
     studies: list[str] | None = None,
     processes: int | None = None,
     threads: int | None = None,
+    sequential: dict | None = None,
     **overrides,
 ) -> dict[str, StudyResult]:
     """Run the studies of ``preset`` (by default every one of :data:`STUDIES` but those run
@@ -68,7 +71,8 @@ def reproduce(
     ``processes`` independent trainings and evaluations run side by side (default: one per
     available core) with ``threads`` torch threads each (default: 1 when side by side, else
     torch's default). Writes ``results.json`` and ``results.md`` in ``out_dir``; prints the time
-    each study took.
+    each study took. ``sequential``: the record :func:`spatialmix.studies.sequential.reproduce_until_decided`
+    keeps in results.json (each study's look and confidence level).
     """
     if preset not in PRESETS:
         raise unknown_name("preset", preset, PRESETS)
@@ -90,6 +94,7 @@ def reproduce(
         {k: v for k, v in overrides.items() if v is not None},
         processes=processes,
         threads=threads,
+        sequential=sequential,
     )
     ctx.config().validate()
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,15 +136,21 @@ def resolve_parallelism(processes: int | None, threads: int | None) -> tuple[int
 
 
 def save_results(ctx: StudyContext) -> None:
-    """Write results.json / results.md, keeping the entries of studies run by earlier calls."""
+    """Write results.json / results.md, keeping the entries of studies run by earlier calls.
+
+    The ``sequential`` record of an ``--until-decided`` run stays while later calls only run the
+    closing steps (verdicts, report: their levels still apply); a call that runs a study of the
+    claims again replaces it (that study's data is then a fixed design, at 95%)."""
     path = ctx.out_dir / "results.json"
-    previous = {}
+    previous, sequential = {}, ctx.sequential
     if path.is_file():
         try:
             old = json.loads(path.read_text())
             if old.get("preset") == ctx.preset.name:
                 previous = old.get("studies", {})
-        except (json.JSONDecodeError, OSError):
+                if sequential is None and set(ctx.results) <= KEEP_SEQUENTIAL:
+                    sequential = old.get("sequential")
+        except (json.JSONDecodeError, OSError, AttributeError):
             previous = {}  # unreadable: replaced by this call's results
     studies = {**previous, **{name: study_entry(r, ctx.out_dir) for name, r in ctx.results.items()}}
     payload = {
@@ -147,6 +158,7 @@ def save_results(ctx: StudyContext) -> None:
         "seeds": list(ctx.seeds),
         "overrides": ctx.overrides,
         "studies": studies,
+        **({"sequential": sequential} if sequential is not None else {}),
     }
     storage.atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
     markdown = "\n".join(entry.get("markdown", "") for entry in studies.values())

@@ -1,0 +1,134 @@
+"""``reproduce --until-decided`` end to end on real Fashion-MNIST (tiny model), and its schedule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import SYSTEM_FASHION_MNIST
+from spatialmix.analysis.claims import CLAIMS, SUPPORTS, Verdict
+from spatialmix.analysis.statistics import Estimate, spending_levels
+from spatialmix.analysis.verdicts import verdicts_for_study
+from spatialmix.cli import main as cli
+from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs
+from spatialmix.studies import sequential
+from spatialmix.studies.context import classification_run_dir
+from spatialmix.studies.reproduce import reproduce
+from spatialmix.studies.sequential import SeedRounds, more_seeds, reproduce_until_decided
+
+OVERRIDES = dict(train_subset=256, test_subset=128, epochs=1, width=8, depth=1, progress=False)
+needs_data = pytest.mark.skipif(
+    not SYSTEM_FASHION_MNIST.is_dir(), reason="needs the OS package dataset-fashion-mnist"
+)
+
+
+def test_the_schedule_of_looks():
+    rounds = SeedRounds(start=3, step=2, max_seeds=8)
+    assert rounds.looks == 4 and [rounds.seeds_at(j) for j in (1, 2, 3, 4)] == [3, 5, 7, 8]
+    assert more_seeds((5, 2), 4) == (5, 2, 0, 1)
+    with pytest.raises(SpatialmixError, match="give --max-seeds 3 or more"):
+        SeedRounds(start=3, step=2, max_seeds=2)
+    with pytest.raises(SpatialmixError, match="--step must be a whole number"):
+        SeedRounds(start=3, step=0, max_seeds=8)
+
+
+def test_spending_levels_spend_exactly_alpha_little_early():
+    levels = spending_levels(4)
+    assert sum(1 - v for v in levels) == pytest.approx(0.05)
+    assert levels == pytest.approx([1 - 0.05 / 16, 1 - 0.05 * 3 / 16, 1 - 0.05 * 5 / 16, 1 - 0.05 * 7 / 16])
+    assert spending_levels(1) == pytest.approx([0.95])
+    with pytest.raises(SpatialmixError, match="looks must be"):
+        spending_levels(0)
+
+
+def test_until_decided_needs_a_study_of_the_claims(tmp_path):
+    with pytest.raises(SpatialmixError, match="names none of them"):
+        reproduce_until_decided("quick", tmp_path, studies=["init"])
+
+
+def _finished(out, seeds):
+    return {
+        (mode, seed): runs.is_run_dir(classification_run_dir(out, mode, seed))
+        and (classification_run_dir(out, mode, seed) / runs.SUMMARY).is_file()
+        for mode in ("full", "chans", "space")
+        for seed in seeds
+    }
+
+
+def _summary_times(out):
+    return {p: p.stat().st_mtime_ns for p in sorted((out / "classification").glob("*/summary.json"))}
+
+
+@pytest.mark.slow
+@needs_data
+def test_until_decided_adds_seeds_to_the_max_and_reuses_runs_when_started_again(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPATIALMIX_DATA", raising=False)
+    out = tmp_path / "study"
+    args = dict(seeds=(0, 1), studies=["classification", "verdicts"], max_seeds=3, seed_step=1, **OVERRIDES)
+    record = reproduce_until_decided("quick", out, **args)
+    entry = record["studies"]["classification"]
+    assert entry["seeds"] in (2, 3) and record["looks"] == 2
+    if entry["stopped"] == "max seeds":  # tiny models: usually still open after the first look
+        assert entry == {"look": 2, "seeds": 3, "level": spending_levels(2)[1], "stopped": "max seeds"}
+        assert all(_finished(out, (0, 1, 2)).values())
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["sequential"] == json.loads(json.dumps(record))
+    # the verdicts use each study's spent level, and say so
+    levels = {v.estimate.level for v in verdicts_for_study(out) if v.claim in ("1a", "1b") and v.estimate}
+    assert levels == {entry["level"]}
+    before = _summary_times(out)
+    again = reproduce_until_decided("quick", out, **args)
+    assert _summary_times(out) == before  # every run reused, none trained again
+    assert again["studies"] == record["studies"]
+    # the closing steps alone keep the spent levels; a study of the claims run again drops them
+    kept = json.loads((out / "results.json").read_text())["sequential"]
+    reproduce("quick", out, seeds=(0, 1), studies=["verdicts"], **OVERRIDES)
+    assert json.loads((out / "results.json").read_text())["sequential"] == kept
+    reproduce("quick", out, seeds=(0, 1), studies=["classification"], **OVERRIDES)
+    assert "sequential" not in json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+@needs_data
+def test_until_decided_stops_at_the_budget(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SPATIALMIX_DATA", raising=False)
+    out = tmp_path / "study"
+    record = reproduce_until_decided(
+        "quick", out, seeds=(0, 1), studies=["classification"], budget="1s", seed_step=1, **OVERRIDES
+    )
+    entry = record["studies"]["classification"]
+    assert entry["stopped"] == "budget" and entry["seeds"] == 2 and entry["look"] == 1
+    assert not any(_finished(out, (2,)).values())  # no round after the first
+    assert "needs about" in record["budget_note"] and "budget" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@needs_data
+def test_a_decided_study_gets_no_more_seeds(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPATIALMIX_DATA", raising=False)
+    decided = [
+        Verdict(c, CLAIMS[c].effect, Estimate(-0.1, -0.2, -0.05, "t", 2), SUPPORTS) for c in ("1a", "1b")
+    ]
+    monkeypatch.setattr(sequential, "verdicts_for_study", lambda out: decided)
+    out = tmp_path / "study"
+    record = reproduce_until_decided(
+        "quick", out, seeds=(0, 1), studies=["classification"], seed_step=1, **OVERRIDES
+    )
+    assert record["studies"]["classification"]["stopped"] == "decided"
+    assert not any(_finished(out, (2,)).values())
+
+
+@pytest.mark.slow
+@needs_data
+def test_following_the_advice_of_the_refusal_runs_with_a_budget(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SPATIALMIX_DATA", raising=False)
+    out = tmp_path / "study"
+    tiny = ["--train-subset", "256", "--test-subset", "128", "--width", "8", "--depth", "1", "--no-progress"]
+    argv = ["reproduce", "--out", str(out), "--seeds", "0", "1", "--studies", "classification", *tiny]
+    assert cli.main([*argv, "--budget", "1s"]) == 2
+    assert "add --until-decided" in capsys.readouterr().err
+    assert cli.main([*argv, "--budget", "1s", "--until-decided"]) == 0
+    record = json.loads((out / "results.json").read_text())["sequential"]
+    assert record["studies"]["classification"]["stopped"] == "budget" and record["budget_s"] == 1.0
