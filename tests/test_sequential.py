@@ -14,9 +14,10 @@ from spatialmix.cli import main as cli
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.studies import sequential
-from spatialmix.studies.context import classification_run_dir
+from spatialmix.studies.context import PRESETS, StudyContext, classification_run_dir
 from spatialmix.studies.reproduce import reproduce
 from spatialmix.studies.sequential import SeedRounds, more_seeds, reproduce_until_decided
+from spatialmix.sweep.plan import study_sweep
 
 OVERRIDES = dict(train_subset=256, test_subset=128, epochs=1, width=8, depth=1, progress=False)
 needs_data = pytest.mark.skipif(
@@ -69,9 +70,10 @@ def test_until_decided_adds_seeds_to_the_max_and_reuses_runs_when_started_again(
     args = dict(seeds=(0, 1), studies=["classification", "verdicts"], max_seeds=3, seed_step=1, **OVERRIDES)
     record = reproduce_until_decided("quick", out, **args)
     entry = record["studies"]["classification"]
-    assert entry["seeds"] in (2, 3) and record["looks"] == 2
+    assert entry["seeds"] in (2, 3) and entry["looks"] == 2
     if entry["stopped"] == "max seeds":  # tiny models: usually still open after the first look
-        assert entry == {"look": 2, "seeds": 3, "level": spending_levels(2)[1], "stopped": "max seeds"}
+        expected = {"look": 2, "looks": 2, "seeds": 3, "level": spending_levels(2)[1], "stopped": "max seeds"}
+        assert entry == expected
         assert all(_finished(out, (0, 1, 2)).values())
     saved = json.loads((out / "results.json").read_text())
     assert saved["sequential"] == json.loads(json.dumps(record))
@@ -132,3 +134,17 @@ def test_following_the_advice_of_the_refusal_runs_with_a_budget(tmp_path, monkey
     assert cli.main([*argv, "--budget", "1s", "--until-decided"]) == 0
     record = json.loads((out / "results.json").read_text())["sequential"]
     assert record["studies"]["classification"]["stopped"] == "budget" and record["budget_s"] == 1.0
+
+
+def test_a_preset_gives_each_study_and_mode_the_seeds_it_needs(tmp_path):
+    quick = PRESETS["quick"]
+    ctx = StudyContext(quick, tmp_path, quick.seeds, {})
+    assert ctx.seeds_for("classification") == (0, 1, 2, 3, 4, 5)
+    assert ctx.seeds_for("classification", "space") == (0, 1, 2)
+    assert ctx.seeds_for("robustness") == ctx.seeds_for("smoothing") == (0, 1, 2)
+    given = StudyContext(quick, tmp_path, (0, 1, 2, 3), {}, seeds_given=True)
+    assert given.seeds_for("classification", "space") == given.seeds_for("robustness") == (0, 1, 2, 3)
+    jobs = study_sweep("quick", tmp_path).jobs
+    assert sorted(j.name for j in jobs if j.name.startswith("space")) == [f"space-seed{s}" for s in (0, 1, 2)]
+    assert len(jobs) == 6 + 6 + 3
+    assert len(study_sweep("quick", tmp_path, seeds=(0, 1)).jobs) == 6

@@ -33,6 +33,7 @@ VERDICT_WORDS = (SUPPORTS, CONTRADICTS, INCONCLUSIVE, NOT_RUN)
 CLASSIFICATION_MARGIN = 0.01  # 1 point of accuracy: "nearly the same" (claim 1a)
 PSNR_MARGIN_DB = 1.0  # claim 3a
 GAIN_FRACTION = 0.9  # claim 3b
+AFFORDABLE = 10  # an inconclusive line needing more than 10x its seeds gives a bound, not a verdict
 
 
 @dataclass(frozen=True)
@@ -477,6 +478,8 @@ def power_text(verdict: Verdict) -> str:
         needs = f"{est.n_seeds} seeds should decide it: a chance miss"
     else:
         needs = f"needs about {verdict.seeds_needed:,} seeds"
+    if verdict.seeds_needed is None or verdict.seeds_needed > AFFORDABLE * est.n_seeds:
+        return f"bound only (the interval), no verdict: detects ≥ {detects}; {needs}"
     return f"detects ≥ {detects} from the threshold; {needs}"
 
 

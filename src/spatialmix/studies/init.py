@@ -68,7 +68,7 @@ def init_study(ctx: StudyContext) -> StudyResult:
     smoothed = f"{SMOOTHED} σ={sigma:g}"
     folder = ctx.out_dir / "init"
     first, second = [], []  # covariance-from-Full needs the Full run trained first
-    for seed in ctx.seeds:
+    for seed in ctx.seeds_for("init"):
         full_dir = classification_run_dir(ctx.out_dir, "full", seed)
         first += [
             (

@@ -95,6 +95,7 @@ def reproduce(
         processes=processes,
         threads=threads,
         sequential=sequential,
+        seeds_given=seeds is not None,
     )
     ctx.config().validate()
     ctx.out_dir.mkdir(parents=True, exist_ok=True)

@@ -134,8 +134,9 @@ def robustness_study(ctx: StudyContext) -> StudyResult:
     settings = attack_settings(ctx)
     jobs = [
         (ctx.config(mode=mode, seed=seed), classification_run_dir(ctx.out_dir, mode, seed))
-        for seed in ctx.seeds
+        for seed in ctx.seeds_for("robustness")
         for mode in ctx.preset.modes
+        if seed in ctx.seeds_for("robustness", mode)
     ]
     folder = ctx.out_dir / "robustness"
     # (the classification study's runs: reused when finished)
@@ -165,7 +166,7 @@ def smoothing_study(ctx: StudyContext) -> StudyResult:
     settings = attack_settings(ctx)
     sigmas = smoothing_sigmas(ctx)
     jobs = []
-    for seed in ctx.seeds:
+    for seed in ctx.seeds_for("smoothing"):
         for sigma in sigmas:
             config = ctx.config(mode="chans", seed=seed, smooth_sigma=sigma)
             if config == ctx.config(mode="chans", seed=seed):

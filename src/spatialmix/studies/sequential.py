@@ -104,7 +104,6 @@ def reproduce_until_decided(
     if preset not in PRESETS:
         raise unknown_name("preset", preset, PRESETS)
     first = tuple(seeds or PRESETS[preset].seeds)
-    rounds = SeedRounds(len(first), seed_step, 4 * len(first) if max_seeds is None else max_seeds)
     budget_s = None if budget is None else parse_duration(budget)
     chosen = [s for s in STUDIES if s not in ON_REQUEST] if studies is None else list(studies)
     claim_studies = [s for s in CLAIM_STUDIES if s in chosen]
@@ -113,26 +112,30 @@ def reproduce_until_decided(
             f"--until-decided adds seeds to the studies of the claims ({', '.join(CLAIM_STUDIES)}); "
             f"--studies {','.join(chosen)} names none of them"
         )
-    levels = spending_levels(rounds.looks)
+    # Each study starts from the seeds it uses in the first round (a preset may give a study fewer)
+    # and has its own fixed schedule of looks.
+    counts = {} if seeds else PRESETS[preset].seed_counts
+    limit = 4 * len(first) if max_seeds is None else max_seeds
+    schedule = {s: SeedRounds(min(counts.get(s, len(first)), limit), seed_step, limit) for s in claim_studies}
+    levels = {s: spending_levels(rounds.looks) for s, rounds in schedule.items()}
     record = {
         "method": METHOD,
         "alpha": round(1 - LEVEL, 10),
         "rho": SPENDING_RHO,
-        "looks": rounds.looks,
-        "step": rounds.step,
-        "max_seeds": rounds.max_seeds,
+        "step": seed_step,
+        "max_seeds": limit,
         "budget_s": budget_s,
         "studies": {
-            s: {"look": 1, "seeds": len(first), "level": levels[0], "stopped": None} for s in claim_studies
+            s: {"look": 1, "looks": r.looks, "seeds": r.start, "level": levels[s][0], "stopped": None}
+            for s, r in schedule.items()
         },
     }
     common = dict(processes=processes, threads=threads, **overrides)
     start = time.perf_counter()
     results = reproduce(
-        preset, out_dir, first, [s for s in chosen if s not in CLOSING_STEPS], sequential=record, **common
+        preset, out_dir, seeds, [s for s in chosen if s not in CLOSING_STEPS], sequential=record, **common
     )
-    per_seed = {s: results[s].data["time_s"] / len(first) for s in claim_studies}
-    look = 1
+    per_seed = {s: results[s].data["time_s"] / schedule[s].start for s in claim_studies}
     while True:
         verdicts = verdicts_for_study(out_dir)
         open_studies = []
@@ -140,37 +143,43 @@ def reproduce_until_decided(
             entry = record["studies"][s]
             if entry["stopped"] is None and _decided(verdicts, s):
                 entry["stopped"] = DECIDED
+            elif entry["stopped"] is None and entry["look"] == entry["looks"]:
+                entry["stopped"] = MAX_SEEDS
             if entry["stopped"] is None:
                 open_studies.append(s)
         if not open_studies:
             break
-        if look == rounds.looks:
-            for s in open_studies:
-                record["studies"][s]["stopped"] = MAX_SEEDS
-            break
-        added = rounds.seeds_at(look + 1) - rounds.seeds_at(look)
-        next_round = sum(per_seed[s] for s in open_studies) * added
+        added = {
+            s: schedule[s].seeds_at(record["studies"][s]["look"] + 1) - record["studies"][s]["seeds"]
+            for s in open_studies
+        }
+        next_round = sum(per_seed[s] * added[s] for s in open_studies)
         elapsed = time.perf_counter() - start
         if budget_s is not None and elapsed + next_round > budget_s:
             for s in open_studies:
                 record["studies"][s]["stopped"] = BUDGET
             record["budget_note"] = (
-                f"the next round ({added} more seeds of {', '.join(open_studies)}) needs about "
+                f"the next round (more seeds of {', '.join(open_studies)}) needs about "
                 f"{next_round / 60:.1f} min; {max(0.0, budget_s - elapsed) / 60:.1f} min were left"
             )
             break
-        look += 1
-        now = more_seeds(first, rounds.seeds_at(look))
         for s in open_studies:
-            record["studies"][s].update(look=look, seeds=len(now), level=levels[look - 1])
-        console.print(
-            f"[bold]until decided[/]: look {look} of {rounds.looks}: {len(now)} seeds for "
-            f"{', '.join(open_studies)} (level {100 * levels[look - 1]:.2f}%)",
-            highlight=False,
-        )
-        results = reproduce(preset, out_dir, now, open_studies, sequential=record, **common)
-        for s in open_studies:  # the slowest round so far prices the next one
-            per_seed[s] = max(per_seed[s], results[s].data["time_s"] / added)
+            entry = record["studies"][s]
+            entry["look"] += 1
+            entry.update(seeds=schedule[s].seeds_at(entry["look"]), level=levels[s][entry["look"] - 1])
+        by_count: dict[int, list[str]] = {}
+        for s in open_studies:
+            by_count.setdefault(record["studies"][s]["seeds"], []).append(s)
+        for count, group in by_count.items():
+            console.print(
+                f"[bold]until decided[/]: {count} seeds for {', '.join(group)} (look "
+                + ", ".join(f"{record['studies'][s]['look']} of {schedule[s].looks}" for s in group)
+                + ")",
+                highlight=False,
+            )
+            results = reproduce(preset, out_dir, more_seeds(first, count), group, sequential=record, **common)
+            for s in group:  # the slowest round so far prices the next one
+                per_seed[s] = max(per_seed[s], results[s].data["time_s"] / max(1, added[s]))
     record["time_s"] = time.perf_counter() - start
     closing = [s for s in chosen if s in CLOSING_STEPS]
     most = more_seeds(first, max(entry["seeds"] for entry in record["studies"].values()))
@@ -200,7 +209,7 @@ def sequential_table(record: dict) -> ResultTable:
             study=study,
             claims=", ".join(c.id for c in CLAIMS.values() if c.studies == study),
             seeds=entry["seeds"],
-            look=f"{entry['look']} of {record['looks']}",
+            look=f"{entry['look']} of {entry['looks']}",
             level=f"{100 * entry['level']:.2f}%",
             stopped=why,
         )

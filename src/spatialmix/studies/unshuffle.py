@@ -346,7 +346,7 @@ def unshuffle_reproduce_study(ctx: StudyContext) -> StudyResult:
     settings.update(options)
     out_dir = ctx.out_dir / "unshuffle"
     table = unshuffle_study(
-        out_dir, seeds=ctx.seeds, processes=ctx.processes, threads=ctx.threads, **settings
+        out_dir, seeds=ctx.seeds_for("unshuffle"), processes=ctx.processes, threads=ctx.threads, **settings
     )
     caption = (
         "Rows: the test images, their scrambled pixels (the PSNR of doing nothing), then each mode's "

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from spatialmix.engine.config import TrainConfig
 from spatialmix.errors import SpatialmixError, unknown_name
-from spatialmix.studies.context import PRESETS, classification_run_dir
+from spatialmix.studies.context import PRESETS, StudyContext, classification_run_dir
 from spatialmix.sweep.settings import SweepSettings
 
 GRID_KEYS = ("preset", "base", "grid")
@@ -135,7 +135,8 @@ def grid_sweep(spec: dict, out_dir: str | Path, **overrides) -> Sweep:
 
 
 def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None = None, **overrides) -> Sweep:
-    """The training runs of the classification study of ``preset`` (every mode and seed) as a sweep."""
+    """The training runs of the classification study of ``preset`` (every mode and seed it trains) as a
+    sweep."""
 
     if preset not in PRESETS:
         raise unknown_name("preset", preset, PRESETS)
@@ -145,10 +146,11 @@ def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None 
             "a study sweep runs every mode and seed of the preset; choose seeds with --seeds"
         )
     p = PRESETS[preset]
-    seeds = tuple(seeds or p.seeds)
+    ctx = StudyContext(p, Path(out_dir), tuple(seeds or p.seeds), overrides, seeds_given=bool(seeds))
+    seeds = ctx.seeds
     jobs = []
-    for seed in seeds:
-        for mode in p.modes:
+    for seed in ctx.seeds_for("classification"):
+        for mode in (m for m in p.modes if seed in ctx.seeds_for("classification", m)):
             name = f"{mode}-seed{seed}"
             config = _validated(p.base.replace(**overrides, mode=mode, seed=seed), name)
             run_dir = classification_run_dir(out_dir, mode, seed)
