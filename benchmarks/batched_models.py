@@ -1,24 +1,28 @@
-"""Two ways to train a study's small models on both cores: side by side, or as one batched model?
+"""K seeds of a study's small model on both cores: side by side, or as one batched model?
 
-A study trains many small, independent models (modes x seeds x sigmas). `spatialmix.parallel`
-runs them side by side, one single-thread process each. The other way is to train N of them as
-*one* model: every layer's channels are the N models' channels side by side, the stem, pointwise
-convs and head are grouped convolutions (groups = N) so no channel of one model ever sees
-another's, the depthwise convs and BatchNorms are per channel anyway, and model i reads its own
-batch from input channel block i. The N losses are summed, so each model gets exactly its own
-gradient, and AdamW is elementwise, so each takes exactly its own step.
+A study trains many small, independent models (modes x seeds x sigmas), and more seeds are the whole
+cost of a verdict. `spatialmix.parallel` runs them side by side, one single-thread process each.
+The other ways train K of them as *one* model:
 
-This script first checks that claim (N lone models and the batched one, same weights and
-batches, a few fp32 AdamW steps: the largest parameter difference is printed and must be at
-float tolerance), then times, in the same run on the quick preset's model:
+* grouped convolutions: every layer's channels are the K models' channels side by side, the stem,
+  pointwise convs and head are grouped convolutions (groups = K) so no channel of one model ever
+  sees another's, the depthwise convs and BatchNorms are per channel anyway, and model i reads its
+  own batch from input channel block i;
+* ``torch.func``: ``stack_module_state`` gives every parameter a leading model dimension and
+  ``vmap(grad(loss))`` computes the K gradients in one call (BatchNorm with batch statistics only,
+  as vmap cannot update running statistics in place; fp32, as bf16 autocast fails in its
+  convolution backward).
 
-* one lone model on 1 thread (the unit), and N lone models side by side (N processes x 1 thread);
-* the batched model of N on N threads, and on 1 thread.
+The K losses are summed (or vmapped), so each model gets exactly its own gradient, and AdamW is
+elementwise, so each takes exactly its own step. This script first checks that claim (K lone models
+and the batched ones, same weights and batches, 3 fp32 AdamW steps: the largest parameter
+difference is printed and must be at float tolerance; ``tests/test_speed.py`` checks it too), then
+times, in the same run on the quick preset's model: one lone model on 1 thread, K lone models side
+by side (in rounds of one single-thread process per core), and each batched way on all cores.
+images/s counts every model's images (a batched step of batch B trains K x B images); "per seed" is
+that divided by the models trained at once. Run it on an otherwise idle machine.
 
-images/s counts every model's images (a batched step of batch B trains N x B images). Run it on
-an otherwise idle machine.
-
-    python benchmarks/batched_models.py                # 2 models, Chans and Full
+    python benchmarks/batched_models.py --models 2,4    # K = 2 and 4, Chans and Full
 """
 
 from __future__ import annotations
@@ -135,6 +139,57 @@ def batched_step(model, opt, x, y, amp="none"):
     opt.step()
 
 
+class VmappedModels:
+    """N models as one functional model under ``torch.vmap`` (``torch.func.stack_module_state``): every
+    parameter gets a leading model dimension, the trainable ones are stepped by one AdamW. BatchNorm
+    under vmap cannot update running statistics in place, so the models normalize with batch
+    statistics only (``torch.func.replace_all_batch_norm_modules_``), in training and evaluation."""
+
+    def __init__(self, models: list[nn.Module]):
+        for model in models:
+            torch.func.replace_all_batch_norm_modules_(model)
+        params, buffers = torch.func.stack_module_state(models)
+        names = {name for name, p in models[0].named_parameters() if p.requires_grad}
+        self.trainable = {k: v for k, v in params.items() if k in names}
+        self.frozen = {k: v.detach() for k, v in params.items() if k not in names}
+        self.buffers = buffers
+        self.base = copy.deepcopy(models[0]).to("meta")
+        self.opt = torch.optim.AdamW(list(self.trainable.values()), lr=0.01, weight_decay=0.01)
+
+        def loss(trainable, frozen, buffers, x, y, amp):
+            with autocast_context(torch.device("cpu"), amp):
+                logits = torch.func.functional_call(self.base, ({**trainable, **frozen}, buffers), (x,))
+            return F.cross_entropy(logits.float(), y)
+
+        self.gradients = torch.vmap(torch.func.grad(loss), in_dims=(0, 0, 0, 0, 0, None))
+
+    def step(self, x, y, amp="none"):
+        """One AdamW step of every model: ``x`` (B, N, H, W) and ``y`` (B, N), model i reads block i."""
+        xs = x.transpose(0, 1).unsqueeze(2)  # (N, B, 1, H, W)
+        grads = self.gradients(self.trainable, self.frozen, self.buffers, xs, y.transpose(0, 1), amp)
+        for name, p in self.trainable.items():
+            p.grad = grads[name]
+        self.opt.step()
+
+
+def vmap_difference(
+    n: int = 2, mode: str = "chans", width: int = 16, depth: int = 2, steps: int = 3
+) -> float:
+    """Largest |parameter difference| between N lone models and their vmapped twin after ``steps``
+    (both normalizing with batch statistics, as vmap requires)."""
+    models = make_models(n, mode, width, depth)
+    for model in models:
+        torch.func.replace_all_batch_norm_modules_(model)
+    twin = VmappedModels(copy.deepcopy(models))
+    opts = [optimizer(m) for m in models]
+    for x, y in batches(n, 16, steps):
+        for i, (m, o) in enumerate(zip(models, opts)):
+            lone_step(m, o, x[:, i : i + 1], y[:, i])
+        twin.step(x, y)
+    lone = dict(torch.func.stack_module_state(models)[0])
+    return max((twin.trainable[k] - lone[k]).abs().max().item() for k in twin.trainable)
+
+
 def max_difference(n: int = 2, mode: str = "chans", width: int = 16, depth: int = 2, steps: int = 3) -> float:
     """Largest |parameter difference| between N lone models and their batched twin after ``steps``."""
     models = make_models(n, mode, width, depth)
@@ -149,7 +204,7 @@ def max_difference(n: int = 2, mode: str = "chans", width: int = 16, depth: int 
 
 
 def images_per_s(
-    batched: bool,
+    how: str,
     n: int,
     mode: str,
     width: int,
@@ -159,24 +214,41 @@ def images_per_s(
     threads: int,
     warmup: int = 3,
 ) -> float:
+    """Images/s of all models trained ``how``: "lone" (one model), "grouped" or "vmap" (N as one)."""
     set_threads(threads)
     amp = resolve_amp("auto", torch.device("cpu"))
     models = make_models(n, mode, width, depth)
-    model = accelerate(batched_twin(models) if batched else models[0]).to(memory_format=torch.channels_last)
-    opt, step = optimizer(model), (batched_step if batched else lone_step)
-    data = batches(n if batched else 1, batch, warmup + steps)
-    data = [(x.contiguous(memory_format=torch.channels_last), y if batched else y[:, 0]) for x, y in data]
+    together = how != "lone"
+    data = batches(n if together else 1, batch, warmup + steps)
+    if how == "vmap":
+        trainer = VmappedModels(models)
+
+        def step(x, y):  # fp32: under torch.func.grad, bf16 autocast fails in the convolution backward
+            trainer.step(x, y, "none")
+
+    else:
+        model = accelerate(batched_twin(models) if together else models[0]).to(
+            memory_format=torch.channels_last
+        )
+        opt, one_step = optimizer(model), (batched_step if together else lone_step)
+        data = [
+            (x.contiguous(memory_format=torch.channels_last), y if together else y[:, 0]) for x, y in data
+        ]
+
+        def step(x, y):
+            one_step(model, opt, x, y, amp)
+
     for x, y in data[:warmup]:
-        step(model, opt, x, y, amp)
+        step(x, y)
     start = time.perf_counter()
     for x, y in data[warmup:]:
-        step(model, opt, x, y, amp)
-    return (n if batched else 1) * batch * steps / (time.perf_counter() - start)
+        step(x, y)
+    return (n if together else 1) * batch * steps / (time.perf_counter() - start)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", type=int, default=2, help="N: models trained together")
+    p.add_argument("--models", default="2", help="N: models (seeds) trained together, comma-separated")
     p.add_argument("--modes", default="chans,full")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--depth", type=int, default=4)
@@ -184,61 +256,69 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    n, cores = args.models, available_cores()
+    cores = available_cores()
     print(
-        f"ConvMixer-{args.width}/{args.depth} k5 p2, batch {args.batch_size}, {n} models, {cores} cores, "
+        f"ConvMixer-{args.width}/{args.depth} k5 p2, batch {args.batch_size}, {cores} cores, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"amp {resolve_amp('auto', torch.device('cpu'))}, "
         f"torch {torch.__version__}"
     )
+    counts = [int(n) for n in args.models.split(",")]
     for mode in args.modes.split(","):
         print(
-            f"{mode}: batched twin vs {n} lone models after 3 fp32 AdamW steps: largest parameter difference "
-            f"{max_difference(n, mode):.2e}"
+            f"{mode}: largest parameter difference from {max(counts)} lone models after 3 fp32 AdamW steps: "
+            f"grouped {max_difference(max(counts), mode):.2e}, vmap {vmap_difference(max(counts), mode):.2e}"
         )
     table = ResultTable(
-        f"{n} small models on {cores} cores: side by side or batched (images/s of all models)",
+        f"K seeds on {cores} cores: side by side or one batched model (images/s of all K, and per seed)",
         [
             ("mode", "mode", ""),
+            ("k", "K", ""),
             ("how", "how", ""),
             ("ips", "images/s (median)", ".0f"),
+            ("per_seed", "per seed", ".0f"),
             ("runs", "every run", ""),
             ("ratio", "vs side by side", ".2f"),
         ],
     )
-    common = dict(n=n, width=args.width, depth=args.depth, batch=args.batch_size, steps=args.steps)
     for mode in args.modes.split(","):
-        ways = {
-            "1 lone model, 1 thread": lambda mode=mode: images_per_s(False, mode=mode, threads=1, **common),
-            f"{n} lone models side by side, {n} x 1 thread": lambda mode=mode: sum(
-                run_side_by_side(
-                    [(images_per_s, (False, n, mode, args.width, args.depth, args.batch_size, args.steps, 1))]
-                    * n,
-                    processes=n,
-                    threads=1,
+        for n in counts:
+            shape = (mode, args.width, args.depth, args.batch_size, args.steps)
+
+            def measure(how: str, threads: int, n=n, shape=shape) -> float:
+                return images_per_s(how, n, shape[0], *shape[1:], threads)
+
+            def side_by_side(n=n, shape=shape) -> float:
+                processes = min(n, cores)  # K runs in `cores` single-thread processes: rounds of `cores`
+                job = (images_per_s, ("lone", 1, shape[0], *shape[1:], 1))
+                return sum(run_side_by_side([job] * processes, processes=processes, threads=1))
+
+            reference = f"{n} lone models side by side, {min(n, cores)} x 1 thread"
+            ways = {
+                "1 lone model, 1 thread": lambda measure=measure: measure("lone", 1),
+                reference: side_by_side,
+                f"grouped convolutions, {cores} threads": lambda measure=measure: measure("grouped", cores),
+                f"torch.func vmap (fp32), {cores} threads": lambda measure=measure: measure("vmap", cores),
+            }
+            runs = {how: [] for how in ways}
+            for _ in range(args.repeats):  # interleaved, so load from elsewhere hits every way alike
+                for how, way in ways.items():
+                    runs[how].append(way())
+            best = statistics.median(runs[reference])
+            for how, values in runs.items():
+                together = how.startswith(("grouped", "torch.func"))
+                table.add(
+                    mode=mode,
+                    k=n if together or how == reference else 1,
+                    how=how,
+                    ips=statistics.median(values),
+                    per_seed=statistics.median(values)
+                    / (n if together else min(n, cores) if how == reference else 1),
+                    runs=" ".join(f"{v:.0f}" for v in values),
+                    ratio=statistics.median(values) / best,
                 )
-            ),
-            f"batched model of {n}, {n} threads": lambda mode=mode: images_per_s(
-                True, mode=mode, threads=n, **common
-            ),
-            f"batched model of {n}, 1 thread": lambda mode=mode: images_per_s(
-                True, mode=mode, threads=1, **common
-            ),
-        }
-        runs = {how: [] for how in ways}
-        for _ in range(args.repeats):  # interleaved, so load from elsewhere hits every way alike
-            for how, measure in ways.items():
-                runs[how].append(measure())
-        reference = statistics.median(runs[f"{n} lone models side by side, {n} x 1 thread"])
-        for how, values in runs.items():
-            table.add(
-                mode=mode,
-                how=how,
-                ips=statistics.median(values),
-                runs=" ".join(f"{v:.0f}" for v in values),
-                ratio=statistics.median(values) / reference,
-            )
     table.print()
+    print(table.to_markdown())
     return 0
 
 

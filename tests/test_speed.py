@@ -300,3 +300,18 @@ def test_training_batchnorm_gradients_do_not_depend_on_threads_and_eval_is_plain
     fast.eval(), plain.eval()
     y = _channels_last(4, 24, 5, 5)
     assert torch.equal(fast(y), plain(y))
+
+
+def test_vmapped_seeds_train_like_their_lone_twins():
+    """The torch.func way (stack_module_state + vmap) of benchmarks/batched_models.py: after AdamW
+    steps its weights are the lone models' weights (both with batch-statistics norms) to float
+    tolerance, in every mode, and frozen weights are never stepped."""
+    bench = _batched_models_benchmark()
+    for mode in ("full", "chans", "space"):
+        assert bench.vmap_difference(3, mode, width=8, depth=2, steps=3) < 1e-5
+    models = bench.make_models(2, "chans", width=8, depth=1)
+    twin = bench.VmappedModels(models)
+    before = {k: v.clone() for k, v in twin.frozen.items()}
+    x, y = bench.batches(2, 8, 1)[0]
+    twin.step(x, y)
+    assert before and all(torch.equal(before[k], twin.frozen[k]) for k in before)
