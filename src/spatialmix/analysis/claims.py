@@ -183,9 +183,9 @@ def compare(first: dict, second: dict, level: float = LEVEL) -> tuple[Estimate, 
         return None
     pairs = [(first[s][1], second[s][1]) for s in seeds]
     with_bits = all(a is not None and b is not None and a.size == b.size for a, b in pairs)
-    tests = [mcnemar_exact(a, b) for a, b in pairs] if with_bits else []
     if not with_bits:
         return paired_t_interval({s: first[s][0] for s in seeds}, {s: second[s][0] for s in seeds}, level), []
+    tests = [mcnemar_exact(a, b) for a, b in pairs]
     # the per-example counts, exact (a saved accuracy may be a float32 mean)
     differences = [a.astype(float) - b for a, b in pairs]
     sizes = {d.size for d in differences}

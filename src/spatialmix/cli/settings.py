@@ -50,7 +50,11 @@ class ReproduceSettings:
     """``spatialmix reproduce``: the arguments of :func:`spatialmix.studies.reproduce.reproduce` but
     the training overrides."""
 
-    preset: str = option("quick", "quick (Fashion-MNIST, CPU minutes) or paper (CIFAR-10, GPU)")
+    preset: str = option(
+        "quick",
+        "quick (Fashion-MNIST, CPU minutes), standard (Fashion-MNIST, about an hour) "
+        "or paper (CIFAR-10, GPU)",
+    )
     out: str = option("runs/reproduce", "study folder")
     seeds: tuple[int, ...] | None = option(
         None, "seeds to repeat each run with (mean and std; default: the preset's)"

@@ -131,7 +131,7 @@ class SweepSettings:
         None, "grid file (or use --preset)", positional=True, nargs="?", metavar="GRID.yaml"
     )
     preset: str | None = option(
-        None, "sweep the classification runs of this study preset (quick, paper) instead"
+        None, "sweep the classification runs of this study preset (quick, standard, paper) instead"
     )
     seeds: tuple[int, ...] | None = option(None, "with --preset: the seeds (default: the preset's)")
     out: str | None = option(None, "sweep folder (default: runs/sweep-GRID, or runs/reproduce with --preset)")
