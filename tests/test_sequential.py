@@ -44,9 +44,13 @@ def test_spending_levels_spend_exactly_alpha_little_early():
         spending_levels(0)
 
 
-def test_until_decided_needs_a_study_of_the_claims(tmp_path):
+def test_until_decided_needs_a_study_of_the_claims_and_room_for_its_first_round(tmp_path):
     with pytest.raises(SpatialmixError, match="names none of them"):
         reproduce_until_decided("quick", tmp_path, studies=["init"])
+    # the quick preset trains Full and Chans on 6 seeds in its first round
+    with pytest.raises(SpatialmixError, match="--max-seeds 4 is below the 6 seeds of the first round"):
+        reproduce_until_decided("quick", tmp_path / "x", max_seeds=4)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 def _finished(out, seeds):

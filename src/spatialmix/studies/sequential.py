@@ -116,7 +116,7 @@ def reproduce_until_decided(
     # and has its own fixed schedule of looks.
     counts = {} if seeds else PRESETS[preset].seed_counts
     limit = 4 * len(first) if max_seeds is None else max_seeds
-    schedule = {s: SeedRounds(min(counts.get(s, len(first)), limit), seed_step, limit) for s in claim_studies}
+    schedule = {s: SeedRounds(counts.get(s, len(first)), seed_step, limit) for s in claim_studies}
     levels = {s: spending_levels(rounds.looks) for s, rounds in schedule.items()}
     record = {
         "method": METHOD,
