@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -152,3 +153,35 @@ def test_a_preset_gives_each_study_and_mode_the_seeds_it_needs(tmp_path):
     assert sorted(j.name for j in jobs if j.name.startswith("space")) == [f"space-seed{s}" for s in (0, 1, 2)]
     assert len(jobs) == 6 + 6 + 3
     assert len(study_sweep("quick", tmp_path, seeds=(0, 1)).jobs) == 6
+
+
+@pytest.mark.slow
+@needs_data
+def test_until_decided_starts_each_study_from_the_seeds_its_preset_gives_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPATIALMIX_DATA", raising=False)
+    tiny = replace(PRESETS["quick"], name="tiny", seeds=(0, 1), seed_counts={"space": 1, "robustness": 1})
+    monkeypatch.setitem(PRESETS, "tiny", tiny)
+    never_decided = [
+        Verdict(c, CLAIMS[c].effect, Estimate(0.0, -1.0, 1.0, "t", 2), "inconclusive") for c in CLAIMS
+    ]
+    looks = []
+
+    def look(out):  # what was trained when each look was taken
+        looks.append({key for key, done in _finished(out, (0, 1, 2)).items() if done})
+        return never_decided
+
+    monkeypatch.setattr(sequential, "verdicts_for_study", look)
+    out = tmp_path / "study"
+    record = reproduce_until_decided(
+        "tiny", out, studies=["classification"], max_seeds=3, seed_step=1, **OVERRIDES
+    )
+    assert record["studies"]["classification"] == {
+        "look": 2,
+        "looks": 2,
+        "seeds": 3,
+        "level": spending_levels(2)[1],
+        "stopped": "max seeds",
+    }
+    # the first look: Full and Chans on the preset's 2 seeds, Space on 1; the second: every mode on 3
+    assert looks[0] == {("full", 0), ("full", 1), ("chans", 0), ("chans", 1), ("space", 0)}
+    assert looks[1] == {(mode, seed) for mode in ("full", "chans", "space") for seed in (0, 1, 2)}
