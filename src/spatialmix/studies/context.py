@@ -95,7 +95,7 @@ QUICK = Preset(
 # Claim 2 at the smallest cost that bounds it (benchmarks/seed_variance.py, 6 seeds per length): three
 # epochs cut the seed-to-seed SD of Chans - Full robust accuracy from 2.1 / 5.4 / 9.7 points (1 epoch)
 # to 2.0 / 3.3 / 4.1 at 2 / 4 / 8 of 255; 20 seeds then give intervals of about +-1, +-1.6 and +-1.9
-# points, in about an hour on 2 CPU cores.
+# points. The whole preset took 44 min 46 s on an idle 2-core AMD EPYC (README).
 STANDARD = replace(
     QUICK,
     name="standard",
