@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spatialmix.accel import speed
+from spatialmix.accel import native, speed
 from spatialmix.core.mixing import apply_mixing
 from spatialmix.models.convmixer import ConvMixer
 
@@ -247,8 +247,6 @@ def _bn_pair(affine=True, momentum=0.1):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("affine,momentum", [(True, 0.1), (False, 0.1), (True, None)])
 def test_training_batchnorm_is_torchs_forward_and_state_with_the_same_gradients(dtype, affine, momentum):
-    from spatialmix.accel import native
-
     if native.library() is None:
         pytest.skip(native.status())
     plain, fast = _bn_pair(affine, momentum)
@@ -315,3 +313,16 @@ def test_vmapped_seeds_train_like_their_lone_twins():
     x, y = bench.batches(2, 8, 1)[0]
     twin.step(x, y)
     assert before and all(torch.equal(before[k], twin.frozen[k]) for k in before)
+
+
+def test_batch_norm_refuses_one_value_per_channel_as_torch_does():
+    """A training batch with one value per channel (batch 1, 1 x 1 maps) has no variance: torch's
+    module refuses it; the kernel path must too, before anything is written to running_var."""
+    if native.library() is None:
+        pytest.skip("the C kernels are not available here")
+    norm = speed.BatchNorm2d(4).train()
+    x = torch.randn(1, 4, 1, 1).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        norm(x)
+    assert torch.equal(norm.running_var, torch.ones(4)) and torch.equal(norm.running_mean, torch.zeros(4))
+    assert int(norm.num_batches_tracked) == 0

@@ -169,13 +169,22 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     torch's CPU backward of a training-mode batch norm took 3.8 ms per call for 128 x 128 x 14 x
     14 bf16 channels_last activations; the kernel (``kernels/batchnorm_grad.c``) takes about 1 ms
-    and gives the same gradients to float rounding (the weight and bias gradients are the same
-    sums in fixed blocks: bitwise the same for any thread count). The forward pass, the running
+    and gives the same gradients to float rounding (its sums run over fixed blocks: for the same
+    forward statistics, bitwise the same for any thread count; torch's forward statistics can move
+    in the last bit with the thread count, so end to end only the bias gradient is bitwise
+    thread-invariant). A training batch with one value per channel is refused with torch's own
+    error before anything changes. The forward pass, the running
     statistics and ``num_batches_tracked`` are torch's. Eval mode, other devices and layouts, and
     a machine without the kernels are plain ``nn.BatchNorm2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.dim() > 1 and x.numel() <= x.size(1):
+            # torch's message, raised before anything (running statistics, the batch count) changes:
+            # the kernel would divide by zero values of variance and write NaN into running_var
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {x.size()}"
+            )
         if not (
             self.training
             and torch.is_grad_enabled()
