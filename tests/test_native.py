@@ -4,6 +4,7 @@ whenever they cannot be built or do not agree with torch."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 
@@ -62,3 +63,17 @@ def test_a_library_that_disagrees_with_torch_is_not_used(tmp_path, monkeypatch):
     target.unlink()
     assert _fresh_status({**os.environ, "SPATIALMIX_CACHE": str(tmp_path)}) == "C kernels"
     assert target.is_file()
+
+
+def test_a_library_built_under_umask_000_is_not_writable_by_others(tmp_path):
+    """The kernel cache holds code this process will load: whatever the umask, the library it
+    writes is readable and writable by its owner only."""
+    cc = native._compiler()
+    target = tmp_path / "cache" / "spatialmix-kernels-test.so"
+    old = os.umask(0)
+    try:
+        native._build(cc, target)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) & 0o077 == 0
+    assert stat.S_IMODE(target.parent.stat().st_mode) & 0o077 == 0

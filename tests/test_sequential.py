@@ -185,3 +185,11 @@ def test_until_decided_starts_each_study_from_the_seeds_its_preset_gives_it(tmp_
     # the first look: Full and Chans on the preset's 2 seeds, Space on 1; the second: every mode on 3
     assert looks[0] == {("full", 0), ("full", 1), ("chans", 0), ("chans", 1), ("space", 0)}
     assert looks[1] == {(mode, seed) for mode in ("full", "chans", "space") for seed in (0, 1, 2)}
+
+
+@pytest.mark.parametrize("until_decided", [False, True])
+def test_repeated_seeds_are_refused_before_anything_is_written(tmp_path, until_decided):
+    run = reproduce_until_decided if until_decided else reproduce
+    with pytest.raises(SpatialmixError, match=r"--seeds repeats seed 0 \(0 0 1\); give each seed once"):
+        run("quick", tmp_path / "x", seeds=(0, 0, 1), studies=["classification"])
+    assert not (tmp_path / "x").exists()

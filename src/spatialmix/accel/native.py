@@ -85,6 +85,7 @@ def _build(cc: str, target: Path) -> None:
         )
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+        os.chmod(tmp, 0o700)  # code this process will load: its owner's alone, whatever the umask
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -76,6 +76,7 @@ def reproduce(
     """
     if preset not in PRESETS:
         raise unknown_name("preset", preset, PRESETS)
+    check_seeds(seeds)
     chosen = [s for s in STUDIES if s not in ON_REQUEST] if studies is None else list(studies)
     for name in chosen:
         if name not in STUDIES:
@@ -120,6 +121,16 @@ def reproduce(
             highlight=False,
         )
     return ctx.results
+
+
+def check_seeds(seeds) -> None:
+    """Refuse a seed given twice: its runs would share one folder (found only after training)."""
+    seen = set()
+    for seed in seeds or ():
+        if seed in seen:
+            listed = " ".join(str(s) for s in seeds)
+            raise SpatialmixError(f"--seeds repeats seed {seed} ({listed}); give each seed once")
+        seen.add(seed)
 
 
 def resolve_parallelism(processes: int | None, threads: int | None) -> tuple[int, int | None]:

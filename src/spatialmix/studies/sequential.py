@@ -28,7 +28,7 @@ from spatialmix.analysis.verdicts import verdicts_for_study
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.options import parse_duration
 from spatialmix.studies.context import PRESETS
-from spatialmix.studies.reproduce import ON_REQUEST, STUDIES, reproduce
+from spatialmix.studies.reproduce import ON_REQUEST, STUDIES, check_seeds, reproduce
 from spatialmix.ui.display import ResultTable, console
 
 CLAIM_STUDIES = tuple(dict.fromkeys(c.studies for c in CLAIMS.values()))  # in the order of the claims
@@ -103,6 +103,7 @@ def reproduce_until_decided(
     """
     if preset not in PRESETS:
         raise unknown_name("preset", preset, PRESETS)
+    check_seeds(seeds)
     first = tuple(seeds or PRESETS[preset].seeds)
     budget_s = None if budget is None else parse_duration(budget)
     chosen = [s for s in STUDIES if s not in ON_REQUEST] if studies is None else list(studies)
