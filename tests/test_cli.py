@@ -607,3 +607,22 @@ def test_the_commands_in_the_readme_are_valid():
         assert flags <= known, (line, flags - known)
         if not re.search(r"[\[|]|\.\.\.|[A-Z]{3,}", line):  # no [optional], a|b, ... or PLACEHOLDER
             parser.parse_args(shlex.split(line))
+
+
+@pytest.mark.parametrize("state", ["missing", "lock-only", "cut-short-config"])
+def test_a_bare_resume_where_nothing_was_saved_is_refused(capsys, tmp_path, base_flags, state):
+    """Without config.json a bare --resume cannot know the run's options: it must not start a
+    default run; giving the options again (the advice) starts it."""
+    out = tmp_path / "run"
+    if state != "missing":
+        out.mkdir()
+        (out / runs.LOCK).write_text("")
+    if state == "cut-short-config":
+        (out / ".config.json.x7.tmp").write_text('{"format_ver')
+    code, _, err = run_main(capsys, ["train", "--resume", "--out", str(out)])
+    line = assert_one_error_line(code, err)
+    assert "nothing of this run was saved" in line and "give its options again with --resume" in line
+    assert not (out / runs.CONFIG).exists() and not (out / runs.STATUS).exists()
+    code, _, err = run_main(capsys, ["train", *base_flags, "--out", str(out), "--resume"])
+    assert code == 0, err
+    assert runs.read_json(out / runs.STATUS)["state"] == "finished"

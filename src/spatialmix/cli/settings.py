@@ -35,9 +35,9 @@ class TrainCommand:
     resume: bool = option(
         False,
         "continue the run in --out with its saved config from its newest complete "
-        "checkpoint (or start it if nothing was saved); options given with it must match, "
-        "except --epochs (to extend), --device, --progress, --workers, and --lr/--amp after "
-        "a divergence",
+        "checkpoint (or start it with the options given if nothing was saved); options "
+        "given with it must match, except --epochs (to extend), --device, --progress, --workers, "
+        "and --lr/--amp after a divergence",
     )
 
 

@@ -60,12 +60,18 @@ def resume_config(run_dir: str | Path, changes: dict | None = None) -> TrainConf
     """The config that continues ``run_dir``: its saved config with ``changes`` (options given again).
 
     A change to a field that may not change on resume is an error naming the field; a folder where
-    nothing was saved yet gives ``TrainConfig(**changes)`` (the run starts).
+    nothing was saved yet gives ``TrainConfig(**changes)`` (the run starts), and is an error when no
+    option was given (a default run is not the run that was killed).
     """
     changes = dict(changes or {})
     TrainConfig(**changes).validate()  # names and signs first, whatever the run holds
     run = runs.Run(run_dir)
     if run.holds_nothing():
+        if not changes:  # a default run is not the run that was killed
+            raise SpatialmixError(
+                f"{run.path}: nothing of this run was saved (it stopped before writing config.json), so "
+                "--resume cannot know its options; give its options again with --resume, and it starts"
+            )
         return TrainConfig(**changes)
     run.check()
     saved = saved_config(run)
