@@ -22,7 +22,6 @@ more to print the table alone. One process, ``--threads`` torch threads; it can 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -32,6 +31,7 @@ import torch
 
 from spatialmix.analysis.claims import CLAIMS, parse_bits
 from spatialmix.analysis.statistics import mean_interval, seeds_needed
+from spatialmix.io import runs
 from spatialmix.studies.context import PRESETS, StudyContext, classification_run_dir
 from spatialmix.studies.robustness import attack_all, attack_settings
 from spatialmix.ui.display import ResultTable
@@ -61,7 +61,7 @@ def measure(name: str, out: Path, seeds: tuple[int, ...], threads: int) -> list[
     results = attack_all(ctx, name, jobs, attack_settings(ctx), ctx.out_dir / "robustness.png")
     records = []
     for (config, run_dir), result in zip(jobs, results):
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = runs.read_json(run_dir / runs.SUMMARY)
         records.append(
             {
                 "mode": config.mode,

@@ -93,8 +93,9 @@ def test_the_band_rejects_an_interval_that_is_too_narrow():
     assert coverage < LOW
 
 
-def _stopped_intervals(levels_by_look, schedule, rng, truth: float, threshold: float):
-    """Optional stopping: look after every round and stop at the first interval that decides."""
+def _stopped_intervals(levels_by_look, schedule, rng, truth: float):
+    """Optional stopping: look after every round and stop at the first interval that decides
+    (against the threshold 0 of ``CLAIM_AT_ZERO``)."""
     values = rng.normal(truth, 1.0, size=schedule.max_seeds)
     for look, level in enumerate(levels_by_look, start=1):
         estimate = mean_interval(values[: schedule.seeds_at(look)], level)
@@ -111,7 +112,7 @@ def test_until_decided_keeps_its_coverage_under_optional_stopping(truth):
     schedule = SeedRounds(start=3, step=2, max_seeds=13)  # 6 looks
     rng = np.random.default_rng(13)
     levels = spending_levels(schedule.looks)
-    estimates = [_stopped_intervals(levels, schedule, rng, truth, 0.0) for _ in range(STUDIES)]
+    estimates = [_stopped_intervals(levels, schedule, rng, truth) for _ in range(STUDIES)]
     coverage = np.mean([e.low <= truth <= e.high for e in estimates])
     assert coverage >= LOW, f"coverage {coverage:.3f} below {LOW:.3f}"
     if truth == 0.0:  # the effect sits on the threshold: any decision is an error
@@ -123,6 +124,6 @@ def test_looking_after_every_round_at_95_percent_inflates_the_error():
     # the check can fail: the same stopping rule with a 95% interval at every look
     schedule = SeedRounds(start=3, step=2, max_seeds=13)
     rng = np.random.default_rng(13)
-    estimates = [_stopped_intervals([0.95] * schedule.looks, schedule, rng, 0.0, 0.0) for _ in range(STUDIES)]
+    estimates = [_stopped_intervals([0.95] * schedule.looks, schedule, rng, 0.0) for _ in range(STUDIES)]
     errors = np.mean([e.low > 0 or e.high < 0 for e in estimates])
     assert errors > 1 - LOW

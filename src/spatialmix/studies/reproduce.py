@@ -133,13 +133,20 @@ def check_seeds(seeds) -> None:
         seen.add(seed)
 
 
+def check_count(name: str, value) -> None:
+    """Refuse anything but a whole number of at least 1 for the option ``--name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        flag = "--" + name.replace("_", "-")
+        raise SpatialmixError(f"{flag} must be a whole number of at least 1, got {value!r}")
+
+
 def resolve_parallelism(processes: int | None, threads: int | None) -> tuple[int, int | None]:
     """``processes`` default: one per available core (1 under torchrun, whose ranks share each job);
     ``threads`` default: 1 when jobs run side by side, else torch's default."""
 
     for name, value in (("processes", processes), ("threads", threads)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise SpatialmixError(f"--{name} must be a whole number of at least 1, got {value!r}")
+        if value is not None:
+            check_count(name, value)
     if processes is None:
         processes = 1 if launched_world_size() > 1 else available_cores()
     if threads is None and processes > 1:

@@ -28,7 +28,7 @@ from spatialmix.analysis.verdicts import verdicts_for_study
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.options import parse_duration
 from spatialmix.studies.context import PRESETS
-from spatialmix.studies.reproduce import ON_REQUEST, STUDIES, check_seeds, reproduce
+from spatialmix.studies.reproduce import ON_REQUEST, STUDIES, check_count, check_seeds, reproduce
 from spatialmix.ui.display import ResultTable, console
 
 CLAIM_STUDIES = tuple(dict.fromkeys(c.studies for c in CLAIMS.values()))  # in the order of the claims
@@ -50,9 +50,7 @@ class SeedRounds:
 
     def __post_init__(self):
         for name in ("start", "step", "max_seeds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SpatialmixError(f"--{name.replace('_', '-')} must be a whole number of at least 1")
+            check_count(name, getattr(self, name))
         if self.max_seeds < self.start:
             raise SpatialmixError(
                 f"--max-seeds {self.max_seeds} is below the {self.start} seeds of the first round; "
