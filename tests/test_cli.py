@@ -626,3 +626,31 @@ def test_a_bare_resume_where_nothing_was_saved_is_refused(capsys, tmp_path, base
     code, _, err = run_main(capsys, ["train", *base_flags, "--out", str(out), "--resume"])
     assert code == 0, err
     assert runs.read_json(out / runs.STATUS)["state"] == "finished"
+
+
+# ------------------------------------------------------------------ near misses
+
+
+@pytest.mark.parametrize(
+    ("argv", "typo", "meant"),
+    [
+        (["trian"], "trian", "train"),
+        (["train", "--widht", "8"], "--widht", "--width"),
+        (["models", "convmixr"], "convmixr", "convmixer"),
+        (["models", "ConvMixer"], "ConvMixer", "convmixer"),
+        (["attack", "--device", "cpux"], "cpux", "cpu"),
+    ],
+)
+def test_a_near_miss_gets_a_suggestion_that_works(capsys, argv, typo, meant):
+    """ "did you mean" names the intended spelling, and the command with it parses (up to --help)."""
+    code, _, err = run_main(capsys, argv)
+    line = assert_one_error_line(code, err, prefix="spatialmix")
+    assert f"did you mean {meant!r}?" in line
+    fixed = [meant if a == typo else a for a in argv]
+    code, _, err = run_main(capsys, [*fixed, "--help"])
+    assert code == 0, err
+
+
+def test_no_suggestion_for_a_name_far_from_every_choice(capsys):
+    code, _, err = run_main(capsys, ["models", "--widht", "8"])
+    assert "did you mean" not in assert_one_error_line(code, err)

@@ -1,5 +1,6 @@
 """Errors a user can fix. The command line prints them as one line and exits with code 2."""
 
+import difflib
 import math
 
 
@@ -18,8 +19,18 @@ class NonFiniteLossError(SpatialmixError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 
 
+def did_you_mean(name: str, valid) -> str:
+    """`` did you mean 'convmixer'?`` for a near miss among ``valid`` (a typo, a letter case), else ''."""
+    valid = [str(v) for v in valid]
+    lowered = {v.lower(): v for v in valid}
+    close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.75)
+    return f" did you mean {lowered[close[0]]!r}?" if close else ""
+
+
 def unknown_name(kind: str, name: str, valid) -> SpatialmixError:
-    return SpatialmixError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(valid))}")
+    return SpatialmixError(
+        f"unknown {kind} {name!r};{did_you_mean(name, valid)} choose one of: {', '.join(sorted(valid))}"
+    )
 
 
 def check_positive(**values) -> None:

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 
-from spatialmix.errors import SpatialmixError
+from spatialmix.errors import SpatialmixError, did_you_mean
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -43,7 +44,28 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)  # `--mode` must never be read as `--model`
         super().__init__(*args, **kwargs)
 
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:  # argparse reports a subcommand's unknown option from the top: suggest from its options
+            options = self._options_of(namespace)
+            hint = did_you_mean(extras[0].split("=")[0], options) if extras[0].startswith("-") else ""
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + (";" + hint if hint else ""))
+        return namespace
+
+    def _options_of(self, namespace) -> set[str]:
+        """The options of the (sub)command that was chosen."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(namespace, action.dest, None))
+                if chosen is not None:
+                    return set(chosen._option_string_actions)
+        return set(self._option_string_actions)
+
     def error(self, message):
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:  # a mistyped command or choice
+            hint = did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+            message += ";" + hint if hint else ""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

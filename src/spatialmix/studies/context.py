@@ -21,7 +21,7 @@ from spatialmix.engine.parallel import run_side_by_side
 from spatialmix.engine.resume import prepare_run_dir
 from spatialmix.engine.train import train
 from spatialmix.io import runs
-from spatialmix.ui.display import console
+from spatialmix.ui.display import say
 
 
 @dataclass
@@ -199,16 +199,15 @@ def train_all(ctx: StudyContext, study: str, jobs: list[tuple[TrainConfig, Path]
         config = config.replace(threads=ctx.threads, progress=config.progress and not side_by_side)
         work.append((train_or_reuse, (config, Path(run_dir))))
         if not side_by_side:
-            console.print(f"[bold]{study}[/]: {_run_description(config)} -> {run_dir}", highlight=False)
+            say(f"[bold]{study}[/]: {_run_description(config)} -> {run_dir}")
 
     def done(i: int, summary: dict) -> None:
         if side_by_side:
             config, run_dir = jobs[i]
             score = summary.get("test_acc", summary.get("test_psnr"))
-            console.print(
+            say(
                 f"[bold]{study}[/] {i + 1}/{len(jobs)}: {_run_description(config)} -> {run_dir}: "
-                f"test {score:.4f}, {summary.get('train_time', 0):.0f} s",
-                highlight=False,
+                f"test {score:.4f}, {summary.get('train_time', 0):.0f} s"
             )
 
     if not side_by_side:  # here, keeping torch's default threads unless ctx.threads says otherwise

@@ -47,7 +47,7 @@ from spatialmix.studies.robustness import (
     attack_settings,
     describe_attacks,
 )
-from spatialmix.ui.display import ResultTable, console, mean_std
+from spatialmix.ui.display import ResultTable, mean_std, say
 
 DEFAULT_SIGMA = 1.0  # pixels; the middle of the smoothing study's default sigmas (0.5, 1, 2)
 FULL, SPACE, DEFAULT, SMOOTHED, COVARIANCE, COVARIANCE_FROM = (
@@ -237,7 +237,7 @@ def draw_filters(run_dirs: dict[str, str], folder: Path) -> list[Figure]:
     try:
         analyses = [analyze_run(run_dir, label=name) for name, run_dir in run_dirs.items()]
     except SpatialmixError as err:  # e.g. a model without depthwise filters: the tables stand alone
-        console.print(f"[yellow]init[/]: no filter figures ({err})", highlight=False)
+        say(f"[yellow]init[/]: no filter figures ({err})")
         return []
     figures = []
     for figure, name, caption in (

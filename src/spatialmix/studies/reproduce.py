@@ -26,7 +26,7 @@ from spatialmix.studies.init import init_study
 from spatialmix.studies.robustness import robustness_study, smoothing_study
 from spatialmix.studies.steps import report_study, verdicts_study
 from spatialmix.studies.unshuffle import unshuffle_reproduce_study
-from spatialmix.ui.display import console
+from spatialmix.ui.display import say
 
 StudyFn = Callable[[StudyContext], StudyResult]
 
@@ -111,14 +111,13 @@ def reproduce(
         if is_main():  # under torchrun every rank runs the studies; rank 0 prints and writes
             for table in result.tables:
                 table.print()
-            console.print(f"[bold]{name}[/] took {timings[name]:.0f} s", highlight=False)
+            say(f"[bold]{name}[/] took {timings[name]:.0f} s")
             save_results(ctx)
     if is_main():
-        console.print(
+        say(
             "time per study: "
             + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-            + f"; total {time.perf_counter() - start:.0f} s",
-            highlight=False,
+            + f"; total {time.perf_counter() - start:.0f} s"
         )
     return ctx.results
 

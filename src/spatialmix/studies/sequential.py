@@ -29,7 +29,7 @@ from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.options import parse_duration
 from spatialmix.studies.context import PRESETS
 from spatialmix.studies.reproduce import ON_REQUEST, STUDIES, check_count, check_seeds, reproduce
-from spatialmix.ui.display import ResultTable, console
+from spatialmix.ui.display import ResultTable, say
 
 CLAIM_STUDIES = tuple(dict.fromkeys(c.studies for c in CLAIMS.values()))  # in the order of the claims
 CLOSING_STEPS = ("verdicts", "report")
@@ -170,11 +170,10 @@ def reproduce_until_decided(
         for s in open_studies:
             by_count.setdefault(record["studies"][s]["seeds"], []).append(s)
         for count, group in by_count.items():
-            console.print(
+            say(
                 f"[bold]until decided[/]: {count} seeds for {', '.join(group)} (look "
                 + ", ".join(f"{record['studies'][s]['look']} of {schedule[s].looks}" for s in group)
-                + ")",
-                highlight=False,
+                + ")"
             )
             results = reproduce(preset, out_dir, more_seeds(first, count), group, sequential=record, **common)
             for s in group:  # the slowest round so far prices the next one

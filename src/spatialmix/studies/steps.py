@@ -6,14 +6,14 @@ from spatialmix.analysis.verdicts import verdict_record, verdict_table, verdicts
 from spatialmix.io.study_results import StudyResult
 from spatialmix.report.document import write_report
 from spatialmix.studies.context import StudyContext
-from spatialmix.ui.display import console
+from spatialmix.ui.display import say
 
 
 def report_study(ctx: StudyContext) -> StudyResult:
     """The last step of ``spatialmix reproduce``: the report of the study folder (nothing for the report
     itself to show: ``section=None``)."""
     files = write_report([ctx.out_dir], ctx.out_dir / "report.html")
-    console.print(f"[bold]report[/]: {files.html} (tables: {files.markdown})", highlight=False)
+    say(f"[bold]report[/]: {files.html} (tables: {files.markdown})")
     return StudyResult(
         "report",
         [],

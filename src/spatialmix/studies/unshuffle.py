@@ -30,7 +30,7 @@ from spatialmix.io.figures import save_png
 from spatialmix.io.study_results import Figure as StudyFigure  # (matplotlib's Figure is used below)
 from spatialmix.io.study_results import StudyResult
 from spatialmix.studies.context import StudyContext
-from spatialmix.ui.display import ResultTable, console, mean_std
+from spatialmix.ui.display import ResultTable, mean_std, say
 
 FIGURE_FILE = "unshuffle.png"
 CURVES_FILE = "unshuffle-curves.png"
@@ -143,19 +143,16 @@ def unshuffle_study(
             jobs,
             processes=processes,
             threads=threads or 1,
-            on_done=lambda i, _: console.print(
+            on_done=lambda i, _: say(
                 f"[bold]unshuffle[/] {i + 1}/{len(plan)}: {plan[i].label} seed {plan[i].seed} -> "
-                f"{plan[i].run_dir}",
-                highlight=False,
+                f"{plan[i].run_dir}"
             ),
         )
         for run, summary in zip(plan, done):
             summaries.setdefault(run.label, []).append(summary)
     else:
         for run in plan:
-            console.print(
-                f"[bold]unshuffle[/]: {run.label} seed {run.seed} -> {run.run_dir}", highlight=False
-            )
+            say(f"[bold]unshuffle[/]: {run.label} seed {run.seed} -> {run.run_dir}")
             summary = train_unshuffle(
                 run.config,
                 run.run_dir,

@@ -20,7 +20,7 @@ from spatialmix.sweep.jobs import run_job
 from spatialmix.sweep.plan import Sweep, SweepJob
 from spatialmix.sweep.settings import EXECUTORS, JobResources
 from spatialmix.sweep.slurm import run_with_submitit
-from spatialmix.ui.display import ResultTable, console
+from spatialmix.ui.display import ResultTable, say
 
 
 @dataclass
@@ -106,7 +106,7 @@ def _check_distinct_run_dirs(sweep: Sweep) -> None:
 
 def _say(message: str) -> None:
     if distributed.is_main():
-        console.print(message, highlight=False, soft_wrap=True)
+        say(message)
 
 
 def _run_here(pending: list[SweepJob], on_finish) -> tuple[list[str], dict[str, str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import statistics
 import sys
 
@@ -15,6 +16,27 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(stderr=True)
+
+
+def say(message: str) -> None:
+    """One line of news on stderr (rich markup allowed), never wrapped: a piped log keeps one line
+    per event, whole, for grep."""
+    console.print(message, highlight=False, soft_wrap=True)
+
+
+def fit_width(out: Console) -> int | None:
+    """The width a table must fit: ``COLUMNS`` when set, the terminal's when printing to one, else
+    None (a pipe or a log file, where nothing should wrap)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return out.width if out.is_terminal else None
+
+
+def _render(renderable, width: int) -> str:
+    out = io.StringIO()
+    Console(file=out, width=width).print(renderable)
+    return out.getvalue()
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -51,10 +73,24 @@ class ResultTable:
     def to_rich(self) -> Table:
         table = Table(title=self.title)
         for _, header, _ in self.columns:
-            table.add_column(header)
+            table.add_column(header, overflow="fold")
         for cells in self.cells():
             table.add_row(*cells)
         return table
+
+    def to_records(self) -> Table:
+        """The rows as blocks of ``header  value`` lines, one block per row: what a terminal too
+        narrow for the table's columns shows, so that no word is cut or truncated."""
+        grid = Table.grid(padding=(0, 2))
+        grid.title = self.title
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        for n, cells in enumerate(self.cells()):
+            if n:
+                grid.add_row("", "")
+            for (_, header, _), cell in zip(self.columns, cells):
+                grid.add_row(header, cell)
+        return grid
 
     def to_markdown(self) -> str:
         headers = [h for _, h, _ in self.columns]
@@ -74,8 +110,19 @@ class ResultTable:
         writer.writerows(self.cells())
         return out.getvalue()
 
+    def _words(self) -> set[str]:
+        return {word for cells in self.cells() for cell in cells for word in cell.split()}
+
     def print(self, file=None) -> None:
-        out = Console(file=file or sys.stdout)
-        if not out.is_terminal:  # logs and pipes: do not squeeze the table into 80 columns
-            out = Console(file=file or sys.stdout, width=160)
-        out.print(self.to_rich())
+        """The table at the width of the terminal (or ``COLUMNS``); where its columns cannot fit
+        without cutting a word, one block per row. In a pipe or a log: one line per row, unwrapped."""
+        file = file or sys.stdout
+        width = fit_width(Console(file=file))
+        if width is None:
+            text = _render(self.to_rich(), 1_000_000)
+            file.write("\n".join(line.rstrip() for line in text.splitlines()) + "\n")
+            return
+        table = self.to_rich()
+        if not all(word in _render(table, width) for word in self._words()):  # rich had to cut a word
+            table = self.to_records()
+        Console(file=file, width=width).print(table)

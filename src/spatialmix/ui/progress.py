@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from spatialmix.ui.display import console
+from spatialmix.ui.display import console, say
 
 
 class LiveBar:
@@ -95,11 +95,10 @@ class TrainProgress(LiveBar):
     def end_epoch(self, m: dict) -> None:
         if self.enabled:
             tests = " ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("test_"))
-            console.print(
+            say(
                 f"{self.title} epoch {m['epoch']}/{self.total_epochs}: train loss {m['train_loss']:.4f} "
                 f"{self.score} {m[f'train_{self.score}']:.4f} | test {tests} | "
-                f"{m['images_per_s']:.0f} img/s, {m['epoch_time']:.1f} s",
-                highlight=False,
+                f"{m['images_per_s']:.0f} img/s, {m['epoch_time']:.1f} s"
             )
 
 
