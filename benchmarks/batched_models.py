@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spatialmix.accel.speed import accelerate, available_cores, set_threads
+from spatialmix.accel.speed import FastKernels, available_cores, set_threads
 from spatialmix.core.mixing import apply_mixing, trainable_parameters
 from spatialmix.engine.device import autocast_context, resolve_amp
 from spatialmix.engine.parallel import run_side_by_side
@@ -227,16 +227,15 @@ def images_per_s(
             trainer.step(x, y, "none")
 
     else:
-        model = accelerate(batched_twin(models) if together else models[0]).to(
-            memory_format=torch.channels_last
-        )
+        model = (batched_twin(models) if together else models[0]).to(memory_format=torch.channels_last)
         opt, one_step = optimizer(model), (batched_step if together else lone_step)
         data = [
             (x.contiguous(memory_format=torch.channels_last), y if together else y[:, 0]) for x, y in data
         ]
 
         def step(x, y):
-            one_step(model, opt, x, y, amp)
+            with FastKernels():  # the CPU kernels, as training runs them
+                one_step(model, opt, x, y, amp)
 
     for x, y in data[:warmup]:
         step(x, y)

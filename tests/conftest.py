@@ -214,3 +214,20 @@ def run_copy(interrupted_run, tmp_path):
     dst = tmp_path / "existing-run"
     shutil.copytree(src, dst)
     return dst, config
+
+
+class UnderFastKernels:
+    """A module called within :class:`spatialmix.accel.speed.FastKernels` (the way training and attacks
+    run it); every other attribute is the module's own."""
+
+    def __init__(self, module, attack: bool = False):
+        self.module, self.attack = module, attack
+
+    def __call__(self, *args):
+        from spatialmix.accel.speed import FastKernels
+
+        with FastKernels(attack=self.attack):
+            return self.module(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spatialmix.accel import depthwise, native, speed
+from conftest import UnderFastKernels
+from spatialmix.accel import depthwise, native
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no kernels: {native.status()}")
 
@@ -74,7 +75,7 @@ def test_weight_grad_is_bitwise_the_same_for_any_thread_count():
 def _learned_pair():
     torch.manual_seed(0)
     plain = nn.Conv2d(24, 24, 5, padding=2, groups=24)
-    fast = speed.accelerate(nn.Conv2d(24, 24, 5, padding=2, groups=24))
+    fast = UnderFastKernels(nn.Conv2d(24, 24, 5, padding=2, groups=24))
     fast.load_state_dict(plain.state_dict())
     return plain, fast
 
@@ -126,9 +127,9 @@ def test_depthwise_conv_gives_torchs_output_and_gradients(amp, learned):
 def test_without_the_kernel_a_learned_conv_runs_in_fp32_under_autocast(monkeypatch):
     monkeypatch.setattr(native, "_library", None)
     monkeypatch.setattr(native, "_unavailable", "turned off for this test")
-    assert not depthwise.supports(
-        nn.Conv2d(8, 8, 5, padding=2, groups=8), _channels_last(1, 8, 5, 5), torch.float32
-    )
+    conv = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+    x = _channels_last(1, 8, 5, 5)
+    assert not depthwise.supports(x, conv.weight, conv.stride, conv.padding, conv.dilation, torch.float32)
     plain, fast = _learned_pair()
     x = _channels_last(2, 24, 9, 9).bfloat16()
     with torch.autocast("cpu", torch.bfloat16):
@@ -139,18 +140,31 @@ def test_without_the_kernel_a_learned_conv_runs_in_fp32_under_autocast(monkeypat
     assert "turned off for this test" in native.status()
 
 
+def _supported(conv: nn.Conv2d, x, dtype) -> bool:
+    return depthwise.supports(x, conv.weight, conv.stride, conv.padding, conv.dilation, dtype)
+
+
 def test_shapes_the_kernel_does_not_handle_are_left_to_torch():
     x = _channels_last(2, 8, 9, 9)
-    assert depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x, torch.float32)
+    assert _supported(nn.Conv2d(8, 8, 3, padding=1, groups=8), x, torch.float32)
     for conv in (
         nn.Conv2d(8, 8, 3, padding=1, groups=8, stride=2),
         nn.Conv2d(8, 8, 3, padding=2, groups=8, dilation=2),
         nn.Conv2d(8, 8, 3, padding=(1, 0), groups=8),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect"),
+        nn.Conv2d(8, 8, 3, padding="same", groups=8),
     ):
-        assert not depthwise.supports(conv, x, torch.float32)
-    assert not depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x.contiguous(), torch.float32)
-    assert not depthwise.supports(nn.Conv2d(8, 8, 3, padding=1, groups=8), x, torch.float16)
+        assert not _supported(conv, x, torch.float32)
+    assert not _supported(nn.Conv2d(8, 8, 3, padding=1, groups=8), x.contiguous(), torch.float32)
+    assert not _supported(nn.Conv2d(8, 8, 3, padding=1, groups=8), x, torch.float16)
+    # reflect padding: the module pads, then convolves without padding (which the kernel does)
+    torch.manual_seed(0)
+    reflect = nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect")
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = UnderFastKernels(reflect)(xa), reflect(xb)
+    assert type(ya.grad_fn).__name__ == "_DepthwiseConvBackward" and _close(ya, yb, 1e-6)
+    g = torch.randn_like(ya)
+    ya.backward(g), yb.backward(g)
+    assert _close(xa.grad, xb.grad, 1e-5)
 
 
 @pytest.mark.parametrize("k,p", [(3, 0), (3, 1), (5, 0), (5, 4), (7, 3)])

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import UnderFastKernels
 from spatialmix.accel import native, speed
 from spatialmix.core.mixing import apply_mixing
 from spatialmix.models.convmixer import ConvMixer
@@ -20,7 +21,7 @@ def test_channels_last_gelu_is_bitwise_nn_gelu_on_dense_memory_forward_and_backw
     """Bitwise what nn.GELU gives on a contiguous tensor (its vectorized kernel); torch's strided
     channels_last kernel itself may differ from that in the last bit."""
     for approximate in ("none", "tanh"):
-        fast, plain = speed.ChannelsLastGELU(approximate), nn.GELU(approximate)
+        fast, plain = UnderFastKernels(nn.GELU(approximate)), nn.GELU(approximate)
         for x in (_channels_last(4, 8, 5, 5), torch.randn(4, 8, 5, 5), torch.randn(3, 7)):
             a, b = x.clone().requires_grad_(), x.contiguous().requires_grad_()
             ya, yb = fast(a), plain(b)
@@ -37,9 +38,8 @@ def test_channels_last_gelu_is_bitwise_nn_gelu_on_dense_memory_forward_and_backw
 def _depthwise_pair(requires_grad: bool):
     torch.manual_seed(0)
     plain = nn.Conv2d(8, 8, 5, padding=2, groups=8)
-    fast = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+    fast = UnderFastKernels(nn.Conv2d(8, 8, 5, padding=2, groups=8))
     fast.load_state_dict(plain.state_dict())
-    speed.accelerate(fast)
     for m in (plain, fast):
         m.weight.requires_grad_(requires_grad)
     return plain, fast
@@ -54,21 +54,29 @@ def test_frozen_depthwise_conv_and_no_autocast_are_the_plain_conv():
     assert torch.equal(fast(x), plain(x))  # no autocast: untouched
 
 
-def test_accelerate_keeps_parameters_state_dict_and_freezing():
-    model = ConvMixer(16, 2, 5, 2, in_chans=1, num_classes=10)
-    apply_mixing(model, "chans", seed=0)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    params = {name: id(p) for name, p in model.named_parameters()}
-    speed.accelerate(model)
-    assert model.state_dict().keys() == before.keys()
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
-    assert {name: id(p) for name, p in model.named_parameters()} == params
-    kinds = [type(m) for m in model.modules()]
-    assert kinds.count(speed.DepthwiseConv2d) == 2 and kinds.count(speed.ChannelsLastGELU) == 2 * 2 + 1
-    assert kinds.count(speed.BatchNorm2d) == 2 * 2 + 1 and nn.BatchNorm2d not in kinds
-    assert nn.GELU not in kinds
+def test_fast_kernels_run_inside_the_block_and_leave_the_model_alone(monkeypatch):
+    """The model keeps torch's classes and its own tensors; the kernels run only inside the block."""
+    if native.library() is None:
+        pytest.skip(native.status())
+    model = ConvMixer(16, 2, 5, 2, in_chans=1, num_classes=10).to(memory_format=torch.channels_last)
+    apply_mixing(model, "full", seed=0)
+    kinds = {type(m) for m in model.modules()}
+    params = {name: (id(p), p.clone(), p.requires_grad) for name, p in model.named_parameters()}
+    calls = []
+    real = speed.depthwise.weight_grad
+    monkeypatch.setattr(speed.depthwise, "weight_grad", lambda *a: calls.append(1) or real(*a))
+    x = _channels_last(4, 1, 28, 28)
+    model(x).sum().backward()
+    assert not calls  # outside the block: torch's kernels
+    with speed.FastKernels():
+        out = model(x)
+    out.sum().backward()
+    assert len(calls) == 2  # each learned depthwise conv's weight gradient, from the C kernel
+    assert {type(m) for m in model.modules()} == kinds
+    assert all(t.__module__.startswith(("torch.", "spatialmix.models")) for t in kinds)
+    for name, p in model.named_parameters():  # the same tensors, values and flags (no step was taken)
+        same_id, values, flag = params[name]
+        assert id(p) == same_id and p.requires_grad == flag and torch.equal(p, values)
 
 
 def test_accelerated_model_trains_like_the_plain_one_in_fp32():
@@ -77,12 +85,11 @@ def test_accelerated_model_trains_like_the_plain_one_in_fp32():
     for fast in (False, True):
         torch.manual_seed(0)
         model = ConvMixer(16, 2, 5, 2, in_chans=1, num_classes=10).to(memory_format=torch.channels_last)
-        if fast:
-            speed.accelerate(model)
+        forward = UnderFastKernels(model) if fast else model
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         x, y = _channels_last(8, 1, 28, 28), torch.arange(8) % 10
         for _ in range(3):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(forward(x), y)
             opt.zero_grad(), loss.backward(), opt.step()
         losses.append(loss.item())
     assert abs(losses[0] - losses[1]) <= 1e-5 * abs(losses[0])
@@ -166,10 +173,9 @@ def test_eval_batchnorm_is_batchnorms_eval_map_forward_and_input_gradient():
         x = _channels_last(4, 12, 7, 7).to(dtype)
         a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
         yb = bn(b)
-        with speed.eval_batchnorm(bn):
-            assert type(bn) is speed.EvalBatchNorm2d
+        with speed.FastKernels(attack=True):
             ya = bn(a)
-        assert type(bn) is nn.BatchNorm2d  # restored
+        assert type(ya.grad_fn).__name__ == "AddcmulBackward0"  # the multiply-add, not torch's kernel
         assert ya.dtype == yb.dtype and ya.shape == yb.shape
         assert torch.allclose(ya.float(), yb.float(), rtol=tol, atol=tol)
         g = torch.randn_like(ya)
@@ -180,11 +186,11 @@ def test_eval_batchnorm_is_batchnorms_eval_map_forward_and_input_gradient():
     expected = (x - bn.running_mean.double().view(1, -1, 1, 1)) / (
         bn.running_var.double().view(1, -1, 1, 1) + bn.eps
     ).sqrt() * bn.weight.double().view(1, -1, 1, 1) + bn.bias.double().view(1, -1, 1, 1)
-    with speed.eval_batchnorm(bn):
+    with speed.FastKernels(attack=True):
         assert torch.allclose(bn(x.float()).double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_eval_batchnorm_leaves_training_mode_and_subclasses_alone():
+def test_attack_kernels_leave_training_mode_alone():
     bn = _trained_batchnorm()
     bn.train()
     x = torch.randn(8, 12, 5, 5)
@@ -198,18 +204,11 @@ def test_eval_batchnorm_leaves_training_mode_and_subclasses_alone():
         momentum=bn.momentum,
         eps=bn.eps,
     )
-    with speed.eval_batchnorm(bn):
+    with speed.FastKernels(attack=True):
         assert torch.equal(bn(x), expected)  # batch statistics, as in training
 
-    class Own(nn.BatchNorm2d):
-        pass
 
-    own = Own(4)
-    with speed.eval_batchnorm(nn.Sequential(own)):
-        assert type(own) is Own
-
-
-def test_attack_mode_swaps_batchnorm_and_restores_everything():
+def test_attack_mode_runs_the_fast_kernels_and_restores_everything():
     from spatialmix.robustness.attacks import attack_mode
 
     model = ConvMixer(16, 2, 5, 2, in_chans=1, num_classes=10)
@@ -221,14 +220,15 @@ def test_attack_mode_swaps_batchnorm_and_restores_everything():
     model.train()
     with attack_mode(model):
         assert not model.training and not any(p.requires_grad for p in model.parameters())
-        assert sum(type(m) is speed.EvalBatchNorm2d for m in model.modules()) == 1 + 2 * 2
+        assert isinstance(torch.overrides._get_current_function_mode(), speed.FastKernels)
         # every 4-D weight in channels_last strides, the 1 x 1 kernels included (which .contiguous() keeps)
         pointwise = model.blocks[0][1].weight
         assert pointwise.shape[2:] == (1, 1) and pointwise.stride() == (16, 1, 16, 16)
         assert torch.allclose(model(x), expected, rtol=1e-5, atol=1e-6)
     assert model.training and {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert {n: (p.data_ptr(), p.stride()) for n, p in model.named_parameters()} == storage
-    assert not any(type(m) is speed.EvalBatchNorm2d for m in model.modules())
+    assert torch.overrides._get_current_function_mode() is None
+    assert all(t.__module__.startswith(("torch.", "spatialmix.models")) for t in map(type, model.modules()))
 
 
 def _bn_pair(affine=True, momentum=0.1):
@@ -237,10 +237,8 @@ def _bn_pair(affine=True, momentum=0.1):
     if affine:
         with torch.no_grad():
             plain.weight.uniform_(0.5, 2), plain.bias.normal_()
-    fast = nn.BatchNorm2d(24, affine=affine, momentum=momentum)
+    fast = UnderFastKernels(nn.BatchNorm2d(24, affine=affine, momentum=momentum))
     fast.load_state_dict(plain.state_dict())
-    speed.accelerate(fast)
-    assert type(fast) is speed.BatchNorm2d
     return plain, fast
 
 
@@ -320,9 +318,35 @@ def test_batch_norm_refuses_one_value_per_channel_as_torch_does():
     module refuses it; the kernel path must too, before anything is written to running_var."""
     if native.library() is None:
         pytest.skip("the C kernels are not available here")
-    norm = speed.BatchNorm2d(4).train()
+    norm, plain = nn.BatchNorm2d(4).train(), nn.BatchNorm2d(4).train()
     x = torch.randn(1, 4, 1, 1).contiguous(memory_format=torch.channels_last).requires_grad_()
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
-        norm(x)
+        UnderFastKernels(norm)(x)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        plain(x)
     assert torch.equal(norm.running_var, torch.ones(4)) and torch.equal(norm.running_mean, torch.zeros(4))
-    assert int(norm.num_batches_tracked) == 0
+    assert int(norm.num_batches_tracked) == int(plain.num_batches_tracked)  # as torch's own module
+
+
+def test_a_built_or_loaded_model_has_only_its_own_classes(tmp_path):
+    """No class of spatialmix.accel is ever put into a model: what a user gets back is torch's."""
+    from spatialmix.engine.config import TrainConfig
+    from spatialmix.engine.tasks import build_model
+
+    config = TrainConfig(model="convmixer", width=8, depth=1, kernel_size=3, patch_size=4, mode="chans")
+    model = build_model(config, in_chans=1, num_classes=10, image_size=28)
+    assert all(not type(m).__module__.startswith("spatialmix.accel") for m in model.modules())
+    assert {type(m) for m in model.modules()} >= {nn.Conv2d, nn.BatchNorm2d, nn.GELU}
+
+
+def test_cpu_sync_batchnorm_replaces_modules_sharing_their_tensors():
+    from spatialmix.engine.distributed import CPUSyncBatchNorm, convert_sync_batchnorm
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(nn.BatchNorm2d(4), nn.GELU()))
+    norm = model[1][0]
+    tensors = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    convert_sync_batchnorm(model, torch.device("cpu"))
+    assert type(model[1][0]) is CPUSyncBatchNorm and type(norm) is nn.BatchNorm2d  # replaced, not changed
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == tensors
+    x = torch.randn(5, 3, 6, 6)
+    torch.testing.assert_close(model(x), nn.Sequential(model[0], norm.train(), model[1][1])(x))

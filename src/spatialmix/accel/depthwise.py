@@ -61,23 +61,39 @@ def is_channels_last(t: torch.Tensor) -> bool:
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
 
 
-def supports(conv: torch.nn.Conv2d, x: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether :func:`conv` can run ``conv`` on ``x`` in ``dtype`` (a learned weight needs the kernel)."""
-    k, p = conv.kernel_size, conv.padding
+def _pair(value) -> tuple | None:
+    """``3`` or ``(3, 3)`` -> (3, 3); anything else (a string such as 'same') -> None."""
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    return None
+
+
+def same_padding(padding) -> int:
+    """The one padding of both sides that :func:`supports` accepted."""
+    return _pair(padding)[0]
+
+
+def supports(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, dtype: torch.dtype) -> bool:
+    """Whether :func:`conv` can run a depthwise ``conv2d(x, weight, ..., stride, padding, dilation)``
+    in ``dtype`` (one filter per channel; a learned weight needs the kernel)."""
+    k, p = weight.shape[-2:], _pair(padding)
     return (
         x.device.type == "cpu"
         and dtype in (torch.float32, torch.bfloat16)
         and is_channels_last(x)
-        and conv.groups == conv.in_channels == conv.out_channels
+        and weight.dim() == 4
+        and weight.shape[0] == x.shape[1]
+        and weight.shape[1] == 1
         and k[0] == k[1]
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.padding_mode == "zeros"
-        and isinstance(p, tuple)
+        and _pair(stride) == (1, 1)
+        and _pair(dilation) == (1, 1)
+        and p is not None
         and p[0] == p[1]
-        and p[0] <= k[0] - 1
-        and conv.weight.dtype == torch.float32
-        and (not conv.weight.requires_grad or native.library() is not None)
+        and 0 <= p[0] <= k[0] - 1
+        and weight.dtype == torch.float32
+        and (not weight.requires_grad or native.library() is not None)
     )
 
 

@@ -2,7 +2,7 @@
 
 torch has no fast CPU path for two backward passes that ConvMixer training and attacks run at
 every step: a depthwise conv's weight gradient (:mod:`spatialmix.accel.depthwise`) and a training-mode
-batch norm's backward (:class:`spatialmix.accel.speed.BatchNorm2d`). Their kernels are plain C (GCC
+batch norm's backward (:class:`spatialmix.accel.speed.FastKernels`). Their kernels are plain C (GCC
 vector extensions, OpenMP), compiled with the machine's C compiler (``$CC``, else ``cc`` or
 ``gcc``) into ``~/.cache/spatialmix/kernels`` (or ``$SPATIALMIX_CACHE``), once per source,
 compiler and CPU (``-march=native``), to a unique temporary name and then renamed, so concurrent

@@ -11,14 +11,15 @@ gives the table):
   step). :func:`tune_allocator` raises glibc's mmap and trim thresholds so freed blocks are
   reused.
 * **GELU on channels_last** takes a slower strided kernel than the same memory viewed as a
-  contiguous NHWC tensor (:class:`ChannelsLastGELU` runs it on that view).
+  contiguous NHWC tensor (:func:`_gelu` runs it on that view).
 * **Two backward passes torch has no fast CPU path for**: a depthwise conv's weight and input
-  gradients (:class:`DepthwiseConv2d`, :mod:`spatialmix.accel.depthwise`) and a training-mode batch
-  norm's backward (:class:`BatchNorm2d`) come from the C kernels of :mod:`spatialmix.accel.native`.
-* **Eval-mode batch norms under attack** are the per-channel multiply-add they are
-  (:class:`EvalBatchNorm2d`, :func:`eval_batchnorm`).
+  gradients (:func:`_depthwise_conv`, :mod:`spatialmix.accel.depthwise`) and a training-mode batch
+  norm's backward (:func:`_batch_norm`) come from the C kernels of :mod:`spatialmix.accel.native`.
+* **Eval-mode batch norms under attack** are the per-channel multiply-add they are.
 
-:func:`accelerate` swaps these classes into a model in place. GELU gives the values of torch's
+:class:`FastKernels` puts these in place of torch's own calls within a block (training and
+attacks enter it); a model is never changed: its modules keep their classes, parameters and
+hooks, and outside the block it runs on torch's kernels. GELU gives the values of torch's
 vectorized kernel; the kernels compute the same sums as torch's in another order (fp32
 accumulation, within about 1e-6 relative); a learned depthwise conv runs in fp32 under ``--amp
 bf16`` (more precise, not less).
@@ -26,14 +27,13 @@ bf16`` (more precise, not less).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import os
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from spatialmix.accel import depthwise, native
 
@@ -87,49 +87,45 @@ def _is_channels_last_only(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-class ChannelsLastGELU(nn.GELU):
-    """``nn.GELU`` that runs a channels_last input as the contiguous NHWC tensor it is in memory.
-
-    The values are bitwise those of ``nn.GELU`` on a contiguous tensor (the vectorized kernel);
-    torch's strided kernel for channels_last differs from them by up to about 1e-6.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _is_channels_last_only(x):
-            return F.gelu(x.permute(0, 2, 3, 1), approximate=self.approximate).permute(0, 3, 1, 2)
-        return super().forward(x)
+def _gelu(x: torch.Tensor, approximate: str = "none"):
+    """GELU of a channels_last input, run as the contiguous NHWC tensor it is in memory: bitwise the
+    values of torch's vectorized kernel (its strided kernel for channels_last differs by up to
+    about 1e-6)."""
+    if not _is_channels_last_only(x):
+        return NotImplemented
+    return F.gelu(x.permute(0, 2, 3, 1), approximate=approximate).permute(0, 3, 1, 2)
 
 
-class DepthwiseConv2d(nn.Conv2d):
-    """A depthwise ``nn.Conv2d`` whose gradients come from :mod:`spatialmix.accel.depthwise` on CPUs.
+def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """A stride-1 depthwise conv whose gradients come from :mod:`spatialmix.accel.depthwise`.
 
     oneDNN's depthwise weight gradient is 8x (fp32) to 20x (bf16) slower than its forward pass on
     CPUs, and its input gradient about 2x: the weight gradient comes from a C kernel and the input
     gradient from the flipped-filter conv. A *learned* depthwise conv (Full, Space) computes in
     fp32 inside bf16 autocast (its output cast back to bf16 for the next op): in bf16 the quick
-    preset's Full model lost 0.4 points. A frozen one (Chans, or any model under attack) runs in
-    the autocast dtype. Without the C kernel a learned conv falls back to torch's fp32 conv. Same
-    parameters and state dict as ``nn.Conv2d``.
+    preset's Full model lost 0.4 points (0.879 vs 0.883). A frozen one (Chans, or any model under
+    attack) runs in the autocast dtype. Without the C kernel a learned conv computes in fp32 with
+    torch's own conv. NotImplemented (torch's conv) for anything else.
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.device.type != "cpu"
-            or not torch.is_grad_enabled()
-            or not (self.weight.requires_grad or x.requires_grad)
-        ):
-            return super().forward(x)
-        autocast = torch.is_autocast_enabled("cpu")
-        out_dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
-        # learned filters compute in fp32: in bf16 the quick preset's Full lost 0.4 points (0.879 vs 0.883)
-        dtype = torch.float32 if self.weight.requires_grad else out_dtype
-        if depthwise.supports(self, x, dtype):
-            with torch.autocast("cpu", enabled=False):
-                return depthwise.conv(x.to(dtype), self.weight, self.bias, self.padding[0]).to(out_dtype)
-        if autocast and self.weight.requires_grad:
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float()).to(out_dtype)
-        return super().forward(x)
+    if not (
+        isinstance(x, torch.Tensor)
+        and x.dim() == 4
+        and x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and (weight.requires_grad or x.requires_grad)
+        and groups == x.shape[1] == weight.shape[0] > 1
+    ):
+        return NotImplemented
+    autocast = torch.is_autocast_enabled("cpu")
+    out_dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
+    dtype = torch.float32 if weight.requires_grad else out_dtype
+    if depthwise.supports(x, weight, stride, padding, dilation, dtype):
+        with torch.autocast("cpu", enabled=False):
+            return depthwise.conv(x.to(dtype), weight, bias, depthwise.same_padding(padding)).to(out_dtype)
+    if autocast and weight.requires_grad:
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(x.float(), weight, bias, stride, padding, dilation, groups).to(out_dtype)
+    return NotImplemented
 
 
 class _TrainBatchNorm(torch.autograd.Function):
@@ -164,97 +160,74 @@ class _TrainBatchNorm(torch.autograd.Function):
         )
 
 
-class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` whose training-mode backward pass comes from a C kernel on CPUs.
+def _batch_norm(
+    x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5, attack=False
+):
+    """A 2-D batch norm's fast paths on CPUs; NotImplemented (torch's own) for anything else.
 
-    torch's CPU backward of a training-mode batch norm took 3.8 ms per call for 128 x 128 x 14 x
-    14 bf16 channels_last activations; the kernel (``kernels/batchnorm_grad.c``) takes about 1 ms
-    and gives the same gradients to float rounding (its sums run over fixed blocks: for the same
-    forward statistics, bitwise the same for any thread count; torch's forward statistics can move
-    in the last bit with the thread count, so end to end only the bias gradient is bitwise
-    thread-invariant). A training batch with one value per channel is refused with torch's own
-    error before anything changes. The forward pass, the running
-    statistics and ``num_batches_tracked`` are torch's. Eval mode, other devices and layouts, and
-    a machine without the kernels are plain ``nn.BatchNorm2d``.
+    Training: torch's forward (its batch and running statistics), the backward from a C kernel
+    (``kernels/batchnorm_grad.c``: torch's CPU backward took 3.8 ms per call for 128 x 128 x 14 x 14
+    bf16 channels_last activations, the kernel about 1 ms, the same gradients to float rounding;
+    its sums run over fixed blocks, so for the same forward statistics they are bitwise the same
+    for any thread count, while torch's forward statistics can move in the last bit with the thread
+    count: end to end only the bias gradient is bitwise thread-invariant). A training batch with one
+    value per channel is refused with torch's own error before the kernel could write NaN into
+    ``running_var``.
+
+    Under attack (eval mode): the per-channel multiply-add an eval-mode batch norm is. An attack
+    runs the backward pass at every step, and torch's CPU kernel for it took 13 ms per call on the
+    quick model's activations (500 images of 64 x 14 x 14, one thread), a quarter of the step;
+    ``addcmul``'s backward is one multiply.
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.dim() > 1 and x.numel() <= x.size(1):
-            # torch's message, raised before anything (running statistics, the batch count) changes:
-            # the kernel would divide by zero values of variance and write NaN into running_var
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu"):
+        return NotImplemented
+    if training:
+        if x.numel() <= x.size(1):  # what torch's F.batch_norm checks first
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"
             )
         if not (
-            self.training
-            and torch.is_grad_enabled()
-            and x.device.type == "cpu"
+            torch.is_grad_enabled()
             and depthwise.is_channels_last(x)
             and x.dtype in (torch.float32, torch.bfloat16)
-            and (self.weight is None or self.weight.dtype == torch.float32)
+            and (weight is None or weight.dtype == torch.float32)
             and native.library() is not None
         ):
-            return super().forward(x)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # a cumulative moving average, as nn.BatchNorm2d does
-                momentum = 1.0 / float(self.num_batches_tracked)
-        return _TrainBatchNorm.apply(
-            x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps
-        )
+            return NotImplemented
+        return _TrainBatchNorm.apply(x, weight, bias, running_mean, running_var, momentum, eps)
+    if not attack or running_var is None:
+        return NotImplemented
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return torch.addcmul(shift.to(x.dtype).view(1, -1, 1, 1), x, scale.to(x.dtype).view(1, -1, 1, 1))
 
 
-class EvalBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that runs, in eval mode, as the per-channel multiply-add it then is.
+class FastKernels(TorchFunctionMode):
+    """Within the block, the faster CPU paths above run in place of torch's own calls they cover:
+    ``F.gelu`` on channels_last inputs, stride-1 depthwise ``F.conv2d`` with gradients, and
+    ``F.batch_norm`` in training (and, with ``attack=True``, in eval mode as a multiply-add).
 
-    An attack runs the model's backward pass at every step with the batch norms in eval mode, and
-    torch's CPU kernel for that backward took 13 ms per call on the quick model's activations (500
-    images of 64 x 14 x 14, one thread), a quarter of the whole step: as much as all the
-    convolutions' backward. ``addcmul`` does the same forward in one pass and its backward is one
-    multiply. In training mode, or without running statistics, it is ``nn.BatchNorm2d``.
+    Nothing about a model changes: its modules keep their classes, parameters, state dict and
+    hooks, and outside the block everything runs on torch's kernels. Anything a path does not
+    cover (other devices, layouts, shapes) is torch's own call.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or self.running_var is None or x.dim() != 4:
-            return super().forward(x)
-        scale = torch.rsqrt(self.running_var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -self.running_mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        return torch.addcmul(shift.to(x.dtype).view(1, -1, 1, 1), x, scale.to(x.dtype).view(1, -1, 1, 1))
+    def __init__(self, attack: bool = False):
+        super().__init__()
+        self.attack = attack
 
-
-@contextlib.contextmanager
-def eval_batchnorm(model: nn.Module):
-    """Within the block, every exact ``nn.BatchNorm2d`` (or :class:`BatchNorm2d`) of ``model`` is an
-    :class:`EvalBatchNorm2d`
-    (same parameters and buffers: only the class changes), and back afterwards."""
-    swapped = [(m, type(m)) for m in model.modules() if type(m) in (nn.BatchNorm2d, BatchNorm2d)]
-    for m, _ in swapped:
-        m.__class__ = EvalBatchNorm2d
-    try:
-        yield model
-    finally:
-        for m, kind in swapped:
-            m.__class__ = kind
-
-
-def accelerate(model: nn.Module) -> nn.Module:
-    """Swap in the faster CPU kernels above, in place: same parameters, same state dict.
-
-    Only modules of exactly ``nn.GELU`` / a depthwise ``nn.Conv2d`` / ``nn.BatchNorm2d`` are changed (not
-    subclasses
-    with their own forward), by switching their class, so hooks, parameters and their
-    ``requires_grad`` flags stay untouched.
-    """
-    for module in model.modules():
-        if type(module) is nn.GELU:
-            module.__class__ = ChannelsLastGELU
-        elif type(module) is nn.Conv2d and module.groups == module.in_channels > 1:
-            module.__class__ = DepthwiseConv2d
-        elif type(module) is nn.BatchNorm2d:
-            module.__class__ = BatchNorm2d
-    return model
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.conv2d:
+            out = _conv2d(*args, **kwargs)
+        elif func is F.batch_norm:
+            out = _batch_norm(*args, **kwargs, attack=self.attack)
+        elif func is F.gelu:
+            out = _gelu(*args, **kwargs)
+        else:
+            out = NotImplemented
+        return func(*args, **kwargs) if out is NotImplemented else out

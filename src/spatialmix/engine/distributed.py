@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from spatialmix.accel.speed import BatchNorm2d as FastBackwardBatchNorm2d
 from spatialmix.errors import SpatialmixError
 from spatialmix.ui.display import console
 
@@ -246,18 +245,18 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
     GPUs get :class:`torch.nn.SyncBatchNorm` (through timm's converter, which also handles timm's
     BatchNorm + activation layers). Its kernels exist only for GPUs and DDP refuses it on CPUs, so
-    on CPUs (gloo) the plain BatchNorm layers become :class:`CPUSyncBatchNorm` instead. Parameters
-    and buffers stay the same tensors, so state-dict keys (checkpoints) do not change.
+    on CPUs (gloo) the plain BatchNorm layers are replaced by :class:`CPUSyncBatchNorm` modules
+    holding the same parameter and buffer tensors, so state-dict keys (checkpoints) do not change.
     """
     if device.type != "cpu":
         from timm.layers import convert_sync_batchnorm as timm_convert_sync_batchnorm
 
         return timm_convert_sync_batchnorm(model)
 
-    for module in model.modules():
-        if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, FastBackwardBatchNorm2d):
-            # Same state, only forward differs: swapping the class keeps every tensor in place.
-            module.__class__ = CPUSyncBatchNorm
+    if type(model) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        return CPUSyncBatchNorm.sharing(model)
+    for name, child in model.named_children():
+        setattr(model, name, convert_sync_batchnorm(child, device))
     return model
 
 
@@ -284,6 +283,15 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     Two all-reduces per layer (sums and count, then the centered sum of squares: two passes, for
     the accuracy of a single-process BatchNorm). Outside distributed training it is an ordinary BatchNorm.
     """
+
+    @classmethod
+    def sharing(cls, norm: nn.modules.batchnorm._BatchNorm) -> CPUSyncBatchNorm:
+        """A CPUSyncBatchNorm that holds ``norm``'s own parameter and buffer tensors."""
+        sync = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
+        for name, tensor in [*norm.named_parameters(recurse=False), *norm.named_buffers(recurse=False)]:
+            setattr(sync, name, tensor)
+        sync.train(norm.training)
+        return sync
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and world_size() > 1):

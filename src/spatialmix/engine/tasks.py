@@ -4,8 +4,7 @@ A task (:class:`~spatialmix.engine.classification.ClassificationTask`, or
 :class:`~spatialmix.engine.unshuffle.UnshuffleTask`) builds the network for the data, turns loader
 batches into (inputs, targets), and gives the loss, a running score for the progress bar and the
 test metrics. :data:`TASKS` is the one table of them. :func:`build_model` turns a config into a
-model with its mixers initialized and frozen (:mod:`spatialmix.core.mixing`) and the fast CPU
-kernels swapped in (:mod:`spatialmix.accel.speed`).
+model with its mixers initialized and frozen (:mod:`spatialmix.core.mixing`).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import dataclasses
 import torch
 from torch import nn
 
-from spatialmix.accel import speed
 from spatialmix.core.mixing import apply_mixing
 from spatialmix.data.datasets import ImageData
 from spatialmix.engine.classification import ClassificationTask
@@ -108,4 +106,4 @@ def build_model(
         spatial=config.spatial_pattern,
         channel=config.channel_pattern,
     )
-    return speed.accelerate(model)
+    return model

@@ -130,7 +130,7 @@ def _train_epochs(s: _Session, max_steps: int | None) -> dict:
         title=f"{s.config.model} {s.config.mode}",
         score=s.task.score,
     )
-    with progress:
+    with progress, speed.FastKernels():  # the CPU kernels of spatialmix.accel, for this call only
         for epoch in range(s.state.epoch, s.config.epochs):
             totals = _one_epoch(s, epoch, criterion, progress, max_steps)
             if max_steps is not None and s.steps_this_call >= max_steps:

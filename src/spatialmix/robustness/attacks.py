@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from spatialmix.accel.speed import eval_batchnorm
+from spatialmix.accel.speed import FastKernels
 from spatialmix.data.batches import Normalize
 from spatialmix.robustness import apgd
 from spatialmix.robustness.apgd import distance, project
@@ -66,8 +66,8 @@ def attack_mode(model: nn.Module):
     """Eval mode and no parameter gradients while attacking; the model is left as it was found.
 
     On a CPU also what makes each attack step faster without changing what it computes beyond
-    float rounding: batch norms as multiply-adds (:func:`speed.eval_batchnorm`) and 4-D weights
-    in channels_last memory, so oneDNN's convolutions and their input gradients take their
+    float rounding: the fast CPU kernels (:class:`speed.FastKernels`, batch norms as multiply-adds)
+    and 4-D weights in channels_last memory, so oneDNN's convolutions and their input gradients take their
     faster path (with :data:`apgd.CPU_CHUNK`: 17.3 s -> 11.4 s for the default evaluation of 200
     examples, the README's attack benchmark).
     """
@@ -83,7 +83,7 @@ def attack_mode(model: nn.Module):
     ) in layouts:  # (not .contiguous(): it keeps a 1 x 1 kernel's strides, which oneDNN reads as NCHW)
         p.data = torch.empty_like(data, memory_format=torch.channels_last).copy_(data)
     try:
-        with eval_batchnorm(model):
+        with FastKernels(attack=True):
             yield model
     finally:
         for p, data in layouts:
