@@ -24,9 +24,10 @@ fi
 # Reinstall only when the dependencies changed.
 STAMP=".venv/.spatialmix-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
-    echo "setup: installing Python packages (torch and torchvision as pinned in constraints.txt, ...) into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
+    echo "setup: installing Python packages (torch, torchvision, ... as pinned in constraints.txt) into .venv"
+    .venv/bin/python -m pip install -q -c constraints.txt --upgrade pip setuptools
+    # The build uses the pinned setuptools just installed (no isolated build environment to download).
+    .venv/bin/python -m pip install -q -c constraints.txt --no-build-isolation -e '.[test]'
     rm -f .venv/.spatialmix-*
     touch "$STAMP"
 fi
