@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -16,7 +17,10 @@ from conftest import SUBPROCESS_ENV
 from spatialmix.core.inits import InitSpec, gaussian_kernel, smooth_filters
 from spatialmix.core.mixing import (
     CHANNEL,
+    MODES,
     SPATIAL,
+    STEM_OR_FULL,
+    applied_inits,
     apply_mixing,
     classify_layers,
     frozen_fingerprint,
@@ -116,6 +120,9 @@ def test_training_run_keeps_frozen_tensors_bitwise(mode, tiny_config, tiny_data,
     assert summary["frozen_params"] == sum(init[n].numel() for n in frozen)
     assert summary["trainable_params"] == sum(init[n].numel() for n in param_names - frozen)
     assert summary["frozen_unchanged"] is True
+    # Which init each mixer kind got: the built-in ConvMixer draws PyTorch's default in every mode.
+    record = json.loads((tmp_path / "run" / runs.CONFIG).read_text())
+    assert record["inits"] == {"spatial": "default", "channel": "default"}
 
 
 def depthwise_convs(model) -> set[str]:
@@ -384,3 +391,87 @@ def test_layers_of_kind_finds_every_mixer():
     model = tiny_convmixer()
     assert [n for n, _ in layers_of_kind(model, SPATIAL)] == [f"blocks.{i}.0.fn.0" for i in range(DEPTH)]
     assert [n for n, _ in layers_of_kind(model, CHANNEL)] == [f"blocks.{i}.1" for i in range(DEPTH)]
+
+
+# --------------------------------------------------------------------------- stems
+
+
+def test_a_one_by_one_stem_stays_trainable_in_every_mode():
+    """UnshuffleNet's stem is a 1 x 1 conv: the stem, not a channel mixer, so Space does not freeze it."""
+    model = create_model("unshufflenet", in_chans=1, num_classes=10, image_size=28, width=8, depth=2)
+    kinds = classify_layers(model)
+    assert kinds["stem.0"] == STEM_OR_FULL and kinds["head"] == "head"
+    assert {n for n, k in kinds.items() if k == CHANNEL} == {f"blocks.{i}.1" for i in range(2)}
+    apply_mixing(model, "space", seed=0)
+    assert frozen_names(model) == {f"blocks.{i}.1.{p}" for i in range(2) for p in ("weight", "bias")}
+
+
+def test_a_timm_model_with_a_one_by_one_patch_stem_keeps_it_trainable():
+    torch.manual_seed(0)
+    model = create_model("timm:convnext_atto", in_chans=1, num_classes=10, image_size=28, patch_size=1)
+    assert model.stem[0].kernel_size == (1, 1)
+    assert classify_layers(model)["stem.0"] == STEM_OR_FULL
+    apply_mixing(model, "space", seed=0)
+    assert model.stem[0].weight.requires_grad and model.stem[0].bias.requires_grad
+    assert not model.stages[0].blocks[0].mlp.fc1.weight.requires_grad
+
+
+class LateStem(nn.Module):
+    """A stem registered after the blocks: the stem is the first layer the image goes through."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 1))
+        self.stem = nn.Conv2d(1, 8, 1)
+        self.head = nn.Linear(8, 10)
+        self.spatialmix_input_shape = (1, 8, 8)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_the_stem_is_the_first_layer_the_image_reaches():
+    kinds = classify_layers(LateStem())
+    assert kinds == {"blocks.0": SPATIAL, "blocks.1": CHANNEL, "stem": STEM_OR_FULL, "head": "head"}
+
+
+# --------------------------------------------------------------------------- whose init
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_built_in_models_draw_the_default_init_as_when_it_is_asked_for(mode, tiny_config):
+    """The built-in models' own init is spatialmix's per-layer default draw: not asking for an init
+    builds the same model bit for bit as asking for ``default`` (what every preset ran with)."""
+    config = tiny_config(mode=mode)
+    assert config.spatial_init is None and config.channel_init is None
+    built = build_model(config, 1, 10, 28).state_dict()
+    asked = build_model(
+        config.replace(spatial_init="default", channel_init="default"), 1, 10, 28
+    ).state_dict()
+    assert built.keys() == asked.keys() and all(torch.equal(built[k], asked[k]) for k in built)
+
+
+def test_full_and_chans_with_one_seed_start_from_the_same_model(tiny_config):
+    full = build_model(tiny_config(mode="full"), 1, 10, 28).state_dict()
+    chans = build_model(tiny_config(mode="chans"), 1, 10, 28).state_dict()
+    assert all(torch.equal(full[k], chans[k]) for k in full)
+
+
+def test_an_init_is_asked_for_by_naming_it_or_by_smoothing():
+    assert TrainConfig().spatial_init_spec() is None and TrainConfig().channel_init_spec() is None
+    assert TrainConfig(smooth_sigma=1.0).spatial_init_spec() == InitSpec("default", 0.1, 1.0)
+    assert TrainConfig(spatial_init="gaussian", init_std=0.2).spatial_init_spec() == InitSpec("gaussian", 0.2)
+    assert TrainConfig(channel_init="uniform").channel_init_spec() == InitSpec("uniform", 0.1)
+    with pytest.raises(SpatialmixError, match="needs --init-from"):
+        TrainConfig(spatial_init="covariance-from").validate()
+    with pytest.raises(SpatialmixError, match="goes only with covariance-from"):
+        TrainConfig(init_from="runs/full").validate()
+
+
+def test_applied_inits_say_which_init_each_kind_got():
+    model = apply_mixing(tiny_convmixer(), "chans", InitSpec("gaussian", 0.2, 1.0), seed=7)
+    assert applied_inits(model) == {"spatial": "gaussian (std 0.2), smoothed (sigma 1)", "channel": "default"}
+    plain = nn.Sequential(wide_depthwise(3, 8), nn.Conv2d(8, 8, 1))
+    apply_mixing(plain, "space", channel_init=InitSpec("uniform", std=0.3), seed=0)
+    assert applied_inits(plain) == {"spatial": "model's own", "channel": "uniform (±0.3)"}
+    assert applied_inits(nn.Linear(2, 2)) is None  # apply_mixing never ran

@@ -14,9 +14,10 @@ from torch import nn
 
 from spatialmix.cli.main import main
 from spatialmix.core.inits import InitSpec, smooth_token_mixer
-from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing, classify_layers, summarize
+from spatialmix.core.mixing import CHANNEL, SPATIAL, applied_inits, apply_mixing, classify_layers, summarize
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.optim import make_optimizer
+from spatialmix.engine.tasks import build_model
 from spatialmix.engine.train import load_trained_model, train
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
@@ -434,3 +435,145 @@ def test_probe_leaves_the_model_and_the_global_rng_untouched():
     assert kinds["3.tok"] == SPATIAL and kinds["3.chan"] == CHANNEL
     assert torch.equal(torch.get_rng_state(), state) and torch.equal(model[1].running_mean, stats)
     assert model.training and model[3].training and not model[1].training
+
+
+# --------------------------------------------------------------------------- token MLPs of three layers
+
+
+class DeepTokenBlock(nn.Module):
+    """A Mixer block of a type spatialmix does not know, whose token MLP has three layers
+    (tokens -> hidden -> hidden -> tokens)."""
+
+    def __init__(self, width, tokens, hidden=24):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.token = nn.Sequential(
+            nn.Linear(tokens, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, tokens),
+        )
+        self.channel = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, x):
+        x = x + self.token(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel(self.norm2(x))
+
+
+class DeepTokenMixer(nn.Module):
+    """Width ``width`` on a 7 x 7 patch grid (28 x 28 images, patch 4): 49 tokens."""
+
+    def __init__(self, width=32, depth=2, block=DeepTokenBlock):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, width, 4, stride=4)
+        self.blocks = nn.Sequential(*[block(width, 49) for _ in range(depth)])
+        self.head = nn.Linear(width, 10)
+        self.spatialmix_input_shape = (1, 28, 28)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+DEEP_TOKEN_LAYERS = {f"blocks.{i}.token.{j}" for i in range(2) for j in (0, 2, 4)}
+DEEP_CHANNEL_LAYERS = {f"blocks.{i}.channel.{j}" for i in range(2) for j in (0, 2)}
+
+
+def test_every_layer_of_a_three_layer_token_mlp_is_a_spatial_mixer():
+    # 49 -> 24 -> 24 -> 49 at width 32: the middle layer (24 -> 24) touches neither the tokens nor the
+    # channels, and was taken for a channel mixer.
+    model = DeepTokenMixer()
+    assert of_kind(model, SPATIAL) == DEEP_TOKEN_LAYERS
+    assert of_kind(model, CHANNEL) == DEEP_CHANNEL_LAYERS
+
+
+@pytest.mark.parametrize("mode", ["chans", "space"])
+def test_modes_freeze_or_train_the_whole_deep_token_mlp(mode):
+    model = DeepTokenMixer()
+    apply_mixing(model, mode, seed=0)
+    frozen = DEEP_TOKEN_LAYERS if mode == "chans" else DEEP_CHANNEL_LAYERS
+    assert frozen_names(model) == {f"{layer}.{p}" for layer in frozen for p in ("weight", "bias")}
+
+
+class UnclosedTokenBlock(nn.Module):
+    """Tokens -> 24 -> 24 along the token axis, never mapped back to the 49 tokens: the second layer
+    mixes something spatial, but nothing in the shapes says so."""
+
+    def __init__(self, width, tokens):
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Linear(tokens, 24), nn.GELU(), nn.Linear(24, 24))
+        self.channel = nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.channel(self.reduce(x.transpose(1, 2)).transpose(1, 2))
+
+
+def test_width_equal_to_tokens_or_an_unclosed_token_chain_is_refused_and_can_be_declared():
+    for model, first in (
+        (DeepTokenMixer(width=49), "blocks.0.token.0"),  # 49 channels, 49 tokens: every shape fits both
+        (DeepTokenMixer(depth=1, block=UnclosedTokenBlock), "blocks.0.reduce.2"),
+    ):
+        with pytest.raises(SpatialmixError) as err:
+            apply_mixing(model, "chans")
+        message = str(err.value)
+        assert f"cannot tell whether {first!r}" in message and "--spatial-pattern" in message
+        assert "\n" not in message
+        assert all(p.requires_grad for p in model.parameters())  # refused before anything changed
+    model = DeepTokenMixer(width=49)
+    apply_mixing(model, "chans", spatial="blocks.*.token", channel="blocks.*.channel")
+    assert frozen_names(model) == {f"{layer}.{p}" for layer in DEEP_TOKEN_LAYERS for p in ("weight", "bias")}
+
+
+def test_smoothing_refuses_a_hidden_token_layer_before_changing_anything():
+    model = DeepTokenMixer()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(SpatialmixError, match="cannot smooth spatial layer 'blocks.0.token.2'"):
+        apply_mixing(model, "chans", InitSpec("gaussian", 0.1, smooth_sigma=1.0))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+# --------------------------------------------------------------------------- a model's own init
+
+
+def gates(model) -> list[nn.Linear]:
+    return [block.mlp_channels.gate.proj for block in model.blocks]
+
+
+def test_full_keeps_gmlps_near_identity_gate_unless_an_init_is_asked_for():
+    model = timm_small("gmlp")
+    # timm's gMLP starts its spatial gate near the identity: weight std 1e-6, bias 1.
+    assert all(
+        torch.equal(g.bias, torch.ones_like(g.bias)) and g.weight.abs().max() < 1e-4 for g in gates(model)
+    )
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    apply_mixing(model, "full", seed=0)
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
+    assert applied_inits(model) == {"spatial": "model's own", "channel": "model's own"}
+    # Asked for, an init applies in Full too: PyTorch's default, uniform in +-1/sqrt(16 tokens).
+    apply_mixing(model, "full", InitSpec("default"), seed=0)
+    for g in gates(model):
+        assert g.weight.abs().max() <= 0.25 and g.weight.abs().max() > 0.2 and g.bias.abs().max() <= 0.25
+    assert applied_inits(model) == {"spatial": "default", "channel": "model's own"}
+
+
+def test_chans_draws_the_frozen_gate_and_keeps_the_channel_mlps_own_init():
+    model = timm_small("gmlp")
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    apply_mixing(model, "chans", seed=0)
+    spatial, channel = expected_layers("gmlp", 2)
+    for g in gates(model):
+        assert (
+            not g.weight.requires_grad and g.weight.abs().max() > 0.2
+        )  # a random draw, not the near-identity
+    for layer in channel:
+        assert torch.equal(model.get_submodule(layer).weight, before[f"{layer}.weight"])
+    assert applied_inits(model) == {"spatial": "default", "channel": "model's own"}
+
+
+def test_a_training_config_asks_for_an_init_only_by_naming_one():
+    config = TrainConfig(model="timm:gmlp_ti16_224", mode="full", seed=0)
+    own = build_model(config, 1, 10, 32)
+    assert all(torch.equal(g.bias, torch.ones_like(g.bias)) for g in gates(own))
+    drawn = build_model(config.replace(spatial_init="default"), 1, 10, 32)
+    assert not any(torch.equal(g.bias, torch.ones_like(g.bias)) for g in gates(drawn))

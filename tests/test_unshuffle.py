@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import SUBPROCESS_ENV, snapshot_files
 from spatialmix.cli.main import main
-from spatialmix.core.mixing import CHANNEL, HEAD, SPATIAL, classify_layers, summarize
+from spatialmix.core.mixing import CHANNEL, HEAD, SPATIAL, STEM_OR_FULL, classify_layers, summarize
 from spatialmix.data.datasets import ImageData
 from spatialmix.data.permutation import PERMUTATION_FILE, PixelPermutation, make_permutation
 from spatialmix.engine.tasks import build_model, task_from_dict
@@ -210,12 +210,17 @@ def test_unshufflenet_keeps_the_resolution_and_presets_apply_the_modes():
     model = build_model(large.replace(mode="chans"), 3, 10, 32, UnshuffleTask())
     assert isinstance(model, UnshuffleNet) and model(torch.zeros(1, 3, 8, 8)).shape == (1, 3, 8, 8)
     kinds = classify_layers(model)
-    assert list(kinds.values()).count(SPATIAL) == 16 and kinds["head"] == HEAD and kinds["stem.0"] == CHANNEL
+    assert (
+        list(kinds.values()).count(SPATIAL) == 16
+        and kinds["head"] == HEAD
+        and kinds["stem.0"] == STEM_OR_FULL
+    )
     rows = {r["kind"]: r for r in summarize(model).rows}
     assert rows[SPATIAL]["trainable"] == 0 and rows[SPATIAL]["frozen"] == 16 * 512 * (49 + 1)
     space = build_model(UNSHUFFLE_PRESETS["small"].config.replace(mode="space"), 1, 10, 28, UnshuffleTask())
     rows = {r["kind"]: r for r in summarize(space).rows}
     assert rows[CHANNEL]["trainable"] == 0 and rows[SPATIAL]["frozen"] == 0 and rows[HEAD]["frozen"] == 0
+    assert rows[STEM_OR_FULL]["frozen"] == 0  # the 1 x 1 stem is learned in every mode
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from spatialmix.version import __version__
 __all__ = [
     "__version__",
     "analyze_run",
+    "applied_inits",
     "apply_mixing",
     "attack_runs",
     "AttackSettings",

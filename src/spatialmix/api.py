@@ -23,6 +23,7 @@ from spatialmix.core.mixing import (
     MODES,
     SPATIAL,
     LayerSelector,
+    applied_inits,
     apply_mixing,
     classify_layers,
     frozen_fingerprint,

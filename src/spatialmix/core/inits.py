@@ -46,6 +46,15 @@ class InitSpec:
     # covariance-from: the prior fitted to ``source`` (spatialmix.engine.init_source.empirical_prior)
     prior: EmpiricalPrior | None = field(default=None, compare=False, repr=False)
 
+    def describe(self) -> str:
+        """One line for a run's record: ``default``, ``gaussian (std 0.1), smoothed (sigma 1)``, ..."""
+        what = {
+            "gaussian": f"gaussian (std {self.std:g})",
+            "uniform": f"uniform (±{self.std:g})",
+            "covariance-from": f"covariance-from {self.source}",
+        }.get(self.name, self.name)
+        return what + (f", smoothed (sigma {self.smooth_sigma:g})" if self.smooth_sigma > 0 else "")
+
     def __post_init__(self):
         if self.name not in INITS:
             raise unknown_name("init", self.name, INITS)
@@ -108,23 +117,28 @@ def smooth_token_mixer(weight: torch.Tensor, sigma: float, grid: tuple[int, int]
     return maps if axis == "in" else maps.T
 
 
-def _smooth(
-    name: str, module: nn.Module, new: torch.Tensor, sigma: float, probe: TokenProbe | None
-) -> torch.Tensor:
-    if new.dim() == 4:
-        return smooth_filters(new, sigma)
+def _smoothing_axis(name: str, shape: tuple, probe: TokenProbe | None) -> str | None:
+    """How a spatial layer's weight of ``shape`` is smoothed: None for k x k filters, else the side of a
+    token-mixing weight that indexes the patch grid; an error for any other layer."""
+    if len(shape) == 4:
+        return None
     axis = probe.token_axis.get(name) if probe is not None else None
     if (
-        axis is None
+        axis not in ("in", "out")
         or probe.grid is None
-        or new.shape[1 if axis == "in" else 0] != probe.grid[0] * probe.grid[1]
+        or shape[1 if axis == "in" else 0] != probe.grid[0] * probe.grid[1]
     ):
         raise SpatialmixError(
-            f"cannot smooth spatial layer {name!r} (weight {tuple(new.shape)}): smoothing is "
+            f"cannot smooth spatial layer {name!r} (weight {tuple(shape)}): smoothing is "
             f"defined for depthwise k x k filters and for token-mixing layers over a known patch "
             f"grid; use --smooth-sigma 0 for this model"
         )
-    return smooth_token_mixer(new, sigma, probe.grid, axis)
+    return axis
+
+
+def _smooth(name: str, new: torch.Tensor, sigma: float, probe: TokenProbe | None) -> torch.Tensor:
+    axis = _smoothing_axis(name, tuple(new.shape), probe)
+    return smooth_filters(new, sigma) if axis is None else smooth_token_mixer(new, sigma, probe.grid, axis)
 
 
 @torch.no_grad()
@@ -139,6 +153,9 @@ def initialize_layers(
     ``probe`` tells where token-mixing layers meet the patch grid (needed to smooth them).
     """
     prior = _covariance_prior(spec, layers)
+    if spec.smooth_sigma > 0:  # every layer checked before any changes
+        for name, module in layers:
+            _smoothing_axis(name, tuple(module.weight.shape), probe)
     for index, (name, module) in enumerate(layers):
         generator = torch.Generator().manual_seed(_layer_seed(seed, name))
         weight = module.weight
@@ -148,7 +165,7 @@ def initialize_layers(
         else:
             new = _draw(weight.shape, fan_in, spec, generator)
         if spec.smooth_sigma > 0:
-            new = _smooth(name, module, new, spec.smooth_sigma, probe)
+            new = _smooth(name, new, spec.smooth_sigma, probe)
         weight.copy_(new.to(weight.dtype))
         bias = getattr(module, "bias", None)
         if bias is not None:

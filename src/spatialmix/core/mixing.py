@@ -12,9 +12,10 @@ network in three modes:
 
 Everything here works on any ``nn.Module`` (our models, timm, torchvision): layers are found by
 their structure, not their name. Spatial mixers are depthwise k x k convolutions and token-mixing
-linear layers (MLP-Mixer, ResMLP, gMLP; found by the axis they act on, see
-:mod:`spatialmix.core.token_mixers`); channel mixers are 1 x 1 convolutions and the other linear
-layers. A :class:`LayerSelector` (``apply_mixing(..., spatial=..., channel=...)``, or
+linear layers (MLP-Mixer, ResMLP, gMLP; every layer of a token MLP, found by the axis it acts on,
+see :mod:`spatialmix.core.token_mixers`); channel mixers are 1 x 1 convolutions and the other
+linear layers. The stem (the first layer the image reaches, a 1 x 1 conv too) is neither: it is
+learned in every mode. A :class:`LayerSelector` (``apply_mixing(..., spatial=..., channel=...)``, or
 ``--spatial-pattern`` / ``--channel-pattern``) overrides that for any layer, so the mixers of an
 architecture spatialmix does not know can be declared in one line.
 
@@ -23,6 +24,12 @@ weights over the input tokens as a 2-D map over the patch grid (sigma in patches
 padding, and rescales it to its L2 norm: exactly what smoothing does to a depthwise filter, whose
 k x k window is a row of the equivalent token-mixing matrix. Where the grid indexes the output
 side only (MLP-Mixer's second token layer, hidden -> tokens) each column is smoothed instead.
+
+Whose init the mixers start from (:func:`mixer_inits`): the init asked for, in every mode; else the
+one the model declares (``model.spatialmix_mixer_init``: spatialmix's built-in models declare
+``default``, drawn per layer in every mode, so Full and Chans runs with one seed start from the
+same model); else the model's own where the mixers are learned (it is part of the architecture:
+gMLP's near-identity gate) and ``default`` where the mode freezes them.
 
 Frozen tensors get ``requires_grad=False``; :func:`trainable_parameters` and the optimizer built
 by :mod:`spatialmix.engine.train` only ever see trainable ones, so frozen tensors receive no gradient, no
@@ -42,7 +49,7 @@ from torch import nn
 
 # (the inits live in their own module; their names stay importable from here)
 from spatialmix.core.inits import InitSpec, initialize_layers
-from spatialmix.core.token_mixers import probe_token_mixers
+from spatialmix.core.token_mixers import has_filters, probe_token_mixers
 from spatialmix.errors import SpatialmixError, unknown_name
 
 MODES = ("full", "chans", "space")
@@ -51,6 +58,7 @@ SPATIAL, CHANNEL, STEM_OR_FULL, NORM, HEAD, OTHER = "spatial", "channel", "full-
 KINDS = (SPATIAL, CHANNEL, STEM_OR_FULL, NORM, HEAD, OTHER)
 _FROZEN_KIND = {"full": None, "chans": SPATIAL, "space": CHANNEL}
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+MODEL_OWN = "model's own"  # what a run records for mixers whose init was left as the model made it
 
 
 def is_spatial_mixer(module: nn.Module) -> bool:
@@ -141,18 +149,13 @@ def _normalize(matcher: Matcher):
     return patterns or None
 
 
-def _filter_layer(module: nn.Module) -> bool:
-    weight = getattr(module, "weight", None)
-    return isinstance(weight, torch.Tensor) and weight.dim() >= 2
-
-
 def _selected(model: nn.Module, selector: LayerSelector | None, head) -> dict[str, str]:
     """Layer name -> SPATIAL / CHANNEL for the filter layers the selector matches (never the head)."""
     if selector is None:
         return {}
     chosen = {}
     for name, module in model.named_modules():
-        if module is head or not _filter_layer(module):
+        if module is head or not has_filters(module):
             continue
         spatial, channel = (
             selector.matches("spatial", name, module),
@@ -168,7 +171,7 @@ def _selected(model: nn.Module, selector: LayerSelector | None, head) -> dict[st
     for side, kind in (("spatial", SPATIAL), ("channel", CHANNEL)):
         if getattr(selector, side) is not None and kind not in chosen.values():
             examples = ", ".join(
-                [n for n, m in model.named_modules() if _filter_layer(m) and m is not head][:4]
+                [n for n, m in model.named_modules() if has_filters(m) and m is not head][:4]
             )
             raise SpatialmixError(
                 f"--{side}-pattern {selector.describe(side)!r} matches no layer with filters; "
@@ -186,8 +189,9 @@ def classify_layers(model: nn.Module, selector: LayerSelector | None = None) -> 
     """Map each parameter-owning layer's qualified name to its kind (see ``KINDS``).
 
     ``selector`` (default: the one :func:`apply_mixing` recorded on the model) overrides the
-    automatic classification. A linear layer whose axis the shapes cannot tell (width equal to
-    the token count) and that no known block type or selector places is refused.
+    automatic classification. The stem is ``full-conv`` whatever its kernel. A linear layer whose
+    axis the shapes cannot tell (width equal to the token count, a hidden layer of a token chain
+    that never maps back to the tokens) and that no known block type or selector places is refused.
     """
     selector = selector if selector is not None else model_selector(model)
     head = find_head(model)
@@ -198,9 +202,9 @@ def classify_layers(model: nn.Module, selector: LayerSelector | None = None) -> 
         grid = f"{probe.grid[0]} x {probe.grid[1]}" if probe.grid else "?"
         raise SpatialmixError(
             f"cannot tell whether {unplaced[0]!r} (and {len(unplaced) - 1} other linear layers) mix tokens "
-            "or "
-            f"channels: the model's width equals its token count ({grid} patches); declare them with "
-            f"--spatial-pattern / --channel-pattern (e.g. --spatial-pattern 'blocks.*.token_mixer')"
+            f"or channels: on the {grid} patch grid their shapes fit both (a width equal to the token "
+            "count, or a layer inside a token MLP that does not map back to the tokens); declare them with "
+            "--spatial-pattern / --channel-pattern (e.g. --spatial-pattern 'blocks.*.token_mixer')"
         )
     kinds = {}
     for name, module in model.named_modules():
@@ -210,6 +214,8 @@ def classify_layers(model: nn.Module, selector: LayerSelector | None = None) -> 
             kinds[name] = chosen[name]
         elif module is head:
             kinds[name] = HEAD
+        elif name == probe.stem:  # learned in every mode, whatever its kernel
+            kinds[name] = STEM_OR_FULL
         elif is_spatial_mixer(module) or name in probe.token_axis:
             kinds[name] = SPATIAL
         elif is_channel_mixer(module, head):
@@ -240,21 +246,39 @@ def frozen_kind(mode: str) -> str | None:
     return _FROZEN_KIND[mode]
 
 
+def mixer_inits(
+    model: nn.Module, mode: str, spatial_init: InitSpec | None = None, channel_init: InitSpec | None = None
+) -> dict[str, InitSpec | None]:
+    """The init each mixer kind starts from in ``mode`` (None: the model's own; see the module docstring)."""
+    declared = getattr(model, "spatialmix_mixer_init", None)
+    frozen = frozen_kind(mode)
+    inits = {}
+    for kind, asked in ((SPATIAL, spatial_init), (CHANNEL, channel_init)):
+        if asked is not None:
+            inits[kind] = asked
+        elif declared is not None:
+            inits[kind] = InitSpec(declared)
+        else:
+            inits[kind] = InitSpec() if kind == frozen else None
+    return inits
+
+
 def apply_mixing(
     model: nn.Module,
     mode: str,
-    spatial_init: InitSpec | None = InitSpec(),
+    spatial_init: InitSpec | None = None,
     channel_init: InitSpec | None = None,
     seed: int = 0,
     *,
     spatial: Matcher = None,
     channel: Matcher = None,
 ) -> nn.Module:
-    """Initialize the mixers explicitly and freeze the kind that ``mode`` says, in place.
+    """Initialize the mixers and freeze the kind that ``mode`` says, in place.
 
-    The spatial mixers are (re)drawn from ``spatial_init`` in every mode, so that Full and Chans
-    runs with the same seed start from the same filters; ``None`` keeps the model's own init.
-    ``channel_init`` does the same for the channel mixers (default: keep the model's).
+    ``spatial_init`` / ``channel_init``: the init of the spatial / channel mixers, drawn in every
+    mode (Full too); None (not asked for) resolves as :func:`mixer_inits` says, and what each kind
+    got is recorded on the model (:func:`applied_inits`). Each layer is drawn from its own generator
+    seeded by (``seed``, layer name), so runs with one seed start from the same filters.
     ``spatial`` / ``channel``: glob patterns over layer names or predicates ``(name, module) ->
     bool`` declaring layers spatial or channel mixers (see :class:`LayerSelector`); the selector
     is recorded on the model, so later calls (:func:`summarize`, the analysis) see the same kinds.
@@ -262,25 +286,18 @@ def apply_mixing(
     Raises a clear error when the mode needs a kind of layer the model does not have.
     """
     kind_to_freeze = frozen_kind(mode)
+    if channel_init is not None and channel_init.name.startswith("covariance"):
+        raise SpatialmixError(
+            f"--channel-init {channel_init.name} is for spatial mixers (depthwise k x k "
+            f"filters); use default, gaussian or uniform for the channel mixers"
+        )
     selector = LayerSelector.of(spatial, channel)
     kinds = classify_layers(model, selector)  # validates the selector before anything changes
-    model.spatialmix_selector = selector
+    inits = mixer_inits(model, mode, spatial_init, channel_init)
     modules = dict(model.named_modules())
-    spatial = [(n, modules[n]) for n, k in kinds.items() if k == SPATIAL]
-    channel = [(n, modules[n]) for n, k in kinds.items() if k == CHANNEL]
-    if spatial_init is not None:
-        initialize_layers(spatial, spatial_init, seed, probe_token_mixers(model, find_head(model)))
-    if channel_init is not None:
-        if channel_init.name.startswith("covariance"):
-            raise SpatialmixError(
-                f"--channel-init {channel_init.name} is for spatial mixers (depthwise k x k "
-                f"filters); use default, gaussian or uniform for the channel mixers"
-            )
-        initialize_layers(channel, channel_init, seed + 1)
-    if kind_to_freeze is None:
-        return model
-    targets = spatial if kind_to_freeze == SPATIAL else channel
-    if not targets:
+    layers = {kind: [(n, modules[n]) for n, k in kinds.items() if k == kind] for kind in (SPATIAL, CHANNEL)}
+    targets = layers.get(kind_to_freeze)
+    if targets == []:
         what = "depthwise (spatial-mixing)" if kind_to_freeze == SPATIAL else "pointwise (channel-mixing)"
         raise SpatialmixError(
             f"mode {mode!r} freezes the {what} convolutions, but this model has none; "
@@ -288,10 +305,24 @@ def apply_mixing(
             "mixers "
             f"with --spatial-pattern / --channel-pattern"
         )
-    for _, module in targets:
+    model.spatialmix_selector = selector
+    probe = probe_token_mixers(model, find_head(model))
+    for kind, offset in ((SPATIAL, 0), (CHANNEL, 1)):
+        if inits[kind] is not None:
+            initialize_layers(layers[kind], inits[kind], seed + offset, probe if kind == SPATIAL else None)
+    model.spatialmix_inits = {
+        kind: MODEL_OWN if spec is None else spec.describe() for kind, spec in inits.items()
+    }
+    for _, module in targets or ():
         for p in module.parameters(recurse=False):
             p.requires_grad_(False)
     return model
+
+
+def applied_inits(model: nn.Module) -> dict[str, str] | None:
+    """Which init each mixer kind got from :func:`apply_mixing` (``{"spatial": "default", "channel":
+    "model's own"}``); None when it never ran on ``model``."""
+    return getattr(model, "spatialmix_inits", None)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

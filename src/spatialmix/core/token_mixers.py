@@ -1,4 +1,4 @@
-"""Which linear layers mix tokens (space) and which mix channels, decided by structure.
+"""Which linear layers mix tokens (space) or channels, and which layer is the stem: decided by structure.
 
 A token-mixing MLP (MLP-Mixer's ``mlp_tokens``, ResMLP's ``linear_tokens``, gMLP's spatial gating
 projection) is an ``nn.Linear`` like any channel MLP; what makes it a *spatial* mixer is the axis
@@ -8,18 +8,27 @@ model with hooks:
 * the patch grid (gh x gw, so N = gh * gw tokens) is the spatial size of the last 4-D activation
   (the patch-embedding conv's output) before the first linear layer sees a 3-D input;
 * a linear layer whose input is ``(batch, A, F)`` with A == N is applied once per token: it mixes
-  channels. One with A != N whose input or output size is N is applied once per channel along
-  the tokens: it mixes space. Inputs of other ranks (ConvNeXt's channels-last (B, H, W, C), a
-  classifier's (B, C)) are channel mixing.
+  channels. One with A != N that takes N features opens a *token chain*: the linear layers run
+  next on the same A rows, each taking the previous one's output size, up to the one that gives N
+  features back, are the layers of one token-mixing MLP (49 -> 24 -> 24 -> 49 has three), and all
+  mix space. A layer with A != N that only gives N features (tokens from something else) mixes
+  space too. Inputs of other ranks (ConvNeXt's channels-last (B, H, W, C), a classifier's (B, C))
+  are channel mixing.
 
-When the width of the tensor a layer sees equals N (e.g. 49 channels on a 7 x 7 grid) the
-shapes cannot tell the two axes apart. Those layers are looked up in :data:`KNOWN_BLOCKS`, a
-small table of published block types and which of their children mix tokens; a layer that is
-ambiguous and not in the table makes :func:`spatialmix.core.mixing.classify_layers` refuse with a
-line that says how to declare it (``--spatial-pattern`` / ``--channel-pattern``).
+The shapes cannot tell the two axes apart when the width of the tensor a layer sees equals N (e.g.
+49 channels on a 7 x 7 grid), nor for the layers after the first of a token chain that never gives
+N features back. Those layers are looked up in :data:`KNOWN_BLOCKS`, a small table of published
+block types and which of their children mix tokens; a layer that is ambiguous and not in the table
+makes :func:`spatialmix.core.mixing.classify_layers` refuse with a line that says how to declare it
+(``--spatial-pattern`` / ``--channel-pattern``).
+
+The same image finds the *stem*: the first layer with filters it reaches, when that layer takes
+the image itself (its channels and size). ``classify_layers`` keeps it trainable in every mode,
+whatever its kernel (a 1 x 1 stem is not a channel mixer).
 
 A model whose input size cannot be found (no ``spatialmix_input_shape``, no timm patch
-embedding) or whose forward fails on a blank image is classified from the table alone.
+embedding) or whose forward fails on a blank image is classified from the table alone, and has no
+known stem.
 """
 
 from __future__ import annotations
@@ -47,12 +56,20 @@ KNOWN_BLOCKS: dict[str, dict[str, tuple[str, ...]]] = {
 
 @dataclass(frozen=True)
 class TokenProbe:
-    """What the probe found: the patch grid, and per token-mixing linear which side indexes the grid."""
+    """What the probe found: the patch grid, per token-mixing linear which side indexes the grid, the stem."""
 
     grid: tuple[int, int] | None = None
-    token_axis: dict = field(default_factory=dict)  # layer name -> "in" (rows over the grid) or "out"
+    # layer name -> "in" (rows over the grid), "out" (columns) or "hidden" (neither: inside a token MLP)
+    token_axis: dict = field(default_factory=dict)
     ambiguous: tuple[str, ...] = ()  # linear layers neither shapes nor table could place
     probed: bool = False  # False: no forward pass, table only
+    stem: str | None = None  # the first layer with filters the image reaches (None: not known)
+
+
+def has_filters(module: nn.Module) -> bool:
+    """A layer with filters: a weight of 2 or more dimensions (convs, linear layers)."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dim() >= 2
 
 
 def block_type(module: nn.Module) -> str:
@@ -79,40 +96,62 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary(
 
 
 def probe_token_mixers(model: nn.Module, head: nn.Module | None = None) -> TokenProbe:
-    """Classify the model's linear layers (other than ``head``) by the axis they act on; cached per model."""
-    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
-    if not linears:
-        return TokenProbe()
+    """Classify the model's linear layers (other than ``head``) by the axis they act on, and find its
+    stem; cached per model."""
     shape = input_shape(model)
     signature = (shape, tuple((name, id(m)) for name, m in model.named_modules()))
     cached = _CACHE.get(model)
     if cached is not None and cached[0] == signature:
         return cached[1]
-    shapes, grid = _run_probe(model, linears, shape) if shape is not None else ({}, None)
-    probe = _classify(model, linears, shapes, grid)
+    filters = {name: m for name, m in model.named_modules() if has_filters(m) and m is not head}
+    linears = {name: m for name, m in filters.items() if isinstance(m, nn.Linear)}
+    found = _run_probe(model, filters, linears, shape) if shape is not None and filters else _Found()
+    token_axis, ambiguous = _classify(model, linears, found.calls, found.grid)
+    probe = TokenProbe(found.grid, token_axis, tuple(ambiguous), bool(found.calls), found.stem)
     _CACHE[model] = (signature, probe)
     return probe
 
 
+@dataclass
+class _Found:
+    """What one blank image showed: every linear call (name, input shape) in order, the grid, the stem."""
+
+    calls: list = field(default_factory=list)
+    grid: tuple[int, int] | None = None
+    stem: str | None = None
+    stem_seen: bool = False
+    token_input_seen: bool = False
+
+
+class _StemFound(Exception):
+    """Stops the forward pass at the stem when there are no linear layers to watch."""
+
+
 @torch.no_grad()
-def _run_probe(model: nn.Module, linears: dict, shape) -> tuple[dict, tuple[int, int] | None]:
-    """Input shape of every linear layer and the patch grid, from one blank image in eval mode."""
-    seen, grid, first_token_input = {}, [None], [False]
+def _run_probe(model: nn.Module, filters: dict, linears: dict, shape) -> _Found:
+    """The linear calls, the patch grid and the stem, from one blank image in eval mode. Without
+    linear layers only the stem is wanted, and the pass stops there."""
+    found = _Found()
 
     def on_conv(module, args, output):
-        if not first_token_input[0] and isinstance(output, torch.Tensor) and output.dim() == 4:
-            grid[0] = tuple(output.shape[-2:])
+        if not found.token_input_seen and isinstance(output, torch.Tensor) and output.dim() == 4:
+            found.grid = tuple(output.shape[-2:])
 
-    def on_linear(name):
+    def on_filter(name):
         def hook(module, args):
-            if name not in seen and args and isinstance(args[0], torch.Tensor):
-                seen[name] = tuple(args[0].shape)
-                if args[0].dim() == 3:
-                    first_token_input[0] = True
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if not found.stem_seen:
+                found.stem_seen = True
+                found.stem = name if x is not None and tuple(x.shape[1:]) == shape else None
+                if not linears:
+                    raise _StemFound
+            if name in linears and x is not None:
+                found.calls.append((name, tuple(x.shape)))
+                found.token_input_seen |= x.dim() == 3
 
         return hook
 
-    handles = [m.register_forward_pre_hook(on_linear(n)) for n, m in linears.items()]
+    handles = [m.register_forward_pre_hook(on_filter(n)) for n, m in filters.items()]
     handles += [m.register_forward_hook(on_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
     modes = {m: m.training for m in model.modules()}
     first = next(model.parameters(), None)
@@ -122,45 +161,94 @@ def _run_probe(model: nn.Module, linears: dict, shape) -> tuple[dict, tuple[int,
         model.eval()  # BatchNorm statistics untouched, no dropout
         with torch.random.fork_rng(devices=[]):
             model(torch.zeros(1, *shape, device=device, dtype=dtype))
+    except _StemFound:
+        pass
     except (RuntimeError, ValueError, TypeError, AssertionError):
-        return {}, None  # the model does not take this input: fall back to the table
+        return _Found(stem=found.stem)  # the model does not take this input: fall back to the table
     finally:
         for h in handles:
             h.remove()
         for m, mode in modes.items():
             m.training = mode
-    return seen, grid[0]
+    return found
 
 
-def _classify(model: nn.Module, linears: dict, shapes: dict, grid) -> TokenProbe:
-    token_axis, ambiguous = {}, []
+def _classify(model: nn.Module, linears: dict, calls: list, grid) -> tuple[dict, list]:
+    """Token axis of each token-mixing linear layer, and the layers that could be either."""
     n = grid[0] * grid[1] if grid is not None else None
     table = _table_kinds(model, linears)
+    verdicts: dict[str, set] = {}
+    for name, verdict in _call_verdicts(linears, calls, n) if n is not None else ():
+        verdicts.setdefault(name, set()).add(verdict)
+    token_axis, ambiguous = {}, []
     for name, layer in linears.items():
-        shape = shapes.get(name)
-        if n is None or shape is None or len(shape) != 3:
-            if table.get(name) == "spatial":  # not probed: the table is all there is
+        found = verdicts.get(name, set()) - {_UNKNOWN} or {_UNKNOWN}
+        verdict = found.pop() if len(found) == 1 else _AMBIGUOUS  # a layer called twice, two ways
+        if verdict in (_UNKNOWN, _AMBIGUOUS):
+            kind = table.get(name)
+            if kind == "spatial":
                 token_axis[name] = _axis(layer, n)
+            elif kind is None and verdict == _AMBIGUOUS:
+                ambiguous.append(name)
+        elif verdict != _CHANNEL:
+            token_axis[name] = verdict
+    return token_axis, ambiguous
+
+
+_CHANNEL, _AMBIGUOUS, _UNKNOWN = "channel", "ambiguous", "unknown"  # and the token axes "in", "out", "hidden"
+
+
+def _call_verdicts(linears: dict, calls: list, n: int):
+    """(name, verdict) for each linear call: channel, a token axis, ambiguous, or unknown (not 3-D).
+
+    Follows token chains (see the module docstring): ``chain`` holds the rows, the current feature
+    size and the members of the one being followed.
+    """
+    chain = None
+    for name, shape in calls:
+        layer = linears[name]
+        if len(shape) != 3:
+            yield from _end_chain(chain, n, closed=False)
+            chain = None
+            yield name, _UNKNOWN
             continue
         rows = shape[1]
-        touches_grid = n in (layer.in_features, layer.out_features)
-        if rows == n and touches_grid:
-            kind = table.get(name)
-            if kind is None:
-                ambiguous.append(name)
-            elif kind == "spatial":
-                token_axis[name] = _axis(layer, n)
-        elif rows != n and touches_grid:
-            token_axis[name] = _axis(layer, n)
-    return TokenProbe(grid=grid, token_axis=token_axis, ambiguous=tuple(ambiguous), probed=bool(shapes))
+        if chain is not None and rows == chain[0] and layer.in_features == chain[1]:
+            chain = (rows, layer.out_features, chain[2] + [name])
+        else:
+            yield from _end_chain(chain, n, closed=False)
+            chain = (rows, layer.out_features, [name]) if layer.in_features == n else None
+            if chain is None:
+                if layer.out_features == n:  # gives N features from something else
+                    yield name, _AMBIGUOUS if rows == n else "out"
+                else:
+                    yield name, _CHANNEL
+                continue
+        if layer.out_features == n:
+            yield from _end_chain(chain, n, closed=True)
+            chain = None
+    yield from _end_chain(chain, n, closed=False)
+
+
+def _end_chain(chain, n: int, closed: bool):
+    """Verdicts for the members of a token chain: token mixers when it ends on the N tokens; only its
+    first layer when it does not; ambiguous throughout when its rows are N too (width == tokens)."""
+    if chain is None:
+        return
+    rows, _, members = chain
+    for i, name in enumerate(members):
+        if rows == n or (i > 0 and not closed):
+            yield name, _AMBIGUOUS
+        else:
+            yield name, "in" if i == 0 else "out" if i == len(members) - 1 else "hidden"
 
 
 def _axis(layer: nn.Linear, n: int | None) -> str:
-    """Which side of a token-mixing weight (out, in) indexes the patch grid: rows ("in") or columns
-    ("out")."""
-    if n is not None and layer.in_features != n and layer.out_features == n:
-        return "out"
-    return "in"
+    """Which side of a token-mixing weight (out, in) indexes the patch grid: rows ("in"), columns
+    ("out"), or neither ("hidden", a layer inside a token MLP)."""
+    if n is None or layer.in_features == n:
+        return "in"
+    return "out" if layer.out_features == n else "hidden"
 
 
 def _table_kinds(model: nn.Module, linears: dict) -> dict[str, str]:

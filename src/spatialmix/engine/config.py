@@ -63,13 +63,16 @@ class TrainConfig:
     mode: str = option(
         "full", "full (learn everything), chans (freeze spatial mixers), space (freeze channel mixers)"
     )
-    spatial_init: str = option(
-        "default",
-        "random init of the spatial mixers: default (PyTorch's), gaussian, "
+    spatial_init: str | None = option(
+        None,
+        "init of the spatial mixers, in every mode: default (PyTorch's), gaussian, "
         "uniform, covariance (Trockman et al. 2023, closed form), covariance-from "
-        "(a trained run's filters, see --init-from)",
+        "(a trained run's filters, see --init-from); not given: the model's own where they "
+        "learn, default where frozen (the built-in models: default)",
     )
-    channel_init: str = option("default", "random init of the pointwise filters: default, gaussian, uniform")
+    channel_init: str | None = option(
+        None, "init of the channel mixers: default, gaussian, uniform (not given: as for --spatial-init)"
+    )
     init_std: float = option(0.1, "std of the gaussian init / half-width of the uniform init")
     smooth_sigma: float = option(
         0.0, "Gaussian-smooth the random spatial filters with this sigma in pixels (0: off)"
@@ -137,9 +140,9 @@ class TrainConfig:
         if self.mode not in MODES:
             raise unknown_name("mode", self.mode, MODES)
         for init in (self.spatial_init, self.channel_init):
-            if init not in INITS:
+            if init is not None and init not in INITS:
                 raise unknown_name("init", init, INITS)
-        if self.channel_init.startswith("covariance"):
+        if self.channel_init is not None and self.channel_init.startswith("covariance"):
             raise SpatialmixError(
                 f"--channel-init {self.channel_init} is for spatial mixers (depthwise k x k filters); "
                 f"use default, gaussian or uniform for the channel mixers"
@@ -203,15 +206,21 @@ class TrainConfig:
                         raise SpatialmixError(f"{f.name} must be {wanted}{optional}, got {value!r}")
                     break
 
-    def spatial_init_spec(self) -> InitSpec:
+    def spatial_init_spec(self) -> InitSpec | None:
+        """The spatial mixers' init asked for (smoothing or --init-from ask for one too); None when none
+        was (see :func:`spatialmix.core.mixing.mixer_inits`)."""
         from spatialmix.core.inits import InitSpec
 
-        return InitSpec(self.spatial_init, self.init_std, self.smooth_sigma, source=self.init_from)
+        if self.spatial_init is None and self.smooth_sigma == 0 and self.init_from is None:
+            return None
+        return InitSpec(
+            self.spatial_init or "default", self.init_std, self.smooth_sigma, source=self.init_from
+        )
 
-    def channel_init_spec(self) -> InitSpec:
+    def channel_init_spec(self) -> InitSpec | None:
         from spatialmix.core.inits import InitSpec
 
-        return InitSpec(self.channel_init, self.init_std, 0.0)
+        return None if self.channel_init is None else InitSpec(self.channel_init, self.init_std, 0.0)
 
     @property
     def resolved_init_seed(self) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spatialmix.core.mixing import frozen_fingerprint, summarize
+from spatialmix.core.mixing import applied_inits, frozen_fingerprint, summarize
 from spatialmix.data.datasets import ImageData
 from spatialmix.engine import distributed
 from spatialmix.engine.config import DIVERGED_RESUMABLE_FIELDS, RESUMABLE_FIELDS, TrainConfig
@@ -132,6 +132,7 @@ def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task, fin
         "train": config.to_dict(),
         "data": data_info(data),
         "params": {"trainable": summary.trainable, "frozen": summary.frozen, "by_kind": summary.rows},
+        "inits": applied_inits(model),  # which init each mixer kind started from
         "frozen_fingerprint": fingerprint,
     }
 

@@ -95,7 +95,7 @@ def build_model(
         torch.manual_seed(config.resolved_init_seed)
         model = task.create_model(config, info)
     spatial_init = config.spatial_init_spec()
-    if spatial_init.name == "covariance-from":
+    if spatial_init is not None and spatial_init.name == "covariance-from":
         spatial_init = dataclasses.replace(spatial_init, prior=empirical_prior(spatial_init.source))
     model = apply_mixing(
         model,

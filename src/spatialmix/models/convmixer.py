@@ -24,6 +24,10 @@ class ConvMixer(nn.Module):
     stem (patch embedding) -> ``depth`` blocks -> global average pool -> linear head.
     """
 
+    # Its mixers' own init: PyTorch's default, drawn per layer by spatialmix.core.mixing.apply_mixing
+    # in every mode, so Full and Chans runs with one seed start from the same model.
+    spatialmix_mixer_init = "default"
+
     def __init__(
         self,
         width: int,

@@ -57,6 +57,10 @@ class MLPMixer(nn.Module):
     so the model is built for one ``image_size``.
     """
 
+    # Its mixers' own init: PyTorch's default, drawn per layer by spatialmix.core.mixing.apply_mixing
+    # in every mode, so Full and Chans runs with one seed start from the same model.
+    spatialmix_mixer_init = "default"
+
     def __init__(
         self,
         width: int,

@@ -44,6 +44,7 @@ def resnet(
     if separable:
         make_separable(model, skip=("conv1",))
     model.num_classes = num_classes
+    model.spatialmix_mixer_init = "default"  # as the other built-in models (see ConvMixer)
     return model
 
 

@@ -22,9 +22,13 @@ class UnshuffleNet(nn.Module):
     """An isotropic ConvMixer that keeps the full resolution and outputs an image.
 
     stem (1 x 1 conv -> activation -> BatchNorm) -> ``depth`` ConvMixer blocks -> 1 x 1 conv head
-    to ``in_chans`` channels (the head is learned in every mode). ``num_classes`` is accepted so
+    to ``in_chans`` channels (the stem and the head are learned in every mode). ``num_classes`` is accepted so
     that the model registry can build it, and ignored.
     """
+
+    # Its mixers' own init: PyTorch's default, drawn per layer by spatialmix.core.mixing.apply_mixing
+    # in every mode, so Full and Chans runs with one seed start from the same model.
+    spatialmix_mixer_init = "default"
 
     def __init__(
         self,

@@ -181,7 +181,7 @@ def classification_run_dir(out_dir: Path, mode: str, seed: int) -> Path:
 
 def _run_description(config: TrainConfig) -> str:
     sigma = f" σ={config.smooth_sigma:g}" if config.smooth_sigma else ""
-    init = f" {config.spatial_init} init" if config.spatial_init != "default" else ""
+    init = f" {config.spatial_init} init" if config.spatial_init not in (None, "default") else ""
     return f"{config.mode}{sigma}{init} seed {config.seed}"
 
 
