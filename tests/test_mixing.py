@@ -475,3 +475,27 @@ def test_applied_inits_say_which_init_each_kind_got():
     apply_mixing(plain, "space", channel_init=InitSpec("uniform", std=0.3), seed=0)
     assert applied_inits(plain) == {"spatial": "model's own", "channel": "uniform (±0.3)"}
     assert applied_inits(nn.Linear(2, 2)) is None  # apply_mixing never ran
+
+
+def test_a_run_saved_with_the_old_default_init_is_the_same_run_for_built_in_models(tmp_path):
+    """Runs made when an unasked init was saved as "default" are reused and resumed as before for
+    the built-in models, which declare that init; for a timm model the two differ."""
+    from spatialmix.engine.config import TrainConfig
+    from spatialmix.io import runs
+
+    config = TrainConfig(model="convmixer", width=8, depth=1)
+    assert config.spatial_init is None and config.channel_init is None
+    run = runs.Run(tmp_path / "run")
+    run.path.mkdir()
+    data = {"in_chans": 1, "num_classes": 10, "image_size": 28, "mean": [0.5], "std": [0.25]}
+
+    def save(train: dict) -> None:
+        record = {"format_version": runs.FORMAT_VERSION, "train": train, "data": data}
+        runs.atomic_write_json(run.file(runs.CONFIG), record)
+
+    old = {**config.to_dict(), "spatial_init": "default", "channel_init": "default"}
+    save(old)
+    assert run.config_differences(config) == []
+    save({**old, "model": "timm:convnext_atto"})
+    timm = config.replace(model="timm:convnext_atto")
+    assert {k for k, _, _ in run.config_differences(timm)} == {"spatial_init", "channel_init"}

@@ -206,6 +206,16 @@ class TrainConfig:
                         raise SpatialmixError(f"{f.name} must be {wanted}{optional}, got {value!r}")
                     break
 
+    @staticmethod
+    def same_setting(name: str, saved, ours, saved_config: dict) -> bool:
+        """Whether a saved value means the run ``ours`` describes: runs made before an init could be
+        left unasked saved ``"default"`` for it, which is what no init means for the built-in
+        models (they declare the default init). For other models the two differ (their own init
+        where they learn)."""
+        model = str(saved_config.get("model", ""))
+        builtin = ":" not in model
+        return name in ("spatial_init", "channel_init") and builtin and {saved, ours} == {None, "default"}
+
     def spatial_init_spec(self) -> InitSpec | None:
         """The spatial mixers' init asked for (smoothing or --init-from ask for one too); None when none
         was (see :func:`spatialmix.core.mixing.mixer_inits`)."""

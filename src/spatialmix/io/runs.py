@@ -286,7 +286,13 @@ class Run:
         record = self.record()
         saved = {**dataclasses.asdict(type(config)()), **record["train"]}
         ours = dataclasses.asdict(config)
-        return [(k, saved.get(k), v) for k, v in ours.items() if k not in ignore and saved.get(k) != v]
+        # a config class may say that two spellings mean the same run (TrainConfig.same_setting)
+        same = getattr(type(config), "same_setting", lambda name, a, b, saved: False)
+        return [
+            (k, saved.get(k), v)
+            for k, v in ours.items()
+            if k not in ignore and saved.get(k) != v and not same(k, saved.get(k), v, saved)
+        ]
 
     def finished_summary(self, config, task: dict | None = None) -> dict | None:
         """The summary if this run finished with ``config``; None if it has not finished (or does not
