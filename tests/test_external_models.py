@@ -114,8 +114,11 @@ def test_model_without_depthwise_convs_is_told_which_modes_it_has(tmp_path, caps
 def test_image_too_small_for_the_model_is_a_clear_error():
     with pytest.raises(SpatialmixError, match="cannot take 28 x 28 images .*--patch-size"):
         create_model("timm:convnext_atto", in_chans=1, num_classes=10, image_size=28)
-    # --patch-size goes to timm models that take one, and is left out for those that do not.
+    # --patch-size goes to timm models that take one, and is refused for those that do not (it was
+    # ignored without a word).
     assert create_model("timm:convnext_atto", in_chans=1, num_classes=10, image_size=28, patch_size=1).stem[
         0
     ].stride == (1, 1)
-    create_model("timm:resnet10t", in_chans=1, num_classes=10, image_size=28, patch_size=4)
+    for name in ("timm:resnet10t", "torchvision:resnet18"):
+        with pytest.raises(SpatialmixError, match=f"^{name} takes no patch size.*leave --patch-size out$"):
+            create_model(name, in_chans=1, num_classes=10, image_size=28, patch_size=4)

@@ -386,6 +386,7 @@ def test_report_never_embeds_a_file_outside_the_run_folder(run, tmp_path):
         json.dumps({"label": "run", "budgets": [{"eps": 0.0, "robust_acc": 1.0}]})
     )
     os.symlink(secret, run_dir / "robustness.png")
+    (tmp_path / "out").mkdir()  # the report's folder must exist: a typo in -o makes no folders
     files = write_report([run_dir], tmp_path / "out" / "report.html")
     page = files.html.read_text()
     assert base64.b64encode(secret.read_bytes()).decode()[:40] not in page

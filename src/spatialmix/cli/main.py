@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from spatialmix.cli.checks import check_arguments
 from spatialmix.cli.settings import (
     REPRODUCE_SKIP,
     AttackOutput,
@@ -289,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     command = COMMANDS[args.command]
+    try:
+        check_arguments(args)
+    except SpatialmixError as err:
+        print(f"spatialmix: error: {err}", file=sys.stderr)
+        return 2
     if not command.threads_per_run and getattr(args, "threads", None):
         from spatialmix.accel.speed import set_threads
 

@@ -69,8 +69,10 @@ def load_image_folder(
     resized crops (torchvision's ``RandomResizedCrop``, the ImageNet recipe); without it they are
     resized and center-cropped like the test images. Flips happen on whole batches (FolderLoader).
     """
-    import torchvision
+    # torchvision takes seconds to import: only when an image folder is loaded
     import torchvision.transforms as T
+
+    from spatialmix.data.imagefiles import ImageFiles, read_rgb
 
     spec = DATASETS["imagefolder"]
     check_augment(augment)
@@ -83,18 +85,22 @@ def load_image_folder(
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise SpatialmixError(f"{root} has no train/ and val/ folders; {spec.how_to_get}")
-    rgb = lambda path: torchvision.datasets.folder.default_loader(path).convert("RGB")
     try:
-        train_set = torchvision.datasets.ImageFolder(str(root / "train"), loader=rgb)
-        test_set = torchvision.datasets.ImageFolder(str(test_dir), loader=rgb)
-    except (FileNotFoundError, RuntimeError) as err:
+        train_set = ImageFiles(str(root / "train"))
+        test_set = ImageFiles(str(test_dir))
+    except (OSError, RuntimeError) as err:  # no class folder, an empty one, one that cannot be listed
         raise SpatialmixError(f"{root}: {err}; {spec.how_to_get}") from None
     if train_set.classes != test_set.classes:
         raise SpatialmixError(
             f"{root}: train/ and {test_dir.name}/ have different class folders; make them match"
         )
+    if len(train_set.classes) < 2:
+        raise SpatialmixError(
+            f"{root / 'train'} has {len(train_set.classes)} class folder ({', '.join(train_set.classes)}): "
+            f"a classifier needs at least 2 classes; add a folder of images per class"
+        )
     if image_size is None:
-        image_size = min(224, min(rgb(train_set.samples[0][0]).size))
+        image_size = min(224, min(read_rgb(train_set.samples[0][0]).size))
     to_uint8 = T.PILToTensor()
     centered = [T.Resize(round(image_size * 256 / 224), antialias=True), T.CenterCrop(image_size), to_uint8]
     train_set.transform = T.Compose(
@@ -205,8 +211,28 @@ class FolderLoader(BatchLoader):
             generator=torch.Generator().manual_seed(self._epoch_seed(3)),
         )
         generator = torch.Generator().manual_seed(self._epoch_seed(1))
-        for x, y in loader:
+        for x, y in _reraised_in_one_line(loader):
             x = x.to(self.device, non_blocking=True)
             if "flip" in self.augment:  # crops were done by the workers (RandomResizedCrop)
                 x = random_flip(x, (torch.rand(len(x), generator=generator) < 0.5).to(self.device))
             yield self.normalize(x), y.to(self.device, non_blocking=True)
+
+
+def _reraised_in_one_line(batches):
+    """The batches of a DataLoader; a SpatialmixError raised in a worker process (an unreadable image)
+    comes back as its own one line, not as the worker's traceback DataLoader puts in its message."""
+    try:
+        yield from batches
+    except SpatialmixError as err:
+        raise SpatialmixError(_worker_error_line(err)) from None
+
+
+def _worker_error_line(err: BaseException) -> str:
+    """The message of an error as raised: DataLoader re-raises a worker's error with the text
+    "Caught X in DataLoader worker process N. Original Traceback ... module.X: message"."""
+    text = str(err)
+    if "\n" not in text:
+        return text
+    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+    last = text.rstrip().splitlines()[-1]
+    return last[len(prefix) :] if last.startswith(prefix) else last

@@ -28,6 +28,27 @@ RESUMABLE_FIELDS = frozenset(SPEED_FIELDS | {"epochs"})
 
 # ... and, for a run that diverged (status "failed"), what its advice tells the user to change.
 DIVERGED_RESUMABLE_FIELDS = frozenset({"lr", "amp"})
+# torch's generators take seeds from 0 to 2**64 - 1 (a larger one was an OverflowError traceback).
+SEED_LIMIT = 2**64
+# More torch threads than any machine has cores: 100,000 crashed the process (MemoryError or a
+# segmentation fault) instead of being refused. A constant, not this machine's core count, so a
+# config.json valid on one machine stays valid on another.
+MAX_THREADS = 1024
+
+
+def check_seed(flag: str, value) -> None:
+    """Refuse a seed torch's generators cannot take (negative, 2**64 or more, not a whole number)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise SpatialmixError(f"{flag} must be a whole number from 0 to 2**64 - 1, got {value!r}")
+
+
+def check_threads(flag: str, value) -> None:
+    """Refuse a thread count below 1 or above :data:`MAX_THREADS`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
+        raise SpatialmixError(
+            f"{flag} must be a whole number from 1 to {MAX_THREADS}, got {value!r}; use at most the "
+            f"cores of the machine ({os.cpu_count()} here)"
+        )
 
 
 @dataclass
@@ -155,7 +176,10 @@ class TrainConfig:
             raise unknown_name("device", self.device, DEVICE_CHOICES)
         check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
         if self.threads is not None:
-            check_positive(threads=self.threads)
+            check_threads("--threads", self.threads)
+        check_seed("--seed", self.seed)
+        if self.init_seed is not None:
+            check_seed("--init-seed", self.init_seed)
         if self.workers is not None and self.workers < 0:
             raise SpatialmixError(f"workers must be >= 0, got {self.workers}")
         for name in (

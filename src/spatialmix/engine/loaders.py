@@ -25,6 +25,16 @@ def load_data_for(config: TrainConfig) -> ImageData | FolderData:
         )
     else:
         data = load_dataset(config.dataset, config.data_dir, download=config.download)
+    for flag, wanted, available, what in (
+        ("--train-subset", config.train_subset, len(data.train_labels), "training"),
+        ("--test-subset", config.test_subset, len(data.test_labels), "test"),
+    ):
+        if wanted is not None and wanted > available:
+            # taking all of them instead would train on another data set size than the config says
+            raise SpatialmixError(
+                f"{flag} {wanted:,} is more than the {available:,} {what} images of {config.dataset} "
+                f"in {data.source}; pass at most {available} (or leave {flag} out to use them all)"
+            )
     return data.subset(config.train_subset, config.test_subset, seed=config.seed)
 
 

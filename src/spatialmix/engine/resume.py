@@ -22,6 +22,7 @@ from spatialmix.core.mixing import applied_inits, frozen_fingerprint, summarize
 from spatialmix.data.datasets import ImageData
 from spatialmix.engine import distributed
 from spatialmix.engine.config import DIVERGED_RESUMABLE_FIELDS, RESUMABLE_FIELDS, TrainConfig
+from spatialmix.engine.divergence import divergence_reason
 from spatialmix.engine.tasks import data_info, saved_config, task_from_dict
 from spatialmix.errors import NonFiniteLossError, SpatialmixError
 from spatialmix.io import runs
@@ -283,15 +284,13 @@ def stop_if_not_finite(
             if bad
             else "another rank"
         )
-        stop_on_nonfinite(run_dir, state, f"{what} became non-finite in epoch {epoch + 1}", config)
+        stop_on_nonfinite(run_dir, state, f"{what} became non-finite in epoch {epoch + 1}", config, model)
 
 
-def stop_on_nonfinite(run_dir: Path, state: TrainState, what: str, config: TrainConfig):
-    lower = f"{config.lr / 10:g}"
-    reason = (
-        f"{what}; the last good checkpoint (epoch {state.epoch}) is kept in {run_dir}; lower --lr: "
-        f"continue with `spatialmix train --resume --out {run_dir} --lr {lower}` (--amp none may help too)"
-    )
+def stop_on_nonfinite(
+    run_dir: Path, state: TrainState, what: str, config: TrainConfig, model: nn.Module | None = None
+):
+    reason = divergence_reason(run_dir, state.epoch, state.step, what, config, model)
     if distributed.is_main():
         runs.atomic_write_json(
             run_dir / runs.STATUS, {"state": "failed", "epoch": state.epoch, "reason": reason}

@@ -24,6 +24,7 @@ from spatialmix.engine import distributed
 from spatialmix.engine.classification import ClassificationTask
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.device import autocast_context, resolve_amp, resolve_device
+from spatialmix.engine.divergence import all_finite, what_became_non_finite
 from spatialmix.engine.loaders import load_data_for, make_loaders
 from spatialmix.engine.optim import make_optimizer, piecewise_linear_lr
 from spatialmix.engine.resume import (
@@ -232,10 +233,13 @@ def _one_epoch(s: _Session, epoch: int, criterion, progress: TrainProgress, max_
         with autocast_context(device, s.amp):
             outputs = s.ddp_model(inputs)
             loss = criterion(outputs.float(), targets)
-        if not distributed.all_true(torch.isfinite(loss), device):  # every rank stops together
-            stop_on_nonfinite(
-                s.run_dir, state, f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}", config
-            )
+        finite = torch.isfinite(loss)
+        # Before the first update, a broken start (the init's scale) may show only in the statistics.
+        if state.step == 0:
+            finite = finite & all_finite(s.model)
+        if not distributed.all_true(finite, device):  # every rank stops together
+            what = what_became_non_finite(s.model, loss, epoch, i)
+            stop_on_nonfinite(s.run_dir, state, what, config, s.model)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip_grad > 0:

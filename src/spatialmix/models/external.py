@@ -17,8 +17,13 @@ def external_model(
     patch_size: int | None = None,
 ) -> nn.Module:
     """A timm or torchvision model. ``patch_size`` goes to timm models that take one (ConvNeXt's stem
-    stride, a ViT's patch); the other size options are for the built-in models only."""
+    stride, a ViT's patch) and is refused for the others; the other size options are for the
+    built-in models only."""
     library, _, arch = name.partition(":")
+    if patch_size is not None and (
+        isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1
+    ):
+        raise SpatialmixError(f"--patch-size must be a whole number of at least 1, got {patch_size!r}")
     if library == "timm":
         import timm
 
@@ -37,6 +42,8 @@ def external_model(
             raise SpatialmixError(
                 f"torchvision has no model {arch!r}; see torchvision.models.list_models()"
             ) from None
+        if patch_size is not None:
+            raise _takes_no_patch_size(name)
         model = builder(weights="DEFAULT" if pretrained else None, num_classes=num_classes)
         if in_chans != 3:
             _adapt_first_conv(model, in_chans)
@@ -46,8 +53,17 @@ def external_model(
     return model
 
 
+def _takes_no_patch_size(name: str) -> SpatialmixError:
+    return SpatialmixError(
+        f"{name} takes no patch size (--patch-size is for the built-in models and timm models with a "
+        f"patch stem, e.g. ConvNeXt, ViT, MLP-Mixer); leave --patch-size out"
+    )
+
+
 def _create_timm(timm, arch: str, kwargs: dict, optional: dict) -> nn.Module:
-    """``timm.create_model`` with the ``optional`` arguments the model takes (one left out per refusal)."""
+    """``timm.create_model`` with the ``optional`` arguments the model takes (one left out per refusal):
+    the image size is the data's, and left out where the model has none; the patch size is the
+    user's, and refused where the model has none (it was ignored without a word)."""
     optional = dict(optional)
     while True:
         try:
@@ -56,6 +72,8 @@ def _create_timm(timm, arch: str, kwargs: dict, optional: dict) -> nn.Module:
             refused = [k for k in optional if k in str(err)]
             if not refused:
                 raise
+            if refused[0] == "patch_size":
+                raise _takes_no_patch_size(f"timm:{arch}") from None
             optional.pop(refused[0])
 
 

@@ -86,6 +86,11 @@ def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = 
         raise SpatialmixError(
             f"{out_html} is a directory; pass a file name such as {out_html / 'report.html'}"
         )
+    if not out_html.parent.is_dir():  # made only when the user names it: a typo must not make folders
+        raise SpatialmixError(
+            f"the folder {out_html.parent} of the report file does not exist; create it first or "
+            f"choose another -o"
+        )
     check_writable(out_html.parent)  # before the work, not after it
     paths = [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
     sections = build_sections(paths, fft_size)

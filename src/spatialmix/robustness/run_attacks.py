@@ -35,6 +35,13 @@ def select_examples(data, n_examples: int | None, seed: int) -> tuple[torch.Tens
 
     if n_examples is not None and n_examples <= 0:
         raise SpatialmixError(f"--n-examples must be at least 1, got {n_examples}")
+    available = len(data.test_labels)
+    if n_examples is not None and n_examples > available:
+        # attacking all of them instead would save settings that say more images than were attacked
+        raise SpatialmixError(
+            f"--n-examples {n_examples:,} is more than the {available:,} test images of {data.name}; "
+            f"pass --n-examples {available} or --n-examples all"
+        )
     subset = data.subset(None, n_examples, seed=seed)
     return to_unit_range(subset.test_images), subset.test_labels
 
@@ -135,6 +142,8 @@ def attack_runs(
     """
     settings = (settings or AttackSettings()).replace(**changes).validate()
     out_name = _check_out_name(out_name)
+    if plot not in (None, "auto"):
+        _check_plot_path(Path(plot))
     run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
     if not run_dirs:
         raise SpatialmixError(
@@ -162,6 +171,19 @@ def attack_runs(
         for result in results:
             result["plot"] = str(plot_path)
     return results
+
+
+def _check_plot_path(plot: Path) -> None:
+    """Refuse a --plot in a folder that does not exist (a typo made /nonexistent/dir at the root), or one
+    that is a folder."""
+    if not plot.parent.is_dir():
+        raise SpatialmixError(
+            f"the folder {plot.parent} of --plot does not exist; create it first or choose another --plot"
+        )
+    if plot.is_dir():
+        raise SpatialmixError(
+            f"--plot {plot} is a folder; pass a file name such as {plot / 'robustness.png'}"
+        )
 
 
 def _reusable(path: Path, settings: AttackSettings, fingerprint: dict) -> dict | None:

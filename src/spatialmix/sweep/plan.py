@@ -31,10 +31,13 @@ finished, the results are gathered into the same tables as a local run (``result
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from spatialmix.engine.config import TrainConfig
 from spatialmix.errors import SpatialmixError, unknown_name
@@ -42,6 +45,32 @@ from spatialmix.studies.context import PRESETS, StudyContext, classification_run
 from spatialmix.sweep.settings import SweepSettings
 
 GRID_KEYS = ("preset", "base", "grid")
+# The most configurations one grid may expand to: a sweep of more is surely a mistake in the file
+# (expanding 1.6e9 took minutes, then memory ran out).
+MAX_CONFIGURATIONS = 10_000
+# The longest folder name most file systems take (a configuration's folder is named after its values).
+NAME_MAX = 255
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (yaml keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges another mapping in; its keys may be overridden
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:
+                continue  # an unhashable key: the safe loader's own error names it
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 @dataclass
@@ -69,14 +98,20 @@ class Sweep:
 
 
 def load_grid_file(path: str | Path) -> dict:
-    """Read a grid file (YAML), checking its shape."""
-    import yaml
-
+    """Read a grid file (YAML), checking its shape; a key given twice in one mapping is refused (YAML
+    kept the last value silently)."""
     path = Path(path)
     if not path.is_file():
         raise SpatialmixError(f"grid file {path} does not exist")
     try:
-        spec = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpatialmixError(
+            f"{path} is not a grid file: byte {err.start} is not UTF-8 text (YAML or JSON); pass a grid "
+            f"file (see `spatialmix sweep --help`)"
+        ) from None
+    try:
+        spec = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -113,6 +148,13 @@ def grid_sweep(spec: dict, out_dir: str | Path, **overrides) -> Sweep:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise SpatialmixError(f"grid entry {key!r} must be a non-empty list of values, got {values!r}")
+    count = math.prod(len(values) for values in grid.values())
+    if count > MAX_CONFIGURATIONS:
+        sizes = " x ".join(str(len(values)) for values in grid.values())
+        raise SpatialmixError(
+            f"the grid has {count:,} configurations ({sizes}), more than the {MAX_CONFIGURATIONS:,} a sweep "
+            f"may have; list fewer values, or split it into several grid files"
+        )
     base_values = _typed(base_values)
     grid = {key: [_typed({key: v})[key] for v in values] for key, values in grid.items()}
     for key, values in grid.items():
@@ -130,6 +172,11 @@ def grid_sweep(spec: dict, out_dir: str | Path, **overrides) -> Sweep:
     for values in itertools.product(*grid.values()):
         labels = dict(zip(grid, values))
         name = run_name(labels)
+        if len(name.encode()) > NAME_MAX:
+            raise SpatialmixError(
+                f"configuration {name[:60]}...: its folder name is {len(name.encode())} bytes, more than "
+                f"the {NAME_MAX} a folder name may have; use shorter values or fewer grid keys"
+            )
         jobs.append(SweepJob(name, _validated(base.replace(**labels), name), out_dir / "runs" / name, labels))
     return Sweep(out_dir, jobs, title=f"Sweep {out_dir.name}", overrides=dict(overrides), varying=tuple(grid))
 
