@@ -108,9 +108,9 @@ def test_weights_larger_than_plausible_are_refused(tmp_path, monkeypatch):
     big = tmp_path / "model.safetensors"
     with open(big, "wb") as f:
         f.truncate(4096)  # sparse: the size check must come before any read
-    from spatialmix.io import storage
+    from spatialmix.io import untrusted
 
-    monkeypatch.setattr(storage, "MAX_WEIGHTS_BYTES", 1024)
+    monkeypatch.setattr(untrusted, "WEIGHTS_BYTES", 1024)
     with pytest.raises(SpatialmixError, match="is 4,096 bytes, more than the 1,024 a weights file may have"):
         runs.load_weights(big)
 
@@ -149,9 +149,13 @@ def test_metrics_symlink_is_never_written_through(tiny_data, tmp_path):
     before = victim.read_bytes()
     (run_dir / runs.METRICS).unlink()
     os.symlink(victim, run_dir / runs.METRICS)
+    # A link out of the run is refused before anything is read or written (it used to be replaced).
+    with pytest.raises(SpatialmixError, match="metrics.jsonl points outside its run folder"):
+        train(config, run_dir, resume=True, data=tiny_data)
+    assert victim.read_bytes() == before and (run_dir / runs.METRICS).is_symlink()
+    (run_dir / runs.METRICS).unlink()  # the advice: remove the link; the history comes from the checkpoint
     train(config, run_dir, resume=True, data=tiny_data)
     assert victim.read_bytes() == before
-    assert not (run_dir / runs.METRICS).is_symlink()
     assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
 
 
@@ -386,10 +390,11 @@ def test_report_never_embeds_a_file_outside_the_run_folder(run, tmp_path):
         json.dumps({"label": "run", "budgets": [{"eps": 0.0, "robust_acc": 1.0}]})
     )
     os.symlink(secret, run_dir / "robustness.png")
+    # A link out of the run folder is refused: the run is not reported, nothing of the secret is written.
     (tmp_path / "out").mkdir()  # the report's folder must exist: a typo in -o makes no folders
-    files = write_report([run_dir], tmp_path / "out" / "report.html")
-    page = files.html.read_text()
-    assert base64.b64encode(secret.read_bytes()).decode()[:40] not in page
+    with pytest.raises(SpatialmixError, match="robustness.png points outside its run folder"):
+        write_report([run_dir], tmp_path / "out" / "report.html")
+    assert not (tmp_path / "out" / "report.html").exists()
     # A file that really is in the folder is embedded.
     (run_dir / "robustness.png").unlink()
     (run_dir / "robustness.png").write_bytes(secret.read_bytes())

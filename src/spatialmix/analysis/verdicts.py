@@ -149,11 +149,11 @@ def verdict_table(
 # --------------------------------------------------------------------------- reading a study folder
 
 
-def _read_json_or_none(path: Path):
-    """An untrusted JSON file: None when absent, a clear error when corrupt."""
-    if not path.is_file():
+def _read_json_or_none(path: Path, base: Path):
+    """An untrusted JSON file of the folder ``base``: None when absent, a clear error when bad or outside."""
+    if not (path.is_file() or path.is_symlink()):
         return None
-    return runs.read_json(path, "result file")
+    return runs.read_json(path, "result file", base=base)
 
 
 def _dict(value) -> dict:
@@ -190,7 +190,7 @@ def robust_records(study_data: dict, out_dir: Path) -> list[dict]:
         record = dict(saved)
         run_dir = _locate_run(out_dir, saved.get("run", ""))
         try:
-            result = _read_json_or_none(run_dir / ROBUSTNESS_FILE) if run_dir else None
+            result = _read_json_or_none(run_dir / ROBUSTNESS_FILE, run_dir) if run_dir else None
         except SpatialmixError:  # damaged: results.json's accuracies still give the seed-paired interval
             result = None
         record["robust_bits"] = _matching_bits(result, settings, _dict(saved.get("robust_acc")))
@@ -228,17 +228,15 @@ def _with_run_files(summaries: dict, out_dir: Path) -> dict:
             run_dir = (
                 out_dir / "classification" / f"{mode_name(mode)}-seed{row.get('seed')}"
             )  # classification_run_dir
-            if isinstance(row.get("seed"), int) and runs.is_run_dir(run_dir):
-                saved = _read_json_or_none(run_dir / runs.SUMMARY)
+            if isinstance(row.get("seed"), int) and inside(out_dir, run_dir) and runs.is_run_dir(run_dir):
+                saved = runs.Run(run_dir).summary()  # (inside: a link out of the study is not followed)
                 if (
                     "test_correct_bits" not in row
                     and isinstance(saved, dict)
                     and saved.get("test_acc") == row.get("test_acc")
                 ):
                     row["test_correct_bits"] = saved.get("test_correct_bits")
-                row.setdefault(
-                    TEST_EXAMPLES, _test_set_size(_dict(runs.read_json(run_dir / runs.CONFIG, "run")))
-                )
+                row.setdefault(TEST_EXAMPLES, _test_set_size(runs.Run(run_dir).record()))
             completed[mode].append(row)
     return completed
 
@@ -256,7 +254,7 @@ def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
     (:func:`verdicts_for_runs`).
     """
     out_dir = Path(out_dir)
-    results = _read_json_or_none(out_dir / "results.json")
+    results = _read_json_or_none(out_dir / "results.json", out_dir) if out_dir.is_dir() else None
     results = results if isinstance(results, dict) else {}
     studies = _dict(results.get("studies"))
     if not studies:
@@ -274,7 +272,7 @@ def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
     robustness, smoothing = (
         robust_records(data[n], out_dir) if data[n].get("runs") else None for n in ("robustness", "smoothing")
     )
-    unshuffle = _read_json_or_none(out_dir / "unshuffle" / UNSHUFFLE_FILE)
+    unshuffle = _read_json_or_none(out_dir / "unshuffle" / UNSHUFFLE_FILE, out_dir)
     examples = _dict(data["smoothing"].get("settings")).get("n_examples")
     return claim_verdicts(
         _with_run_files(classification, out_dir) if isinstance(classification, dict) else None,
@@ -330,7 +328,7 @@ def _read_run(path: Path) -> _FinishedRun | None:
     if summary is None:
         return None
     record = run.record()
-    robustness = _read_json_or_none(run.file(ROBUSTNESS_FILE))
+    robustness = _read_json_or_none(run.file(ROBUSTNESS_FILE), run.path)
     summary = {TEST_EXAMPLES: _test_set_size(record), **summary}
     return _FinishedRun(
         path,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from spatialmix.errors import SpatialmixError, check_positive, unknown_name
-from spatialmix.io.limits import SIZE_LIMITS, SPEED_FIELDS
+from spatialmix.io.limits import SIZE_LIMITS, SPEED_FIELDS, out_of_range
 from spatialmix.options import option
 
 if TYPE_CHECKING:
@@ -182,6 +182,14 @@ class TrainConfig:
             check_seed("--init-seed", self.init_seed)
         if self.workers is not None and self.workers < 0:
             raise SpatialmixError(f"workers must be >= 0, got {self.workers}")
+        # A seed beyond 64 bits or 10**12 threads is refused here, before torch's C code sees it.
+        wrong = out_of_range(self.to_dict())
+        if wrong:
+            name, value, lowest, highest = wrong
+            shown = f"{value:,}" if value.bit_length() <= 256 else f"a number of {value.bit_length():,} bits"
+            raise SpatialmixError(
+                f"{name.replace('_', ' ')} must be a whole number from {lowest:,} to {highest:,}, got {shown}"
+            )
         for name in (
             "width",
             "depth",

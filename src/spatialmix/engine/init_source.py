@@ -1,7 +1,7 @@
 """``--spatial-init covariance-from RUN_DIR``: the prior fitted to a trained run's spatial filters.
 
-The run folder is untrusted: it is read through :mod:`spatialmix.io.runs` (safetensors, no
-pickle), its model is rebuilt from config.json on the meta device (shapes only) to know which
+The run folder is untrusted: it is read through :mod:`spatialmix.io.runs` (no link out of it,
+safetensors, no pickle), its model is rebuilt from config.json on the meta device (shapes only) to know which
 layers mix space, and :meth:`~spatialmix.core.priors.EmpiricalPrior.from_filters` checks every
 shape it fits.
 """
@@ -22,22 +22,20 @@ from spatialmix.io import runs
 
 def empirical_prior(run_dir: str | Path) -> EmpiricalPrior:
     """Per-layer Gaussian fits of the spatial filters of the trained (Full or Space) run ``run_dir``."""
-    run_dir = runs.check_run_dir(Path(run_dir))
-    record = runs.read_json(run_dir / runs.CONFIG, "run")
-    train = record.get("train") if isinstance(record, dict) else None
-    if not isinstance(train, dict) or not isinstance(record.get("data"), dict):
-        raise SpatialmixError(f"{run_dir / runs.CONFIG} has no training config: not a spatialmix run")
+    run = runs.Run(run_dir).check()  # no link out of it, config.json of the right shape
+    run_dir, record = run.path, run.record()
+    train = record["train"]
     if train.get("mode") == "chans":
         raise SpatialmixError(
             f"{run_dir} is a Chans run: its spatial filters were frozen at random, not learned; "
             f"pass a Full (or Space) run to --init-from"
         )
-    folder = runs.latest_checkpoint(run_dir)
+    folder = run.latest_checkpoint()
     if folder is None:
         raise SpatialmixError(
             f"{run_dir} has no checkpoint yet; train it first (spatialmix train --resume --out {run_dir})"
         )
-    state = runs.load_weights(folder / runs.MODEL_FILE)
+    state = runs.load_weights(run.file(runs.CKPT_DIR, folder.name, runs.MODEL_FILE), base=run_dir)
     names = _spatial_layer_names(train, record["data"], run_dir)
     filters = [(name, state.get(f"{name}.weight")) for name in names]
     return EmpiricalPrior.from_filters(str(run_dir), filters, str(folder / runs.MODEL_FILE))

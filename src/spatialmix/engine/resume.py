@@ -27,6 +27,7 @@ from spatialmix.engine.tasks import data_info, saved_config, task_from_dict
 from spatialmix.errors import NonFiniteLossError, SpatialmixError
 from spatialmix.io import runs
 from spatialmix.io.paths import check_folder_path
+from spatialmix.io.run_files import validate_progress
 from spatialmix.version import __version__
 
 
@@ -190,9 +191,10 @@ def restore_newest(
     candidates = ([latest] if latest is not None else []) + [
         c for c in run.checkpoints_newest_first() if latest is None or c.name != latest.name
     ]
+    epochs = saved_config(run).epochs if candidates else 0  # no checkpoint may be past them
     for folder in candidates:
         try:
-            state = _restore(model, optimizer, folder, init_fingerprint)
+            state = _restore(run, model, optimizer, folder, init_fingerprint, epochs)
         except SpatialmixError as err:
             problem = problem or err
             continue
@@ -216,12 +218,16 @@ def restore_newest(
     )
 
 
-def _restore(model: nn.Module, optimizer, folder: Path, init_fingerprint: str) -> TrainState:
-    model_state, train_state = runs.load_checkpoint(folder)
+def _restore(
+    run: runs.Run, model: nn.Module, optimizer, folder: Path, init_fingerprint: str, epochs: int
+) -> TrainState:
+    model_state, train_state = runs.load_checkpoint(folder, run.path)
+    state_file = folder / runs.STATE_FILE
+    epoch = int(runs.CHECKPOINT_NAME.fullmatch(folder.name).group(1))
+    progress = validate_progress(train_state, state_file, epoch, epochs)
     try:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(train_state["optimizer"])
-        progress = train_state["progress"]
         _set_rng_state(train_state["rng"])
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0][:160]
@@ -234,7 +240,21 @@ def _restore(model: nn.Module, optimizer, folder: Path, init_fingerprint: str) -
             f"checkpoint {folder}: frozen tensors differ from the ones this config rebuilds; "
             f"the checkpoint belongs to another config or was modified"
         )
+    _check_optimizer_state(optimizer, state_file)
     return TrainState(**progress)
+
+
+def _check_optimizer_state(optimizer, path: Path) -> None:
+    """Every tensor the optimizer keeps per parameter has that parameter's shape (load_state_dict checks
+    only the groups: a damaged moment tensor would fail at the first step, mid-training)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise SpatialmixError(
+                        f"{path}: field 'optimizer.state.{name}' has shape {tuple(value.shape)}, its "
+                        f"parameter {tuple(param.shape)}; the checkpoint is damaged: resume from another copy"
+                    )
 
 
 def record_stop(run: runs.Run, err: BaseException) -> None:

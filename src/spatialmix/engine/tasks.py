@@ -19,6 +19,7 @@ from spatialmix.data.datasets import ImageData
 from spatialmix.engine.classification import ClassificationTask
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.init_source import empirical_prior
+from spatialmix.engine.model_size import check_model_size
 from spatialmix.engine.unshuffle import UnshuffleTask
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.io import runs
@@ -62,8 +63,10 @@ def saved_config(run: runs.Run) -> TrainConfig:
     """The saved TrainConfig of a run (fields added to TrainConfig after the run was made take their
     defaults)."""
     record = run.record()
-    saved_task(run, record)  # first: a damaged task is reported before the training fields
-    return TrainConfig.from_dict(record["train"], source=run.file(runs.CONFIG))
+    task = saved_task(run, record)  # first: a damaged task is reported before the training fields
+    config = TrainConfig.from_dict(record["train"], source=run.file(runs.CONFIG))
+    check_model_size(config, record["data"], task, source=run.file(runs.CONFIG))
+    return config
 
 
 def data_info(data: ImageData) -> dict:
@@ -91,6 +94,7 @@ def build_model(
     """
     task = task or ClassificationTask()
     info = {"in_chans": in_chans, "num_classes": num_classes, "image_size": image_size}
+    check_model_size(config, info, task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.resolved_init_seed)
         model = task.create_model(config, info)

@@ -18,44 +18,55 @@ fsynced after, so a run killed at any moment (or a power loss) leaves the previo
 intact. A checkpoint becomes visible only when ``latest.json`` points at it.
 
 A run folder is something people download and share, so everything read from it is untrusted:
-:class:`Run` checks the shape of every JSON file (one line naming the file and the field when it
-is wrong), refuses paths that lead out of the run folder (symlinks, ``latest.json`` pointing
-elsewhere), checks that weights files are regular files of plausible size before reading them,
-and never unpickles code (safetensors, ``torch.load(weights_only=True)``). The file primitives are
-in :mod:`spatialmix.io.storage`, the lock in :mod:`spatialmix.io.lock`; both are re-exported here.
+:class:`Run` refuses any link in it whose target leaves it (:meth:`Run.check_links`, and again at
+every read), reads every file through :mod:`spatialmix.io.untrusted` (no link followed out, no
+device or fifo, a bounded size, JSON of bounded depth and numbers; never code unpickled) and checks
+the shape of every file (:mod:`spatialmix.io.run_files`: one line naming the file and the field).
+The writes are in :mod:`spatialmix.io.storage`, the lock in :mod:`spatialmix.io.lock`; the names
+other modules use are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
-import re
 import shutil
 from pathlib import Path
 
 import torch
 
 from spatialmix.errors import SpatialmixError
-from spatialmix.io.limits import SIZE_LIMITS, SPEED_FIELDS
+from spatialmix.io.limits import RECORD_BYTES, SPEED_FIELDS
+from spatialmix.io.limits import SIZE_LIMITS as SIZE_LIMITS  # re-exported: what a run folder may ask for
 from spatialmix.io.lock import LOCK
 from spatialmix.io.lock import locked as _locked_path
 from spatialmix.io.paths import inside
+from spatialmix.io.run_files import (
+    CHECKPOINT_NAME,
+    validate_latest,
+    validate_record,
+    validate_status,
+    validate_summary,
+)
+from spatialmix.io.run_files import FORMAT_VERSION as FORMAT_VERSION  # re-exported: what config.json records
 from spatialmix.io.storage import (
+    WriteError,
     atomic_via_tmp,
     atomic_write_json,
-    check_regular_file,
-    file_sha256,
     fsync_dir,
-    load_weights,
-    read_json,
-    read_jsonl,
     save_weights,
     write_error,
 )
+from spatialmix.io.untrusted import (
+    file_sha256,
+    load_torch,
+    load_weights,
+    outside_error,
+    read_json,
+    read_jsonl,
+)
 
-FORMAT_VERSION = 1
 CONFIG, INIT, METRICS, STATUS, SUMMARY = (
     "config.json",
     "init.safetensors",
@@ -64,138 +75,6 @@ CONFIG, INIT, METRICS, STATUS, SUMMARY = (
     "summary.json",
 )
 CKPT_DIR, LATEST, MODEL_FILE, STATE_FILE = "checkpoints", "latest.json", "model.safetensors", "train_state.pt"
-STATES = ("running", "finished", "failed", "interrupted")
-CHECKPOINT_NAME = re.compile(r"epoch-(\d{4,9})")
-
-
-# --------------------------------------------------------------------------- shapes of the run files
-
-
-def _bad(path: Path, field: str, wanted: str, value) -> SpatialmixError:
-    shown = repr(value)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return SpatialmixError(
-        f"{path}: field {field!r} must be {wanted}, got {shown}; the file is damaged or not spatialmix's"
-    )
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _need(path: Path, obj: dict, field: str, check, wanted: str, optional: bool = False):
-    if field not in obj:
-        if optional:
-            return None
-        raise SpatialmixError(f"{path}: field {field!r} is missing; the file is damaged or not spatialmix's")
-    if not check(obj[field]):
-        raise _bad(path, field, wanted, obj[field])
-    return obj[field]
-
-
-def _need_dict(path: Path, value, what: str = "a JSON object") -> dict:
-    if not isinstance(value, dict):
-        raise SpatialmixError(
-            f"{path} must hold {what}, got {type(value).__name__}; the file is damaged or not spatialmix's"
-        )
-    return value
-
-
-# The largest sizes a run folder may ask for. A model is built from config.json before its weights
-# are read, so a hostile or mistyped size (width 10**9) would allocate without bound; these are
-# several times the largest models of the paper (ConvMixer-1536/20, kernel 9, patch 7, 224 pixels)
-# and of ImageNet-21k's 21,841 classes.
-_LIMITS_TEXT = ", ".join(f"{name} {limit:,}" for name, limit in SIZE_LIMITS.items())
-
-
-def check_size_limits(path: Path, values: dict) -> None:
-    """Refuse a size above :data:`SIZE_LIMITS` in ``values`` (one section of config.json), before anything is
-    built."""
-    for name, limit in SIZE_LIMITS.items():
-        value = values.get(name)
-        if _is_int(value) and value > limit:
-            raise SpatialmixError(
-                f"{path}: field {name!r} is {value:,}; a run folder may ask for {name} at most "
-                f"{limit:,} (limits: {_LIMITS_TEXT}): the file is damaged or not spatialmix's"
-            )
-
-
-def validate_record(record, path: Path) -> dict:
-    """config.json's shape: what loading the run relies on (the TrainConfig fields are checked by it)."""
-    _need_dict(path, record)
-    version = record.get("format_version")
-    if version != FORMAT_VERSION:
-        raise SpatialmixError(
-            f"{path.parent} was written by an incompatible spatialmix (run format {version!r}, "
-            f"this version reads {FORMAT_VERSION}); re-run it with this version"
-        )
-    train = _need(path, record, "train", lambda v: isinstance(v, dict), "a JSON object of training settings")
-    data = _need(path, record, "data", lambda v: isinstance(v, dict), "a JSON object")
-    for name in ("in_chans", "num_classes", "image_size"):
-        _need(path, data, name, lambda v: _is_int(v) and v > 0, "a positive whole number")
-    check_size_limits(path, train)
-    check_size_limits(path, data)
-    for name in ("mean", "std"):
-        _need(
-            path,
-            data,
-            name,
-            lambda v: isinstance(v, list) and len(v) == data["in_chans"] and all(_is_number(x) for x in v),
-            f"a list of {data['in_chans']} numbers",
-        )
-    if any(s <= 0 for s in data["std"]):
-        raise _bad(path, "std", "positive numbers", data["std"])
-    task = record.get("task")
-    if task is not None:
-        _need_dict(path, task, "a task object")
-        _need(path, task, "name", lambda v: isinstance(v, str), "a task name")
-    _need(path, record, "frozen_fingerprint", lambda v: isinstance(v, str), "a string", optional=True)
-    return record
-
-
-def validate_status(status, path: Path) -> dict:
-    _need_dict(path, status)
-    _need(path, status, "state", lambda v: v in STATES, f"one of {', '.join(STATES)}")
-    _need(path, status, "epoch", lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
-    return status
-
-
-SUMMARY_NUMBERS = (
-    "trainable_params",
-    "frozen_params",
-    "epochs",
-    "train_time",
-    "images_per_s",
-    "test_acc",
-    "test_loss",
-)
-
-
-def validate_summary(summary, path: Path) -> dict:
-    _need_dict(path, summary)
-    for name, value in summary.items():
-        if (name in SUMMARY_NUMBERS or name.startswith("best_")) and not _is_number(value):
-            raise _bad(path, name, "a number", value)
-    return summary
-
-
-def validate_latest(pointer, path: Path) -> tuple[str, int]:
-    _need_dict(path, pointer)
-    folder = _need(
-        path,
-        pointer,
-        "folder",
-        lambda v: isinstance(v, str) and CHECKPOINT_NAME.fullmatch(v),
-        "a checkpoint folder name like epoch-0003",
-    )
-    epoch = _need(path, pointer, "epoch", lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
-    if int(CHECKPOINT_NAME.fullmatch(folder).group(1)) != epoch:
-        raise _bad(path, "epoch", f"the epoch of {folder}", epoch)
-    return folder, epoch
 
 
 # --------------------------------------------------------------------------- one run folder
@@ -219,11 +98,21 @@ class Run:
         """``RUN/parts...``, refusing a path that leads out of the run folder (a symlink to elsewhere)."""
         path = self.path.joinpath(*parts)
         if parts and os.path.lexists(path) and inside(self.path, path) is None:
-            raise SpatialmixError(
-                f"{path} points outside its run folder (to {os.path.realpath(path)}); a run folder holds "
-                f"only its own files: remove the link"
-            )
+            raise outside_error(path, "its run folder")
         return path
+
+    def check_links(self) -> None:
+        """Refuse the run folder if a link in it (its files, ``checkpoints/``, a checkpoint folder and
+        what they hold) leads out of it: such a folder is damaged or built to read another's files."""
+        folders = [self.path]
+        while folders:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    path = Path(entry.path)
+                    if entry.is_symlink():
+                        self.file(*path.relative_to(self.path).parts)
+                    elif entry.is_dir() and (entry.name == CKPT_DIR or CHECKPOINT_NAME.fullmatch(entry.name)):
+                        folders.append(path)
 
     @property
     def exists(self) -> bool:
@@ -238,6 +127,7 @@ class Run:
                 f"{self.path} is not a spatialmix run (no {CONFIG}); pass a folder made by "
                 f"`spatialmix train` or `spatialmix reproduce`"
             )
+        self.check_links()
         self.record()
         return self
 
@@ -250,7 +140,7 @@ class Run:
     # ---- the files
     def _json(self, name: str, what: str):
         path = self.file(name)
-        return read_json(path, what), path
+        return read_json(path, what, base=self.path, max_bytes=RECORD_BYTES), path
 
     def record(self) -> dict:
         """config.json, validated."""
@@ -271,7 +161,7 @@ class Run:
         return validate_summary(summary, path)
 
     def metrics(self) -> list[dict]:
-        return read_jsonl(self.file(METRICS))
+        return read_jsonl(self.file(METRICS), base=self.path)
 
     def is_finished(self) -> bool:
         return self.status().get("state") == "finished" and self.summary() is not None
@@ -320,7 +210,8 @@ class Run:
         pointer = self.file(CKPT_DIR, LATEST)
         if not pointer.is_file():
             return None
-        name, _ = validate_latest(read_json(pointer, "checkpoint pointer"), pointer)
+        saved = read_json(pointer, "checkpoint pointer", base=self.path, max_bytes=RECORD_BYTES)
+        name, _ = validate_latest(saved, pointer)
         folder = self.file(CKPT_DIR, name)
         if not folder.is_dir():
             raise SpatialmixError(
@@ -357,19 +248,26 @@ class Run:
         folder = self.require_checkpoint()
         return {
             "checkpoint": folder.name,
-            "sha256": file_sha256(self.file(CKPT_DIR, folder.name, MODEL_FILE)),
+            "sha256": file_sha256(self.file(CKPT_DIR, folder.name, MODEL_FILE), base=self.path),
         }
 
     # ---- cleaning after a kill (only under the lock)
     def remove_stray_temporaries(self) -> list[Path]:
-        """Delete the ``.*.tmp`` files a kill left behind (call only while holding the run's lock)."""
+        """Delete the ``.*.tmp`` files a kill left behind (call only while holding the run's lock).
+
+        Only in the run's own folders: a link leading out of the run is refused before anything is
+        deleted, and no link is followed (``checkpoints`` linked to another run's would otherwise
+        lose that run's files)."""
+        self.check_links()
+        folders, root = [self.path], self.path / CKPT_DIR
+        if root.is_dir() and not root.is_symlink():
+            folders += [root, *(p for p in sorted(root.glob("epoch-*")) if p.is_dir() and not p.is_symlink())]
         removed = []
-        for folder in [self.path, self.path / CKPT_DIR, *sorted((self.path / CKPT_DIR).glob("epoch-*"))]:
-            if folder.is_dir() and not folder.is_symlink():
-                for p in folder.iterdir():
-                    if _is_tmp(p) and (p.is_file() or p.is_symlink()):
-                        p.unlink(missing_ok=True)
-                        removed.append(p)
+        for folder in folders:
+            for p in folder.iterdir():
+                if _is_tmp(p) and (p.is_file() or p.is_symlink()):
+                    p.unlink(missing_ok=True)  # a link is removed itself, never what it points at
+                    removed.append(p)
         return removed
 
 
@@ -409,12 +307,19 @@ def save_checkpoint(run_dir: Path, epoch: int, model_state: dict, train_state: d
         elif folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-    except OSError as err:
-        raise write_error(folder, err) from None
-    save_weights(folder / MODEL_FILE, model_state, metadata={"epoch": str(epoch)})
-    atomic_via_tmp(folder / STATE_FILE, lambda tmp: torch.save(train_state, tmp))
-    fsync_dir(ckpt_root)
-    atomic_write_json(ckpt_root / LATEST, {"folder": folder.name, "epoch": epoch})
+        save_weights(folder / MODEL_FILE, model_state, metadata={"epoch": str(epoch)})
+        atomic_via_tmp(folder / STATE_FILE, lambda tmp: torch.save(train_state, tmp))
+        fsync_dir(ckpt_root)
+        atomic_write_json(ckpt_root / LATEST, {"folder": folder.name, "epoch": epoch})
+    except (OSError, WriteError) as err:
+        # latest.json still names the last complete checkpoint; the incomplete folder goes, which
+        # frees the space it took on a full disk.
+        shutil.rmtree(folder, ignore_errors=True)
+        failure = err if isinstance(err, WriteError) else write_error(folder, err)
+        raise failure.advise(
+            f"the last complete checkpoint is kept: free space and resume with "
+            f"`spatialmix train --resume --out {run_dir}`"
+        ) from None
     done = sorted(p for p in ckpt_root.glob("epoch-*") if p.is_dir() and not p.is_symlink())
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -425,13 +330,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return Run(run_dir).latest_checkpoint()
 
 
-def load_checkpoint(folder: Path) -> tuple[dict, dict]:
-    model_state = load_weights(folder / MODEL_FILE)
-    check_regular_file(folder / STATE_FILE)
-    try:
-        train_state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise SpatialmixError(f"{folder / STATE_FILE} is corrupt ({type(err).__name__})") from None
+def load_checkpoint(folder: Path, run_dir: Path) -> tuple[dict, dict]:
+    """The model weights and training state of the checkpoint ``folder`` of ``run_dir`` (both files
+    read only from inside the run folder)."""
+    model_state = load_weights(folder / MODEL_FILE, base=run_dir)
+    train_state = load_torch(folder / STATE_FILE, base=run_dir)
     if not isinstance(train_state, dict):
         raise SpatialmixError(f"{folder / STATE_FILE} is corrupt (not a training state)")
     return model_state, train_state

@@ -1,33 +1,31 @@
-"""Files that survive kills and power losses, and reads that survive hostile files.
+"""Files that survive kills, power losses and full disks.
+
+Reads of untrusted files are in :mod:`spatialmix.io.untrusted`.
 
 Writes go to a unique temporary name beside the target, are fsynced, renamed into place (which
 replaces a symlink itself, never writes through it) and the folder is fsynced after, so a reader
-sees the old file or the new one, never a mix, even across a power loss. Reads check what they
-are given first: a regular file (not a device or a fifo), of plausible size, inside the folder it
-should be in, and JSON that is UTF-8; a weights file is never read whole just to hash it.
+sees the old file or the new one, never a mix, even across a power loss. A write that fails (a full
+disk, a read-only folder; torch's and safetensors' writers report a full disk in their own words)
+leaves no temporary file behind and is one :class:`WriteError` line.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import math
 import os
+import re
 import secrets
-import stat
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from spatialmix.errors import SpatialmixError
-
-# Weights beyond this are not read (a hostile folder could name a huge or endless file).
-MAX_WEIGHTS_BYTES = 16 << 30
-MAX_JSON_BYTES = 64 << 20
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -63,10 +61,50 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def write_error(path: Path, err: OSError) -> SpatialmixError:
-    why = err.strerror or type(err).__name__
-    hint = "free some space and resume" if err.errno == errno.ENOSPC else "choose a writable folder"
-    return SpatialmixError(f"cannot write {path} ({why}); {hint}")
+class WriteError(SpatialmixError):
+    """A file could not be written: ``full`` when the disk (or the user's quota) is full."""
+
+    def __init__(self, path: Path, why: str, full: bool, advice: str | None = None):
+        self.path, self.why, self.full, self.advice = Path(path), why, full, advice
+        what = f"no space left on device while writing {path}" if full else f"cannot write {path} ({why})"
+        advice = advice or ("free space and try again" if full else "choose a writable folder")
+        super().__init__(f"{what}; {advice}")
+
+    def __reduce__(self):  # pickled whole (a sweep's worker hands its error back to the parent)
+        return WriteError, (self.path, self.why, self.full, self.advice)
+
+    def advise(self, advice: str) -> WriteError:
+        """The same failure with the caller's advice (what to run once space is freed)."""
+        return WriteError(self.path, self.why, self.full, advice)
+
+
+def write_error(path: Path, err: OSError) -> WriteError:
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return WriteError(path, err.strerror or type(err).__name__, full)
+
+
+# How torch's and safetensors' writers report a failed write (a full disk): torch's zip writer finds
+# fewer bytes written than it wrote ("unexpected pos 704 vs 598"); safetensors names the os error.
+_TORCH_WRITER = re.compile(r"inline_container|PytorchStreamWriter|unexpected pos|write failed")
+_TORCH_DETAIL = re.compile(r"unexpected pos \d+ vs \d+|file write failed")
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def _writer_failure(path: Path, err: BaseException) -> WriteError | None:
+    """The :class:`WriteError` that a writer's own exception stands for; None for any other error."""
+    if isinstance(err, OSError):
+        return write_error(path, err)
+    if isinstance(err, SafetensorError) and (code := _OS_ERROR.search(str(err))):
+        return write_error(path, OSError(int(code.group(1)), os.strerror(int(code.group(1)))))
+    if isinstance(err, RuntimeError) and _TORCH_WRITER.search(str(err)):
+        detail = _TORCH_DETAIL.search(str(err))
+        why = f"torch's writer stopped short: {detail.group() if detail else 'write failed'}"
+        try:  # asked before the partial file is removed, while the disk is still full
+            full = shutil.disk_usage(path.parent).free < 1 << 20
+        except OSError:
+            full = False
+        return WriteError(path, why, full, None if full else "check the free space there and try again")
+    return None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -126,58 +164,16 @@ def atomic_via_tmp(path: Path, write) -> None:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException as err:
+        failure = _writer_failure(path, err)
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise write_error(path, err) from None
-        if isinstance(err, RuntimeError) and "write" in str(err).lower():  # torch.save on a full disk
-            raise write_error(path, OSError(errno.EIO, str(err).splitlines()[0][:120])) from None
+        if failure is not None:
+            raise failure from None
         raise
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     atomic_via_tmp(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def check_regular_file(path: Path, max_bytes: int | None = None) -> int:
-    """The size of ``path``, after checking it is a regular file (not a device, fifo, ...) of plausible
-    size."""
-    max_bytes = MAX_WEIGHTS_BYTES if max_bytes is None else max_bytes
-    try:
-        st = os.stat(path)
-    except OSError as err:
-        raise SpatialmixError(f"{path} cannot be read ({err.strerror}); restore it from a copy") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SpatialmixError(
-            f"{path} is not a regular file; a run folder holds only plain files: "
-            f"replace it with the real file"
-        )
-    if st.st_size > max_bytes:
-        raise SpatialmixError(
-            f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} a weights file may "
-            f"have here; it is not a spatialmix file"
-        )
-    return st.st_size
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    check_regular_file(path)
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise SpatialmixError(
-            f"{path} is not a readable safetensors file ({err}); delete it or restore it from a copy"
-        ) from None
-
-
-def file_sha256(path: Path, max_bytes: int | None = None) -> str:
-    """SHA-256 of a regular file, read in chunks (never the whole file at once)."""
-    check_regular_file(path, max_bytes)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -202,49 +198,6 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write_bytes(path, "".join(strict_json(r, sort_keys=True) + "\n" for r in records).encode())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file; a last line cut short by a kill is left out."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise SpatialmixError(
-            f"{path} is not UTF-8 text (corrupt); delete it or restore it from a copy"
-        ) from None
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break  # a line cut short by a kill: everything before it is good
-            raise SpatialmixError(
-                f"{path}: line {number} is not JSON (corrupt); restore it from a copy"
-            ) from None
-        if not isinstance(record, dict):
-            raise SpatialmixError(f"{path}: line {number} is not a JSON object; restore it from a copy")
-        records.append(record)
-    return records
-
-
-def read_json(path: Path, what: str = "file") -> dict:
-    path = Path(path)
-    try:
-        if os.stat(path).st_size > MAX_JSON_BYTES:
-            raise SpatialmixError(f"{path} is too large for a spatialmix {what} file; it is not one")
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise SpatialmixError(f"{path} is missing: not a spatialmix {what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SpatialmixError(f"{path} is corrupt (not JSON); restore it or start a new run") from None
-    except OSError as err:
-        raise SpatialmixError(f"{path} cannot be read ({err.strerror}); restore it from a copy") from None
 
 
 # --------------------------------------------------------------------------- where files may be

@@ -101,9 +101,7 @@ def evaluate_run(
         progress=progress,
     )
     train = record["train"]
-    summary = (
-        runs.read_json(run_dir / runs.SUMMARY, "run summary") if (run_dir / runs.SUMMARY).is_file() else {}
-    )
+    summary = runs.Run(run_dir).summary() or {}  # validated: a JSON object of numbers
     result.update(
         {
             "run": str(run_dir),
@@ -190,27 +188,31 @@ def _reusable(path: Path, settings: AttackSettings, fingerprint: dict) -> dict |
     """The saved result at ``path`` if it was made with these settings from these weights."""
     if not path.is_file():
         return None
-    try:
-        saved = runs.read_json(path, "robustness result")
+    try:  # inside the run folder only, of bounded size and depth
+        saved = runs.read_json(path, "robustness result", base=path.parent)
     except SpatialmixError:
-        return None
-
+        return None  # damaged or hostile: attacked again, and replaced
     if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
         return None
     saved_settings = {k: v for k, v in saved["settings"].items() if k != "device"}
     # The device matters too: the random starts come from its generator.
     same_device = saved.get("device") == str(resolve_device(settings.device))
-    if saved_settings == settings.identity() and same_device and saved.get("weights") == fingerprint:
-        return saved
-    return None
+    if saved_settings != settings.identity() or not same_device or saved.get("weights") != fingerprint:
+        return None
+    try:
+        saved["rows"] = result_rows(saved)  # what the table shows: a result of another shape is redone
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    numbers = [row[k] for row in saved["rows"] for k in ("clean_acc", "robust_acc")]
+    return saved if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers) else None
 
 
 def _data_for_run(run_dir: Path, cache: dict, data_dir: str | None = None):
     """The full data set of a run (loaded once per data set for all runs), from where the user says
     (``data_dir``, ``$SPATIALMIX_DATA``, ...), never from the run's own config (a run folder is untrusted)."""
 
-    record = runs.read_json(run_dir / runs.CONFIG, "run")
-    key = (record.get("train", {}).get("dataset"), data_dir)
+    record = runs.Run(run_dir).record()  # validated: its training settings are an object
+    key = (record["train"].get("dataset"), data_dir)
     if key not in cache:
         cache[key] = load_evaluation_data(run_dir, data_dir)
     return cache[key]

@@ -28,7 +28,6 @@ covariance priors are refused with a clear line (they are defined for k x k filt
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from spatialmix.analysis.filter_plots import plot_filter_grids, plot_radial_profiles
@@ -36,6 +35,7 @@ from spatialmix.analysis.filters import analyze_run
 from spatialmix.errors import SpatialmixError
 from spatialmix.io.figures import save_png
 from spatialmix.io.study_results import Figure, StudyResult
+from spatialmix.io.untrusted import read_json
 from spatialmix.robustness.attacks import RESULT_NAME
 from spatialmix.robustness.run_attacks import attack_runs
 from spatialmix.robustness.settings import eps_label
@@ -144,11 +144,11 @@ def best_smoothing_sigma(ctx: StudyContext, settings) -> tuple[float, str]:
         data = ctx.results["smoothing"].data
     else:
         path = ctx.out_dir / "results.json"
-        try:
-            saved = json.loads(path.read_text()) if path.is_file() else {}
+        try:  # bounded and inside the study folder (results.json is untrusted)
+            saved = read_json(path, "study results") if path.is_file() else {}
             if saved.get("preset") == ctx.preset.name:
                 data = saved.get("studies", {}).get("smoothing", {}).get("data")
-        except (OSError, ValueError, AttributeError):
+        except (SpatialmixError, AttributeError):
             data = None  # unreadable: fall back to the default
     budget = eps_label(max(settings.eps))
     scores = {}

@@ -20,6 +20,7 @@ from spatialmix.engine.distributed import is_main, launched_world_size
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.io import storage
 from spatialmix.io.study_results import StudyResult, study_entry
+from spatialmix.io.untrusted import read_json
 from spatialmix.studies.classification import classification_study
 from spatialmix.studies.context import PRESETS, StudyContext
 from spatialmix.studies.init import init_study
@@ -162,13 +163,13 @@ def save_results(ctx: StudyContext) -> None:
     path = ctx.out_dir / "results.json"
     previous, sequential = {}, ctx.sequential
     if path.is_file():
-        try:
-            old = json.loads(path.read_text())
+        try:  # bounded and inside the study folder (results.json is untrusted)
+            old = read_json(path, "study results")
             if old.get("preset") == ctx.preset.name:
                 previous = old.get("studies", {})
                 if sequential is None and set(ctx.results) <= KEEP_SEQUENTIAL:
                     sequential = old.get("sequential")
-        except (json.JSONDecodeError, OSError, AttributeError):
+        except (SpatialmixError, AttributeError):
             previous = {}  # unreadable: replaced by this call's results
     studies = {**previous, **{name: study_entry(r, ctx.out_dir) for name, r in ctx.results.items()}}
     payload = {
