@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -349,3 +350,27 @@ def test_sweep_grid_values_of_the_wrong_type_fail_the_dry_run(tmp_path, value, e
     with pytest.raises(SpatialmixError) as err:
         grid_sweep({"base": {"epochs": value}, "grid": {"mode": ["full", "chans"]}}, tmp_path / "sweep")
     assert expected in str(err.value) and "configuration mode=full" in str(err.value)
+
+
+def test_importing_the_library_leaves_the_process_alone(tmp_path):
+    """No process-wide state changes on import: the umask is never touched (flipping it, even for
+    an instant, changes the mode of files other threads create meanwhile), and files the library
+    writes get 0666 less the user's umask, as any file the user makes."""
+    script = (
+        "import os, sys\n"
+        "calls = []\n"
+        "real = os.umask\n"
+        "os.umask = lambda mask: calls.append(mask) or real(mask)\n"
+        "import spatialmix.api\n"
+        "from spatialmix.io import storage, lock\n"
+        "os.umask = real\n"
+        "print(calls)\n"
+        "real(0o027)\n"
+        f"storage.atomic_write_json(__import__('pathlib').Path({str(tmp_path / 'x.json')!r}), {{'a': 1}})\n"
+        f"with lock.locked({str(tmp_path / 'run')!r}):\n"
+        f"    print(oct(os.stat({str(tmp_path / 'run' / 'run.lock')!r}).st_mode & 0o777))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=SUBPROCESS_ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]", "0o640"]  # no umask call; the lock file 0666 less the umask
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o640

@@ -17,10 +17,6 @@ from spatialmix.errors import SpatialmixError
 
 LOCK = "run.lock"
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 class RunLockedError(SpatialmixError):
     """Another process holds the run folder."""
 
@@ -56,7 +52,7 @@ def locked(run_dir: str | os.PathLike):
         if path.exists() and not path.is_dir():
             raise SpatialmixError(f"{path} is a file, not a run folder; choose another --out")
         path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~_UMASK)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)  # less the umask
     except NotADirectoryError:
         raise SpatialmixError(f"{path} lies below a file, not a folder; choose another --out") from None
     except OSError as err:
