@@ -17,6 +17,7 @@ from spatialmix.errors import SpatialmixError
 
 LOCK = "run.lock"
 
+
 class RunLockedError(SpatialmixError):
     """Another process holds the run folder."""
 
@@ -52,7 +53,8 @@ def locked(run_dir: str | os.PathLike):
         if path.exists() and not path.is_dir():
             raise SpatialmixError(f"{path} is a file, not a run folder; choose another --out")
         path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)  # less the umask
+        # 0666 less the umask, applied by the kernel
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except NotADirectoryError:
         raise SpatialmixError(f"{path} lies below a file, not a folder; choose another --out") from None
     except OSError as err:

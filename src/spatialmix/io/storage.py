@@ -26,8 +26,6 @@ from safetensors.torch import save_file
 
 from spatialmix.errors import SpatialmixError
 
-
-
 # --------------------------------------------------------------------------- writes
 
 
