@@ -456,7 +456,10 @@ def test_a_damaged_robustness_json_falls_back_to_the_seeds(tmp_path):
     assert "seed-paired" in verdict.estimate.method and verdict.estimate.value == pytest.approx(30 / 500)
 
 
-def test_verdicts_for_an_empty_or_corrupt_study(tmp_path):
+def test_verdicts_for_a_missing_empty_or_corrupt_study(tmp_path):
+    with pytest.raises(SpatialmixError, match="never-ran is not a folder; pass the folder"):
+        verdicts_for_study(tmp_path / "never-ran")
+    (tmp_path / "never-ran").mkdir()  # a study folder with nothing in it yet
     verdicts = verdicts_for_study(tmp_path / "never-ran")
     assert [v.verdict for v in verdicts] == [NOT_RUN] * len(CLAIMS)
     assert "--studies classification" in verdicts[0].details

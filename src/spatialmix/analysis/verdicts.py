@@ -254,11 +254,16 @@ def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
     (:func:`verdicts_for_runs`).
     """
     out_dir = Path(out_dir)
-    results = _read_json_or_none(out_dir / "results.json", out_dir) if out_dir.is_dir() else None
+    if not out_dir.is_dir():  # a typo is not a study whose claims were "not run"
+        raise SpatialmixError(
+            f"{out_dir} is not a folder; pass the folder `spatialmix reproduce --out` wrote "
+            f"(default runs/reproduce)"
+        )
+    results = _read_json_or_none(out_dir / "results.json", out_dir)
     results = results if isinstance(results, dict) else {}
     studies = _dict(results.get("studies"))
     if not studies:
-        found = find_runs(out_dir) if out_dir.is_dir() else []
+        found = find_runs(out_dir)
         if found:  # a `reproduce` folder is told what to run next; a sweep gets the generic commands
             reproduce_like = (out_dir / "classification").is_dir()
             return verdicts_for_runs(
