@@ -349,13 +349,10 @@ def test_cli_sweep(tiny_grid, tmp_path, capsys):
     grid = write_grid(tmp_path / "g.yaml", yaml.safe_dump(tiny_grid))
     out = tmp_path / "cli"
     assert main(["sweep", str(grid), "--out", str(out), "--dry-run"]) == 0
-    assert capsys.readouterr().out.split() == [
-        "new",
-        "mode=full",
-        str(out / "runs" / "mode=full"),
-        "new",
-        "mode=space",
-        str(out / "runs" / "mode=space"),
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [(line[0], line[1], line[-1]) for line in lines] == [
+        ("new", "mode=full", str(out / "runs" / "mode=full")),
+        ("new", "mode=space", str(out / "runs" / "mode=space")),
     ]
     assert main(["sweep", str(grid), "--out", str(out), "--epochs", "1"]) == 0
     assert "0 configuration(s) finished before, 2 now" in capsys.readouterr().out
@@ -370,3 +367,26 @@ def test_cli_sweep(tiny_grid, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_a_configuration_naming_its_model_keeps_none_of_the_presets_sizes(tmp_path, capsys):
+    """Over the quick preset (ConvMixer-64/4, patch 2), `model: convmixer-128/6` trains ConvMixer-128/6,
+    a size given beside it still wins, and --dry-run shows the model as it will be built."""
+    from spatialmix.cli.main import main
+    from spatialmix.sweep.plan import grid_sweep, resolved_model
+
+    spec = {"preset": "quick", "grid": {"model": ["convmixer", "convmixer-128/6"], "seed": [0]}}
+    jobs = {job.labels["model"]: job.config for job in grid_sweep(spec, tmp_path / "s").jobs}
+    assert (jobs["convmixer"].width, jobs["convmixer"].depth, jobs["convmixer"].patch_size) == (64, 4, 2)
+    assert (jobs["convmixer-128/6"].width, jobs["convmixer-128/6"].depth) == (None, None)
+    named = jobs["convmixer-128/6"]
+    assert resolved_model(named) == "convmixer-128/6 (width 128, depth 6, kernel 5, patch 2)"
+    assert resolved_model(jobs["convmixer"]) == "convmixer (width 64, depth 4, kernel 5, patch 2)"
+    spec = {"preset": "quick", "base": {"width": 96}, "grid": {"model": ["convmixer-128/6"]}}
+    (job,) = grid_sweep(spec, tmp_path / "t").jobs
+    assert resolved_model(job.config) == "convmixer-128/6 (width 96, depth 6, kernel 5, patch 2)"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("preset: quick\ngrid:\n  model: [convmixer-128/6]\n")
+    assert main(["sweep", str(grid), "--out", str(tmp_path / "u"), "--dry-run"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("new") and "convmixer-128/6 (width 128, depth 6, kernel 5, patch 2)" in line

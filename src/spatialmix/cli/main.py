@@ -168,14 +168,14 @@ def cmd_report(args) -> None:
 
 def cmd_sweep(args) -> None:
     from spatialmix.engine.distributed import is_main
-    from spatialmix.sweep.plan import plan_sweep
+    from spatialmix.sweep.plan import plan_sweep, resolved_model
     from spatialmix.sweep.run import job_states, run_sweep
 
     settings = SweepSettings(**given_values(SweepSettings, args))
     sweep = plan_sweep(settings, **given_values(TrainConfig, args, skip=SWEEP_SKIP))
     if settings.dry_run:
         for job, state in job_states(sweep):
-            print(f"{state:<9} {job.name:<40} {job.run_dir}")
+            print(f"{state:<9} {job.name:<40} {resolved_model(job.config):<50} {job.run_dir}")
         return
     resources = JobResources(**given_values(JobResources, args)).validate()
     try:

@@ -36,6 +36,18 @@ SEED_LIMIT = 2**64
 MAX_THREADS = 1024
 
 
+# The sizes of a model that override its named configuration's (None: the model's own).
+MODEL_SHAPE_FIELDS = (
+    "width",
+    "depth",
+    "kernel_size",
+    "patch_size",
+    "activation",
+    "token_hidden",
+    "channel_hidden",
+)
+
+
 def check_seed(flag: str, value) -> None:
     """Refuse a seed torch's generators cannot take (negative, 2**64 or more, not a whole number)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:

@@ -39,8 +39,10 @@ from pathlib import Path
 
 import yaml
 
-from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.config import MODEL_SHAPE_FIELDS, TrainConfig
 from spatialmix.errors import SpatialmixError, unknown_name
+from spatialmix.models.factory import model_kwargs
+from spatialmix.models.registry import MODEL_REGISTRY
 from spatialmix.studies.context import PRESETS, StudyContext, classification_run_dir
 from spatialmix.sweep.settings import SweepSettings
 
@@ -166,7 +168,6 @@ def grid_sweep(spec: dict, out_dir: str | Path, **overrides) -> Sweep:
             f"{', '.join(sorted(clash))} is both swept in `grid:` and fixed (in `base:` or on the "
             f"command line); keep one"
         )
-    base = base.replace(**{**base_values, **overrides})
     out_dir = Path(out_dir)
     jobs = []
     for values in itertools.product(*grid.values()):
@@ -177,8 +178,28 @@ def grid_sweep(spec: dict, out_dir: str | Path, **overrides) -> Sweep:
                 f"configuration {name[:60]}...: its folder name is {len(name.encode())} bytes, more than "
                 f"the {NAME_MAX} a folder name may have; use shorter values or fewer grid keys"
             )
-        jobs.append(SweepJob(name, _validated(base.replace(**labels), name), out_dir / "runs" / name, labels))
+        config = configuration(base, {**base_values, **overrides, **labels})
+        jobs.append(SweepJob(name, _validated(config, name), out_dir / "runs" / name, labels))
     return Sweep(out_dir, jobs, title=f"Sweep {out_dir.name}", overrides=dict(overrides), varying=tuple(grid))
+
+
+def configuration(base: TrainConfig, given: dict) -> TrainConfig:
+    """``base`` (a preset's config) with the values a configuration gives. A configuration that names
+    another model keeps none of the base's model sizes (they were for the base's model): ``model:
+    convmixer-128/6`` over the quick preset is ConvMixer-128/6, not the preset's 64/4."""
+    if "model" in given and given["model"] != base.model:
+        base = base.replace(**{name: None for name in MODEL_SHAPE_FIELDS})
+    return base.replace(**given)
+
+
+def resolved_model(config: TrainConfig) -> str:
+    """The model a configuration trains, with its sizes as they will be built: ``convmixer-128/6
+    (width 128, depth 6, kernel 5, patch 2)``."""
+    given = {name: getattr(config, name) for name in MODEL_SHAPE_FIELDS}
+    sizes = model_kwargs(config.model, **given) if config.model in MODEL_REGISTRY else given
+    shown = {"width": "width", "depth": "depth", "kernel_size": "kernel", "patch_size": "patch"}
+    parts = [f"{label} {sizes[name]}" for name, label in shown.items() if sizes.get(name) is not None]
+    return f"{config.model} ({', '.join(parts)})" if parts else config.model
 
 
 def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None = None, **overrides) -> Sweep:
