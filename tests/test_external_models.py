@@ -122,3 +122,18 @@ def test_image_too_small_for_the_model_is_a_clear_error():
     for name in ("timm:resnet10t", "torchvision:resnet18"):
         with pytest.raises(SpatialmixError, match=f"^{name} takes no patch size.*leave --patch-size out$"):
             create_model(name, in_chans=1, num_classes=10, image_size=28, patch_size=4)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--width", "8"), ("--depth", "2"), ("--kernel-size", "3"), ("--activation", "relu")]
+)
+def test_a_size_an_external_model_would_ignore_is_refused(flag, value, tmp_path, capsys):
+    """`--width 8` with a timm model was ignored while config.json recorded "width": 8."""
+    from spatialmix.cli.main import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--model", "timm:convnext_atto", flag, value, "--out", str(out), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{flag} does not apply to timm:convnext_atto" in err and f"leave {flag} out" in err
+    assert not out.exists()

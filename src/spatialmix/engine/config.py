@@ -170,6 +170,8 @@ class TrainConfig:
         known = list_models()
         if self.model not in known and not self.model.startswith(("timm:", "torchvision:")):
             raise unknown_name("model", self.model, known)
+        if self.model.startswith(("timm:", "torchvision:")):
+            self._check_external_sizes()
         if self.mode not in MODES:
             raise unknown_name("mode", self.mode, MODES)
         for init in (self.spatial_init, self.channel_init):
@@ -249,6 +251,19 @@ class TrainConfig:
                         optional = " (or null)" if type(None) in kinds else ""
                         raise SpatialmixError(f"{f.name} must be {wanted}{optional}, got {value!r}")
                     break
+
+    def _check_external_sizes(self) -> None:
+        """A timm or torchvision model is built as its name says: a size it would ignore is refused
+        (config.json would record a width the model never had). ``patch_size`` is checked where the
+        model is built (timm's patch stems take it)."""
+        sizes = [name for name in MODEL_SHAPE_FIELDS if name != "patch_size"]
+        given = [name for name in sizes if getattr(self, name) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise SpatialmixError(
+                f"{flag} does not apply to {self.model}: timm and torchvision models are built as named "
+                f"(choose a variant by its name, e.g. timm:convnext_femto); leave {flag} out"
+            )
 
     @staticmethod
     def same_setting(name: str, saved, ours, saved_config: dict) -> bool:
