@@ -654,3 +654,20 @@ def test_a_near_miss_gets_a_suggestion_that_works(capsys, argv, typo, meant):
 def test_no_suggestion_for_a_name_far_from_every_choice(capsys):
     code, _, err = run_main(capsys, ["models", "--widht", "8"])
     assert "did you mean" not in assert_one_error_line(code, err)
+
+
+def test_help_groups_the_options(monkeypatch):
+    """`train --help` shows its 45 options in named groups, each option in the group its field sits in."""
+    monkeypatch.setenv("COLUMNS", "100000")
+    parser = _command_parsers()["train"]
+    titles = [group.title for group in parser._action_groups]
+    mixing = "mixing (what is frozen, how it is initialized)"
+    for title in ("run folder", "data", "model", mixing, "optimization", "speed and devices"):
+        assert title in titles
+    where = {a.dest: g.title for g in parser._action_groups for a in g._group_actions}
+    assert where["out"] == "run folder" and where["dataset"] == where["train_subset"] == "data"
+    assert where["width"] == "model" and where["spatial_init"].startswith("mixing")
+    assert where["lr"] == "optimization" and where["threads"] == "speed and devices"
+    text = parser.format_help()
+    headings = [text.index(f"\n{title}:") for title in ("run folder", "data", "model")]
+    assert headings == sorted(headings) and headings[-1] < text.index("  --width")

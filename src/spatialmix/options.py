@@ -146,9 +146,25 @@ def _value_kwargs(cls, field: dataclasses.Field, flag: str) -> dict:
     return {"type": kind} if kind in (int, float, str) else {}
 
 
+def help_groups(cls) -> dict[str, str]:
+    """``{first field: group title}``: the option groups of ``cls``'s ``--help``, in field order. A
+    class names its groups by the field each starts at (``HELP_GROUPS``); otherwise its options are
+    one group named after the class (``AttackSettings``: "attack settings")."""
+    groups = getattr(cls, "HELP_GROUPS", None)
+    if groups:
+        return {field: title for title, field in groups.items()}
+    title = re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower()
+    return {dataclasses.fields(cls)[0].name: title}
+
+
 def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One argparse option per field of the dataclass ``cls`` (but those in ``skip``)."""
+    """One argparse option per field of the dataclass ``cls`` (but those in ``skip``), in the option
+    groups of :func:`help_groups` (positional arguments stay the command's own)."""
+    starts = help_groups(cls)
+    group = parser
     for field in dataclasses.fields(cls):
+        if field.name in starts:
+            group = parser.add_argument_group(starts[field.name])
         if field.name in skip:
             continue
         if "help" not in field.metadata:
@@ -161,7 +177,7 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
             kwargs.update(dest=field.name, default=None)  # None: not given, the dataclass's default applies
             if not {"metavar", "choices", "action"} & set(kwargs):
                 kwargs["metavar"] = field.name.upper()
-        parser.add_argument(*flags, **kwargs)
+        (parser if meta.get("positional") else group).add_argument(*flags, **kwargs)
 
 
 def given_values(cls, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:

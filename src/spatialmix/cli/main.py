@@ -210,7 +210,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(
-        "train one configuration", ((TrainConfig, ()), (TrainCommand, ())), "cmd_train", threads_per_run=True
+        "train one configuration", ((TrainCommand, ()), (TrainConfig, ())), "cmd_train", threads_per_run=True
     ),
     "reproduce": Command(
         "run the paper's studies (default: the quick Fashion-MNIST preset)",

@@ -7,6 +7,7 @@ which runs to read, ...); the command line generates its options from them
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 from spatialmix.engine.config import TrainConfig
@@ -30,6 +31,8 @@ def _none_or_path(text: str) -> str | None:
 @dataclass(frozen=True)
 class TrainCommand:
     """``spatialmix train``: the TrainConfig options, and these."""
+
+    HELP_GROUPS: typing.ClassVar[dict[str, str]] = {"run folder": "out"}
 
     out: str | None = option(None, "run directory (default: runs/DATASET-MODEL-MODE-seedS)")
     resume: bool = option(

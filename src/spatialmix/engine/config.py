@@ -67,6 +67,15 @@ def check_threads(flag: str, value) -> None:
 class TrainConfig:
     """Everything a training run depends on. Saved as ``config.json`` in the run directory."""
 
+    # The option groups of `spatialmix train --help`: title -> the field each starts at.
+    HELP_GROUPS: typing.ClassVar[dict[str, str]] = {
+        "data": "dataset",
+        "model": "model",
+        "mixing (what is frozen, how it is initialized)": "mode",
+        "optimization": "seed",
+        "speed and devices": "amp",
+    }
+
     # data
     dataset: str = option(
         "fashion-mnist",
