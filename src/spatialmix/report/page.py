@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from spatialmix.analysis.claims import VERDICT_WORDS
 from spatialmix.io.figures import save_png
@@ -36,9 +39,13 @@ class Image:
 
     @property
     def strip(self) -> bool:
-        """A long row of panels (an older study's figure): shown at its own size in a box that scrolls
-        sideways, since at page width its text would be a few pixels tall."""
-        return self.width > STRIP_MIN_WIDTH and self.width > STRIP_ASPECT * self.height
+        """A long row of panels (an older study's figure, one panel per run): at page width its text
+        would be a few pixels tall, and past 16,384 pixels browsers do not draw it at all."""
+        return (
+            self.mime == "image/png"
+            and self.width > STRIP_MIN_WIDTH
+            and self.width > STRIP_ASPECT * self.height
+        )
 
     @property
     def tall(self) -> bool:
@@ -83,6 +90,36 @@ def png_size(png: bytes) -> tuple[int, int]:
     if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
         return 0, 0
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def wrap_strip(image: Image, per_row: int = 4) -> Image:
+    """A strip of panels cut into rows about ``per_row`` panels long, stacked: the same panels at their
+    own size, now a page wide. A panel is taken to be as wide as the strip is tall (the square panels
+    of ``plot_robustness`` before it wrapped them); each cut falls on the blank column between two
+    panels nearest to where a row would end."""
+    from matplotlib.image import imread, imsave
+
+    pixels = imread(io.BytesIO(image.png), format="png")
+    height, width = pixels.shape[:2]
+    row = per_row * height
+    blank = (pixels[..., :3] > 0.99).all(axis=(0, 2))  # columns of background only
+    pieces, start = [], 0
+    while start < width:
+        end = min(start + row, width)
+        if end < width:  # back up to a gap between panels, at most one panel
+            gaps = np.flatnonzero(blank[max(start + 1, end - height) : end + 1])
+            end = max(start + 1, end - height) + int(gaps[-1]) if gaps.size else end
+        pieces.append(pixels[:, start:end])
+        start = end
+    wrapped = np.ones(
+        (len(pieces) * height, max(p.shape[1] for p in pieces), *pixels.shape[2:]), pixels.dtype
+    )
+    for r, piece in enumerate(pieces):
+        wrapped[r * height : (r + 1) * height, : piece.shape[1]] = piece
+    buffer = io.BytesIO()
+    imsave(buffer, wrapped, format="png")
+    caption = f"{image.caption} (a row of panels {width:,} pixels long, cut into rows of {per_row} panels.)"
+    return Image(buffer.getvalue(), caption)
 
 
 def figure_image(fig, caption: str) -> Image:
@@ -193,7 +230,7 @@ def saved_table(title: str, rows: list[dict], columns) -> ResultTable:
 
 # Words are never broken inside (a verdict cut into "suppor/ts" reads as two words): a cell wraps at
 # spaces only, a table too wide for the window scrolls inside its wrapper, and the verdict stays on
-# one line. A figure wider than the page is scaled down to it, except a strip (see Image.strip).
+# one line. A figure wider than the page is scaled down to it (a strip of panels was cut into rows).
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1300px; margin: 2em auto;
        padding: 0 1em; color: #222; line-height: 1.45; }
@@ -207,7 +244,6 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertic
 th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
 tr[title] { cursor: help; } td.note { color: #555; text-align: right; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
-.strip { max-width: 100%; overflow-x: auto; } .strip img { max-width: none; }
 figcaption { font-size: 0.85em; color: #555; }
 .absent { color: #777; font-style: italic; } .meta { color: #555; font-size: 0.9em; }
 nav ul { columns: 2; } code { background: #f4f4f4; padding: 0 0.2em; overflow-wrap: anywhere; }
@@ -275,14 +311,9 @@ def html_table(table: ResultTable) -> str:
 def html_image(image: Image) -> str:
     data = base64.b64encode(image.png).decode("ascii")
     img = f'<img alt="{_esc(image.caption)}" src="data:{image.mime};base64,{data}">'
-    if image.strip:
-        img = f'<div class="strip">{img}</div>'
-        caption = f"{image.caption} ({image.width:,} pixels wide: scroll sideways.)"
-    else:
-        caption = image.caption
-    figure = f"<figure>{img}<figcaption>{_esc(caption)}</figcaption></figure>"
+    figure = f"<figure>{img}<figcaption>{_esc(image.caption)}</figcaption></figure>"
     if image.tall:
-        return f"<details><summary>Figure (open it): {_esc(caption)}</summary>\n{figure}\n</details>"
+        return f"<details><summary>Figure (open it): {_esc(image.caption)}</summary>\n{figure}\n</details>"
     return figure
 
 

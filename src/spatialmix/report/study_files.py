@@ -20,7 +20,7 @@ from pathlib import Path
 from spatialmix.io.paths import inside
 from spatialmix.io.study_results import SavedStudy
 from spatialmix.report.inputs import StudyInfo
-from spatialmix.report.page import Details, Image, saved_table
+from spatialmix.report.page import Details, Image, saved_table, wrap_strip
 
 IMAGE_TYPES = {
     ".png": "image/png",
@@ -79,7 +79,8 @@ def read_image(base: Path, path: Path, caption: str) -> Image:
     if mime is None:
         checked_file(base, path)
         raise NotShown(TOO_LARGE)
-    return Image(read_inside(base, path), caption, mime)
+    image = Image(read_inside(base, path), caption, mime)
+    return wrap_strip(image) if image.strip else image
 
 
 # --------------------------------------------------------------------------- a study's entry
