@@ -13,6 +13,7 @@ import html
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -250,7 +251,7 @@ nav ul { columns: 2; } code { background: #f4f4f4; padding: 0 0.2em; overflow-wr
 details { margin: 0.5em 0 1em; } summary { cursor: pointer; color: #333; }
 ol.notes { font-size: 0.85em; color: #444; }
 ul.headlines { padding-left: 1.2em; } ul.headlines li { margin: 0.2em 0; }
-td[class^="verdict-"], td.nowrap { white-space: nowrap; }
+td[class^="verdict-"], td.nowrap, .nb { white-space: nowrap; }
 td.verdict-supports { background: #dff3df !important; font-weight: bold; }
 td.verdict-contradicts { background: #f8dcdc !important; font-weight: bold; }
 td.verdict-inconclusive { background: #fff4d6 !important; } td.verdict-not-run { color: #777; }
@@ -266,12 +267,18 @@ def _esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _whole(text) -> str:
+    """``text`` escaped, each word with a slash in it ("pts/σ", "2/255") kept on one line: browsers may
+    break a line after a slash, which cut units and budgets in two."""
+    return re.sub(r"\S*/\S*", lambda m: f'<span class="nb">{m.group(0)}</span>', _esc(text))
+
+
 def _td(cell: str, column: str) -> str:
     if column == "verdict" and cell in VERDICT_WORDS:  # the word of a verdict, coloured
         return f'<td class="verdict-{cell.replace(" ", "-")}">{_esc(cell)}</td>'
     if column in NOWRAP_COLUMNS:
         return f'<td class="nowrap">{_esc(cell)}</td>'
-    return f"<td>{_esc(cell)}</td>"
+    return f"<td>{_whole(cell)}</td>"
 
 
 def html_table(table: ResultTable) -> str:
@@ -325,7 +332,7 @@ def html_item(item) -> str:
     if isinstance(item, Image):
         return html_image(item)
     if isinstance(item, Bullets):
-        return '<ul class="headlines">' + "".join(f"<li>{_esc(line)}</li>" for line in item.lines) + "</ul>"
+        return '<ul class="headlines">' + "".join(f"<li>{_whole(line)}</li>" for line in item.lines) + "</ul>"
     if isinstance(item, Details):
         if isinstance(item.content, ResultTable):
             inner = html_table(item.content)
