@@ -1,26 +1,34 @@
 """The HTML report: valid, self-contained, every section with results present, the rest noted absent."""
 
 import base64
+import importlib.util
 import io
 import json
+import re
 import shutil
+import sys
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from spatialmix.analysis.filters import FilterAnalysis, LayerSpectrum
 from spatialmix.cli.main import main
 from spatialmix.data.datasets import ImageData
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import train
 from spatialmix.io import runs
+from spatialmix.io.paths import inside
 from spatialmix.io.study_results import Figure, StudyResult
 from spatialmix.report import document as report
-from spatialmix.report import sections
+from spatialmix.report import filters as report_filters
+from spatialmix.report import page, sections, study_files
 from spatialmix.report.tables import classification_table
 from spatialmix.studies.context import PRESETS, StudyContext
-from spatialmix.studies.reproduce import STUDIES, save_results, study_function
+from spatialmix.studies.reproduce import STUDIES, reproduce, save_results, study_function
 from spatialmix.ui.display import ResultTable
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -224,19 +232,30 @@ def test_the_report_leads_with_the_verdicts_and_ends_with_the_configuration(stud
     runs_data = json.loads((dest / "results.json").read_text())["studies"]["classification"]["data"]["runs"]
     full, chans = ({s["seed"]: s["test_acc"] for s in runs_data[m]} for m in ("full", "chans"))
     effect = sum(chans[s] - full[s] for s in (0, 1)) / 2
-    row = verdicts[verdicts.index("<td>1a</td>") :]
-    row = row[: row.index("</tr>")]
-    assert f"<td>{100 * effect:+.2f} pts</td>" in row and "<td>2</td>" in row
-    assert (
-        "t over 2 seed-paired differences" in row and "<td>32</td>" in row
-    )  # test_correct_bits of the 32 test images
-    assert any(
-        f'<td class="verdict-{word}">{word}</td>' in row
-        for word in ("supports", "contradicts", "inconclusive")
-    )
+    start = verdicts.rindex("<tr", 0, verdicts.index("<td>1a</td>"))
+    row = verdicts[start : verdicts.index("</tr>", start)]
+    assert f'<td class="nowrap">{100 * effect:+.2f} pts</td>' in row and "<td>2</td>" in row
+    # how the interval was made: the row's tooltip and its numbered note under the table
+    assert row.startswith('<tr title="t over 2 seed-paired differences') and '<td class="note">1</td>' in row
+    assert "<td>32</td>" in row  # test_correct_bits of the 32 test images
+    assert "<th>how</th>" not in verdicts and '<ol class="notes"><li>t over 2 seed-paired' in verdicts
+    word = next(w for w in ("supports", "contradicts", "inconclusive") if f'"verdict-{w}">{w}</td>' in row)
     assert verdicts.count('<td class="verdict-not-run">not run</td>') == 5  # 1b (no Space), 2a, 2b, 3a, 3b
-    assert f"spatialmix reproduce --out {dest} --studies robustness" in verdicts
-    assert "## Verdicts" in (dest / "report.md").read_text().split("## Classification")[0]
+    # the study folder is named, not the machine's path to it
+    assert (
+        "spatialmix reproduce --out study --studies robustness" in verdicts and str(dest.parent) not in page
+    )
+    # a headline per claim above the table, in the page and in the Markdown
+    markdown = (dest / "report.md").read_text()
+    assert "## Verdicts" in markdown.split("## Classification")[0]
+    headline = re.search(
+        r"^- Claim 1a — Chans reaches nearly Full's accuracy: (.*)\.$", markdown, re.MULTILINE
+    )
+    assert headline is not None and headline.group(1).startswith(f"{word}, {100 * effect:+.2f} [")
+    assert headline.group(1).endswith("] pts, 2 seeds") and verdicts.index("Claim 1a —") < verdicts.index(
+        "<table>"
+    )
+    assert "- Claim 2b — smoothing Chans's frozen filters adds robustness: not run (" in markdown
 
 
 def test_no_table_is_wider_than_the_page(study_dir, tmp_path):
@@ -444,13 +463,13 @@ def test_declared_sections_and_figures_round_trip_through_results_json_and_the_r
         "<caption>Budgets of study one (elsewhere)</caption>" in robustness
         and "<td>0.41 ± 0.02</td>" in robustness
     )
-    assert "Warnings from the one study: check X" in robustness
+    assert "Warning from the one study: check X" in robustness
     assert (
         b64(two) in smoothing
         and b64(one) not in smoothing
         and "<figcaption>Caption of figure two" in smoothing
     )
-    assert f"Other files of this study: {moved / 'b' / 'numbers.csv'}" in smoothing
+    assert "Other files of this study: b/numbers.csv." in smoothing and str(tmp_path) not in page
     assert b64(three) in init and "Listed in results.json but not found: c/deleted.png" in init
     assert "<h2>Priors of the frozen random filters</h2>" in init
     assert page.count("Sigmas of study two") == 1  # study four declared no section: shown nowhere
@@ -512,11 +531,6 @@ def _results_with(dest: Path, name: str, **fields) -> Path:
             "studies.robustness.figures[0].file",
             "'a/../../x.png'",
         ),
-        (
-            {"figures": [{"file": "link.png", "caption": "c"}]},
-            "studies.robustness.figures[0].file",
-            "'link.png'",
-        ),
         ({"files": ["/etc/passwd"]}, "studies.robustness.files[0]", "'/etc/passwd'"),
         ({"figures": [{"file": "a.png", "caption": 3}]}, "studies.robustness.figures[0].caption", "3"),
         ({"figures": "a.png"}, "studies.robustness.figures", "'a.png'"),
@@ -532,8 +546,6 @@ def _results_with(dest: Path, name: str, **fields) -> Path:
 )
 def test_a_malformed_study_entry_is_refused_in_one_line(fields, field, shown, study_dir, tmp_path, capsys):
     dest = with_studies(study_dir, tmp_path / "bad", {})
-    (tmp_path / "outside.png").write_bytes(png_bytes("red"))
-    (dest / "link.png").symlink_to(tmp_path / "outside.png")  # inside by name, outside once followed
     _results_with(dest, "robustness", **fields)
     out = tmp_path / "report.html"
     out.write_text("previous report")
@@ -698,3 +710,270 @@ def test_cli_bad_input_is_one_line_exit_2_and_keeps_the_old_report(
     assert err.count("\n") == 1 and "Traceback" not in err
     assert out.read_text() == "previous report"
     assert not (tmp_path / "report.md").exists()
+
+
+# --------------------------------------------------------------------------- `make reproduce`, end to end
+
+
+def _embedded_images(page: str) -> list[str]:
+    """The base64 data of every image embedded in ``page``."""
+    return re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', page)
+
+
+@pytest.mark.slow
+def test_reproduce_and_report_of_a_relative_study_folder_embed_every_listed_figure(
+    fake_fashion_dir, tmp_path, monkeypatch
+):
+    """`make reproduce` runs in the repository with the relative default folder runs/reproduce: the report
+    it writes, and `spatialmix report runs/reproduce`, embed each figure results.json lists, once."""
+    tiny = replace(
+        PRESETS["quick"],
+        name="tiny",
+        seeds=(0, 1),
+        seed_counts={"space": 1, "robustness": 1, "smoothing": 1, "unshuffle": 1},
+        options={
+            "robustness": {
+                "eps": (0.0, 8 / 255),
+                "n_examples": 16,
+                "reference_examples": 4,
+                "square_queries": 10,
+            },
+            "smoothing": {"sigmas": (0.0, 2.0)},
+            "unshuffle": {"train_subset": 64, "test_subset": 32, "epochs": 1, "references": False},
+        },
+    )
+    monkeypatch.setitem(PRESETS, "tiny", tiny)
+    monkeypatch.chdir(tmp_path)
+    folder = Path("runs/reproduce")
+    overrides = dict(train_subset=256, test_subset=64, epochs=1, width=8, depth=1, progress=False)
+    reproduce("tiny", folder, processes=1, data_dir=str(fake_fashion_dir), **overrides)
+    assert main(["report", str(folder), "-o", "report.html"]) == 0
+    studies = json.loads((folder / "results.json").read_text())["studies"]
+    listed = [f["file"] for entry in studies.values() for f in entry.get("figures", [])]
+    assert len(listed) == 5  # robustness, smoothing (2), un-shuffling (2)
+    wanted = sorted(base64.b64encode((folder / name).read_bytes()).decode() for name in listed)
+    for html in (folder / "report.html").read_text(), Path("report.html").read_text():
+        check_page(html)
+        assert "not found" not in html
+        assert sorted(image for image in _embedded_images(html) if image in wanted) == wanted
+
+
+# --------------------------------------------------------------------------- files leading out of the folder
+
+
+def test_a_figure_that_links_out_of_the_study_folder_is_skipped_with_a_line(study_dir, tmp_path):
+    """A shared report.html must never carry a file from outside the folder reported on: a listed PNG
+    that is a link to a private file is not read, and the page says it was skipped; the rest stands."""
+    dest = _declared_study(study_dir, tmp_path / "study")
+    secret = tmp_path / "private.png"
+    secret.write_bytes(png_bytes("purple"))
+    (dest / "a" / "sigma-robust.png").unlink()
+    (dest / "a" / "sigma-robust.png").symlink_to(secret)
+    files = report.write_report([dest], tmp_path / "report.html")
+    page = files.html.read_text()
+    check_page(page)
+    assert base64.b64encode(secret.read_bytes()).decode() not in page
+    robustness = section_html(page, "robustness")
+    skipped = (
+        "Skipped, a link that leads out of the study folder (never read into this page): a/sigma-robust.png."
+    )
+    assert f"<p>{skipped}</p>" in robustness and page.count(skipped) == 1
+    assert base64.b64encode((dest / "b" / "attack.png").read_bytes()).decode() in section_html(
+        page, "smoothing"
+    )
+    # a link that stays inside the folder is a figure like any other
+    (dest / "a" / "sigma-robust.png").unlink()
+    (dest / "a" / "sigma-robust.png").symlink_to(dest / "c" / "filters.png")
+    page = report.write_report([dest], tmp_path / "report.html").html.read_text()
+    assert base64.b64encode((dest / "c" / "filters.png").read_bytes()).decode() in section_html(
+        page, "robustness"
+    )
+
+
+def test_a_figure_swapped_for_a_link_after_the_check_is_not_followed(study_dir, tmp_path, monkeypatch):
+    """The check and the read are two steps: a file replaced by a link between them is refused when opened
+    (O_NOFOLLOW), not followed out of the folder."""
+    dest = _declared_study(study_dir, tmp_path / "study")
+    secret = tmp_path / "private.png"
+    secret.write_bytes(png_bytes("purple"))
+    figure = dest / "a" / "sigma-robust.png"
+
+    def check_then_swap(base, path):
+        found = inside(base, path)
+        if Path(path).name == figure.name and not figure.is_symlink():
+            figure.unlink()
+            figure.symlink_to(secret)
+        return found
+
+    monkeypatch.setattr(study_files, "inside", check_then_swap)
+    page = report.write_report([dest], tmp_path / "report.html").html.read_text()
+    assert figure.is_symlink() and base64.b64encode(secret.read_bytes()).decode() not in page
+    assert (
+        "Skipped, a link that leads out of the study folder (never read into this page): a/sigma-robust.png."
+        in page
+    )
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_table_cells_never_break_a_word_and_long_tables_fold(study_dir, tmp_path, monkeypatch):
+    html = report.write_report([study_dir], tmp_path / "report.html").html.read_text()
+    style = html[html.index("<style>") : html.index("</style>")]
+    cells = style[style.index("th, td {") : style.index("}", style.index("th, td {"))]
+    assert "overflow-wrap: normal" in cells and "word-break: normal" in cells and "hyphens: none" in cells
+    assert "anywhere" not in cells and "td.nowrap, .nb { white-space: nowrap; }" in style
+    # a line may break after a slash: a word with one is kept whole
+    nb = '<span class="nb">'
+    assert page._whole("≥ 4.04 pts/σ; at 2/255") == f"≥ 4.04 {nb}pts/σ;</span> at {nb}2/255</span>"
+    # the per-layer spectrum table, longer than LONG_TABLE rows: a row per setting and layer, all rows behind
+    monkeypatch.setattr(report_filters, "LONG_TABLE", 4)
+    filters = section_html(report.write_report([study_dir], tmp_path / "r.html").html.read_text(), "filters")
+    summary = filters[filters.index("<caption>Frequency content of the spatial filters: mean") :]
+    summary = summary[: summary.index("</table>")]
+    assert summary.count("<tr>") == 1 + 3 * 2  # header; Full, Chans, Chans σ=1 x 2 layers
+    assert "<tr><td>Full</td><td>blocks.0.0.fn.0</td><td>learned</td><td>2</td>" in summary
+    chans = re.search(
+        r"<tr><td>Chans</td><td>blocks.1.0.fn.0</td><td>frozen random</td><td>2</td>(.*)</tr>", summary
+    )
+    numbers = re.findall(r"<td>([^<]*)</td>", chans.group(1))
+    assert (
+        len(numbers) == 4 and numbers[:2] == numbers[2:]
+    )  # frozen filters: their spectrum is the one they started with
+    folded = filters[filters.index("<details><summary>Frequency content of the spatial filters (10 rows)") :]
+    assert folded.index("<caption>Frequency content of the spatial filters</caption>") < folded.index(
+        "</details>"
+    )
+
+
+def test_spectrum_summary_is_the_mean_and_sd_over_the_runs_of_a_setting():
+    def analysis(label, group, ratios):
+        spectra = [
+            LayerSpectrum(f"layer{i}", 4, (3, 3), None, None, None, ratio, 1 / (1 + ratio))
+            for i, ratio in enumerate(ratios)
+        ]
+        return FilterAnalysis(label, f"study|{group}", {}, spectra, [], init_spectra=spectra[:1])
+
+    table = report_filters.spectrum_summary(
+        [analysis("Full seed 0", "Full", [1.0, 2.0]), analysis("Full seed 1", "Full", [3.0, 6.0])]
+    )
+    first, second = table.rows
+    assert (first["setting"], first["layer"], first["runs"]) == ("Full", "layer0", 2)
+    assert first["ratio"] == pytest.approx((2.0, 2**0.5)) and second["ratio"] == pytest.approx((4.0, 8**0.5))
+    assert first["ratio_init"] == pytest.approx((2.0, 2**0.5)) and second["ratio_init"] is None
+
+
+def _one_epoch_run(study_dir: Path, dest: Path) -> Path:
+    config = TrainConfig(
+        **{
+            **json.loads((study_dir / "classification" / "full-seed0" / runs.CONFIG).read_text())["train"],
+            "epochs": 1,
+        }
+    )
+    train(config, dest, data=random_data())
+    return dest
+
+
+def test_runs_of_a_single_epoch_get_a_line_not_a_curve_of_one_dot(study_dir, tmp_path):
+    single = _one_epoch_run(study_dir, tmp_path / "one-epoch")
+    curves = section_html(report.write_report([single], tmp_path / "r.html").html.read_text(), "curves")
+    assert "<img" not in curves
+    assert "classification: 1 run trained a single epoch, so there is no curve to draw" in curves
+    # beside runs of two epochs: their curves are drawn, the single-epoch run is counted
+    both = report.write_report([single, study_dir / "classification" / "full-seed0"], tmp_path / "r.html")
+    curves = section_html(both.html.read_text(), "curves")
+    assert curves.count("<img") == 1 and "1 run trained a single epoch" in curves
+
+
+def test_a_strip_of_panels_is_cut_into_rows_and_a_tall_figure_folds(tmp_path):
+    """An older study's figure of 44 square panels in one row was 16,456 pixels wide: its text a few
+    pixels tall at page width, and past Chromium's 16,384 pixels not drawn at all."""
+    from matplotlib.figure import Figure as MplFigure
+    from matplotlib.image import imread, imsave
+
+    strip = np.random.default_rng(0).random((200, 2000, 3))  # ten square panels of 200 pixels
+    imsave(tmp_path / "strip.png", strip)
+    image = study_files.read_image(tmp_path, tmp_path / "strip.png", "ten runs")
+    assert (image.width, image.height) == (800, 600)  # four panels a row, three rows
+    wrapped = imread(io.BytesIO(image.png))[..., :3]
+    for r in range(3):  # each row is the next 800 pixels of the strip; the end of the last row is blank
+        piece = strip[:, 800 * r : 800 * (r + 1)]
+        assert np.abs(wrapped[200 * r : 200 * (r + 1), : piece.shape[1]] - piece).max() < 1 / 255
+    assert (wrapped[400:, 400:] == 1).all() and "cut into rows of 4 panels" in image.caption
+
+    def png(width, height):
+        return page.save_png(MplFigure(figsize=(width / 100, height / 100), dpi=100))
+
+    tall, plain = page.Image(png(600, 1200), "t"), page.Image(png(900, 400), "p")
+    assert page.html_item(tall).startswith("<details><summary>Figure (open it): t</summary>")
+    assert page.html_item(plain).startswith("<figure><img") and page.png_size(b"not a png") == (0, 0)
+
+
+def test_many_warnings_fold_behind_their_count():
+    one, many = (
+        study_files.warning_items("the x study", ["a"]),
+        study_files.warning_items("the x study", ["a", "b"]),
+    )
+    assert one == ["Warning from the x study: a"]
+    assert page.html_item(many[0]) == (
+        "<details><summary>2 warnings from the x study (open to read them)</summary>\n"
+        "<ul><li>a</li><li>b</li></ul>\n</details>"
+    )
+
+
+def test_the_robustness_section_draws_each_modes_interval_over_seeds(study_dir, tmp_path):
+    numbers = [
+        {"mode": mode, "seed": seed, "robust_acc": {"0": 0.9, "8/255": 0.3 + 0.01 * seed}}
+        for mode in ("full", "chans")
+        for seed in (0, 1, 2)
+    ]
+    dest = _results_with(
+        with_studies(study_dir, tmp_path / "study", {}),
+        "robustness",
+        tables=[[{"mode": "Full", "robust 8/255": 0.31}]],
+        data={"runs": numbers},
+    )
+    robustness = section_html(report.write_report([dest], tmp_path / "r.html").html.read_text(), "robustness")
+    assert (
+        robustness.count("<img") == 1
+        and "Robust accuracy against the attack budget. Left: each mode" in robustness
+    )
+    assert robustness.index("</table>") < robustness.index("<img")  # after the study's tables
+    # one seed has no interval: no figure
+    one_seed = _results_with(dest, "robustness", data={"runs": [r for r in numbers if r["seed"] == 0]})
+    assert "<img" not in section_html(
+        report.write_report([one_seed], tmp_path / "r.html").html.read_text(), "robustness"
+    )
+
+
+def _screenshots_script():
+    """scripts/report_screenshots.py, loaded as a module (scripts/ is no package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "report_screenshots.py"
+    spec = importlib.util.spec_from_file_location("report_screenshots", path)
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_report_in_a_real_browser_is_never_wider_than_the_window(study_dir, tmp_path):
+    """Rendered by headless Chromium at a desktop and a narrow width: no horizontal overflow, even with a
+    strip of panels 3,000 pixels wide and the wide verdict table; the screenshot's right margin is blank."""
+    screenshots = _screenshots_script()
+    browser = screenshots.find_browser()
+    if browser is None:
+        pytest.skip("no Chromium on PATH (apt-get install chromium)")
+    from matplotlib.figure import Figure as MplFigure
+    from PIL import Image as PILImage
+
+    dest = _declared_study(study_dir, tmp_path / "study")
+    (dest / "a" / "sigma-robust.png").write_bytes(page.save_png(MplFigure(figsize=(30, 2), dpi=100)))
+    html = report.write_report([dest], tmp_path / "report.html").html
+    for width in (1400, 800):
+        layout = screenshots.measure(browser, html, width, 1000)
+        assert layout.fits and layout.scroll_width == layout.inner_width == width, layout
+    shot = screenshots.screenshot(browser, html, tmp_path / "shot.png", 800, 1500)
+    image = PILImage.open(shot).convert("L")
+    assert image.size == (800, 1500)
+    margin = image.crop((792, 0, 800, 1500))
+    assert margin.getextrema()[0] >= 250  # nothing drawn into the page's right margin
+    assert image.crop((0, 0, 792, 1500)).getextrema()[0] < 100  # while the page itself has text

@@ -9,11 +9,21 @@ import torch
 
 from spatialmix.analysis.filters import LOW_HIGH_CUTOFF, FilterAnalysis, filter_state
 
+# Figures are drawn at most this wide (inches, at 100 dpi): shown at a page's width of about 1,000
+# pixels their 8-point text stays about 11 pixels tall; more layers make smaller tiles, not wider figures.
+MAX_WIDTH = 10.0
+LABEL_WIDTH = 1.6  # inches left of a grid of tiles for the rows' names
+
 
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _tile(n_columns: int, largest: float) -> float:
+    """The side of one tile of a grid of ``n_columns`` (inches), its row label's room left aside."""
+    return min(largest, (MAX_WIDTH - LABEL_WIDTH) / n_columns)
 
 
 def filter_mosaic(bank: torch.Tensor, max_filters: int = 16) -> np.ndarray:
@@ -33,10 +43,15 @@ def filter_mosaic(bank: torch.Tensor, max_filters: int = 16) -> np.ndarray:
     return mosaic
 
 
-def _wrap(label: str, width: int = 22) -> str:
+def _wrap(label: str, width: int = 16) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(label, width)) or label
+
+
+def _row_label(ax, text: str) -> None:
+    """A row's name beside its first tile, written across: on end it ran into the next row's."""
+    ax.set_ylabel(text, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
 
 
 def _short(layer: str, index: int) -> str:
@@ -49,9 +64,10 @@ def plot_filter_grids(analyses: list[FilterAnalysis], max_filters: int = 16, max
 
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.5")  # grey gaps, not white like a zero weight
     n_layers = min(max_layers, max(len(a.filters) for a in analyses))
-    fig = _figure(1.5 * n_layers + 1.2, 1.5 * len(analyses) + 0.6)
+    tile = _tile(n_layers, 1.5)
+    fig = _figure(tile * n_layers + LABEL_WIDTH, tile * len(analyses) + 1.4)
     axes = fig.subplots(len(analyses), n_layers, squeeze=False)
-    image = None
+    image, titled = None, set()
     for r, a in enumerate(analyses):
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([]), ax.set_yticks([])
@@ -66,12 +82,16 @@ def plot_filter_grids(analyses: list[FilterAnalysis], max_filters: int = 16, max
                 vmax=1,
                 interpolation="nearest",
             )
-            if r == 0:
-                ax.set_title(_short(name, c), fontsize=7)
+            if c not in titled:  # the first row with this layer names it (runs differ in depth)
+                titled.add(c)
+                ax.set_title(_short(name, c), fontsize=8)
             if c == 0:
-                ax.set_ylabel(f"{_wrap(a.label)}\n({filter_state(a)})", fontsize=8)
+                _row_label(ax, f"{_wrap(a.label)}\n({filter_state(a)})")
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="weight / max |weight| of the filter")
+        # below the grid, where its label has the figure's whole width (beside one row it was cut off)
+        bar = fig.colorbar(image, ax=axes, location="bottom", shrink=0.6, aspect=40, pad=0.02)
+        bar.set_label("weight / max |weight| of the filter", fontsize=9)
+        bar.ax.tick_params(labelsize=8)
     return fig
 
 
@@ -80,7 +100,7 @@ def plot_radial_profiles(analyses: list[FilterAnalysis], max_layers: int = 8):
     n_layers = min(max_layers, max(len(a.spectra) for a in analyses))
     cols = min(4, n_layers)
     rows = math.ceil(n_layers / cols)
-    fig = _figure(3.2 * cols, 2.6 * rows + 0.4)
+    fig = _figure(MAX_WIDTH * cols / 4, 2.6 * rows + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
     for i, ax in enumerate(axes):
         if i >= n_layers:
@@ -98,16 +118,19 @@ def plot_radial_profiles(analyses: list[FilterAnalysis], max_layers: int = 8):
         ax.set_xlabel("frequency (cycles/pixel)", fontsize=8)
         if i % cols == 0:
             ax.set_ylabel("power / mean power", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0].legend(fontsize=7)
+        ax.tick_params(labelsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()  # under the panels, not over a panel's lines
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8)
     return fig
 
 
 def plot_mean_spectra(analyses: list[FilterAnalysis], max_layers: int = 8):
     """The mean 2-D magnitude spectrum of each layer (DC in the centre), one row per analysis."""
     n_layers = min(max_layers, max(len(a.spectra) for a in analyses))
-    fig = _figure(1.6 * n_layers + 1.2, 1.6 * len(analyses) + 0.6)
+    tile = _tile(n_layers, 1.6)
+    fig = _figure(tile * n_layers + LABEL_WIDTH, tile * len(analyses) + 0.6)
     axes = fig.subplots(len(analyses), n_layers, squeeze=False)
+    titled = set()
     for r, a in enumerate(analyses):
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([]), ax.set_yticks([])
@@ -124,8 +147,9 @@ def plot_mean_spectra(analyses: list[FilterAnalysis], max_layers: int = 8):
                 extent=(-0.5, 0.5, -0.5, 0.5),
                 interpolation="nearest",
             )
-            if r == 0:
-                ax.set_title(_short(s.layer, c), fontsize=7)
+            if c not in titled:
+                titled.add(c)
+                ax.set_title(_short(s.layer, c), fontsize=8)
             if c == 0:
-                ax.set_ylabel(_wrap(a.label), fontsize=8)
+                _row_label(ax, _wrap(a.label))
     return fig

@@ -9,11 +9,16 @@ The report is made in three steps, each in its own module:
 
 * :mod:`spatialmix.report.inputs` reads and checks the inputs: run directories (``spatialmix
   train``) and study folders (``spatialmix reproduce``: ``results.json`` plus the runs below it);
-* :mod:`spatialmix.report.sections` (and :mod:`spatialmix.report.filters`) fill each section
-  from whatever results exist: a study's results go to the section it declared in
+* :mod:`spatialmix.report.sections` fills each section from whatever results exist (with
+  :mod:`~spatialmix.report.verdicts`, :mod:`~spatialmix.report.curves`,
+  :mod:`~spatialmix.report.robustness`, :mod:`~spatialmix.report.filters` and the study files of
+  :mod:`~spatialmix.report.study_files`): a study's results go to the section it declared in
   ``results.json``; a section with nothing to show keeps its heading and says so, so a report of
   a single run or of an interrupted study is still a report;
 * :mod:`spatialmix.report.page` writes the sections out as HTML and Markdown.
+
+The page names each input as given when that is a relative path, else by its folder's name, also
+in the messages and commands it quotes: a report is shared, the folders of its machine are not.
 
 This module holds the entry points and keeps the names of those modules that callers use.
 """
@@ -28,16 +33,12 @@ from spatialmix.analysis.filters import FFT_SIZE
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import storage
 from spatialmix.io.paths import check_writable
+from spatialmix.report.curves import curves_section
 from spatialmix.report.filters import filters_section
-from spatialmix.report.inputs import read_inputs
-from spatialmix.report.page import Section, render_html, render_markdown
-from spatialmix.report.sections import (
-    classification_section,
-    configuration_section,
-    curves_section,
-    study_section,
-    verdicts_section,
-)
+from spatialmix.report.inputs import path_names, read_inputs, shown_path
+from spatialmix.report.page import Section, hide_paths, render_html, render_markdown
+from spatialmix.report.sections import classification_section, configuration_section, study_section
+from spatialmix.report.verdicts import verdicts_section
 from spatialmix.ui.display import ResultTable
 
 
@@ -51,7 +52,8 @@ class ReportFiles:
 
 
 def build_sections(paths: list[str | Path], fft_size: int = FFT_SIZE) -> list[Section]:
-    """Every section of the report of ``paths`` (run directories and study folders), in page order."""
+    """Every section of the report of ``paths`` (run directories and study folders), in page order; the
+    inputs named as :func:`spatialmix.report.inputs.shown_path` names them."""
     if not isinstance(fft_size, int) or fft_size <= 0:
         raise SpatialmixError(f"FFT size must be a positive integer, got {fft_size}")
     inputs = read_inputs(paths)
@@ -67,7 +69,9 @@ def build_sections(paths: list[str | Path], fft_size: int = FFT_SIZE) -> list[Se
         study_section(inputs, "other"),
         configuration_section(inputs),
     ]
-    return [s for s in sections if s is not None]  # init and other appear only with results
+    sections = [s for s in sections if s is not None]  # init and other appear only with results
+    hide_paths(sections, path_names(paths))
+    return sections
 
 
 def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = FFT_SIZE) -> ReportFiles:
@@ -96,8 +100,9 @@ def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = 
     sections = build_sections(paths, fft_size)
     created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     markdown = out_html.with_suffix(".md")
-    page = render_html(sections, paths, created)
-    storage.atomic_write_bytes(markdown, render_markdown(sections, paths, created).encode())
+    sources = [shown_path(p) for p in paths]
+    page = render_html(sections, sources, created)
+    storage.atomic_write_bytes(markdown, render_markdown(sections, sources, created).encode())
     storage.atomic_write_bytes(out_html, page.encode())
     verdicts = [i for s in sections if s.id == "verdicts" for i in s.items if isinstance(i, ResultTable)]
     return ReportFiles(

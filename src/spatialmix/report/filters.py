@@ -10,6 +10,7 @@ from spatialmix.analysis.filters import (
     LOW_HIGH_CUTOFF,
     FilterAnalysis,
     analyze_run,
+    filter_state,
     frequency_radius,
     frozen_layers_moved,
     spectrum_table,
@@ -17,8 +18,9 @@ from spatialmix.analysis.filters import (
 )
 from spatialmix.errors import SpatialmixError
 from spatialmix.report.inputs import Inputs
-from spatialmix.report.page import Section, figure_image
+from spatialmix.report.page import LONG_TABLE, Section, details_table, figure_image, fold
 from spatialmix.report.sections import ABSENT, SECTIONS
+from spatialmix.ui.display import ResultTable, mean_std
 
 MAX_FIGURE_ROWS = 12
 
@@ -66,10 +68,14 @@ def filters_section(inputs: Inputs, fft_size: int = FFT_SIZE) -> Section:
         )
     else:
         _filter_figures(section, shown)
-    if any(a.spectra for a in analyses):
-        section.items.append(spectrum_table([a for a in analyses if a.spectra]))
-    stats = statistics_table(analyses)
-    section.items.append(("details", stats) if len(stats.rows) > 40 else stats)
+    with_spectra = [a for a in analyses if a.spectra]
+    if with_spectra:
+        table = spectrum_table(with_spectra)
+        if len(table.rows) > LONG_TABLE:  # one row per run and layer: the settings' means, then all rows
+            section.items += [spectrum_summary(with_spectra), details_table(table)]
+        else:
+            section.items.append(table)
+    section.items.append(fold(statistics_table(analyses)))
     moved = frozen_layers_moved(analyses)
     frozen_count = sum(s.frozen for a in analyses for s in a.stats)
     if moved:
@@ -108,6 +114,42 @@ def _filter_figures(section: Section, shown: list[FilterAnalysis]) -> None:
             "scaled to its maximum).",
         )
     )
+
+
+def spectrum_summary(analyses: list[FilterAnalysis]) -> ResultTable:
+    """The spectrum table in one row per setting and layer: mean ± standard deviation over its runs."""
+    cells: dict[tuple[str, str], list] = {}
+    for a in analyses:
+        init = {s.layer: s for s in a.init_spectra}
+        for s in a.spectra:
+            cells.setdefault((a.group, s.layer), []).append((a, s, init.get(s.layer)))
+    table = ResultTable(
+        "Frequency content of the spatial filters: mean ± sd over the runs of each setting "
+        "(every run in the table below)",
+        [
+            ("setting", "setting", ""),
+            ("layer", "layer", ""),
+            ("state", "filters are", ""),
+            ("runs", "runs", ""),
+            ("ratio", f"low/high energy (f<{LOW_HIGH_CUTOFF:g})", ".3f"),
+            ("high", "high-freq. share", ".3f"),
+            ("ratio_init", "low/high at init", ".3f"),
+            ("high_init", "high-freq. share at init", ".3f"),
+        ],
+    )
+    for (group, layer), members in cells.items():
+        starts = [start for _, _, start in members if start is not None]
+        table.add(
+            setting=group.partition("|")[2] or group,
+            layer=layer,
+            state=filter_state(members[0][0]),
+            runs=len(members),
+            ratio=mean_std([s.low_high_ratio for _, s, _ in members]),
+            high=mean_std([s.high_fraction for _, s, _ in members]),
+            ratio_init=mean_std([s.low_high_ratio for s in starts]) if starts else None,
+            high_init=mean_std([s.high_fraction for s in starts]) if starts else None,
+        )
+    return table
 
 
 def _white_ratio(size: int) -> float:

@@ -58,6 +58,26 @@ class Inputs:
         ]
 
 
+def shown_path(path: str | Path) -> str:
+    """How the page names an input: as given when that is a relative path below the current folder
+    (``runs/reproduce``), else by its folder's name. A shared report holds no path of the machine."""
+    path = Path(path)
+    if not path.is_absolute() and ".." not in path.parts:
+        return path.as_posix()
+    return path.resolve().name or path.as_posix()
+
+
+def path_names(paths: list[str | Path]) -> dict[str, str]:
+    """Each input's path as given and as resolved -> :func:`shown_path` of it, longest first: what the
+    page replaces in the messages and tables it quotes (an error names the file it read)."""
+    names = {}
+    for path in map(Path, paths):
+        for form in (str(path), str(path.resolve())):
+            if form != shown_path(path):
+                names[form] = shown_path(path)
+    return dict(sorted(names.items(), key=lambda item: -len(item[0])))
+
+
 def task_name(run: RunInfo) -> str:
     task = run.record.get("task")
     return str(task.get("name", "classification")) if isinstance(task, dict) else "classification"

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from spatialmix.analysis.claims import VERDICT_WORDS
 from spatialmix.io.figures import save_png
@@ -22,20 +26,55 @@ from spatialmix.version import __version__
 
 @dataclass
 class Image:
-    """An image embedded in the page."""
+    """An image embedded in the page; ``width`` and ``height`` in pixels (0: unknown)."""
 
     png: bytes
     caption: str
     mime: str = "image/png"
+    width: int = 0
+    height: int = 0
+
+    def __post_init__(self):
+        if not self.width and self.mime == "image/png":
+            self.width, self.height = png_size(self.png)
+
+    @property
+    def strip(self) -> bool:
+        """A long row of panels (an older study's figure, one panel per run): at page width its text
+        would be a few pixels tall, and past 16,384 pixels browsers do not draw it at all."""
+        return (
+            self.mime == "image/png"
+            and self.width > STRIP_MIN_WIDTH
+            and self.width > STRIP_ASPECT * self.height
+        )
+
+    @property
+    def tall(self) -> bool:
+        """Many rows of panels (one per run of a study): behind its caption, opened on request, so that
+        it does not push the rest of its section a few screens down."""
+        return self.height > TALL_ASPECT * self.width
+
+
+@dataclass
+class Details:
+    """Something long behind a one-line summary the reader clicks open: a table, or a list of lines."""
+
+    summary: str
+    content: ResultTable | list[str]
+
+
+@dataclass
+class Bullets:
+    """A list of short lines (the headline of each claim)."""
+
+    lines: list[str]
 
 
 @dataclass
 class Section:
     id: str
     title: str
-    items: list = field(
-        default_factory=list
-    )  # str (a paragraph), ResultTable, Image, ("details", ResultTable)
+    items: list = field(default_factory=list)  # str (a paragraph), ResultTable, Image, Details, Bullets
     absent: str | None = None
 
     @property
@@ -43,9 +82,94 @@ class Section:
         return bool(self.items) and self.absent is None
 
 
+STRIP_MIN_WIDTH, STRIP_ASPECT, TALL_ASPECT = 1600, 5, 1.5
+LONG_TABLE = 40  # rows; a longer table is folded behind its title (a summary stands above it)
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header, (0, 0) when it is not a PNG."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        return 0, 0
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def wrap_strip(image: Image, per_row: int = 4) -> Image:
+    """A strip of panels cut into rows about ``per_row`` panels long, stacked: the same panels at their
+    own size, now a page wide. A panel is taken to be as wide as the strip is tall (the square panels
+    of ``plot_robustness`` before it wrapped them); each cut falls on the blank column between two
+    panels nearest to where a row would end."""
+    from matplotlib.image import imread, imsave
+
+    pixels = imread(io.BytesIO(image.png), format="png")
+    height, width = pixels.shape[:2]
+    row = per_row * height
+    blank = (pixels[..., :3] > 0.99).all(axis=(0, 2))  # columns of background only
+    pieces, start = [], 0
+    while start < width:
+        end = min(start + row, width)
+        if end < width:  # back up to a gap between panels, at most one panel
+            gaps = np.flatnonzero(blank[max(start + 1, end - height) : end + 1])
+            end = max(start + 1, end - height) + int(gaps[-1]) if gaps.size else end
+        pieces.append(pixels[:, start:end])
+        start = end
+    wrapped = np.ones(
+        (len(pieces) * height, max(p.shape[1] for p in pieces), *pixels.shape[2:]), pixels.dtype
+    )
+    for r, piece in enumerate(pieces):
+        wrapped[r * height : (r + 1) * height, : piece.shape[1]] = piece
+    buffer = io.BytesIO()
+    imsave(buffer, wrapped, format="png")
+    caption = f"{image.caption} (a row of panels {width:,} pixels long, cut into rows of {per_row} panels.)"
+    return Image(buffer.getvalue(), caption)
+
+
 def figure_image(fig, caption: str) -> Image:
     """A matplotlib figure drawn for the page (at 100 dpi: the page is read on a screen)."""
     return Image(save_png(fig, dpi=100), caption)
+
+
+def details_table(table: ResultTable) -> Details:
+    """A table behind its title and its number of rows."""
+    return Details(f"{table.title} ({len(table.rows)} rows)", table)
+
+
+def fold(table: ResultTable) -> ResultTable | Details:
+    """``table``, or behind its title when it is longer than :data:`LONG_TABLE` rows."""
+    return details_table(table) if len(table.rows) > LONG_TABLE else table
+
+
+def hide_paths(sections: list[Section], names: dict[str, str]) -> None:
+    """Replace, in every text of ``sections``, each path of ``names`` by its name on the page (the
+    messages, commands and tables the sections quote name the folders they read)."""
+
+    def clean(value):
+        if not isinstance(value, str):
+            return value
+        for path, name in names.items():
+            value = value.replace(path, name)
+        return value
+
+    def clean_table(table: ResultTable) -> None:
+        table.title = clean(table.title)
+        table.rows = [{k: clean(v) for k, v in row.items()} for row in table.rows]
+
+    for section in sections:
+        section.absent = clean(section.absent)
+        for i, item in enumerate(section.items):
+            if isinstance(item, str):
+                section.items[i] = clean(item)
+            elif isinstance(item, ResultTable):
+                clean_table(item)
+            elif isinstance(item, Image):
+                item.caption = clean(item.caption)
+            elif isinstance(item, Bullets):
+                item.lines = [clean(line) for line in item.lines]
+            elif isinstance(item, Details):
+                item.summary = clean(item.summary)
+                if isinstance(item.content, ResultTable):
+                    clean_table(item.content)
+                else:
+                    item.content = [clean(line) for line in item.content]
 
 
 # --------------------------------------------------------------------------- tables from JSON
@@ -105,47 +229,99 @@ def saved_table(title: str, rows: list[dict], columns) -> ResultTable:
 
 # --------------------------------------------------------------------------- HTML
 
+# Words are never broken inside (a verdict cut into "suppor/ts" reads as two words): a cell wraps at
+# spaces only, a table too wide for the window scrolls inside its wrapper, and the verdict stays on
+# one line. A figure wider than the page is scaled down to it (a strip of panels was cut into rows).
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1300px; margin: 2em auto;
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
 .table-wrap { max-width: 100%; overflow-x: auto; margin: 1em 0; }
 table { border-collapse: collapse; font-size: 0.85em; }
-caption { font-weight: bold; text-align: left; padding: 0.3em 0; }
+caption { font-weight: bold; text-align: left; padding: 0.3em 0;
+          width: max-content; max-width: min(60em, 90vw); }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top;
-         overflow-wrap: anywhere; max-width: 32em; }
+         overflow-wrap: normal; word-break: normal; hyphens: none; max-width: 32em; }
 th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
+tr[title] { cursor: help; } td.note { color: #555; text-align: right; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #555; }
 .absent { color: #777; font-style: italic; } .meta { color: #555; font-size: 0.9em; }
 nav ul { columns: 2; } code { background: #f4f4f4; padding: 0 0.2em; overflow-wrap: anywhere; }
+details { margin: 0.5em 0 1em; } summary { cursor: pointer; color: #333; }
+ol.notes { font-size: 0.85em; color: #444; }
+ul.headlines { padding-left: 1.2em; } ul.headlines li { margin: 0.2em 0; }
+td[class^="verdict-"], td.nowrap, .nb { white-space: nowrap; }
 td.verdict-supports { background: #dff3df !important; font-weight: bold; }
 td.verdict-contradicts { background: #f8dcdc !important; font-weight: bold; }
 td.verdict-inconclusive { background: #fff4d6 !important; } td.verdict-not-run { color: #777; }
 """
+# A column shown as a numbered note under its table and as the tooltip of its row (the verdict
+# table's long "how": intervals, McNemar per seed), not as a column squeezed beside the others.
+NOTE_COLUMNS = ("how",)
+# A number with its unit ("+0.52 pts/σ") is one word: never cut after its slash.
+NOWRAP_COLUMNS = ("estimate",)
 
 
 def _esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _whole(text) -> str:
+    """``text`` escaped, each word with a slash in it ("pts/σ", "2/255") kept on one line: browsers may
+    break a line after a slash, which cut units and budgets in two."""
+    return re.sub(r"\S*/\S*", lambda m: f'<span class="nb">{m.group(0)}</span>', _esc(text))
+
+
 def _td(cell: str, column: str) -> str:
     if column == "verdict" and cell in VERDICT_WORDS:  # the word of a verdict, coloured
         return f'<td class="verdict-{cell.replace(" ", "-")}">{_esc(cell)}</td>'
-    return f"<td>{_esc(cell)}</td>"
+    if column in NOWRAP_COLUMNS:
+        return f'<td class="nowrap">{_esc(cell)}</td>'
+    return f"<td>{_whole(cell)}</td>"
 
 
 def html_table(table: ResultTable) -> str:
-    """A table in a scrolling wrapper, so that no table is ever wider than the page."""
-    head = "".join(f"<th>{_esc(h)}</th>" for _, h, _ in table.columns)
+    """A table in a scrolling wrapper, so that no table is ever wider than the page; a note column
+    (:data:`NOTE_COLUMNS`) becomes a numbered list under it and each row's tooltip."""
     keys = [k for k, _, _ in table.columns]
-    body = "\n".join(
-        "<tr>" + "".join(_td(c, k) for c, k in zip(cells, keys)) + "</tr>" for cells in table.cells()
+    shown = [i for i, k in enumerate(keys) if k not in NOTE_COLUMNS]
+    noted = [i for i, k in enumerate(keys) if k in NOTE_COLUMNS]
+    notes: list[str] = []
+    rows = []
+    for cells in table.cells():
+        note = "; ".join(cells[i] for i in noted if cells[i] not in ("", "-"))
+        tds = "".join(_td(cells[i], keys[i]) for i in shown)
+        if noted:
+            if note:
+                notes.append(note)
+            tds += f'<td class="note">{len(notes) if note else ""}</td>'
+        rows.append(f'<tr title="{_esc(note)}">{tds}</tr>' if note else f"<tr>{tds}</tr>")
+    head = "".join(f"<th>{_esc(table.columns[i][1])}</th>" for i in shown) + (
+        "<th>note</th>" if noted else ""
     )
-    return (
+    body = "\n".join(rows)
+    page = (
         f'<div class="table-wrap"><table>\n<caption>{_esc(table.title)}</caption>\n<thead><tr>{head}</tr>'
         f"</thead>\n<tbody>\n{body}\n</tbody>\n</table></div>"
     )
+    if notes:
+        headers = " and ".join(table.columns[i][1] for i in noted)
+        items = "".join(f"<li>{_esc(n)}</li>" for n in notes)
+        page += (
+            f"\n<details><summary>Notes: {_esc(headers)} of each line (also shown when the pointer "
+            f'rests on a row)</summary>\n<ol class="notes">{items}</ol>\n</details>'
+        )
+    return page
+
+
+def html_image(image: Image) -> str:
+    data = base64.b64encode(image.png).decode("ascii")
+    img = f'<img alt="{_esc(image.caption)}" src="data:{image.mime};base64,{data}">'
+    figure = f"<figure>{img}<figcaption>{_esc(image.caption)}</figcaption></figure>"
+    if image.tall:
+        return f"<details><summary>Figure (open it): {_esc(image.caption)}</summary>\n{figure}\n</details>"
+    return figure
 
 
 def html_item(item) -> str:
@@ -154,21 +330,20 @@ def html_item(item) -> str:
     if isinstance(item, ResultTable):
         return html_table(item)
     if isinstance(item, Image):
-        data = base64.b64encode(item.png).decode("ascii")
-        return (
-            f'<figure><img alt="{_esc(item.caption)}" src="data:{item.mime};base64,{data}">'
-            f"<figcaption>{_esc(item.caption)}</figcaption></figure>"
-        )
-    if isinstance(item, tuple) and item[0] == "details":
-        table = item[1]
-        return (
-            f"<details><summary>{_esc(table.title)} ({len(table.rows)} rows)</summary>\n"
-            f"{html_table(table)}\n</details>"
-        )
+        return html_image(item)
+    if isinstance(item, Bullets):
+        return '<ul class="headlines">' + "".join(f"<li>{_whole(line)}</li>" for line in item.lines) + "</ul>"
+    if isinstance(item, Details):
+        if isinstance(item.content, ResultTable):
+            inner = html_table(item.content)
+        else:
+            inner = "<ul>" + "".join(f"<li>{_esc(line)}</li>" for line in item.content) + "</ul>"
+        return f"<details><summary>{_esc(item.summary)}</summary>\n{inner}\n</details>"
     raise TypeError(f"cannot render {type(item).__name__} in a report")
 
 
-def render_html(sections: list[Section], paths: list[str], created: str) -> str:
+def render_html(sections: list[Section], sources: list[str], created: str) -> str:
+    """The page; ``sources``: the inputs as the page names them (no path of the machine it was made on)."""
     nav = "".join(
         f'<li><a href="#{s.id}">{_esc(s.title)}</a>{"" if s.present else " (absent)"}</li>' for s in sections
     )
@@ -177,13 +352,14 @@ def render_html(sections: list[Section], paths: list[str], created: str) -> str:
         '<html lang="en">',
         "<head>",
         '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>spatialmix report</title>",
         f"<style>{STYLE}</style>",
         "</head>",
         "<body>",
         "<h1>spatialmix report</h1>",
         f'<p class="meta">Written {_esc(created)} by spatialmix {_esc(__version__)} from: '
-        + ", ".join(f"<code>{_esc(p)}</code>" for p in paths)
+        + ", ".join(f"<code>{_esc(p)}</code>" for p in sources)
         + "</p>",
         f"<nav><ul>{nav}</ul></nav>",
     ]
@@ -204,24 +380,31 @@ def render_html(sections: list[Section], paths: list[str], created: str) -> str:
 # --------------------------------------------------------------------------- Markdown
 
 
-def render_markdown(sections: list[Section], paths: list[str], created: str) -> str:
+def markdown_item(item) -> list[str]:
+    if isinstance(item, ResultTable):
+        return [item.to_markdown()]
+    if isinstance(item, Image):
+        return [f"_Figure in the HTML report: {item.caption}_", ""]
+    if isinstance(item, Bullets):
+        return [f"- {line}" for line in item.lines] + [""]
+    if isinstance(item, Details):
+        if isinstance(item.content, ResultTable):
+            return [item.content.to_markdown()]
+        return [f"{item.summary}:", ""] + [f"- {line}" for line in item.content] + [""]
+    return [str(item), ""]
+
+
+def render_markdown(sections: list[Section], sources: list[str], created: str) -> str:
     lines = [
         "# spatialmix report",
         "",
-        f"Written {created} by spatialmix {__version__} from: " + ", ".join(f"`{p}`" for p in paths),
+        f"Written {created} by spatialmix {__version__} from: " + ", ".join(f"`{p}`" for p in sources),
         "",
     ]
     for s in sections:
         lines += [f"## {s.title}", ""]
         for item in s.items:
-            if isinstance(item, tuple):
-                item = item[1]
-            if isinstance(item, ResultTable):
-                lines.append(item.to_markdown())
-            elif isinstance(item, Image):
-                lines += [f"_Figure in the HTML report: {item.caption}_", ""]
-            elif isinstance(item, str):
-                lines += [item, ""]
+            lines += markdown_item(item)
         if s.absent is not None:
             lines += [f"_Absent: {s.absent}._", ""]
     return "\n".join(lines)

@@ -132,60 +132,108 @@ def robustness_table(results: list[dict], title: str | None = None):
     return table
 
 
+# At most this many panels side by side: shown at a page's width (about 1,000 pixels) a wider row
+# shrinks its text below legibility (a strip of 44 panels was 16,456 pixels wide).
+PANELS_PER_ROW = 4
+
+
 def plot_robustness(results: list[dict], path: str | Path) -> Path:
-    """Robust accuracy against eps: all runs together, then one panel per run (PNG, written atomically)."""
+    """Robust accuracy against eps: all runs together, then one panel per run, at most
+    :data:`PANELS_PER_ROW` to a row (PNG, written atomically)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     panels = len(results) + 1
-    fig = Figure(figsize=(3.4 * panels, 3.4), layout="constrained")
+    cols = min(PANELS_PER_ROW, panels)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(2.6 * cols + 0.6, 2.5 * rows + 0.7), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, panels, sharey=True, squeeze=False)[0]
-    for result in results:
-        eps = [b["eps"] for b in result["budgets"]]
-        axes[0].plot(eps, [b["robust_acc"] for b in result["budgets"]], marker="o", label=result["label"])
-    axes[0].set_title("all runs (worst case)", fontsize=9)
-    axes[0].legend(fontsize=6)
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False).reshape(-1)
+    _plot_overview(axes[0], results)
     for ax, result in zip(axes[1:], results):
-        budgets = result["budgets"]
-        eps = [b["eps"] for b in budgets]
-        ax.plot(eps, [b["robust_acc"] for b in budgets], marker="o", color="black", label="worst case")
-        points = [(b["eps"], b["default_acc"]) for b in budgets if b.get("default_acc") is not None]
-        if points:
-            ax.plot(*zip(*points), "--", marker=".", label="default attacks alone")
-        reference = result.get("reference_check")
-        if reference:
-            ax.plot(
-                reference["eps"],
-                reference["reference_acc"],
-                ":",
-                marker="x",
-                label=f"reference sample (n={reference['n']})",
-            )
-        if result.get("chance"):
-            ax.axhline(result["chance"]["bound"], color="gray", lw=0.8, ls="-.", label="gray-image bound")
-        warned = [b for b in budgets if b.get("warnings")]
-        if warned:
-            ax.scatter(
-                [b["eps"] for b in warned],
-                [b["robust_acc"] for b in warned],
-                s=120,
-                facecolors="none",
-                edgecolors="red",
-                label="check warning",
-            )
-        title = result["label"] + (f"\n{len(result['warnings'])} warning(s)" if result["warnings"] else "")
-        ax.set_title(title, fontsize=8, color="red" if result["warnings"] else "black")
-        ax.legend(fontsize=6)
-    for ax in axes:
-        ticks = sorted({b["eps"] for r in results for b in r["budgets"]})
-        ax.set_xticks(ticks, [eps_label(e) for e in ticks], rotation=45, fontsize=7)
-        ax.set_xlabel(f"eps ({results[0]['settings']['norm'] if results else 'Linf'})")
+        _plot_run(ax, result)
+    ticks = sorted({b["eps"] for r in results for b in r["budgets"]})
+    norm = results[0]["settings"]["norm"] if results else "Linf"
+    for i, ax in enumerate(axes[:panels]):
+        ax.set_xticks(ticks, [eps_label(e) for e in ticks], rotation=45, fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy")
+        if i >= panels - cols:  # the bottom panel of each column
+            ax.set_xlabel(f"eps ({norm})", fontsize=9)
+        if i % cols == 0:
+            ax.set_ylabel("accuracy", fontsize=9)
+    for ax in axes[panels:]:
+        ax.set_axis_off()
+    legend = {}  # what the lines of the runs' own panels are: once, under the figure
+    for ax in axes[1:panels]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(
+            legend.values(), legend.keys(), loc="outside lower center", ncol=min(len(legend), 3), fontsize=9
+        )
     save_png(fig, path, dpi=110)
     return Path(path)
+
+
+def _plot_overview(ax, results: list[dict]) -> None:
+    """Every run's worst case; with many runs one colour (and one legend entry) per setting."""
+    settings = [_setting(r) for r in results]
+    by_setting = len(results) > 6 and None not in settings
+    named = list(dict.fromkeys(settings))
+    for i, result in enumerate(results):
+        eps = [b["eps"] for b in result["budgets"]]
+        accuracy = [b["robust_acc"] for b in result["budgets"]]
+        if by_setting:
+            setting = settings[i]
+            label = f"{setting} ({settings.count(setting)} runs)" if settings.index(setting) == i else None
+            ax.plot(eps, accuracy, color=f"C{named.index(setting) % 10}", lw=1, alpha=0.6, label=label)
+        else:
+            ax.plot(eps, accuracy, marker="o", label=result["label"])
+    ax.set_title("all runs (worst case)", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def _setting(result: dict) -> str | None:
+    """A run's mode and smoothing sigma ("Chans σ=2"), None when the result does not say."""
+    mode, sigma = result.get("mode"), result.get("smooth_sigma") or 0
+    if not isinstance(mode, str) or not isinstance(sigma, (int, float)):
+        return None
+    return mode.capitalize() + (f" σ={sigma:g}" if sigma else "")
+
+
+def _plot_run(ax, result: dict) -> None:
+    budgets = result["budgets"]
+    eps = [b["eps"] for b in budgets]
+    ax.plot(eps, [b["robust_acc"] for b in budgets], marker="o", color="black", label="worst case")
+    points = [(b["eps"], b["default_acc"]) for b in budgets if b.get("default_acc") is not None]
+    if points:
+        ax.plot(*zip(*points), "--", marker=".", color="C0", label="default attacks alone")
+    reference = result.get("reference_check")
+    if reference:
+        ax.plot(
+            reference["eps"],
+            reference["reference_acc"],
+            ":",
+            marker="x",
+            color="C1",
+            label=f"reference sample (n={reference['n']})",
+        )
+    if result.get("chance"):
+        ax.axhline(result["chance"]["bound"], color="gray", lw=0.8, ls="-.", label="gray-image bound")
+    warned = [b for b in budgets if b.get("warnings")]
+    if warned:
+        ax.scatter(
+            [b["eps"] for b in warned],
+            [b["robust_acc"] for b in warned],
+            s=120,
+            facecolors="none",
+            edgecolors="red",
+            label="check warning",
+        )
+    title = result["label"] + (f"\n{len(result['warnings'])} warning(s)" if result["warnings"] else "")
+    ax.set_title(title, fontsize=9, color="red" if result["warnings"] else "black")
 
 
 # --------------------------------------------------------------------------- progress
