@@ -977,3 +977,13 @@ def test_the_report_in_a_real_browser_is_never_wider_than_the_window(study_dir, 
     margin = image.crop((792, 0, 800, 1500))
     assert margin.getextrema()[0] >= 250  # nothing drawn into the page's right margin
     assert image.crop((0, 0, 792, 1500)).getextrema()[0] < 100  # while the page itself has text
+
+
+def test_an_attack_result_nested_too_deep_is_one_line_and_the_report_goes_on(study_dir, tmp_path):
+    """A robustness.json of 100,000 nested arrays ended the report in a RecursionError."""
+    attacked = tmp_path / "attacked"
+    shutil.copytree(study_dir / "classification" / "full-seed0", attacked)
+    (attacked / "robustness.json").write_text("[" * 100_000 + "]" * 100_000)
+    page = report.write_report([attacked], tmp_path / "r.html").html.read_text()
+    check_page(page)
+    assert "robustness.json" in page and "left out" in page and "nest" in page

@@ -16,6 +16,7 @@ from spatialmix.core.mixing import MODES
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.io.study_results import SavedStudy, json_rows
+from spatialmix.io.untrusted import parse_json
 from spatialmix.report.inputs import RunInfo
 from spatialmix.report.page import figure_image, rows_table
 from spatialmix.report.study_files import OUTSIDE, NotShown, read_image, read_inside
@@ -132,11 +133,14 @@ def run_robustness_items(run: RunInfo) -> list:
         if path.name in (runs.CONFIG, runs.STATUS, runs.SUMMARY):
             continue
         try:
-            saved = json.loads(read_inside(run.path, path))
+            saved = parse_json(read_inside(run.path, path).decode(), f"{run.label}/{path.name}")
         except NotShown:  # a link out of the run folder, or a file too large for a result: not ours
             continue
         except (json.JSONDecodeError, UnicodeDecodeError):
             items.append(f"{run.label}: {path.name} is not valid JSON; left out.")
+            continue
+        except SpatialmixError as err:  # nested too deep, a number too long: one line, the rest shown
+            items.append(f"{err}; left out.")
             continue
         if not (isinstance(saved, dict) and isinstance(saved.get("budgets"), list)):
             continue  # not an attack result
