@@ -13,7 +13,7 @@ import torch
 from spatialmix.cli.main import main
 from spatialmix.data.datasets import ImageData
 from spatialmix.engine.config import TrainConfig
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.io import runs
 from spatialmix.io.study_results import Figure, StudyResult
 from spatialmix.report import document as report
@@ -129,11 +129,9 @@ def study_dir(tmp_path_factory) -> Path:
     for mode in ("full", "chans"):
         for seed in (0, 1):
             run_dir = out / "classification" / f"{mode}-seed{seed}"
-            summaries.setdefault(mode, []).append(
-                train(base.replace(mode=mode, seed=seed), run_dir, data=data)
-            )
+            summaries.setdefault(mode, []).append(fit(base.replace(mode=mode, seed=seed), run_dir, data=data))
     smoothed = out / "robustness" / "chans-sigma1-seed0"
-    train(base.replace(mode="chans", smooth_sigma=1.0), smoothed, data=data)
+    fit(base.replace(mode="chans", smooth_sigma=1.0), smoothed, data=data)
     ctx = StudyContext(PRESETS["quick"], out, (0, 1), {"epochs": 2})
     ctx.results["classification"] = StudyResult(
         "classification",

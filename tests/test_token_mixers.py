@@ -17,7 +17,7 @@ from spatialmix.core.inits import InitSpec, smooth_token_mixer
 from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing, classify_layers, summarize
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.optim import make_optimizer
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.models.factory import create_model
@@ -163,7 +163,7 @@ def test_builtin_mlpmixer_trains_with_frozen_tensors_bitwise_at_init(mode, tiny_
         device="cpu",
         amp="none",
     )
-    summary = train(config, tmp_path / "run", data=tiny_data)
+    summary = fit(config, tmp_path / "run", data=tiny_data)
     init = load_file(str(tmp_path / "run" / runs.INIT))
     final = load_file(str(runs.latest_checkpoint(tmp_path / "run") / runs.MODEL_FILE))
     spatial, channel = expected_layers("builtin", 2)
@@ -326,7 +326,7 @@ def test_patterns_from_the_command_line_are_saved_and_rebuilt(tiny_data, tmp_pat
         device="cpu",
         amp="none",
     )
-    train(config, run_dir, data=tiny_data)
+    fit(config, run_dir, data=tiny_data)
     saved = json.loads((run_dir / runs.CONFIG).read_text())["train"]
     assert saved["channel_pattern"] == "blocks.0.token_mlp.fc2" and saved["spatial_pattern"] is None
     model, _ = load_trained_model(run_dir)

@@ -20,6 +20,7 @@ __all__ = [
     "attack_runs",
     "AttackSettings",
     "build_model",
+    "Callback",
     "CHANNEL",
     "CLAIMS",
     "ClassificationTask",
@@ -72,6 +73,7 @@ __all__ = [
     "StudyResult",
     "summarize",
     "SweepSettings",
+    "TensorBoardLogger",
     "train",
     "train_unshuffle",
     "trainable_parameters",
@@ -84,6 +86,7 @@ __all__ = [
     "verdict_table",
     "verdicts_for_runs",
     "verdicts_for_study",
+    "WandbLogger",
     "write_report",
 ]
 
