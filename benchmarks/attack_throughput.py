@@ -51,7 +51,7 @@ from spatialmix.ui.display import ResultTable
 def trained_model(run: str | None, out: Path):
     from spatialmix.data.datasets import load_dataset
     from spatialmix.engine.config import TrainConfig
-    from spatialmix.engine.train import load_trained_model, train
+    from spatialmix.engine.train import fit, load_trained_model
 
     if run is None:
         run = out / "run"
@@ -66,7 +66,7 @@ def trained_model(run: str | None, out: Path):
             train_subset=10000,
             progress=False,
         )
-        train(config, run)
+        fit(config, run)
     model, record = load_trained_model(run)
     return InputSpaceModel(model, record["data"]["mean"], record["data"]["std"]).eval(), load_dataset(
         record["train"]["dataset"]

@@ -1,7 +1,7 @@
 """Scaling of DDP training on this machine's CPU: 1 process vs 2 gloo processes, same total cores.
 
 Every configuration trains ConvMixer-128/6 (kernel 5, patch 2) on Fashion-MNIST with the global
-batch of 128 through the real training path (``spatialmix.train.train``); processes are started
+batch of 128 through the real training path (``spatialmix.engine.train.fit``); processes are started
 as torchrun would start them. The reference is one process using all ``--cores`` threads; DDP
 runs use ``--cores / 2`` threads per process, and one process with that many threads shows how much
 of the difference is thread scaling rather than DDP. images/s is what ``train`` reports for ``--steps``
@@ -38,7 +38,7 @@ def _free_port() -> int:
 def _process(rank: int, world_size: int, threads: int, port: int, args: dict, out: str) -> None:
     from spatialmix.engine import distributed
     from spatialmix.engine.config import TrainConfig
-    from spatialmix.engine.train import train
+    from spatialmix.engine.train import fit
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -60,7 +60,7 @@ def _process(rank: int, world_size: int, threads: int, port: int, args: dict, ou
         progress=False,
     )
     try:
-        result = train(config, Path(out) / "run", max_steps=args["steps"])
+        result = fit(config, Path(out) / "run", max_steps=args["steps"])
         if rank == 0:
             (Path(out) / "result.json").write_text(json.dumps(result))
     finally:

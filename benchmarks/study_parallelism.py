@@ -22,12 +22,12 @@ import torch
 from spatialmix.accel.speed import available_cores
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.parallel import run_side_by_side
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.ui.display import ResultTable
 
 
 def short_run(config: TrainConfig, run_dir: Path, steps: int) -> float:
-    return train(config, run_dir, max_steps=steps)["images_per_s"]
+    return fit(config, run_dir, max_steps=steps)["images_per_s"]
 
 
 def timed(jobs, processes: int, threads: int) -> float:

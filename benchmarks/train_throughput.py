@@ -2,7 +2,7 @@
 
 The reference is the ConvMixer recipe as people usually write it: NCHW, fp32, every parameter in
 AdamW, per-sample torchvision transforms in a DataLoader. spatialmix runs the real training path
-(``spatialmix.train.train``): the in-memory uint8 data set with batch augmentation, channels_last,
+(``spatialmix.engine.train.fit``): the in-memory uint8 data set with batch augmentation, channels_last,
 mixed precision where the hardware has it, and frozen tensors left out of the backward pass and
 the optimizer. Both train the same ConvMixer on the same data with the same batch size; the table
 gives images/s (median of ``--repeats`` timed runs) and the ratio to the reference.
@@ -31,7 +31,7 @@ from spatialmix.data.datasets import load_dataset
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.device import resolve_amp, resolve_device
 from spatialmix.engine.optim import piecewise_linear_lr
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.models.convmixer import ConvMixer
 from spatialmix.ui.display import ResultTable
 
@@ -123,10 +123,10 @@ def spatialmix_run(
     with tempfile.TemporaryDirectory() as tmp:
         if epochs is None:
             # The first steps warm up the allocator and oneDNN's kernel cache, as in the reference.
-            train(config, Path(tmp) / "warm", data=data, max_steps=args.warmup)
-            result = train(config, Path(tmp) / "run", data=data, max_steps=steps)
+            fit(config, Path(tmp) / "warm", data=data, max_steps=args.warmup)
+            result = fit(config, Path(tmp) / "run", data=data, max_steps=steps)
             return result["images_per_s"], None
-        summary = train(config, Path(tmp) / "run", data=data)
+        summary = fit(config, Path(tmp) / "run", data=data)
         return summary["images_per_s"], summary["test_acc"]
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "spatialmix"
 TOP = ["__init__.py", "api.py", "version.py", "errors.py", "options.py"]
-ORDER = ["cli", "sweep", "studies", "report", "analysis", "robustness", "engine", "data", "models", "core"]
-ORDER += ["accel", "io", "ui"]
+ORDER = ["cli", "sweep", "studies", "report", "workflow", "analysis", "robustness", "engine", "data"]
+ORDER += ["models", "core", "accel", "io", "ui"]
 
 
 def line(path: Path, indent: str) -> str:

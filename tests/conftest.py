@@ -189,7 +189,7 @@ def interrupted_run(tmp_path_factory, fake_fashion_dir):
     Returns ``(run_dir, config)``; copy it (``run_copy``) before changing anything.
     """
     from spatialmix.engine.config import TrainConfig
-    from spatialmix.engine.train import train
+    from spatialmix.engine.train import fit
     from spatialmix.io import runs
 
     config = TrainConfig(**{**TINY, "epochs": 2, "data_dir": str(fake_fashion_dir), "train_subset": 256})
@@ -203,7 +203,7 @@ def interrupted_run(tmp_path_factory, fake_fashion_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runs, "save_checkpoint", save_then_die)
         with pytest.raises(_StopAfterCheckpoint):
-            train(config, run_dir)
+            fit(config, run_dir)
     return run_dir, config
 
 

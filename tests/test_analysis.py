@@ -13,7 +13,7 @@ from spatialmix.core.inits import InitSpec, gaussian_kernel, smooth_filters
 from spatialmix.core.mixing import CHANNEL, SPATIAL, apply_mixing
 from spatialmix.data.datasets import ImageData
 from spatialmix.engine.config import TrainConfig
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.errors import SpatialmixError
 from spatialmix.models.convmixer import ConvMixer
 
@@ -205,7 +205,7 @@ def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     data = random_data()
     for mode in ("full", "chans", "space"):
-        train(small_config(mode), root / mode, data=data)
+        fit(small_config(mode), root / mode, data=data)
     return root
 
 
@@ -272,7 +272,7 @@ def test_token_mixing_models_have_statistics_but_no_filter_banks(tmp_path, tiny_
         data_dir=str(fake_fashion_dir),
         train_subset=128,
     )
-    train(config, tmp_path / "run")
+    fit(config, tmp_path / "run")
     analysis = analyze(tmp_path / "run")
     assert analysis.filters == {} and analysis.spectra == []
     token_rows = [row for row in analysis.stats if row.kind == "spatial"]

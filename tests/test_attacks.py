@@ -510,11 +510,11 @@ def band_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, band_data):
     from spatialmix.engine.config import TrainConfig
-    from spatialmix.engine.train import train
+    from spatialmix.engine.train import fit
 
     data_dir = band_data
     run_dir = tmp_path_factory.mktemp("attack-runs") / "run"
-    summary = train(
+    summary = fit(
         TrainConfig(**{**TINY, "data_dir": str(data_dir), "epochs": 2, "lr": 0.02, "augment": "none"}),
         run_dir,
     )

@@ -20,7 +20,7 @@ from spatialmix.data.imagefolder import load_image_folder
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.divergence import divergence_reason
 from spatialmix.engine.resume import resume_config
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.errors import NonFiniteLossError, SpatialmixError
 from spatialmix.io import runs
 from test_cli import assert_one_error_line, run_main
@@ -338,7 +338,7 @@ def test_a_huge_init_is_blamed_on_the_init_and_the_advice_trains(tiny_data, tiny
     the learning rate by 10."""
     config = tiny_config(spatial_init="gaussian", init_std=1e30)
     with pytest.raises(NonFiniteLossError) as err:
-        train(config, tmp_path / "run", data=tiny_data)
+        fit(config, tmp_path / "run", data=tiny_data)
     message = str(err.value)
     assert "running_var became non-finite at epoch 1, step 1, before any update" in message
     assert "not the learning rate" in message and "--lr" not in message
@@ -346,7 +346,7 @@ def test_a_huge_init_is_blamed_on_the_init_and_the_advice_trains(tiny_data, tiny
     assert "train again with --init-std 0.1 and another --out" in message
     assert runs.read_json(tmp_path / "run" / runs.STATUS)["reason"] in message
     fresh = tmp_path / "run-2"
-    assert_it_learns(fresh, train(config.replace(init_std=0.1, epochs=3), fresh, data=tiny_data))
+    assert_it_learns(fresh, fit(config.replace(init_std=0.1, epochs=3), fresh, data=tiny_data))
 
 
 def test_a_huge_learning_rate_gets_a_rate_that_trains(tiny_data, tiny_config, tmp_path):
@@ -354,14 +354,14 @@ def test_a_huge_learning_rate_gets_a_rate_that_trains(tiny_data, tiny_config, tm
     run_dir = tmp_path / "run"
     config = tiny_config(lr=1e20, epochs=3)
     with pytest.raises(NonFiniteLossError) as err:
-        train(config, run_dir, data=tiny_data)
+        fit(config, run_dir, data=tiny_data)
     message = str(err.value)
     assert "the learning rate is the likely cause" in message and "1e+20 is far above it" in message
     args = shlex.split(message.split("`")[1])
     assert args[:6] == ["spatialmix", "train", "--resume", "--out", str(run_dir), "--lr"]
     assert float(args[6]) == TrainConfig().lr
     resumed = resume_config(run_dir, {"lr": float(args[6])})
-    assert_it_learns(run_dir, train(resumed, run_dir, resume=True, data=tiny_data))
+    assert_it_learns(run_dir, fit(resumed, run_dir, resume=True, data=tiny_data))
     assert runs.read_json(run_dir / runs.STATUS)["state"] == "finished"
 
 
@@ -387,14 +387,14 @@ def test_a_small_learning_rate_is_not_blamed(tiny_data, tiny_config, tmp_path, m
     monkeypatch.setattr(train_mod, "build_model", nan_in_epoch_2)
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as err:
-        train(tiny_config(lr=1e-6, epochs=2), run_dir, data=tiny_data)
+        fit(tiny_config(lr=1e-6, epochs=2), run_dir, data=tiny_data)
     message = str(err.value)
     assert "--lr 1e-06 is already small, so the learning rate is unlikely the cause" in message
     assert "the loss went non-finite while the statistics and the weights are finite" in message
     command = shlex.split(message.split("`")[1])
     assert command[-2:] == ["--amp", "none"]
     monkeypatch.undo()
-    summary = train(resume_config(run_dir, {"amp": "none"}), run_dir, resume=True, data=tiny_data)
+    summary = fit(resume_config(run_dir, {"amp": "none"}), run_dir, resume=True, data=tiny_data)
     assert summary["epochs"] == 2
 
 

@@ -23,7 +23,7 @@ from spatialmix.engine import distributed
 from spatialmix.engine.classification import ClassificationTask
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.tasks import build_model
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 
@@ -80,15 +80,15 @@ def _worker(rank: int, port: int, data, out: str) -> None:
     config = TrainConfig(**CONFIG)
     try:
         task = CapturingTask()
-        train(config, out / "ddp", data=data, task=task)
+        fit(config, out / "ddp", data=data, task=task)
         torch.save(task.last, out / f"final-rank{rank}.pt")
         # Without SyncBatchNorm each rank normalizes with its half batch: a different result.
         task = CapturingTask()
-        train(config.replace(sync_bn=False), out / "ddp-no-sync-bn", data=data, task=task)
+        fit(config.replace(sync_bn=False), out / "ddp-no-sync-bn", data=data, task=task)
         torch.save(task.last, out / f"no-sync-bn-rank{rank}.pt")
         # Stopped one step into epoch 2: the checkpoint of epoch 1 is what a 1-process run resumes from.
         steps_per_epoch = len(data.train_labels) // config.batch_size
-        train(config, out / "interrupted", data=data, max_steps=steps_per_epoch + 1)
+        fit(config, out / "interrupted", data=data, max_steps=steps_per_epoch + 1)
         # DDP's gradient buckets hold the trainable tensors only.
         model = build_model(config, data.in_chans, data.num_classes, data.image_size)
         ddp = distributed.wrap_model(model, distributed.setup(torch.device("cpu")))
@@ -116,7 +116,7 @@ def two_process_runs(tmp_path_factory, tiny_data):
 @pytest.fixture(scope="module")
 def single_process_run(tmp_path_factory, tiny_data):
     run_dir = tmp_path_factory.mktemp("single") / "run"
-    train(TrainConfig(**CONFIG), run_dir, data=tiny_data)
+    fit(TrainConfig(**CONFIG), run_dir, data=tiny_data)
     return run_dir
 
 
@@ -206,7 +206,7 @@ def test_one_process_resumes_a_two_process_checkpoint(
     run_dir = tmp_path / "resumed"
     shutil.copytree(two_process_runs / "interrupted", run_dir)
     assert runs.read_json(runs.latest_checkpoint(run_dir).parent / runs.LATEST)["epoch"] == 1
-    summary = train(TrainConfig(**CONFIG), run_dir, resume=True, data=tiny_data)
+    summary = fit(TrainConfig(**CONFIG), run_dir, resume=True, data=tiny_data)
     assert summary["epochs"] == 2
     assert max_relative_difference(final_weights(single_process_run), final_weights(run_dir)) < TOLERANCE
     model, _ = load_trained_model(run_dir)

@@ -8,7 +8,7 @@ from torch import nn
 
 from spatialmix.cli.main import main
 from spatialmix.engine.config import TrainConfig
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.errors import SpatialmixError
 from spatialmix.models.factory import create_model
 
@@ -47,7 +47,7 @@ def test_external_model_trains_in_chans_mode_with_its_depthwise_convs_frozen(
         amp="none",
         **overrides,
     )
-    summary = train(config, tmp_path / "run")  # 2 steps on real Fashion-MNIST
+    summary = fit(config, tmp_path / "run")  # 2 steps on real Fashion-MNIST
     model, record = load_trained_model(tmp_path / "run")
     init, _ = load_trained_model(tmp_path / "run", weights="init")
     depthwise = depthwise_convs(model)

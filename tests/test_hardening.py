@@ -22,7 +22,7 @@ from spatialmix.cli import main as cli
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.resume import resume_config
 from spatialmix.engine.tasks import saved_config
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.errors import NonFiniteLossError, SpatialmixError
 from spatialmix.io import runs, storage
 
@@ -89,10 +89,10 @@ def test_an_option_that_differs_on_resume_is_named(capsys, run_copy):
 def test_resume_with_more_epochs_extends_a_finished_run(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     config = TrainConfig(**TINY)
-    train(config, run_dir, data=tiny_data)
+    fit(config, run_dir, data=tiny_data)
     extended = resume_config(run_dir, {"epochs": 2, "device": "cpu"})
     assert extended == config.replace(epochs=2, device="cpu")
-    summary = train(extended, run_dir, resume=True, data=tiny_data)
+    summary = fit(extended, run_dir, resume=True, data=tiny_data)
     assert summary["epochs"] == 2
     assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
     assert saved_config(runs.Run(run_dir)).epochs == 2  # what it now is, for later comparisons
@@ -105,7 +105,7 @@ def test_interrupted_status_names_the_saved_epoch(tiny_data, tmp_path, monkeypat
     run_dir = tmp_path / "run"
     stop_after_checkpoint(monkeypatch, 2, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(**{**TINY, "epochs": 3}), run_dir, data=tiny_data)
+        fit(TrainConfig(**{**TINY, "epochs": 3}), run_dir, data=tiny_data)
     status = runs.read_json(run_dir / runs.STATUS)
     assert status["state"] == "interrupted" and status["epoch"] == 2
 
@@ -113,9 +113,9 @@ def test_interrupted_status_names_the_saved_epoch(tiny_data, tmp_path, monkeypat
 def test_kill_between_summary_and_status_is_finished_after_resume(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     config = TrainConfig(**TINY)
-    summary = train(config, run_dir, data=tiny_data)
+    summary = fit(config, run_dir, data=tiny_data)
     runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": 1})
-    assert train(config, run_dir, resume=True, data=tiny_data) == summary
+    assert fit(config, run_dir, resume=True, data=tiny_data) == summary
     assert runs.read_json(run_dir / runs.STATUS) == {"state": "finished", "epoch": 1}
 
 
@@ -124,12 +124,12 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_data, tmp
     config = TrainConfig(**{**TINY, "epochs": 3})
     real_save = stop_after_checkpoint(monkeypatch, 2)
     with pytest.raises(_Stop):
-        train(config, run_dir, data=tiny_data)
+        fit(config, run_dir, data=tiny_data)
     monkeypatch.setattr(runs, "save_checkpoint", real_save)
     (run_dir / runs.CKPT_DIR / "epoch-0002" / runs.STATE_FILE).write_bytes(b"\x00junk")
-    summary = train(config, run_dir, resume=True, data=tiny_data)
+    summary = fit(config, run_dir, resume=True, data=tiny_data)
     assert "continuing from the newest complete checkpoint, epoch-0001" in capsys.readouterr().err
-    straight = train(config, tmp_path / "straight", data=tiny_data)
+    straight = fit(config, tmp_path / "straight", data=tiny_data)
     assert summary["test_acc"] == straight["test_acc"]
     a = load_file(str(runs.latest_checkpoint(run_dir) / runs.MODEL_FILE))
     b = load_file(str(runs.latest_checkpoint(tmp_path / "straight") / runs.MODEL_FILE))
@@ -215,7 +215,7 @@ def test_non_finite_batchnorm_statistics_are_never_saved(tiny_data, tmp_path, mo
     run_dir = tmp_path / "run"
     _poison_batchnorm_in_epoch(monkeypatch, len(tiny_data.train_labels) // TINY["batch_size"], epoch=2)
     with pytest.raises(NonFiniteLossError) as err:
-        train(TrainConfig(**{**TINY, "epochs": 3}), run_dir, data=tiny_data)
+        fit(TrainConfig(**{**TINY, "epochs": 3}), run_dir, data=tiny_data)
     assert "running_mean" in str(err.value) and "non-finite in epoch 2" in str(err.value)
     assert runs.read_json(run_dir / runs.CKPT_DIR / runs.LATEST)["epoch"] == 1
     assert not (run_dir / runs.CKPT_DIR / "epoch-0002").exists()
@@ -241,14 +241,14 @@ def test_the_advice_after_a_divergence_works(tiny_data, tmp_path, monkeypatch):
     config = TrainConfig(**{**TINY, "epochs": 2})
     _poison_batchnorm_in_epoch(monkeypatch, len(tiny_data.train_labels) // TINY["batch_size"], epoch=2)
     with pytest.raises(NonFiniteLossError) as err:
-        train(config, run_dir, data=tiny_data)
+        fit(config, run_dir, data=tiny_data)
     monkeypatch.undo()
     command = str(err.value).split("`")[1]
     args = shlex.split(command)
     assert args[:5] == ["spatialmix", "train", "--resume", "--out", str(run_dir)] and args[5] == "--lr"
     resumed = resume_config(run_dir, {"lr": float(args[6])})
     assert resumed.lr == pytest.approx(config.lr / 10)
-    summary = train(resumed, run_dir, resume=True, data=tiny_data)
+    summary = fit(resumed, run_dir, resume=True, data=tiny_data)
     assert summary["epochs"] == 2
     assert runs.read_json(run_dir / runs.STATUS)["state"] == "finished"
     assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
@@ -326,7 +326,7 @@ def test_a_full_disk_is_one_line_and_the_status_says_it_stopped(tiny_data, tmp_p
 
         monkeypatch.setattr(torch, "save", torch_save)
     with pytest.raises(SpatialmixError) as err:
-        train(TrainConfig(**TINY), run_dir, data=tiny_data)
+        fit(TrainConfig(**TINY), run_dir, data=tiny_data)
     # ENOSPC says so; torch's words for a short write are given as they are (the disk is not full here)
     said = "no space left on device while writing" if where == "weights" else "cannot write"
     assert "\n" not in str(err.value) and said in str(err.value)

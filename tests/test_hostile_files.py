@@ -21,7 +21,7 @@ from conftest import TINY, config_flags
 from spatialmix.cli import main as cli
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.model_size import model_size
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import limits, runs, storage, untrusted
 
@@ -357,7 +357,7 @@ def test_the_parameter_count_is_the_models_own(tiny_config):
 def test_training_refuses_a_model_it_could_not_load_again(tiny_data, tmp_path):
     config = TrainConfig(**{**TINY, "width": 4096, "depth": 256, "kernel_size": 63})
     with pytest.raises(SpatialmixError, match="the settings model convmixer, width 4,096, depth 256") as err:
-        train(config, tmp_path / "run", data=tiny_data)
+        fit(config, tmp_path / "run", data=tiny_data)
     assert "parameters (at most 2,147,483,648); choose smaller sizes" in str(err.value)
     assert not (tmp_path / "run").exists()
 
@@ -487,7 +487,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_resume(
 
     monkeypatch.setattr(runs, "save_checkpoint", save_then_fill_the_disk)
     with pytest.raises(SpatialmixError) as err:
-        train(config, run_dir, data=tiny_data)
+        fit(config, run_dir, data=tiny_data)
     message = str(err.value)
     advice = (
         "the last complete checkpoint is kept: free space and resume with "
@@ -503,7 +503,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_resume(
     assert runs.read_json(run_dir / runs.CKPT_DIR / runs.LATEST)["epoch"] == 1
     assert not (run_dir / runs.CKPT_DIR / "epoch-0002").exists() and not list(run_dir.rglob("*.tmp"))
     monkeypatch.undo()
-    assert train(config, run_dir, resume=True, data=tiny_data)["epochs"] == 2
+    assert fit(config, run_dir, resume=True, data=tiny_data)["epochs"] == 2
     load_trained_model(run_dir)
 
 

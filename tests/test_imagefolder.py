@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from spatialmix.data.imagefolder import FolderLoader, load_image_folder
 from spatialmix.engine.config import TrainConfig
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.errors import SpatialmixError
 
 
@@ -60,7 +60,7 @@ def test_training_on_an_image_folder_finishes_and_freezes(tmp_path):
         batch_size=6,
         progress=False,
     )
-    summary = train(config, tmp_path / "run")
+    summary = fit(config, tmp_path / "run")
     assert summary["epochs"] == 1 and summary["frozen_params"] == 8 * 9 + 8  # depthwise weight + bias
     assert summary["frozen_unchanged"] is True
 
@@ -119,9 +119,9 @@ def assert_same_weights(a, b):
 def test_two_identical_folder_runs_end_bitwise_equal(tmp_path):
     """Crops came from the process-global generator: two identical runs differed (0.229 vs 0.186)."""
     root = write_folder(tmp_path / "data")
-    first = train(folder_config(root), tmp_path / "a")
+    first = fit(folder_config(root), tmp_path / "a")
     torch.manual_seed(12345)  # whatever the global generator holds, the run is the same
-    second = train(folder_config(root), tmp_path / "b")
+    second = fit(folder_config(root), tmp_path / "b")
     assert first["test_acc"] == second["test_acc"]
     assert_same_weights(weights_of(tmp_path / "a"), weights_of(tmp_path / "b"))
 
@@ -151,7 +151,7 @@ def test_a_killed_folder_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     from spatialmix.io import runs
 
     root = write_folder(tmp_path / "data")
-    straight = train(folder_config(root), tmp_path / "straight")
+    straight = fit(folder_config(root), tmp_path / "straight")
     real_save = runs.save_checkpoint
 
     class Killed(Exception):
@@ -163,10 +163,10 @@ def test_a_killed_folder_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runs, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        train(folder_config(root), tmp_path / "killed")
+        fit(folder_config(root), tmp_path / "killed")
     monkeypatch.setattr(runs, "save_checkpoint", real_save)
     torch.manual_seed(999)
-    resumed = train(folder_config(root), tmp_path / "killed", resume=True)
+    resumed = fit(folder_config(root), tmp_path / "killed", resume=True)
     assert resumed["test_acc"] == straight["test_acc"]
     assert_same_weights(weights_of(tmp_path / "straight"), weights_of(tmp_path / "killed"))
 

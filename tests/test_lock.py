@@ -13,7 +13,7 @@ import torch
 
 from conftest import TINY, config_flags, run_cli
 from spatialmix.engine.config import TrainConfig
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import lock, runs, storage
 from spatialmix.studies import context as study
@@ -45,7 +45,7 @@ def held(tmp_path):
 def test_a_second_writer_is_refused_with_the_holders_pid(held, tiny_data):
     folder, proc = held
     with pytest.raises(lock.RunLockedError) as err:
-        train(TrainConfig(**TINY), folder, data=tiny_data)
+        fit(TrainConfig(**TINY), folder, data=tiny_data)
     assert f"in use by another spatialmix process (pid {proc.pid})" in str(err.value)
     assert sorted(p.name for p in folder.iterdir()) == [runs.LOCK]  # nothing written
 
@@ -54,7 +54,7 @@ def test_the_lock_is_released_when_its_holder_dies(held, tiny_data):
     folder, proc = held
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    summary = train(TrainConfig(**TINY), folder, resume=True, data=tiny_data)
+    summary = fit(TrainConfig(**TINY), folder, resume=True, data=tiny_data)
     assert summary["epochs"] == 1
     assert (folder / runs.LOCK).read_bytes() == b""  # empty again once released
 
@@ -83,14 +83,14 @@ def test_the_lock_is_held_for_the_whole_run_and_names_this_process(tmp_path, tin
         return real_save(run_dir, *args, **kwargs)
 
     monkeypatch.setattr(runs, "save_checkpoint", save_and_look)
-    train(TrainConfig(**TINY), folder, data=tiny_data)
+    fit(TrainConfig(**TINY), folder, data=tiny_data)
     assert seen == [str(os.getpid()), "busy"]
 
 
 def test_the_lock_is_reentrant_within_a_process(tmp_path, tiny_data):
     folder = tmp_path / "run"
     with runs.locked(folder):
-        train(TrainConfig(**TINY), folder, data=tiny_data)  # study.train_or_reuse holds the folder too
+        fit(TrainConfig(**TINY), folder, data=tiny_data)  # study.train_or_reuse holds the folder too
         assert (folder / runs.LOCK).read_text().strip() == str(os.getpid())
     assert (folder / runs.LOCK).read_bytes() == b""
 
@@ -98,7 +98,7 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path, tiny_data):
 def test_a_start_that_wrote_nothing_leaves_no_folder(tmp_path):
     folder = tmp_path / "a" / "run"
     with pytest.raises(SpatialmixError, match="unknown model"):
-        train(TrainConfig(**{**TINY, "model": "nosuch"}), folder)
+        fit(TrainConfig(**{**TINY, "model": "nosuch"}), folder)
     assert not folder.exists()
     with runs.locked(folder):
         assert (folder / runs.LOCK).exists()
@@ -110,7 +110,7 @@ def test_reproduce_and_sweeps_use_the_same_lock(held, monkeypatch):
 
     folder, proc = held
     config = TrainConfig(**TINY)
-    monkeypatch.setattr(study, "train", lambda *a, **k: pytest.fail("trained a locked run"))
+    monkeypatch.setattr(study, "fit", lambda *a, **k: pytest.fail("trained a locked run"))
     with pytest.raises(lock.RunLockedError, match=f"pid {proc.pid}"):
         study.train_or_reuse(config, folder)
     with pytest.raises(lock.RunLockedError, match=f"pid {proc.pid}"):
@@ -169,7 +169,7 @@ def test_files_and_their_folder_are_fsynced(tmp_path, monkeypatch):
 def test_stray_temporaries_of_a_kill_are_cleaned_on_resume(tiny_data, tmp_path):
     folder = tmp_path / "run"
     config = TrainConfig(**{**TINY, "epochs": 2})
-    train(config.replace(epochs=1), folder, data=tiny_data)
+    fit(config.replace(epochs=1), folder, data=tiny_data)
     strays = [
         folder / ".status.json.123.ab.tmp",
         folder / runs.CKPT_DIR / ".latest.json.9.tmp",
@@ -177,7 +177,7 @@ def test_stray_temporaries_of_a_kill_are_cleaned_on_resume(tiny_data, tmp_path):
     ]
     for p in strays:
         p.write_bytes(b"half")
-    train(config, folder, resume=True, data=tiny_data)
+    fit(config, folder, resume=True, data=tiny_data)
     assert not any(p.exists() for p in strays)
     assert not list(folder.rglob("*.tmp"))
 

@@ -30,7 +30,7 @@ from spatialmix.core.mixing import (
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.optim import make_optimizer
 from spatialmix.engine.tasks import build_model
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.models.convmixer import ConvMixer
@@ -105,9 +105,9 @@ def test_mode_freezes_exactly_the_right_tensors(mode, weight_decay, tiny_config)
 
 @pytest.mark.parametrize("mode", ["full", "chans", "space"])
 def test_training_run_keeps_frozen_tensors_bitwise(mode, tiny_config, tiny_data, tmp_path):
-    """Real steps through spatialmix.train.train: compare the checkpoint with init.safetensors."""
+    """Real steps through spatialmix.engine.train.fit: compare the checkpoint with init.safetensors."""
     config = tiny_config(mode=mode, depth=DEPTH, width=WIDTH, kernel_size=KERNEL, epochs=1, batch_size=64)
-    summary = train(config, tmp_path / "run", data=tiny_data)
+    summary = fit(config, tmp_path / "run", data=tiny_data)
     init = load_file(str(tmp_path / "run" / runs.INIT))
     final = load_file(str(runs.latest_checkpoint(tmp_path / "run") / runs.MODEL_FILE))
     frozen = expected_frozen(mode)

@@ -20,7 +20,7 @@ from spatialmix.core.priors import GROWTH, SIGMA0, closed_form_covariance, depth
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.init_source import empirical_prior
 from spatialmix.engine.tasks import build_model
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 
@@ -146,7 +146,7 @@ def full_run(tmp_path_factory):
         }
     )
     run_dir = tmp_path_factory.mktemp("cov") / "full"
-    train(config, run_dir, data=data)
+    fit(config, run_dir, data=data)
     return run_dir, data
 
 
@@ -189,7 +189,7 @@ def test_covariance_from_trains_with_frozen_filters_bitwise_and_rebuilds(full_ru
         device="cpu",
         amp="none",
     )
-    train(config, tmp_path / "chans", data=data)
+    fit(config, tmp_path / "chans", data=data)
     init = load_file(str(tmp_path / "chans" / runs.INIT))
     final = load_file(str(runs.latest_checkpoint(tmp_path / "chans") / runs.MODEL_FILE))
     for i in range(3):

@@ -19,7 +19,7 @@ from spatialmix.analysis.filters import FilterAnalysis, LayerSpectrum
 from spatialmix.cli.main import main
 from spatialmix.data.datasets import ImageData
 from spatialmix.engine.config import TrainConfig
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.io import runs
 from spatialmix.io.paths import inside
 from spatialmix.io.study_results import Figure, StudyResult
@@ -137,11 +137,9 @@ def study_dir(tmp_path_factory) -> Path:
     for mode in ("full", "chans"):
         for seed in (0, 1):
             run_dir = out / "classification" / f"{mode}-seed{seed}"
-            summaries.setdefault(mode, []).append(
-                train(base.replace(mode=mode, seed=seed), run_dir, data=data)
-            )
+            summaries.setdefault(mode, []).append(fit(base.replace(mode=mode, seed=seed), run_dir, data=data))
     smoothed = out / "robustness" / "chans-sigma1-seed0"
-    train(base.replace(mode="chans", smooth_sigma=1.0), smoothed, data=data)
+    fit(base.replace(mode="chans", smooth_sigma=1.0), smoothed, data=data)
     ctx = StudyContext(PRESETS["quick"], out, (0, 1), {"epochs": 2})
     ctx.results["classification"] = StudyResult(
         "classification",
@@ -870,7 +868,7 @@ def _one_epoch_run(study_dir: Path, dest: Path) -> Path:
             "epochs": 1,
         }
     )
-    train(config, dest, data=random_data())
+    fit(config, dest, data=random_data())
     return dest
 
 

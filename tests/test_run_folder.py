@@ -15,7 +15,7 @@ import torch
 from conftest import TINY
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.tasks import saved_config
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs, storage
 from spatialmix.io.paths import inside
@@ -27,7 +27,7 @@ from spatialmix.sweep.run import finished_summary
 def finished_run(tmp_path_factory, tiny_data):
     config = TrainConfig(**{**TINY, "epochs": 2})
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    train(config, run_dir, data=tiny_data)
+    fit(config, run_dir, data=tiny_data)
     return run_dir, config
 
 
@@ -143,7 +143,7 @@ def test_metrics_symlink_is_never_written_through(tiny_data, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runs, "save_checkpoint", save_then_stop)
         with pytest.raises(Stop):
-            train(config, run_dir, data=tiny_data)
+            fit(config, run_dir, data=tiny_data)
     victim = tmp_path / "victim.txt"
     victim.write_bytes((run_dir / runs.METRICS).read_bytes())  # so a resume sees the history it expects
     before = victim.read_bytes()
@@ -151,10 +151,10 @@ def test_metrics_symlink_is_never_written_through(tiny_data, tmp_path):
     os.symlink(victim, run_dir / runs.METRICS)
     # A link out of the run is refused before anything is read or written (it used to be replaced).
     with pytest.raises(SpatialmixError, match="metrics.jsonl points outside its run folder"):
-        train(config, run_dir, resume=True, data=tiny_data)
+        fit(config, run_dir, resume=True, data=tiny_data)
     assert victim.read_bytes() == before and (run_dir / runs.METRICS).is_symlink()
     (run_dir / runs.METRICS).unlink()  # the advice: remove the link; the history comes from the checkpoint
-    train(config, run_dir, resume=True, data=tiny_data)
+    fit(config, run_dir, resume=True, data=tiny_data)
     assert victim.read_bytes() == before
     assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
 
@@ -213,7 +213,7 @@ def test_config_of_the_wrong_shape_is_one_line_naming_the_file(run, tiny_data, d
     edit_json(run_dir / runs.CONFIG, change)
     for action in (
         lambda: load_trained_model(run_dir),
-        lambda: train(config.replace(epochs=3), run_dir, resume=True, data=tiny_data),
+        lambda: fit(config.replace(epochs=3), run_dir, resume=True, data=tiny_data),
     ):
         with pytest.raises(SpatialmixError) as err:
             action()
@@ -251,7 +251,7 @@ def test_a_huge_model_in_config_json_is_refused_before_anything_is_built(
     for action in (
         lambda: runs.Run(run_dir).record() and saved_config(runs.Run(run_dir)),
         lambda: load_trained_model(run_dir),
-        lambda: train(config.replace(epochs=3), run_dir, resume=True, data=tiny_data),
+        lambda: fit(config.replace(epochs=3), run_dir, resume=True, data=tiny_data),
     ):
         with pytest.raises(SpatialmixError) as err:
             action()
@@ -340,7 +340,7 @@ def test_finished_summary_refuses_another_config_and_ignores_speed_settings(run)
 def test_the_no_checkpoint_message_says_how_to_continue(tmp_path, tiny_data):
     config = TrainConfig(**TINY)
     run_dir = tmp_path / "run"
-    train(config, run_dir, data=tiny_data, max_steps=1)
+    fit(config, run_dir, data=tiny_data, max_steps=1)
     with pytest.raises(SpatialmixError) as err:
         runs.Run(run_dir).require_checkpoint()
     assert one_line(err) == runs.no_checkpoint_message(run_dir)

@@ -138,7 +138,7 @@ def test_second_call_reuses_finished_runs(study_dir, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(study, "train", no_training)
+    monkeypatch.setattr(study, "fit", no_training)
     again, printed = _capture(
         lambda: reproduce("quick", out, seeds=SEEDS, studies=["classification"], **OVERRIDES)
     )
@@ -154,7 +154,7 @@ def test_interrupted_study_run_is_continued(tmp_path):
     out = tmp_path / "study"
     config = PRESETS["quick"].base.replace(**overrides, mode="chans", seed=0)
     run_dir = classification_run_dir(out, "chans", 0)
-    study.train(config, run_dir, max_steps=1)  # stopped after one step: no checkpoint yet
+    study.fit(config, run_dir, max_steps=1)  # stopped after one step: no checkpoint yet
     assert runs.read_json(run_dir / runs.STATUS)["state"] == "running"
     init = (run_dir / runs.INIT).read_bytes()
     _capture(lambda: reproduce("quick", out, seeds=(0,), studies=["classification"], **overrides))
@@ -182,7 +182,7 @@ def test_a_conflicting_run_is_refused_before_any_job_trains(tmp_path):
     out = tmp_path / "study"
     config = PRESETS["quick"].base.replace(**overrides, mode="space", seed=0, lr=0.02)
     run_dir = classification_run_dir(out, "space", 0)  # space runs last in the study's order
-    study.train(config, run_dir, max_steps=1)  # an interrupted run with another lr
+    study.fit(config, run_dir, max_steps=1)  # an interrupted run with another lr
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     with pytest.raises(SpatialmixError, match="different config"):
         _capture(

@@ -18,7 +18,7 @@ from spatialmix.core.mixing import CHANNEL, SPATIAL, applied_inits, apply_mixing
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.optim import make_optimizer
 from spatialmix.engine.tasks import build_model
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.models.factory import create_model
@@ -164,7 +164,7 @@ def test_builtin_mlpmixer_trains_with_frozen_tensors_bitwise_at_init(mode, tiny_
         device="cpu",
         amp="none",
     )
-    summary = train(config, tmp_path / "run", data=tiny_data)
+    summary = fit(config, tmp_path / "run", data=tiny_data)
     init = load_file(str(tmp_path / "run" / runs.INIT))
     final = load_file(str(runs.latest_checkpoint(tmp_path / "run") / runs.MODEL_FILE))
     spatial, channel = expected_layers("builtin", 2)
@@ -327,7 +327,7 @@ def test_patterns_from_the_command_line_are_saved_and_rebuilt(tiny_data, tmp_pat
         device="cpu",
         amp="none",
     )
-    train(config, run_dir, data=tiny_data)
+    fit(config, run_dir, data=tiny_data)
     saved = json.loads((run_dir / runs.CONFIG).read_text())["train"]
     assert saved["channel_pattern"] == "blocks.0.token_mlp.fc2" and saved["spatial_pattern"] is None
     model, _ = load_trained_model(run_dir)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from conftest import SUBPROCESS_ENV, config_flags, snapshot_files
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.optim import piecewise_linear_lr
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.errors import NonFiniteLossError, SpatialmixError
 from spatialmix.io import runs
 
@@ -28,7 +28,7 @@ def final_weights(run_dir) -> dict[str, torch.Tensor]:
 def test_run_directory_contents(tiny_config, tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     config = tiny_config(epochs=2, mode="chans")
-    summary = train(config, run_dir, data=tiny_data)
+    summary = fit(config, run_dir, data=tiny_data)
 
     record = runs.read_json(run_dir / runs.CONFIG)
     assert TrainConfig.from_dict(record["train"]) == config
@@ -68,7 +68,7 @@ def test_existing_run_is_not_overwritten(tiny_config, tiny_data, run_copy):
     run_dir, _ = run_copy
     before = snapshot_files(run_dir)
     with pytest.raises(SpatialmixError, match="already holds a run"):
-        train(tiny_config(), run_dir, data=tiny_data)
+        fit(tiny_config(), run_dir, data=tiny_data)
     assert snapshot_files(run_dir) == before
 
 
@@ -131,7 +131,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(fake_fashion_dir, tmp_pa
     assert "run saved in" in resumed.stdout
 
     straight = tmp_path / "straight"
-    summary = train(config, straight)  # same process settings as the subprocesses: 1 thread
+    summary = fit(config, straight)  # same process settings as the subprocesses: 1 thread
 
     a, b = final_weights(killed), final_weights(straight)
     assert a.keys() == b.keys()
@@ -170,14 +170,14 @@ def test_kill_between_metrics_line_and_checkpoint_does_not_duplicate_epochs(
 
     monkeypatch.setattr(runs, "save_checkpoint", die_before_epoch_2)
     with pytest.raises(_Killed):
-        train(config, run_dir, data=tiny_data)
+        fit(config, run_dir, data=tiny_data)
     assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
     monkeypatch.setattr(runs, "save_checkpoint", real_save)
-    train(config, run_dir, resume=True, data=tiny_data)
+    fit(config, run_dir, resume=True, data=tiny_data)
     assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2, 3]
 
     straight = tmp_path / "straight"
-    train(config, straight, data=tiny_data)
+    fit(config, straight, data=tiny_data)
     assert runs.read_jsonl(run_dir / runs.METRICS) == [
         {**m, "epoch_time": m2["epoch_time"], "images_per_s": m2["images_per_s"]}
         for m, m2 in zip(runs.read_jsonl(straight / runs.METRICS), runs.read_jsonl(run_dir / runs.METRICS))
@@ -188,10 +188,10 @@ def test_kill_after_last_checkpoint_before_summary(tiny_config, tiny_data, tmp_p
     """Killed after the final checkpoint but before summary.json: resume writes the summary."""
     run_dir = tmp_path / "run"
     config = tiny_config(epochs=1)
-    summary = train(config, run_dir, data=tiny_data)
+    summary = fit(config, run_dir, data=tiny_data)
     (run_dir / runs.SUMMARY).unlink()
     runs.atomic_write_json(run_dir / runs.STATUS, {"state": "running", "epoch": 1})
-    assert train(config, run_dir, resume=True, data=tiny_data) == summary
+    assert fit(config, run_dir, resume=True, data=tiny_data) == summary
     assert runs.read_json(run_dir / runs.SUMMARY) == summary
     assert runs.read_json(run_dir / runs.STATUS)["state"] == "finished"
 
@@ -199,11 +199,11 @@ def test_kill_after_last_checkpoint_before_summary(tiny_config, tiny_data, tmp_p
 def test_kill_before_the_first_checkpoint_resumes_from_the_config_alone(tiny_config, tiny_data, tmp_path):
     """Killed after config.json but before init.safetensors (or any checkpoint): --resume starts over."""
     config = tiny_config(epochs=1)
-    reference = train(config, tmp_path / "reference", data=tiny_data)
+    reference = fit(config, tmp_path / "reference", data=tiny_data)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / runs.CONFIG).write_bytes((tmp_path / "reference" / runs.CONFIG).read_bytes())
-    summary = train(config, run_dir, resume=True, data=tiny_data)
+    summary = fit(config, run_dir, resume=True, data=tiny_data)
     assert (run_dir / runs.INIT).read_bytes() == (tmp_path / "reference" / runs.INIT).read_bytes()
     assert summary["test_acc"] == reference["test_acc"]
     for name, tensor in final_weights(tmp_path / "reference").items():
@@ -212,9 +212,9 @@ def test_kill_before_the_first_checkpoint_resumes_from_the_config_alone(tiny_con
 
 def test_resume_of_a_finished_run_changes_nothing(tiny_config, tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    summary = train(tiny_config(), run_dir, data=tiny_data)
+    summary = fit(tiny_config(), run_dir, data=tiny_data)
     before = snapshot_files(run_dir)
-    assert train(tiny_config(), run_dir, resume=True, data=tiny_data) == summary
+    assert fit(tiny_config(), run_dir, resume=True, data=tiny_data) == summary
     assert snapshot_files(run_dir) == before
 
 
@@ -222,7 +222,7 @@ def test_resume_with_another_config_is_refused(run_copy):
     run_dir, config = run_copy
     before = snapshot_files(run_dir)
     with pytest.raises(SpatialmixError) as err:
-        train(config.replace(lr=0.5), run_dir, resume=True)
+        fit(config.replace(lr=0.5), run_dir, resume=True)
     assert "different config" in str(err.value) and "lr=0.01 (saved) vs 0.5" in str(err.value)
     assert snapshot_files(run_dir) == before
 
@@ -263,7 +263,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config, tiny_
 
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as err:
-        train(tiny_config(epochs=3), run_dir, data=tiny_data)
+        fit(tiny_config(epochs=3), run_dir, data=tiny_data)
     message = str(err.value)
     assert "loss became nan at epoch 2, step 1" in message and "epoch 1" in message and "\n" not in message
     assert list(snapshots) == [1]
@@ -279,7 +279,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config, tiny_
 def test_huge_learning_rate_gives_non_finite_loss(tiny_config, tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match="lower --lr"):
-        train(tiny_config(lr=1e30, epochs=2), run_dir, data=tiny_data)
+        fit(tiny_config(lr=1e30, epochs=2), run_dir, data=tiny_data)
     assert runs.read_json(run_dir / runs.STATUS)["state"] == "failed"
     assert runs.latest_checkpoint(run_dir) is None
     # The weights at initialization are still there and finite.

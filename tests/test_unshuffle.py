@@ -18,7 +18,7 @@ from spatialmix.core.mixing import CHANNEL, HEAD, SPATIAL, STEM_OR_FULL, classif
 from spatialmix.data.datasets import ImageData
 from spatialmix.data.permutation import PERMUTATION_FILE, PixelPermutation, make_permutation
 from spatialmix.engine.tasks import build_model, task_from_dict
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.engine.unshuffle import (
     UNSHUFFLE_PRESETS,
     UnshuffleTask,
@@ -246,7 +246,7 @@ def test_bad_settings_give_one_clear_error(make, message):
 def test_the_task_refuses_augmentation_before_writing_anything(shapes_data, tmp_path):
     config = unshuffle_config("small", **TINY).replace(augment="crop-flip")
     with pytest.raises(SpatialmixError, match="augment='none'"):
-        train(config, tmp_path / "run", data=shapes_data, task=UnshuffleTask())
+        fit(config, tmp_path / "run", data=shapes_data, task=UnshuffleTask())
     assert not (tmp_path / "run").exists()
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "attack_runs",
     "AttackSettings",
     "build_model",
+    "Callback",
     "CHANNEL",
     "CLAIMS",
     "ClassificationTask",
@@ -73,6 +74,7 @@ __all__ = [
     "StudyResult",
     "summarize",
     "SweepSettings",
+    "TensorBoardLogger",
     "train",
     "train_unshuffle",
     "trainable_parameters",
@@ -85,6 +87,7 @@ __all__ = [
     "verdict_table",
     "verdicts_for_runs",
     "verdicts_for_study",
+    "WandbLogger",
     "write_report",
 ]
 

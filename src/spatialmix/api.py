@@ -34,16 +34,16 @@ from spatialmix.core.mixing import (
 from spatialmix.data.datasets import DATASETS, ImageData, load_dataset
 from spatialmix.data.imagefolder import load_image_folder
 from spatialmix.data.permutation import PixelPermutation, make_permutation
+from spatialmix.engine.callbacks import Callback, TensorBoardLogger, WandbLogger
 from spatialmix.engine.classification import ClassificationTask
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.init_source import empirical_prior
 from spatialmix.engine.resume import resume_config
 from spatialmix.engine.tasks import build_model
-from spatialmix.engine.train import load_trained_model, train
+from spatialmix.engine.train import load_trained_model
 from spatialmix.engine.unshuffle import UnshuffleTask, psnr, ssim, unshuffle_config
 from spatialmix.engine.unshuffle_train import train_unshuffle
 from spatialmix.errors import SpatialmixError
-from spatialmix.io.runs import Run
 from spatialmix.io.study_results import StudyResult
 from spatialmix.models.factory import count_parameters, create_model, list_models
 from spatialmix.models.info import ModelInfo, describe_model, model_catalog
@@ -61,3 +61,5 @@ from spatialmix.studies.unshuffle_settings import UnshuffleSettings
 from spatialmix.sweep.plan import plan_sweep
 from spatialmix.sweep.run import run_sweep
 from spatialmix.sweep.settings import JobResources, SweepSettings
+from spatialmix.workflow.handle import Run
+from spatialmix.workflow.training import train

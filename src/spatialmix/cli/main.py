@@ -24,7 +24,7 @@ from spatialmix.cli.settings import (
     ReproduceSettings,
     TrainCommand,
 )
-from spatialmix.engine.config import TrainConfig, run_dir_for
+from spatialmix.engine.config import TrainConfig, check_reference, is_user_reference, run_dir_for
 from spatialmix.errors import SpatialmixError
 from spatialmix.options import ArgumentParser, add_options, given_values
 from spatialmix.robustness.settings import AttackSettings
@@ -34,18 +34,34 @@ from spatialmix.sweep.settings import SWEEP_SKIP, JobResources, SweepSettings
 # --------------------------------------------------------------------------- commands
 
 
-def cmd_train(args) -> None:
-    from spatialmix.engine.distributed import is_main
-    from spatialmix.engine.resume import resume_config
-    from spatialmix.engine.train import train
+def check_trusted(reference: str, trust_code: bool) -> None:
+    """``--model module:function`` imports and runs code: only with ``--trust-code`` (checked before torch)"""
+    check_reference(reference)
+    if not trust_code:
+        raise SpatialmixError(
+            f"--model {reference} imports and runs your code; add --trust-code to allow it (only for code "
+            f"you trust)"
+        )
 
+
+def cmd_train(args) -> None:
     overrides = given_values(TrainConfig, args)
     command = TrainCommand(**given_values(TrainCommand, args))
+    if is_user_reference(overrides.get("model")):
+        check_trusted(overrides["model"], command.trust_code)
+    from spatialmix.engine.callbacks import loggers
+    from spatialmix.engine.distributed import is_main
+    from spatialmix.engine.resume import resume_config
+    from spatialmix.workflow.training import train
+
     out = Path(run_dir_for(command.out, TrainConfig(**overrides)))
     config = resume_config(out, overrides) if command.resume else TrainConfig(**overrides)
-    summary = train(config, out, resume=command.resume)
+    callbacks = loggers(command.log or ())  # an unknown name, or wandb not installed: refused now
+    # A run of a model of its own is refused without --trust-code, before anything is imported or written.
+    run = train(config, out, resume=command.resume, trust_code=command.trust_code, callbacks=callbacks)
     if not is_main():  # under torchrun: one line, from rank 0
         return
+    summary = run.summary
     print(
         f"run saved in {out}: test acc {summary['test_acc']:.4f} (best {summary['best_acc']:.4f}), "
         f"{summary['trainable_params']:,} trainable / {summary['frozen_params']:,} frozen params, "
@@ -126,6 +142,8 @@ def cmd_attack(args) -> None:
         plot=output.plot,
         progress=output.progress,
         data_dir=output.data_dir,
+        model=trusted_factory(output.model, output.trust_code),
+        trust_code=output.trust_code,
     )
     robustness_table(results).print()
     for result in results:
@@ -133,6 +151,16 @@ def cmd_attack(args) -> None:
             console.print(f"[yellow]warning[/] ({result['label']}): {warning}", highlight=False)
     saved = ", ".join(str(Path(r["run"]) / f"{output.out_name}.json") for r in results)
     print(f"results saved in {saved}" + (f"; plot in {results[0]['plot']}" if output.plot else ""))
+
+
+def trusted_factory(reference: str | None, trust_code: bool):
+    """The factory ``--model module:function`` names, imported (only with ``--trust-code``); None if none."""
+    if reference is None:
+        return None
+    check_trusted(reference, trust_code)
+    from spatialmix.engine.user_model import import_reference
+
+    return import_reference(reference)
 
 
 def _unshuffle_study_module():
@@ -156,7 +184,13 @@ def cmd_report(args) -> None:
     from spatialmix.report.document import write_report
 
     s = ReportSettings(**given_values(ReportSettings, args))
-    files = write_report(list(s.paths), s.out, fft_size=s.fft_size)
+    files = write_report(
+        list(s.paths),
+        s.out,
+        fft_size=s.fft_size,
+        model=trusted_factory(s.model, s.trust_code),
+        trust_code=s.trust_code,
+    )
     for table in files.verdicts:  # the answer first, as on the page
         table.print()
     absent = f"; left out (no results): {', '.join(files.absent)}" if files.absent else ""

@@ -28,6 +28,24 @@ def _none_or_path(text: str) -> str | None:
     return None if str(text).strip().lower() == "none" else str(text)
 
 
+def _trust_code():
+    return option(
+        False,
+        "import and run the code of a model of your own: the module:function of --model, or the one a "
+        "run's config.json names; only for code and runs you trust (a run folder never imports anything "
+        "without it)",
+    )
+
+
+def _rebuild_model():
+    return option(
+        None,
+        "module:function that rebuilds runs trained with a model of your own (with --trust-code; default: "
+        "the one each run's config.json names)",
+        metavar="MODULE:FUNCTION",
+    )
+
+
 @dataclass(frozen=True)
 class TrainCommand:
     """``spatialmix train``: the TrainConfig options, and these."""
@@ -41,6 +59,13 @@ class TrainCommand:
         "checkpoint (or start it with the options given if nothing was saved); options "
         "given with it must match, except --epochs (to extend), --device, --progress, --workers, "
         "and --lr/--amp after a divergence",
+    )
+    trust_code: bool = _trust_code()
+    log: tuple[str, ...] | None = option(
+        None,
+        "also log to these, comma-separated: tensorboard (event files in RUN/logs/tensorboard), wandb "
+        "(Weights & Biases, offline in RUN/logs; pip install wandb)",
+        parse=_comma_list,
     )
 
 
@@ -125,6 +150,8 @@ class AttackOutput:
         "the download cache; never the run's own config)",
     )
     out_name: str = option("robustness", "results go to RUN_DIR/OUT_NAME.json and the plot to OUT_NAME.png")
+    model: str | None = _rebuild_model()
+    trust_code: bool = _trust_code()
     plot: str | None = option(
         "auto",
         "where to draw robust accuracy vs eps (default: OUT_NAME.png in the run "
@@ -153,4 +180,6 @@ class ReportSettings:
         flags=("-o", "--out"),
     )
     fft_size: int = option(32, "zero-pad each spatial filter to this size before its DFT")
+    model: str | None = _rebuild_model()
+    trust_code: bool = _trust_code()
     threads: int | None = _threads()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -63,6 +64,39 @@ def check_threads(flag: str, value) -> None:
         )
 
 
+# A model of your own is named by the function (or class) that builds it: ``mypkg.models:build``.
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+USER_REFERENCE = re.compile(rf"{_DOTTED}:{_DOTTED}")
+# The libraries whose models ``create_model`` builds by ``LIBRARY:NAME``: never a reference to user code.
+LIBRARY_PREFIXES = ("timm:", "torchvision:")
+# Sizes of the built-in models: a model of your own has its own, so these must stay unset for it.
+BUILT_IN_SIZE_FIELDS = (
+    "width",
+    "depth",
+    "kernel_size",
+    "patch_size",
+    "activation",
+    "token_hidden",
+    "channel_hidden",
+)
+
+
+def is_user_reference(model: str) -> bool:
+    """Whether a config's ``model`` names code of your own (``module:function``) rather than a built-in
+    model or a timm / torchvision one."""
+    return isinstance(model, str) and ":" in model and not model.startswith(LIBRARY_PREFIXES)
+
+
+def check_reference(reference: str) -> str:
+    """``reference`` if it is ``dotted.module:dotted.name`` (identifiers separated by dots, one colon)."""
+    if not isinstance(reference, str) or not USER_REFERENCE.fullmatch(reference):
+        raise SpatialmixError(
+            f"--model {reference!r} is not a reference to a model factory; write it as "
+            f"module:function, e.g. mypkg.models:build (identifiers separated by dots, one colon)"
+        )
+    return reference
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. Saved as ``config.json`` in the run directory."""
@@ -89,7 +123,11 @@ class TrainConfig:
     test_subset: int | None = option(None, "evaluate on a fixed seeded subset of this many images")
     augment: str | None = option(None, "none, flip, crop, crop-flip (default: the data set's usual one)")
     # model
-    model: str = option("convmixer-128/6", "a name from `spatialmix models`, or timm:NAME / torchvision:NAME")
+    model: str = option(
+        "convmixer-128/6",
+        "a name from `spatialmix models`, timm:NAME / torchvision:NAME, or module:function building a "
+        "model of your own (with --trust-code)",
+    )
     width: int | None = option(None, "channels (overrides the named model's; default: the model's)")
     depth: int | None = option(None, "blocks (default: the model's)")
     kernel_size: int | None = option(None, "spatial kernel size, odd (default: the model's)")
@@ -177,7 +215,9 @@ class TrainConfig:
         if self.dataset not in DATASETS:
             raise unknown_name("dataset", self.dataset, DATASETS)
         known = list_models()
-        if self.model not in known and not self.model.startswith(("timm:", "torchvision:")):
+        if is_user_reference(self.model):
+            self._check_user_model()
+        elif self.model not in known and not self.model.startswith(LIBRARY_PREFIXES):
             raise unknown_name("model", self.model, known)
         if self.model.startswith(("timm:", "torchvision:")):
             self._check_external_sizes()
@@ -240,6 +280,16 @@ class TrainConfig:
             raise SpatialmixError(f"label smoothing must be below 1, got {self.label_smoothing}")
         self.spatial_init_spec(), self.channel_init_spec()
         return self
+
+    def _check_user_model(self) -> None:
+        """A model of your own: a well-formed reference, and none of the built-in models' sizes."""
+        check_reference(self.model)
+        for name in BUILT_IN_SIZE_FIELDS:
+            if getattr(self, name) is not None:
+                raise SpatialmixError(
+                    f"--{name.replace('_', '-')} does not apply to a model of your own ({self.model} "
+                    f"builds its own layers); drop it and set the size in your factory"
+                )
 
     def check_types(self) -> None:
         """Every field has its declared type (a grid file or a config.json can hold anything)."""

@@ -5,7 +5,7 @@ tells each its ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in the environment. :
 them, joins the process group (NCCL on GPUs, gloo on CPUs) and picks this process's device; a plain
 ``python`` run sees no such variables and stays a world of one, where every helper below is a no-op.
 
-The rules the training loop follows (see :func:`spatialmix.engine.train.train`):
+The rules the training loop follows (see :func:`spatialmix.engine.train.fit`):
 
 * every rank builds the same model from the same seeded config; DistributedDataParallel averages
   the gradients of the trainable tensors only (frozen ones have ``requires_grad=False``, so DDP

@@ -1,6 +1,6 @@
 """Starting, checkpointing and continuing a run folder (see :mod:`spatialmix.io.runs` for its files).
 
-Everything :func:`spatialmix.engine.train.train` needs to make a run survive a kill at any moment:
+Everything :func:`spatialmix.engine.train.fit` needs to make a run survive a kill at any moment:
 whether a folder may be started or continued with a config (:func:`prepare_run_dir`,
 :func:`resume_config`), the record written at its start, saving and restoring the complete
 training state (weights, optimizer, random generators, progress) with a fall-back to the newest

@@ -4,7 +4,8 @@ A task (:class:`~spatialmix.engine.classification.ClassificationTask`, or
 :class:`~spatialmix.engine.unshuffle.UnshuffleTask`) builds the network for the data, turns loader
 batches into (inputs, targets), and gives the loss, a running score for the progress bar and the
 test metrics. :data:`TASKS` is the one table of them. :func:`build_model` turns a config into a
-model with its mixers initialized and frozen (:mod:`spatialmix.core.mixing`).
+model with its mixers initialized and frozen (:mod:`spatialmix.core.mixing`); a model of your own
+(:mod:`spatialmix.engine.user_model`) goes through the same steps.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.init_source import empirical_prior
 from spatialmix.engine.model_size import check_model_size
 from spatialmix.engine.unshuffle import UnshuffleTask
+from spatialmix.engine.user_model import UserModel
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.io import runs
 
@@ -85,19 +87,33 @@ def data_info(data: ImageData) -> dict:
 
 
 def build_model(
-    config: TrainConfig, in_chans: int, num_classes: int, image_size: int, task=None
+    config: TrainConfig,
+    in_chans: int,
+    num_classes: int,
+    image_size: int,
+    task=None,
+    user: UserModel | None = None,
+    fresh: bool = False,
 ) -> nn.Module:
     """The model of ``config`` with its mixers initialized from the seeded init specs and frozen per mode.
 
     Construction runs under a fixed seed too, so every tensor (not only the mixers) is a function
-    of the config: the same config always rebuilds the same initial model.
+    of the config: the same config always rebuilds the same initial model. ``user``: a model of your
+    own (its factory is called under the same seed; a module is used as it is, or a copy of it with
+    ``fresh``) instead of the one the task builds from ``config.model``.
     """
     task = task or ClassificationTask()
     info = {"in_chans": in_chans, "num_classes": num_classes, "image_size": image_size}
     check_model_size(config, info, task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.resolved_init_seed)
-        model = task.create_model(config, info)
+        model = user.create(info, fresh) if user is not None else task.create_model(config, info)
+    return prepare_model(model, config)
+
+
+def prepare_model(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """What every model of a run goes through: its mixers drawn from the seeded init specs and frozen
+    per mode (the CPU kernels run around it while it trains, never inside it)."""
     spatial_init = config.spatial_init_spec()
     if spatial_init is not None and spatial_init.name == "covariance-from":
         spatial_init = dataclasses.replace(spatial_init, prior=empirical_prior(spatial_init.source))

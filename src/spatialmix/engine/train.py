@@ -2,9 +2,10 @@
 
 :class:`~spatialmix.engine.config.TrainConfig` says everything a run depends on;
 :func:`~spatialmix.engine.tasks.build_model` turns it into a model with its mixers initialized and
-frozen; :func:`train` runs it in four named steps (start or resume, one epoch, evaluate and
+frozen; :func:`fit` runs it in four named steps (start or resume, one epoch, evaluate and
 checkpoint, finish) and keeps the run folder (:mod:`spatialmix.io.runs`, :mod:`spatialmix.engine.resume`)
-up to date after every epoch, so a run killed at any moment continues bit for bit.
+up to date after every epoch, so a run killed at any moment continues bit for bit. (The public
+``sm.train`` wraps it and returns a :class:`spatialmix.workflow.handle.Run`.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from spatialmix.accel import speed
 from spatialmix.core.mixing import frozen_fingerprint, trainable_parameters
 from spatialmix.data.batches import BatchLoader
 from spatialmix.data.datasets import ImageData
+from spatialmix.engine import callbacks as hooks
 from spatialmix.engine import distributed
 from spatialmix.engine.classification import ClassificationTask
 from spatialmix.engine.config import TrainConfig
@@ -39,6 +41,15 @@ from spatialmix.engine.resume import (
     stop_on_nonfinite,
 )
 from spatialmix.engine.tasks import build_model, saved_config, task_from_dict
+from spatialmix.engine.user_model import (
+    SOURCE_FIELD,
+    UserModel,
+    check_fits,
+    for_training,
+    rebuilder,
+    saved_source,
+    source_record,
+)
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.io import runs, storage
 from spatialmix.ui.progress import TrainProgress
@@ -51,7 +62,7 @@ from spatialmix.ui.progress import TrainProgress
 
 @dataclass
 class _Session:
-    """Everything one call of :func:`train` works with, built by :func:`_start_or_resume`."""
+    """Everything one call of :func:`fit` works with, built by :func:`_start_or_resume`."""
 
     config: TrainConfig
     run_dir: Path
@@ -66,6 +77,7 @@ class _Session:
     state: TrainState
     record: dict
     init_fingerprint: str
+    callbacks: list  # rank 0's; empty on the other ranks
     summary: dict | None = None  # set when the run had already finished
     steps_this_call: int = 0
     test_correct: torch.Tensor | None = None  # per example, from this call's last evaluation
@@ -80,13 +92,17 @@ class _Session:
         return self.config.epochs * len(self.train_loader)
 
 
-def train(
+def fit(
     config: TrainConfig,
     run_dir: str | Path,
     resume: bool = False,
     data: ImageData | None = None,
     max_steps: int | None = None,
     task=None,
+    *,
+    model=None,
+    trust_code: bool = False,
+    callbacks=(),
 ) -> dict:
     """Train ``config`` in ``run_dir`` (or continue it with ``resume=True``); return the summary.
 
@@ -97,6 +113,9 @@ def train(
 
     ``task`` is what is learned (default: classification). ``max_steps`` stops early after that
     many optimizer steps in this call (for benchmarks and tests); the run is then left resumable.
+    ``model``: a model of your own (a factory or a module; ``config.model`` names it, see
+    :mod:`spatialmix.engine.user_model`); ``trust_code`` lets a ``config.model`` reference be imported
+    instead. ``callbacks``: :class:`~spatialmix.engine.callbacks.Callback` objects, called on rank 0.
     Under ``torchrun`` every process calls this with the same arguments: each rank trains on its
     shard of every global batch of ``config.batch_size`` examples, the numbers printed and saved
     are global, and only rank 0 writes to ``run_dir`` (see :mod:`spatialmix.engine.distributed`).
@@ -106,20 +125,26 @@ def train(
     run = runs.Run(run_dir)
     if distributed.launched_rank() == 0:  # before the lock file is made: never in a folder that is not ours
         prepare_run_dir(run.path, config, resume, task)
+    user = for_training(config, run.path, model, trust_code)
     with runs.locked(run.path):
         if distributed.launched_rank() == 0:
             run.remove_stray_temporaries()
         started: list[bool] = []  # set once training began, so an error before it leaves the folder as it was
+        callbacks = hooks.for_this_rank(callbacks)
         try:
-            s = _start_or_resume(config, run.path, resume, data, task)
+            s = _start_or_resume(config, run.path, resume, data, task, user, callbacks)
             if s.summary is not None:
                 return s.summary
             started.append(True)
-            return _train_epochs(s, max_steps)
+            hooks.call(callbacks, "on_run_start", s.run_dir, s.config, s.state.step)
+            summary = _train_epochs(s, max_steps)
         except BaseException as err:
             if started and distributed.launched_rank() == 0:
                 record_stop(run, err)
+                hooks.call(callbacks, "on_run_end", None)
             raise
+        hooks.call(callbacks, "on_run_end", summary if s.state.epoch >= config.epochs else None)
+        return summary
 
 
 def _train_epochs(s: _Session, max_steps: int | None) -> dict:
@@ -141,11 +166,15 @@ def _train_epochs(s: _Session, max_steps: int | None) -> dict:
                     "steps": s.steps_this_call,
                     "train_time": epoch_time,
                 }
-            progress.end_epoch(_evaluate_and_checkpoint(s, epoch, totals))
+            metrics = _evaluate_and_checkpoint(s, epoch, totals)
+            progress.end_epoch(metrics)
+            hooks.call(s.callbacks, "on_epoch_end", s.state.epoch, metrics)
     return _finish(s)
 
 
-def _start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, data, task) -> _Session:
+def _start_or_resume(
+    config: TrainConfig, run_dir: Path, resume: bool, data, task, user: UserModel | None, callbacks: list
+) -> _Session:
     """Build the model, loaders and optimizer; restore the newest checkpoint or write the run's start."""
     speed.set_threads(config.threads)
     speed.tune_allocator()
@@ -153,9 +182,13 @@ def _start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, data, tas
     device = world.device
     distributed.run_on_main(lambda: prepare_run_dir(run_dir, config, resume, task))
     data = data if data is not None else load_data_for(config)
-    model = build_model(config, data.in_chans, data.num_classes, data.image_size, task)
+    model = build_model(config, data.in_chans, data.num_classes, data.image_size, task, user)
     init_fingerprint = frozen_fingerprint(model)
     record = run_record(config, data, model, task, init_fingerprint)
+    if user is not None:
+        record[SOURCE_FIELD] = source_record(user, model)
+        if resume and runs.Run(run_dir).file(runs.CONFIG).is_file():  # the one it was trained with
+            check_fits(model, saved_source(runs.Run(run_dir), runs.Run(run_dir).record()), run_dir)
     train_loader, test_loader = make_loaders(config, data, device, world.rank, world.world_size)
     model.to(device)
     if config.channels_last:
@@ -201,6 +234,7 @@ def _start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, data, tas
         state,
         record,
         init_fingerprint,
+        callbacks,
     )
     summary = runs.Run(run_dir).summary() if resume and state.epoch >= config.epochs else None
     if summary is not None:
@@ -254,6 +288,7 @@ def _one_epoch(s: _Session, epoch: int, criterion, progress: TrainProgress, max_
         # The bar shows rank 0's running loss and score; counts scaled to all ranks for img/s.
         ranks = s.world.world_size
         progress.update(i + 1, loss_sum * ranks, score_sum * ranks, seen * ranks, time.perf_counter() - t0)
+        hooks.call(s.callbacks, "on_step_end", state.step, loss.detach())
         if max_steps is not None and s.steps_this_call >= max_steps:
             break
     if device.type == "cuda":
@@ -354,14 +389,25 @@ def _global_epoch_totals(loss_sum: torch.Tensor, score_sum: torch.Tensor, seen: 
 
 
 def load_trained_model(
-    run_dir: str | Path, weights: str = "latest", device: str | torch.device = "cpu"
+    run_dir: str | Path,
+    weights: str = "latest",
+    device: str | torch.device = "cpu",
+    *,
+    model=None,
+    trust_code: bool = False,
 ) -> tuple[nn.Module, dict]:
     """Rebuild the model of a saved run and load its weights; returns ``(model in eval mode, run record)``.
 
     ``weights``: ``latest`` (the newest checkpoint) or ``init`` (the weights at initialization).
     The run record is ``config.json``: ``record["train"]`` is the TrainConfig, ``record["data"]``
     has ``mean``/``std``/``in_chans``/``num_classes``/``image_size``.
+
+    A run trained with a model of its own is rebuilt with ``model`` (the factory or module it was
+    trained with; a module is copied, never changed), or with ``trust_code=True`` by importing the
+    factory its config.json names; without either it is refused, and nothing is imported.
     """
+    if weights not in ("latest", "init"):
+        raise unknown_name("weights", weights, ("latest", "init"))
     run = runs.Run(run_dir).check()
     run_dir = run.path
     record = run.record()
@@ -371,19 +417,25 @@ def load_trained_model(
         task = task_from_dict(record.get("task"))
     except SpatialmixError as err:
         raise SpatialmixError(f"{run.file(runs.CONFIG)}: {err}") from None
-    model = build_model(config, d["in_chans"], d["num_classes"], d["image_size"], task)
+    source = saved_source(run, record)
+    if source is None and model is not None:
+        raise SpatialmixError(
+            f"{run_dir} was trained with the built-in model {config.model}; open it without model="
+        )
+    user = None if source is None else rebuilder(run, source, model, trust_code)
+    built = build_model(config, d["in_chans"], d["num_classes"], d["image_size"], task, user, fresh=True)
+    if source is not None:
+        check_fits(built, source, run_dir)
     if weights == "init":
         state = runs.load_weights(run.file(runs.INIT))
-    elif weights == "latest":
+    else:
         folder = run.require_checkpoint()
         state = runs.load_weights(run.file(runs.CKPT_DIR, folder.name, runs.MODEL_FILE))
-    else:
-        raise unknown_name("weights", weights, ("latest", "init"))
     try:
-        model.load_state_dict(state)
+        built.load_state_dict(state)
     except RuntimeError as err:
         raise SpatialmixError(
             f"weights in {run_dir} do not fit the model its config builds "
             f"({str(err).splitlines()[0][:160]}); the run is damaged"
         ) from None
-    return model.to(device).eval(), record
+    return built.to(device).eval(), record

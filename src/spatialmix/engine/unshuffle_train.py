@@ -9,7 +9,7 @@ from spatialmix.data.permutation import PERMUTATION_FILE, PixelPermutation, chec
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.loaders import load_data_for
 from spatialmix.engine.tasks import saved_task
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.engine.unshuffle import UnshuffleTask
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
@@ -23,7 +23,7 @@ def train_unshuffle(
     data: ImageData | None = None,
     max_steps: int | None = None,
 ) -> dict:
-    """Train an un-shuffling run (``spatialmix.engine.train.train`` with :class:`UnshuffleTask`).
+    """Train an un-shuffling run (``spatialmix.engine.train.fit`` with :class:`UnshuffleTask`).
 
     The permutation is saved as ``permutation.safetensors`` in ``run_dir``; when resuming, the one
     already there must be the one the task rebuilds from its seed.
@@ -36,7 +36,7 @@ def train_unshuffle(
     permutation = task.permutation_for(data.image_size)
     if resume and (run_dir / PERMUTATION_FILE).exists():
         check_or_save_permutation(run_dir / PERMUTATION_FILE, permutation)
-    summary = train(config, run_dir, resume=resume, data=data, max_steps=max_steps, task=task)
+    summary = fit(config, run_dir, resume=resume, data=data, max_steps=max_steps, task=task)
     check_or_save_permutation(run_dir / PERMUTATION_FILE, permutation)
     return summary
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spatialmix.analysis.filters import FFT_SIZE
+from spatialmix.engine.user_model import check_rebuildable, user_code
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import storage
 from spatialmix.io.paths import check_writable
@@ -57,6 +58,8 @@ def build_sections(paths: list[str | Path], fft_size: int = FFT_SIZE) -> list[Se
     if not isinstance(fft_size, int) or fft_size <= 0:
         raise SpatialmixError(f"FFT size must be a positive integer, got {fft_size}")
     inputs = read_inputs(paths)
+    for run in inputs.runs:  # a run of a model of its own is refused unless its code is given or trusted
+        check_rebuildable(run.path)
     sections = [
         verdicts_section(inputs),
         classification_section(inputs),
@@ -74,11 +77,19 @@ def build_sections(paths: list[str | Path], fft_size: int = FFT_SIZE) -> list[Se
     return sections
 
 
-def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = FFT_SIZE) -> ReportFiles:
+def write_report(
+    paths: list[str | Path],
+    out_html: str | Path,
+    fft_size: int = FFT_SIZE,
+    *,
+    model=None,
+    trust_code: bool = False,
+) -> ReportFiles:
     """Write the HTML report of ``paths`` to ``out_html`` and its tables to the ``.md`` file beside it.
 
     Everything is computed before anything is written, and both files are written atomically,
-    so a failed report leaves the previous one intact.
+    so a failed report leaves the previous one intact. ``model`` / ``trust_code``: what rebuilds the
+    runs trained with a model of their own (see :func:`~spatialmix.engine.train.load_trained_model`).
     """
     out_html = Path(out_html)
     if out_html.suffix.lower() not in (".html", ".htm"):
@@ -97,7 +108,8 @@ def write_report(paths: list[str | Path], out_html: str | Path, fft_size: int = 
         )
     check_writable(out_html.parent)  # before the work, not after it
     paths = [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
-    sections = build_sections(paths, fft_size)
+    with user_code(model, trust_code):
+        sections = build_sections(paths, fft_size)
     created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     markdown = out_html.with_suffix(".md")
     sources = [shown_path(p) for p in paths]

@@ -17,6 +17,7 @@ from spatialmix.data.batches import to_unit_range
 from spatialmix.engine.device import resolve_device
 from spatialmix.engine.loaders import load_evaluation_data
 from spatialmix.engine.train import load_trained_model
+from spatialmix.engine.user_model import check_rebuildable, user_code
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.io.paths import check_writable
@@ -78,15 +79,18 @@ def evaluate_run(
     data=None,
     progress: bool = True,
     data_dir: str | None = None,
+    model=None,
+    trust_code: bool = False,
     **changes,
 ) -> dict:
     """Load a saved run and evaluate it (see :func:`evaluate_robustness`); the run's folder, mode,
-    smoothing, seed and checkpoint are added to the result."""
+    smoothing, seed and checkpoint are added to the result. ``model`` / ``trust_code``: for a run
+    trained with a model of its own, see :func:`~spatialmix.engine.train.load_trained_model`."""
 
     settings = (settings or AttackSettings()).replace(**changes).validate()
     run_dir = runs.check_run_dir(Path(run_dir))
     fingerprint = weights_fingerprint(run_dir)
-    model, record = load_trained_model(run_dir, device="cpu")
+    model, record = load_trained_model(run_dir, device="cpu", model=model, trust_code=trust_code)
     data = data if data is not None else _data_for_run(run_dir, {}, data_dir)
     images, labels = select_examples(data, settings.n_examples, settings.seed)
     d = record["data"]
@@ -126,6 +130,8 @@ def attack_runs(
     progress: bool = True,
     reuse: bool = False,
     data_dir: str | None = None,
+    model=None,
+    trust_code: bool = False,
     **changes,
 ) -> list[dict]:
     """Evaluate saved runs, save ``OUT_NAME.json`` in each run directory and plot them side by side.
@@ -135,9 +141,16 @@ def attack_runs(
     in the runs' common parent folder; ``None`` draws nothing. ``reuse=True`` reads a saved
     result back instead of recomputing it when it was made with the same settings and weights.
     ``data_dir``: where the test set is (default: ``$SPATIALMIX_DATA``, the OS package, the
-    download cache; never the folder a run's config names). Returns the results, in the order of
+    download cache; never the folder a run's config names). ``model`` / ``trust_code``: what rebuilds
+    the runs trained with a model of their own (the others ignore them; see
+    :func:`~spatialmix.engine.train.load_trained_model`). Returns the results, in the order of
     ``run_dirs``.
     """
+    with user_code(model, trust_code):
+        return _attack_runs(run_dirs, settings, out_name, plot, progress, reuse, data_dir, changes)
+
+
+def _attack_runs(run_dirs, settings, out_name, plot, progress, reuse, data_dir, changes) -> list[dict]:
     settings = (settings or AttackSettings()).replace(**changes).validate()
     out_name = _check_out_name(out_name)
     if plot not in (None, "auto"):
@@ -151,6 +164,7 @@ def attack_runs(
     for run_dir in run_dirs:
         runs.check_run_dir(run_dir)
         check_writable(run_dir)  # the results go there: fail now, not after the attacks
+        check_rebuildable(run_dir)  # a model of its own needs its factory (or trusted code): say so now
         fingerprints.append(weights_fingerprint(run_dir))
     results, datasets = [], {}
     for run_dir, fingerprint in zip(run_dirs, fingerprints):

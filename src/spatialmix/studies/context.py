@@ -19,7 +19,7 @@ from spatialmix.engine.classification import ClassificationTask
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.parallel import run_side_by_side
 from spatialmix.engine.resume import prepare_run_dir
-from spatialmix.engine.train import train
+from spatialmix.engine.train import fit
 from spatialmix.io import runs
 from spatialmix.ui.display import say
 
@@ -172,7 +172,7 @@ def train_or_reuse(config: TrainConfig, run_dir: Path) -> dict:
         summary = run.finished_summary(config)
         if summary is not None:
             return summary
-        return train(config, run.path, resume=True)
+        return fit(config, run.path, resume=True)
 
 
 def classification_run_dir(out_dir: Path, mode: str, seed: int) -> Path:
