@@ -99,8 +99,10 @@ def run_cli(args: list[str], timeout: float = 300, **kwargs) -> subprocess.Compl
 
 @pytest.fixture(autouse=True)
 def _no_data_env(monkeypatch):
-    """Tests decide themselves whether SPATIALMIX_DATA is set."""
+    """Tests decide themselves whether SPATIALMIX_DATA is set; tables are as wide as in a subprocess
+    (pytest-xdist's workers inherit COLUMNS=80, a plain run none)."""
     monkeypatch.delenv("SPATIALMIX_DATA", raising=False)
+    monkeypatch.setenv("COLUMNS", SUBPROCESS_ENV["COLUMNS"])
 
 
 @pytest.fixture(scope="session")

@@ -481,7 +481,7 @@ def test_a_run_saved_with_the_old_default_init_is_the_same_run_for_built_in_mode
     """Runs made when an unasked init was saved as "default" are reused and resumed as before for
     the built-in models, which declare that init; for a timm model the two differ."""
     from spatialmix.engine.config import TrainConfig
-    from spatialmix.io import runs
+    from spatialmix.io import run_files, runs
 
     config = TrainConfig(model="convmixer", width=8, depth=1)
     assert config.spatial_init is None and config.channel_init is None
@@ -490,7 +490,7 @@ def test_a_run_saved_with_the_old_default_init_is_the_same_run_for_built_in_mode
     data = {"in_chans": 1, "num_classes": 10, "image_size": 28, "mean": [0.5], "std": [0.25]}
 
     def save(train: dict) -> None:
-        record = {"format_version": runs.FORMAT_VERSION, "train": train, "data": data}
+        record = {"format_version": run_files.FORMAT_VERSION, "train": train, "data": data}
         runs.atomic_write_json(run.file(runs.CONFIG), record)
 
     old = {**config.to_dict(), "spatial_init": "default", "channel_init": "default"}

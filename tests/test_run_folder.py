@@ -17,7 +17,7 @@ from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.tasks import saved_config
 from spatialmix.engine.train import fit, load_trained_model
 from spatialmix.errors import SpatialmixError
-from spatialmix.io import runs, storage
+from spatialmix.io import limits, runs, storage
 from spatialmix.io.paths import inside
 from spatialmix.sweep import plan as sweep
 from spatialmix.sweep.run import finished_summary
@@ -257,7 +257,7 @@ def test_a_huge_model_in_config_json_is_refused_before_anything_is_built(
             action()
         line = one_line(err)
         assert str(run_dir / runs.CONFIG) in line and f"'{field}'" in line and f"{value:,}" in line, line
-        assert f"at most {runs.SIZE_LIMITS[field]:,}" in line, line
+        assert f"at most {limits.SIZE_LIMITS[field]:,}" in line, line
 
 
 def test_the_size_limits_leave_the_papers_models_loadable():
@@ -271,7 +271,7 @@ def test_the_size_limits_leave_the_papers_models_loadable():
         "in_chans": 3,
         "num_classes": 21841,
     }
-    assert all(value <= runs.SIZE_LIMITS[name] for name, value in paper.items())
+    assert all(value <= limits.SIZE_LIMITS[name] for name, value in paper.items())
 
 
 @pytest.mark.parametrize(
@@ -486,7 +486,7 @@ def test_training_refuses_the_sizes_a_run_folder_could_not_be_opened_with(field)
     """What trains must load again: TrainConfig.validate applies the run folder's size limits."""
     from spatialmix.engine.config import TrainConfig
 
-    limit = runs.SIZE_LIMITS[field]
+    limit = limits.SIZE_LIMITS[field]
     value = limit + 1 if field != "kernel_size" else limit + 2  # kernels are odd
     with pytest.raises(SpatialmixError) as err:
         TrainConfig(**{field: value}).validate()

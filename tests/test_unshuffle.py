@@ -29,7 +29,7 @@ from spatialmix.engine.unshuffle import (
 )
 from spatialmix.engine.unshuffle_train import load_run_permutation, train_unshuffle
 from spatialmix.errors import SpatialmixError
-from spatialmix.io import runs
+from spatialmix.io import run_files, runs
 from spatialmix.models.unshufflenet import UnshuffleNet
 from spatialmix.studies.unshuffle import CURVES_FILE, FIGURE_FILE, TABLE_FILES, unshuffle_study
 
@@ -364,7 +364,7 @@ def write_unshuffle_record(run_dir, task, **data_changes) -> None:
     runs.atomic_write_json(
         run_dir / runs.CONFIG,
         {
-            "format_version": runs.FORMAT_VERSION,
+            "format_version": run_files.FORMAT_VERSION,
             "task": task,
             "data": data,
             "train": unshuffle_config("small", **TINY).to_dict(),

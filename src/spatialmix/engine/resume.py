@@ -25,7 +25,7 @@ from spatialmix.engine.config import DIVERGED_RESUMABLE_FIELDS, RESUMABLE_FIELDS
 from spatialmix.engine.divergence import divergence_reason
 from spatialmix.engine.tasks import data_info, saved_config, task_from_dict
 from spatialmix.errors import NonFiniteLossError, SpatialmixError
-from spatialmix.io import runs
+from spatialmix.io import run_files, runs
 from spatialmix.io.paths import check_folder_path
 from spatialmix.io.run_files import validate_progress
 from spatialmix.version import __version__
@@ -127,7 +127,7 @@ def _check_epochs_grow(run: runs.Run, epochs: int) -> None:
 def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task, fingerprint: str) -> dict:
     summary = summarize(model)
     return {
-        "format_version": runs.FORMAT_VERSION,
+        "format_version": run_files.FORMAT_VERSION,
         "spatialmix_version": __version__,
         "torch_version": torch.__version__,
         "task": task.to_dict(),

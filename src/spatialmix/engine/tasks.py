@@ -18,7 +18,7 @@ from torch import nn
 from spatialmix.core.mixing import apply_mixing
 from spatialmix.data.datasets import ImageData
 from spatialmix.engine.classification import ClassificationTask
-from spatialmix.engine.config import TrainConfig
+from spatialmix.engine.config import TrainConfig, is_user_reference
 from spatialmix.engine.init_source import empirical_prior
 from spatialmix.engine.model_size import check_model_size
 from spatialmix.engine.unshuffle import UnshuffleTask
@@ -67,7 +67,8 @@ def saved_config(run: runs.Run) -> TrainConfig:
     record = run.record()
     task = saved_task(run, record)  # first: a damaged task is reported before the training fields
     config = TrainConfig.from_dict(record["train"], source=run.file(runs.CONFIG))
-    check_model_size(config, record["data"], task, source=run.file(runs.CONFIG))
+    if not is_user_reference(config.model):  # user code builds its own model: its sizes are not ours
+        check_model_size(config, record["data"], task, source=run.file(runs.CONFIG))
     return config
 
 
@@ -104,7 +105,8 @@ def build_model(
     """
     task = task or ClassificationTask()
     info = {"in_chans": in_chans, "num_classes": num_classes, "image_size": image_size}
-    check_model_size(config, info, task)
+    if user is None:  # a model of your own is sized by your code, not by the config
+        check_model_size(config, info, task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.resolved_init_seed)
         model = user.create(info, fresh) if user is not None else task.create_model(config, info)

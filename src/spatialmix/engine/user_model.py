@@ -31,7 +31,7 @@ from torch import nn
 
 from spatialmix.engine.config import BUILT_IN_SIZE_FIELDS, USER_REFERENCE, check_reference, is_user_reference
 from spatialmix.errors import SpatialmixError
-from spatialmix.io import runs
+from spatialmix.io import run_files, runs
 
 FACTORY_ARGUMENTS = ("in_chans", "num_classes", "image_size")
 SOURCE_FIELD = "model_source"
@@ -199,27 +199,30 @@ def saved_source(run: runs.Run, record: dict) -> dict | None:
     source = record.get(SOURCE_FIELD)
     if not is_user_reference(record["train"].get("model")):
         if source is not None:
-            raise runs._bad(path, SOURCE_FIELD, "absent for a built-in model", source)
+            raise run_files.bad_field(path, SOURCE_FIELD, "absent for a built-in model", source)
         return None
     if not isinstance(source, dict):
-        raise runs._bad(path, SOURCE_FIELD, "the record of the model's source", source)
-    runs._need(path, source, "kind", lambda v: v in KINDS, "factory or module")
-    runs._need(
+        raise run_files.bad_field(path, SOURCE_FIELD, "the record of the model's source", source)
+    run_files.need_field(path, source, "kind", lambda v: v in KINDS, "factory or module")
+    run_files.need_field(
         path,
         source,
         "reference",
         lambda v: v is None or (isinstance(v, str) and USER_REFERENCE.fullmatch(v)),
         "null or module:function",
     )
-    runs._need(path, source, "class", lambda v: isinstance(v, str) and len(v) <= 300, "a class name")
-    runs._need(
+    is_class_name = lambda v: isinstance(v, str) and len(v) <= 300
+    run_files.need_field(path, source, "class", is_class_name, "a class name")
+    run_files.need_field(
         path,
         source,
         "tensors",
         lambda v: (
             isinstance(v, dict)
             and len(v) <= MAX_RECORDED_TENSORS
-            and all(isinstance(s, list) and all(runs._is_int(d) and d >= 0 for d in s) for s in v.values())
+            and all(
+                isinstance(s, list) and all(run_files.is_int(d) and d >= 0 for d in s) for s in v.values()
+            )
         ),
         "an object of tensor names and shapes",
     )

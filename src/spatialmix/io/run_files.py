@@ -3,7 +3,7 @@
 config.json, status.json, summary.json, ``checkpoints/latest.json`` and a checkpoint's training
 progress (``train_state.pt``) are checked here.
 
-Each check raises one line naming the file and the field (``_bad``), so a damaged or hostile file
+Each check raises one line naming the file and the field (``bad_field``), so a damaged or hostile file
 is refused before anything relies on it; :mod:`spatialmix.io.runs` reads the files through them.
 """
 
@@ -23,7 +23,7 @@ CHECKPOINT_NAME = re.compile(r"epoch-(\d{4,9})")
 # --------------------------------------------------------------------------- shapes of the run files
 
 
-def _bad(path: Path, field: str, wanted: str, value) -> SpatialmixError:
+def bad_field(path: Path, field: str, wanted: str, value) -> SpatialmixError:
     return SpatialmixError(
         f"{path}: field {field!r} must be {wanted}, got {_shown(value)}; the file is damaged or not "
         f"spatialmix's"
@@ -32,7 +32,7 @@ def _bad(path: Path, field: str, wanted: str, value) -> SpatialmixError:
 
 def _shown(value) -> str:
     """``repr(value)``, cut to 60 characters, for any value a hostile file may hold."""
-    if _is_int(value) and value.bit_length() > 128:
+    if is_int(value) and value.bit_length() > 128:
         return f"a whole number of {value.bit_length():,} bits"
     if isinstance(value, (list, dict, str, bytes)) and len(value) > 1000:
         return f"a {type(value).__name__} of {len(value):,} items"
@@ -43,25 +43,25 @@ def _shown(value) -> str:
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _need(path: Path, obj: dict, field: str, check, wanted: str, optional: bool = False):
+def need_field(path: Path, obj: dict, field: str, check, wanted: str, optional: bool = False):
     if field not in obj:
         if optional:
             return None
         raise SpatialmixError(f"{path}: field {field!r} is missing; the file is damaged or not spatialmix's")
     if not check(obj[field]):
-        raise _bad(path, field, wanted, obj[field])
+        raise bad_field(path, field, wanted, obj[field])
     return obj[field]
 
 
-def _need_dict(path: Path, value, what: str = "a JSON object") -> dict:
+def need_dict(path: Path, value, what: str = "a JSON object") -> dict:
     if not isinstance(value, dict):
         raise SpatialmixError(
             f"{path} must hold {what}, got {type(value).__name__}; the file is damaged or not spatialmix's"
@@ -81,7 +81,7 @@ def check_size_limits(path: Path, values: dict) -> None:
     built."""
     for name, limit in SIZE_LIMITS.items():
         value = values.get(name)
-        if _is_int(value) and value > limit:
+        if is_int(value) and value > limit:
             raise SpatialmixError(
                 f"{path}: field {name!r} is {value:,}; a run folder may ask for {name} at most "
                 f"{limit:,} (limits: {_LIMITS_TEXT}): the file is damaged or not spatialmix's"
@@ -90,45 +90,47 @@ def check_size_limits(path: Path, values: dict) -> None:
 
 def validate_record(record, path: Path) -> dict:
     """config.json's shape: what loading the run relies on (the TrainConfig fields are checked by it)."""
-    _need_dict(path, record)
+    need_dict(path, record)
     version = record.get("format_version")
     if version != FORMAT_VERSION:
         raise SpatialmixError(
             f"{path.parent} was written by an incompatible spatialmix (run format {version!r}, "
             f"this version reads {FORMAT_VERSION}); re-run it with this version"
         )
-    train = _need(path, record, "train", lambda v: isinstance(v, dict), "a JSON object of training settings")
-    data = _need(path, record, "data", lambda v: isinstance(v, dict), "a JSON object")
+    train = need_field(
+        path, record, "train", lambda v: isinstance(v, dict), "a JSON object of training settings"
+    )
+    data = need_field(path, record, "data", lambda v: isinstance(v, dict), "a JSON object")
     for name in ("in_chans", "num_classes", "image_size"):
-        _need(path, data, name, lambda v: _is_int(v) and v > 0, "a positive whole number")
+        need_field(path, data, name, lambda v: is_int(v) and v > 0, "a positive whole number")
     check_size_limits(path, train)
     check_size_limits(path, data)
     wrong = out_of_range(train)
     if wrong:
         name, value, lowest, highest = wrong
-        raise _bad(path, name, f"a whole number from {lowest:,} to {highest:,}", value)
+        raise bad_field(path, name, f"a whole number from {lowest:,} to {highest:,}", value)
     for name in ("mean", "std"):
-        _need(
+        need_field(
             path,
             data,
             name,
-            lambda v: isinstance(v, list) and len(v) == data["in_chans"] and all(_is_number(x) for x in v),
+            lambda v: isinstance(v, list) and len(v) == data["in_chans"] and all(is_number(x) for x in v),
             f"a list of {data['in_chans']} numbers",
         )
     if any(s <= 0 for s in data["std"]):
-        raise _bad(path, "std", "positive numbers", data["std"])
+        raise bad_field(path, "std", "positive numbers", data["std"])
     task = record.get("task")
     if task is not None:
-        _need_dict(path, task, "a task object")
-        _need(path, task, "name", lambda v: isinstance(v, str), "a task name")
-    _need(path, record, "frozen_fingerprint", lambda v: isinstance(v, str), "a string", optional=True)
+        need_dict(path, task, "a task object")
+        need_field(path, task, "name", lambda v: isinstance(v, str), "a task name")
+    need_field(path, record, "frozen_fingerprint", lambda v: isinstance(v, str), "a string", optional=True)
     return record
 
 
 def validate_status(status, path: Path) -> dict:
-    _need_dict(path, status)
-    _need(path, status, "state", lambda v: v in STATES, f"one of {', '.join(STATES)}")
-    _need(path, status, "epoch", lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
+    need_dict(path, status)
+    need_field(path, status, "state", lambda v: v in STATES, f"one of {', '.join(STATES)}")
+    need_field(path, status, "epoch", lambda v: is_int(v) and v >= 0, "a whole number >= 0")
     return status
 
 
@@ -144,35 +146,35 @@ SUMMARY_NUMBERS = (
 
 
 def validate_summary(summary, path: Path) -> dict:
-    _need_dict(path, summary)
+    need_dict(path, summary)
     for name, value in summary.items():
-        if (name in SUMMARY_NUMBERS or name.startswith("best_")) and not _is_number(value):
-            raise _bad(path, name, "a number", value)
+        if (name in SUMMARY_NUMBERS or name.startswith("best_")) and not is_number(value):
+            raise bad_field(path, name, "a number", value)
     return summary
 
 
 def validate_latest(pointer, path: Path) -> tuple[str, int]:
-    _need_dict(path, pointer)
-    folder = _need(
+    need_dict(path, pointer)
+    folder = need_field(
         path,
         pointer,
         "folder",
         lambda v: isinstance(v, str) and CHECKPOINT_NAME.fullmatch(v),
         "a checkpoint folder name like epoch-0003",
     )
-    epoch = _need(path, pointer, "epoch", lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
+    epoch = need_field(path, pointer, "epoch", lambda v: is_int(v) and v >= 0, "a whole number >= 0")
     if int(CHECKPOINT_NAME.fullmatch(folder).group(1)) != epoch:
-        raise _bad(path, "epoch", f"the epoch of {folder}", epoch)
+        raise bad_field(path, "epoch", f"the epoch of {folder}", epoch)
     return folder, epoch
 
 
 # --------------------------------------------------------------------------- a checkpoint's progress
 
 PROGRESS_NUMBERS = {  # field -> (check, what it must be)
-    "step": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
-    "images_seen": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
-    "best_score": (_is_number, "a finite number"),
-    "train_time": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "step": (lambda v: is_int(v) and v >= 0, "a whole number >= 0"),
+    "images_seen": (lambda v: is_int(v) and v >= 0, "a whole number >= 0"),
+    "best_score": (is_number, "a finite number"),
+    "train_time": (lambda v: is_number(v) and v >= 0, "a finite number >= 0"),
 }
 
 
@@ -181,7 +183,7 @@ def validate_progress(train_state: dict, path: Path, epoch: int, epochs: int) ->
     in a run of ``epochs``: every field of the right type and range, one metrics record per epoch."""
     progress = train_state.get("progress")
     if not isinstance(progress, dict):
-        raise _bad(path, "progress", "an object of training progress", progress)
+        raise bad_field(path, "progress", "an object of training progress", progress)
     fields = {f"progress.{k}": v for k, v in progress.items()}
     unknown = sorted(str(k) for k in progress if k not in (*PROGRESS_NUMBERS, "epoch", "history"))
     if unknown:
@@ -190,17 +192,17 @@ def validate_progress(train_state: dict, path: Path, epoch: int, epochs: int) ->
             f"({', '.join(unknown)[:80]}); the file is damaged or not spatialmix's"
         )
     if epoch > epochs:
-        raise _bad(path, "progress.epoch", f"at most the run's {epochs} epochs", epoch)
-    _need(
+        raise bad_field(path, "progress.epoch", f"at most the run's {epochs} epochs", epoch)
+    need_field(
         path,
         fields,
         "progress.epoch",
-        lambda v: _is_int(v) and v == epoch,
+        lambda v: is_int(v) and v == epoch,
         f"{epoch}, its checkpoint's epoch",
     )
     for name, (check, wanted) in PROGRESS_NUMBERS.items():
-        _need(path, fields, f"progress.{name}", check, wanted)
-    history = _need(
+        need_field(path, fields, f"progress.{name}", check, wanted)
+    history = need_field(
         path,
         fields,
         "progress.history",
@@ -209,7 +211,7 @@ def validate_progress(train_state: dict, path: Path, epoch: int, epochs: int) ->
     )
     for number, record in enumerate(history, 1):
         if not _is_metrics_of(record, number):
-            raise _bad(path, f"progress.history[{number - 1}]", f"the metrics of epoch {number}", record)
+            raise bad_field(path, f"progress.history[{number - 1}]", f"the metrics of epoch {number}", record)
     return progress
 
 
@@ -217,7 +219,7 @@ def _is_metrics_of(record, epoch: int) -> bool:
     """A metrics record of ``epoch``: names to finite numbers (what metrics.jsonl is rewritten from)."""
     return (
         isinstance(record, dict)
-        and _is_int(record.get("epoch"))
+        and is_int(record.get("epoch"))
         and record["epoch"] == epoch
-        and all(isinstance(k, str) and (isinstance(v, str) or _is_number(v)) for k, v in record.items())
+        and all(isinstance(k, str) and (isinstance(v, str) or is_number(v)) for k, v in record.items())
     )

@@ -38,7 +38,6 @@ import torch
 
 from spatialmix.errors import SpatialmixError
 from spatialmix.io.limits import RECORD_BYTES, SPEED_FIELDS
-from spatialmix.io.limits import SIZE_LIMITS as SIZE_LIMITS  # re-exported: what a run folder may ask for
 from spatialmix.io.lock import LOCK
 from spatialmix.io.lock import locked as _locked_path
 from spatialmix.io.paths import inside
@@ -49,7 +48,6 @@ from spatialmix.io.run_files import (
     validate_status,
     validate_summary,
 )
-from spatialmix.io.run_files import FORMAT_VERSION as FORMAT_VERSION  # re-exported: what config.json records
 from spatialmix.io.storage import (
     WriteError,
     atomic_via_tmp,

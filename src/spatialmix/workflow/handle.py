@@ -22,7 +22,7 @@ from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.tasks import saved_config
 from spatialmix.engine.train import load_trained_model
 from spatialmix.errors import SpatialmixError
-from spatialmix.io import runs
+from spatialmix.io import run_files, runs
 from spatialmix.robustness.attacks import RESULT_NAME
 
 
@@ -106,11 +106,11 @@ def check_robustness(result, path: Path) -> dict:
     """The fields of a saved robustness result that readers rely on, checked (one line when one is wrong)."""
     if not isinstance(result, dict):
         raise SpatialmixError(f"{path} must hold a JSON object; the file is damaged or not spatialmix's")
-    runs._need(path, result, "clean_acc", runs._is_number, "a number")
-    budgets = runs._need(path, result, "budgets", lambda v: isinstance(v, list), "a list")
+    run_files.need_field(path, result, "clean_acc", run_files.is_number, "a number")
+    budgets = run_files.need_field(path, result, "budgets", lambda v: isinstance(v, list), "a list")
     for budget in budgets:
         if not isinstance(budget, dict):
-            raise runs._bad(path, "budgets", "a list of objects", budget)
+            raise run_files.bad_field(path, "budgets", "a list of objects", budget)
         for name in ("eps", "robust_acc"):
-            runs._need(path, budget, name, runs._is_number, "a number")
+            run_files.need_field(path, budget, name, run_files.is_number, "a number")
     return result
