@@ -301,3 +301,17 @@ def test_config_round_trip_and_validation(tiny_config):
     ]:
         with pytest.raises(SpatialmixError, match=pattern):
             tiny_config(**bad).validate()
+
+
+def test_training_from_python_leaves_the_process_alone(tiny_data, tiny_config, tmp_path, monkeypatch):
+    """A library call changes no process-wide setting it was not asked to: glibc's allocator is
+    tuned by the command line only, and torch's threads only when the config names a count."""
+    from spatialmix.accel import speed
+    from spatialmix.cli import main as cli
+
+    tuned = []
+    monkeypatch.setattr(speed, "tune_allocator", lambda: tuned.append(1) or True)
+    threads = torch.get_num_threads()
+    fit(tiny_config(), tmp_path / "run", data=tiny_data)
+    assert tuned == [] and torch.get_num_threads() == threads
+    assert cli.main(["models", "convmixer"]) == 0 and tuned == [1]

@@ -9,7 +9,8 @@ gives the table):
 * **The allocator.** glibc hands freed memory of more than 128 KiB back to the kernel at once, so
   every training step maps and faults in its activations again (thousands of page faults per
   step). :func:`tune_allocator` raises glibc's mmap and trim thresholds so freed blocks are
-  reused.
+  reused: the command line and the processes spatialmix starts call it; a library call leaves the
+  caller's process as it was.
 * **GELU on channels_last** takes a slower strided kernel than the same memory viewed as a
   contiguous NHWC tensor (:func:`_gelu` runs it on that view).
 * **Two backward passes torch has no fast CPU path for**: a depthwise conv's weight and input

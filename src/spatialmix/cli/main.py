@@ -329,9 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     except SpatialmixError as err:
         print(f"spatialmix: error: {err}", file=sys.stderr)
         return 2
-    if not command.threads_per_run and getattr(args, "threads", None):
-        from spatialmix.accel.speed import set_threads
+    from spatialmix.accel.speed import set_threads, tune_allocator  # torch: after the arguments passed
 
+    tune_allocator()  # the command's own process: glibc keeps freed activations for the next step
+    if not command.threads_per_run and getattr(args, "threads", None):
         set_threads(args.threads)
     previous = None
     if threading.current_thread() is threading.main_thread():

@@ -176,8 +176,7 @@ def _start_or_resume(
     config: TrainConfig, run_dir: Path, resume: bool, data, task, user: UserModel | None, callbacks: list
 ) -> _Session:
     """Build the model, loaders and optimizer; restore the newest checkpoint or write the run's start."""
-    speed.set_threads(config.threads)
-    speed.tune_allocator()
+    speed.set_threads(config.threads)  # only when the config asks (None: the process's own setting)
     world = distributed.setup(resolve_device(config.device))
     device = world.device
     distributed.run_on_main(lambda: prepare_run_dir(run_dir, config, resume, task))
