@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "spatialmix"
-TOP = ["__init__.py", "api.py", "version.py", "errors.py", "options.py"]
+TOP = ["__init__.py", "api.py", "version.py", "errors.py", "names.py", "options.py"]
 ORDER = ["cli", "sweep", "studies", "report", "workflow", "analysis", "robustness", "engine", "data"]
 ORDER += ["models", "core", "accel", "io", "ui"]
 

@@ -11,9 +11,9 @@ import argparse
 import os
 from pathlib import Path
 
-from spatialmix.engine.config import check_seed, check_threads
+from spatialmix.engine.config import TrainConfig, check_seed, check_threads
 from spatialmix.errors import SpatialmixError
-from spatialmix.options import flag_of
+from spatialmix.options import flag_of, given_values
 
 # Output options: argparse destination -> whether it names a folder that files go into.
 OUTPUTS = {"out": True, "plot": False}
@@ -41,6 +41,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     out_name = getattr(args, "out_name", None)
     if out_name:
         check_path_length("--out-name", f"{out_name}.json", 0)
+    if args.command == "train" and not getattr(args, "resume", None):
+        # the whole configuration, from the torch-free name tables: a typo is answered at once
+        TrainConfig(**given_values(TrainConfig, args)).validate()
 
 
 def _limits(path: Path) -> tuple[int, int]:

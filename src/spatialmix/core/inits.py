@@ -21,8 +21,7 @@ from torch import nn
 from spatialmix.core.priors import ClosedFormPrior, EmpiricalPrior
 from spatialmix.core.token_mixers import TokenProbe
 from spatialmix.errors import SpatialmixError, unknown_name
-
-INITS = ("default", "gaussian", "uniform", "covariance", "covariance-from")
+from spatialmix.names import INITS
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,7 @@ from torch import nn
 from spatialmix.core.inits import InitSpec, initialize_layers
 from spatialmix.core.token_mixers import has_filters, probe_token_mixers
 from spatialmix.errors import SpatialmixError, unknown_name
-
-MODES = ("full", "chans", "space")
+from spatialmix.names import MODES
 
 SPATIAL, CHANNEL, STEM_OR_FULL, NORM, HEAD, OTHER = "spatial", "channel", "full-conv", "norm", "head", "other"
 KINDS = (SPATIAL, CHANNEL, STEM_OR_FULL, NORM, HEAD, OTHER)

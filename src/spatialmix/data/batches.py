@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from spatialmix.errors import unknown_name
-
-AUGMENTATIONS = ("none", "flip", "crop", "crop-flip")
+from spatialmix.names import AUGMENTATIONS
 
 
 def check_augment(name: str) -> str:

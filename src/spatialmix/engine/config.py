@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from spatialmix.errors import SpatialmixError, check_positive, unknown_name
 from spatialmix.io.limits import SIZE_LIMITS, SPEED_FIELDS, out_of_range
+from spatialmix.names import AUGMENTATIONS, DATASETS, INITS, LIBRARY_PREFIXES, MODELS, MODES
 from spatialmix.options import option
 
 if TYPE_CHECKING:
@@ -67,8 +68,6 @@ def check_threads(flag: str, value) -> None:
 # A model of your own is named by the function (or class) that builds it: ``mypkg.models:build``.
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 USER_REFERENCE = re.compile(rf"{_DOTTED}:{_DOTTED}")
-# The libraries whose models ``create_model`` builds by ``LIBRARY:NAME``: never a reference to user code.
-LIBRARY_PREFIXES = ("timm:", "torchvision:")
 # Sizes of the built-in models: a model of your own has its own, so these must stay unset for it.
 BUILT_IN_SIZE_FIELDS = (
     "width",
@@ -203,18 +202,10 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Reject bad values with one clear message before anything is built or written."""
-        # Imported here, not above: the command line builds its options from this class without
-        # torch (--help answers at once), and these tables live in modules that import torch.
-        from spatialmix.core.inits import INITS
-        from spatialmix.core.mixing import MODES
-        from spatialmix.data.batches import AUGMENTATIONS
-        from spatialmix.data.datasets import DATASETS
-        from spatialmix.models.factory import list_models
-
         self.check_types()
         if self.dataset not in DATASETS:
             raise unknown_name("dataset", self.dataset, DATASETS)
-        known = list_models()
+        known = [*MODELS, *(f"{prefix}NAME" for prefix in LIBRARY_PREFIXES)]
         if is_user_reference(self.model):
             self._check_user_model()
         elif self.model not in known and not self.model.startswith(LIBRARY_PREFIXES):
