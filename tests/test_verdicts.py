@@ -106,14 +106,18 @@ def test_claim_1_from_seed_accuracies_uses_the_seed_paired_t_interval():
     one_a, one_b = by_claim(verdicts, "1a")[0], by_claim(verdicts, "1b")[0]
     diffs = np.array(chans) - np.array(full)
     half = 4.302653 * diffs.std(ddof=1) / math.sqrt(3)  # t(0.975, 2) from a table
-    assert one_a.estimate.value == pytest.approx(diffs.mean())
+    assert one_a.unit == "pts"  # a verdict states accuracies in percentage points, as its table
+    row = verdict_table([one_a]).rows[0]  # the table prints the verdict's own numbers
+    assert row["estimate"] == f"{one_a.estimate.value:+.2f} pts" and row["rule"] == "> -1 pts"
+    assert one_a.estimate.value == pytest.approx(100 * diffs.mean())
     assert (one_a.estimate.low, one_a.estimate.high) == pytest.approx(
-        (diffs.mean() - half, diffs.mean() + half)
+        (100 * (diffs.mean() - half), 100 * (diffs.mean() + half))
     )
     assert (
         one_a.verdict == SUPPORTS and one_a.estimate.n_seeds == 3 and "seed-paired" in one_a.estimate.method
     )
-    assert one_b.verdict == SUPPORTS and one_b.estimate.value == pytest.approx(np.mean(space) - np.mean(full))
+    assert one_b.verdict == SUPPORTS
+    assert one_b.estimate.value == pytest.approx(100 * (np.mean(space) - np.mean(full)))
 
 
 def test_claim_1_contradicted_and_inconclusive():
@@ -134,13 +138,13 @@ def test_claim_1_pairs_examples_when_both_runs_saved_them():
         {"full": [f.mean() for f in full], "chans": [c.mean() for c in chans]}, {"full": full, "chans": chans}
     )
     verdict = by_claim(claim_verdicts(data), "1a")[0]
-    assert verdict.estimate.value == pytest.approx(-1 / 500)
+    assert verdict.estimate.value == pytest.approx(-100 / 500)
     assert verdict.estimate.method == "t over 3 seed-paired differences"
     assert verdict.estimate.n_examples == 500
     # every seed loses the same one example: the seeds agree exactly, so the interval has no width
     # (example-level noise enters only through how much the seeds' effects differ)
     assert verdict.verdict == SUPPORTS
-    assert verdict.estimate.low == verdict.estimate.high == pytest.approx(-1 / 500)
+    assert verdict.estimate.low == verdict.estimate.high == pytest.approx(-100 / 500)
     assert "1/2 p=1" in verdict.details  # McNemar: 1 only Chans right, 2 only Full right, each seed
     # bits of another length in one pair: back to the seed-paired t-interval
     data["chans"][1]["test_correct_bits"] = data["chans"][1]["test_correct_bits"][:-1]
@@ -188,7 +192,7 @@ def test_claim_2a_pairs_examples_per_budget(change, word):
     verdicts = by_claim(claim_verdicts(robustness=robust_records(change)), "2a")
     assert len(verdicts) == 1 and "8/255" in verdicts[0].effect  # eps 0 is claim 1's business
     verdict = verdicts[0]
-    expected = (change.get("to_right", 0) - change.get("to_wrong", 0)) / 500
+    expected = 100 * (change.get("to_right", 0) - change.get("to_wrong", 0)) / 500  # points
     assert verdict.estimate.value == pytest.approx(expected) and verdict.verdict == word
     assert verdict.estimate.n_seeds == 3 and verdict.estimate.n_examples == 500
     if change == {"to_right": 30}:
@@ -218,7 +222,9 @@ def test_seeds_scored_on_different_examples_get_the_random_effects_interval():
     estimate = by_claim(claim_verdicts(data), "1a")[0].estimate
     differences = [c.astype(float) - f for c, f in zip(chans, full)]
     reference = hartung_knapp([d.mean() for d in differences], [d.var(ddof=1) / d.size for d in differences])
-    assert estimate == reference and "Hartung-Knapp" in estimate.method
+    shown = (100 * reference.value, 100 * reference.low, 100 * reference.high, 100 * reference.spread)
+    assert (estimate.value, estimate.low, estimate.high, estimate.spread) == pytest.approx(shown)
+    assert estimate.method == reference.method and "Hartung-Knapp" in estimate.method
 
 
 def test_claim_2a_without_bits_falls_back_to_seeds():
@@ -226,7 +232,7 @@ def test_claim_2a_without_bits_falls_back_to_seeds():
     for r in records:
         r.pop("robust_bits")
     verdict = by_claim(claim_verdicts(robustness=records), "2a")[0]
-    assert "seed-paired" in verdict.estimate.method and verdict.estimate.value == pytest.approx(30 / 500)
+    assert "seed-paired" in verdict.estimate.method and verdict.estimate.value == pytest.approx(3000 / 500)
     assert verdict.verdict == SUPPORTS  # the same shift on every seed: a zero-width interval
 
 
@@ -252,7 +258,7 @@ def test_claim_2b_is_the_slope_against_sigma(slope, word):
             r["robust_acc"]["8/255"] += {0: 0.02, 1: -0.02, 2: 0.001}[r["seed"]] * r["smooth_sigma"]
     verdict = by_claim(claim_verdicts(smoothing=records, robust_examples=500), "2b")[0]
     assert verdict.verdict == word and verdict.estimate.n_seeds == 3 and verdict.estimate.n_examples == 500
-    assert verdict.estimate.value == pytest.approx(slope, abs=0.01)
+    assert verdict.unit == "pts/σ" and verdict.estimate.value == pytest.approx(100 * slope, abs=1)
     assert verdict.estimate.method == "t over 3 per-seed slopes" and "sigmas 0, 0.5, 1, 2" in verdict.details
 
 
@@ -406,7 +412,7 @@ def test_verdicts_for_a_study_folder(tmp_path):
     two_a = by_claim(verdicts, "2a")[0]
     # robust_bits found in the moved run folders: paired per example (McNemar per seed, exact counts)
     assert "McNemar" in two_a.details and two_a.verdict == SUPPORTS
-    assert two_a.estimate.value == 30 / 500
+    assert two_a.estimate.value == pytest.approx(3000 / 500)
     one_a = by_claim(verdicts, "1a")[0]  # seed-level t-interval of accuracies over the 10,000 test images
     assert (
         one_a.verdict == SUPPORTS
@@ -453,7 +459,7 @@ def test_a_damaged_robustness_json_falls_back_to_the_seeds(tmp_path):
     study = make_study(tmp_path / "study")
     (study / "classification" / "full-seed2" / "robustness.json").write_text("{oops")
     verdict = by_claim(verdicts_for_study(study), "2a")[0]
-    assert "seed-paired" in verdict.estimate.method and verdict.estimate.value == pytest.approx(30 / 500)
+    assert "seed-paired" in verdict.estimate.method and verdict.estimate.value == pytest.approx(3000 / 500)
 
 
 def test_verdicts_for_a_missing_empty_or_corrupt_study(tmp_path):

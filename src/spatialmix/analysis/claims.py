@@ -43,10 +43,20 @@ class Claim:
     id: str
     paper: str  # what the paper says
     effect: str  # what is measured
-    unit: str  # "accuracy", "accuracy per sigma", "dB" or "fraction"
-    threshold: float
+    # what is measured: "accuracy", "accuracy per sigma" (fractions of examples), "dB" or "fraction"
+    unit: str
+    threshold: float  # in the measured unit
     side: int  # +1: the paper's side is above the threshold, -1: below
     studies: str  # the `reproduce` studies that test it
+
+    @property
+    def shown(self) -> tuple[float, str]:
+        """(scale, label) of the unit a verdict states its numbers in: accuracies in percentage points."""
+        return SHOWN_UNITS.get(self.unit, (1.0, ""))
+
+
+# How a verdict states a measured unit: its numbers are the measured ones times the scale.
+SHOWN_UNITS = {"accuracy": (100.0, "pts"), "accuracy per sigma": (100.0, "pts/σ"), "dB": (1.0, "dB")}
 
 
 CLAIMS = {
@@ -112,7 +122,9 @@ CLAIMS = {
 
 @dataclass(frozen=True)
 class Verdict:
-    """One line of the verdict table."""
+    """One line of the verdict table. Its numbers (``estimate``'s value, interval and spread, and
+    ``detectable``) are in the unit the table shows, :attr:`unit`: percentage points for accuracies,
+    dB for PSNR."""
 
     claim: str  # an id of CLAIMS
     effect: str  # what was measured (with the budget for 2a / 2b)
@@ -126,6 +138,11 @@ class Verdict:
     @property
     def paper(self) -> str:
         return CLAIMS[self.claim].paper
+
+    @property
+    def unit(self) -> str:
+        """``pts``, ``pts/σ``, ``dB`` or ``''`` (a plain ratio)."""
+        return CLAIMS[self.claim].shown[1]
 
 
 def decide(claim: Claim, estimate: Estimate | None) -> str:
@@ -141,10 +158,8 @@ def decide(claim: Claim, estimate: Estimate | None) -> str:
 
 def rule_text(claim: Claim) -> str:
     """When the claim's verdict is "supports" (the mirror image gives "contradicts")."""
-    scale, unit = {"accuracy": (100, " pts"), "accuracy per sigma": (100, " pts/σ"), "dB": (1, " dB")}.get(
-        claim.unit, (1, "")
-    )
-    value = "0" if claim.threshold == 0 else f"{scale * claim.threshold:g}{unit}"
+    scale, label = claim.shown
+    value = "0" if claim.threshold == 0 else f"{scale * claim.threshold:g}" + (f" {label}" if label else "")
     return f"{'>' if claim.side > 0 else '<'} {value}"
 
 
@@ -393,9 +408,20 @@ def _mean(by_seed: dict) -> float:
 
 
 def _verdict(claim_id: str, effect: str, estimate: Estimate, scope: str, details: str = "") -> Verdict:
-    verdict = decide(CLAIMS[claim_id], estimate)
-    detectable, needed = power_of(CLAIMS[claim_id], estimate)
-    return Verdict(claim_id, effect, estimate, verdict, scope, details, detectable, needed)
+    """The verdict on ``estimate`` (in the measured unit), stated in the unit the table shows."""
+    claim = CLAIMS[claim_id]
+    verdict = decide(claim, estimate)
+    detectable, needed = power_of(claim, estimate)
+    scale = claim.shown[0]
+    shown = replace(
+        estimate,
+        value=estimate.value * scale,
+        low=None if estimate.low is None else estimate.low * scale,
+        high=None if estimate.high is None else estimate.high * scale,
+        spread=None if estimate.spread is None else estimate.spread * scale,
+    )
+    detectable = None if detectable is None else detectable * scale
+    return Verdict(claim_id, effect, shown, verdict, scope, details, detectable, needed)
 
 
 def power_of(claim: Claim, estimate: Estimate) -> tuple[float | None, int | None]:
@@ -470,8 +496,7 @@ def power_text(verdict: Verdict) -> str:
         return ""
     if est.spread is None:
         return "one seed: train more seeds"
-    unit = CLAIMS[verdict.claim].unit
-    detects = "" if verdict.detectable is None else format_value(verdict.detectable, unit).lstrip("+")
+    detects = "" if verdict.detectable is None else format_value(verdict.detectable, verdict.unit).lstrip("+")
     if verdict.seeds_needed is None:
         needs = f"needs more than {MAX_SEEDS:,} seeds"
     elif verdict.seeds_needed <= est.n_seeds:
@@ -484,11 +509,5 @@ def power_text(verdict: Verdict) -> str:
 
 
 def format_value(value: float, unit: str) -> str:
-    """An effect as the table shows it: accuracies in signed percentage points."""
-    if unit == "accuracy":
-        return f"{100 * value:+.2f} pts"
-    if unit == "accuracy per sigma":
-        return f"{100 * value:+.2f} pts/σ"
-    if unit == "dB":
-        return f"{value:+.2f} dB"
-    return f"{value:+.3f}"
+    """A verdict's number as the table shows it (it is already in the shown unit): ``+0.81 pts``."""
+    return f"{value:+.2f} {unit}" if unit else f"{value:+.3f}"

@@ -91,8 +91,7 @@ def _interval(v: Verdict) -> str:
         return "-"
     if not est.defined:
         return "undefined"
-    unit = CLAIMS[v.claim].unit
-    low, high = format_value(est.low, unit), format_value(est.high, unit)
+    low, high = format_value(est.low, v.unit), format_value(est.high, v.unit)
     suffix = low.partition(" ")[2]
     return f"[{low.partition(' ')[0]}, {high.partition(' ')[0]}]" + (f" {suffix}" if suffix else "")
 
@@ -134,7 +133,7 @@ def verdict_table(
             scope=v.scope or "-",
             paper=v.paper,
             effect=v.effect,
-            estimate=format_value(est.value, CLAIMS[v.claim].unit) if known else "-",
+            estimate=format_value(est.value, v.unit) if known else "-",
             interval=_interval(v),
             seeds=est.n_seeds if est is not None and est.n_seeds else "-",
             examples=f"{est.n_examples:,}" if est is not None and est.n_examples else "-",
@@ -469,6 +468,7 @@ def verdict_record(verdict: Verdict) -> dict:
         "scope": verdict.scope,
         "verdict": verdict.verdict,
         "rule": rule_text(CLAIMS[verdict.claim]),
+        "unit": verdict.unit,  # of estimate, low, high, spread and detectable
         "estimate": value,
         "low": est.low if est else None,
         "high": est.high if est else None,

@@ -131,7 +131,7 @@ def mixer_counts_line(info) -> str:
 def cmd_attack(args) -> None:
     from spatialmix.robustness.results import robustness_table
     from spatialmix.robustness.run_attacks import attack_runs
-    from spatialmix.ui.display import console
+    from spatialmix.ui.display import say
 
     settings = AttackSettings(**given_values(AttackSettings, args)).validate()
     output = AttackOutput(**given_values(AttackOutput, args))
@@ -148,7 +148,7 @@ def cmd_attack(args) -> None:
     robustness_table(results).print()
     for result in results:
         for warning in result["warnings"]:
-            console.print(f"[yellow]warning[/] ({result['label']}): {warning}", highlight=False)
+            say(f"[yellow]warning[/] ({result['label']}): {warning}")
     saved = ", ".join(str(Path(r["run"]) / f"{output.out_name}.json") for r in results)
     print(f"results saved in {saved}" + (f"; plot in {results[0]['plot']}" if output.plot else ""))
 

@@ -25,7 +25,7 @@ from spatialmix.robustness.attacks import RESULT_NAME
 from spatialmix.robustness.run_attacks import attack_runs
 from spatialmix.robustness.settings import DEFAULT_EPS, AttackSettings, eps_label
 from spatialmix.studies.context import StudyContext, classification_run_dir, train_all, train_or_reuse
-from spatialmix.ui.display import ResultTable, console, mean_std
+from spatialmix.ui.display import ResultTable, mean_std, say
 
 # Defaults for a preset that sets no robustness options (the quick preset sets its own): a fixed
 # subset of 500 test images, APGD-CE-10 and APGD-T-10 on one target class (measured within 1 point of
@@ -103,6 +103,8 @@ def attack_all(
     cores stay busy; the results are then read back here (reused, not recomputed) for the plot.
     """
     run_dirs = [Path(run_dir) for _, run_dir in jobs]
+    if plot is not None:  # the study's own folder (its runs may all live in another study's)
+        plot.parent.mkdir(parents=True, exist_ok=True)
     if ctx.processes > 1 and len(jobs) > 1:
         work = [
             (_train_and_attack, (config.replace(threads=ctx.threads, progress=False), run_dir, settings))
@@ -112,9 +114,7 @@ def attack_all(
             work,
             processes=ctx.processes,
             threads=ctx.threads or 1,
-            on_done=lambda i, _: console.print(
-                f"[bold]{study}[/] {i + 1}/{len(jobs)}: evaluated {run_dirs[i]}", highlight=False
-            ),
+            on_done=lambda i, _: say(f"[bold]{study}[/] {i + 1}/{len(jobs)}: evaluated {run_dirs[i]}"),
         )
     else:
         train_all(ctx, study, jobs)

@@ -111,7 +111,9 @@ class ResultTable:
         return out.getvalue()
 
     def _words(self) -> set[str]:
-        return {word for cells in self.cells() for cell in cells for word in cell.split()}
+        """Every word of the headers and cells: what a rendering must show whole."""
+        headers = [header for _, header, _ in self.columns]
+        return {word for cells in [headers, *self.cells()] for cell in cells for word in cell.split()}
 
     def print(self, file=None) -> None:
         """The table at the width of the terminal (or ``COLUMNS``); where its columns cannot fit
