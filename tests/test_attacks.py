@@ -21,6 +21,7 @@ from conftest import TINY, run_cli, snapshot_files, write_idx
 from spatialmix.cli import main as cli
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
+from spatialmix.options import given_values
 from spatialmix.robustness import apgd, attacks, masking, run_attacks, settings
 from spatialmix.robustness import results as attack_results
 from spatialmix.robustness.evaluate import attack_examples, evaluate_robustness
@@ -104,6 +105,9 @@ def test_eps_parsing_and_labels():
         ({"steps": 0}, "steps"),
         ({"bogus": 1}, "unknown attack settings"),
         ({"device": "tpu"}, "unknown device"),
+        ({"strength": "slow"}, "unknown strength"),
+        ({"boundary_examples": -1}, "boundary examples"),
+        ({"boundary_steps": 0}, "boundary steps"),
     ],
 )
 def test_bad_settings_are_one_clear_line(changes, message):
@@ -117,6 +121,22 @@ def test_settings_are_canonical():
     assert s.eps == (0.0, pytest.approx(8 / 255)) and s.norm == "Linf"
     assert s.attacks == ("pgd", "fgsm")
     assert attacks.attack_plan(AttackSettings(targets=3)) == ["apgd-ce", "apgd-t1", "apgd-t2", "apgd-t3"]
+
+
+def test_settings_round_trip_through_json_and_the_command_line():
+    chosen = AttackSettings(eps=(0, 8 / 255), strength="fast", boundary_examples=None, boundary_targets=4)
+    chosen = chosen.validate()
+    assert AttackSettings(**json.loads(json.dumps(chosen.to_dict()))).validate() == chosen
+    args = cli.build_parser().parse_args(
+        ["attack", "RUN", "--strength", "fast", "--boundary-examples", "all", "--boundary-targets", "4"]
+    )
+    given = AttackSettings(**given_values(AttackSettings, args)).validate()
+    assert given == chosen.replace(eps=settings.DEFAULT_EPS)
+    default = AttackSettings().validate()  # the standard strength: the boundary stage on every other class
+    assert (default.strength, default.boundary_targets, default.boundary_stage()) == ("standard", None, True)
+    assert not default.replace(strength="fast").boundary_stage()
+    assert attacks.boundary_plan(default, 10) == ["apgd-ce"] + [f"apgd-t{j}" for j in range(1, 10)]
+    assert attacks.boundary_plan(default, 3) == ["apgd-ce"]  # the targeted DLR loss needs 4 classes
 
 
 # --------------------------------------------------------------------------- exact answers
@@ -139,9 +159,10 @@ def test_linf_attacks_equal_the_analytic_worst_case_of_a_linear_classifier(attac
     assert accs[0] > accs[-1] > 0  # the test covers robust and broken examples
 
 
-def test_the_reference_finds_the_analytic_worst_case_of_a_multiclass_linear_classifier():
+@pytest.mark.parametrize("strength", ["fast", "standard"])
+def test_the_strong_attacks_find_the_analytic_worst_case_of_a_multiclass_linear_classifier(strength):
     # Cross-entropy attacks need not find a multi-class linear model's worst case; APGD-T on every
-    # other class must. The default here targets one class; the reference (all 9) runs on 30 examples.
+    # other class must: the reference at the fast strength, the boundary stage at the standard one.
     model, x, y = linear_problem(classes=10, n=40, seed=3)
     result = evaluate_robustness(
         model,
@@ -149,23 +170,29 @@ def test_the_reference_finds_the_analytic_worst_case_of_a_multiclass_linear_clas
         y,
         eps=(0, 0.02, 0.05),
         attacks=("apgd-ce",),
-        steps=5,
-        reference_examples=30,
+        steps=2,
+        strength=strength,
+        boundary_examples=None,
+        boundary_steps=20,
+        reference_examples=None,
         reference_steps=20,
         reference_targets=9,
         square_queries=20,
         progress=False,
     )
     reference = result["reference_check"]
-    assert reference["n"] == 30 and reference["eps"] == [0.02, 0.05]
+    assert reference["eps"] == [0.02, 0.05] and reference["examples"] == 40
+    exact = [analytic_robust(model, x, y, e).float().mean().item() for e in reference["eps"]]
     for budget in result["budgets"]:
-        expected = analytic_robust(model, x, y, budget["eps"])
-        assert not (bits(budget) & ~expected).any()  # never robust where the optimum breaks it
-        assert torch.equal(bits(budget)[:30], expected[:30])  # exact where the reference ran
-    exact_on_sample = [analytic_robust(model, x, y, e)[:30].float().mean().item() for e in reference["eps"]]
-    assert reference["reference_acc"] == pytest.approx(exact_on_sample)
+        assert torch.equal(bits(budget), analytic_robust(model, x, y, budget["eps"]))
+    assert reference["reference_acc"] == pytest.approx(exact)
     gaps = [d - r for d, r in zip(reference["default_acc"], reference["reference_acc"])]
     assert reference["max_gap"] == pytest.approx(max(gaps)) and min(gaps) >= 0
+    if strength == "fast":  # two steps of APGD-CE miss examples: the reference finds them
+        assert max(gaps) > 0 and reference["attacked"][0] > 0
+    else:  # the boundary stage found them, part of the default: nothing is left for the reference
+        assert reference["default_acc"] == pytest.approx(exact) and reference["attacked"] == [0, 0]
+        assert any(key.startswith("boundary apgd-t") for key in result["budgets"][-1]["broken_by"])
 
 
 def test_targeted_dlr_loss_matches_its_formula_and_ignores_shift_and_scale():
@@ -232,13 +259,55 @@ def test_each_budget_attacks_only_the_examples_still_standing(monkeypatch):
 
     monkeypatch.setattr(apgd, "apgd", spy)
     budgets = (0, 0.02, 0.05, 0.1)
-    result = evaluate_robustness(model, x, y, eps=budgets, checks=False, **BINARY)
+    result = evaluate_robustness(model, x, y, eps=budgets, checks=False, **{**BINARY, "strength": "fast"})
     robust = {b["eps"]: b["n_robust"] for b in result["budgets"]}
     assert [a[0] for a in attacked] == list(budgets[1:])
     for (_eps, n, warm), smaller in zip(attacked, budgets):
         assert n == robust[smaller]  # broken at a smaller budget: not attacked again
         assert warm == (smaller > 0)  # started where the budget before ended
     assert robust[0.02] > robust[0.1] > 0
+
+
+def test_the_boundary_stage_attacks_the_survivors_nearest_the_boundary(monkeypatch):
+    model, x, y = linear_problem(classes=10, n=120, seed=5)
+    seen = []
+    real = attacks.Attacker.run
+
+    def spy(self, attack, eps, idx, *, tag, steps=None, start=None):
+        if tag == "boundary" and attack == "apgd-ce":
+            standing = self.standing(eps)
+            closest = self.closest[eps]
+            seen.append((eps, idx.tolist(), standing.tolist(), closest.clone(), steps))
+        return real(self, attack, eps, idx, tag=tag, steps=steps, start=start)
+
+    monkeypatch.setattr(attacks.Attacker, "run", spy)
+    result = evaluate_robustness(
+        model, x, y, eps=(0, 0.02, 0.05), boundary_examples=12, boundary_steps=7, checks=False, progress=False
+    )
+    assert [eps for eps, *_ in seen] == [0.02, 0.05]
+    for _eps, attacked, standing, closest, steps in seen:
+        # the 12 standing examples with the smallest margin the attacks reached, nearest first
+        assert len(attacked) == 12 and set(attacked) <= set(standing) and steps == 7
+        assert closest[attacked].tolist() == sorted(closest[attacked].tolist())
+        others = sorted(set(standing) - set(attacked))
+        assert closest[attacked].max() <= closest[others].min()
+    broken = result["budgets"][-1]["broken_by"]
+    assert [k for k in broken if k.startswith("boundary")] == ["boundary apgd-ce"] + [
+        f"boundary apgd-t{j}" for j in range(1, 10)
+    ]
+
+
+def test_the_standard_strength_is_at_least_as_strong_as_the_fast_one(trained_run, band_data):
+    common = dict(eps=(0, 4 / 255, 8 / 255), n_examples=64, reference_examples=0, progress=False)
+    fast = run_attacks.evaluate_run(trained_run, strength="fast", data_dir=str(band_data), **common)
+    standard = run_attacks.evaluate_run(trained_run, data_dir=str(band_data), **common)  # the default
+    assert standard["settings"]["strength"] == "standard" and fast["settings"]["steps"] == 10
+    for f, s in zip(fast["budgets"], standard["budgets"]):
+        # the same attacks first, then the boundary stage: robust there means robust at the fast strength
+        assert not (bits(s) & ~bits(f)).any()
+    extra = sum(n for b in standard["budgets"] for k, n in b["broken_by"].items() if k.startswith("boundary"))
+    assert extra > 0  # and what it broke stood after the fast attacks
+    assert sum(b["n_robust"] for b in standard["budgets"]) < sum(b["n_robust"] for b in fast["budgets"])
 
 
 def test_progress_callback_sees_every_stage_and_the_steps_spent():
@@ -456,6 +525,7 @@ def test_a_reference_gap_warns_on_every_attacked_row():
         eps=(0, 0.01, 0.02, 0.05),
         attacks=("apgd-ce",),
         steps=1,
+        strength="fast",
         reference_examples=40,
         reference_steps=20,
         reference_targets=9,
@@ -468,6 +538,41 @@ def test_a_reference_gap_warns_on_every_attacked_row():
     assert all("reference" in b["warnings"] for b in result["budgets"][1:])
     rows = attack_results.result_rows(result)
     assert all("reference" in row["warnings"] for row in rows[1:]) and rows[0]["warnings"] == "ok"
+
+
+@pytest.mark.parametrize("seed, fails", [(4, True), (3, False)])
+def test_the_reference_on_the_examples_nearest_the_boundary_catches_a_weakened_attack(seed, fails):
+    # One step of APGD-CE and no targets: a deliberately weak attack, 5 points too high on seed 4's
+    # model (known exactly: the model is linear), half a point on seed 3's. The reference runs on the
+    # 20 of 200 survivors nearest the decision boundary: they hold every example the attack missed,
+    # where a random 20 would hold a tenth of them.
+    model, x, y = linear_problem(classes=10, n=200, seed=seed)
+    result = evaluate_robustness(
+        model,
+        x,
+        y,
+        eps=(0, 0.02, 0.05),
+        attacks=("apgd-ce",),
+        steps=1,
+        strength="fast",
+        reference_examples=20,
+        reference_steps=20,
+        reference_targets=9,
+        square_queries=20,
+        progress=False,
+    )
+    reference = result["reference_check"]
+    exact = [analytic_robust(model, x, y, e).float().mean().item() for e in reference["eps"]]
+    softness = max(d - e for d, e in zip(reference["default_acc"], exact))
+    assert reference["attacked"] == [20, 20] and reference["reference_acc"] == pytest.approx(exact)
+    check = next(c for c in result["checks"] if c["name"] == "reference")
+    assert (softness >= 0.03, check["ok"]) == (fails, not fails)
+    if fails:
+        assert (
+            "on the 20 survivors nearest the decision boundary lowers robust accuracy by" in check["message"]
+        )
+        assert f"{softness:.3f}" in check["message"] and "every budget may be too high" in check["message"]
+        assert all("reference" in b["warnings"] for b in result["budgets"][1:])
 
 
 def test_check_functions():
@@ -593,6 +698,43 @@ def test_attack_runs_reuses_a_result_only_for_the_same_settings(two_runs, band_d
         )
 
 
+def test_a_result_saved_before_the_strengths_still_reads_and_is_attacked_again(
+    two_runs, band_data, tmp_path, monkeypatch
+):
+    settings = AttackSettings(
+        eps=(0, 8 / 255), n_examples=8, steps=2, reference_examples=4, reference_steps=3, square_queries=10
+    )
+    run_attacks.attack_runs(two_runs[:1], settings, plot=None, progress=False, data_dir=str(band_data))
+    path = two_runs[0] / "robustness.json"
+    old = json.loads(path.read_text())  # as the evaluation saved it before strengths and the boundary stage
+    for key in ("strength", "boundary_examples", "boundary_steps", "boundary_targets"):
+        del old["settings"][key]
+    old["settings"]["targets"] = 3
+    for key in ("attacked", "examples", "selection"):
+        del old["reference_check"][key]
+    runs.atomic_write_json(path, old)
+    rows = attack_results.result_rows(old)
+    assert [r["eps"] for r in rows] == ["0", "8/255"] and rows[1]["reference_gap"] is not None
+    attack_results.robustness_table([old]).print()
+    attack_results.plot_robustness([old], tmp_path / "old.png")
+    old_check = masking.ReferenceCheck(
+        **{
+            k: old["reference_check"][k]
+            for k in ("n", "eps", "default_acc", "reference_acc", "steps", "targets")
+        }
+    )
+    assert f"on {old_check.n} examples" in masking.check_reference(old_check, 0.01).message
+    # Another configuration than today's defaults: reuse attacks it again (and saves the new result).
+    attacked = []
+    real = run_attacks.evaluate_run
+    monkeypatch.setattr(run_attacks, "evaluate_run", lambda *a, **k: attacked.append(1) or real(*a, **k))
+    again = run_attacks.attack_runs(
+        two_runs[:1], settings, plot=None, progress=False, reuse=True, data_dir=str(band_data)
+    )
+    assert attacked == [1] and again[0]["settings"]["strength"] == "standard"
+    assert json.loads(path.read_text())["settings"] == again[0]["settings"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -689,7 +831,14 @@ def test_study_settings_come_from_the_preset_options_and_are_checked(tmp_path):
         return study.StudyContext(preset, tmp_path, (0,), {})
 
     quick = robustness.attack_settings(context({}))
-    assert (quick.n_examples, quick.eps) == (500, settings.DEFAULT_EPS)
+    assert (quick.n_examples, quick.eps, quick.strength) == (500, settings.DEFAULT_EPS, "standard")
+    assert robustness.attack_settings(context({"robustness": {"strength": "fast"}})).strength == "fast"
+    for name in ("quick", "standard", "paper"):  # every preset evaluates at the standard strength
+        assert robustness.attack_settings(
+            study.StudyContext(study.PRESETS[name], tmp_path, (0,), {})
+        ).boundary_stage()
+    described = robustness.describe_attacks(quick)
+    assert "then APGD-CE-30 + APGD-T-30 on every other class for the 50 nearest the boundary" in described
     assert robustness.smoothing_sigmas(context({})) == (0.0, 0.5, 1.0, 2.0)
     assert robustness.attack_settings(context({"robustness": {"steps": 3}})).steps == 3
     with pytest.raises(SpatialmixError, match="robustness.stepz"):

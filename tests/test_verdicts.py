@@ -455,6 +455,22 @@ def test_a_robustness_json_of_another_evaluation_is_not_paired(tmp_path):
     assert "seed-paired" in by_claim(verdicts_for_study(study), "2a")[0].estimate.method
 
 
+def test_a_failed_attack_check_is_flagged_on_the_claim_2_line_from_study_and_run_folders(tmp_path):
+    study = make_study(tmp_path / "study")
+    assert "attack check failed" not in by_claim(verdicts_for_study(study), "2a")[0].details
+    path = study / "classification" / "full-seed1" / "robustness.json"
+    saved = json.loads(path.read_text())
+    saved["checks"] = [{"name": "reference", "ok": False}, {"name": "chance", "ok": True}]
+    path.write_text(json.dumps(saved))
+    # results.json written before it listed the failed checks: the run's robustness.json says
+    from_study = by_claim(verdicts_for_study(study), "2a")[0]
+    from_runs = by_claim(verdicts_for_runs(sorted((study / "classification").iterdir())), "2a")[0]
+    for verdict in (from_study, from_runs):
+        assert verdict.details.startswith("attack check failed (reference) in 1 of 6 runs")
+        assert "McNemar" in verdict.details and verdict.verdict == SUPPORTS  # flagged, not changed
+    assert "attack check failed" in verdict_table([from_study]).rows[0]["how"]
+
+
 def test_a_damaged_robustness_json_falls_back_to_the_seeds(tmp_path):
     study = make_study(tmp_path / "study")
     (study / "classification" / "full-seed2" / "robustness.json").write_text("{oops")

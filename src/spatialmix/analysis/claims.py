@@ -283,11 +283,22 @@ def _with_examples(estimate: Estimate, n: int | None) -> Estimate:
     return estimate if estimate.n_examples is not None or n is None else replace(estimate, n_examples=n)
 
 
+def attack_check_note(records: list[dict]) -> str:
+    """A claim-2 line's flag when the attack checks of some of its runs failed (``failed_checks``)."""
+    failed = [
+        r["failed_checks"] for r in records if isinstance(r.get("failed_checks"), list) and r["failed_checks"]
+    ]
+    names = ", ".join(dict.fromkeys(str(name) for names in failed for name in names))
+    return f"attack check failed ({names}) in {len(failed)} of {len(records)} runs" if failed else ""
+
+
 def robustness_verdicts(records: list[dict], scope: str = "", level: float = LEVEL) -> list[Verdict]:
     """2a per budget from per-run records: ``mode``, ``seed``, ``robust_acc`` and optional ``robust_bits``
-    (both ``{eps_label: ...}``) and ``examples_sha256`` (which examples were attacked). Examples are
-    paired only when every record that names its examples names the same ones."""
+    (both ``{eps_label: ...}``), ``examples_sha256`` (which examples were attacked) and ``failed_checks``
+    (flagged on the line). Examples are paired only when every record that names its examples names
+    the same ones."""
     same_examples = len({r.get("examples_sha256") for r in records} - {None}) <= 1
+    note = attack_check_note([r for r in records if mode_name(r.get("mode")) in ("chans", "full")])
     out = []
     for label in _budget_labels(records):
         side = {
@@ -319,7 +330,7 @@ def robustness_verdicts(records: list[dict], scope: str = "", level: float = LEV
                 f"{CLAIMS['2a'].effect} at eps {label}",
                 estimate,
                 scope,
-                _mcnemar_text(tests, ("Chans", "Full")),
+                "; ".join(x for x in (note, _mcnemar_text(tests, ("Chans", "Full"))) if x),
             )
         )
     return out
@@ -335,6 +346,7 @@ def smoothing_verdicts(
         for r in records
         if mode_name(r.get("mode", "chans")) == "chans" and finite_number(r.get("smooth_sigma")) is not None
     ]
+    note = attack_check_note(chans)
     out = []
     for label in _budget_labels(chans):
         by_seed: dict = {}
@@ -349,9 +361,8 @@ def smoothing_verdicts(
             continue
         estimate = replace(seed_slopes(by_seed, level), n_examples=n_examples)
         sigmas = ", ".join(f"{s:g}" for s in sorted({x for xs, _ in by_seed.values() for x in xs}))
-        out.append(
-            _verdict("2b", f"{CLAIMS['2b'].effect} at eps {label}", estimate, scope, f"sigmas {sigmas}")
-        )
+        details = "; ".join(x for x in (note, f"sigmas {sigmas}") if x)
+        out.append(_verdict("2b", f"{CLAIMS['2b'].effect} at eps {label}", estimate, scope, details))
     return out
 
 

@@ -159,6 +159,12 @@ def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _failed_checks(checks) -> list[str]:
+    """The names of the failed checks in a robustness.json's ``checks`` (untrusted: others skipped)."""
+    items = checks if isinstance(checks, list) else []
+    return [str(c.get("name"))[:40] for c in items if isinstance(c, dict) and c.get("ok") is False]
+
+
 def reproduce_commands(out_dir: Path, preset: str | None = None) -> dict[str, str]:
     preset_flag = f" --preset {preset}" if preset and preset != "quick" else ""
     return {
@@ -195,6 +201,8 @@ def robust_records(study_data: dict, out_dir: Path) -> list[dict]:
         record["robust_bits"] = _matching_bits(result, settings, _dict(saved.get("robust_acc")))
         if record["robust_bits"]:
             record["examples_sha256"] = result.get("examples_sha256")
+            # (results.json written before it listed the failed checks: the run's own file says)
+            record.setdefault("failed_checks", _failed_checks(result.get("checks")))
         records.append(record)
     return records
 
@@ -371,6 +379,7 @@ def _run_robust_record(run: _FinishedRun) -> dict | None:
         "robust_bits": {b.get("eps_label"): b.get("robust_bits") for b in budgets},
         "examples_sha256": run.robustness.get("examples_sha256"),
         "n_examples": run.robustness.get("n_examples"),
+        "failed_checks": _failed_checks(run.robustness.get("checks")),
         "attack": json.dumps(
             [
                 {k: v for k, v in _dict(run.robustness.get("settings")).items() if k != "device"},

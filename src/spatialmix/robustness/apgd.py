@@ -36,6 +36,8 @@ class Outcome:
     gradient_steps: int  # forward-backward passes, summed over examples (the attack's cost)
     loss: torch.Tensor | None = None  # APGD: the loss and its gradient at ``adv`` where not broken, so a
     grad: torch.Tensor | None = None  # warm start from there needs no forward-backward pass of its own
+    margin: torch.Tensor | None = None  # the smallest z_y - max_(j != y) z_j the attack reached (how near
+    # the decision boundary it took each example; inf where it evaluated no point of its own)
 
 
 def project(adv: torch.Tensor, x: torch.Tensor, eps, norm: str) -> torch.Tensor:
@@ -134,8 +136,15 @@ def _chunks(n: int, device: torch.device) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - max_(j != y) z_j per example: negative where the model misclassifies."""
+    rows = torch.arange(len(y), device=y.device)
+    correct = logits[rows, y]
+    return correct - logits.index_put((rows, y), torch.tensor(-torch.inf, device=logits.device)).amax(1)
+
+
 def _loss_and_grad(model: nn.Module, x: torch.Tensor, y, target, loss_fn):
-    losses, grads, wrong = [], [], []
+    losses, grads, wrong, margin = [], [], [], []
     for part in _chunks(len(x), x.device):
         xp = x[part].detach().requires_grad_(True)
         with torch.enable_grad():
@@ -145,9 +154,10 @@ def _loss_and_grad(model: nn.Module, x: torch.Tensor, y, target, loss_fn):
         losses.append(loss.detach())
         grads.append(grad.detach())
         wrong.append(logits.detach().argmax(1) != y[part])
+        margin.append(margins(logits.detach(), y[part]))
     if len(losses) == 1:
-        return losses[0], grads[0], wrong[0]
-    return torch.cat(losses), torch.cat(grads), torch.cat(wrong)
+        return losses[0], grads[0], wrong[0], margin[0]
+    return torch.cat(losses), torch.cat(grads), torch.cat(wrong), torch.cat(margin)
 
 
 def apgd(
@@ -180,10 +190,12 @@ def apgd(
     if start_grad is not None:
         x_adv, loss_now, grad, cost = start, start_loss, start_grad, 0
         wrong = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        margin = torch.full((len(x),), torch.inf, device=x.device)
     else:
         x_adv = project(start, x, eps, norm) if start is not None else random_start(x, eps, norm, generator)
-        loss_now, grad, wrong = _loss_and_grad(model, x_adv, y, target, loss_fn)
+        loss_now, grad, wrong, margin = _loss_and_grad(model, x_adv, y, target, loss_fn)
         cost = len(x)
+    closest = margin.clone()
     b = _Batch(
         x=x,
         y=y,
@@ -198,9 +210,10 @@ def apgd(
         step=torch.full((len(x),), 2.0 * eps, dtype=x.dtype, device=x.device),
         reduced=torch.ones(len(x), dtype=torch.bool, device=x.device),
         increases=torch.zeros(len(x), device=x.device),
+        margin=margin,
         **({"target": target} if target is not None else {}),
     )
-    _retire(b, wrong, broken, adv)
+    _retire(b, wrong, broken, adv, closest)
     window, min_window, shrink = (
         max(int(0.22 * steps), 1),
         max(int(0.06 * steps), 1),
@@ -219,7 +232,8 @@ def apgd(
                 t["x_adv"] + a * (z - t["x_adv"]) + (1 - a) * (t["x_adv"] - t["x_prev"]), t["x"], eps, norm
             )
         t["x_prev"], t["x_adv"] = t["x_adv"], new
-        loss_now, t["grad"], wrong = _loss_and_grad(model, new, t["y"], t.get("target"), loss_fn)
+        loss_now, t["grad"], wrong, margin = _loss_and_grad(model, new, t["y"], t.get("target"), loss_fn)
+        t["margin"] = torch.minimum(t["margin"], margin)
         cost += len(b)
         t["increases"] = t["increases"] + (loss_now > t["loss"]).float()
         t["loss"] = loss_now
@@ -227,7 +241,7 @@ def apgd(
         t["best"] = torch.where(_rows(improved, x), new, t["best"])
         t["grad_best"] = torch.where(_rows(improved, x), t["grad"], t["grad_best"])
         t["loss_best"] = torch.where(improved, loss_now, t["loss_best"])
-        _retire(b, wrong, broken, adv)
+        _retire(b, wrong, broken, adv, closest)
         since_check += 1
         if since_check == window and len(b):
             _checkpoint(b.t, window, rho, x)
@@ -237,7 +251,8 @@ def apgd(
     end_loss, end_grad = torch.zeros(len(x), device=x.device), torch.zeros_like(x)
     end_loss[b.index.to(x.device)] = b.t["loss_best"]
     end_grad[b.index.to(x.device)] = b.t["grad_best"]
-    return Outcome(broken, adv, cost, end_loss, end_grad)
+    closest[b.index.to(x.device)] = b.t["margin"]
+    return Outcome(broken, adv, cost, end_loss, end_grad, closest.cpu())
 
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -257,12 +272,15 @@ def _checkpoint(t: dict, window: int, rho: float, like: torch.Tensor) -> None:
     t["grad"] = torch.where(_rows(reduce, like), t["grad_best"], t["grad"])
 
 
-def _retire(b: _Batch, wrong: torch.Tensor, broken: torch.Tensor, adv: torch.Tensor) -> None:
-    """Examples misclassified at their current point are done: record the point, drop them."""
+def _retire(
+    b: _Batch, wrong: torch.Tensor, broken: torch.Tensor, adv: torch.Tensor, closest: torch.Tensor
+) -> None:
+    """Examples misclassified at their current point are done: record the point and margin, drop them."""
     if wrong.any():
         idx = b.index[wrong.cpu()]
         broken[idx] = True
         adv[idx] = b.t["x_adv"][wrong].to(adv.dtype)
+        closest[idx.to(closest.device)] = b.t["margin"][wrong]
         b.keep(~wrong)
 
 
@@ -290,25 +308,29 @@ def pgd(
     else:
         x_adv = _uniform_start(x, eps, norm, generator) if random else x.clone()
     alpha = step_size * eps / steps
-    b = _Batch(x=x, y=y, x_adv=x_adv)
+    closest = torch.full((len(x),), torch.inf, device=x.device)
+    b = _Batch(x=x, y=y, x_adv=x_adv, margin=closest.clone())
     cost = 0
     for i in range(steps + 1):
         if i < steps:  # the forward pass of each gradient also says which examples are already broken
-            _, grad, wrong = _loss_and_grad(model, b.t["x_adv"], b.t["y"], None, ce_loss)
+            _, grad, wrong, margin = _loss_and_grad(model, b.t["x_adv"], b.t["y"], None, ce_loss)
             cost += len(b)
         else:
             with torch.no_grad():
-                wrong = forward(model, b.t["x_adv"]).argmax(1) != b.t["y"]
+                logits = forward(model, b.t["x_adv"])
+            wrong, margin = logits.argmax(1) != b.t["y"], margins(logits, b.t["y"])
         if i > 0 or random or start is not None:  # (FGSM's clean start is not an adversarial example)
             keep = ~wrong
-            _retire(b, wrong, broken, adv)
+            b.t["margin"] = torch.minimum(b.t["margin"], margin)
+            _retire(b, wrong, broken, adv, closest)
             grad = grad[keep] if i < steps else grad
         if not len(b) or i == steps:
             break
         with torch.no_grad():
             b.t["x_adv"] = project(b.t["x_adv"] + alpha * _direction(grad, norm), b.t["x"], eps, norm)
     adv[b.index] = b.t["x_adv"].to(adv.dtype)
-    return Outcome(broken, adv, cost)
+    closest[b.index.to(x.device)] = b.t["margin"]
+    return Outcome(broken, adv, cost, margin=closest.cpu())
 
 
 def _uniform_start(x: torch.Tensor, eps: float, norm: str, generator) -> torch.Tensor:

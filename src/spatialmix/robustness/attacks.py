@@ -131,6 +131,9 @@ class Attacker:
         self.gradient_steps = 0
         self.outside_ball = 0  # adversarial examples an attack returned outside the ball or [0, 1]
         self.max_perturbation: dict[float, float] = {}
+        # per budget, the smallest margin z_y - max_(j != y) z_j any attack reached inside its ball
+        # (inf: none got there); the survivors with the smallest are the nearest the decision boundary
+        self.closest: dict[float, torch.Tensor] = {}
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,6 +181,7 @@ class Attacker:
                 outcome.adv[claimed], x[claimed], y[claimed], idx[part][claimed], eps
             )
             ends.store(part, outcome)
+            self._note_margins(eps, idx[part], outcome)
         self.progress(f"{tag}: {attack} at eps {eps_label(eps)}", self.gradient_steps)
         return broken, ends
 
@@ -246,6 +250,25 @@ class Attacker:
             claimed = (apgd.forward(self.model, project(adv, x, eps, self.s.norm)).argmax(1) != y).cpu()
         return apgd.Outcome(claimed, adv, 0)
 
+    def _note_margins(self, eps: float, idx: torch.Tensor, outcome: apgd.Outcome) -> None:
+        if outcome.margin is not None:
+            closest = self.closest.setdefault(eps, torch.full((len(self.y),), math.inf))
+            closest[idx] = torch.minimum(closest[idx], outcome.margin.float())
+
+    def nearest_the_boundary(
+        self, eps: float, n: int | None, skip: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The (at most ``n``; None: all) examples standing at ``eps`` whose smallest margin there is
+        the smallest, nearest first (ties in the evaluation's order), but those of ``skip``."""
+        among = None
+        if skip is not None:
+            among = torch.ones(len(self.y), dtype=torch.bool)
+            among[skip] = False
+        idx = self.standing(eps, among)
+        closest = self.closest.get(eps, torch.full((len(self.y),), math.inf))[idx]
+        order = torch.sort(closest, stable=True).indices
+        return idx[order[:n]] if n is not None else idx[order]
+
     def _verify(self, adv, x, y, idx, eps) -> torch.Tensor:
         """Project into the ball, classify again, record the distances of the misclassified points."""
         norm = self.s.norm
@@ -271,7 +294,11 @@ def _merge(first: apgd.Outcome, second: apgd.Outcome, todo: torch.Tensor) -> apg
     adv[todo] = second.adv
     broken = first.broken.clone()
     broken[todo] = second.broken
-    return apgd.Outcome(broken, adv, first.gradient_steps + second.gradient_steps)
+    margin = None
+    if first.margin is not None and second.margin is not None:
+        margin = first.margin.clone()
+        margin[todo] = torch.minimum(margin[todo], second.margin)
+    return apgd.Outcome(broken, adv, first.gradient_steps + second.gradient_steps, margin=margin)
 
 
 @dataclass
@@ -332,6 +359,15 @@ def attack_plan(settings: AttackSettings, targets: int | None = None) -> list[st
 # --------------------------------------------------------------------------- the evaluation
 
 
+def boundary_plan(settings: AttackSettings, num_classes: int) -> list[str]:
+    """The boundary stage's attacks: APGD-CE, then APGD-T on ``boundary_targets`` classes (None: every
+    other class, none when the model has too few for the targeted DLR loss)."""
+    targets = settings.boundary_targets
+    if targets is None:
+        targets = num_classes - 1 if num_classes >= DLR_MIN_CLASSES else 0
+    return ["apgd-ce"] + [f"apgd-t{j}" for j in range(1, targets + 1)]
+
+
 @dataclass
 class Budget:
     """What the default attacks did at one budget."""
@@ -339,10 +375,12 @@ class Budget:
     eps: float
     broken_by: dict[str, int] = field(default_factory=dict)  # per attack, the examples it broke here
     default_robust: torch.Tensor | None = None  # robust after the default attacks alone
+    boundary: torch.Tensor | None = None  # the examples the boundary stage attacked here
 
 
 def attack_every_budget(attacker: Attacker, s: AttackSettings) -> list[Budget]:
-    """The default evaluation: every attack at every budget, smallest first, on what still stands."""
+    """The default evaluation: every attack at every budget, smallest first, on what still stands;
+    at the standard strength, then the boundary stage."""
     plan = attack_plan(s)
     starts: dict[str, WarmStart] = {}  # per attack, where each example ended at the last budget
     budgets = []
@@ -354,6 +392,23 @@ def attack_every_budget(attacker: Attacker, s: AttackSettings) -> list[Budget]:
             broken, ends = attacker.run(attack, eps, idx, start=start, tag="default")
             budget.broken_by[attack] = int(broken.sum())
             starts.setdefault(attack, WarmStart(attacker.x.clone())).put(idx, ends)
+        if eps > 0 and s.boundary_stage():
+            boundary_stage(attacker, s, budget)
         budget.default_robust = attacker.robust(eps).clone()
         budgets.append(budget)
     return budgets
+
+
+def boundary_stage(attacker: Attacker, s: AttackSettings, budget: Budget) -> None:
+    """Stronger attacks (longer APGD, every target class) on the survivors nearest the decision boundary.
+
+    What a short attack misses are examples it brought near the boundary without crossing it:
+    the survivors with the smallest margin the attacks reached hold nearly all of them, so a
+    strong attack there closes most of the gap to a strong attack everywhere, at a fraction of
+    its cost (an example that stands costs every step of every attack). From random starts.
+    """
+    budget.boundary = todo = attacker.nearest_the_boundary(budget.eps, s.boundary_examples)
+    for attack in boundary_plan(s, attacker.num_classes):
+        broken, _ = attacker.run(attack, budget.eps, todo, steps=s.boundary_steps, tag="boundary")
+        budget.broken_by[f"boundary {attack}"] = int(broken.sum())
+        todo = todo[~broken]

@@ -28,14 +28,15 @@ from spatialmix.studies.context import StudyContext, classification_run_dir, tra
 from spatialmix.ui.display import ResultTable, mean_std, say
 
 # Defaults for a preset that sets no robustness options (the quick preset sets its own): a fixed
-# subset of 500 test images, APGD-CE-10 and APGD-T-10 on one target class (measured within 1 point of
-# 100-step APGD-CE + APGD-T on 9 targets at every budget; see the README), on the examples still
-# standing; the reference (one target, to fit the time) and the masking checks on 50 of them.
+# subset of 500 test images and the standard strength of AttackSettings (APGD-CE-10 and APGD-T-10 on
+# one target class on the examples still standing, then 30-step APGD-CE and APGD-T on every other
+# class for the 50 nearest the decision boundary: within 1 point of 100-step AutoAttack at every
+# budget on the quick preset's models, README); the reference (one target, to fit the time) on the
+# 50 survivors nearest the boundary after those, the masking checks on the first 50.
 ROBUSTNESS_DEFAULTS = {
     "eps": DEFAULT_EPS,
     "norm": "Linf",
     "n_examples": 500,
-    "targets": 1,
     "reference_examples": 50,
     "reference_targets": 1,
     "square_queries": 300,
@@ -218,6 +219,11 @@ def describe_attacks(settings: AttackSettings) -> str:
         "fgsm": "FGSM",
     }
     text = ", ".join(names[a] for a in settings.attacks)
+    if settings.boundary_stage():
+        steps, targets = settings.boundary_steps, settings.boundary_targets
+        targets = "every other class" if targets is None else f"{targets} targets"
+        near = settings.boundary_examples or "all"
+        text += f", then APGD-CE-{steps} + APGD-T-{steps} on {targets} for the {near} nearest the boundary"
     return (
         text
         + (f" (x{settings.restarts} restarts)" if settings.restarts > 1 else "")
@@ -281,6 +287,7 @@ def study_data(results: list[dict], settings: AttackSettings, key: str) -> dict:
             "clean_acc": r["clean_acc"],
             "robust_acc": {b["eps_label"]: b["robust_acc"] for b in r["budgets"]},
             "warnings": r["warnings"],
+            "failed_checks": [c["name"] for c in r.get("checks", []) if not c["ok"]],
             "time_s": r.get("time_s"),
         }
         for r in results
