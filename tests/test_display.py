@@ -69,7 +69,7 @@ def test_piped_without_columns_one_line_per_row(monkeypatch):
 
 def test_say_keeps_a_long_line_whole_when_piped(monkeypatch):
     out = io.StringIO()
-    monkeypatch.setattr(display.console, "file", out)
+    monkeypatch.setattr(display.console, "_file", out)  # (restored to None: stderr, whatever it is then)
     line = "train epoch 3/10: train loss 0.4321 acc 0.8765 | test loss 0.3210 acc 0.8899 | " + "x" * 100
     say(line)
     assert out.getvalue() == line + "\n"
