@@ -43,7 +43,7 @@ QUICK = Preset(
     "quick",
     "Fashion-MNIST, ConvMixer-64/4 (kernel 5, patch 2), 45,000 images x 1 epoch without "
     "augmentation; Full and Chans 6 seeds, Space and the robustness, smoothing and un-shuffling "
-    "studies 3: about 10 minutes on 2 CPU cores",
+    "studies 3: about 15-20 minutes on 2 CPU cores",
     # Patch 2 leaves 14 x 14 tokens for the spatial mixers to work on (patch 4's 7 x 7 leaves little).
     # Measured (Full, seed 0, one epoch, lr 0.04 at batch 64): flip augmentation costs a single epoch
     # 2.5 points (0.846 with it, 0.872 without on 30,000 images); without it, 45,000 images reach
