@@ -180,6 +180,11 @@ class TrainConfig:
     weight_decay: float = option(0.01, "weight decay of the matrices and filters (none for norms and biases)")
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy, in [0, 1)")
     clip_grad: float = option(1.0, "clip the gradient norm to this (0: off)")
+    ema_decay: float = option(
+        0.0,
+        "evaluate, save and attack an exponential moving average of the weights with this decay per "
+        "step (0: off, the last weights; e.g. 0.999)",
+    )
     # speed
     amp: str = option("auto", "mixed precision: auto (bf16 where native), bf16, none", choices=AMP_CHOICES)
     channels_last: bool = option(True, "channels-last memory format (faster convolutions on most hardware)")
@@ -269,6 +274,11 @@ class TrainConfig:
                 raise SpatialmixError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
         if self.label_smoothing >= 1:
             raise SpatialmixError(f"label smoothing must be below 1, got {self.label_smoothing}")
+        if not (0 <= self.ema_decay < 1):
+            raise SpatialmixError(
+                f"--ema-decay must be in [0, 1) (0: off; 0.999 averages about the last 1,000 steps), "
+                f"got {self.ema_decay}"
+            )
         self.spatial_init_spec(), self.channel_init_spec()
         return self
 

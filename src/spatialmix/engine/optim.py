@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from spatialmix.core.mixing import trainable_parameters
 from spatialmix.engine.config import TrainConfig
@@ -23,6 +24,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over :func:`parameter_groups` (the ConvMixer recipe's optimizer)."""
     return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+
+
+def moving_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """torch's exponential moving average of ``model``'s weights and buffers (None for ``decay`` 0).
+
+    A frozen tensor stays bitwise what it was: the first update copies it, and every later one is
+    ``torch.lerp`` between two equal tensors, which returns them exactly."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def piecewise_linear_lr(step: int, total_steps: int, lr_max: float) -> float:

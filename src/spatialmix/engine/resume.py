@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from spatialmix.core.mixing import applied_inits, frozen_fingerprint, summarize
 from spatialmix.data.datasets import ImageData
@@ -29,6 +30,9 @@ from spatialmix.io import run_files, runs
 from spatialmix.io.paths import check_folder_path
 from spatialmix.io.run_files import validate_progress
 from spatialmix.version import __version__
+
+# The training state's entries of a run with a moving average (its model file holds the average).
+TRAINED_WEIGHTS, AVERAGED_STEPS = "trained_weights", "averaged_steps"
 
 
 @dataclass
@@ -158,13 +162,23 @@ def _set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state_all(list(cuda)[: torch.cuda.device_count()])
 
 
-def save_state(run_dir: Path, model: nn.Module, optimizer, state: TrainState) -> None:
+def save_state(
+    run_dir: Path, model: nn.Module, optimizer, state: TrainState, averaged: AveragedModel | None = None
+) -> None:
+    """Save a checkpoint. Its model file holds the weights the run is judged by: the moving average
+    when there is one (what evaluation, ``attack`` and ``Run.model()`` read), and then the weights
+    being trained and the average's count go into the training state, for resuming."""
     train_state = {
         "optimizer": optimizer.state_dict(),
         "rng": _rng_state(),
         "progress": {k: v for k, v in dataclasses.asdict(state).items()},
     }
-    runs.save_checkpoint(run_dir, state.epoch, model.state_dict(), train_state)
+    weights = model.state_dict()
+    if averaged is not None:
+        train_state[TRAINED_WEIGHTS] = weights
+        train_state[AVERAGED_STEPS] = averaged.n_averaged.detach().cpu().clone()
+        weights = averaged.module.state_dict()
+    runs.save_checkpoint(run_dir, state.epoch, weights, train_state)
 
 
 def saved_metrics(run_dir: Path) -> list[dict] | None:
@@ -175,7 +189,12 @@ def saved_metrics(run_dir: Path) -> list[dict] | None:
 
 
 def restore_newest(
-    run_dir: Path, model: nn.Module, optimizer, init_fingerprint: str, say: bool
+    run_dir: Path,
+    model: nn.Module,
+    optimizer,
+    init_fingerprint: str,
+    say: bool,
+    averaged: AveragedModel | None = None,
 ) -> TrainState | None:
     """Load the newest checkpoint that is complete and readable; None when there is none (start over).
 
@@ -194,7 +213,7 @@ def restore_newest(
     epochs = saved_config(run).epochs if candidates else 0  # no checkpoint may be past them
     for folder in candidates:
         try:
-            state = _restore(run, model, optimizer, folder, init_fingerprint, epochs)
+            state = _restore(run, model, optimizer, folder, init_fingerprint, epochs, averaged)
         except SpatialmixError as err:
             problem = problem or err
             continue
@@ -219,13 +238,28 @@ def restore_newest(
 
 
 def _restore(
-    run: runs.Run, model: nn.Module, optimizer, folder: Path, init_fingerprint: str, epochs: int
+    run: runs.Run,
+    model: nn.Module,
+    optimizer,
+    folder: Path,
+    init_fingerprint: str,
+    epochs: int,
+    averaged: AveragedModel | None = None,
 ) -> TrainState:
     model_state, train_state = runs.load_checkpoint(folder, run.path)
     state_file = folder / runs.STATE_FILE
     epoch = int(runs.CHECKPOINT_NAME.fullmatch(folder.name).group(1))
     progress = validate_progress(train_state, state_file, epoch, epochs)
+    if (averaged is not None) != (TRAINED_WEIGHTS in train_state):
+        raise SpatialmixError(
+            f"checkpoint {folder} was saved {'without' if averaged is not None else 'with'} a moving "
+            f"average of the weights (ema_decay); start a new run with another --out"
+        )
     try:
+        if averaged is not None:
+            averaged.module.load_state_dict(model_state)
+            averaged.n_averaged.copy_(train_state[AVERAGED_STEPS])
+            model_state = train_state[TRAINED_WEIGHTS]
         model.load_state_dict(model_state)
         optimizer.load_state_dict(train_state["optimizer"])
         _set_rng_state(train_state["rng"])
@@ -235,7 +269,8 @@ def _restore(
             f"checkpoint {folder} does not match this run's model ({first}); "
             f"start a new run with another --out"
         ) from None
-    if frozen_fingerprint(model) != init_fingerprint:
+    averaged_fingerprint = init_fingerprint if averaged is None else frozen_fingerprint(averaged.module)
+    if {frozen_fingerprint(model), averaged_fingerprint} != {init_fingerprint}:
         raise SpatialmixError(
             f"checkpoint {folder}: frozen tensors differ from the ones this config rebuilds; "
             f"the checkpoint belongs to another config or was modified"

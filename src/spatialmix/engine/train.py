@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from spatialmix.accel import speed
 from spatialmix.core.mixing import frozen_fingerprint, trainable_parameters
@@ -28,7 +29,7 @@ from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.device import autocast_context, resolve_amp, resolve_device
 from spatialmix.engine.divergence import all_finite, what_became_non_finite
 from spatialmix.engine.loaders import load_data_for, make_loaders
-from spatialmix.engine.optim import make_optimizer, piecewise_linear_lr
+from spatialmix.engine.optim import make_optimizer, moving_average, piecewise_linear_lr
 from spatialmix.engine.resume import (
     TrainState,
     prepare_run_dir,
@@ -82,6 +83,13 @@ class _Session:
     steps_this_call: int = 0
     test_correct: torch.Tensor | None = None  # per example, from this call's last evaluation
     evaluated_this_call: bool = False
+    averaged: AveragedModel | None = None  # the moving average of the weights (config.ema_decay > 0)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model that is evaluated, saved as the run's weights and attacked: the moving average of
+        the weights when the config asks for one, else the trained module itself."""
+        return self.model if self.averaged is None else self.averaged.module
 
     @property
     def device(self) -> torch.device:
@@ -197,7 +205,12 @@ def _start_or_resume(
     optimizer = make_optimizer(model, config)
     state = TrainState()
 
-    restored = restore_newest(run_dir, model, optimizer, init_fingerprint, world.is_main) if resume else None
+    averaged = moving_average(model, config.ema_decay)
+    restored = (
+        restore_newest(run_dir, model, optimizer, init_fingerprint, world.is_main, averaged)
+        if resume
+        else None
+    )
     if restored is not None:
         state = restored
         if (
@@ -234,6 +247,7 @@ def _start_or_resume(
         record,
         init_fingerprint,
         callbacks,
+        averaged=averaged,
     )
     summary = runs.Run(run_dir).summary() if resume and state.epoch >= config.epochs else None
     if summary is not None:
@@ -278,6 +292,8 @@ def _one_epoch(s: _Session, epoch: int, criterion, progress: TrainProgress, max_
         if config.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(trainable, config.clip_grad)
         s.optimizer.step()
+        if s.averaged is not None:
+            s.averaged.update_parameters(s.model)
         state.step += 1
         s.steps_this_call += 1
         n = len(targets)
@@ -304,12 +320,12 @@ def _evaluate_and_checkpoint(s: _Session, epoch: int, totals) -> dict:
     loss_sum, score_sum, seen, epoch_time = totals
     # Evaluate the model rank 0 saves (without SyncBatchNorm the running statistics of the ranks
     # differ); every rank evaluates its shard of the test set, and the means combine.
-    distributed.broadcast_buffers(s.model)
-    evaluation = s.task.evaluate(s.model, s.test_loader, s.device, s.amp)
+    distributed.broadcast_buffers(s.evaluated)
+    evaluation = s.task.evaluate(s.evaluated, s.test_loader, s.device, s.amp)
     s.evaluated_this_call = True
     s.test_correct = evaluation.pop("correct", None)  # per example; only rank 0's shard under DDP
     test = distributed.mean_over_ranks(evaluation, s.test_loader.num_examples(), s.device)
-    stop_if_not_finite(s.run_dir, s.state, s.model, test, epoch, s.config, s.device)
+    stop_if_not_finite(s.run_dir, s.state, s.evaluated, test, epoch, s.config, s.device)
     s.state.epoch = epoch + 1
     s.state.best_score = max(s.state.best_score, test[s.task.score])
     metrics = {
@@ -325,14 +341,14 @@ def _evaluate_and_checkpoint(s: _Session, epoch: int, totals) -> dict:
     s.state.history.append(metrics)
     if s.world.is_main:
         storage.append_jsonl(s.run_dir / runs.METRICS, metrics)
-        save_state(s.run_dir, s.model, s.optimizer, s.state)
+        save_state(s.run_dir, s.model, s.optimizer, s.state, s.averaged)
         runs.atomic_write_json(s.run_dir / runs.STATUS, {"state": "running", "epoch": s.state.epoch})
     return metrics
 
 
 def _finish(s: _Session) -> dict:
     """Check that no frozen tensor moved, then write the summary and the finished status."""
-    if frozen_fingerprint(s.model) != s.init_fingerprint:
+    if {frozen_fingerprint(s.model), frozen_fingerprint(s.evaluated)} != {s.init_fingerprint}:
         raise SpatialmixError(
             f"frozen tensors changed during training in {s.run_dir}: this is a bug in spatialmix, "
             f"please report it"
@@ -358,7 +374,7 @@ def _finish(s: _Session) -> dict:
     if s.world.world_size == 1 and not s.evaluated_this_call:
         # Resumed after the last epoch's checkpoint (killed before the summary): evaluating the saved
         # weights again gives the same per-example answers (eval mode, same order).
-        s.test_correct = task.evaluate(s.model, s.test_loader, s.device, s.amp).pop("correct", None)
+        s.test_correct = task.evaluate(s.evaluated, s.test_loader, s.device, s.amp).pop("correct", None)
     if s.world.world_size == 1 and s.test_correct is not None:
         # One character per test example, in test-set order: lets two runs be compared example by example.
         summary["test_correct_bits"] = "".join("1" if hit else "0" for hit in s.test_correct.tolist())
