@@ -100,20 +100,25 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
-def make_models(n: int, mode: str, width: int, depth: int) -> list[ConvMixer]:
+def make_models(n: int, mode: str, width: int, depth: int, in_chans: int = 1) -> list[ConvMixer]:
     models = []
     for seed in range(n):
         torch.manual_seed(seed)
         models.append(
-            apply_mixing(ConvMixer(width, depth, 5, 2, in_chans=1, num_classes=10), mode, seed=seed)
+            apply_mixing(ConvMixer(width, depth, 5, 2, in_chans=in_chans, num_classes=10), mode, seed=seed)
         )
     return models
 
 
-def batches(n: int, batch: int, steps: int, seed: int = 0):
+def batches(n: int, batch: int, steps: int, seed: int = 0, in_chans: int = 1, size: int = 28, device="cpu"):
+    """``steps`` batches of ``n`` models: images (B, n * in_chans, size, size), model i reading channel
+    block i, and labels (B, n)."""
     g = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(batch, n, 28, 28, generator=g), torch.randint(0, 10, (batch, n), generator=g))
+        (
+            torch.randn(batch, n * in_chans, size, size, generator=g).to(device),
+            torch.randint(0, 10, (batch, n), generator=g).to(device),
+        )
         for _ in range(steps)
     ]
 
@@ -123,7 +128,7 @@ def optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def lone_step(model, opt, x, y, amp="none"):
-    with autocast_context(torch.device("cpu"), amp):
+    with autocast_context(x.device, amp):
         loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -131,7 +136,7 @@ def lone_step(model, opt, x, y, amp="none"):
 
 
 def batched_step(model, opt, x, y, amp="none"):
-    with autocast_context(torch.device("cpu"), amp):
+    with autocast_context(x.device, amp):
         logits = model(x)
         loss = sum(F.cross_entropy(logits[:, i].float(), y[:, i]) for i in range(y.shape[1]))
     opt.zero_grad(set_to_none=True)
@@ -245,6 +250,69 @@ def images_per_s(
     return (n if together else 1) * batch * steps / (time.perf_counter() - start)
 
 
+def gpu_images_per_s(how: str, n: int, mode: str, args, device: torch.device, warmup: int = 5) -> float:
+    """Images/s of ``n`` models on one GPU: "lone" trains one (K seeds one at a time advance at this
+    rate together), "grouped" trains all ``n`` as one batched model."""
+    amp = resolve_amp("auto", device)
+    models = make_models(n, mode, args.width, args.depth, args.in_chans)
+    together = how == "grouped"
+    model = (batched_twin(models) if together else models[0]).to(device, memory_format=torch.channels_last)
+    data = batches(
+        n if together else 1, args.batch_size, warmup + args.steps, 0, args.in_chans, args.image_size, device
+    )
+    data = [(x.contiguous(memory_format=torch.channels_last), y if together else y[:, 0]) for x, y in data]
+    opt, step = optimizer(model), (batched_step if together else lone_step)
+    for x, y in data[:warmup]:
+        step(model, opt, x, y, amp)
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for x, y in data[warmup:]:
+        step(model, opt, x, y, amp)
+    torch.cuda.synchronize(device)
+    return (n if together else 1) * args.batch_size * args.steps / (time.perf_counter() - start)
+
+
+def gpu_main(args) -> int:
+    """K seeds on one GPU: one at a time (a lone model) against one batched model of grouped convolutions."""
+    device = torch.device("cuda")
+    print(
+        f"ConvMixer-{args.width}/{args.depth} k5 p2, {args.in_chans} x {args.image_size}^2 inputs, batch "
+        f"{args.batch_size} per seed, {torch.cuda.get_device_name(device)}, "
+        f"amp {resolve_amp('auto', device)}, torch {torch.__version__}"
+    )
+    table = ResultTable(
+        "K seeds on one GPU: one at a time or one batched model (images/s of all K, and per seed)",
+        [
+            ("mode", "mode", ""),
+            ("k", "K", ""),
+            ("how", "how", ""),
+            ("ips", "images/s (median)", ".0f"),
+            ("per_seed", "per seed", ".0f"),
+            ("ratio", "vs one at a time", ".2f"),
+        ],
+    )
+    for mode in args.modes.split(","):
+        for n in [int(k) for k in args.models.split(",")]:
+            runs = {"lone": [], "grouped": []}
+            for _ in range(args.repeats):
+                for how in runs:
+                    runs[how].append(gpu_images_per_s(how, n, mode, args, device))
+            lone = statistics.median(runs["lone"])  # K seeds one at a time: each at the lone rate, in turn
+            grouped = statistics.median(runs["grouped"])
+            table.add(mode=mode, k=n, how=f"{n} seeds one at a time", ips=lone, per_seed=lone / n, ratio=1.0)
+            table.add(
+                mode=mode,
+                k=n,
+                how="one batched model (grouped convs)",
+                ips=grouped,
+                per_seed=grouped / n,
+                ratio=grouped / lone,
+            )
+    table.print()
+    print(table.to_markdown())
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="2", help="N: models (seeds) trained together, comma-separated")
@@ -254,7 +322,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--in-chans", type=int, default=1, help="input channels (cuda: 3 for CIFAR-shaped data)")
+    p.add_argument("--image-size", type=int, default=28)
     args = p.parse_args(argv)
+    if args.device == "cuda":
+        return gpu_main(args)
     cores = available_cores()
     print(
         f"ConvMixer-{args.width}/{args.depth} k5 p2, batch {args.batch_size}, {cores} cores, "

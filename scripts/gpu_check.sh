@@ -59,6 +59,11 @@ NGPU=$($PY -c 'import torch; print(max(torch.cuda.device_count(), 1))')
 step "torchrun nccl ddp ($NGPU processes)" 180 $PY -m torch.distributed.run --standalone --nproc-per-node "$NGPU" \
   -m spatialmix.cli train $COMMON $BENCH_SUB --mode chans --epochs 2 --batch-size 512 --out "$WORK/ddp"
 
+# K seeds of the paper model trained one at a time against one batched model (grouped convolutions).
+if [ "${SMOKE:-0}" = 1 ]; then KSEEDS="--models 2 --steps 2 --repeats 1 --width 16 --depth 1 --batch-size 8"
+else KSEEDS="--models 2,4,8 --steps 20 --repeats 3 --width 256 --depth 8 --batch-size 512"; fi
+step "K seeds batched" 120 $PY benchmarks/batched_models.py --device cuda --in-chans 3 --image-size 32 $KSEEDS
+
 # The paper study's classification runs (fewer epochs and seeds than the preset's 100 x 3).
 step "reproduce paper classification" 270 $SM reproduce --preset paper $COMMON $SUB --epochs "$EPOCHS" \
   --seeds 0 1 --studies classification --processes 1 --out "$WORK/paper"
