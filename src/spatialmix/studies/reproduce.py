@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.distributed import is_main, launched_world_size
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.io import storage
+from spatialmix.io.environment import machine_stamp
 from spatialmix.io.study_results import StudyResult, study_entry
 from spatialmix.io.untrusted import read_json
 from spatialmix.studies.classification import classification_study
@@ -88,6 +90,7 @@ def reproduce(
         raise SpatialmixError(
             f"unknown training settings {sorted(bad)}; valid ones are the fields of TrainConfig"
         )
+    command = reproduce_command(preset, out_dir, seeds, studies, processes, threads, overrides)
     processes, threads = resolve_parallelism(processes, threads)
     ctx = StudyContext(
         PRESETS[preset],
@@ -107,7 +110,9 @@ def reproduce(
         t0 = time.perf_counter()
         result = study_function(name)(ctx)
         timings[name] = time.perf_counter() - t0
-        result.data = {**result.data, "time_s": timings[name]}
+        # where and with what it ran: `spatialmix publish` stamps the published numbers with it
+        stamp = machine_stamp(command, processes, threads)
+        result.data = {**result.data, "time_s": timings[name], "machine": stamp}
         ctx.results[name] = result
         if is_main():  # under torchrun every rank runs the studies; rank 0 prints and writes
             for table in result.tables:
@@ -121,6 +126,30 @@ def reproduce(
             + f"; total {time.perf_counter() - start:.0f} s"
         )
     return ctx.results
+
+
+def reproduce_command(
+    preset: str,
+    out_dir: str | Path,
+    seeds: tuple[int, ...] | None,
+    studies: list[str] | None,
+    processes: int | None,
+    threads: int | None,
+    overrides: dict,
+) -> str:
+    """The ``spatialmix reproduce`` command line of a call of :func:`reproduce` (what a stamp names)."""
+    words = ["spatialmix", "reproduce", "--preset", preset, "--out", str(out_dir)]
+    if seeds is not None:
+        words += ["--seeds", *map(str, seeds)]
+    if studies is not None:
+        words += ["--studies", ",".join(studies)]
+    for name, value in (("processes", processes), ("threads", threads), *sorted(overrides.items())):
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            words += [flag, str(value)]
+    return shlex.join(words)
 
 
 def check_seeds(seeds) -> None:
