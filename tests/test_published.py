@@ -70,12 +70,11 @@ def _study_folder(folder: Path, full=FULL, chans=CHANS, cpu=XEON, verdicts=True)
             ("chans", {"2/255": 0.72 + s / 50, "8/255": 0.19 + s / 100}),
         )
     ]
-    table = {"test acc": [0.881, 0.876]}
     studies = {
         "classification": {
             "section": "classification",
             "data": {"runs": runs, "time_s": 300.0, "machine": _stamp(cpu)},
-            "tables": [[{"mode": "Full", "acc": table["test acc"][0]}, {"mode": "Chans", "acc": 0.876}]],
+            "tables": [[{"mode": "Full", "acc": [0.881, 0.002]}, {"mode": "Chans", "acc": 0.876}]],
             "table_titles": ["Classification"],
             "table_columns": [[["mode", "mode", ""], ["acc", "test acc", ".4f"]]],
         },
@@ -133,7 +132,7 @@ def test_publish_then_render_gives_the_verdicts_of_the_folder(tmp_path):
     assert "| 2a | ... at eps 8/255 |" in rendered  # the second budget continues its claim's line
     stamp_line = rendered.strip().splitlines()[-2]
     assert stamp_line.startswith("*`spatialmix reproduce --preset quick --out runs/q --seeds 0 1 2` on ")
-    assert "Intel(R) Xeon(R) Platinum 8480+ (AVX512), 2 process(es) x 1 thread(s)" in stamp_line
+    assert "Intel(R) Xeon(R) Platinum 8480+ (AVX512), 2 processes x 1 thread" in stamp_line
     assert "commit 0123456789, torch 2.14.1; wall time 7 min 00 s (classification 5 min 00 s" in stamp_line
     assert "`results/quick/intel-xeon-avx512/`" in stamp_line
 
@@ -143,7 +142,7 @@ def test_a_study_region_renders_the_tables_the_study_printed(tmp_path):
     text = "<!-- results:quick-classification -->\n<!-- /results -->"
     rendered, _ = render_text(text, tmp_path / "results")
     assert (
-        "*Classification*\n\n| mode | test acc |\n|---|---|\n| Full | 0.8810 |\n| Chans | 0.8760 |"
+        "*Classification*\n\n| mode | test acc |\n|---|---|\n| Full | 0.8810 ± 0.0020 |\n| Chans | 0.8760 |"
         in rendered
     )
 
@@ -246,6 +245,7 @@ def test_a_preset_without_published_results_says_how_to_publish_it(tmp_path):
             "x\n<!-- results:quick -->\n<!-- /results -->",
             "README.md:2: region 'quick' is not PRESET-verdicts",
         ),
+        ("x\n\n\n<!-- /results -->\n", "README.md:4: <!-- /results --> closes no region"),
     ],
 )
 def test_a_broken_region_is_one_line_naming_the_file_and_line(tmp_path, text, message):
@@ -281,7 +281,7 @@ def test_publish_from_the_command_line_with_a_tag_and_a_note(tmp_path, capsys):
     (run,) = published_runs(results, "quick")
     assert run.stamp["note"] == "a placeholder"
     rendered, _ = render_text(REGION, results)
-    assert rendered.rstrip().splitlines()[-2].endswith("Note: a placeholder")
+    assert rendered.rstrip().splitlines()[-2].endswith("**Note**: a placeholder.")
     assert main(["publish", str(study), "--results", str(results), "--tag", "Bad Tag"]) == 2
 
 
@@ -336,3 +336,22 @@ def test_a_study_not_published_yet_is_said_and_a_misspelt_one_refused(tmp_path):
     )
     with pytest.raises(SpatialmixError, match="region 'quick-unshufle' names no study; name one of verdicts"):
         render_text("<!-- results:quick-unshufle -->\n<!-- /results -->", tmp_path / "results")
+
+
+def test_a_marker_in_a_sentence_or_a_code_block_is_text(tmp_path):
+    publish_results(_study_folder(tmp_path / "run"), tmp_path / "results")
+    example = "A region starts with `<!-- results:NAME -->`.\n\n```text\n" + REGION + "```\n\n"
+    rendered, changed = render_text(example + REGION, tmp_path / "results")
+    assert changed == ["quick-verdicts"]
+    assert rendered.startswith(example)
+    assert rendered.count("anything typed here") == 1 and rendered.count("| claim |") == 1
+
+
+def test_a_bad_region_in_one_file_leaves_every_file_as_it_was(tmp_path):
+    publish_results(_study_folder(tmp_path / "run"), tmp_path / "results")
+    (tmp_path / "README.md").write_text(REGION)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "claims.md").write_text("<!-- results:quick-nothing -->\n<!-- /results -->\n")
+    with pytest.raises(SpatialmixError, match="^docs/claims.md:1: region 'quick-nothing' names no study"):
+        render_docs(tmp_path)
+    assert (tmp_path / "README.md").read_text() == REGION

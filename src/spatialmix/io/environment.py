@@ -3,8 +3,8 @@
 The same configuration can give different numbers on two CPU kinds (kernels differ by instruction
 set) and on two versions of the code, so every study records the CPU model and torch's CPU
 capability, the process and thread counts, the package versions and the git commit of the code
-that ran it (:func:`machine_stamp`). ``spatialmix publish`` names a published folder after the
-CPU (:func:`cpu_tag`).
+that ran it (`machine_stamp`). `spatialmix publish` names a published folder after the
+CPU (`cpu_tag`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _SOURCE = Path(__file__).resolve().parents[1]  # the spatialmix package folder
 
 
 def package_versions() -> dict[str, str | None]:
-    """``{package: version}`` of spatialmix and :data:`STAMPED_PACKAGES` (None: not installed)."""
+    """`{package: version}` of spatialmix and `STAMPED_PACKAGES` (None: not installed)."""
     versions: dict[str, str | None] = {"spatialmix": __version__}
     for name in STAMPED_PACKAGES:
         try:
@@ -49,7 +49,7 @@ def _git(*args: str) -> str | None:
 
 def code_commit() -> dict[str, object]:
     """The git commit of the running spatialmix and whether tracked files differ from it
-    (``{"commit": None, "dirty": None}`` for an installed wheel, which has no repository)."""
+    (`{"commit": None, "dirty": None}` for an installed wheel, which has no repository)."""
     commit = _git("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
@@ -58,7 +58,7 @@ def code_commit() -> dict[str, object]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's word for it."""
+    """The CPU's model name (`/proc/cpuinfo`), or the platform's word for it."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -70,7 +70,7 @@ def cpu_model() -> str:
 
 
 def cpu_capability() -> str:
-    """The instruction set torch's CPU kernels use here (``AVX512``, ``AVX2``, ``DEFAULT``, ...)."""
+    """The instruction set torch's CPU kernels use here (`AVX512`, `AVX2`, `DEFAULT`, ...)."""
     try:
         return str(torch.backends.cpu.get_cpu_capability())
     except (AttributeError, RuntimeError):
@@ -79,7 +79,7 @@ def cpu_capability() -> str:
 
 def cpu_tag(model: str, capability: str) -> str:
     """A folder name for a CPU kind: its vendor and family and torch's capability,
-    ``Intel(R) Xeon(R) Platinum 8480+`` with ``AVX512`` -> ``intel-xeon-avx512``."""
+    `Intel(R) Xeon(R) Platinum 8480+` with `AVX512` -> `intel-xeon-avx512`."""
     words = re.sub(r"\((R|TM|tm|r)\)", " ", model).split()
     named = [w for w in words if re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", w)][:2] or ["cpu"]
     slug = "-".join([*named, capability]).lower()

@@ -1,17 +1,17 @@
-"""The published results: a finished ``spatialmix reproduce`` folder, condensed into the repository.
+"""The published results: a finished `spatialmix reproduce` folder, condensed into the repository.
 
-``spatialmix publish RUN_DIR`` (:func:`publish_results`) writes three small JSON files (no weights,
-no per-example bits) into ``results/<preset>/<cpu tag>/``:
+`spatialmix publish RUN_DIR` (`publish_results`) writes three small JSON files (no weights,
+no per-example bits) into `results/<preset>/<cpu tag>/`:
 
-* ``verdicts.json``: every verdict line, each with all the fields of its ``Verdict`` (``fields``,
-  numbers in the unit the table shows) and the cells ``reproduce`` prints for it (``shown``);
-* ``studies.json``: per study, its tables as printed and its numbers (``data``, per-example bits
+* `verdicts.json`: every verdict line, each with all the fields of its `Verdict` (`fields`,
+  numbers in the unit the table shows) and the cells `reproduce` prints for it (`shown`);
+* `studies.json`: per study, its tables as printed and its numbers (`data`, per-example bits
   left out);
-* ``stamp.json``: what made them: the command, the CPU model and capability, processes and threads,
+* `stamp.json`: what made them: the command, the CPU model and capability, processes and threads,
   the package versions, the git commit, the date, and the wall time of each study.
 
-The documentation's tables are rendered from these files (:mod:`spatialmix.report.render_docs`),
-never typed. A stored file is read like any untrusted file (bounded, inside ``results/``) and
+The documentation's tables are rendered from these files (`spatialmix.report.render_docs`),
+never typed. A stored file is read like any untrusted file (bounded, inside `results/`) and
 checked field by field: a malformed one is one line naming the file and the field.
 """
 
@@ -33,7 +33,7 @@ from spatialmix.io.environment import code_commit, cpu_tag, machine_stamp, packa
 from spatialmix.io.run_files import bad_field, is_number, need_dict, need_field
 from spatialmix.io.study_results import SavedStudy, read_study_entry
 from spatialmix.io.untrusted import read_json
-from spatialmix.ui.display import ResultTable
+from spatialmix.report.page import saved_table
 
 PUBLISHED_FORMAT = 1
 STAMP_FILE, VERDICTS_FILE, STUDIES_FILE = "stamp.json", "verdicts.json", "studies.json"
@@ -51,10 +51,10 @@ def publish_results(
     tag: str | None = None,
     note: str | None = None,
 ) -> Path:
-    """Condense the finished ``spatialmix reproduce`` folder ``study_dir`` into
-    ``results_root/<preset>/<tag>/`` (``tag``: by default the CPU the studies ran on, e.g.
-    ``intel-xeon-avx512``) and return that folder. The verdicts are computed from the folder by this
-    code; ``note`` is a line the rendered stamp shows (e.g. what makes a run a placeholder)."""
+    """Condense the finished `spatialmix reproduce` folder `study_dir` into
+    `results_root/<preset>/<tag>/` (`tag`: by default the CPU the studies ran on, e.g.
+    `intel-xeon-avx512`) and return that folder. The verdicts are computed from the folder by this
+    code; `note` is a line the rendered stamp shows (e.g. what makes a run a placeholder)."""
     study_dir = Path(study_dir)
     results = _read_study_results(study_dir)
     path = study_dir / "results.json"
@@ -100,10 +100,7 @@ def _studies_file(entries: dict[str, SavedStudy]) -> dict:
         "studies": {
             name: {
                 "section": entry.section,
-                "tables": [
-                    {"title": t.title or "", "headers": _headers(t), "cells": _table_cells(t)}
-                    for t in entry.tables
-                ],
+                "tables": [_printed(t) for t in entry.tables],
                 "data": {} if name == "verdicts" else _condensed(entry.data),
             }
             for name, entry in entries.items()
@@ -179,7 +176,7 @@ def _one_machine(study_dir: Path, machines: dict[str, dict | None]) -> dict:
 
 
 def _headline_command(results: dict) -> str:
-    """The command that reproduces the whole folder: the last study's, or for ``--until-decided``
+    """The command that reproduces the whole folder: the last study's, or for `--until-decided`
     the preset, seeds and settings with its limits."""
     sequential = results.get("sequential")
     stamps = [e.get("data", {}).get("machine") for e in results["studies"].values() if isinstance(e, dict)]
@@ -214,21 +211,10 @@ def _plain(value):
     return str(value)
 
 
-def _headers(table) -> list[str]:
-    return [header for _, header, _ in _columns(table)]
-
-
-def _columns(table) -> list[tuple[str, str, str]]:
-    if table.columns is not None:
-        return [tuple(c) for c in table.columns]
-    keys = list(dict.fromkeys(k for row in table.rows for k in row))
-    return [(k, k, "") for k in keys]
-
-
-def _table_cells(table) -> list[list[str]]:
-    saved = ResultTable(table.title or "", _columns(table))
-    saved.rows = list(table.rows)
-    return saved.cells()
+def _printed(table) -> dict:
+    """A saved table as the study printed it: its title, headers and formatted cells."""
+    shown = saved_table(table.title or "", table.rows, table.columns)
+    return {"title": shown.title, "headers": [h for _, h, _ in shown.columns], "cells": shown.cells()}
 
 
 def _condensed(data: dict) -> dict:
@@ -246,7 +232,7 @@ def _condensed(data: dict) -> dict:
 
 
 class _Anonymizer:
-    """Replaces the study folder's path (of the machine that ran it) by :data:`RUN_DIR_WORD`."""
+    """Replaces the study folder's path (of the machine that ran it) by `RUN_DIR_WORD`."""
 
     def __init__(self, study_dir: Path):
         spellings = {str(study_dir), str(study_dir.resolve()), study_dir.as_posix()}
@@ -278,7 +264,7 @@ class PublishedTable:
 
 @dataclass(frozen=True)
 class PublishedRun:
-    """One folder of ``results/<preset>/<tag>/``, checked."""
+    """One folder of `results/<preset>/<tag>/`, checked."""
 
     folder: Path
     preset: str
@@ -294,7 +280,7 @@ class PublishedRun:
 
 
 def published_runs(results_root: str | Path, preset: str) -> list[PublishedRun]:
-    """Every published folder of ``preset`` below ``results_root``, by tag (none: an empty list)."""
+    """Every published folder of `preset` below `results_root`, by tag (none: an empty list)."""
     root = Path(results_root)
     folder = root / preset
     if not folder.is_dir():

@@ -1,6 +1,6 @@
 """The Markdown of published results: verdict tables, study tables, their stamps, and how the verdicts
-move between CPU kinds. Each function reads :class:`spatialmix.report.published.PublishedRun` objects
-only, so a table in the documentation is a function of the files in ``results/``."""
+move between CPU kinds. Each function reads `spatialmix.report.published.PublishedRun` objects
+only, so a table in the documentation is a function of the files in `results/`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _continued_effect(effect: str, first: str) -> str:
-    """``... at eps 4/255`` for a line that repeats its claim's first effect but for its ending."""
+    """`... at eps 4/255` for a line that repeats its claim's first effect but for its ending."""
     words, firsts = effect.split(" "), first.split(" ")
     same = 0
     while same < min(len(words), len(firsts)) and words[same] == firsts[same]:
@@ -38,7 +38,7 @@ def _continued_effect(effect: str, first: str) -> str:
 
 
 def verdict_markdown(run: PublishedRun) -> str:
-    """The verdict table of one published run, as ``reproduce`` printed it (the claim's words beside its
+    """The verdict table of one published run, as `reproduce` printed it (the claim's words beside its
     id on its first line, a decided word in bold)."""
     scoped = any(v["shown"].get("scope", "-") not in ("-", "") for v in run.verdicts)
     columns = [(k, h) for k, h in run.columns if k not in _LEFT_OUT and (scoped or k != "scope")]
@@ -69,13 +69,17 @@ def verdict_markdown(run: PublishedRun) -> str:
 
 
 def duration(seconds: float) -> str:
-    """``45 s``, ``5 min 32 s``, ``1 h 04 min``."""
+    """`45 s`, `5 min 32 s`, `1 h 04 min`."""
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _cpu(run: PublishedRun) -> str:
@@ -91,7 +95,9 @@ def stamp_line(run: PublishedRun) -> str:
     parallel = ""
     if m.get("processes"):
         threads = m.get("threads")
-        parallel = f", {m['processes']} process(es) x {threads or 'default'} thread(s)"
+        parallel = f", {_count(m['processes'], 'process', 'processes')} x " + (
+            _count(threads, "thread", "threads") if threads else "torch's default threads"
+        )
     commit = (m.get("commit") or "unknown")[:10] + (" with local changes" if m.get("dirty") else "")
     times = ", ".join(
         f"{name} {duration(entry['time_s'])}"
@@ -99,7 +105,7 @@ def stamp_line(run: PublishedRun) -> str:
         if entry.get("time_s") is not None
     )
     date = str(m.get("date") or "")[:10]
-    note = f" Note: {stamp['note']}" if stamp.get("note") else ""
+    note = f" **Note**: {stamp['note'].rstrip('.')}." if stamp.get("note") else ""
     return (
         f"*`{stamp['command']}` {where}{parallel}; commit {commit}, torch {m['versions'].get('torch')}; "
         f"wall time {duration(stamp['wall_s'])} ({times}); {date}; rendered from "

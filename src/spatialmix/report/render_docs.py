@@ -1,4 +1,4 @@
-"""``spatialmix render-docs``: every published table of README.md and docs/*.md, rendered from ``results/``.
+"""`spatialmix render-docs`: every published table of README.md and docs/*.md, rendered from `results/`.
 
 A table lies between two markers; everything between them is rewritten, everything around them is
 left as it is:
@@ -9,9 +9,9 @@ left as it is:
 <!-- /results -->
 ```
 
-A region is named ``PRESET-verdicts``, ``PRESET-cpus`` (only the comparison between CPU kinds) or
-``PRESET-STUDY`` (the tables a study printed, e.g. ``quick-classification``). :func:`render_docs`
-rewrites the files; with ``check=True`` it writes nothing and reports the regions that differ from
+A region is named `PRESET-verdicts`, `PRESET-cpus` (only the comparison between CPU kinds) or
+`PRESET-STUDY` (the tables a study printed, e.g. `quick-classification`). `render_docs`
+rewrites the files; with `check=True` it writes nothing and reports the regions that differ from
 what the stored results render (the test suite's guard against a typed or stale number).
 """
 
@@ -34,7 +34,7 @@ _NAME = re.compile(r"([a-z0-9]+)-([a-z0-9_]+)")
 
 @dataclass
 class RenderOutcome:
-    """What :func:`render_docs` found: the regions rendered and, per file, those whose text changed
+    """What `render_docs` found: the regions rendered and, per file, those whose text changed
     (in check mode: would change)."""
 
     regions: int = 0
@@ -56,7 +56,7 @@ def document_files(root: str | Path) -> list[Path]:
 
 
 def render_region(name: str, results_root: Path, where: str = "") -> str:
-    """The Markdown of the region ``name`` (``quick-verdicts``, ``quick-cpus``, ``quick-classification``)."""
+    """The Markdown of the region `name` (`quick-verdicts`, `quick-cpus`, `quick-classification`)."""
     match = _NAME.fullmatch(name)
     if match is None:
         raise SpatialmixError(
@@ -83,53 +83,82 @@ def render_region(name: str, results_root: Path, where: str = "") -> str:
     return study_region(runs, kind)
 
 
+@dataclass(frozen=True)
+class Region:
+    """One marked region of a file: its name, the line of its opening marker (from 1), and the
+    lines (indices) of its two markers."""
+
+    name: str
+    line: int
+    opening: int
+    closing: int
+
+
+def find_regions(lines: list[str], where: str = "") -> list[Region]:
+    """The regions of a file's `lines`. A marker counts alone on its line and outside a fenced code
+    block, so the documentation can show one (`<!-- results:NAME -->` in a sentence or an example)."""
+    regions, fence, opened = [], None, None
+    for n, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith(("```", "~~~")):
+            fence = None if fence and stripped.startswith(fence) else fence or stripped[:3]
+            continue
+        if fence:
+            continue
+        match = _OPEN.fullmatch(stripped)
+        if match:
+            if opened is not None:
+                raise SpatialmixError(
+                    f"{where}{opened[1] + 1}: <!-- results:{opened[0]} --> has no closing {CLOSE} before "
+                    f"the next region; add it"
+                )
+            opened = (match.group(1), n)
+        elif stripped == CLOSE:
+            if opened is None:
+                raise SpatialmixError(
+                    f"{where}{n + 1}: {CLOSE} closes no region; remove it or add its opening"
+                )
+            regions.append(Region(opened[0], opened[1] + 1, opened[1], n))
+            opened = None
+    if opened is not None:
+        raise SpatialmixError(
+            f"{where}{opened[1] + 1}: <!-- results:{opened[0]} --> has no closing {CLOSE}; add it"
+        )
+    return regions
+
+
 def render_text(text: str, results_root: Path, where: str = "") -> tuple[str, list[str]]:
-    """``text`` with every region rendered, and the regions' names in order."""
-    out, names, at = [], [], 0
-    for match in _OPEN.finditer(text):
-        if match.start() < at:
-            continue  # a marker inside a region being replaced
-        line = text.count("\n", 0, match.start()) + 1
-        end = text.find(CLOSE, match.end())
-        following = _OPEN.search(text, match.end())
-        if end < 0 or (following is not None and following.start() < end):
-            raise SpatialmixError(
-                f"{where}{line}: {match.group()} has no closing {CLOSE} before the next region; add it"
-            )
-        name = match.group(1)
-        body = render_region(name, results_root, f"{where}{line}: ")
-        out += [text[at : match.end()], "\n", body, "\n"]
-        names.append(name)
-        at = end
-    out.append(text[at:])
-    return "".join(out), names
+    """`text` with every region rendered, and the names of the regions whose text changed."""
+    lines = text.splitlines(keepends=True)
+    out, changed, at = [], [], 0
+    for region in find_regions(lines, where):
+        body = render_region(region.name, results_root, f"{where}{region.line}: ") + "\n"
+        out += [*lines[at : region.opening + 1], body]
+        if "".join(lines[region.opening + 1 : region.closing]) != body:
+            changed.append(region.name)
+        at = region.closing
+    return "".join(out + lines[at:]), changed
 
 
 def render_docs(
     root: str | Path = ".", results_root: str | Path | None = None, check: bool = False
 ) -> RenderOutcome:
-    """Render every region of README.md and docs/*.md below ``root`` from ``results_root`` (default
-    ``root/results``); rewrite the files that change, or with ``check`` only report them."""
+    """Render every region of README.md and docs/*.md below `root` from `results_root` (default
+    `root/results`); rewrite the files that change, or with `check` only report them."""
     root = Path(root)
     results_root = Path(results_root) if results_root is not None else root / "results"
     files = document_files(root)
     if not files:
         raise SpatialmixError(f"{root} holds no README.md or docs/*.md; run it in the repository's root")
-    outcome = RenderOutcome()
-    for path in files:
+    outcome, rewritten = RenderOutcome(), {}
+    for path in files:  # every file rendered before any is written: a bad region leaves all as they were
         relative = path.relative_to(root).as_posix()
         text = path.read_text(encoding="utf-8")
-        rendered, names = render_text(text, results_root, f"{relative}:")
-        outcome.regions += len(names)
-        if rendered == text:
-            continue
-        old_bodies = _bodies(text)
-        new_bodies = _bodies(rendered)
-        outcome.changed[relative] = [n for n, old, new in zip(names, old_bodies, new_bodies) if old != new]
-        if not check:
+        outcome.regions += len(find_regions(text.splitlines(), f"{relative}:"))
+        rendered, changed = render_text(text, results_root, f"{relative}:")
+        if changed:
+            outcome.changed[relative], rewritten[path] = changed, rendered
+    if not check:
+        for path, rendered in rewritten.items():
             storage.atomic_write_bytes(path, rendered.encode("utf-8"))
     return outcome
-
-
-def _bodies(text: str) -> list[str]:
-    return [text[m.end() : text.find(CLOSE, m.end())] for m in _OPEN.finditer(text)]

@@ -137,7 +137,7 @@ def reproduce_command(
     threads: int | None,
     overrides: dict,
 ) -> str:
-    """The ``spatialmix reproduce`` command line of a call of :func:`reproduce` (what a stamp names)."""
+    """The `spatialmix reproduce` command line of a call of `reproduce` (what a stamp names)."""
     words = ["spatialmix", "reproduce", "--preset", preset, "--out", str(out_dir)]
     if seeds is not None:
         words += ["--seeds", *map(str, seeds)]
