@@ -355,3 +355,30 @@ def test_a_bad_region_in_one_file_leaves_every_file_as_it_was(tmp_path):
     with pytest.raises(SpatialmixError, match="^docs/claims.md:1: region 'quick-nothing' names no study"):
         render_docs(tmp_path)
     assert (tmp_path / "README.md").read_text() == REGION
+
+
+def test_an_until_decided_folder_is_stamped_with_its_limits_and_levels(tmp_path):
+    study = _study_folder(tmp_path / "run")
+    results = json.loads((study / "results.json").read_text())
+    results["overrides"] = {"train_subset": 3000, "progress": False}
+    results["sequential"] = {
+        "max_seeds": 12,
+        "step": 2,
+        "budget_s": 1800.0,
+        "studies": {"classification": {"level": 0.99}},
+    }
+    (study / "results.json").write_text(json.dumps(results))
+    folder = publish_results(study, tmp_path / "results")
+    stamp = json.loads((folder / "stamp.json").read_text())
+    assert stamp["command"] == (
+        "spatialmix reproduce --preset quick --out RUN_DIR --until-decided --max-seeds 12 --seed-step 2 "
+        "--budget 1800s --no-progress --train-subset 3000"
+    )
+    line = json.loads((folder / "verdicts.json").read_text())["verdicts"][0]
+    assert line["fields"]["claim"] == "1a" and line["fields"]["estimate"]["level"] == 0.99
+    mean, _, _ = _t_interval(np.subtract(CHANS, FULL))
+    half = stats.t.ppf(0.995, 2) * np.std(np.subtract(CHANS, FULL) * 100, ddof=1) / np.sqrt(3)
+    assert line["shown"]["interval"] == f"[{mean - half:+.2f}, {mean + half:+.2f}] pts"
+    rendered, _ = render_text(REGION, tmp_path / "results")  # levels differ: each interval names its own
+    assert "| interval (level in how) |" in rendered
+    assert f"[{mean - half:+.2f}, {mean + half:+.2f}] pts (99%) |" in rendered and "pts (95%) |" in rendered

@@ -33,6 +33,7 @@ from spatialmix.io.environment import code_commit, cpu_tag, machine_stamp, packa
 from spatialmix.io.run_files import bad_field, is_number, need_dict, need_field
 from spatialmix.io.study_results import SavedStudy, read_study_entry
 from spatialmix.io.untrusted import read_json
+from spatialmix.options import option_words
 from spatialmix.report.page import saved_table
 
 PUBLISHED_FORMAT = 1
@@ -183,11 +184,22 @@ def _headline_command(results: dict) -> str:
     commands = [m.get("command") for m in stamps if isinstance(m, dict) and isinstance(m.get("command"), str)]
     if not isinstance(sequential, dict):
         return max(commands, key=len) if commands else f"spatialmix reproduce --preset {results['preset']}"
-    words = ["spatialmix", "reproduce", "--preset", results["preset"], "--until-decided"]
-    for key, flag in (("max_seeds", "--max-seeds"), ("step", "--seed-step"), ("budget_s", "--budget")):
-        if is_number(sequential.get(key)):
-            words += [flag, f"{sequential[key]:g}" + ("s" if key == "budget_s" else "")]
-    return shlex.join(words)
+    limits = {
+        "max_seeds": sequential.get("max_seeds"),
+        "seed_step": sequential.get("step"),
+        "budget": f"{sequential['budget_s']:g}s" if is_number(sequential.get("budget_s")) else None,
+    }
+    overrides = results.get("overrides") if isinstance(results.get("overrides"), dict) else {}
+    words = [
+        "spatialmix",
+        "reproduce",
+        "--preset",
+        results["preset"],
+        "--out",
+        RUN_DIR_WORD,
+        "--until-decided",
+    ]
+    return shlex.join(words + option_words({**limits, **dict(sorted(overrides.items()))}))
 
 
 def _now() -> str:

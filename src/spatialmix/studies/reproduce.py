@@ -23,6 +23,7 @@ from spatialmix.io import storage
 from spatialmix.io.environment import machine_stamp
 from spatialmix.io.study_results import StudyResult, study_entry
 from spatialmix.io.untrusted import read_json
+from spatialmix.options import option_words
 from spatialmix.studies.classification import classification_study
 from spatialmix.studies.context import PRESETS, StudyContext
 from spatialmix.studies.init import init_study
@@ -138,18 +139,9 @@ def reproduce_command(
     overrides: dict,
 ) -> str:
     """The `spatialmix reproduce` command line of a call of `reproduce` (what a stamp names)."""
+    given = {"seeds": seeds, "studies": studies, "processes": processes, "threads": threads}
     words = ["spatialmix", "reproduce", "--preset", preset, "--out", str(out_dir)]
-    if seeds is not None:
-        words += ["--seeds", *map(str, seeds)]
-    if studies is not None:
-        words += ["--studies", ",".join(studies)]
-    for name, value in (("processes", processes), ("threads", threads), *sorted(overrides.items())):
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
-        elif value is not None:
-            words += [flag, str(value)]
-    return shlex.join(words)
+    return shlex.join(words + option_words({**given, **dict(sorted(overrides.items()))}))
 
 
 def check_seeds(seeds) -> None:
