@@ -3,13 +3,24 @@
 # `make test-fast`: the tests not marked slow (no real training, no extra processes): under a minute.
 # `make lint`: ruff (lint and format) and the architecture contracts (import-linter); part of `make test`.
 # `make docs`: the documentation site (mkdocs-material) into site/, strict; part of `make test`.
-.PHONY: setup reproduce test test-fast lint docs bench
+# `make publish RUN=runs/standard`: a finished study folder into results/, then every published table
+#  of README.md and docs/ rendered from results/ (default RUN=runs/reproduce).
+.PHONY: setup reproduce test test-fast lint docs bench publish render-docs
+
+RUN ?= runs/reproduce
 
 setup:
 	@bash scripts/setup.sh
 
 reproduce: setup
 	.venv/bin/spatialmix reproduce $(ARGS)
+
+publish: setup
+	.venv/bin/spatialmix publish $(RUN) $(ARGS)
+	.venv/bin/spatialmix render-docs
+
+render-docs: setup
+	.venv/bin/spatialmix render-docs $(ARGS)
 
 test: setup lint docs
 	.venv/bin/python -m pytest -q $(ARGS)

@@ -222,3 +222,15 @@ def test_reproduce_prints_the_time_of_each_study_and_the_total(study_dir):
     assert "classification took" in printed and "total" in printed
     saved = json.loads((out / "results.json").read_text())
     assert saved["studies"]["classification"]["data"]["time_s"] > 0
+
+
+def test_each_study_records_the_machine_and_command_that_ran_it(study_dir):
+    """What `spatialmix publish` stamps the published numbers with comes from the study's own entry."""
+    import torch
+
+    out, _ = study_dir
+    machine = json.loads((out / "results.json").read_text())["studies"]["classification"]["data"]["machine"]
+    assert machine["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["command"].startswith(f"spatialmix reproduce --preset quick --out {out} --seeds ")
+    assert "--studies classification" in machine["command"]
+    assert machine["versions"]["torch"] and machine["processes"] >= 1 and machine["date"]

@@ -49,6 +49,8 @@ from spatialmix.models.factory import count_parameters, create_model, list_model
 from spatialmix.models.info import ModelInfo, describe_model, model_catalog
 from spatialmix.models.registry import MODEL_REGISTRY, register_model
 from spatialmix.report.document import write_report
+from spatialmix.report.published import publish_results, published_runs
+from spatialmix.report.render_docs import render_docs
 from spatialmix.robustness.attacks import InputSpaceModel
 from spatialmix.robustness.evaluate import evaluate_robustness
 from spatialmix.robustness.results import robustness_table

@@ -73,6 +73,24 @@ def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def option_words(values: dict) -> list[str]:
+    """The command-line words that give ``values`` (field name -> value) back: ``--x`` / ``--no-x`` for
+    a boolean, ``--x VALUE`` otherwise (a list: space-separated if whole numbers, else comma-separated);
+    None is left out."""
+    words: list[str] = []
+    for name, value in values.items():
+        if isinstance(value, bool):
+            words.append(flag_of(name) if value else "--no-" + flag_of(name)[2:])
+        elif isinstance(value, (list, tuple)):
+            numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            words += (
+                [flag_of(name), *map(str, value)] if numbers else [flag_of(name), ",".join(map(str, value))]
+            )
+        elif value is not None:
+            words += [flag_of(name), str(value)]
+    return words
+
+
 def option_strings(field: dataclasses.Field) -> tuple[str, ...]:
     """How the user writes a field's option: ``("--batch-size",)``, or its ``flags`` metadata."""
     if field.metadata.get("positional"):

@@ -20,6 +20,8 @@ from spatialmix.cli.settings import (
     REPRODUCE_SKIP,
     AttackOutput,
     ModelQuery,
+    PublishSettings,
+    RenderDocsSettings,
     ReportSettings,
     ReproduceSettings,
     TrainCommand,
@@ -200,6 +202,31 @@ def cmd_report(args) -> None:
     )
 
 
+def cmd_publish(args) -> None:
+    from spatialmix.report.published import publish_results
+
+    s = PublishSettings(**given_values(PublishSettings, args))
+    folder = publish_results(s.run_dir, s.results, tag=s.tag, note=s.note)
+    print(f"published {s.run_dir} into {folder}; `spatialmix render-docs` renders its tables")
+
+
+def cmd_render_docs(args) -> int:
+    from spatialmix.report.render_docs import render_docs
+
+    s = RenderDocsSettings(**given_values(RenderDocsSettings, args))
+    outcome = render_docs(s.root, s.results, check=s.check)
+    if s.check and outcome.changed:
+        print(f"{outcome.summary()}; run `spatialmix render-docs`", file=sys.stderr)
+        return 1
+    changed = ", ".join(outcome.changed)
+    print(
+        outcome.summary()
+        if s.check
+        else f"rendered {outcome.regions} region(s); rewrote: {changed or 'none'}"
+    )
+    return 0
+
+
 def cmd_sweep(args) -> None:
     from spatialmix.engine.distributed import is_main
     from spatialmix.sweep.plan import plan_sweep, resolved_model
@@ -272,6 +299,16 @@ COMMANDS: dict[str, Command] = {
         ((ReportSettings, ()),),
         "cmd_report",
     ),
+    "publish": Command(
+        "condense a finished reproduce folder into results/PRESET/CPU_TAG/ (verdicts, tables, stamp)",
+        ((PublishSettings, ()),),
+        "cmd_publish",
+    ),
+    "render-docs": Command(
+        "render the published tables of README.md and docs/*.md from results/ (--check: only compare)",
+        ((RenderDocsSettings, ()),),
+        "cmd_render_docs",
+    ),
     "sweep": Command(
         "many configurations as independent jobs (a grid file or a study), here or on Slurm",
         ((SweepSettings, ()), (JobResources, ()), (TrainConfig, SWEEP_SKIP)),
@@ -339,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (a cluster's preemption) stops like Ctrl-C: files stay consistent, status.json says so.
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        globals()[command.run](args)
+        code = globals()[command.run](args)  # None, or the exit code a check gives
     except SpatialmixError as err:
         print(f"spatialmix: error: {err}", file=sys.stderr)
         return 2
@@ -360,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

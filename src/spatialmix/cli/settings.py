@@ -183,3 +183,31 @@ class ReportSettings:
     model: str | None = _rebuild_model()
     trust_code: bool = _trust_code()
     threads: int | None = _threads()
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """``spatialmix publish RUN_DIR``: a finished study folder into the repository's results/."""
+
+    run_dir: str = option(
+        "",
+        "the folder `spatialmix reproduce --out` wrote (its studies finished)",
+        positional=True,
+        metavar="RUN_DIR",
+    )
+    results: str = option("results", "the published results' folder (results/PRESET/CPU_TAG/ is written)")
+    tag: str | None = option(
+        None, "name of the folder below results/PRESET/ (default: the CPU the studies ran on)"
+    )
+    note: str | None = option(None, "a line shown with the stamp (e.g. what makes the run a placeholder)")
+
+
+@dataclass(frozen=True)
+class RenderDocsSettings:
+    """``spatialmix render-docs``: the published tables of README.md and docs/*.md, from results/."""
+
+    root: str = option(".", "the repository's root (README.md, docs/)")
+    results: str | None = option(None, "the published results' folder (default: ROOT/results)")
+    check: bool = option(
+        False, "write nothing; exit 1 when a table differs from what the stored results render"
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +20,10 @@ from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.distributed import is_main, launched_world_size
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.io import storage
+from spatialmix.io.environment import machine_stamp
 from spatialmix.io.study_results import StudyResult, study_entry
 from spatialmix.io.untrusted import read_json
+from spatialmix.options import option_words
 from spatialmix.studies.classification import classification_study
 from spatialmix.studies.context import PRESETS, StudyContext
 from spatialmix.studies.init import init_study
@@ -88,6 +91,7 @@ def reproduce(
         raise SpatialmixError(
             f"unknown training settings {sorted(bad)}; valid ones are the fields of TrainConfig"
         )
+    command = reproduce_command(preset, out_dir, seeds, studies, processes, threads, overrides)
     processes, threads = resolve_parallelism(processes, threads)
     ctx = StudyContext(
         PRESETS[preset],
@@ -107,7 +111,9 @@ def reproduce(
         t0 = time.perf_counter()
         result = study_function(name)(ctx)
         timings[name] = time.perf_counter() - t0
-        result.data = {**result.data, "time_s": timings[name]}
+        # where and with what it ran: `spatialmix publish` stamps the published numbers with it
+        stamp = machine_stamp(command, processes, threads)
+        result.data = {**result.data, "time_s": timings[name], "machine": stamp}
         ctx.results[name] = result
         if is_main():  # under torchrun every rank runs the studies; rank 0 prints and writes
             for table in result.tables:
@@ -121,6 +127,21 @@ def reproduce(
             + f"; total {time.perf_counter() - start:.0f} s"
         )
     return ctx.results
+
+
+def reproduce_command(
+    preset: str,
+    out_dir: str | Path,
+    seeds: tuple[int, ...] | None,
+    studies: list[str] | None,
+    processes: int | None,
+    threads: int | None,
+    overrides: dict,
+) -> str:
+    """The `spatialmix reproduce` command line of a call of `reproduce` (what a stamp names)."""
+    given = {"seeds": seeds, "studies": studies, "processes": processes, "threads": threads}
+    words = ["spatialmix", "reproduce", "--preset", preset, "--out", str(out_dir)]
+    return shlex.join(words + option_words({**given, **dict(sorted(overrides.items()))}))
 
 
 def check_seeds(seeds) -> None:
