@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,3 +227,26 @@ def test_the_mkdocs_configuration_names_every_page():
 
     walk(config["nav"])
     assert pages == {p.name for p in DOC_FILES if p.parent.name == "docs"}
+
+
+DOCS_ENVIRONMENT = ROOT / ".venv-docs" / "bin" / "mkdocs"
+
+
+@pytest.mark.skipif(not DOCS_ENVIRONMENT.exists(), reason="no .venv-docs (`make setup` creates it)")
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_the_docs_check_fails_on_a_dead_link(tmp_path):
+    """`make docs` on a copy of the site with one link to a page that does not exist exits non-zero
+    and names the link (mkdocs' --quiet would hide the warning and let the strict build pass)."""
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    for name in ("mkdocs.yml", "Makefile"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for name in ("src", ".venv-docs"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    page = tmp_path / "docs" / "index.md"
+    page.write_text(page.read_text(encoding="utf-8") + "\nSee [the lost page](no-such-page.md).\n")
+
+    # -o setup: the environments exist already; check only the docs.
+    built = subprocess.run(["make", "-o", "setup", "docs"], cwd=tmp_path, capture_output=True, text=True)
+
+    assert built.returncode != 0, f"the docs check passed with a dead link:\n{built.stdout}{built.stderr}"
+    assert "no-such-page.md" in built.stdout + built.stderr
