@@ -281,7 +281,36 @@ def test_no_table_is_wider_than_the_page(study_dir, tmp_path):
     assert ".table-wrap { max-width: 100%; overflow-x: auto;" in page and "overflow-wrap: anywhere" in page
     config = section_html(page, "configuration")
     runs_table = config[config.index("<caption>Runs</caption>") : config.index("</table>")]
-    assert runs_table.count("<th>") == 6 and "lr=0.5" in runs_table and "batch_size=7" in runs_table
+    assert runs_table.count("<th>") == 6 and "<th>settings</th>" in runs_table
+    groups = config[config.index("<caption>Settings that differ between runs</caption>") :]
+    groups = groups[: groups.index("</table>")]
+    assert groups.count("<th>") == 3 and "lr=0.5" in groups and "batch_size=7" in groups
+
+
+def table_rows(page: str, caption: str) -> list[list[str]]:
+    """The cells of each body row of the table captioned ``caption``, as text."""
+    table = page[page.index(f"<caption>{caption}</caption>") :]
+    body = table[table.index("<tbody>") : table.index("</tbody>")]
+    return [
+        [re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)
+    ]
+
+
+def test_the_configuration_shows_each_distinct_setting_once(study_dir, tmp_path):
+    """Four classification runs share their settings, the smoothed run differs in smooth_sigma: two
+    groups, each set of values in one row, and every run names its group."""
+    page = report.write_report([study_dir], tmp_path / "r.html").html.read_text()
+    config = section_html(page, "configuration")
+    groups = table_rows(config, "Settings that differ between runs")
+    assert groups == [["A", "4", "smooth_sigma=0"], ["B", "1", "smooth_sigma=1"]]
+    runs_rows = table_rows(config, "Runs")
+    by_folder = {row[1].rsplit("/", 1)[-1]: row[-1] for row in runs_rows}
+    assert by_folder == {
+        **{f"{mode}-seed{seed}": "A" for mode in ("full", "chans") for seed in (0, 1)},
+        "chans-sigma1-seed0": "B",
+    }
+    assert config.count("smooth_sigma=") == 2
 
 
 def test_verdicts_that_cannot_be_computed_leave_the_rest_of_the_report(study_dir, tmp_path):
