@@ -2,7 +2,8 @@
 # `make test`: set up and run the test suite.
 # `make test-fast`: the tests not marked slow (no real training, no extra processes): under a minute.
 # `make lint`: ruff (lint and format) and the architecture contracts (import-linter); part of `make test`.
-# `make docs`: the documentation site (mkdocs-material) into site/, strict; part of `make test`.
+# `make docs`: the documentation site (mkdocs-material) into site/; any warning (a broken link, a page
+# left out of the nav, a docstring mkdocstrings cannot read) fails it. Part of `make test`.
 # `make publish RUN=runs/standard`: a finished study folder into results/, then every published table
 #  of README.md and docs/ rendered from results/ (default RUN=runs/reproduce).
 .PHONY: setup reproduce test test-fast lint docs bench publish render-docs
@@ -31,7 +32,7 @@ lint: setup
 	.venv/bin/lint-imports
 
 docs: setup
-	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 .venv-docs/bin/mkdocs build --strict
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow" $(ARGS)

@@ -2,9 +2,9 @@
 
 Writes one screenshot per width (the top of the page, ``--height`` pixels tall) and, with ``--full``, the
 whole page cut into tiles of ``--height`` pixels, and says whether the page is wider than the window
-(horizontal overflow). The report itself holds no script: the overflow check renders a copy of it with
-one line of script added that writes ``scrollWidth <= innerWidth`` into the page, read back with
-``--dump-dom``.
+(horizontal overflow) and how many tables are cropped (wider than their scrolling wrapper). The report
+itself holds no script: the check renders a copy of it with one line of script added that writes
+``scrollWidth <= innerWidth`` and the cropped tables into the page, read back with ``--dump-dom``.
 
     python scripts/report_screenshots.py runs/reproduce/report.html -o /tmp/shots
     python scripts/report_screenshots.py report.html --widths 1400 800 --full
@@ -26,13 +26,20 @@ from pathlib import Path
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # Headless in a container: no sandbox (root), no GPU, no scroll bars in the picture, a clean profile.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run")
+# A table is cropped when its scrolling wrapper has to scroll, or when it reaches past the window.
 PROBE = (
     "<script>addEventListener('load', () => { const e = document.documentElement; "
+    "const cropped = [...document.querySelectorAll('table')].filter(t => "
+    "t.parentElement.scrollWidth > t.parentElement.clientWidth "
+    "|| t.getBoundingClientRect().right > innerWidth).length; "
     "const p = document.createElement('pre'); p.id = 'layout-probe'; "
     "p.textContent = `fits=${e.scrollWidth <= innerWidth} scrollWidth=${e.scrollWidth} "
-    "innerWidth=${innerWidth} scrollHeight=${e.scrollHeight}`; document.body.append(p); });</script>"
+    "innerWidth=${innerWidth} scrollHeight=${e.scrollHeight} croppedTables=${cropped}`; "
+    "document.body.append(p); });</script>"
 )
-PROBE_LINE = re.compile(r"fits=(true|false) scrollWidth=(\d+) innerWidth=(\d+) scrollHeight=(\d+)")
+PROBE_LINE = re.compile(
+    r"fits=(true|false) scrollWidth=(\d+) innerWidth=(\d+) scrollHeight=(\d+) croppedTables=(\d+)"
+)
 
 
 @dataclass
@@ -41,6 +48,7 @@ class Layout:
     scroll_width: int
     inner_width: int
     scroll_height: int
+    cropped_tables: int  # tables wider than their place: scrolled inside their wrapper or past the window
 
 
 def find_browser() -> str | None:
@@ -70,8 +78,8 @@ def measure(browser: str, page: Path, width: int, height: int = 3000, timeout: f
     found = PROBE_LINE.search(dom)
     if found is None:
         raise RuntimeError(f"the layout probe did not run in {page}")
-    fits, scroll_width, inner_width, scroll_height = found.groups()
-    return Layout(fits == "true", int(scroll_width), int(inner_width), int(scroll_height))
+    fits, scroll_width, inner_width, scroll_height, cropped = found.groups()
+    return Layout(fits == "true", int(scroll_width), int(inner_width), int(scroll_height), int(cropped))
 
 
 def screenshot(browser: str, page: Path, out: Path, width: int, height: int, timeout: float = 120) -> Path:
@@ -122,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     all_fit = True
     for width in args.widths:
         layout = measure(browser, args.report, width, args.height)
-        all_fit &= layout.fits
+        all_fit &= layout.fits and not layout.cropped_tables
         shot = screenshot(
             browser, args.report, args.out / f"{args.report.stem}-{width}.png", width, args.height
         )
         print(
             f"{width} px: {shot} (page {layout.scroll_width} x {layout.scroll_height} px, "
-            f"{'no horizontal overflow' if layout.fits else 'WIDER THAN THE WINDOW'})"
+            f"{'no horizontal overflow' if layout.fits else 'WIDER THAN THE WINDOW'}, "
+            f"{layout.cropped_tables or 'no'} table(s) cropped)"
         )
         if args.full:
             # Chromium draws at most about 16,000 px in one picture

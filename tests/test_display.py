@@ -1,5 +1,5 @@
-"""What the terminal shows: tables that fit the terminal (or COLUMNS) without cutting a word, and
-logs that keep one line per event when piped."""
+"""What the terminal shows: tables that fit the terminal (COLUMNS; 100 columns in a pipe) without
+cutting a word, a progress bar that keeps its elapsed time and ETA, and news lines that stay whole."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import io
 import re
 
 import pytest
+import torch
+from rich.console import Console
 
-from spatialmix.ui import display
+import spatialmix as sm
+from spatialmix.ui import display, progress
 from spatialmix.ui.display import ResultTable, say
+from test_verdicts import make_study
 
 VERDICT_WORDS = ("supports", "inconclusive", "contradicts")
 
@@ -58,13 +62,20 @@ def test_a_table_that_fits_keeps_its_columns(monkeypatch):
     assert any("chans" in line and "0.9123" in line for line in lines)
 
 
-def test_piped_without_columns_one_line_per_row(monkeypatch):
+def test_piped_without_columns_the_verdict_table_is_readable_at_100_columns(monkeypatch):
+    """A pipe or a log file has no width: the table keeps to PIPE_WIDTH, one block per row, every word
+    whole."""
     monkeypatch.delenv("COLUMNS", raising=False)
-    lines = printed(verdict_like_table())
-    for word in VERDICT_WORDS:  # a row's cells, first to last, on one line: grep finds the row
-        (row,) = [line for line in lines if re.search(rf"\b{word}\b", line)]
-        assert "Chans is more robust than Full at every budget of the study" in row
-        assert row.rstrip().endswith("│") and row.count("29/15 p=0.049") == 6
+    table = verdict_like_table()
+    lines = printed(table)
+    assert display.PIPE_WIDTH == 100 and max(len(line) for line in lines) <= 100
+    shown = " ".join(lines).split()
+    for word in table._words():
+        assert word in shown, word
+    for word in VERDICT_WORDS:  # each row's verdict on its own line, next to its header
+        (line,) = [line for line in lines if re.search(rf"\b{word}\b", line)]
+        assert line.split() == ["verdict", word]
+    assert sum("Chans is more robust than Full" in line for line in lines) == 3
 
 
 def test_say_keeps_a_long_line_whole_when_piped(monkeypatch):
@@ -73,3 +84,47 @@ def test_say_keeps_a_long_line_whole_when_piped(monkeypatch):
     line = "train epoch 3/10: train loss 0.4321 acc 0.8765 | test loss 0.3210 acc 0.8899 | " + "x" * 100
     say(line)
     assert out.getvalue() == line + "\n"
+
+
+def test_the_verdict_table_of_a_study_piped_to_a_file_keeps_to_100_columns(monkeypatch, tmp_path):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    table = sm.verdict_table(sm.verdicts_for_study(make_study(tmp_path / "study")))
+    with open(tmp_path / "log.txt", "w") as log:
+        table.print(file=log)
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert [line.split()[-1] for line in lines if line.startswith("verdict ")] == [
+        v.verdict.split()[-1] for v in sm.verdicts_for_study(tmp_path / "study")
+    ]
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_a_narrow_terminal_shows_the_training_bar_the_elapsed_time_and_the_eta(monkeypatch, width):
+    """The run's name and its loss and speed wrap onto a second line; the bar, the elapsed time and the
+    ETA keep their width."""
+    monkeypatch.setattr(progress, "console", Console(file=io.StringIO()))  # the live display: nowhere
+    bar = progress.TrainProgress(True, total_epochs=10, steps_per_epoch=351, title="convmixer-256/8 chans")
+    with bar:
+        bar.start_epoch(2)
+        bar.update(120, torch.tensor(80.0), torch.tensor(176.0), seen=200, elapsed=0.16)
+        out = io.StringIO()
+        Console(file=out, width=width).print(bar.progress.get_renderable())
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= width
+    text = " ".join(lines)
+    assert "━━━" in text, text  # 120/351 of a bar at least MIN_BAR = 10 cells wide
+    assert re.search(r"\b\d+:\d\d:\d\d ETA (\d+:\d\d:\d\d|-:--:--)", text), text
+    assert "120/351" in text and "…" not in text
+    for word in [
+        "convmixer-256/8",
+        "chans",
+        "epoch",
+        "3/10",
+        "loss",
+        "0.400",
+        "acc",
+        "0.880",
+        "1250",
+        "img/s",
+    ]:
+        assert word in text.split(), word

@@ -2,9 +2,12 @@
 
 import io
 
+import numpy as np
 import pytest
 
 from spatialmix.io.figures import save_png
+from spatialmix.robustness.settings import AttackSettings
+from spatialmix.studies.robustness import sigma_figure
 
 
 def test_save_png_returns_the_bytes_it_writes_and_closes_the_figure(tmp_path):
@@ -147,3 +150,29 @@ def test_the_robust_interval_figure_shows_each_modes_t_interval_over_seeds():
     (bar,) = [seg for c in paired.collections for seg in c.get_segments() if seg[0][0] > 0.01]
     assert (bar[0][1], bar[1][1]) == pytest.approx((100 * (0.035 - difference), 100 * (0.035 + difference)))
     assert paired.get_title() == "Chans - Full, paired (2 seeds)"
+
+
+def test_the_smoothing_plot_keeps_its_legend_off_the_curves():
+    """Curves that fill the axes at every height (clean high, 2/255 to 8/255 lower and rising): the
+    legend sits outside the axes, inside the figure, and over none of the points."""
+    settings = AttackSettings(eps=(0, 2 / 255, 4 / 255, 8 / 255))
+    robust = {0: [0.9, 0.9, 0.9, 0.9], 2 / 255: [0.3, 0.5, 0.7, 0.8], 4 / 255: [0.1, 0.3, 0.5, 0.6]}
+    robust[8 / 255] = [0.0, 0.1, 0.3, 0.4]
+    sigmas = [0.0, 0.5, 1.0, 2.0]
+    groups = {
+        sigma: [{"budgets": [{"eps": e, "robust_acc": robust[e][i]} for e in settings.eps]}] * 2
+        for i, sigma in enumerate(sigmas)
+    }
+    fig = sigma_figure(groups, settings)
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    legends = fig.legends + ([ax.get_legend()] if ax.get_legend() else [])
+    assert len(legends) == 1
+    box = legends[0].get_window_extent()
+    assert not box.overlaps(ax.get_window_extent())
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1
+    points = np.concatenate([line.get_xydata() for line in ax.get_lines()])
+    assert len(points) == 16
+    for x, y in ax.transData.transform(points):
+        assert not (box.x0 <= x <= box.x1 and box.y0 <= y <= box.y1)
+    assert [t.get_text() for t in legends[0].get_texts()] == ["clean", "eps 2/255", "eps 4/255", "eps 8/255"]

@@ -25,7 +25,7 @@ from spatialmix.io.paths import inside
 from spatialmix.io.study_results import Figure, StudyResult
 from spatialmix.report import document as report
 from spatialmix.report import filters as report_filters
-from spatialmix.report import page, sections, study_files
+from spatialmix.report import html_tables, page, sections, study_files
 from spatialmix.report.tables import classification_table
 from spatialmix.studies.context import PRESETS, StudyContext
 from spatialmix.studies.reproduce import STUDIES, reproduce, save_results, study_function
@@ -90,8 +90,14 @@ def check_page(page: str) -> StrictParser:
 
 
 def section_html(page: str, section_id: str) -> str:
+    """One section of the page, its cells without their labels (``<td>x</td>``; the labels, which
+    narrow windows show, are checked by the tests of the stacked tables)."""
     start = page.index(f'<section id="{section_id}"')
-    return page[start : page.index("</section>", start)]
+    return without_labels(page[start : page.index("</section>", start)])
+
+
+def without_labels(page: str) -> str:
+    return re.sub(r' data-label="[^"]*"', "", page)
 
 
 def png_bytes(color: str) -> bytes:
@@ -251,7 +257,7 @@ def test_the_report_leads_with_the_verdicts_and_ends_with_the_configuration(stud
     )
     assert headline is not None and headline.group(1).startswith(f"{word}, {100 * effect:+.2f} [")
     assert headline.group(1).endswith("] pts, 2 seeds") and verdicts.index("Claim 1a —") < verdicts.index(
-        "<table>"
+        "<table"
     )
     assert "- Claim 2b — smoothing Chans's frozen filters adds robustness: not run (" in markdown
 
@@ -277,11 +283,40 @@ def test_no_table_is_wider_than_the_page(study_dir, tmp_path):
     files = report.write_report([study_dir / "classification" / "full-seed0", other], tmp_path / "wide.html")
     page = files.html.read_text()
     check_page(page)
-    assert page.count("<table>") == page.count('<div class="table-wrap"><table>')
+    assert page.count("<table") == page.count('<div class="table-wrap"><table')
     assert ".table-wrap { max-width: 100%; overflow-x: auto;" in page and "overflow-wrap: anywhere" in page
     config = section_html(page, "configuration")
     runs_table = config[config.index("<caption>Runs</caption>") : config.index("</table>")]
-    assert runs_table.count("<th>") == 6 and "lr=0.5" in runs_table and "batch_size=7" in runs_table
+    assert runs_table.count("<th>") == 6 and "<th>settings</th>" in runs_table
+    groups = config[config.index("<caption>Settings that differ between runs</caption>") :]
+    groups = groups[: groups.index("</table>")]
+    assert groups.count("<th>") == 3 and "lr=0.5" in groups and "batch_size=7" in groups
+
+
+def table_rows(page: str, caption: str) -> list[list[str]]:
+    """The cells of each body row of the table captioned ``caption``, as text."""
+    table = page[page.index(f"<caption>{caption}</caption>") :]
+    body = table[table.index("<tbody>") : table.index("</tbody>")]
+    return [
+        [re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)
+    ]
+
+
+def test_the_configuration_shows_each_distinct_setting_once(study_dir, tmp_path):
+    """Four classification runs share their settings, the smoothed run differs in smooth_sigma: two
+    groups, each set of values in one row, and every run names its group."""
+    page = report.write_report([study_dir], tmp_path / "r.html").html.read_text()
+    config = section_html(page, "configuration")
+    groups = table_rows(config, "Settings that differ between runs")
+    assert groups == [["A", "4", "smooth_sigma=0"], ["B", "1", "smooth_sigma=1"]]
+    runs_rows = table_rows(config, "Runs")
+    by_folder = {row[1].rsplit("/", 1)[-1]: row[-1] for row in runs_rows}
+    assert by_folder == {
+        **{f"{mode}-seed{seed}": "A" for mode in ("full", "chans") for seed in (0, 1)},
+        "chans-sigma1-seed0": "B",
+    }
+    assert config.count("smooth_sigma=") == 2
 
 
 def test_verdicts_that_cannot_be_computed_leave_the_rest_of_the_report(study_dir, tmp_path):
@@ -601,7 +636,8 @@ def test_report_of_single_runs_and_an_interrupted_study(study_dir, tmp_path):
     page = files.html.read_text()
     check_page(page)
     assert files.present == ["verdicts", "classification", "curves", "robustness", "filters", "configuration"]
-    assert "Classification, runs given" in page and "<td>Full</td>" in page and "<td>Chans</td>" in page
+    cells = without_labels(page)
+    assert "Classification, runs given" in page and "<td>Full</td>" in cells and "<td>Chans</td>" in cells
     robustness = section_html(page, "robustness")
     assert "<td>0.4531</td>" in robustness and "8/255" in robustness and "rises with eps" in robustness
     assert base64.b64encode(plot).decode() in robustness
@@ -823,7 +859,8 @@ def test_table_cells_never_break_a_word_and_long_tables_fold(study_dir, tmp_path
     assert "anywhere" not in cells and "td.nowrap, .nb { white-space: nowrap; }" in style
     # a line may break after a slash: a word with one is kept whole
     nb = '<span class="nb">'
-    assert page._whole("≥ 4.04 pts/σ; at 2/255") == f"≥ 4.04 {nb}pts/σ;</span> at {nb}2/255</span>"
+    kept = html_tables.whole_words("≥ 4.04 pts/σ; at 2/255")
+    assert kept == f"≥ 4.04 {nb}pts/σ;</span> at {nb}2/255</span>"
     # the per-layer spectrum table, longer than LONG_TABLE rows: a row per setting and layer, all rows behind
     monkeypatch.setattr(report_filters, "LONG_TABLE", 4)
     filters = section_html(report.write_report([study_dir], tmp_path / "r.html").html.read_text(), "filters")
@@ -954,8 +991,9 @@ def _screenshots_script():
 
 
 def test_the_report_in_a_real_browser_is_never_wider_than_the_window(study_dir, tmp_path):
-    """Rendered by headless Chromium at a desktop and a narrow width: no horizontal overflow, even with a
-    strip of panels 3,000 pixels wide and the wide verdict table; the screenshot's right margin is blank."""
+    """Rendered by headless Chromium at a desktop and a narrow width: no horizontal overflow and no table
+    cropped, even with a strip of panels 3,000 pixels wide and the wide verdict table (a block per row at
+    800 pixels); the screenshot's right margin is blank."""
     screenshots = _screenshots_script()
     browser = screenshots.find_browser()
     if browser is None:
@@ -969,6 +1007,7 @@ def test_the_report_in_a_real_browser_is_never_wider_than_the_window(study_dir, 
     for width in (1400, 800):
         layout = screenshots.measure(browser, html, width, 1000)
         assert layout.fits and layout.scroll_width == layout.inner_width == width, layout
+        assert layout.cropped_tables == 0, layout  # none scrolls in its wrapper or reaches past the window
     shot = screenshots.screenshot(browser, html, tmp_path / "shot.png", 800, 1500)
     image = PILImage.open(shot).convert("L")
     assert image.size == (800, 1500)
@@ -985,3 +1024,22 @@ def test_an_attack_result_nested_too_deep_is_one_line_and_the_report_goes_on(stu
     page = report.write_report([attacked], tmp_path / "r.html").html.read_text()
     check_page(page)
     assert "robustness.json" in page and "left out" in page and "nest" in page
+
+
+def test_a_table_wider_than_the_window_shows_a_block_per_row_with_its_headers(study_dir, tmp_path):
+    """Each cell carries its column's header; a window narrower than the table's columns need (words
+    whole, estimates and verdicts on one line) shows each row as a block of labelled lines."""
+    html = report.write_report([study_dir], tmp_path / "r.html").html.read_text()
+    verdicts = html[html.index('<section id="verdicts"') :]
+    opening = re.search(r'<table class="stack-below-(\d+)">\n<caption>Verdicts</caption>', verdicts)
+    assert opening is not None
+    below = int(opening.group(1))
+    assert 800 < below < 1400  # a block per row at 800 pixels, the columns side by side at 1400
+    style = html[html.index("<style>") : html.index("</style>")]
+    media = style[style.index(f"@media (max-width: {below - 1}px)") :]
+    assert f"table.stack-below-{below} td::before {{ content: attr(data-label);" in media
+    row = verdicts[verdicts.index("<tr", verdicts.index("<tbody>")) :]
+    row = row[: row.index("</tr>")]
+    labels = re.findall(r'<td[^>]* data-label="([^"]*)"', row)
+    thead = verdicts[verdicts.index("<thead>") : verdicts.index("</thead>")]
+    assert labels == re.findall(r"<th>([^<]*)</th>", thead) and labels[0] == "claim" and labels[-1] == "note"

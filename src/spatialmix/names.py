@@ -7,6 +7,8 @@ checks that both list the same names.
 """
 
 MODES = ("full", "chans", "space")
+"""The three training modes: `full` learns every layer, `chans` freezes the spatial mixers at their
+init, `space` freezes the channel mixers."""
 INITS = ("default", "gaussian", "uniform", "covariance", "covariance-from")
 AUGMENTATIONS = ("none", "flip", "crop", "crop-flip")
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")

@@ -53,7 +53,11 @@ from spatialmix.core.token_mixers import has_filters, probe_token_mixers
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.names import MODES
 
-SPATIAL, CHANNEL, STEM_OR_FULL, NORM, HEAD, OTHER = "spatial", "channel", "full-conv", "norm", "head", "other"
+SPATIAL = "spatial"
+"""The kind of a spatial mixer (`classify_layers`, `layers_of_kind`): the layers frozen in mode `chans`."""
+CHANNEL = "channel"
+"""The kind of a channel mixer (`classify_layers`, `layers_of_kind`): the layers frozen in mode `space`."""
+STEM_OR_FULL, NORM, HEAD, OTHER = "full-conv", "norm", "head", "other"
 KINDS = (SPATIAL, CHANNEL, STEM_OR_FULL, NORM, HEAD, OTHER)
 _FROZEN_KIND = {"full": None, "chans": SPATIAL, "space": CHANNEL}
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -231,6 +235,8 @@ def classify_layers(model: nn.Module, selector: LayerSelector | None = None) -> 
 def layers_of_kind(
     model: nn.Module, kind: str, selector: LayerSelector | None = None
 ) -> list[tuple[str, nn.Module]]:
+    """The `(name, module)` pairs of `model`'s layers of one kind (`SPATIAL`, `CHANNEL`, ...), in the
+    model's order, as `classify_layers` finds them (with `selector`'s overrides)."""
     kinds = classify_layers(model, selector)
     modules = dict(model.named_modules())
     return [(name, modules[name]) for name, k in kinds.items() if k == kind]
@@ -325,6 +331,8 @@ def applied_inits(model: nn.Module) -> dict[str, str] | None:
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of `model` that training updates (`requires_grad`): what the optimizer is given,
+    without the frozen mixers."""
     return [p for p in model.parameters() if p.requires_grad]
 
 

@@ -113,6 +113,8 @@ DATASETS: dict[str, DatasetSpec] = {
         "pass --data-dir DIR with train/ and val/ folders of class subfolders (ImageNet layout)",
     ),
 }
+"""Every data set `load_dataset` reads, by name: its file format, where its files are looked for, its
+normalization, default augmentation and class names."""
 
 
 @dataclass

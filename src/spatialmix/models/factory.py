@@ -84,8 +84,11 @@ def create_model(
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of scalars in `model`'s parameters, frozen ones included."""
     return sum(p.numel() for p in model.parameters())
 
 
 def list_models() -> list[str]:
+    """The names `create_model` accepts: every registered model, then `timm:NAME` and
+    `torchvision:NAME` for the models of those libraries."""
     return sorted(MODEL_REGISTRY) + ["timm:NAME", "torchvision:NAME"]

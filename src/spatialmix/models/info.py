@@ -51,6 +51,10 @@ def supported_modes(summary: MixingSummary) -> dict[str, str | None]:
 
 @dataclass
 class ModelInfo:
+    """What `describe_model` found: the parameter count, the layers of each kind (`summary`), the
+    spatial mixers by what they are, and each mode with None where the model can train in it, else why
+    not."""
+
     name: str
     parameters: int
     summary: MixingSummary
@@ -58,6 +62,7 @@ class ModelInfo:
     modes: dict[str, str | None]  # see supported_modes
 
     def layers(self, kind: str) -> int:
+        """How many layers of one kind (`SPATIAL`, `CHANNEL`, ...) the model has."""
         return next((row["layers"] for row in self.summary.rows if row["kind"] == kind), 0)
 
 

@@ -40,6 +40,7 @@ class RegisteredModel:
 # family's module registers its own names with @register_model; spatialmix.models.factory imports
 # every family, so the table is complete wherever a model is built.
 MODEL_REGISTRY: dict[str, RegisteredModel] = {}
+"""Every built-in model by name, as `register_model` recorded it (`create_model` builds them)."""
 
 
 def register_model(name: str, description: str, **defaults):

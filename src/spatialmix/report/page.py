@@ -2,24 +2,22 @@
 are written out, as one self-contained HTML file and as Markdown.
 
 The HTML needs nothing else to be read: images are embedded as base64, the style sheet is
-inline, there is no script and no external URL, and every table sits in a scrolling wrapper so
-that none is wider than the page.
+inline, there is no script and no external URL, and no table is wider than the page
+(`spatialmix.report.html_tables`).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from spatialmix.analysis.claims import VERDICT_WORDS
 from spatialmix.io.figures import save_png
+from spatialmix.report.html_tables import TABLE_STYLE, esc, html_table, stacked_style, whole_words
 from spatialmix.ui.display import ResultTable
 from spatialmix.version import __version__
 
@@ -229,124 +227,65 @@ def saved_table(title: str, rows: list[dict], columns) -> ResultTable:
 
 # --------------------------------------------------------------------------- HTML
 
-# Words are never broken inside (a verdict cut into "suppor/ts" reads as two words): a cell wraps at
-# spaces only, a table too wide for the window scrolls inside its wrapper, and the verdict stays on
-# one line. A figure wider than the page is scaled down to it (a strip of panels was cut into rows).
+# A figure wider than the page is scaled down to it (a strip of panels was cut into rows). The tables'
+# style is in spatialmix.report.html_tables.
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1300px; margin: 2em auto;
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
-.table-wrap { max-width: 100%; overflow-x: auto; margin: 1em 0; }
-table { border-collapse: collapse; font-size: 0.85em; }
-caption { font-weight: bold; text-align: left; padding: 0.3em 0;
-          width: max-content; max-width: min(60em, 90vw); }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top;
-         overflow-wrap: normal; word-break: normal; hyphens: none; max-width: 32em; }
-th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
-tr[title] { cursor: help; } td.note { color: #555; text-align: right; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #555; }
 .absent { color: #777; font-style: italic; } .meta { color: #555; font-size: 0.9em; }
 nav ul { columns: 2; } code { background: #f4f4f4; padding: 0 0.2em; overflow-wrap: anywhere; }
 details { margin: 0.5em 0 1em; } summary { cursor: pointer; color: #333; }
-ol.notes { font-size: 0.85em; color: #444; }
 ul.headlines { padding-left: 1.2em; } ul.headlines li { margin: 0.2em 0; }
-td[class^="verdict-"], td.nowrap, .nb { white-space: nowrap; }
-td.verdict-supports { background: #dff3df !important; font-weight: bold; }
-td.verdict-contradicts { background: #f8dcdc !important; font-weight: bold; }
-td.verdict-inconclusive { background: #fff4d6 !important; } td.verdict-not-run { color: #777; }
 """
-# A column shown as a numbered note under its table and as the tooltip of its row (the verdict
-# table's long "how": intervals, McNemar per seed), not as a column squeezed beside the others.
-NOTE_COLUMNS = ("how",)
-# A number with its unit ("+0.52 pts/σ") is one word: never cut after its slash.
-NOWRAP_COLUMNS = ("estimate",)
-
-
-def _esc(text) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _whole(text) -> str:
-    """``text`` escaped, each word with a slash in it ("pts/σ", "2/255") kept on one line: browsers may
-    break a line after a slash, which cut units and budgets in two."""
-    return re.sub(r"\S*/\S*", lambda m: f'<span class="nb">{m.group(0)}</span>', _esc(text))
-
-
-def _td(cell: str, column: str) -> str:
-    if column == "verdict" and cell in VERDICT_WORDS:  # the word of a verdict, coloured
-        return f'<td class="verdict-{cell.replace(" ", "-")}">{_esc(cell)}</td>'
-    if column in NOWRAP_COLUMNS:
-        return f'<td class="nowrap">{_esc(cell)}</td>'
-    return f"<td>{_whole(cell)}</td>"
-
-
-def html_table(table: ResultTable) -> str:
-    """A table in a scrolling wrapper, so that no table is ever wider than the page; a note column
-    (:data:`NOTE_COLUMNS`) becomes a numbered list under it and each row's tooltip."""
-    keys = [k for k, _, _ in table.columns]
-    shown = [i for i, k in enumerate(keys) if k not in NOTE_COLUMNS]
-    noted = [i for i, k in enumerate(keys) if k in NOTE_COLUMNS]
-    notes: list[str] = []
-    rows = []
-    for cells in table.cells():
-        note = "; ".join(cells[i] for i in noted if cells[i] not in ("", "-"))
-        tds = "".join(_td(cells[i], keys[i]) for i in shown)
-        if noted:
-            if note:
-                notes.append(note)
-            tds += f'<td class="note">{len(notes) if note else ""}</td>'
-        rows.append(f'<tr title="{_esc(note)}">{tds}</tr>' if note else f"<tr>{tds}</tr>")
-    head = "".join(f"<th>{_esc(table.columns[i][1])}</th>" for i in shown) + (
-        "<th>note</th>" if noted else ""
-    )
-    body = "\n".join(rows)
-    page = (
-        f'<div class="table-wrap"><table>\n<caption>{_esc(table.title)}</caption>\n<thead><tr>{head}</tr>'
-        f"</thead>\n<tbody>\n{body}\n</tbody>\n</table></div>"
-    )
-    if notes:
-        headers = " and ".join(table.columns[i][1] for i in noted)
-        items = "".join(f"<li>{_esc(n)}</li>" for n in notes)
-        page += (
-            f"\n<details><summary>Notes: {_esc(headers)} of each line (also shown when the pointer "
-            f'rests on a row)</summary>\n<ol class="notes">{items}</ol>\n</details>'
-        )
-    return page
 
 
 def html_image(image: Image) -> str:
     data = base64.b64encode(image.png).decode("ascii")
-    img = f'<img alt="{_esc(image.caption)}" src="data:{image.mime};base64,{data}">'
-    figure = f"<figure>{img}<figcaption>{_esc(image.caption)}</figcaption></figure>"
+    img = f'<img alt="{esc(image.caption)}" src="data:{image.mime};base64,{data}">'
+    figure = f"<figure>{img}<figcaption>{esc(image.caption)}</figcaption></figure>"
     if image.tall:
-        return f"<details><summary>Figure (open it): {_esc(image.caption)}</summary>\n{figure}\n</details>"
+        return f"<details><summary>Figure (open it): {esc(image.caption)}</summary>\n{figure}\n</details>"
     return figure
 
 
 def html_item(item) -> str:
     if isinstance(item, str):
-        return f"<p>{_esc(item)}</p>"
+        return f"<p>{esc(item)}</p>"
     if isinstance(item, ResultTable):
         return html_table(item)
     if isinstance(item, Image):
         return html_image(item)
     if isinstance(item, Bullets):
-        return '<ul class="headlines">' + "".join(f"<li>{_whole(line)}</li>" for line in item.lines) + "</ul>"
+        lines = "".join(f"<li>{whole_words(line)}</li>" for line in item.lines)
+        return f'<ul class="headlines">{lines}</ul>'
     if isinstance(item, Details):
         if isinstance(item.content, ResultTable):
             inner = html_table(item.content)
         else:
-            inner = "<ul>" + "".join(f"<li>{_esc(line)}</li>" for line in item.content) + "</ul>"
-        return f"<details><summary>{_esc(item.summary)}</summary>\n{inner}\n</details>"
+            inner = "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in item.content) + "</ul>"
+        return f"<details><summary>{esc(item.summary)}</summary>\n{inner}\n</details>"
     raise TypeError(f"cannot render {type(item).__name__} in a report")
 
 
 def render_html(sections: list[Section], sources: list[str], created: str) -> str:
     """The page; ``sources``: the inputs as the page names them (no path of the machine it was made on)."""
     nav = "".join(
-        f'<li><a href="#{s.id}">{_esc(s.title)}</a>{"" if s.present else " (absent)"}</li>' for s in sections
+        f'<li><a href="#{s.id}">{esc(s.title)}</a>{"" if s.present else " (absent)"}</li>' for s in sections
     )
+    body = []
+    for s in sections:
+        state = "present" if s.present else "absent"
+        body.append(f'<section id="{s.id}" class="{state}-section">')
+        body.append(f"<h2>{esc(s.title)}</h2>")
+        if s.absent is not None:
+            body += [html_item(i) for i in s.items if isinstance(i, str)]
+            body.append(f'<p class="absent">Absent: {esc(s.absent)}.</p>')
+        else:
+            body += [html_item(i) for i in s.items]
+        body.append("</section>")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -354,26 +293,19 @@ def render_html(sections: list[Section], sources: list[str], created: str) -> st
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>spatialmix report</title>",
-        f"<style>{STYLE}</style>",
+        f"<style>{STYLE}{TABLE_STYLE}{stacked_style(chr(10).join(body))}</style>",
         "</head>",
         "<body>",
         "<h1>spatialmix report</h1>",
-        f'<p class="meta">Written {_esc(created)} by spatialmix {_esc(__version__)} from: '
-        + ", ".join(f"<code>{_esc(p)}</code>" for p in sources)
+        f'<p class="meta">Written {esc(created)} by spatialmix {esc(__version__)} from: '
+        + ", ".join(f"<code>{esc(p)}</code>" for p in sources)
         + "</p>",
         f"<nav><ul>{nav}</ul></nav>",
+        *body,
+        "</body>",
+        "</html>",
+        "",
     ]
-    for s in sections:
-        state = "present" if s.present else "absent"
-        parts.append(f'<section id="{s.id}" class="{state}-section">')
-        parts.append(f"<h2>{_esc(s.title)}</h2>")
-        if s.absent is not None:
-            parts += [html_item(i) for i in s.items if isinstance(i, str)]
-            parts.append(f'<p class="absent">Absent: {_esc(s.absent)}.</p>')
-        else:
-            parts += [html_item(i) for i in s.items]
-        parts.append("</section>")
-    parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
 
 

@@ -175,8 +175,18 @@ def configuration_section(inputs: Inputs) -> Section:
     keys = [k for k in dict.fromkeys(k for s in settings for k in s)]
     differing = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings}) > 1]
     common = [k for k in keys if k not in differing]
-    # One narrow table: the settings that tell runs apart go into one wrapping cell, not a column each
-    # (a study with un-shuffling runs differs in a dozen fields), and folders are relative to their study.
+    section.items += _runs_tables(all_runs, settings, differing)
+    shared = ResultTable("Settings shared by every run", [("setting", "setting", ""), ("value", "value", "")])
+    for k in common:
+        shared.add(setting=k, value=format_value(settings[0].get(k)))
+    section.items.append(details_table(shared))
+    return section
+
+
+def _runs_tables(all_runs: list[RunInfo], settings: list[dict], differing: list[str]) -> list:
+    """One narrow table of runs, each naming its group of settings, and each group's settings (those
+    that tell runs apart, but for mode and seed, which the run's name says) once in a second table."""
+    groups = _setting_groups(all_runs, settings, [k for k in differing if k not in ("mode", "seed")])
     per_run = ResultTable(
         "Runs",
         [
@@ -185,10 +195,11 @@ def configuration_section(inputs: Inputs) -> Section:
             ("state", "state", ""),
             ("trainable", "trainable params", ""),
             ("frozen", "frozen params", ""),
-            ("differs", "settings that differ between runs", ""),
-        ],
+        ]
+        + ([("group", "settings", "")] if len(groups) > 1 else []),
     )
-    for r, s in zip(all_runs, settings):
+    group_of = {id(r): name for name, (members, _) in groups.items() for r in members}
+    for r in all_runs:
         params = r.record.get("params", {}) if isinstance(r.record.get("params"), dict) else {}
         per_run.add(
             run=r.label,
@@ -196,15 +207,38 @@ def configuration_section(inputs: Inputs) -> Section:
             state=r.status.get("state", "?"),
             trainable=format_value(params.get("trainable")),
             frozen=format_value(params.get("frozen")),
-            differs=", ".join(f"{k}={format_value(s.get(k))}" for k in differing if k not in ("mode", "seed"))
-            or "-",
+            group=group_of[id(r)],
         )
-    section.items.append(fold(per_run))
-    shared = ResultTable("Settings shared by every run", [("setting", "setting", ""), ("value", "value", "")])
-    for k in common:
-        shared.add(setting=k, value=format_value(settings[0].get(k)))
-    section.items.append(details_table(shared))
-    return section
+    tables = [fold(per_run)]
+    if len(groups) > 1:
+        by_group = ResultTable(
+            "Settings that differ between runs",
+            [("group", "settings", ""), ("runs", "runs", ""), ("values", "values", "")],
+        )
+        for name, (members, values) in groups.items():
+            by_group.add(group=name, runs=len(members), values=values)
+        tables.append(fold(by_group))
+    return tables
+
+
+def _setting_groups(runs: list[RunInfo], settings: list[dict], keys: list[str]) -> dict:
+    """Runs that agree on every one of ``keys``, as ``{name: (runs, "key=value, ...")}``, named A, B, ...
+    in the order of their first run."""
+    groups: dict[str, tuple[list, str]] = {}
+    for run, s in zip(runs, settings):
+        values = ", ".join(f"{k}={format_value(s.get(k))}" for k in keys) or "-"
+        groups.setdefault(values, ([], values))[0].append(run)
+    return {_group_name(i): group for i, group in enumerate(groups.values())}
+
+
+def _group_name(index: int) -> str:
+    """A, B, ..., Z, AA, AB, ...: the name of the ``index``-th group of settings."""
+    name = ""
+    index += 1
+    while index:
+        index, letter = divmod(index - 1, 26)
+        name = chr(ord("A") + letter) + name
+    return name
 
 
 def _short_path(run: RunInfo) -> str:

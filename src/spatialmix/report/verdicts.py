@@ -4,7 +4,7 @@ The verdicts are computed afresh from the inputs (:mod:`spatialmix.analysis.verd
 from a saved table. Each claim gets one sentence that answers it ("Claim 1a — Chans reaches nearly
 Full's accuracy: supports, -0.81 [-0.91, -0.71] pts, 20 seeds."), a claim judged at several budgets
 one clause per budget; the table below holds every number, and how each interval was made is a
-note of its line (:data:`spatialmix.report.page.NOTE_COLUMNS`).
+note of its line (`spatialmix.report.html_tables.NOTE_COLUMNS`).
 """
 
 from __future__ import annotations

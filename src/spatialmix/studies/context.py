@@ -137,6 +137,8 @@ PRESETS: dict[str, Preset] = {
         },
     ),
 }
+"""The study presets by name (`quick`, `standard`, `paper`, ...): the data, model and training
+recipe, the seeds and the attack settings a `reproduce` run uses."""
 
 
 @dataclass

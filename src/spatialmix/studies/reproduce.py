@@ -45,6 +45,7 @@ STUDIES: dict[str, StudyFn] = {
     "verdicts": verdicts_study,  # one verdict per claim
     "report": report_study,  # report.html, last
 }
+"""Every study `reproduce` can run, by name, in the order it runs them."""
 # Run only when asked for (`--studies ...,init`): not part of `make reproduce`'s time budget.
 ON_REQUEST: frozenset[str] = frozenset({"init"})
 # Studies that add no data to a claim: running them alone keeps an --until-decided record.

@@ -298,6 +298,12 @@ def study_data(results: list[dict], settings: AttackSettings, key: str) -> dict:
 
 def plot_against_sigma(groups: dict, settings: AttackSettings, path: Path) -> Path:
     """Clean and robust accuracy (mean over seeds, one line per budget) against the smoothing sigma."""
+    save_png(sigma_figure(groups, settings), path, dpi=110)
+    return path
+
+
+def sigma_figure(groups: dict, settings: AttackSettings):
+    """The figure of `plot_against_sigma`; its legend sits under the axes, where it covers no curve."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -313,6 +319,6 @@ def plot_against_sigma(groups: dict, settings: AttackSettings, path: Path) -> Pa
     ax.set_title(f"Chans: accuracy vs smoothing ({settings.norm})", fontsize=9)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    save_png(fig, path, dpi=110)
-    return path
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=7)
+    return fig

@@ -24,13 +24,17 @@ def say(message: str) -> None:
     console.print(message, highlight=False, soft_wrap=True)
 
 
-def fit_width(out: Console) -> int | None:
+# The width of a table written to a pipe or a log file: what an editor or a pager shows whole.
+PIPE_WIDTH = 100
+
+
+def fit_width(out: Console) -> int:
     """The width a table must fit: ``COLUMNS`` when set, the terminal's when printing to one, else
-    None (a pipe or a log file, where nothing should wrap)."""
+    `PIPE_WIDTH` (a pipe or a log file)."""
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit() and int(columns) > 0:
         return int(columns)
-    return out.width if out.is_terminal else None
+    return out.width if out.is_terminal else PIPE_WIDTH
 
 
 def _render(renderable, width: int) -> str:
@@ -116,15 +120,16 @@ class ResultTable:
         return {word for cells in [headers, *self.cells()] for cell in cells for word in cell.split()}
 
     def print(self, file=None) -> None:
-        """The table at the width of the terminal (or ``COLUMNS``); where its columns cannot fit
-        without cutting a word, one block per row. In a pipe or a log: one line per row, unwrapped."""
+        """The table at the width of the terminal (``COLUMNS``; `PIPE_WIDTH` in a pipe or a log);
+        where its columns cannot fit without cutting a word, one block of ``header  value`` lines per
+        row."""
         file = file or sys.stdout
-        width = fit_width(Console(file=file))
-        if width is None:
-            text = _render(self.to_rich(), 1_000_000)
-            file.write("\n".join(line.rstrip() for line in text.splitlines()) + "\n")
-            return
+        out = Console(file=file)
+        width = fit_width(out)
         table = self.to_rich()
         if not all(word in _render(table, width) for word in self._words()):  # rich had to cut a word
             table = self.to_records()
-        Console(file=file, width=width).print(table)
+        if out.is_terminal:
+            Console(file=file, width=width).print(table)
+        else:  # without the blanks that pad each line to the width
+            file.write("\n".join(line.rstrip() for line in _render(table, width).splitlines()) + "\n")

@@ -18,8 +18,22 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
 from spatialmix.ui.display import console, say
+
+# A terminal too narrow for one line wraps the texts (the run's name, its loss and speed) onto a second
+# line, never the bar, the elapsed time or the ETA: each keeps its width.
+MIN_BAR = 10
+
+
+def time_columns() -> tuple[ProgressColumn, ...]:
+    """Elapsed time and ETA, never wrapped (new columns per display: rich caches in them per task)."""
+    return (
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        TextColumn("ETA", table_column=Column(no_wrap=True)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True)),
+    )
 
 
 class LiveBar:
@@ -60,13 +74,11 @@ class TrainProgress(LiveBar):
         self, enabled: bool, total_epochs: int, steps_per_epoch: int, title: str = "train", score: str = "acc"
     ):
         columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("[bold]{task.description}", table_column=Column(overflow="fold")),
+            BarColumn(bar_width=None, table_column=Column(min_width=MIN_BAR)),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[stats]}", table_column=Column(overflow="fold")),
+            *time_columns(),
         )
         super().__init__(enabled, columns, interval=0.25)
         self.score = score
@@ -111,7 +123,11 @@ class AttackProgress(LiveBar):
     """
 
     def __init__(self, label: str, enabled: bool = True):
-        super().__init__(enabled, (TextColumn("[bold]{task.description}"), TimeElapsedColumn()), interval=0.2)
+        columns = (
+            TextColumn("[bold]{task.description}", table_column=Column(overflow="fold")),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        )
+        super().__init__(enabled, columns, interval=0.2)
         self.label = label
         self._started = time.perf_counter()
 
