@@ -191,6 +191,8 @@ def cmd_report(args) -> None:
         model=trusted_factory(s.model, s.trust_code),
         trust_code=s.trust_code,
     )
+    for line in files.skipped:
+        print(f"spatialmix: warning: {line}", file=sys.stderr)
     for table in files.verdicts:  # the answer first, as on the page
         table.print()
     absent = f"; left out (no results): {', '.join(files.absent)}" if files.absent else ""
