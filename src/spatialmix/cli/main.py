@@ -209,11 +209,12 @@ def cmd_sweep(args) -> None:
 
     settings = SweepSettings(**given_values(SweepSettings, args))
     sweep = plan_sweep(settings, **given_values(TrainConfig, args, skip=SWEEP_SKIP))
+    resources = JobResources(**given_values(JobResources, args)).validate()  # a dry run refuses them too
+    resources.check_for(settings.executor)
     if settings.dry_run:
         for job, state in job_states(sweep):
             print(f"{state:<9} {job.name:<40} {resolved_model(job.config):<50} {job.run_dir}")
         return
-    resources = JobResources(**given_values(JobResources, args)).validate()
     try:
         outcome = run_sweep(sweep, settings.executor, resources, max_running=settings.max_running)
     except KeyboardInterrupt:
