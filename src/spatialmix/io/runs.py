@@ -38,7 +38,7 @@ import torch
 
 from spatialmix.errors import SpatialmixError
 from spatialmix.io.limits import RECORD_BYTES, SPEED_FIELDS
-from spatialmix.io.lock import LOCK
+from spatialmix.io.lock import LOCK, WRITER_ADVICE
 from spatialmix.io.lock import locked as _locked_path
 from spatialmix.io.paths import FolderWalk, inside
 from spatialmix.io.run_files import (
@@ -339,9 +339,10 @@ def load_checkpoint(folder: Path, run_dir: Path) -> tuple[dict, dict]:
 
 
 @contextlib.contextmanager
-def locked(run_dir: str | os.PathLike):
-    """Hold ``run_dir`` exclusively for the block (see :mod:`spatialmix.io.lock`); yields its :class:`Run`."""
-    with _locked_path(Run(run_dir).path):
+def locked(run_dir: str | os.PathLike, advice: str = WRITER_ADVICE):
+    """Hold ``run_dir`` exclusively for the block (see `spatialmix.io.lock`; ``advice`` ends the line that
+    refuses it to a second process); yields its `Run`."""
+    with _locked_path(Run(run_dir).path, advice):
         yield Run(run_dir)
 
 
