@@ -189,6 +189,70 @@ def test_bad_options_are_one_line_and_change_nothing(
     refused(capsys, args, tmp_path, *expected)
 
 
+# (id, arguments as for OPTION_CASES, the exact line): inputs that were accepted (exit 0) or misnamed
+EDGE_CASES = [
+    (
+        "eps-trailing-comma",
+        lambda train, tmp, run: ["attack", run, "--eps", "0,"],
+        "--eps '0,' has an empty budget (a comma too many?); give budgets like 0,2/255,8/255",
+    ),
+    (
+        "eps-empty-item",
+        lambda train, tmp, run: ["attack", run, "--eps", "0,,8/255"],
+        "--eps '0,,8/255' has an empty budget (a comma too many?); give budgets like 0,2/255,8/255",
+    ),
+    (
+        "eps-twice",
+        lambda train, tmp, run: ["attack", run, "--eps", "8/255,8/255"],
+        "--eps '8/255,8/255' gives the budget 8/255 twice; give each budget once",
+    ),
+    (
+        "out-with-a-newline",
+        lambda train, tmp, run: [*train, "--out", f"{tmp}/a\nb"],
+        "--out holds a control character (a newline) in 'a\\nb'; choose a name without one",
+    ),
+    (
+        "report-with-a-tab",
+        lambda train, tmp, run: ["report", run, "-o", f"{tmp}/r\t.html"],
+        "-o holds a control character (a tab) in 'r\\t.html'; choose a name without one",
+    ),
+    (
+        "train-data-dir-a-file",
+        lambda train, tmp, run: [*train, "--data-dir", run / runs.CONFIG, "--out", tmp / "r"],
+        "--data-dir {run}/config.json is a file, not a folder: pass the folder that holds the four IDX files",
+    ),
+    (
+        "attack-data-dir-a-file",
+        lambda train, tmp, run: ["attack", run, "--eps", "0", "--data-dir", run / runs.CONFIG],
+        "--data-dir {run}/config.json is a file, not a folder: pass the folder that holds the four IDX files",
+    ),
+    (
+        "imagefolder-data-dir-a-file",
+        lambda train, tmp, run: [*folder_flags(run / runs.CONFIG, 0), "--out", tmp / "r"],
+        "--data-dir {run}/config.json is a file, not a folder: pass the folder that holds train/ and val/",
+    ),
+]
+
+
+@pytest.mark.parametrize("case,argv,expected", EDGE_CASES, ids=[c[0] for c in EDGE_CASES])
+def test_edge_inputs_are_refused_in_one_exact_line(
+    capsys, tmp_path, run_copy, fake_fashion_dir, train_flags, case, argv, expected
+):
+    run_dir, _ = run_copy
+    args = argv(train_flags, tmp_path, run_dir)
+    if args[0] == "attack" and "--data-dir" not in args:
+        args += ["--data-dir", fake_fashion_dir, "--n-examples", "4", "--no-progress", "--plot", "none"]
+    line = refused(capsys, args, tmp_path)
+    assert line == "spatialmix: error: " + expected.format(run=run_dir)
+
+
+def test_a_dry_run_refuses_what_the_sweep_refuses(capsys, tmp_path):
+    """`sweep --dry-run --max-running 0` listed the configurations (exit 0); the sweep refused it."""
+    sweep = ["sweep", "--preset", "quick", "--max-running", "0", "--out", tmp_path / "sweep"]
+    lines = {refused(capsys, [*sweep, *dry], tmp_path) for dry in ([], ["--dry-run"])}
+    assert lines == {"spatialmix: error: max running must be a positive whole number, got 0"}
+
+
 def test_no_folder_is_made_at_the_file_system_root(capsys, run_copy):
     """`--plot /nonexistent/dir/x.png` made /nonexistent/dir (as root): the parent must exist."""
     run_dir, _ = run_copy

@@ -16,7 +16,9 @@ from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import fit
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import lock, runs, storage
+from spatialmix.robustness.settings import AttackSettings
 from spatialmix.studies import context as study
+from test_cli import assert_one_error_line, run_main
 
 # A process that holds a folder's lock the way spatialmix does (flock on RUN/run.lock, pid inside),
 # without importing torch: it starts in milliseconds.
@@ -128,6 +130,148 @@ def test_second_writer_through_the_cli_exits_2_naming_the_pid(held, fake_fashion
         f"wait for it to "
         f"finish or stop it, or choose another --out"
     ]
+
+
+# --------------------------------------------------------------------------- attacks and trainings of one run
+
+# A spatialmix command (argv after the script) that stops where it holds what it holds: it prints
+# "paused" when it reaches the function named first, then waits for a line on stdin before going on.
+PAUSED = """
+import sys
+import importlib
+module, name = sys.argv[1].rsplit(".", 1)
+owner = importlib.import_module(module)
+real = getattr(owner, name)
+
+def paused(*args, **kwargs):
+    print("paused", flush=True)
+    sys.stdin.readline()
+    return real(*args, **kwargs)
+
+setattr(owner, name, paused)
+from spatialmix.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+EVALUATE = "spatialmix.robustness.run_attacks.evaluate_run"  # where an attack holds the run
+
+
+def attack_argv(run_dir, data_dir, eps: str) -> list[str]:
+    return [
+        *("attack", str(run_dir), "--data-dir", str(data_dir), "--n-examples", "4", "--eps", eps),
+        *("--attacks", "fgsm", "--reference-examples", "0", "--no-progress", "--plot", "none"),
+    ]
+
+
+@pytest.fixture
+def paused():
+    """Start ``PAUSED`` at the function ``where`` with a command's arguments; yields a starter whose
+    process is stopped there (it printed "paused"), and ends them all after the test."""
+    from conftest import SUBPROCESS_ENV
+
+    procs = []
+
+    def start(where: str, argv: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PAUSED, where, *argv],
+            env=SUBPROCESS_ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        line = proc.stdout.readline().strip()
+        assert line == "paused", (line, proc.stderr.read() if proc.poll() is not None else "")
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def go_on(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate("\n", timeout=300)
+    return proc.returncode, out, err
+
+
+def test_a_second_attack_of_a_run_is_refused_while_the_first_runs(capsys, paused, run_copy, fake_fashion_dir):
+    """Two `attack`s of one run both evaluated it and both wrote robustness.json; the second is now
+    refused at once, naming the first, and the result is the first's alone."""
+    run_dir, _ = run_copy
+    result = run_dir / "robustness.json"
+    first = paused(EVALUATE, attack_argv(run_dir, fake_fashion_dir, "0"))
+    code, _, err = run_main(capsys, attack_argv(run_dir, fake_fashion_dir, "0,1/255"))
+    assert assert_one_error_line(code, err) == (
+        f"spatialmix: error: {run_dir} is in use by another spatialmix process (pid {first.pid}); "
+        f"attack it when that process (a training or another attack) has finished"
+    )
+    assert not result.exists()
+    code, _, err = go_on(first)
+    assert code == 0, err
+    assert [b["eps"] for b in runs.read_json(result)["budgets"]] == [0.0]
+    assert (run_dir / runs.LOCK).read_bytes() == b""  # released
+
+
+def test_an_attack_of_a_run_in_training_is_refused_and_the_training_goes_on(
+    capsys, paused, run_copy, fake_fashion_dir
+):
+    """`attack` of a run that `train --resume` was writing took no lock: it read the checkpoint the
+    training was replacing and wrote into the folder beside it. It is now refused in one line."""
+    run_dir, _ = run_copy
+    training = paused("spatialmix.io.runs.save_checkpoint", ["train", "--resume", "--out", str(run_dir)])
+    code, _, err = run_main(capsys, attack_argv(run_dir, fake_fashion_dir, "0"))
+    assert assert_one_error_line(code, err) == (
+        f"spatialmix: error: {run_dir} is in use by another spatialmix process (pid {training.pid}); "
+        f"attack it when that process (a training or another attack) has finished"
+    )
+    assert not (run_dir / "robustness.json").exists()
+    code, _, err = go_on(training)
+    assert code == 0 and runs.Run(run_dir).status()["state"] == "finished", err
+    code, _, err = run_main(capsys, attack_argv(run_dir, fake_fashion_dir, "0"))
+    assert code == 0, err
+    saved = runs.read_json(run_dir / "robustness.json")
+    assert saved["weights"]["checkpoint"] == "epoch-0002"  # the training's last checkpoint
+
+
+def test_a_training_is_refused_while_an_attack_holds_the_run(paused, run_copy, fake_fashion_dir):
+    """A training of a run under attack went on beside it (the attack held no lock); it is now refused."""
+    run_dir, config = run_copy
+    attack = paused(EVALUATE, attack_argv(run_dir, fake_fashion_dir, "0"))
+    with pytest.raises(lock.RunLockedError) as refused:
+        fit(config, run_dir, resume=True)
+    assert f"in use by another spatialmix process (pid {attack.pid})" in str(refused.value)
+    code, _, err = go_on(attack)
+    assert code == 0, err
+
+
+FAST = AttackSettings(eps=(0.0,), attacks=("fgsm",), n_examples=4, reference_examples=0, strength="fast")
+
+
+def test_evaluate_run_refuses_weights_replaced_while_it_reads_them(run_copy, fake_fashion_dir, monkeypatch):
+    """`sm.evaluate_run` takes no lock: a checkpoint written between its fingerprint and its load gave a
+    result naming the older checkpoint for the newer weights; it is now one line."""
+    from spatialmix.robustness import run_attacks
+
+    run_dir, _ = run_copy
+    real_load = run_attacks.load_trained_model
+
+    def load_after_a_new_checkpoint(*args, **kwargs):
+        model, train_state = runs.load_checkpoint(run_dir / runs.CKPT_DIR / "epoch-0001", run_dir)
+        runs.save_checkpoint(run_dir, 2, model, train_state)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(run_attacks, "load_trained_model", load_after_a_new_checkpoint)
+    with pytest.raises(SpatialmixError) as refused:
+        run_attacks.evaluate_run(
+            run_dir, eps=(0.0,), attacks=("fgsm",), n_examples=4, data_dir=str(fake_fashion_dir)
+        )
+    assert str(refused.value) == (
+        f"{run_dir} got a new checkpoint while it was read (a training is writing it); evaluate it again "
+        f"when the training has finished"
+    )
 
 
 # --------------------------------------------------------------------------- temporary files and fsync

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import unicodedata
 from pathlib import Path
 
 from spatialmix.engine.config import TrainConfig, check_seed, check_threads
@@ -21,6 +22,7 @@ OUTPUTS = {"out": True, "plot": False}
 # (checkpoints/epoch-0001/.optimizer.safetensors.x1a2b3c4.tmp and the like, in a sweep's runs/NAME).
 ROOM_INSIDE = 128
 DEFAULT_NAME_MAX, DEFAULT_PATH_MAX = 255, 4096
+CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -37,6 +39,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if isinstance(value, str) and value.strip().lower() not in ("none", "auto"):
             flag = "-o" if args.command == "report" else flag_of(name)
+            check_path_characters(flag, value)
             check_path_length(flag, value, ROOM_INSIDE if is_folder else 0)
     out_name = getattr(args, "out_name", None)
     if out_name:
@@ -63,6 +66,18 @@ def _is_folder(path: Path) -> bool:
         return path.is_dir()
     except OSError:  # a name too long to look up
         return False
+
+
+def check_path_characters(flag: str, path: str) -> None:
+    """Refuse an output path with a control character in a name (a newline, a tab, an escape): the
+    file system takes it, but every listing, log line and one-line message naming the folder breaks."""
+    for part in Path(path).parts:
+        bad = next((c for c in part if unicodedata.category(c) == "Cc"), None)
+        if bad is not None:
+            what = CONTROL_NAMES.get(bad, f"U+{ord(bad):04X}")
+            raise SpatialmixError(
+                f"{flag} holds a control character ({what}) in {part!r}; choose a name without one"
+            )
 
 
 def check_path_length(flag: str, path: str, room_inside: int = 0) -> None:

@@ -193,6 +193,8 @@ def cmd_report(args) -> None:
         model=trusted_factory(s.model, s.trust_code),
         trust_code=s.trust_code,
     )
+    for line in files.skipped:
+        print(f"spatialmix: warning: {line}", file=sys.stderr)
     for table in files.verdicts:  # the answer first, as on the page
         table.print()
     absent = f"; left out (no results): {', '.join(files.absent)}" if files.absent else ""
@@ -234,11 +236,12 @@ def cmd_sweep(args) -> None:
 
     settings = SweepSettings(**given_values(SweepSettings, args))
     sweep = plan_sweep(settings, **given_values(TrainConfig, args, skip=SWEEP_SKIP))
+    resources = JobResources(**given_values(JobResources, args)).validate()  # a dry run refuses them too
+    resources.check_for(settings.executor)
     if settings.dry_run:
         for job, state in job_states(sweep):
             print(f"{state:<9} {job.name:<40} {resolved_model(job.config):<50} {job.run_dir}")
         return
-    resources = JobResources(**given_values(JobResources, args)).validate()
     try:
         outcome = run_sweep(sweep, settings.executor, resources, max_running=settings.max_running)
     except KeyboardInterrupt:

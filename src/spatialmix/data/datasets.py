@@ -51,6 +51,7 @@ class DatasetSpec:
     torchvision_class: str | None
     how_to_get: str
     classes: list[str] = field(default_factory=list)
+    holds: str = "its files"  # what the folder passed as --data-dir holds
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -66,6 +67,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "install it with `apt-get install dataset-fashion-mnist` or pass --data-dir DIR with the four IDX "
         "files",
         FASHION_CLASSES,
+        holds="the four IDX files",
     ),
     "mnist": DatasetSpec(
         "mnist",
@@ -78,6 +80,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "MNIST",
         "pass --data-dir DIR with the four MNIST IDX files, or run once with internet to download",
         [str(i) for i in range(10)],
+        holds="the four MNIST IDX files",
     ),
     "cifar10": DatasetSpec(
         "cifar10",
@@ -89,6 +92,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "crop-flip",
         "CIFAR10",
         "pass --data-dir DIR holding cifar-10-batches-py/, or run once with internet",
+        holds="cifar-10-batches-py/",
     ),
     "cifar100": DatasetSpec(
         "cifar100",
@@ -100,6 +104,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "crop-flip",
         "CIFAR100",
         "pass --data-dir DIR holding cifar-100-python/, or run once with internet",
+        holds="cifar-100-python/",
     ),
     "imagefolder": DatasetSpec(
         "imagefolder",
@@ -111,6 +116,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "crop-flip",
         None,
         "pass --data-dir DIR with train/ and val/ folders of class subfolders (ImageNet layout)",
+        holds="train/ and val/",
     ),
 }
 """Every data set `load_dataset` reads, by name: its file format, where its files are looked for, its
@@ -179,6 +185,18 @@ def candidate_dirs(spec: DatasetSpec, data_dir: str | os.PathLike | None) -> lis
     return dirs
 
 
+def check_data_dir(data_dir: str | os.PathLike, spec: DatasetSpec) -> Path:
+    """``data_dir`` if it is a folder; else one line saying whether it is missing or not a folder."""
+    path = Path(data_dir)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise SpatialmixError(
+            f"--data-dir {path} is a file, not a folder: pass the folder that holds {spec.holds}"
+        )
+    raise SpatialmixError(f"--data-dir {path} does not exist; {spec.how_to_get}")
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> ImageData:
     """Load a small data set into memory as uint8 tensors (see the module doc for the search order)."""
     if name not in DATASETS:
@@ -189,8 +207,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
             "imagefolder data is streamed from disk, not held in memory; use "
             "spatialmix.data.imagefolder.load_image_folder(data_dir)"
         )
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise SpatialmixError(f"--data-dir {data_dir} does not exist; {spec.how_to_get}")
+    if data_dir is not None:
+        check_data_dir(data_dir, spec)
     searched = candidate_dirs(spec, data_dir)
     for directory in searched:
         found = _load_from(directory, spec)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
 from spatialmix.data.batches import BatchLoader, check_augment, random_flip
-from spatialmix.data.datasets import DATASETS, ENV_VAR, seeded_subset
+from spatialmix.data.datasets import DATASETS, ENV_VAR, check_data_dir, seeded_subset
 from spatialmix.errors import SpatialmixError
 
 
@@ -79,9 +78,7 @@ def load_image_folder(
     where = data_dir if data_dir is not None else os.environ.get(ENV_VAR)
     if not where:
         raise SpatialmixError(f"imagefolder needs a folder: {spec.how_to_get} (or set ${ENV_VAR})")
-    root = Path(where)
-    if not root.is_dir():
-        raise SpatialmixError(f"--data-dir {root} does not exist; {spec.how_to_get}")
+    root = check_data_dir(where, spec)
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise SpatialmixError(f"{root} has no train/ and val/ folders; {spec.how_to_get}")

@@ -23,16 +23,17 @@ class RunLockedError(SpatialmixError):
 
 
 _HELD: dict[str, list] = {}  # resolved run folder -> [fd, depth]: the locks this process holds
+WRITER_ADVICE = "wait for it to finish or stop it, or choose another --out"
 
 
 @contextlib.contextmanager
-def locked(run_dir: str | os.PathLike):
+def locked(run_dir: str | os.PathLike, advice: str = WRITER_ADVICE):
     """Hold the run folder exclusively (``flock`` on ``RUN/run.lock``) for the duration of the block.
 
     The operating system releases the lock when the process dies, so a killed run never leaves a
     stale lock. Re-entrant within a process (a study holding a run may call ``train`` on it). A
-    second process gets :class:`RunLockedError` naming the pid that holds the folder. The folder is
-    created if needed, and removed again if the block leaves nothing in it.
+    second process gets `RunLockedError` naming the pid that holds the folder, then ``advice``. The
+    folder is created if needed, and removed again if the block leaves nothing in it.
     """
     if str(run_dir) == "":
         raise SpatialmixError("the run folder is an empty string; pass a folder name such as runs/my-run")
@@ -68,8 +69,7 @@ def locked(run_dir: str | os.PathLike):
         os.close(fd)
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise RunLockedError(
-                f"{path} is in use by another spatialmix process (pid {holder}); wait for it to "
-                f"finish or stop it, or choose another --out"
+                f"{path} is in use by another spatialmix process (pid {holder}); {advice}"
             ) from None
         raise SpatialmixError(f"cannot lock {path} ({err.strerror}); choose another --out") from None
     _HELD[key] = [fd, 1]

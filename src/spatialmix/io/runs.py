@@ -38,9 +38,9 @@ import torch
 
 from spatialmix.errors import SpatialmixError
 from spatialmix.io.limits import RECORD_BYTES, SPEED_FIELDS
-from spatialmix.io.lock import LOCK
+from spatialmix.io.lock import LOCK, WRITER_ADVICE
 from spatialmix.io.lock import locked as _locked_path
-from spatialmix.io.paths import inside
+from spatialmix.io.paths import FolderWalk, inside
 from spatialmix.io.run_files import (
     CHECKPOINT_NAME,
     validate_latest,
@@ -339,25 +339,30 @@ def load_checkpoint(folder: Path, run_dir: Path) -> tuple[dict, dict]:
 
 
 @contextlib.contextmanager
-def locked(run_dir: str | os.PathLike):
-    """Hold ``run_dir`` exclusively for the block (see :mod:`spatialmix.io.lock`); yields its :class:`Run`."""
-    with _locked_path(Run(run_dir).path):
+def locked(run_dir: str | os.PathLike, advice: str = WRITER_ADVICE):
+    """Hold ``run_dir`` exclusively for the block (see `spatialmix.io.lock`; ``advice`` ends the line that
+    refuses it to a second process); yields its `Run`."""
+    with _locked_path(Run(run_dir).path, advice):
         yield Run(run_dir)
 
 
 RUN_SKIP_DIRS = {"checkpoints"}
 
 
-def find_runs(folder: Path, max_depth: int = 3) -> list[Path]:
-    """Run directories below ``folder`` (not below another run), sorted."""
-    found = []
+def find_runs(folder: Path, max_depth: int = 3, walk: FolderWalk | None = None) -> list[Path]:
+    """Run directories below ``folder`` (not below another run, nor in a hidden folder), sorted.
 
-    def walk(path: Path, depth: int):
-        for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if is_run_dir(child):
-                found.append(child)
-            elif depth < max_depth and child.name not in RUN_SKIP_DIRS:
-                walk(child, depth + 1)
+    ``folder`` is walked without leaving it (see `FolderWalk`): a link whose target leaves it is never
+    followed, and is kept in ``walk.outside`` (pass a walk to name them); a run reached by two names
+    counts once."""
 
-    walk(folder, 1)
-    return found
+    def descend(path: Path, depth: int) -> bool:
+        return (
+            depth < max_depth
+            and not path.name.startswith(".")
+            and path.name not in RUN_SKIP_DIRS
+            and not is_run_dir(path)
+        )
+
+    found = (walk if walk is not None else FolderWalk(folder)).walk(descend)
+    return sorted(p for p, is_folder in found if is_folder and not p.name.startswith(".") and is_run_dir(p))

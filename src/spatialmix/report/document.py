@@ -36,7 +36,7 @@ from spatialmix.io import storage
 from spatialmix.io.paths import check_writable
 from spatialmix.report.curves import curves_section
 from spatialmix.report.filters import filters_section
-from spatialmix.report.inputs import path_names, read_inputs, shown_path
+from spatialmix.report.inputs import Inputs, path_names, read_inputs, shown_path, skipped_links
 from spatialmix.report.page import Section, hide_paths, render_html, render_markdown
 from spatialmix.report.sections import classification_section, configuration_section, study_section
 from spatialmix.report.verdicts import verdicts_section
@@ -50,14 +50,13 @@ class ReportFiles:
     present: list[str]  # ids of the sections with results
     absent: list[str]  # ids of the sections left out with a note
     verdicts: list[ResultTable] = field(default_factory=list)  # the verdict tables, for the terminal
+    # one line per study folder whose links that lead out of it were skipped ("STUDY: skipped up, ...")
+    skipped: list[str] = field(default_factory=list)
 
 
-def build_sections(paths: list[str | Path], fft_size: int = FFT_SIZE) -> list[Section]:
-    """Every section of the report of ``paths`` (run directories and study folders), in page order; the
-    inputs named as :func:`spatialmix.report.inputs.shown_path` names them."""
-    if not isinstance(fft_size, int) or fft_size <= 0:
-        raise SpatialmixError(f"FFT size must be a positive integer, got {fft_size}")
-    inputs = read_inputs(paths)
+def build_sections(inputs: Inputs, paths: list[str | Path], fft_size: int = FFT_SIZE) -> list[Section]:
+    """Every section of the report of ``inputs``, read from ``paths`` (run directories and study folders),
+    in page order; the inputs named as `spatialmix.report.inputs.shown_path` names them."""
     for run in inputs.runs:  # a run of a model of its own is refused unless its code is given or trusted
         check_rebuildable(run.path)
     sections = [
@@ -106,10 +105,13 @@ def write_report(
             f"the folder {out_html.parent} of the report file does not exist; create it first or "
             f"choose another -o"
         )
+    if not isinstance(fft_size, int) or fft_size <= 0:
+        raise SpatialmixError(f"FFT size must be a positive integer, got {fft_size}")
     check_writable(out_html.parent)  # before the work, not after it
     paths = [str(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    inputs = read_inputs(paths)
     with user_code(model, trust_code):
-        sections = build_sections(paths, fft_size)
+        sections = build_sections(inputs, paths, fft_size)
     created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     markdown = out_html.with_suffix(".md")
     sources = [shown_path(p) for p in paths]
@@ -123,4 +125,9 @@ def write_report(
         [s.id for s in sections if s.present],
         [s.id for s in sections if not s.present],
         verdicts,
+        [
+            f"{study.path}: {skipped_links(study.path, study.outside)}"
+            for study in inputs.studies
+            if study.outside
+        ],
     )

@@ -5,6 +5,10 @@ Everything is read and checked here, before the report computes or writes anythi
 folder through :class:`spatialmix.io.runs.Run` (every file validated) and each study's entry of
 ``results.json`` through :func:`spatialmix.io.study_results.read_study_entry` (its section, tables,
 figures and files), so a damaged input is one line naming the file and the field.
+
+A study folder is walked for runs without leaving it (`spatialmix.io.paths.FolderWalk`): a link whose
+target leaves it is skipped, never followed, and named in one line (`skipped_links`), on the page
+and by the command line.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from spatialmix.analysis.filters import run_label
 from spatialmix.core.mixing import MODES
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
+from spatialmix.io.paths import FolderWalk
 from spatialmix.io.runs import find_runs
 from spatialmix.io.study_results import SavedStudy, check_study_settings, read_study_entry
 
@@ -40,6 +45,7 @@ class StudyInfo:
     results: dict  # results.json, {} when the folder has runs but no results yet
     runs: list[RunInfo] = field(default_factory=list)
     entries: list[SavedStudy] = field(default_factory=list)  # results.json's studies, checked, in order
+    outside: list[Path] = field(default_factory=list)  # its links that lead out of it, skipped
 
 
 @dataclass
@@ -56,6 +62,13 @@ class Inputs:
         return [
             (study, entry) for study in self.studies for entry in study.entries if entry.section == section
         ]
+
+
+def skipped_links(study: Path, links: list[Path]) -> str:
+    """The links of ``study`` skipped because they lead out of it, named below it in one clause."""
+    names = ", ".join(sorted(link.relative_to(study).as_posix() for link in links))
+    what = "a link that leads" if len(links) == 1 else "links that lead"
+    return f"skipped {names}, {what} out of the folder"
 
 
 def shown_path(path: str | Path) -> str:
@@ -139,15 +152,17 @@ def read_inputs(paths: list[str | Path]) -> Inputs:
                 f"or a study folder made by spatialmix"
             )
         has_results = (path / RESULTS).is_file()
-        run_dirs = find_runs(path)
+        walk = FolderWalk(path)
+        run_dirs = find_runs(path, walk=walk)
         if not has_results and not run_dirs:
+            skipped = f"; {skipped_links(path, walk.outside)}" if walk.outside else ""
             raise SpatialmixError(
                 f"{path} is neither a spatialmix run (no config.json) nor a study folder "
-                f"(no results.json, no runs inside); pass a folder made by `spatialmix train` "
-                f"or `spatialmix reproduce`"
+                f"(no results.json, no runs inside{skipped}); pass a folder made "
+                f"by `spatialmix train` or `spatialmix reproduce`"
             )
         results, entries = read_results(path / RESULTS) if has_results else ({}, [])
-        study = StudyInfo(path, results, entries=entries)
+        study = StudyInfo(path, results, entries=entries, outside=walk.outside)
         for run_dir in sorted(run_dirs, key=lambda d: _run_order(path, d)):
             top = run_dir.relative_to(path).parts[0]
             prefix = "" if top == "classification" or run_dir.parent == path else f"{top}: "

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from spatialmix.io.study_results import SavedStudy
-from spatialmix.report.inputs import Inputs, RunInfo, shown_path, task_name
+from spatialmix.report.inputs import Inputs, RunInfo, shown_path, skipped_links, task_name
 from spatialmix.report.page import Section, details_table, fold, format_value
 from spatialmix.report.robustness import interval_items, run_robustness_items
 from spatialmix.report.study_files import study_items
@@ -166,6 +166,10 @@ def configuration_section(inputs: Inputs) -> Section:
             section.items.append(
                 f"Folder {shown_path(study.path)}: runs without results.json (an interrupted "
                 "`spatialmix reproduce`?)."
+            )
+        if study.outside:
+            section.items.append(
+                f"Study folder {shown_path(study.path)}: {skipped_links(study.path, study.outside)}."
             )
     all_runs = inputs.runs
     if not all_runs:

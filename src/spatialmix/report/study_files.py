@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from spatialmix.io.paths import inside
+from spatialmix.io.paths import FolderWalk, inside
 from spatialmix.io.study_results import SavedStudy
 from spatialmix.report.inputs import StudyInfo
 from spatialmix.report.page import Details, Image, saved_table, wrap_strip
@@ -174,14 +174,15 @@ def _relative_name(base: Path, path: Path) -> str:
 
 def resolve_file(base: Path, name: str) -> Path | None:
     """A file named in an older results.json: as written, relative to the study folder, or by name below it
-    (the folder may have been moved since)."""
+    (the folder may have been moved since; searched without following a link out of it)."""
     path = Path(name)
     for candidate in (path, base / path):
         try:
             return checked_file(base, candidate)  # never a file outside the folder reported on
         except NotShown:
             continue
-    for match in sorted(base.rglob(path.name)) if path.name else []:
+    below = FolderWalk(base).walk() if path.name else []
+    for match in sorted(p for p, is_folder in below if not is_folder and p.name == path.name):
         try:
             return checked_file(base, match)
         except NotShown:

@@ -3,10 +3,16 @@
 Each run's model is rebuilt from its folder, attacked on a fixed, seeded choice of test images,
 and its result saved as ``robustness.json`` beside it; a saved result of the same settings and
 weights is reused instead of attacking again.
+
+Saving into the run folder makes an attack one of its writers, so `attack_runs` holds each run's lock
+(`spatialmix.io.runs.locked`, the one `train` holds) from reading its newest checkpoint to writing
+the result: a run that a training or another attack holds is refused at once, in one line naming
+that process, and no checkpoint can change while it is attacked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -25,6 +31,9 @@ from spatialmix.robustness.attacks import RESULT_NAME
 from spatialmix.robustness.evaluate import evaluate_robustness
 from spatialmix.robustness.results import plot_robustness, result_rows
 from spatialmix.robustness.settings import AttackSettings
+
+# How a run held by another process is refused to an attack (the line begins "RUN is in use by ...").
+HELD_ADVICE = "attack it when that process (a training or another attack) has finished"
 
 
 def select_examples(data, n_examples: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,14 +92,23 @@ def evaluate_run(
     trust_code: bool = False,
     **changes,
 ) -> dict:
-    """Load a saved run and evaluate it (see :func:`evaluate_robustness`); the run's folder, mode,
+    """Load a saved run and evaluate it (see `evaluate_robustness`); the run's folder, mode,
     smoothing, seed and checkpoint are added to the result. ``model`` / ``trust_code``: for a run
-    trained with a model of its own, see :func:`~spatialmix.engine.train.load_trained_model`."""
+    trained with a model of its own, see `spatialmix.engine.train.load_trained_model`.
+
+    It writes nothing and takes no lock (`attack_runs` holds the run's); a checkpoint written while
+    it loads the weights (a training of the run) is refused in one line, so the result never names
+    other weights than it attacked."""
 
     settings = (settings or AttackSettings()).replace(**changes).validate()
     run_dir = runs.check_run_dir(Path(run_dir))
     fingerprint = weights_fingerprint(run_dir)
     model, record = load_trained_model(run_dir, device="cpu", model=model, trust_code=trust_code)
+    if runs.Run(run_dir).require_checkpoint().name != fingerprint["checkpoint"]:
+        raise SpatialmixError(
+            f"{run_dir} got a new checkpoint while it was read (a training is writing it); evaluate it "
+            f"again when the training has finished"
+        )
     data = data if data is not None else _data_for_run(run_dir, {}, data_dir)
     images, labels = select_examples(data, settings.n_examples, settings.seed)
     d = record["data"]
@@ -145,6 +163,10 @@ def attack_runs(
     the runs trained with a model of their own (the others ignore them; see
     :func:`~spatialmix.engine.train.load_trained_model`). Returns the results, in the order of
     ``run_dirs``.
+
+    Each run's lock (the one `train` holds) is held from before its checkpoint is read until its
+    result is written: a run that another process is training or attacking is refused before
+    anything is computed, in one line naming that process.
     """
     with user_code(model, trust_code):
         return _attack_runs(run_dirs, settings, out_name, plot, progress, reuse, data_dir, changes)
@@ -160,12 +182,25 @@ def _attack_runs(run_dirs, settings, out_name, plot, progress, reuse, data_dir, 
         raise SpatialmixError(
             "no run directory given; pass folders made by `spatialmix train` or `reproduce`"
         )
-    fingerprints = []
     for run_dir in run_dirs:
         runs.check_run_dir(run_dir)
         check_writable(run_dir)  # the results go there: fail now, not after the attacks
         check_rebuildable(run_dir)  # a model of its own needs its factory (or trusted code): say so now
-        fingerprints.append(weights_fingerprint(run_dir))
+    with contextlib.ExitStack() as held:
+        for run_dir in run_dirs:  # every run before any attack: one held elsewhere is refused at once
+            held.enter_context(runs.locked(run_dir, HELD_ADVICE))
+        results = _attack_held_runs(run_dirs, settings, out_name, progress, reuse, data_dir)
+    if plot is not None:
+        plot_path = _default_plot_path(run_dirs, out_name) if plot == "auto" else Path(plot)
+        plot_robustness(results, plot_path)
+        for result in results:
+            result["plot"] = str(plot_path)
+    return results
+
+
+def _attack_held_runs(run_dirs, settings, out_name, progress, reuse, data_dir) -> list[dict]:
+    """Attack each run (its lock held) and save its result, or reuse a saved one of these weights."""
+    fingerprints = [weights_fingerprint(run_dir) for run_dir in run_dirs]  # each has a checkpoint
     results, datasets = [], {}
     for run_dir, fingerprint in zip(run_dirs, fingerprints):
         path = run_dir / f"{out_name}.json"
@@ -177,11 +212,6 @@ def _attack_runs(run_dirs, settings, out_name, plot, progress, reuse, data_dir, 
         result = evaluate_run(run_dir, settings, data=data, progress=progress)
         runs.atomic_write_json(path, result)
         results.append(result)
-    if plot is not None:
-        plot_path = _default_plot_path(run_dirs, out_name) if plot == "auto" else Path(plot)
-        plot_robustness(results, plot_path)
-        for result in results:
-            result["plot"] = str(plot_path)
     return results
 
 

@@ -30,11 +30,22 @@ def parse_eps(text) -> float:
 
 
 def parse_eps_list(text: str) -> tuple[float, ...]:
-    """``"0,1/255,8/255"`` (commas or spaces) -> (0.0, 0.0039..., 0.0313...)."""
-    parts = [p for p in re.split(r"[,\s]+", str(text).strip()) if p]
-    if not parts:
+    """``"0,1/255,8/255"`` (commas or spaces) -> (0.0, 0.0039..., 0.0313...). An empty budget (``"0,"``)
+    and a budget given twice are refused: either is a typo, not a request."""
+    if not str(text).strip():
         raise SpatialmixError("--eps is empty; give budgets like 0,2/255,8/255")
-    return tuple(parse_eps(p) for p in parts)
+    parts = re.split(r"\s*,\s*|\s+", str(text).strip())
+    if "" in parts:
+        raise SpatialmixError(
+            f"--eps {text!r} has an empty budget (a comma too many?); give budgets like 0,2/255,8/255"
+        )
+    budgets = tuple(parse_eps(p) for p in parts)
+    twice = next((e for i, e in enumerate(budgets) if e in budgets[:i]), None)
+    if twice is not None:
+        raise SpatialmixError(
+            f"--eps {text!r} gives the budget {eps_label(twice)} twice; give each budget once"
+        )
+    return budgets
 
 
 def eps_label(eps: float) -> str:

@@ -44,7 +44,7 @@ from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.models.factory import model_kwargs
 from spatialmix.models.registry import MODEL_REGISTRY
 from spatialmix.studies.context import PRESETS, StudyContext, classification_run_dir
-from spatialmix.sweep.settings import SweepSettings
+from spatialmix.sweep.settings import SweepSettings, check_max_running
 
 GRID_KEYS = ("preset", "base", "grid")
 # The most configurations one grid may expand to: a sweep of more is surely a mistake in the file
@@ -236,7 +236,9 @@ def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None 
 
 def plan_sweep(settings: SweepSettings, **overrides) -> Sweep:
     """The sweep ``settings`` name: a grid file's (folder ``runs/sweep-GRID`` by default) or a study preset's
-    classification runs (folder ``runs/reproduce``); ``overrides`` are TrainConfig fields for every run."""
+    classification runs (folder ``runs/reproduce``); ``overrides`` are TrainConfig fields for every run.
+    Every setting is checked here, so a dry run refuses what the sweep itself would."""
+    check_max_running(settings.max_running)
     if (settings.grid is None) == (settings.preset is None):
         raise SpatialmixError("give either a grid file or --preset (a study's runs), not both or neither")
     if settings.grid is not None:

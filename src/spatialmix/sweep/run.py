@@ -18,7 +18,7 @@ from spatialmix.report.tables import classification_table
 from spatialmix.studies.reproduce import reproduce
 from spatialmix.sweep.jobs import run_job
 from spatialmix.sweep.plan import Sweep, SweepJob
-from spatialmix.sweep.settings import EXECUTORS, JobResources
+from spatialmix.sweep.settings import EXECUTORS, JobResources, check_max_running
 from spatialmix.sweep.slurm import run_with_submitit
 from spatialmix.ui.display import ResultTable, say
 
@@ -68,8 +68,7 @@ def run_sweep(
         raise unknown_name("executor", executor, EXECUTORS)
     resources = (resources or JobResources()).validate()
     resources.check_for(executor)
-    if max_running is not None:
-        check_positive_int("max running", max_running)
+    check_max_running(max_running)
     _check_distinct_run_dirs(sweep)
     states = job_states(sweep)
     skipped = [job.name for job, state in states if state == "finished"]
@@ -86,11 +85,6 @@ def run_sweep(
         )
     tables = gather(sweep) if sweep.preset is None or not failed else []
     return SweepOutcome(skipped, ran, failed, tables)
-
-
-def check_positive_int(what: str, value) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise SpatialmixError(f"{what} must be a positive whole number, got {value!r}")
 
 
 def _check_distinct_run_dirs(sweep: Sweep) -> None:

@@ -55,6 +55,12 @@ def parse_slurm_options(items) -> dict:
     return options
 
 
+def check_max_running(value: int | None) -> None:
+    """None (every job at once) or a whole number of at least 1."""
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise SpatialmixError(f"max running must be a positive whole number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class JobResources:
     """What each submitit job asks for. ``gpus`` > 1 starts one process per GPU (DDP) in the job."""
