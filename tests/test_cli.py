@@ -365,9 +365,9 @@ def test_unshuffle_settings_mirror_the_study_function():
     import inspect
 
     from spatialmix.engine.config import TrainConfig
+    from spatialmix.studies.unshuffle import unshuffle_study as study
     from spatialmix.studies.unshuffle_settings import UnshuffleSettings
 
-    study = cli._unshuffle_study_module().unshuffle_study
     named = {name for name, p in inspect.signature(study).parameters.items() if p.kind is not p.VAR_KEYWORD}
     kwargs = UnshuffleSettings().study_kwargs()
     assert named <= set(kwargs), named - set(kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -141,7 +143,9 @@ def test_interrupted_reproduce_says_to_run_the_same_command_again(monkeypatch, c
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_reproduce", interrupted)
+    monkeypatch.setitem(
+        cli.COMMANDS, "reproduce", dataclasses.replace(cli.COMMANDS["reproduce"], run=interrupted)
+    )
     assert cli.main(["reproduce", "--out", "somewhere"]) == 130
     err = capsys.readouterr().err
     assert "continue with the same command" in err and "--resume" not in err
