@@ -1,5 +1,8 @@
-"""Build a model by name: an entry of `MODEL_REGISTRY` (`spatialmix.models.registry` lists the names), or
-any timm / torchvision model (``timm:NAME``, ``torchvision:NAME``)."""
+"""Build a model by name: a built-in one from `MODEL_REGISTRY`, or any timm / torchvision model.
+
+`spatialmix.models.registry` lists the built-in names and how each takes its sizes; ``timm:NAME`` and
+``torchvision:NAME`` go to `external_model`.
+"""
 
 from __future__ import annotations
 
