@@ -1,17 +1,25 @@
-"""Print the module map of docs/layout.md: every module, its length in lines and its first docstring line.
+"""The module map of docs/layout.md: every module, its length in lines and its first docstring line.
 
-python scripts/layout.py    # paste between the ```text fences of docs/layout.md
+python scripts/layout.py            # print it
+python scripts/layout.py --write    # write it into docs/layout.md, with the total line count
 """
 
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "spatialmix"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "spatialmix"
+PAGE = ROOT / "docs" / "layout.md"
 TOP = ["__init__.py", "api.py", "version.py", "errors.py", "names.py", "options.py"]
 ORDER = ["cli", "sweep", "studies", "report", "workflow", "analysis", "robustness", "engine", "data"]
 ORDER += ["models", "core", "accel", "io", "ui"]
+# The module map is the page's only ```text block; the total follows it.
+MAP_BLOCK = re.compile(r"```text\n.*?```\n", re.DOTALL)
+TOTAL = re.compile(r"In all [\d,]+ lines of Python and C\.")
 
 
 def line(path: Path, indent: str) -> str:
@@ -22,15 +30,36 @@ def line(path: Path, indent: str) -> str:
     return f"{name:<26}{len(text.splitlines()):>7}  {first}".rstrip()
 
 
-def main() -> None:
-    for name in TOP:
-        print(line(PACKAGE / name, ""))
+def module_map() -> list[str]:
+    lines = [line(PACKAGE / name, "") for name in TOP]
     for package in ORDER:
         modules = sorted(p for p in (PACKAGE / package).glob("*.py") if p.name != "__init__.py")
         total = sum(len(p.read_text().splitlines()) for p in modules)
-        print(f"{package + '/':<26}{total:>7}")
-        for module in modules:
-            print(line(module, "    "))
+        lines.append(f"{package + '/':<26}{total:>7}")
+        lines += [line(module, "    ") for module in modules]
+    return lines
+
+
+def total_lines() -> int:
+    files = [p for p in PACKAGE.rglob("*") if p.suffix in (".py", ".c", ".h") and p.is_file()]
+    return sum(len(p.read_text().splitlines()) for p in files)
+
+
+def write_page() -> None:
+    page = PAGE.read_text()
+    if len(MAP_BLOCK.findall(page)) != 1 or not TOTAL.search(page):
+        raise SystemExit(f"{PAGE}: expected one ```text block and an 'In all N lines' sentence")
+    block = "```text\n" + "\n".join(module_map()) + "\n```\n"
+    page = MAP_BLOCK.sub(lambda _: block, page)
+    page = TOTAL.sub(f"In all {total_lines():,} lines of Python and C.", page)
+    PAGE.write_text(page)
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--write"]:
+        write_page()
+    else:
+        print("\n".join(module_map()))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from spatialmix.analysis import filter_plots
@@ -15,6 +16,7 @@ from spatialmix.data.datasets import ImageData
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.train import fit
 from spatialmix.errors import SpatialmixError
+from spatialmix.io import runs
 from spatialmix.models.convmixer import ConvMixer
 
 
@@ -276,6 +278,20 @@ def test_token_mixing_models_have_statistics_but_no_filter_banks(tmp_path, tiny_
     analysis = analyze(tmp_path / "run")
     assert analysis.filters == {} and analysis.spectra == []
     token_rows = [row for row in analysis.stats if row.kind == "spatial"]
-    assert token_rows and all(row.frozen and row.distance == 0.0 for row in token_rows)
+    assert [row.layer for row in token_rows] == ["blocks.0.token_mlp.fc1", "blocks.0.token_mlp.fc2"]
+    assert all(row.frozen and row.distance == 0.0 for row in token_rows)
+    # the norms of the weights the run saved, each row of a token-mixing matrix one filter; frozen at init
+    saved = load_file(runs.latest_checkpoint(tmp_path / "run") / runs.MODEL_FILE)
+    init = load_file(tmp_path / "run" / runs.INIT)
     files = write_report([tmp_path / "run"], tmp_path / "report.html")
-    assert (tmp_path / "report.html").is_file() and files is not None
+    tables = files.markdown.read_text()
+    for row in token_rows:
+        weight = saved[f"{row.layer}.weight"].double()
+        assert torch.equal(weight, init[f"{row.layer}.weight"].double())
+        norms = weight.norm(dim=1)
+        assert (row.norm_mean, row.norm_std) == pytest.approx((norms.mean().item(), norms.std().item()))
+        shape = "x".join(map(str, weight.shape))
+        norm = f"{norms.mean().item():.4f} ± {norms.std().item():.4f}"
+        assert f"| {row.layer} | spatial | frozen | {shape} | {norm} | 0 | 0.0000 |" in tables
+    assert "These runs' spatial mixers are token-mixing matrices (no k x k filters)" in tables
+    assert files.html == tmp_path / "report.html" and "filters" in files.present

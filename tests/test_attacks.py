@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -814,7 +815,15 @@ def test_reproduce_runs_the_robustness_and_smoothing_studies(tmp_path, monkeypat
     for figure in robustness.figures + smoothing.figures:
         assert str(figure.file).endswith(".png") and (tmp_path / figure.file).read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((out / "results.json").read_text())["studies"]
-    assert isinstance(saved["robustness"]["data"]["warnings"], list)
+    # every run's warnings, as its own robustness.json has them, labelled with the run
+    attacked = [
+        json.loads((Path(r["run"]) / "robustness.json").read_text())
+        for r in saved["robustness"]["data"]["runs"]
+    ]
+    assert [r["warnings"] for r in saved["robustness"]["data"]["runs"]] == [r["warnings"] for r in attacked]
+    assert saved["robustness"]["data"]["warnings"] == [
+        f"{r['label']}: {w}" for r in attacked for w in r["warnings"]
+    ]
     assert saved["smoothing"]["data"]["settings"]["n_examples"] == 16
     # Started again, nothing is trained or attacked a second time.
     monkeypatch.setattr(run_attacks, "evaluate_run", lambda *a, **k: pytest.fail("attacked again"))

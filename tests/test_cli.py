@@ -330,11 +330,9 @@ def _option_help(command: str, flag: str) -> str:
 
 def test_names_listed_in_help_texts_are_the_names_the_library_knows():
     """A help text that lists names by hand must list every name (`--dataset` once forgot imagefolder)."""
-    from spatialmix.core.inits import INITS
-    from spatialmix.core.mixing import MODES
-    from spatialmix.data.batches import AUGMENTATIONS
     from spatialmix.data.datasets import DATASETS
     from spatialmix.engine.unshuffle import LOSSES, UNSHUFFLE_PRESETS
+    from spatialmix.names import AUGMENTATIONS, INITS, MODES
     from spatialmix.robustness.settings import ATTACKS, NORMS
     from spatialmix.studies.context import PRESETS
 
@@ -365,9 +363,9 @@ def test_unshuffle_settings_mirror_the_study_function():
     import inspect
 
     from spatialmix.engine.config import TrainConfig
+    from spatialmix.studies.unshuffle import unshuffle_study as study
     from spatialmix.studies.unshuffle_settings import UnshuffleSettings
 
-    study = cli._unshuffle_study_module().unshuffle_study
     named = {name for name, p in inspect.signature(study).parameters.items() if p.kind is not p.VAR_KEYWORD}
     kwargs = UnshuffleSettings().study_kwargs()
     assert named <= set(kwargs), named - set(kwargs)

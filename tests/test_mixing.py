@@ -17,7 +17,6 @@ from conftest import SUBPROCESS_ENV
 from spatialmix.core.inits import InitSpec, gaussian_kernel, smooth_filters
 from spatialmix.core.mixing import (
     CHANNEL,
-    MODES,
     SPATIAL,
     STEM_OR_FULL,
     applied_inits,
@@ -35,6 +34,7 @@ from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.models.convmixer import ConvMixer
 from spatialmix.models.factory import create_model
+from spatialmix.names import MODES
 
 WIDTH, DEPTH, KERNEL = 16, 2, 5
 
@@ -242,7 +242,8 @@ def test_build_model_is_a_function_of_the_config(tiny_config):
 NEW_PROCESS_SCRIPT = """
 import sys, torch
 from safetensors.torch import save_file
-from spatialmix.core.mixing import InitSpec, apply_mixing
+from spatialmix.core.inits import InitSpec
+from spatialmix.core.mixing import apply_mixing
 from spatialmix.models.convmixer import ConvMixer
 torch.manual_seed(999)  # a different global RNG state than the test process
 model = ConvMixer(16, 2, kernel_size=5, patch_size=4, in_chans=1, num_classes=10)

@@ -10,7 +10,7 @@ from spatialmix.engine.config import TrainConfig
 from spatialmix.errors import SpatialmixError
 from spatialmix.models.convmixer import ConvMixer
 from spatialmix.models.factory import count_parameters, create_model, list_models
-from spatialmix.models.registry import MODEL_REGISTRY, register_model
+from spatialmix.models.registry import MODEL_REGISTRY, RegisteredModel, register_model
 
 # Published sizes (ConvMixer paper, Table 1; timm's exact counts for 1000 classes).
 PUBLISHED = [
@@ -208,9 +208,9 @@ def test_mlpmixer_has_the_parameters_of_timms_mixer_of_the_same_sizes(width, dep
     assert "mlpmixer" in list_models() and "mlpmixer-128/6" in list_models()
 
 
-def test_every_family_registers_its_models_in_the_one_table():
-    """Each family's @register_model fills MODEL_REGISTRY; the factory imports every family, so a
-    name is known (and validated by TrainConfig) wherever models are built."""
+def test_every_family_has_its_models_in_the_one_table():
+    """MODEL_REGISTRY lists every built-in model with its builder, so a name is known (and validated by
+    TrainConfig) wherever models are built."""
     assert {
         "convmixer",
         "convmixer-256/8",
@@ -241,3 +241,35 @@ def test_a_model_of_your_own_registers_with_the_decorator_and_builds_by_name():
         assert isinstance(model, TinyNet) and model.body[0].out_channels == 6
     finally:
         MODEL_REGISTRY.pop("tiny-test-net")
+
+
+def test_the_factory_fits_the_sizes_to_the_image_as_the_entry_says():
+    """create_model knows no family: it hands the sizes to the entry's ``fit_to_image`` (here a made-up
+    model whose width follows the image), then builds with what comes back."""
+
+    class WideAsTheImage(nn.Module):
+        def __init__(self, in_chans: int, num_classes: int, width: int):
+            super().__init__()
+            self.conv = nn.Conv2d(in_chans, width, 3)
+
+    def fit_to_image(sizes: dict, image_size: int | None) -> dict:
+        return {**sizes, "width": sizes["width"] * image_size}
+
+    MODEL_REGISTRY["wide-test-net"] = RegisteredModel(
+        "wide-test-net", WideAsTheImage, {"width": 2}, "a test model", fit_to_image
+    )
+    try:
+        model = create_model("wide-test-net", in_chans=1, num_classes=3, image_size=12)
+        assert model.conv.out_channels == 24 and model.spatialmix_input_shape == (1, 12, 12)
+    finally:
+        MODEL_REGISTRY.pop("wide-test-net")
+    # the built-in entries: what depends on the image
+    assert MODEL_REGISTRY["resnet18"].fit_to_image({}, 32) == {"stem": "cifar"}
+    assert MODEL_REGISTRY["resnet18"].fit_to_image({}, None) == {"stem": "imagenet"}
+    assert MODEL_REGISTRY["resnet18"].fit_to_image({"stem": "imagenet"}, 32) == {"stem": "imagenet"}
+    assert MODEL_REGISTRY["mlpmixer"].fit_to_image({"width": 8, "kernel_size": 5}, 28) == {
+        "width": 8,
+        "image_size": 28,
+    }
+    with pytest.raises(SpatialmixError, match="patch size 8 is larger than the 4 x 4 image"):
+        MODEL_REGISTRY["convmixer"].fit_to_image({"patch_size": 8}, 4)

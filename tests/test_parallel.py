@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -93,46 +98,75 @@ def test_a_run_trained_beside_another_is_bitwise_the_run_trained_alone(
     )
 
 
-def _sleep_then(x: float) -> float:
-    import time
+WAIT_S = 120  # far longer than a job of these tests takes (a job that waits this long fails its test)
 
-    time.sleep(x)
-    return x
+
+def _wait_for(path: Path) -> bool:
+    """Whether ``path`` appeared within WAIT_S seconds (polled: a job has no other line to the test)."""
+    deadline = time.monotonic() + WAIT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _released(release: str) -> str:
+    return "released" if _wait_for(Path(release)) else "never released"
+
+
+def _return_at_once() -> str:
+    return "done"
 
 
 @pytest.mark.slow
-def test_each_job_is_reported_as_it_ends_not_when_all_have():
-    """A long job does not hold back the report of a short one (the study's progress lines)."""
-    import time
+def test_each_job_is_reported_as_it_ends_not_when_all_have(tmp_path):
+    """A long job does not hold back the report of a short one (the study's progress lines): job 0 ends
+    only when the report of job 1 releases it."""
+    release = tmp_path / "release"
+    reported = []
 
-    start = time.perf_counter()
-    reported = {}
-    run_side_by_side(
-        [(_sleep_then, (6.0,)), (_sleep_then, (0.0,))],
-        processes=2,
-        on_done=lambda i, r: reported.setdefault(i, time.perf_counter() - start),
+    def on_done(index: int, result: str) -> None:
+        reported.append((index, result))
+        if index == 1:
+            release.touch()
+
+    results = run_side_by_side(
+        [(_released, (str(release),)), (_return_at_once, ())], processes=2, on_done=on_done
     )
-    assert reported[1] < reported[0] - 3
+    assert reported == [(1, "done"), (0, "released")] and results == ["released", "done"]
 
 
-def _sleep_then_touch(path: str, seconds: float) -> None:
-    import time
-    from pathlib import Path
+def _work_long(started: str, finished: str) -> None:
+    """A job far longer than the test: it says it started, works for WAIT_S, then writes its result."""
+    Path(started).write_text(str(os.getpid()))
+    time.sleep(WAIT_S)
+    Path(finished).write_text("finished")
 
-    time.sleep(seconds)
-    Path(path).write_text("finished")
+
+def _refuse_once_started(started: str) -> None:
+    _wait_for(Path(started))
+    raise SpatialmixError("job 2 refused")
+
+
+def _is_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (exited, not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 @pytest.mark.slow
 def test_a_failed_study_stops_the_other_jobs_instead_of_leaving_them_running(tmp_path):
-    """After an error (or Ctrl-C / SIGTERM sent to this process only) no orphaned worker trains on."""
-    import time
-
-    marker = tmp_path / "orphan-finished"
+    """After an error (or Ctrl-C / SIGTERM sent to this process only) no orphaned worker trains on: the
+    job still running when another fails is stopped before run_side_by_side returns."""
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    jobs = [(_work_long, (str(started), str(finished))), (_refuse_once_started, (str(started),))]
     with pytest.raises(SpatialmixError, match="job 2 refused"):
-        run_side_by_side([(_sleep_then_touch, (str(marker), 4.0)), (_refuse, (2,))], processes=2)
-    time.sleep(6)
-    assert not marker.exists()
+        run_side_by_side(jobs, processes=2)
+    # (a pool that waited for the long job instead would return only after it wrote its result)
+    assert not _is_running(int(started.read_text())) and not finished.exists()
 
 
 def test_interrupted_reproduce_says_to_run_the_same_command_again(monkeypatch, capsys):
@@ -141,7 +175,9 @@ def test_interrupted_reproduce_says_to_run_the_same_command_again(monkeypatch, c
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_reproduce", interrupted)
+    monkeypatch.setitem(
+        cli.COMMANDS, "reproduce", dataclasses.replace(cli.COMMANDS["reproduce"], run=interrupted)
+    )
     assert cli.main(["reproduce", "--out", "somewhere"]) == 130
     err = capsys.readouterr().err
     assert "continue with the same command" in err and "--resume" not in err

@@ -329,84 +329,17 @@ def test_verdicts_that_cannot_be_computed_leave_the_rest_of_the_report(study_dir
     assert "verdicts" in files.absent and "classification" in files.present and files.verdicts == []
 
 
-def test_an_older_results_json_without_sections_still_reports(study_dir, tmp_path):
-    """Entries written before studies declared their section go to the section of their study's name, and
-    nowhere else: a robustness entry's sigma table and smoothing.png stay in Robustness (nothing is placed
-    by what a file or a column is called)."""
-    robust_png, smooth_png, recon_png = png_bytes("red"), png_bytes("green"), png_bytes("blue")
-    dest = tmp_path / "full-study"
-    entries = {
-        "robustness": {
-            "data": {"warnings": ["Space: accuracy rises with eps"]},
-            "files": [str(dest / "robustness" / "robust_acc.png"), "robustness/smoothing.png"],
-            "tables": [
-                [
-                    {"run": "Full", "eps": 0.0, "robust_acc": [0.81, 0.01]},
-                    {"run": "Full", "eps": 8 / 255, "robust_acc": [0.12, 0.02]},
-                ],
-                [
-                    {"sigma": 0.0, "clean_acc": 0.7, "robust_acc": 0.2},
-                    {"sigma": 1.0, "clean_acc": 0.68, "robust_acc": 0.31},
-                ],
-            ],
-        },
-        "unshuffle": {
-            "data": {},
-            "files": ["unshuffle/reconstructions.png", "unshuffle/table.csv", "gone.png"],
-            "tables": [[{"mode": "Chans", "psnr": [31.25, 0.5], "ssim": 0.9712}]],
-            # titles and column formats, where results.json keeps them
-            "table_titles": ["Pixel un-shuffling (tiny)"],
-            "table_columns": [[["mode", "mode", ""], ["psnr", "PSNR (dB)", ".2f"], ["ssim", "SSIM", ".3f"]]],
-        },
-        "sweep": {"data": {}, "files": [], "tables": [[{"job": 1, "state": "done"}]]},
-        "verdicts": {
-            "data": {"verdicts": []},
-            "files": [],
-            "tables": [[{"claim": "1a", "verdict": "saved"}]],
-        },
-    }
-    with_studies(study_dir, dest, entries)
-    (dest / "robustness" / "robust_acc.png").write_bytes(robust_png)
-    (dest / "robustness" / "smoothing.png").write_bytes(smooth_png)
-    (dest / "unshuffle").mkdir()
-    (dest / "unshuffle" / "reconstructions.png").write_bytes(recon_png)
-    (dest / "unshuffle" / "table.csv").write_text("mode,psnr\n")
-    files = report.write_report([dest], tmp_path / "report.html")
-    page = files.html.read_text()
-    check_page(page)
-    assert files.absent == ["smoothing"]
-    assert files.present == [
-        "verdicts",
-        "classification",
-        "curves",
-        "robustness",
-        "unshuffle",
-        "filters",
-        "other",
-        "configuration",
-    ]
-    b64 = lambda data: base64.b64encode(data).decode()
-    robustness, unshuffle = section_html(page, "robustness"), section_html(page, "unshuffle")
-    assert b64(robust_png) in robustness and b64(smooth_png) in robustness
-    assert (
-        "<td>0.81 ± 0.01</td>" in robustness
-        and "<td>0.03137</td>" in robustness
-        and "<td>0.31</td>" in robustness
+def test_a_study_entry_without_its_section_is_refused_in_one_line(study_dir, tmp_path, capsys):
+    """Every entry `reproduce` writes declares its section; one without it is a damaged file, not a guess."""
+    dest = with_studies(study_dir, tmp_path / "bad", {"robustness": {"data": {}, "tables": [], "files": []}})
+    out = tmp_path / "report.html"
+    assert main(["report", str(dest), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"spatialmix: error: {dest / 'results.json'}: field 'studies.robustness.section' is missing; the "
+        "file is damaged or not spatialmix's\n"
     )
-    assert "accuracy rises with eps" in robustness
-    assert "<img" not in section_html(page, "smoothing")
-    assert b64(recon_png) in unshuffle and "table.csv" in unshuffle
-    assert "<caption>Pixel un-shuffling (tiny) (full-study)</caption>" in unshuffle
-    assert (
-        "<th>PSNR (dB)</th>" in unshuffle
-        and "<td>31.25 ± 0.50</td>" in unshuffle
-        and "<td>0.971</td>" in unshuffle
-    )
-    assert "Listed in results.json but not found: gone.png" in unshuffle
-    assert (
-        "<td>done</td>" in section_html(page, "other") and "saved" not in page
-    )  # verdicts: recomputed, first
-    assert "| Chans | 31.25 ± 0.50 | 0.971 |" in files.markdown.read_text()
+    assert not out.exists()
 
 
 def _declared_study(study_dir: Path, dest: Path) -> Path:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import UnderFastKernels
+from conftest import SUBPROCESS_ENV, UnderFastKernels
 from spatialmix.accel import native, speed
 from spatialmix.core.mixing import apply_mixing
 from spatialmix.models.convmixer import ConvMixer
@@ -95,9 +99,40 @@ def test_accelerated_model_trains_like_the_plain_one_in_fp32():
     assert abs(losses[0] - losses[1]) <= 1e-5 * abs(losses[0])
 
 
-def test_allocator_and_threads():
-    assert speed.tune_allocator() is True  # glibc (Debian): the thresholds were set
-    assert speed.tune_allocator() is True  # idempotent
+# In a fresh process: how many blocks glibc maps for a 31 MiB malloc, before and after tune_allocator
+# (the blocks are kept: freeing a mapped block would raise glibc's own threshold).
+_MAPPED_BLOCKS = """
+import ctypes
+fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+MallInfo2 = type("MallInfo2", (ctypes.Structure,), {"_fields_": [(n, ctypes.c_size_t) for n in fields]})
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+
+def mapped(size):
+    before = libc.mallinfo2().hblks
+    libc.malloc(size)
+    return libc.mallinfo2().hblks - before
+
+untuned = mapped(31 << 20)
+from spatialmix.accel import speed
+print(untuned, speed.tune_allocator(), mapped(31 << 20), speed.tune_allocator())
+"""
+
+
+def test_tune_allocator_keeps_blocks_below_32_mib_on_the_heap():
+    """glibc maps a 31 MiB block of its own (unmapped again when freed: page faults on every reuse)
+    until tune_allocator raises the threshold; then the block comes from the heap, kept for reuse."""
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("needs glibc 2.33 or later (mallinfo2)")
+    out = subprocess.run(
+        [sys.executable, "-c", _MAPPED_BLOCKS], env=SUBPROCESS_ENV, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "True", "0", "True"]
+
+
+def test_threads():
     before = torch.get_num_threads()
     try:
         assert speed.set_threads(1) == 1

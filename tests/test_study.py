@@ -16,6 +16,7 @@ from spatialmix.studies import context as study
 from spatialmix.studies import reproduce as reproduce_module
 from spatialmix.studies.context import PRESETS, classification_run_dir
 from spatialmix.studies.reproduce import reproduce
+from spatialmix.studies.sequential import CLAIM_STUDIES
 
 # trains on the real Fashion-MNIST: the slow tier
 pytestmark = [
@@ -204,15 +205,17 @@ def test_unknown_names(tmp_path):
 
 
 def test_the_study_table_names_every_study_in_running_order():
-    """One visible table: every entry resolves to a function of its module, the report runs last,
-    the verdicts just before it, and each claim's studies before the verdicts."""
+    """One visible table: every entry is a function of a studies module, the report runs last, the
+    verdicts just before it, each claim's studies before the verdicts, and the studies run on request
+    or kept aside by --until-decided are entries of it."""
     names = list(reproduce_module.STUDIES)
     assert names[-2:] == ["verdicts", "report"]
     assert names.index("classification") < names.index("robustness") < names.index("smoothing")
+    assert set(CLAIM_STUDIES) == {"classification", "robustness", "smoothing", "unshuffle"}
+    assert set(CLAIM_STUDIES) <= set(names[: names.index("verdicts")])
+    assert set(names) >= reproduce_module.ON_REQUEST | reproduce_module.KEEP_SEQUENTIAL
     for name in names:
-        fn = reproduce_module.study_function(name)
-        assert callable(fn) and fn is reproduce_module.STUDIES[name]
-        assert fn.__module__.startswith("spatialmix.studies.")
+        assert reproduce_module.STUDIES[name].__module__.startswith("spatialmix.studies.")
     with pytest.raises(SpatialmixError, match="unknown study 'segmentation'"):
         reproduce_module.study_function("segmentation")
 

@@ -1,8 +1,8 @@
 """Command-line options generated from dataclasses, so ``--help`` and the code cannot drift apart.
 
 Every option of every command is a field of a settings dataclass (``TrainConfig``,
-``AttackSettings``, ``UnshuffleSettings``, ...). :func:`add_options` turns the fields into argparse
-options and :func:`given_values` reads back the ones the user gave. What a field's option looks
+``AttackSettings``, ``UnshuffleSettings``, ...). `add_options` turns the fields into argparse
+options and `given_values` reads back the ones the user gave. What a field's option looks
 like comes from its type and its ``metadata``:
 
 =================  ==========================================================================
@@ -16,7 +16,7 @@ type / metadata    option
 ``choices``        the only values argparse accepts (names the library validates itself with a
                    clearer message are listed in ``help`` instead)
 ``parse``          a function applied after parsing to the text given (raising
-                   :class:`~spatialmix.errors.SpatialmixError`: one line, exit code 2)
+                   `SpatialmixError`: one line, exit code 2)
 ``minimum``        an ``int`` that argparse refuses below this value
 ``flags``          the option strings, when not ``--field-name``
 ``positional``     an argument without a flag (with ``nargs``)
@@ -24,6 +24,10 @@ type / metadata    option
 =================  ==========================================================================
 
 Imports nothing heavy: ``spatialmix --help`` builds every command's options without torch.
+
+Written here rather than with tyro, jsonargparse or simple-parsing: those build the dataclass with
+every default filled in, while `given_values` returns only what the user typed, so a preset's or a
+resumed run's own values hold for the rest; and every refusal is one line with a did-you-mean.
 """
 
 from __future__ import annotations

@@ -99,14 +99,6 @@ def energy_split(power: torch.Tensor, cutoff: float = LOW_HIGH_CUTOFF) -> tuple[
     return float(power[..., low].sum()), float(power[..., ~low].sum())
 
 
-def low_high_energy_ratio(
-    filters: torch.Tensor, size: int = FFT_SIZE, cutoff: float = LOW_HIGH_CUTOFF
-) -> float:
-    """Energy of the filters below ``cutoff`` cycles/pixel divided by the energy above it."""
-    low, high = energy_split(filter_spectrum(filters, size).pow(2).sum(0), cutoff)
-    return low / high if high > 0 else math.inf
-
-
 @dataclass
 class LayerSpectrum:
     """The frequency response of one layer's spatial filters, averaged over its filters."""

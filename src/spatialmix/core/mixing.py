@@ -47,7 +47,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# (the inits live in their own module; their names stay importable from here)
 from spatialmix.core.inits import InitSpec, initialize_layers
 from spatialmix.core.token_mixers import has_filters, probe_token_mixers
 from spatialmix.errors import SpatialmixError, unknown_name
@@ -334,10 +333,6 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters of `model` that training updates (`requires_grad`): what the optimizer is given,
     without the frozen mixers."""
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def frozen_parameter_names(model: nn.Module) -> list[str]:
-    return [name for name, p in model.named_parameters() if not p.requires_grad]
 
 
 def frozen_fingerprint(model: nn.Module) -> str:

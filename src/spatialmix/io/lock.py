@@ -3,6 +3,10 @@
 The operating system releases the lock when its process dies, so a killed run never leaves a
 stale lock behind; the lock file holds the pid of its holder, so the second writer can say who
 holds the folder.
+
+Written here rather than with filelock (installed with torch): filelock would replace only the
+``flock`` call, while what this module is for stays around it either way: the holder's pid in the
+refusal, no folder left behind by a start that wrote nothing, and only rank 0 locking under torchrun.
 """
 
 from __future__ import annotations

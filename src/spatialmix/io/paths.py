@@ -41,13 +41,6 @@ def check_folder_path(path: Path) -> Path:
     return path
 
 
-def contained_file(base: Path, path: Path) -> Path | None:
-    """``path`` if it is a regular file that stays inside ``base`` once symlinks are followed, else None
-    (a results.json or a run folder may name, or link to, any file of the machine)."""
-    found = inside(base, path)
-    return found if found is not None and found.is_file() else None
-
-
 def check_writable(folder: Path) -> Path:
     """Raise a clear error now (before hours of work) if results cannot be written into ``folder``
     (or, when it does not exist yet, into the folder that would hold it)."""

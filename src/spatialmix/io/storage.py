@@ -1,12 +1,16 @@
 """Files that survive kills, power losses and full disks.
 
-Reads of untrusted files are in :mod:`spatialmix.io.untrusted`.
+Reads of untrusted files are in `spatialmix.io.untrusted`.
 
 Writes go to a unique temporary name beside the target, are fsynced, renamed into place (which
 replaces a symlink itself, never writes through it) and the folder is fsynced after, so a reader
 sees the old file or the new one, never a mix, even across a power loss. A write that fails (a full
 disk, a read-only folder; torch's and safetensors' writers report a full disk in their own words)
-leaves no temporary file behind and is one :class:`WriteError` line.
+leaves no temporary file behind and is one `WriteError` line.
+
+Written here rather than with atomicwrites: that package is archived by its author, and most of this
+module is what no library does for spatialmix: torch's and safetensors' writers made atomic, their
+full-disk failures turned into one line, and appends that never go through a planted symlink.
 """
 
 from __future__ import annotations

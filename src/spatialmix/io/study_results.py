@@ -8,9 +8,7 @@ moved); the report reads the entries back with :func:`read_study_entry`.
 
 A ``results.json`` is untrusted input: every field of an entry is checked, a malformed one is a
 one-line error naming the file and the field, and a figure or file must be named by a relative
-path below the study folder (the report checks where it leads when it reads it). Entries written
-before studies declared their section (no ``section`` field) are placed by the study's name alone
-(:data:`LEGACY_SECTIONS`).
+path below the study folder (the report checks where it leads when it reads it).
 """
 
 from __future__ import annotations
@@ -24,20 +22,6 @@ from spatialmix.ui.display import ResultTable
 # The report sections a study can feed, in the order of the page. A study with nothing for the
 # report (the verdicts, which the report recomputes; the report itself) declares ``section=None``.
 SECTIONS: tuple[str, ...] = ("classification", "robustness", "smoothing", "init", "unshuffle", "other")
-# Where the entries of older results.json files (without a "section" field) go, by study name.
-LEGACY_SECTIONS: dict[str, str | None] = {
-    "classification": "classification",
-    "robustness": "robustness",
-    "attack": "robustness",
-    "attacks": "robustness",
-    "smoothing": "smoothing",
-    "smooth": "smoothing",
-    "init": "init",
-    "unshuffle": "unshuffle",
-    "unshuffling": "unshuffle",
-    "verdicts": None,
-    "report": None,
-}
 
 
 @dataclass(frozen=True)
@@ -107,7 +91,7 @@ class SavedTable:
 @dataclass
 class SavedStudy:
     """A study's entry of results.json, checked. Paths of figures and files are relative to the study
-    folder (or, in an older entry, as written then: the report looks for them inside the folder)."""
+    folder."""
 
     name: str
     section: str | None
@@ -115,7 +99,6 @@ class SavedStudy:
     figures: list[Figure]
     files: list[str]
     data: dict
-    legacy: bool = False  # written before studies declared their section
 
 
 # What results.json says about the whole study besides its entries: (field, check, what it must be).
@@ -153,7 +136,9 @@ def read_study_entry(path: Path, name: str, entry) -> SavedStudy:
     if not isinstance(entry, dict):
         raise _bad(path, name, "", "a JSON object", entry)
     if "section" not in entry:
-        return _legacy_entry(name, entry)
+        raise SpatialmixError(
+            f"{path}: field 'studies.{name}.section' is missing; the file is damaged or not spatialmix's"
+        )
     section = entry["section"]
     if section is not None and not isinstance(section, str):
         raise _bad(path, name, ".section", "a section name or null", section)
@@ -218,32 +203,6 @@ def _file_field(path: Path, name: str, what: str, value) -> str:
     if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in Path(value).parts:
         raise _bad(path, name, what, wanted, value)
     return value
-
-
-def _legacy_entry(name: str, entry: dict) -> SavedStudy:
-    """An entry of an older results.json: read as leniently as it was then (its files may be absolute paths
-    of the machine that wrote it; the report looks for them inside the folder), placed by its name."""
-    tables, titles, columns = (
-        entry.get(k) if isinstance(entry.get(k), list) else []
-        for k in ("tables", "table_titles", "table_columns")
-    )
-    saved = []
-    for i, raw in enumerate(tables):
-        rows = json_rows(raw)
-        if rows:
-            title = titles[i] if i < len(titles) and isinstance(titles[i], str) else None
-            cols = columns[i] if i < len(columns) else None
-            valid = (
-                isinstance(cols, list)
-                and cols
-                and all(
-                    isinstance(c, list) and len(c) == 3 and all(isinstance(x, str) for x in c) for c in cols
-                )
-            )
-            saved.append(SavedTable(title, rows, [tuple(c) for c in cols] if valid else None))
-    data = entry.get("data") if isinstance(entry.get("data"), dict) else {}
-    files = [str(f) for f in (entry.get("files") if isinstance(entry.get("files"), list) else [])]
-    return SavedStudy(name, LEGACY_SECTIONS.get(name, "other"), saved, [], files, data, legacy=True)
 
 
 def json_rows(obj) -> list[dict] | None:

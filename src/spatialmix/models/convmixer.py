@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from spatialmix.errors import check_positive
+from spatialmix.errors import SpatialmixError, check_positive
 from spatialmix.models.layers import check_kernel_size, convmixer_block, make_activation
-from spatialmix.models.registry import register_model
 
 
-@register_model(
-    "convmixer",
-    "ConvMixer with explicit width/depth/kernel_size/patch_size",
-    width=256,
-    depth=8,
-    kernel_size=5,
-    patch_size=2,
-    activation="gelu",
-)
 class ConvMixer(nn.Module):
     """ConvMixer (Trockman & Kolter), laid out like the reference implementation.
 
@@ -71,5 +61,12 @@ CONVMIXER_CONFIGS = {
     "convmixer-128/6": dict(width=128, depth=6, kernel_size=5, patch_size=2, activation="gelu"),
 }
 
-for _name, _config in CONVMIXER_CONFIGS.items():
-    register_model(_name, f"ConvMixer {_config}", **_config)(ConvMixer)
+
+def convmixer_for_image(sizes: dict, image_size: int | None) -> dict:
+    """A ConvMixer's sizes for images of ``image_size`` pixels: a patch larger than the image is refused."""
+    if image_size is not None and sizes["patch_size"] > image_size:
+        raise SpatialmixError(
+            f"patch size {sizes['patch_size']} is larger than the {image_size} x {image_size} image; "
+            f"use --patch-size {max(1, image_size // 8)} or smaller"
+        )
+    return sizes

@@ -1,22 +1,7 @@
-"""Build a model by name: the built-in families, or any timm / torchvision model.
+"""Build a model by name: a built-in one from `MODEL_REGISTRY`, or any timm / torchvision model.
 
-Every model takes ``in_chans`` and ``num_classes`` and is a plain ``nn.Module`` whose
-spatial mixing is done by depthwise convolutions and whose channel mixing is done by
-1 x 1 convolutions, so that :mod:`spatialmix.core.mixing` can freeze either kind.
-
-Names understood by :func:`create_model`:
-
-* ``convmixer-W/D``: a named ConvMixer configuration (see
-:data:`~spatialmix.models.convmixer.CONVMIXER_CONFIGS`);
-* ``convmixer``: a ConvMixer with explicit ``width``, ``depth``, ``kernel_size``, ``patch_size``;
-* ``resnet18-sep``, ``resnet34-sep``, ``resnet50-sep`` (and ``resnet18`` ... for the ordinary
-  ResNet baseline);
-* ``mlpmixer`` / ``mlpmixer-W/D``: a small isotropic MLP-Mixer (Tolstikhin et al., 2021) whose spatial
-  mixing is done by token-mixing linear layers instead of depthwise convolutions (``kernel_size``
-  and ``activation`` do not apply to it and are ignored, so a study preset's ConvMixer settings
-  carry over to ``--model mlpmixer``);
-* ``timm:NAME`` and ``torchvision:NAME``: any model of those libraries (random weights unless
-  ``pretrained=True``).
+`spatialmix.models.registry` lists the built-in names and how each takes its sizes; ``timm:NAME`` and
+``torchvision:NAME`` go to `external_model`.
 """
 
 from __future__ import annotations
@@ -24,26 +9,18 @@ from __future__ import annotations
 from torch import nn
 
 from spatialmix.errors import SpatialmixError, unknown_name
-from spatialmix.models import convmixer, mlpmixer, resnet, unshufflenet
-from spatialmix.models.convmixer import ConvMixer
 from spatialmix.models.external import external_model
-from spatialmix.models.mlpmixer import MLPMixer
 from spatialmix.models.registry import MODEL_REGISTRY
-
-# Every family: importing them runs their @register_model lines, so MODEL_REGISTRY is complete here.
-FAMILIES = (convmixer, mlpmixer, resnet, unshufflenet)
 
 
 def model_kwargs(name: str, image_size: int | None = None, **overrides) -> dict:
-    """The resolved constructor arguments of a registered model (defaults, then overrides)."""
+    """The constructor arguments of a registered model: its defaults, then the overrides that are not
+    None, fitted to ``image_size`` by its entry (see `RegisteredModel`)."""
     if name not in MODEL_REGISTRY:
         raise unknown_name("model", name, list_models())
-    info = MODEL_REGISTRY[name]
-    kwargs = dict(info.defaults)
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    if info.builder is resnet.resnet and "stem" not in overrides:
-        kwargs["stem"] = "cifar" if image_size is not None and image_size <= 64 else "imagenet"
-    return kwargs
+    entry = MODEL_REGISTRY[name]
+    sizes = {**entry.defaults, **{k: v for k, v in overrides.items() if v is not None}}
+    return entry.fit_to_image(sizes, image_size)
 
 
 def create_model(
@@ -56,26 +33,16 @@ def create_model(
 ) -> nn.Module:
     """Build a model by name. ``overrides`` replace the named configuration's sizes.
 
-    ``image_size`` lets the builder reject impossible sizes (a patch larger than the image) and
-    pick the small-image ResNet stem.
+    ``image_size`` lets the model's entry reject impossible sizes (a patch larger than the image) and
+    pick what depends on it (the small-image ResNet stem, an MLP-Mixer's number of tokens).
     """
     if name.startswith(("timm:", "torchvision:")):
         return external_model(
             name, in_chans, num_classes, pretrained, image_size, overrides.get("patch_size")
         )
     kwargs = model_kwargs(name, image_size, **overrides)
-    info = MODEL_REGISTRY[name]
-    if info.builder is ConvMixer and image_size is not None and kwargs["patch_size"] > image_size:
-        raise SpatialmixError(
-            f"patch size {kwargs['patch_size']} is larger than the {image_size} x {image_size} image; "
-            f"use --patch-size {max(1, image_size // 8)} or smaller"
-        )
-    if info.builder is MLPMixer:
-        kwargs["image_size"] = image_size if image_size is not None else kwargs.get("image_size", 224)
-        # A study preset's ConvMixer settings carry over: an MLP-Mixer has no kernel and uses GELU.
-        kwargs.pop("kernel_size", None), kwargs.pop("activation", None)
     try:
-        model = info.builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
+        model = MODEL_REGISTRY[name].builder(in_chans=in_chans, num_classes=num_classes, **kwargs)
     except TypeError as err:
         raise SpatialmixError(f"model {name!r} does not take these options: {err}") from None
     if image_size is not None:  # what spatialmix.core.token_mixers feeds the model to find its token axis

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from spatialmix.core.mixing import (
     CHANNEL,
-    MODES,
     SPATIAL,
     LayerSelector,
     MixingSummary,
@@ -20,6 +19,7 @@ from spatialmix.core.mixing import (
 )
 from spatialmix.models.factory import count_parameters, create_model, list_models
 from spatialmix.models.registry import MODEL_REGISTRY
+from spatialmix.names import MODES
 
 WHAT_TO_FREEZE = {SPATIAL: "depthwise convolutions", CHANNEL: "1 x 1 convolutions"}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import nn
 
 from spatialmix.errors import SpatialmixError, check_positive
-from spatialmix.models.registry import register_model
 
 
 class TokenMixingMLP(nn.Module):
@@ -42,13 +41,6 @@ class MixerBlock(nn.Module):
         return x + self.channel_mlp(self.norm2(x))
 
 
-@register_model(
-    "mlpmixer",
-    "MLP-Mixer with explicit width/depth/patch_size (token_hidden, channel_hidden)",
-    width=128,
-    depth=6,
-    patch_size=4,
-)
 class MLPMixer(nn.Module):
     """An isotropic MLP-Mixer for small images: patch stem -> ``depth`` blocks -> LayerNorm -> mean -> head.
 
@@ -120,5 +112,10 @@ MLPMIXER_CONFIGS = {
     "mlpmixer-256/8": dict(width=256, depth=8, patch_size=4),
 }
 
-for _name, _config in MLPMIXER_CONFIGS.items():
-    register_model(_name, f"MLP-Mixer {_config}", **_config)(MLPMixer)
+
+def mlpmixer_for_image(sizes: dict, image_size: int | None) -> dict:
+    """An MLP-Mixer's sizes for images of ``image_size`` pixels (224 when not known): it is built for
+    one image size. A study preset's ConvMixer settings carry over: it has no kernel and uses GELU."""
+    fitted = {k: v for k, v in sizes.items() if k not in ("kernel_size", "activation")}
+    fitted["image_size"] = image_size if image_size is not None else sizes.get("image_size", 224)
+    return fitted

@@ -6,7 +6,6 @@ from torch import nn
 
 from spatialmix.errors import check_positive, unknown_name
 from spatialmix.models.layers import make_separable
-from spatialmix.models.registry import register_model
 
 RESNET_DEPTHS = {
     "resnet18": "resnet18",
@@ -48,6 +47,9 @@ def resnet(
     return model
 
 
-for _arch in RESNET_DEPTHS:
-    register_model(f"{_arch}-sep", f"{_arch}, separable after the stem", arch=_arch, separable=True)(resnet)
-    register_model(_arch, f"ordinary {_arch} (baseline)", arch=_arch, separable=False)(resnet)
+def resnet_for_image(sizes: dict, image_size: int | None) -> dict:
+    """A ResNet's sizes for images of ``image_size`` pixels: the small-image stem up to 64 pixels, the
+    ImageNet stem above or when the size is not known, unless a stem is given."""
+    if "stem" in sizes:
+        return sizes
+    return {**sizes, "stem": "cifar" if image_size is not None and image_size <= 64 else "imagenet"}

@@ -6,18 +6,8 @@ from torch import nn
 
 from spatialmix.errors import SpatialmixError, check_positive
 from spatialmix.models.layers import check_kernel_size, convmixer_block, make_activation
-from spatialmix.models.registry import register_model
 
 
-@register_model(
-    "unshufflenet",
-    "image-to-image ConvMixer at full resolution (pixel un-shuffling)",
-    width=256,
-    depth=8,
-    kernel_size=7,
-    patch_size=1,
-    activation="gelu",
-)
 class UnshuffleNet(nn.Module):
     """An isotropic ConvMixer that keeps the full resolution and outputs an image.
 

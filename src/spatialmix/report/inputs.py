@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spatialmix.analysis.filters import run_label
-from spatialmix.core.mixing import MODES
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.io.paths import FolderWalk
 from spatialmix.io.runs import find_runs
 from spatialmix.io.study_results import SavedStudy, check_study_settings, read_study_entry
+from spatialmix.names import MODES
 
 RESULTS = "results.json"
 

@@ -12,11 +12,11 @@ import json
 import math
 
 from spatialmix.analysis.statistics import LEVEL, Estimate, mean_interval, paired_t_interval
-from spatialmix.core.mixing import MODES
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.io.study_results import SavedStudy, json_rows
 from spatialmix.io.untrusted import parse_json
+from spatialmix.names import MODES
 from spatialmix.report.inputs import RunInfo
 from spatialmix.report.page import figure_image, rows_table
 from spatialmix.report.study_files import OUTSIDE, NotShown, read_image, read_inside

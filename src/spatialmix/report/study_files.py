@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from spatialmix.io.paths import FolderWalk, inside
+from spatialmix.io.paths import inside
 from spatialmix.io.study_results import SavedStudy
 from spatialmix.report.inputs import StudyInfo
 from spatialmix.report.page import Details, Image, saved_table, wrap_strip
@@ -97,8 +97,6 @@ def study_items(study: StudyInfo, entry: SavedStudy) -> list:
     warnings = entry.data.get("warnings")
     if isinstance(warnings, list) and warnings:
         items += warning_items(f"the {entry.name} study", [str(w) for w in warnings])
-    if entry.legacy:  # an older results.json: every image among its files, captioned with its name
-        return items + legacy_file_items(study.path, entry.files)
     declared = [Listed(f.file, study.path / f.file, f.caption) for f in entry.figures]
     declared += [Listed(name, study.path / name, None) for name in entry.files]
     return items + file_items(study.path, declared)
@@ -146,45 +144,3 @@ def not_shown_lines(named: list[str], why_not: dict[str, list[str]]) -> list[str
     }
     lines = ["Other files of this study: " + ", ".join(named) + "."] if named else []
     return lines + [sentences[why] + ", ".join(names) + "." for why, names in why_not.items() if names]
-
-
-def legacy_file_items(base: Path, files: list[str]) -> list:
-    """The files of an older entry: its images embedded (captioned with their names), the others named."""
-    listed = []
-    for name in files:
-        path = resolve_file(base, name)
-        shown = _relative_name(base, path) if path is not None else _legacy_name(name)
-        listed.append(Listed(shown, path, path.name if path is not None else None))
-    return file_items(base, listed)
-
-
-def _legacy_name(name: str) -> str:
-    """A file named in an older results.json, without the folders of the machine that wrote it."""
-    return Path(name).name if Path(name).is_absolute() else name
-
-
-def _relative_name(base: Path, path: Path) -> str:
-    for root, target in ((base, path), (base.resolve(), path.resolve())):
-        try:
-            return target.relative_to(root).as_posix()
-        except ValueError:
-            continue
-    return path.name
-
-
-def resolve_file(base: Path, name: str) -> Path | None:
-    """A file named in an older results.json: as written, relative to the study folder, or by name below it
-    (the folder may have been moved since; searched without following a link out of it)."""
-    path = Path(name)
-    for candidate in (path, base / path):
-        try:
-            return checked_file(base, candidate)  # never a file outside the folder reported on
-        except NotShown:
-            continue
-    below = FolderWalk(base).walk() if path.name else []
-    for match in sorted(p for p, is_folder in below if not is_folder and p.name == path.name):
-        try:
-            return checked_file(base, match)
-        except NotShown:
-            continue
-    return None

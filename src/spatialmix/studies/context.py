@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from spatialmix.core.mixing import MODES
 from spatialmix.engine.classification import ClassificationTask
 from spatialmix.engine.config import TrainConfig
 from spatialmix.engine.parallel import run_side_by_side
 from spatialmix.engine.resume import prepare_run_dir
 from spatialmix.engine.train import fit
 from spatialmix.io import runs
+from spatialmix.names import MODES
 from spatialmix.ui.display import say
 
 

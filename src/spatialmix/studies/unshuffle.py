@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from spatialmix.core.mixing import MODES
 from spatialmix.data.datasets import ImageData
 from spatialmix.data.permutation import PERMUTATION_FILE, PixelPermutation, check_or_save_permutation
 from spatialmix.engine.config import TrainConfig
@@ -29,6 +28,7 @@ from spatialmix.io import runs, storage
 from spatialmix.io.figures import save_png
 from spatialmix.io.study_results import Figure as StudyFigure  # (matplotlib's Figure is used below)
 from spatialmix.io.study_results import StudyResult
+from spatialmix.names import MODES
 from spatialmix.studies.context import StudyContext
 from spatialmix.ui.display import ResultTable, mean_std, say
 
