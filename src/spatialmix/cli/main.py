@@ -264,7 +264,7 @@ def cmd_sweep(args) -> None:
 class Command:
     help: str
     settings: tuple[tuple[type, tuple[str, ...]], ...]  # (dataclass, fields left out): its options, in order
-    run: Callable[[argparse.Namespace], None]  # the function that runs it
+    run: Callable[[argparse.Namespace], int | None]  # the function that runs it (an exit code, or None: 0)
     description: str | None = None
     threads_per_run: bool = False  # the library sets torch's threads per run (else main sets them once)
 
