@@ -43,8 +43,8 @@ def test_model_loads_the_newest_checkpoint_or_the_init_weights_in_eval_mode(fini
     ):
         model = run.model(weights)
         saved = load_file(path)
-        assert not model.training and set(saved) == set(model.state_dict())
-        assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+        assert not model.training and set(saved) == set(model.model.state_dict())
+        assert all(torch.equal(model.model.state_dict()[k], v) for k, v in saved.items())
     with pytest.raises(sm.SpatialmixError, match="unknown weights 'best'"):
         run.model("best")
 
@@ -55,7 +55,7 @@ def test_open_reads_an_unfinished_run(interrupted_run):
     assert run.summary is None and run.config == config and len(run.metrics) == 1
     assert [p.name for p in run.checkpoints] == ["epoch-0001"]
     assert run.status == runs.Run(run_dir).status().get("state")
-    assert run.model().state_dict().keys() == load_file(run.checkpoints[0] / "model.safetensors").keys()
+    assert run.model().model.state_dict().keys() == load_file(run.checkpoints[0] / "model.safetensors").keys()
 
 
 def test_a_run_with_nothing_recorded_yet_has_empty_metrics_and_no_status(tmp_path, tiny_data, tiny_config):

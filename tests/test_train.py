@@ -46,12 +46,13 @@ def test_run_directory_contents(tiny_config, tiny_data, tmp_path):
     model, loaded_record = load_trained_model(run_dir)
     assert loaded_record == record and not model.training
     saved = final_weights(run_dir)
-    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert model.model.state_dict().keys() == saved.keys()  # the network inside is the checkpoint's
+    assert all(torch.equal(v, saved[k]) for k, v in model.model.state_dict().items())
     total = sum(p.numel() for p in model.parameters())
     assert summary["trainable_params"] + summary["frozen_params"] == total
     init_model, _ = load_trained_model(run_dir, weights="init")
     init = load_file(str(run_dir / runs.INIT))
-    assert all(torch.equal(v, init[k]) for k, v in init_model.state_dict().items())
+    assert all(torch.equal(v, init[k]) for k, v in init_model.model.state_dict().items())
 
 
 def test_piecewise_linear_schedule():

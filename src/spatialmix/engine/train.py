@@ -19,7 +19,7 @@ from torch import nn
 
 from spatialmix.accel import speed
 from spatialmix.core.mixing import frozen_fingerprint, trainable_parameters
-from spatialmix.data.batches import BatchLoader
+from spatialmix.data.batches import BatchLoader, InputSpaceModel
 from spatialmix.data.datasets import ImageData
 from spatialmix.engine import callbacks as hooks
 from spatialmix.engine import distributed
@@ -397,6 +397,12 @@ def load_trained_model(
 ) -> tuple[nn.Module, dict]:
     """Rebuild the model of a saved run and load its weights; returns ``(model in eval mode, run record)``.
 
+    The model takes images in [0, 1] and normalizes them itself (RobustBench's convention): it is
+    an ``InputSpaceModel`` whose ``normalize`` holds the run's data set mean and std (from
+    ``config.json``) and whose ``model`` is the trained network, which takes normalized images (its
+    ``state_dict`` is the checkpoint's). So attacks, and anything else working in pixel space, use
+    it as it is.
+
     ``weights``: ``latest`` (the newest checkpoint) or ``init`` (the weights at initialization).
     The run record is ``config.json``: ``record["train"]`` is the TrainConfig, ``record["data"]``
     has ``mean``/``std``/``in_chans``/``num_classes``/``image_size``.
@@ -437,4 +443,4 @@ def load_trained_model(
             f"weights in {run_dir} do not fit the model its config builds "
             f"({str(err).splitlines()[0][:160]}); the run is damaged"
         ) from None
-    return built.to(device).eval(), record
+    return InputSpaceModel(built, d["mean"], d["std"]).to(device).eval(), record

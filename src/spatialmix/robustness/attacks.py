@@ -36,7 +36,6 @@ import torch
 from torch import nn
 
 from spatialmix.accel.speed import FastKernels
-from spatialmix.data.batches import Normalize
 from spatialmix.robustness import apgd
 from spatialmix.robustness.apgd import distance, project
 from spatialmix.robustness.settings import AttackSettings, eps_label
@@ -46,19 +45,6 @@ DLR_MIN_CLASSES = 4  # the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) 
 
 
 # --------------------------------------------------------------------------- the attacked model
-
-
-class InputSpaceModel(nn.Module):
-    """A model that takes images in [0, 1]: normalization, then the trained network."""
-
-    def __init__(self, model: nn.Module, mean, std):
-        super().__init__()
-
-        self.normalize = Normalize(mean, std)
-        self.model = model
-
-    def forward(self, x):
-        return self.model(self.normalize(x))
 
 
 @contextmanager

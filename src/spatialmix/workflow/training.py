@@ -35,6 +35,9 @@ def train(
 ) -> Run:
     """Train in ``run_dir`` and return the :class:`Run` (its ``summary``, ``metrics``, ``model()``, ...).
 
+    The trained model, ``train(...).model()``, takes images in [0, 1] and normalizes them itself
+    (RobustBench's convention; see ``Run.model``).
+
     ``model_or_config``: a :class:`TrainConfig`, or a model of your own: an ``nn.Module``, or a
     factory (a function or class returning one, called with whichever of ``in_chans``,
     ``num_classes``, ``image_size`` it takes, under the run's seed). Its mixers are initialized and
