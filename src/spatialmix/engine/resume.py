@@ -131,6 +131,7 @@ def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task, fin
         "spatialmix_version": __version__,
         "torch_version": torch.__version__,
         "task": task.to_dict(),
+        "model_name": config.model_name,  # (train.model is the named configuration the sizes override)
         "train": config.to_dict(),
         "data": data_info(data),
         "params": {"trainable": summary.trainable, "frozen": summary.frozen, "by_kind": summary.rows},

@@ -153,7 +153,7 @@ def _train_epochs(s: _Session, max_steps: int | None) -> dict:
         enabled=s.config.progress and s.world.is_main,
         total_epochs=s.config.epochs,
         steps_per_epoch=len(s.train_loader),
-        title=f"{s.config.model} {s.config.mode}",
+        title=f"{s.config.model_name} {s.config.mode}",
         score=s.task.score,
     )
     with progress, speed.FastKernels():  # the CPU kernels of spatialmix.accel, for this call only
@@ -342,7 +342,7 @@ def _finish(s: _Session) -> dict:
     summary = {
         "task": task.name,
         "mode": config.mode,
-        "model": config.model,
+        "model": config.model_name,
         "dataset": config.dataset,
         "seed": config.seed,
         "trainable_params": s.record["params"]["trainable"],
