@@ -712,3 +712,10 @@ def test_train_names_the_model_with_the_sizes_it_was_given(capsys, tmp_path, fak
     assert (record["train"]["width"], record["train"]["depth"]) == (16, 2)
     assert json.loads((out / "summary.json").read_text())["model"] == "convmixer-16/2"
     assert default_run_dir(TrainConfig(width=16, depth=2)) == "runs/fashion-mnist-convmixer-16-2-full-seed0"
+
+
+def test_version_prints_the_package_version(capsys):
+    from spatialmix.version import __version__
+
+    code, out, err = run_main(capsys, ["--version"])
+    assert (code, out, err) == (0, f"spatialmix {__version__}\n", "")

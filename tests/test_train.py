@@ -279,7 +279,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config, tiny_
 
 def test_huge_learning_rate_gives_non_finite_loss(tiny_config, tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match="lower --lr"):
+    with pytest.raises(NonFiniteLossError, match="lower lr: continue with `sm.train"):
         fit(tiny_config(lr=1e30, epochs=2), run_dir, data=tiny_data)
     assert runs.read_json(run_dir / runs.STATUS)["state"] == "failed"
     assert runs.latest_checkpoint(run_dir) is None

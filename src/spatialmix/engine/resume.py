@@ -24,7 +24,7 @@ from spatialmix.engine import distributed
 from spatialmix.engine.config import DIVERGED_RESUMABLE_FIELDS, RESUMABLE_FIELDS, TrainConfig
 from spatialmix.engine.divergence import divergence_reason
 from spatialmix.engine.tasks import data_info, saved_config, task_from_dict
-from spatialmix.errors import NonFiniteLossError, SpatialmixError
+from spatialmix.errors import NonFiniteLossError, SpatialmixError, setting
 from spatialmix.io import run_files, runs
 from spatialmix.io.paths import check_folder_path
 from spatialmix.io.run_files import validate_progress
@@ -54,7 +54,7 @@ def _different_config_error(run_dir: Path, diff: list, allowed) -> SpatialmixErr
     may = ", ".join(sorted(a for a in allowed if a not in ("threads", "download")))
     return SpatialmixError(
         f"cannot resume {run_dir}: it was made with a different config ({details}); only {may} "
-        f"may change on resume: drop the other options, or start a new run with another --out"
+        f"may change on resume: drop the other options, or start a new run with another {setting('run_dir')}"
     )
 
 
@@ -72,7 +72,8 @@ def resume_config(run_dir: str | Path, changes: dict | None = None) -> TrainConf
         if not changes:  # a default run is not the run that was killed
             raise SpatialmixError(
                 f"{run.path}: nothing of this run was saved (it stopped before writing config.json), so "
-                "--resume cannot know its options; give its options again with --resume, and it starts"
+                f"{setting('resume', True)} cannot know its options; give its options again with "
+                f"{setting('resume', True)}, and it starts"
             )
         return TrainConfig(**changes)
     run.check()
@@ -98,7 +99,8 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, task) -> N
         return
     if not resume:
         raise SpatialmixError(
-            f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
+            f"{run.path} already holds a run; pass {setting('resume', True)} to continue it or choose "
+            f"another {setting('run_dir')}"
         )
     run.check()
     allowed = resumable_fields(run)
@@ -234,7 +236,7 @@ def _restore(
         first = str(err).strip().splitlines()[0][:160]
         raise SpatialmixError(
             f"checkpoint {folder} does not match this run's model ({first}); "
-            f"start a new run with another --out"
+            f"start a new run with another {setting('run_dir')}"
         ) from None
     if frozen_fingerprint(model) != init_fingerprint:
         raise SpatialmixError(

@@ -50,6 +50,12 @@ def train(
     ``trust_code``: import the factory a config or a run names (only for code you trust).
     ``data``, ``max_steps``, ``task``: see :func:`spatialmix.engine.train.fit`.
     """
+    if isinstance(model_or_config, str):
+        raise SpatialmixError(
+            f"train() takes a TrainConfig or a model of your own, not a model's name; for "
+            f"{model_or_config!r} pass TrainConfig(model={model_or_config!r}): "
+            f"sm.train(sm.TrainConfig(model={model_or_config!r}), run_dir)"
+        )
     if isinstance(model_or_config, TrainConfig):
         if config is not None:
             raise SpatialmixError("pass the config once: as the first argument or as config=, not both")
