@@ -40,7 +40,7 @@ import torch
 from spatialmix.data.datasets import load_dataset
 from spatialmix.engine.train import load_trained_model
 from spatialmix.io import runs
-from spatialmix.robustness.attacks import InputSpaceModel, attack_mode
+from spatialmix.robustness.attacks import attack_mode
 from spatialmix.robustness.evaluate import evaluate_robustness
 from spatialmix.robustness.results import examples_digest
 from spatialmix.robustness.run_attacks import select_examples, weights_fingerprint
@@ -58,8 +58,8 @@ def quick_model(out: Path, mode: str, threads: int):
     """The quick preset's seed-0 model of ``mode`` (trained once in ``out``), taking [0, 1] inputs."""
     run_dir = out / f"{mode}-seed0"
     train_or_reuse(QUICK.base.replace(mode=mode, seed=0, threads=threads, progress=False), run_dir)
-    model, record = load_trained_model(run_dir, device="cpu")
-    return InputSpaceModel(model, record["data"]["mean"], record["data"]["std"]).eval(), run_dir
+    model, _ = load_trained_model(run_dir, device="cpu")
+    return model, run_dir
 
 
 def independent_standard(model, x, y, eps_list, batch_size: int) -> list[torch.Tensor]:

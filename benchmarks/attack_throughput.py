@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from spatialmix.robustness.attacks import InputSpaceModel, attack_mode
+from spatialmix.robustness.attacks import attack_mode
 from spatialmix.robustness.evaluate import evaluate_robustness
 from spatialmix.robustness.run_attacks import select_examples
 from spatialmix.robustness.settings import DEFAULT_EPS, AttackSettings, eps_label
@@ -70,9 +70,7 @@ def trained_model(run: str | None, out: Path):
         )
         fit(config, run)
     model, record = load_trained_model(run)
-    return InputSpaceModel(model, record["data"]["mean"], record["data"]["std"]).eval(), load_dataset(
-        record["train"]["dataset"]
-    )
+    return model, load_dataset(record["train"]["dataset"])
 
 
 class Counting(torch.nn.Module):

@@ -28,6 +28,9 @@ if [ ! -f "$STAMP" ]; then
     .venv/bin/python -m pip install -q -c constraints.txt --upgrade pip setuptools
     # The build uses the pinned setuptools just installed (no isolated build environment to download).
     .venv/bin/python -m pip install -q -c constraints.txt --no-build-isolation -e '.[test]'
+    # torchattacks (the reference attacks of benchmarks/ and the comparison tests) pins
+    # requests~=2.25.1 but never imports requests: without its dependencies it changes nothing else.
+    .venv/bin/python -m pip install -q -c constraints.txt --no-deps torchattacks
     rm -f .venv/.spatialmix-*
     touch "$STAMP"
 fi

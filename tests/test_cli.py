@@ -669,3 +669,51 @@ def test_help_groups_the_options(monkeypatch):
     text = parser.format_help()
     headings = [text.index(f"\n{title}:") for title in ("run folder", "data", "model")]
     assert headings == sorted(headings) and headings[-1] < text.index("  --width")
+
+
+@pytest.mark.parametrize(
+    "fields, name",
+    [
+        ({}, "convmixer-128/6"),
+        ({"width": 16, "depth": 2}, "convmixer-16/2"),
+        ({"width": 16}, "convmixer-16/6"),
+        ({"model": "mlpmixer-256/8", "depth": 3}, "mlpmixer-256/3"),
+        ({"model": "convmixer", "width": 16, "depth": 1}, "convmixer-16/1"),
+        ({"model": "convmixer", "width": 16}, "convmixer"),
+        ({"model": "resnet18", "width": 32}, "resnet18"),
+        ({"model": "timm:convnext_atto"}, "timm:convnext_atto"),
+    ],
+)
+def test_the_model_name_carries_the_width_and_depth_that_override_the_named_ones(fields, name):
+    from spatialmix.engine.config import TrainConfig
+
+    assert TrainConfig(**fields).model_name == name
+
+
+def test_train_names_the_model_with_the_sizes_it_was_given(capsys, tmp_path, fake_fashion_dir):
+    """--width 16 --depth 2 over the default convmixer-128/6 trains a ConvMixer-16/2: the progress
+    lines, config.json, summary.json and the default run folder say so."""
+    import json
+
+    from spatialmix.engine.config import TrainConfig, default_run_dir
+
+    out = tmp_path / "run"
+    code, _, err = run_main(
+        capsys,
+        ["train", "--width", "16", "--depth", "2", "--epochs", "1", "--train-subset", "128"]
+        + ["--test-subset", "32", "--data-dir", str(fake_fashion_dir), "--out", str(out)],
+    )
+    assert code == 0, err
+    assert "convmixer-16/2 full epoch 1/1" in err and "128/6" not in err
+    record = json.loads((out / "config.json").read_text())
+    assert record["model_name"] == "convmixer-16/2"
+    assert (record["train"]["width"], record["train"]["depth"]) == (16, 2)
+    assert json.loads((out / "summary.json").read_text())["model"] == "convmixer-16/2"
+    assert default_run_dir(TrainConfig(width=16, depth=2)) == "runs/fashion-mnist-convmixer-16-2-full-seed0"
+
+
+def test_version_prints_the_package_version(capsys):
+    from spatialmix.version import __version__
+
+    code, out, err = run_main(capsys, ["--version"])
+    assert (code, out, err) == (0, f"spatialmix {__version__}\n", "")

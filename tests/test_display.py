@@ -128,3 +128,19 @@ def test_a_narrow_terminal_shows_the_training_bar_the_elapsed_time_and_the_eta(m
         "img/s",
     ]:
         assert word in text.split(), word
+
+
+def test_to_pandas_gives_the_values_by_header_with_means_and_stds_apart():
+    import pandas as pd
+
+    table = ResultTable("Runs", [("mode", "Mode", ""), ("acc", "test acc", ".3f"), ("n", "seeds", "d")])
+    table.add(mode="full", acc=(0.8125, 0.01), n=3)
+    table.add(mode="chans", acc=0.5, n=None)
+    frame = table.to_pandas()
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == ["Mode", "test acc", "test acc std", "seeds"]
+    assert frame["Mode"].tolist() == ["full", "chans"]
+    assert frame["test acc"].tolist() == [0.8125, 0.5]  # the numbers, not their 3-decimal cells
+    assert frame["test acc std"].iloc[0] == 0.01 and pd.isna(frame["test acc std"].iloc[1])
+    assert frame["seeds"].iloc[0] == 3 and pd.isna(frame["seeds"].iloc[1])
+    assert ResultTable("Empty", [("a", "A", "")]).to_pandas().columns.tolist() == ["A"]

@@ -210,7 +210,7 @@ def test_one_process_resumes_a_two_process_checkpoint(
     assert summary["epochs"] == 2
     assert max_relative_difference(final_weights(single_process_run), final_weights(run_dir)) < TOLERANCE
     model, _ = load_trained_model(run_dir)
-    assert isinstance(model.stem[2], nn.BatchNorm2d)
+    assert isinstance(model.model.stem[2], nn.BatchNorm2d)
 
 
 # --------------------------------------------------------------------------- without processes

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shlex
 import signal
 import stat
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import spatialmix as sm
 from conftest import SUBPROCESS_ENV, TINY, config_flags, snapshot_files
 from spatialmix.cli import main as cli
 from spatialmix.engine.config import TrainConfig
@@ -236,19 +236,17 @@ def test_metrics_are_strict_json(tmp_path):
 
 
 def test_the_advice_after_a_divergence_works(tiny_data, tmp_path, monkeypatch):
-    """The failed run's message names a command; following it (a lower --lr) continues the run."""
+    """The failed run's message names a call; following it (a lower lr) continues the run."""
     run_dir = tmp_path / "run"
     config = TrainConfig(**{**TINY, "epochs": 2})
     _poison_batchnorm_in_epoch(monkeypatch, len(tiny_data.train_labels) // TINY["batch_size"], epoch=2)
     with pytest.raises(NonFiniteLossError) as err:
         fit(config, run_dir, data=tiny_data)
     monkeypatch.undo()
-    command = str(err.value).split("`")[1]
-    args = shlex.split(command)
-    assert args[:5] == ["spatialmix", "train", "--resume", "--out", str(run_dir)] and args[5] == "--lr"
-    resumed = resume_config(run_dir, {"lr": float(args[6])})
-    assert resumed.lr == pytest.approx(config.lr / 10)
-    summary = fit(resumed, run_dir, resume=True, data=tiny_data)
+    call = str(err.value).split("`")[1]
+    lr = config.lr / 10
+    assert call == f"sm.train(sm.resume_config({str(run_dir)!r}), {str(run_dir)!r}, resume=True, lr={lr!r})"
+    summary = sm.train(sm.resume_config(run_dir), run_dir, resume=True, lr=lr, data=tiny_data).summary
     assert summary["epochs"] == 2
     assert runs.read_json(run_dir / runs.STATUS)["state"] == "finished"
     assert [m["epoch"] for m in runs.read_jsonl(run_dir / runs.METRICS)] == [1, 2]
@@ -330,7 +328,8 @@ def test_a_full_disk_is_one_line_and_the_status_says_it_stopped(tiny_data, tmp_p
     # ENOSPC says so; torch's words for a short write are given as they are (the disk is not full here)
     said = "no space left on device while writing" if where == "weights" else "cannot write"
     assert "\n" not in str(err.value) and said in str(err.value)
-    assert str(err.value).endswith(f"free space and resume with `spatialmix train --resume --out {run_dir}`")
+    advice = f"`sm.train(sm.resume_config({str(run_dir)!r}), {str(run_dir)!r}, resume=True)`"
+    assert str(err.value).endswith(f"free space and resume with {advice}")
     status = runs.read_json(run_dir / runs.STATUS)
     assert status["state"] == "interrupted" and status["epoch"] == 0 and said in status["reason"]
     assert not list(run_dir.rglob("*.tmp"))

@@ -491,7 +491,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_resume(
     message = str(err.value)
     advice = (
         "the last complete checkpoint is kept: free space and resume with "
-        f"`spatialmix train --resume --out {run_dir}`"
+        f"`sm.train(sm.resume_config({str(run_dir)!r}), {str(run_dir)!r}, resume=True)`"
     )
     assert "\n" not in message and message.startswith(
         f"no space left on device while writing {run_dir / runs.CKPT_DIR}/epoch-0002/"

@@ -83,6 +83,46 @@ def test_the_library_declares_lower_bounds_not_pins():
         )
 
 
+def requirement_closure(roots: list[Requirement]) -> dict[str, list[str]]:
+    """``{canonical name: [the requirements naming it]}`` over ``roots`` and, recursively, what the
+    installed distributions they name require (with the extras asked for; markers evaluated here)."""
+    found: dict[str, list[str]] = {}
+    todo = [(r, "pyproject.toml") for r in roots]
+    while todo:
+        requirement, by = todo.pop()
+        name = canonicalize_name(requirement.name)
+        first = name not in found
+        found.setdefault(name, []).append(f"{by}: {requirement}")
+        if not first:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        for line in dist.requires or []:
+            needed = Requirement(line)
+            extras = requirement.extras or {""}
+            if needed.marker is None or any(needed.marker.evaluate({"extra": e}) for e in extras):
+                todo.append((needed, f"{name} {dist.version}"))
+    return found
+
+
+def test_installing_with_the_test_extra_requires_no_requests_pin():
+    """torchattacks pins requests~=2.25.1 (a release with security advisories), which downgraded
+    the requests of any environment spatialmix was installed in: it is an optional extra, installed
+    by scripts/setup.sh with --no-deps, and nothing spatialmix or its test extra pulls in asks for it
+    or for requests."""
+    project = PYPROJECT["project"]
+    roots = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    closure = requirement_closure(roots)
+    assert "torch" in closure and "numpy" in closure  # (the walk follows the installed packages)
+    assert "torchattacks" not in closure, closure.get("torchattacks")
+    assert "requests" not in closure, closure.get("requests")
+    assert project["optional-dependencies"]["reference"] == ["torchattacks>=3.5.1"]
+    setup = (ROOT / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    assert "pip install -q -c constraints.txt --no-deps torchattacks" in setup
+
+
 # ---- the wheel ----------------------------------------------------------------------------------
 
 
@@ -193,6 +233,28 @@ def test_installing_the_wheel_keeps_the_environments_torch(wheel, tmp_path):
     listed = json.loads(report.read_text())["install"]
     installs = {canonicalize_name(item["metadata"]["name"]) for item in listed}
     assert installs <= {"spatialmix"}, f"installing the wheel would also install {installs - {'spatialmix'}}"
+
+
+@pytest.mark.slow
+def test_installing_the_wheel_beside_a_newer_requests_changes_nothing(wheel, tmp_path):
+    """Where requests 2.32.5 is installed (a stand-in: its metadata ahead of this environment's on the
+    path), pip resolves the wheel offline without touching it: nothing pins an older requests."""
+    shadow = tmp_path / "shadow" / "requests-2.32.5.dist-info"
+    shadow.mkdir(parents=True)
+    (shadow / "METADATA").write_text("Metadata-Version: 2.1\nName: requests\nVersion: 2.32.5\n")
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "install", "--dry-run"]
+        + ["--no-index", "--report", str(report), str(wheel)],
+        cwd=tmp_path,
+        env={**SUBPROCESS_ENV, "PYTHONPATH": str(shadow.parent)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"pip would need another requests:\n{result.stderr}"
+    listed = json.loads(report.read_text())["install"]
+    assert [item["metadata"]["name"] for item in listed] == ["spatialmix"]
 
 
 @pytest.mark.slow

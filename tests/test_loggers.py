@@ -206,6 +206,7 @@ def test_wandb_gets_the_config_every_epochs_metrics_and_the_summary(
 ):
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     config = tiny_config(epochs=2)
     run = sm.train(config, tmp_path / "run", data=tiny_data, callbacks=[sm.WandbLogger(every_n_steps=3)])
     (_, init), *rest = fake.calls
@@ -225,6 +226,30 @@ def test_wandb_gets_the_config_every_epochs_metrics_and_the_summary(
     assert rest[-2:] == [("summary", summary), ("finish",)]
     steps = [step for _, _, step in logs]
     assert steps == sorted(steps)  # wandb refuses a step that goes back
+
+
+@pytest.mark.parametrize(
+    "environment, given, mode",
+    [
+        (None, None, "offline"),
+        ("disabled", None, "disabled"),
+        ("online", None, "online"),
+        ("disabled", "online", "online"),
+    ],
+)
+def test_wandb_mode_is_wandbs_own_environment_variable_unless_given(
+    monkeypatch, tmp_path, environment, given, mode
+):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)  # (wandb itself need not be installed)
+    if environment is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", environment)
+    logger = sm.WandbLogger() if given is None else sm.WandbLogger(mode=given)
+    logger.on_run_start(tmp_path / "run", sm.TrainConfig(), 0)
+    (_, init), *_ = fake.calls
+    assert init["mode"] == mode
 
 
 # --------------------------------------------------------------------------- --log

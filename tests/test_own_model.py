@@ -115,7 +115,7 @@ def test_a_factory_trains_in_chans_mode_and_config_json_records_how_to_rebuild_i
     model = run.model()
     latest = load_file(run.checkpoints[-1] / "model.safetensors")
     init = load_file(tmp_path / "run" / "init.safetensors")
-    assert all(torch.equal(model.state_dict()[k], latest[k]) for k in latest) and not model.training
+    assert all(torch.equal(model.model.state_dict()[k], latest[k]) for k in latest) and not model.training
     assert torch.equal(latest["3.weight"], init["3.weight"])  # frozen: it never moved
     assert not torch.equal(latest["6.weight"], init["6.weight"])  # the channel mixer learned
 
@@ -193,7 +193,7 @@ def test_a_lambda_trains_and_reopens_only_when_given_again(tmp_path, tiny_data):
     run = sm.train(factory, tmp_path / "run", data=tiny_data, **SETTINGS)
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     assert record["train"]["model"] == "test_own_model:lambda" and record["model_source"]["reference"] is None
-    assert isinstance(run.model(), nn.Sequential)  # the handle train returned holds the factory
+    assert isinstance(run.model().model, nn.Sequential)  # the handle train returned holds the factory
     with pytest.raises(
         sm.SpatialmixError, match="was trained with a model passed from Python .*pass it again"
     ):
@@ -210,12 +210,12 @@ def test_a_module_trains_as_it_is_and_reopens_with_a_module_of_the_same_tensors(
     latest = load_file(run.checkpoints[-1] / "model.safetensors")
     assert all(torch.equal(net.state_dict()[k].cpu(), latest[k]) for k in latest)  # the module you passed
     loaded = run.model(weights="init")
-    assert loaded is not net and torch.equal(
+    assert loaded.model is not net and torch.equal(
         net.state_dict()["6.weight"].cpu(), latest["6.weight"]
     )  # untouched
     for given in (build(1, 4), build):  # a module of the same tensors, or a factory of it
         model = sm.Run.open(tmp_path / "run").model(model=given)
-        assert all(torch.equal(model.state_dict()[k], latest[k]) for k in latest)
+        assert all(torch.equal(model.model.state_dict()[k], latest[k]) for k in latest)
     with pytest.raises(sm.SpatialmixError) as err:
         sm.Run.open(tmp_path / "run").model(model=build_wider)
     assert "is not the one it was trained with ('0.bias' is [12] here, [8] in the run)" in str(err.value)

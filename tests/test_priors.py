@@ -207,7 +207,7 @@ def test_covariance_from_trains_with_frozen_filters_bitwise_and_rebuilds(full_ru
         build_model(closed, 1, 4, 28).state_dict()["blocks.1.0.fn.0.weight"],
     )
     model, _ = load_trained_model(tmp_path / "chans")
-    assert torch.equal(model.state_dict()["blocks.1.0.fn.0.weight"], final["blocks.1.0.fn.0.weight"])
+    assert torch.equal(model.model.state_dict()["blocks.1.0.fn.0.weight"], final["blocks.1.0.fn.0.weight"])
 
 
 def spec(path) -> InitSpec:

@@ -344,7 +344,7 @@ def test_the_no_checkpoint_message_says_how_to_continue(tmp_path, tiny_data):
     with pytest.raises(SpatialmixError) as err:
         runs.Run(run_dir).require_checkpoint()
     assert one_line(err) == runs.no_checkpoint_message(run_dir)
-    assert f"spatialmix train --resume --out {run_dir}" in str(err.value)
+    assert f"`sm.train(sm.resume_config({str(run_dir)!r}), {str(run_dir)!r}, resume=True)`" in str(err.value)
 
 
 def test_reproduce_does_not_reuse_a_finished_run_of_another_config(run, monkeypatch):

@@ -43,8 +43,8 @@ def test_model_loads_the_newest_checkpoint_or_the_init_weights_in_eval_mode(fini
     ):
         model = run.model(weights)
         saved = load_file(path)
-        assert not model.training and set(saved) == set(model.state_dict())
-        assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+        assert not model.training and set(saved) == set(model.model.state_dict())
+        assert all(torch.equal(model.model.state_dict()[k], v) for k, v in saved.items())
     with pytest.raises(sm.SpatialmixError, match="unknown weights 'best'"):
         run.model("best")
 
@@ -55,7 +55,7 @@ def test_open_reads_an_unfinished_run(interrupted_run):
     assert run.summary is None and run.config == config and len(run.metrics) == 1
     assert [p.name for p in run.checkpoints] == ["epoch-0001"]
     assert run.status == runs.Run(run_dir).status().get("state")
-    assert run.model().state_dict().keys() == load_file(run.checkpoints[0] / "model.safetensors").keys()
+    assert run.model().model.state_dict().keys() == load_file(run.checkpoints[0] / "model.safetensors").keys()
 
 
 def test_a_run_with_nothing_recorded_yet_has_empty_metrics_and_no_status(tmp_path, tiny_data, tiny_config):
@@ -117,3 +117,40 @@ def test_train_refuses_a_mistyped_setting_with_a_suggestion(tmp_path, tiny_data,
 def test_train_changes_the_fields_given_as_keywords(tmp_path, tiny_data, tiny_config):
     run = sm.train(tiny_config(), tmp_path / "run", data=tiny_data, mode="space", seed=3)
     assert (run.config.mode, run.config.seed) == ("space", 3) and run.summary["mode"] == "space"
+
+
+def test_train_given_a_models_name_points_to_the_config_that_names_it(tmp_path):
+    with pytest.raises(sm.SpatialmixError) as err:
+        sm.train("timm:resnet18", tmp_path / "run", epochs=1)
+    message = str(err.value)
+    assert "pass TrainConfig(model='timm:resnet18')" in message
+    assert "sm.train(sm.TrainConfig(model='timm:resnet18'), run_dir)" in message
+    assert len(message.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_errors_name_parameters_to_python_callers_and_flags_on_the_command_line(
+    tmp_path, tiny_data, tiny_config, capsys
+):
+    from spatialmix.cli import main as cli
+
+    run_dir = tmp_path / "run"
+    sm.train(tiny_config(), run_dir, data=tiny_data, max_steps=1)  # stopped before its first checkpoint
+    with pytest.raises(sm.SpatialmixError) as err:
+        sm.train(tiny_config(), run_dir, data=tiny_data)
+    assert str(err.value) == (
+        f"{run_dir} already holds a run; pass resume=True to continue it or choose another run_dir"
+    )
+    with pytest.raises(sm.SpatialmixError) as err:
+        sm.Run.open(run_dir).model()
+    advice = f"`sm.train(sm.resume_config({str(run_dir)!r}), {str(run_dir)!r}, resume=True)`"
+    assert str(err.value).endswith(f"train it first with {advice}")
+    # ... and the advice, followed, finishes the run
+    assert sm.train(sm.resume_config(run_dir), run_dir, resume=True, data=tiny_data).status == "finished"
+    capsys.readouterr()
+    assert cli.main(["train", "--model", "convmixer", "--width", "16", "--out", str(run_dir)]) == 2
+    assert capsys.readouterr().err == (
+        f"spatialmix: error: {run_dir} already holds a run; pass --resume to continue it or choose "
+        f"another --out\n"
+    )
+    with pytest.raises(sm.SpatialmixError, match="pass resume=True to continue it"):  # (Python's again)
+        sm.train(tiny_config(), run_dir, data=tiny_data)

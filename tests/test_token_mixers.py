@@ -331,7 +331,7 @@ def test_patterns_from_the_command_line_are_saved_and_rebuilt(tiny_data, tmp_pat
     saved = json.loads((run_dir / runs.CONFIG).read_text())["train"]
     assert saved["channel_pattern"] == "blocks.0.token_mlp.fc2" and saved["spatial_pattern"] is None
     model, _ = load_trained_model(run_dir)
-    assert frozen_names(model) == {"blocks.0.token_mlp.fc1.weight", "blocks.0.token_mlp.fc1.bias"}
+    assert frozen_names(model.model) == {"blocks.0.token_mlp.fc1.weight", "blocks.0.token_mlp.fc1.bias"}
     assert (
         main(
             [

@@ -46,12 +46,13 @@ def test_run_directory_contents(tiny_config, tiny_data, tmp_path):
     model, loaded_record = load_trained_model(run_dir)
     assert loaded_record == record and not model.training
     saved = final_weights(run_dir)
-    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert model.model.state_dict().keys() == saved.keys()  # the network inside is the checkpoint's
+    assert all(torch.equal(v, saved[k]) for k, v in model.model.state_dict().items())
     total = sum(p.numel() for p in model.parameters())
     assert summary["trainable_params"] + summary["frozen_params"] == total
     init_model, _ = load_trained_model(run_dir, weights="init")
     init = load_file(str(run_dir / runs.INIT))
-    assert all(torch.equal(v, init[k]) for k, v in init_model.state_dict().items())
+    assert all(torch.equal(v, init[k]) for k, v in init_model.model.state_dict().items())
 
 
 def test_piecewise_linear_schedule():
@@ -278,7 +279,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_config, tiny_
 
 def test_huge_learning_rate_gives_non_finite_loss(tiny_config, tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match="lower --lr"):
+    with pytest.raises(NonFiniteLossError, match="lower lr: continue with `sm.train"):
         fit(tiny_config(lr=1e30, epochs=2), run_dir, data=tiny_data)
     assert runs.read_json(run_dir / runs.STATUS)["state"] == "failed"
     assert runs.latest_checkpoint(run_dir) is None

@@ -304,13 +304,13 @@ def test_a_new_process_rebuilds_the_same_permutation_and_the_saved_run(shapes_da
     assert record["task"] == {"name": "unshuffle", "perm_seed": 9, "window": 14, "loss": "l1"}
     assert task_from_dict(record["task"]).to_dict() == record["task"]
     model, _ = load_trained_model(run_dir)
-    assert isinstance(model, UnshuffleNet)
+    assert isinstance(model.model, UnshuffleNet)
     # A fresh process (one Python start for both checks: importing torch is the slow part) gives the
     # same permutation for the same seed, and rebuilds the run without importing spatialmix.unshuffle.
     code = (
         "import json, torch; from spatialmix.engine.train import load_trained_model;"
-        f"m, r = load_trained_model({str(run_dir)!r}); print(type(m).__name__, m(torch.zeros(1, 1, 28, 28))"
-        ".shape[1:].numel());"
+        f"m, r = load_trained_model({str(run_dir)!r});"
+        "print(type(m.model).__name__, m(torch.zeros(1, 1, 28, 28)).shape[1:].numel());"
         "from spatialmix.data.permutation import make_permutation;"
         "print(json.dumps(make_permutation(28, 11).source.tolist()));"
         "print(json.dumps(make_permutation(28, 11, 4).source.tolist()))"

@@ -31,6 +31,7 @@ from spatialmix.core.mixing import (
     summarize,
     trainable_parameters,
 )
+from spatialmix.data.batches import InputSpaceModel
 from spatialmix.data.datasets import DATASETS, ImageData, load_dataset
 from spatialmix.data.imagefolder import load_image_folder
 from spatialmix.data.permutation import PixelPermutation, make_permutation
@@ -51,7 +52,6 @@ from spatialmix.models.registry import MODEL_REGISTRY, register_model
 from spatialmix.report.document import write_report
 from spatialmix.report.published import publish_results, published_runs
 from spatialmix.report.render_docs import render_docs
-from spatialmix.robustness.attacks import InputSpaceModel
 from spatialmix.robustness.evaluate import evaluate_robustness
 from spatialmix.robustness.results import robustness_table
 from spatialmix.robustness.run_attacks import attack_runs, evaluate_run

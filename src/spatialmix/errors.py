@@ -1,7 +1,10 @@
 """Errors a user can fix. The command line prints them as one line and exits with code 2."""
 
+import contextlib
+import contextvars
 import difflib
 import math
+from collections.abc import Mapping
 
 
 class SpatialmixError(Exception):
@@ -41,3 +44,47 @@ def check_positive(**values) -> None:
             or not (value > 0 and math.isfinite(value))
         ):
             raise SpatialmixError(f"{name.replace('_', ' ')} must be a positive number, got {value}")
+
+
+# --------------------------------------------------------------------------- naming what to change
+
+# The command line's flags where they are not ``--`` + the parameter's name with dashes (the command
+# line sets them for the commands it runs: see ``command_line_names``); None: a Python caller.
+_FLAGS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("flags", default=None)
+
+
+@contextlib.contextmanager
+def command_line_names(flags: Mapping[str, str]):
+    """Within the block, messages name settings as the command line's flags (``--resume``, ``--out``)
+    rather than as Python parameters (``resume=True``, ``run_dir``); ``flags`` maps a parameter to its
+    flag where that is not ``--`` + its name with dashes (``{"run_dir": "--out"}``)."""
+    token = _FLAGS.set(dict(flags))
+    try:
+        yield
+    finally:
+        _FLAGS.reset(token)
+
+
+def setting(name: str, value: object = None) -> str:
+    """A setting as the caller passes it: ``resume=True`` / ``lr=0.001`` / ``run_dir`` from Python,
+    ``--resume`` / ``--lr 0.001`` / ``--out`` on the command line (``value`` None: the setting itself)."""
+    flags = _FLAGS.get()
+    if flags is None:
+        return name if value is None else f"{name}={value!r}"
+    flag = flags.get(name, "--" + name.replace("_", "-"))
+    if value is None or value is True:
+        return flag
+    if value is False:
+        return "--no-" + flag.removeprefix("--")
+    return f"{flag} {value}"
+
+
+def resume_command(run_dir, **changes) -> str:
+    """How to continue the run in ``run_dir`` (with ``changes`` to its resumable settings), as the caller
+    does it: `` `sm.train(sm.resume_config('RUN'), 'RUN', resume=True)` `` from Python,
+    `` `spatialmix train --resume --out RUN` `` on the command line."""
+    if _FLAGS.get() is None:
+        extra = "".join(f", {name}={value!r}" for name, value in changes.items())
+        return f"`sm.train(sm.resume_config({str(run_dir)!r}), {str(run_dir)!r}, resume=True{extra})`"
+    extra = "".join(f" {setting(name, value)}" for name, value in changes.items())
+    return f"`spatialmix train {setting('resume', True)} {setting('run_dir')} {run_dir}{extra}`"

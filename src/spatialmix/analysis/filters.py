@@ -276,11 +276,12 @@ def analyze_run(run_dir: str | Path, size: int = FFT_SIZE, label: str | None = N
 
     run_dir = runs.check_run_dir(Path(run_dir))
     model, record = load_trained_model(run_dir, weights="latest")
+    network = model.model  # the trained network: its parameter names are those of init.safetensors
     init_path = run_dir / runs.INIT
     init_state = runs.load_weights(init_path) if init_path.is_file() else None
     config = record.get("train", {})
     analysis = analyze_model(
-        model, label or run_label(config), init_state, size, group=run_label(config, with_seed=False)
+        network, label or run_label(config), init_state, size, group=run_label(config, with_seed=False)
     )
     analysis.run_dir, analysis.config = str(run_dir), config
     return analysis

@@ -31,11 +31,12 @@ from spatialmix.cli.settings import (
     TrainCommand,
 )
 from spatialmix.engine.config import TrainConfig, check_reference, is_user_reference, run_dir_for
-from spatialmix.errors import SpatialmixError, Terminated
+from spatialmix.errors import SpatialmixError, Terminated, command_line_names
 from spatialmix.options import ArgumentParser, add_options, given_values
 from spatialmix.robustness.settings import AttackSettings
 from spatialmix.studies.unshuffle_settings import UnshuffleSettings
 from spatialmix.sweep.settings import SWEEP_SKIP, JobResources, SweepSettings
+from spatialmix.version import __version__
 
 # --------------------------------------------------------------------------- commands
 
@@ -325,6 +326,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="spatialmix", description="Which parts of a vision network need to be learned?"
     )
+    parser.add_argument("--version", action="version", version=f"spatialmix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.description or command.help)
@@ -351,6 +353,10 @@ def _how_to_continue(args, interrupted: bool) -> str:
     )
 
 
+# The flags whose names are not the Python parameter's (see spatialmix.errors.setting).
+FLAG_NAMES = {"run_dir": "--out", "out_dir": "--out"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = COMMANDS[args.command]
@@ -369,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (a cluster's preemption) stops like Ctrl-C: files stay consistent, status.json says so.
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        code = command.run(args)  # None, or the exit code a check gives
+        with command_line_names(FLAG_NAMES):  # the library's messages name flags, not Python parameters
+            code = command.run(args)  # None, or the exit code a check gives
     except SpatialmixError as err:
         print(f"spatialmix: error: {err}", file=sys.stderr)
         return 2

@@ -3,8 +3,9 @@
 :class:`BatchLoader` draws every random number of an epoch up front from ``(seed, epoch)``, so a
 resumed or distributed run sees exactly the batches an uninterrupted single process would;
 cropping (:func:`random_crop`), flipping (:func:`random_flip`) and normalization are batched
-tensor operations, with no per-sample Python and no worker processes. :class:`Normalize` and
-:func:`to_unit_range` give attacks their [0, 1] input space.
+tensor operations, with no per-sample Python and no worker processes. :class:`Normalize`,
+:class:`InputSpaceModel` and :func:`to_unit_range` give a trained network the [0, 1] input space
+every model spatialmix hands out takes (RobustBench's convention, what attacks need).
 """
 
 from __future__ import annotations
@@ -160,3 +161,19 @@ class Normalize(torch.nn.Module):
 
     def forward(self, x):
         return (x - self.mean) / self.std
+
+
+class InputSpaceModel(torch.nn.Module):
+    """A model that takes images in [0, 1]: ``normalize`` (the data set's mean and std), then ``model``.
+
+    What ``Run.model()`` and ``load_trained_model`` return, and what attacks see (RobustBench's
+    convention): the trained network itself is ``.model``, which takes normalized images.
+    """
+
+    def __init__(self, model: torch.nn.Module, mean, std):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.model = model
+
+    def forward(self, x):
+        return self.model(self.normalize(x))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -91,7 +92,8 @@ class TensorBoardLogger(Callback):
 
 class WandbLogger(Callback):
     """Every metric of every epoch (and the training loss every ``every_n_steps`` steps) to Weights &
-    Biases, the config as its config and the summary as its summary. ``mode="offline"`` (the default)
+    Biases, the config as its config and the summary as its summary. ``mode``: wandb's own
+    ``WANDB_MODE`` where it is set (``disabled`` turns the logger off), else ``"offline"``, which
     writes to ``dir`` (default: ``RUN/logs``) for ``wandb sync`` later; ``"online"`` sends as it goes.
     ``init``: more arguments of ``wandb.init`` (``entity``, ``tags``, ...). Needs ``pip install wandb``.
     """
@@ -99,7 +101,7 @@ class WandbLogger(Callback):
     def __init__(
         self,
         project: str = "spatialmix",
-        mode: str = "offline",
+        mode: str | None = None,
         dir: str | Path | None = None,
         every_n_steps: int = 20,
         **init,
@@ -112,6 +114,8 @@ class WandbLogger(Callback):
             ) from None
         if every_n_steps < 1:
             raise SpatialmixError(f"every_n_steps must be at least 1, got {every_n_steps}")
+        if mode is None:  # what the environment says (WANDB_MODE=disabled in CI), else offline
+            mode = os.environ.get("WANDB_MODE") or "offline"
         self.project, self.mode, self.dir, self.init = project, mode, dir, init
         self.every_n_steps = every_n_steps
         self.run = None

@@ -80,6 +80,11 @@ BUILT_IN_SIZE_FIELDS = (
 )
 
 
+# A built-in model named with its sizes: ``convmixer-256/8`` is the ConvMixer of width 256, depth 8.
+SIZED_NAME = re.compile(r"(?P<family>[a-z][a-z0-9]*)-(?P<width>\d+)/(?P<depth>\d+)")
+FAMILY_NAME = re.compile(r"[a-z][a-z0-9]*")
+
+
 def is_user_reference(model: str) -> bool:
     """Whether a config's ``model`` names code of your own (``module:function``) rather than a built-in
     model or a timm / torchvision one."""
@@ -383,10 +388,27 @@ class TrainConfig:
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def model_name(self) -> str:
+        """The model this config trains, named with the sizes it is built with: ``convmixer-128/6`` with
+        ``width=16, depth=2`` is ``convmixer-16/2``, and so is ``convmixer`` with both; ``model`` itself
+        where no size overrides it (or the name carries no sizes: ``resnet18``, ``timm:NAME``)."""
+        if self.width is None and self.depth is None:
+            return self.model
+        named = SIZED_NAME.fullmatch(self.model)
+        if named:
+            width = self.width if self.width is not None else named["width"]
+            depth = self.depth if self.depth is not None else named["depth"]
+            return f"{named['family']}-{width}/{depth}"
+        if FAMILY_NAME.fullmatch(self.model) and self.width is not None and self.depth is not None:
+            return f"{self.model}-{self.width}/{self.depth}"
+        return self.model
+
 
 def default_run_dir(config: TrainConfig) -> str:
-    """Where ``spatialmix train`` puts a run given no ``--out``: ``runs/DATASET-MODEL-MODE-seedS``."""
-    model = config.model.replace("/", "-").replace(":", "-")
+    """Where ``spatialmix train`` puts a run given no ``--out``: ``runs/DATASET-MODEL-MODE-seedS``
+    (MODEL: ``TrainConfig.model_name``)."""
+    model = config.model_name.replace("/", "-").replace(":", "-")
     return f"runs/{config.dataset}-{model}-{config.mode}-seed{config.seed}"
 
 

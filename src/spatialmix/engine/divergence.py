@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from spatialmix.engine.config import TrainConfig
+from spatialmix.errors import resume_command, setting
 
 # Below this peak learning rate, updates are too small to be the cause of a divergence.
 SMALL_LR = 1e-5
@@ -92,7 +93,7 @@ def _first_at_start(weights: list[str], buffers: list[str]) -> str:
 def _start_advice(config: TrainConfig, run_dir: Path) -> str:
     """Nothing was updated, so not the learning rate: the init's scale, or else the data or the model."""
     scaled = [
-        f"--{kind}-init {init}"
+        setting(f"{kind}_init", init)
         for kind, init in (("spatial", config.spatial_init), ("channel", config.channel_init))
         if init in SCALED_INITS
     ]
@@ -101,8 +102,9 @@ def _start_advice(config: TrainConfig, run_dir: Path) -> str:
         smaller = default if config.init_std > default else config.init_std / 10
         return (
             f"not the learning rate (nothing was updated); the likely cause is the init's scale, "
-            f"--init-std {config.init_std:g} with {' and '.join(scaled)}: train again with --init-std "
-            f"{smaller:g} and another --out ({run_dir} holds only this failed start)"
+            f"{setting('init_std', config.init_std)} with {' and '.join(scaled)}: train again with "
+            f"{setting('init_std', smaller)} and another {setting('run_dir')} ({run_dir} holds only this "
+            f"failed start)"
         )
     return (
         "so neither the learning rate (nothing was updated) nor the init's scale (PyTorch's default "
@@ -112,16 +114,17 @@ def _start_advice(config: TrainConfig, run_dir: Path) -> str:
 
 def _update_advice(config: TrainConfig, run_dir: Path) -> str:
     """After updates: a lower learning rate, unless it is already too small to matter."""
-    command = f"spatialmix train --resume --out {run_dir}"
+    lr = setting("lr", config.lr)
     if config.lr < SMALL_LR:
         if config.amp != "none":
             return (
-                f"--lr {config.lr:g} is already small, so the learning rate is unlikely the cause; "
-                f"try full precision: continue with `{command} --amp none`"
+                f"{lr} is already small, so the learning rate is unlikely the cause; "
+                f"try full precision: continue with {resume_command(run_dir, amp='none')}"
             )
+        inits = ", ".join(setting(name) for name in ("init_std", "spatial_init", "channel_init"))
         return (
-            f"--lr {config.lr:g} is already small, so the learning rate is unlikely the cause; check the "
-            f"data and the init (--init-std, --spatial-init, --channel-init)"
+            f"{lr} is already small, so the learning rate is unlikely the cause; check the "
+            f"data and the init ({inits})"
         )
     default = _DEFAULTS["lr"]
     if config.lr > 10 * default:  # a tenth would likely diverge too: go to the recipe's rate at once
@@ -129,6 +132,6 @@ def _update_advice(config: TrainConfig, run_dir: Path) -> str:
     else:
         lower, why = config.lr / 10, ""
     return (
-        f"the learning rate is the likely cause; lower --lr: continue with `{command} --lr {lower:g}`{why} "
-        f"(--amp none may help too)"
+        f"the learning rate is the likely cause; lower {setting('lr')}: continue with "
+        f"{resume_command(run_dir, lr=float(f'{lower:g}'))}{why} ({setting('amp', 'none')} may help too)"
     )

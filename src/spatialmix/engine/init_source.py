@@ -16,7 +16,7 @@ from spatialmix.core.mixing import SPATIAL, LayerSelector, layers_of_kind
 from spatialmix.core.priors import EmpiricalPrior
 from spatialmix.engine.classification import ClassificationTask
 from spatialmix.engine.config import TrainConfig
-from spatialmix.errors import SpatialmixError
+from spatialmix.errors import SpatialmixError, resume_command
 from spatialmix.io import runs
 
 
@@ -32,9 +32,7 @@ def empirical_prior(run_dir: str | Path) -> EmpiricalPrior:
         )
     folder = run.latest_checkpoint()
     if folder is None:
-        raise SpatialmixError(
-            f"{run_dir} has no checkpoint yet; train it first (spatialmix train --resume --out {run_dir})"
-        )
+        raise SpatialmixError(f"{run_dir} has no checkpoint yet; train it first ({resume_command(run_dir)})")
     state = runs.load_weights(run.file(runs.CKPT_DIR, folder.name, runs.MODEL_FILE), base=run_dir)
     names = _spatial_layer_names(train, record["data"], run_dir)
     filters = [(name, state.get(f"{name}.weight")) for name in names]

@@ -25,7 +25,7 @@ from spatialmix.engine import distributed
 from spatialmix.engine.config import DIVERGED_RESUMABLE_FIELDS, RESUMABLE_FIELDS, TrainConfig
 from spatialmix.engine.divergence import divergence_reason
 from spatialmix.engine.tasks import data_info, saved_config, task_from_dict
-from spatialmix.errors import NonFiniteLossError, SpatialmixError
+from spatialmix.errors import NonFiniteLossError, SpatialmixError, setting
 from spatialmix.io import run_files, runs
 from spatialmix.io.paths import check_folder_path
 from spatialmix.io.run_files import validate_progress
@@ -58,7 +58,7 @@ def _different_config_error(run_dir: Path, diff: list, allowed) -> SpatialmixErr
     may = ", ".join(sorted(a for a in allowed if a not in ("threads", "download")))
     return SpatialmixError(
         f"cannot resume {run_dir}: it was made with a different config ({details}); only {may} "
-        f"may change on resume: drop the other options, or start a new run with another --out"
+        f"may change on resume: drop the other options, or start a new run with another {setting('run_dir')}"
     )
 
 
@@ -76,7 +76,8 @@ def resume_config(run_dir: str | Path, changes: dict | None = None) -> TrainConf
         if not changes:  # a default run is not the run that was killed
             raise SpatialmixError(
                 f"{run.path}: nothing of this run was saved (it stopped before writing config.json), so "
-                "--resume cannot know its options; give its options again with --resume, and it starts"
+                f"{setting('resume', True)} cannot know its options; give its options again with "
+                f"{setting('resume', True)}, and it starts"
             )
         return TrainConfig(**changes)
     run.check()
@@ -102,7 +103,8 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, task) -> N
         return
     if not resume:
         raise SpatialmixError(
-            f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
+            f"{run.path} already holds a run; pass {setting('resume', True)} to continue it or choose "
+            f"another {setting('run_dir')}"
         )
     run.check()
     allowed = resumable_fields(run)
@@ -135,6 +137,7 @@ def run_record(config: TrainConfig, data: ImageData, model: nn.Module, task, fin
         "spatialmix_version": __version__,
         "torch_version": torch.__version__,
         "task": task.to_dict(),
+        "model_name": config.model_name,  # (train.model is the named configuration the sizes override)
         "train": config.to_dict(),
         "data": data_info(data),
         "params": {"trainable": summary.trainable, "frozen": summary.frozen, "by_kind": summary.rows},
@@ -267,7 +270,7 @@ def _restore(
         first = str(err).strip().splitlines()[0][:160]
         raise SpatialmixError(
             f"checkpoint {folder} does not match this run's model ({first}); "
-            f"start a new run with another --out"
+            f"start a new run with another {setting('run_dir')}"
         ) from None
     averaged_fingerprint = init_fingerprint if averaged is None else frozen_fingerprint(averaged.module)
     if {frozen_fingerprint(model), averaged_fingerprint} != {init_fingerprint}:

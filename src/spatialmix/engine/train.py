@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from spatialmix.accel import speed
 from spatialmix.core.mixing import frozen_fingerprint, trainable_parameters
-from spatialmix.data.batches import BatchLoader
+from spatialmix.data.batches import BatchLoader, InputSpaceModel
 from spatialmix.data.datasets import ImageData
 from spatialmix.engine import callbacks as hooks
 from spatialmix.engine import distributed
@@ -161,7 +161,7 @@ def _train_epochs(s: _Session, max_steps: int | None) -> dict:
         enabled=s.config.progress and s.world.is_main,
         total_epochs=s.config.epochs,
         steps_per_epoch=len(s.train_loader),
-        title=f"{s.config.model} {s.config.mode}",
+        title=f"{s.config.model_name} {s.config.mode}",
         score=s.task.score,
     )
     with progress, speed.FastKernels():  # the CPU kernels of spatialmix.accel, for this call only
@@ -358,7 +358,7 @@ def _finish(s: _Session) -> dict:
     summary = {
         "task": task.name,
         "mode": config.mode,
-        "model": config.model,
+        "model": config.model_name,
         "dataset": config.dataset,
         "seed": config.seed,
         "trainable_params": s.record["params"]["trainable"],
@@ -413,6 +413,12 @@ def load_trained_model(
 ) -> tuple[nn.Module, dict]:
     """Rebuild the model of a saved run and load its weights; returns ``(model in eval mode, run record)``.
 
+    The model takes images in [0, 1] and normalizes them itself (RobustBench's convention): it is
+    an ``InputSpaceModel`` whose ``normalize`` holds the run's data set mean and std (from
+    ``config.json``) and whose ``model`` is the trained network, which takes normalized images (its
+    ``state_dict`` is the checkpoint's). So attacks, and anything else working in pixel space, use
+    it as it is.
+
     ``weights``: ``latest`` (the newest checkpoint) or ``init`` (the weights at initialization).
     The run record is ``config.json``: ``record["train"]`` is the TrainConfig, ``record["data"]``
     has ``mean``/``std``/``in_chans``/``num_classes``/``image_size``.
@@ -453,4 +459,4 @@ def load_trained_model(
             f"weights in {run_dir} do not fit the model its config builds "
             f"({str(err).splitlines()[0][:160]}); the run is damaged"
         ) from None
-    return built.to(device).eval(), record
+    return InputSpaceModel(built, d["mean"], d["std"]).to(device).eval(), record

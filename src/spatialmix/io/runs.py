@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from spatialmix.errors import SpatialmixError
+from spatialmix.errors import SpatialmixError, resume_command, setting
 from spatialmix.io.limits import RECORD_BYTES, SPEED_FIELDS
 from spatialmix.io.lock import LOCK, WRITER_ADVICE
 from spatialmix.io.lock import locked as _locked_path
@@ -195,7 +195,7 @@ class Run:
             details = ", ".join(f"{k}={a!r} there, {b!r} now" for k, a, b in diff[:3])
             raise SpatialmixError(
                 f"{self.path} finished with another configuration ({details}); use another "
-                f"--out, or delete that run to train it again"
+                f"{setting('run_dir')}, or delete that run to train it again"
             )
         return self.summary()
 
@@ -213,8 +213,8 @@ class Run:
         folder = self.file(CKPT_DIR, name)
         if not folder.is_dir():
             raise SpatialmixError(
-                f"{pointer} names {name}, which is missing; resume with `spatialmix train "
-                f"--resume --out {self.path}` to continue from the newest complete checkpoint"
+                f"{pointer} names {name}, which is missing; resume with {resume_command(self.path)} "
+                f"to continue from the newest complete checkpoint"
             )
         return folder
 
@@ -276,7 +276,7 @@ def _is_tmp(p: Path) -> bool:
 def no_checkpoint_message(run_dir: Path) -> str:
     return (
         f"{run_dir} has no checkpoint yet (training never finished an epoch); train it first with "
-        f"`spatialmix train --resume --out {run_dir}`"
+        f"{resume_command(run_dir)}"
     )
 
 
@@ -315,8 +315,7 @@ def save_checkpoint(run_dir: Path, epoch: int, model_state: dict, train_state: d
         shutil.rmtree(folder, ignore_errors=True)
         failure = err if isinstance(err, WriteError) else write_error(folder, err)
         raise failure.advise(
-            f"the last complete checkpoint is kept: free space and resume with "
-            f"`spatialmix train --resume --out {run_dir}`"
+            f"the last complete checkpoint is kept: free space and resume with {resume_command(run_dir)}"
         ) from None
     done = sorted(p for p in ckpt_root.glob("epoch-*") if p.is_dir() and not p.is_symlink())
     for old in done[:-keep]:

@@ -36,29 +36,16 @@ import torch
 from torch import nn
 
 from spatialmix.accel.speed import FastKernels
-from spatialmix.data.batches import Normalize
 from spatialmix.robustness import apgd
 from spatialmix.robustness.apgd import distance, project
 from spatialmix.robustness.settings import AttackSettings, eps_label
+from spatialmix.robustness.square import Square
 
 RESULT_NAME = "robustness"
 DLR_MIN_CLASSES = 4  # the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2
 
 
 # --------------------------------------------------------------------------- the attacked model
-
-
-class InputSpaceModel(nn.Module):
-    """A model that takes images in [0, 1]: normalization, then the trained network."""
-
-    def __init__(self, model: nn.Module, mean, std):
-        super().__init__()
-
-        self.normalize = Normalize(mean, std)
-        self.model = model
-
-    def forward(self, x):
-        return self.model(self.normalize(x))
 
 
 @contextmanager
@@ -231,20 +218,8 @@ class Attacker:
         return outcome
 
     def _square(self, eps, x, y, generator) -> apgd.Outcome:
-        import torchattacks
-
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
-            torch.manual_seed(seed)  # torchattacks draws from the global generators
-            attack = torchattacks.Square(
-                self.model,
-                norm=self.s.norm,
-                eps=eps,
-                n_queries=self.s.square_queries,
-                n_restarts=1,
-                seed=seed,
-            )
-            adv = attack(x, y).detach().to(x.dtype)
+        adv = Square(self.model, eps, self.s.norm, self.s.square_queries, seed=seed)(x, y).to(x.dtype)
         self.gradient_steps += len(y) * self.s.square_queries // 3  # (a query is about 1/3 of a step)
         with torch.no_grad():
             claimed = (apgd.forward(self.model, project(adv, x, eps, self.s.norm)).argmax(1) != y).cpu()

@@ -12,7 +12,7 @@ import time
 import torch
 from torch import nn
 
-from spatialmix.data.batches import to_unit_range
+from spatialmix.data.batches import InputSpaceModel, to_unit_range
 from spatialmix.engine.device import resolve_device
 from spatialmix.errors import SpatialmixError
 from spatialmix.robustness import masking
@@ -20,7 +20,6 @@ from spatialmix.robustness.apgd import project
 from spatialmix.robustness.attacks import (
     DLR_MIN_CLASSES,
     Attacker,
-    InputSpaceModel,
     Progress,
     attack_every_budget,
     attack_mode,

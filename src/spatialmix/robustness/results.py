@@ -27,8 +27,6 @@ from spatialmix.ui.display import ResultTable
 
 def result_dict(label: str, s: AttackSettings, attacker: Attacker, budgets: list[Budget], report) -> dict:
     """The JSON-able result of one evaluation (``report``: the masking checks', or None)."""
-    import torchattacks
-
     checks = [c.to_dict() for c in report.checks] if report else []
     failed = [c for c in checks if not c["ok"]]
     rows = []
@@ -75,7 +73,6 @@ def result_dict(label: str, s: AttackSettings, attacker: Attacker, budgets: list
         "outside_ball": attacker.outside_ball,
         "gradient_steps": attacker.gradient_steps,
         "device": str(attacker.device),
-        "torchattacks_version": torchattacks.__version__,
     }
 
 

@@ -111,14 +111,11 @@ def evaluate_run(
         )
     data = data if data is not None else _data_for_run(run_dir, {}, data_dir)
     images, labels = select_examples(data, settings.n_examples, settings.seed)
-    d = record["data"]
-    result = evaluate_robustness(
+    result = evaluate_robustness(  # the model normalizes its [0, 1] inputs itself
         model,
         images,
         labels,
         settings,
-        mean=d["mean"],
-        std=d["std"],
         label=run_label(record, run_dir),
         progress=progress,
     )

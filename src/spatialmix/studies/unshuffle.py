@@ -301,10 +301,11 @@ def save_figure(
     ]
     for label, run_dir in run_dirs.items():
         model, record = load_trained_model(run_dir, device="cpu")
+        d = record["data"]  # reconstruct normalizes (and scrambles) the images for the trained network
         rows.append(
             (
                 f"{label}\n{_db(psnr_of.get(label))}",
-                reconstruct(model, images, permutation, record["data"]["mean"], record["data"]["std"]),
+                reconstruct(model.model, images, permutation, d["mean"], d["std"]),
             )
         )
     fig = Figure(figsize=(1.0 * len(images) + 1.6, 1.05 * len(rows)), dpi=120)

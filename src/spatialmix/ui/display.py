@@ -1,4 +1,4 @@
-"""What the user sees: the console and result tables (terminal, Markdown, CSV, JSON).
+"""What the user sees: the console and result tables (terminal, Markdown, CSV, JSON, pandas).
 
 Progress bars are in :mod:`spatialmix.ui.progress`.
 """
@@ -12,6 +12,7 @@ import os
 import statistics
 import sys
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -106,6 +107,20 @@ class ResultTable:
         ]
         lines += ["| " + " | ".join(cells) + " |" for cells in self.cells()]
         return "\n".join(lines) + "\n"
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The rows as a DataFrame, one column per column of the table, named by its header, holding the
+        values as they were added (numbers stay numbers, unformatted; None where a row has none). A
+        column of (mean, std) pairs is two: ``HEADER`` (the mean) and ``HEADER std``."""
+        frame = {}
+        for key, header, _ in self.columns:
+            values = [row.get(key) for row in self.rows]
+            if any(isinstance(v, tuple) for v in values):
+                frame[header] = [v[0] if isinstance(v, tuple) else v for v in values]
+                frame[f"{header} std"] = [v[1] if isinstance(v, tuple) else None for v in values]
+            else:
+                frame[header] = values
+        return pd.DataFrame(frame)
 
     def to_csv(self) -> str:
         out = io.StringIO()

@@ -7,6 +7,7 @@ epoch), through the validated reader :class:`spatialmix.io.runs.Run`::
     run = sm.Run.open("runs/tiny")
     run.status, run.summary["test_acc"], run.metrics.tail(1)
     model = run.model()                    # the newest checkpoint's weights, in eval mode
+    model(images)                          # images in [0, 1]: the model normalizes them itself
 """
 
 from __future__ import annotations
@@ -83,7 +84,14 @@ class Run:
         self, weights: str = "latest", *, model=None, trust_code: bool | None = None, device="cpu"
     ) -> nn.Module:
         """The run's model with its weights loaded (``latest``: the newest checkpoint; ``init``: as it was
-        built), in eval mode. ``model`` / ``trust_code``: as for :class:`Run` (default: the handle's)."""
+        built), in eval mode, taking images in [0, 1] with its normalization inside.
+
+        RobustBench's convention: give it unnormalized images (an attack from any library can run on
+        it as it is); it normalizes them with the mean and std of the run's data set (``config.json``).
+        It is an ``InputSpaceModel``: ``.model`` is the trained network itself, which takes normalized
+        images, and whose ``state_dict`` is the checkpoint's. ``model`` / ``trust_code``: as for
+        ``Run`` (default: the handle's).
+        """
         module, _ = load_trained_model(
             self.path,
             weights,

@@ -35,6 +35,9 @@ def train(
 ) -> Run:
     """Train in ``run_dir`` and return the :class:`Run` (its ``summary``, ``metrics``, ``model()``, ...).
 
+    The trained model, ``train(...).model()``, takes images in [0, 1] and normalizes them itself
+    (RobustBench's convention; see ``Run.model``).
+
     ``model_or_config``: a :class:`TrainConfig`, or a model of your own: an ``nn.Module``, or a
     factory (a function or class returning one, called with whichever of ``in_chans``,
     ``num_classes``, ``image_size`` it takes, under the run's seed). Its mixers are initialized and
@@ -47,6 +50,12 @@ def train(
     ``trust_code``: import the factory a config or a run names (only for code you trust).
     ``data``, ``max_steps``, ``task``: see :func:`spatialmix.engine.train.fit`.
     """
+    if isinstance(model_or_config, str):
+        raise SpatialmixError(
+            f"train() takes a TrainConfig or a model of your own, not a model's name; for "
+            f"{model_or_config!r} pass TrainConfig(model={model_or_config!r}): "
+            f"sm.train(sm.TrainConfig(model={model_or_config!r}), run_dir)"
+        )
     if isinstance(model_or_config, TrainConfig):
         if config is not None:
             raise SpatialmixError("pass the config once: as the first argument or as config=, not both")
