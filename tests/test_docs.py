@@ -429,3 +429,13 @@ def test_convert_roles_check_changes_nothing_and_lists_the_files(tmp_path, capsy
     assert marked.read_text() == '"""See `f`."""\n' and clean.read_text() == '"""See `f`."""\n'
     assert convert.main([str(tmp_path), "--check"]) == 0
     assert "changed 1 of 2 files" in capsys.readouterr().out
+
+
+def test_the_readme_is_a_short_product_page_that_lists_the_claims():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 150
+    claims = readme[readme.index("## The paper's claims") :]
+    for claim in ("1. **Classification**", "2. **Robustness**", "3. **Un-shuffling**"):
+        assert claim in claims
+    assert readme.index("make reproduce") < readme.index("## The paper's claims")
+    assert "runs/reproduce/" in readme and "report.html" in readme
