@@ -597,7 +597,7 @@ def test_the_commands_in_the_readme_are_valid():
 
     parser = cli.build_parser()
     commands = _readme_commands()
-    assert len(commands) >= 10
+    assert {"models", "train", "attack", "report"} <= {line.split()[0] for line in commands}
     for line in commands:
         name = line.split()[0]
         known = {flag for action in _command_parsers()[name]._actions for flag in action.option_strings}
