@@ -10,14 +10,17 @@ is robust iff every such minimum stays positive.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, run_cli, snapshot_files, write_idx
+from conftest import SUBPROCESS_ENV, TINY, run_cli, snapshot_files, write_idx
 from spatialmix.cli import main as cli
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
@@ -416,6 +419,21 @@ def test_worst_case_never_rises_with_eps_and_is_below_the_default_attacks():
         assert b["n_robust"] == int(bits(b).sum()) == round(b["robust_acc"] * len(y))
     again = evaluate_robustness(model, x, y, eps=(0, 0.01, 0.03, 0.06), steps=3, **FAST)
     assert [b["robust_bits"] for b in again["budgets"]] == [b["robust_bits"] for b in result["budgets"]]
+
+
+def test_an_evaluation_without_checks_does_not_import_torchattacks():
+    """Only the black-box Square check needs torchattacks; the result reads its version from the package
+    metadata (importing it takes most of a second of every ``spatialmix attack``)."""
+    code = (
+        "import sys, torch; from torch import nn; import spatialmix as sm\n"
+        "torch.manual_seed(0)\n"
+        "r = sm.evaluate_robustness(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), torch.rand(8, 1, 4, 4),\n"
+        "    torch.arange(8) % 4, eps=(0, 0.1), checks=False, progress=False)\n"
+        "print('torchattacks' in sys.modules, r['torchattacks_version'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", importlib.metadata.version("torchattacks")]
 
 
 def test_examples_digest_pairs_results_on_the_same_examples():

@@ -66,10 +66,10 @@ def attack_mode(model: nn.Module):
     """Eval mode and no parameter gradients while attacking; the model is left as it was found.
 
     On a CPU also what makes each attack step faster without changing what it computes beyond
-    float rounding: the fast CPU kernels (:class:`speed.FastKernels`, batch norms as multiply-adds)
+    float rounding: the fast CPU kernels (`speed.FastKernels`, batch norms as multiply-adds)
     and 4-D weights in channels_last memory, so oneDNN's convolutions and their input gradients take their
-    faster path (with :data:`apgd.CPU_CHUNK`: 17.3 s -> 11.4 s for the default evaluation of 200
-    examples, the README's attack benchmark).
+    faster path (with `apgd.CPU_CHUNK`: 17.3 s -> 11.4 s for the 10-step attacks on 3 targets on
+    200 examples, docs/robustness.md).
     """
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
