@@ -1,76 +1,55 @@
-"""Speed of the adversarial evaluation against plain torchattacks loops on the same model and examples.
+"""Speed of spatialmix's default evaluation against torchattacks' defaults, per budget and together.
 
-On one fixed seeded subset of the Fashion-MNIST test set and every budget of the default list
-(L-inf 0, 1/255, 2/255, 4/255, 8/255), each method reports its robust accuracy per budget and its
-wall time:
+On the quick preset's Full model (seed 0; trained once in ``--out``, or ``--run RUN_DIR``) and the
+fixed seeded test images of ``select_examples`` (``--sizes``, default 200 and 500), every budget of
+``--eps`` (default 1/255, 2/255, 4/255, 8/255, L-inf) is attacked alone, then all of them together,
+by:
 
-* plain torchattacks PGD-10: ``torchattacks.PGD`` on every example at every budget, then one
-  forward pass to count (the loop a torchattacks user writes; the old default's attack);
-* plain torchattacks APGD-CE + APGD-T: ``torchattacks.APGD`` then ``torchattacks.APGDT`` with
-  spatialmix fast x3's steps and targets, on every example at every budget (the same attacks);
-* plain torchattacks APGD-CE + APGD-T with torchattacks' own defaults (10 steps, all 9 other
-  classes as targets), what a torchattacks user gets without tuning;
-* spatialmix fast x3: ``evaluate_robustness(checks=False, strength="fast", targets=3)``, the 10-step
-  attacks alone (the default before the standard strength): the same APGD-CE + APGD-T on the
-  examples still standing only, stopping each example once misclassified, warm starts across
-  budgets (the engine against the same attacks run the plain way; the default's strength and
-  speed against an independent standard: ``attack_standard.py``);
-* spatialmix fast x3 + checks: the same with the strong reference (on ``--reference-examples``
-  survivors nearest the boundary) and the masking checks, for information;
-* plain torchattacks AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square 5000) at every budget on
-  the first ``--autoattack-examples``, against spatialmix fast x3 on the same examples: the
-  torchattacks way to a number one can trust, at matched (or better) strength.
+* **spatialmix default, checks off**: ``evaluate_robustness(checks=False)`` with the default
+  ``AttackSettings`` (the standard strength: 10-step APGD-CE + APGD-T on the examples still
+  standing, then the boundary stage) at those budgets;
+* **spatialmix default, checks on**: the same with the strong reference and the masking checks,
+  what ``spatialmix attack`` runs;
+* **torchattacks defaults**: ``torchattacks.APGD`` then ``torchattacks.APGDT`` at their defaults (10
+  steps; APGD-T on all 9 other classes) on every example at every budget, then one forward pass to
+  count: the loop a torchattacks user writes (one clean forward pass, shared by the budgets).
 
-"speed-up" is the plain torchattacks loop's cost over spatialmix fast x3's, in wall time and in
-gradient steps (examples through forward + backward, a forward alone counting 1/3: the same on a
-busy machine); "same or lower" says whether spatialmix's robust accuracy is at most the plain
-loop's at every budget. Methods alternate over
-``--repeats`` so load from other programs hits both alike; the table gives the median time. The
-CPU capability torch dispatches to is printed with the table. The model is a ConvMixer trained
-briefly on a subset (or ``--run RUN_DIR``).
+Every method sees the model in the same state (``attack_mode``: eval mode, channels_last weights,
+spatialmix's fast CPU kernels). The methods alternate, case by case, for ``--repeats`` rounds in one
+process, so load from other programs hits them alike. The table gives, per method, the median wall
+time and the median CPU time of the process (``time.process_time``: what a busy machine disturbs
+least), the gradient steps (examples through forward + backward, a forward alone counting 1/3),
+torchattacks' time over spatialmix's (above 1: spatialmix is faster), and robust accuracy per
+budget with whether spatialmix's is at most torchattacks' at every budget. The CPU, its capability,
+torch and torchattacks are printed with the table. ``attack_standard.py`` measures how strong each
+is against an independent standard.
 
-    python benchmarks/attack_throughput.py --threads 1
-    python benchmarks/attack_throughput.py --run runs/reproduce/classification/chans-seed0 --n-examples 500
+    python benchmarks/attack_throughput.py --threads 1 --out runs/attack-standard --repeats 3
+    python benchmarks/attack_throughput.py --sizes 50 --eps 8/255 --repeats 1   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from attack_standard import cpu_name, quick_model
+from spatialmix.data.datasets import load_dataset
+from spatialmix.engine.train import load_trained_model
 from spatialmix.robustness.attacks import attack_mode
 from spatialmix.robustness.evaluate import evaluate_robustness
 from spatialmix.robustness.run_attacks import select_examples
-from spatialmix.robustness.settings import DEFAULT_EPS, AttackSettings, eps_label
+from spatialmix.robustness.settings import DEFAULT_EPS, AttackSettings, eps_label, parse_eps_list
+from spatialmix.studies.context import QUICK
 from spatialmix.ui.display import ResultTable
 
-
-def trained_model(run: str | None, out: Path):
-    from spatialmix.data.datasets import load_dataset
-    from spatialmix.engine.config import TrainConfig
-    from spatialmix.engine.train import fit, load_trained_model
-
-    if run is None:
-        run = out / "run"
-        config = TrainConfig(
-            dataset="fashion-mnist",
-            model="convmixer",
-            width=64,
-            depth=4,
-            kernel_size=5,
-            patch_size=2,
-            epochs=1,
-            train_subset=10000,
-            progress=False,
-        )
-        fit(config, run)
-    model, record = load_trained_model(run)
-    return model, load_dataset(record["train"]["dataset"])
+OURS_OFF = "spatialmix default, checks off"
+OURS_ON = "spatialmix default, checks on (`spatialmix attack`)"
+THEIRS = "torchattacks defaults (APGD-CE + APGD-T x9)"
 
 
 class Counting(torch.nn.Module):
@@ -96,165 +75,141 @@ class Counting(torch.nn.Module):
         self.with_grad = self.without_grad = 0
 
 
-def plain_loop(model, x, y, make_attacks, batch_size: int) -> tuple[float, list]:
-    """Every attack on every example at every budget, then count: (seconds, robust acc per budget)."""
-    start = time.perf_counter()
+def torchattacks_defaults(model, x, y, budgets, batch_size: int) -> list[float]:
+    """torchattacks' APGD-CE and APGD-T at their defaults on every example at every budget: robust
+    accuracy per budget."""
+    import torchattacks
+
     accs = []
     with attack_mode(model):
-        for eps in DEFAULT_EPS:
-            robust = 0
-            for i in range(0, len(y), batch_size):
-                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-                with torch.no_grad():
-                    standing = model(xb).argmax(1) == yb
-                for attack in make_attacks(eps) if eps > 0 else []:
-                    adv = attack(xb, yb)
+        with torch.no_grad():
+            correct = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(y), batch_size)])
+        correct = correct.argmax(1) == y
+        for eps in budgets:
+            standing = correct.clone()
+            for attack in (
+                torchattacks.APGD(model, eps=eps, loss="ce", seed=0),
+                torchattacks.APGDT(model, eps=eps, seed=0),
+            ):
+                for i in range(0, len(y), batch_size):
+                    adv = attack(x[i : i + batch_size], y[i : i + batch_size])
                     with torch.no_grad():
-                        standing &= model(adv).argmax(1) == yb
-                robust += int(standing.sum())
-            accs.append(robust / len(y))
-    return time.perf_counter() - start, accs
+                        standing[i : i + batch_size] &= model(adv).argmax(1) == y[i : i + batch_size]
+            accs.append(float(standing.float().mean()))
+    return accs
 
 
-def ours(model, x, y, settings: AttackSettings, checks: bool) -> tuple[float, list, dict]:
-    start = time.perf_counter()
+def spatialmix_default(model, x, y, budgets, checks: bool, batch_size: int) -> list[float]:
+    settings = AttackSettings(
+        eps=(0.0, *budgets), n_examples=len(y), batch_size=batch_size, device="cpu"
+    ).validate()
     result = evaluate_robustness(model, x, y, settings, progress=False, checks=checks)
-    return time.perf_counter() - start, [b["robust_acc"] for b in result["budgets"]], result
+    return [b["robust_acc"] for b in result["budgets"] if b["eps"] > 0]
+
+
+def measure(method, model: Counting, *args) -> tuple[float, float, float, list[float]]:
+    """(wall s, CPU s, gradient steps, robust accuracy per budget) of ``method(*args)``."""
+    model.reset()
+    wall, cpu = time.perf_counter(), time.process_time()
+    accs = method(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu, model.work(), accs
+
+
+def the_model(args) -> tuple[torch.nn.Module, str]:
+    """The quick preset's Full model (trained in --out once) or --run's, taking [0, 1] inputs, and
+    its data set."""
+    if args.run is None:
+        return quick_model(Path(args.out), "full", args.threads)[0], QUICK.base.dataset
+    model, record = load_trained_model(args.run, device="cpu")  # normalizes inside: [0, 1] inputs
+    return model.eval(), record["train"]["dataset"]
 
 
 def main() -> None:
-    import torchattacks
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/attack-standard", help="where the quick Full model is trained")
+    parser.add_argument("--run", help="a run directory to attack instead of the quick preset's Full model")
+    parser.add_argument("--sizes", default="200,500", help="numbers of test images, comma-separated")
     parser.add_argument(
-        "--run", help="a run directory to attack (default: train a ConvMixer-64/4 on 10,000 images)"
+        "--eps", default=",".join(eps_label(e) for e in DEFAULT_EPS if e > 0), help="the budgets"
     )
-    parser.add_argument("--n-examples", type=int, default=200)
-    parser.add_argument(
-        "--autoattack-examples",
-        type=int,
-        default=30,
-        help="examples of the AutoAttack pair (0: skip; minutes per 10 robust examples on a CPU)",
-    )
-    parser.add_argument(
-        "--reference-examples", type=int, default=50, help="the checked row's reference sample"
-    )
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--no-checks", action="store_true", help="leave out the checks-on row")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, data = trained_model(args.run, Path(tmp))
-    model = Counting(model)
-    x, y = select_examples(data, args.n_examples, seed=0)
-    xa, ya = x[: args.autoattack_examples], y[: args.autoattack_examples]
-    settings = AttackSettings(
-        n_examples=args.n_examples,
-        batch_size=args.batch_size,
-        device="cpu",
-        reference_examples=args.reference_examples,
-        strength="fast",
-        targets=3,
-    ).validate()
-    s, k = settings.steps, settings.targets
-
-    def apgd_pair(eps):
-        return [
-            torchattacks.APGD(model, eps=eps, steps=s, loss="ce", seed=0),
-            torchattacks.APGDT(model, eps=eps, steps=s, n_classes=k + 1, seed=0),
-        ]  # k target classes
-
-    def apgd_torchattacks_defaults(eps):
-        return [
-            torchattacks.APGD(model, eps=eps, loss="ce", seed=0),
-            torchattacks.APGDT(model, eps=eps, seed=0),
-        ]
-
-    def pgd10(eps):
-        return [torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 10, steps=10)]
-
-    def autoattack(eps):
-        return [
-            torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
-        ]
-
-    # name: (what it runs, the spatialmix row it is compared with)
+    torch.set_num_threads(args.threads)
+    inner, dataset = the_model(args)
+    model = Counting(inner)
+    data = load_dataset(dataset)
+    budgets = tuple(e for e in parse_eps_list(args.eps) if e > 0)
+    cases = [(e,) for e in budgets] + ([budgets] if len(budgets) > 1 else [])
+    sizes = [int(n) for n in args.sizes.split(",")]
+    examples = {n: select_examples(data, n, seed=0) for n in sizes}
     methods = {
-        "spatialmix fast x3": (lambda: ours(model, x, y, settings, checks=False)[:2], None),
-        "plain torchattacks PGD-10": (
-            lambda: plain_loop(model, x, y, pgd10, args.batch_size),
-            "spatialmix fast x3",
-        ),
-        f"plain torchattacks APGD-CE-{s} + APGD-T-{s} x{k} (the same attacks)": (
-            lambda: plain_loop(model, x, y, apgd_pair, args.batch_size),
-            "spatialmix fast x3",
-        ),
-        "plain torchattacks APGD-CE + APGD-T, torchattacks' defaults (10 steps, 9 targets)": (
-            lambda: plain_loop(model, x, y, apgd_torchattacks_defaults, args.batch_size),
-            "spatialmix fast x3",
-        ),
-        f"spatialmix fast x3 + checks (reference on {args.reference_examples})": (
-            lambda: ours(model, x, y, settings, checks=True)[:2],
-            None,
-        ),
+        OURS_OFF: lambda x, y, case: spatialmix_default(model, x, y, case, False, args.batch_size),
+        OURS_ON: lambda x, y, case: spatialmix_default(model, x, y, case, True, args.batch_size),
+        THEIRS: lambda x, y, case: torchattacks_defaults(model, x, y, case, args.batch_size),
     }
-    if args.autoattack_examples:
-        methods[f"spatialmix fast x3, first {len(ya)}"] = (
-            lambda: ours(model, xa, ya, settings, checks=False)[:2],
-            None,
-        )
-        methods[f"plain torchattacks AutoAttack standard, first {len(ya)}"] = (
-            lambda: plain_loop(model, xa, ya, autoattack, args.batch_size),
-            f"spatialmix fast x3, first {len(ya)}",
-        )
-    times = {name: [] for name in methods}
-    accs, work = {}, {}
-    for repeat in range(args.repeats):
-        for name, (method, _) in methods.items():
-            if "AutoAttack" in name and repeat:  # once: minutes on a CPU
-                continue
-            model.reset()
-            t, accs[name] = method()
-            times[name].append(t)
-            work[name] = model.work()
-    with torch.no_grad():
-        clean = float((model(x).argmax(1) == y).float().mean())
+    if args.no_checks:
+        del methods[OURS_ON]
+    runs: dict[tuple, list] = {}
+    for _ in range(args.repeats):  # interleaved: every method of a case, then the next case
+        for n in sizes:
+            x, y = examples[n]
+            for case in cases:
+                for name, method in methods.items():
+                    runs.setdefault((n, case, name), []).append(measure(method, model, x, y, case))
+    print_table(runs, sizes, cases, methods, budgets, examples, model, args.repeats)
+
+
+def print_table(runs, sizes, cases, methods, budgets, examples, model, repeats) -> None:
     columns = [
-        ("method", "method", ""),
         ("examples", "examples", ""),
+        ("budgets", "budgets", ""),
+        ("method", "method", ""),
         ("wall", "wall s", ".2f"),
-        ("speedup", "speed-up (time)", ".2f"),
-        ("work", "gradient steps", ",.0f"),
-        ("work_ratio", "speed-up (steps)", ".2f"),
+        ("cpu", "CPU s", ".2f"),
+        ("steps", "gradient steps", ",.0f"),
+        ("ratio_wall", "torchattacks / this (wall)", ".2f"),
+        ("ratio_cpu", "torchattacks / this (CPU)", ".2f"),
     ]
-    columns += [(f"acc {eps_label(e)}", f"robust {eps_label(e)}", ".3f") for e in DEFAULT_EPS[1:]]
-    columns += [("lower", "spatialmix same or lower", "")]
+    columns += [(f"acc {eps_label(e)}", f"robust {eps_label(e)}", ".3f") for e in budgets]
+    columns += [("lower", "same or lower than torchattacks", "")]
     table = ResultTable(
-        f"Attack throughput: ConvMixer on Fashion-MNIST (clean acc {clean:.3f} on {len(y)}), L-inf, "
-        f"{torch.get_num_threads()} thread(s), CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, median of {args.repeats}",
+        f"Attack time: the quick preset's Full model, L-inf, {torch.get_num_threads()} thread(s), "
+        f"median of {repeats}; {cpu_name()}, CPU capability {torch.backends.cpu.get_cpu_capability()}",
         columns,
     )
-    for name, (_, partner) in methods.items():
-        n = len(ya) if "first" in name else len(y)
-        wall = statistics.median(times[name])
-        row = {"method": name, "examples": n, "wall": wall, "work": work[name]}
-        row.update({f"acc {eps_label(e)}": a for e, a in zip(DEFAULT_EPS[1:], accs[name][1:])})
-        if partner:
-            row["speedup"] = wall / statistics.median(times[partner])
-            row["work_ratio"] = work[name] / work[partner]
-            # (compared in examples: the accuracies are float32 means)
-            row["lower"] = (
-                "yes"
-                if all(round(o * n) <= round(p * n) for o, p in zip(accs[partner], accs[name]))
-                else "NO"
-            )
-        table.add(**row)
+    for n in sizes:
+        _, y = examples[n]
+        for case in cases:
+            theirs = runs[n, case, THEIRS]
+            their_wall, their_cpu = (statistics.median(r[i] for r in theirs) for i in (0, 1))
+            for name in methods:
+                done = runs[n, case, name]
+                wall, cpu = (statistics.median(r[i] for r in done) for i in (0, 1))
+                steps, accs = done[-1][2], done[-1][3]
+                row = {
+                    "examples": n,
+                    "budgets": "all" if len(case) > 1 else eps_label(case[0]),
+                    "method": name,
+                    "wall": wall,
+                    "cpu": cpu,
+                    "steps": steps,
+                    **{f"acc {eps_label(e)}": a for e, a in zip(case, accs)},
+                }
+                if name != THEIRS:
+                    row["ratio_wall"], row["ratio_cpu"] = their_wall / wall, their_cpu / cpu
+                    # (compared in examples: the accuracies are float32 means)
+                    lower = all(round(o * n) <= round(t * n) for o, t in zip(accs, theirs[-1][3]))
+                    row["lower"] = "yes" if lower else "NO"
+                table.add(**row)
     table.print()
+    import torchattacks
+
     print(
-        f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}; "
+        f"{cpu_name()}; CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+        f"{torch.get_num_threads()} thread(s); torch {torch.__version__}; "
         f"torchattacks {torchattacks.__version__}"
     )
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, run_cli, snapshot_files, write_idx
+from conftest import SUBPROCESS_ENV, TINY, run_cli, snapshot_files, write_idx
 from spatialmix.cli import main as cli
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
@@ -419,6 +421,22 @@ def test_worst_case_never_rises_with_eps_and_is_below_the_default_attacks():
     assert [b["robust_bits"] for b in again["budgets"]] == [b["robust_bits"] for b in result["budgets"]]
 
 
+@pytest.mark.parametrize("checks", [False, True])
+def test_an_evaluation_never_imports_torchattacks(checks):
+    """Every attack of an evaluation, Square of the checks included, is spatialmix's own: torchattacks
+    is optional (its metadata pins an old requests) and the result records no version of it."""
+    code = (
+        "import sys, torch; from torch import nn; import spatialmix as sm\n"
+        "torch.manual_seed(0)\n"
+        "r = sm.evaluate_robustness(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), torch.rand(8, 1, 4, 4),\n"
+        f"    torch.arange(8) % 4, eps=(0, 0.1), checks={checks}, square_queries=20, progress=False)\n"
+        "print('torchattacks' in sys.modules, 'torchattacks_version' in r)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
 def test_examples_digest_pairs_results_on_the_same_examples():
     model, x, y = linear_problem(classes=5, n=20, seed=8)
     other = linear_model(16, 5, seed=9)
@@ -492,11 +510,18 @@ def test_masking_checks_fire_on_a_gradient_masking_model_and_not_on_a_normal_one
     plain = evaluate_robustness(nn.Sequential(nn.Flatten(), layer), x, y, **settings)
     assert plain["warnings"] == [] and all(c["ok"] for c in plain["checks"])
     assert [b["robust_acc"] for b in plain["budgets"]] == [1.0, 1.0, 1.0, 0.0]  # mean moves by eps: exact
-    assert {c["name"] for c in plain["checks"]} == {"reference", "steps", "monotone", "black-box", "chance"}
+    assert {c["name"] for c in plain["checks"]} == {
+        "reference",
+        "steps",
+        "monotone",
+        "black-box",
+        "chance",
+        "gradient",
+    }
 
     masked = evaluate_robustness(nn.Sequential(RoundInput(), nn.Flatten(), layer), x, y, **settings)
     failed = {c["name"] for c in masked["checks"] if not c["ok"]}
-    assert {"chance", "black-box"} <= failed
+    assert {"chance", "black-box", "gradient"} <= failed
     # What Square found is counted: the reported number is not the white-box one.
     last = masked["budgets"][-1]
     assert last["default_acc"] == 1.0 and last["robust_acc"] < 1.0 and last["broken_by"]["square"] > 0
@@ -504,6 +529,52 @@ def test_masking_checks_fire_on_a_gradient_masking_model_and_not_on_a_normal_one
     for budget in masked["budgets"][1:]:
         assert {"chance", "black-box"} <= set(budget["warnings"])
     assert any("gradient masking" in w or "masked" in w for w in masked["warnings"])
+
+
+class Constant(nn.Module):
+    """The same logits for every image (``weight`` 0 on the pixels): its gradient is zero everywhere."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.layer = nn.Linear(36, len(logits))
+        with torch.no_grad():
+            self.layer.weight.zero_()
+            self.layer.bias.copy_(torch.tensor(logits))
+
+    def forward(self, x):
+        return self.layer(x.flatten(1))
+
+
+@pytest.mark.parametrize("checks", [False, True])
+def test_a_model_with_nan_logits_is_refused_before_any_attack(checks, monkeypatch):
+    x, y, layer = two_blob_problem()
+    with torch.no_grad():
+        layer.weight[0, 0] = float("nan")
+    monkeypatch.setattr(attacks.Attacker, "run", lambda *a, **k: pytest.fail("attacked a NaN model"))
+    with pytest.raises(SpatialmixError) as err:
+        evaluate_robustness(nn.Sequential(nn.Flatten(), layer), x, y, label="nan", checks=checks, **BINARY)
+    assert str(err.value).startswith(f"nan: the model gives NaN or infinite logits on {len(y)} of {len(y)}")
+    with pytest.raises(SpatialmixError, match="NaN or infinite logits"):
+        attack_examples(nn.Sequential(nn.Flatten(), layer), x, y, "apgd-ce", 0.1)
+
+
+@pytest.mark.parametrize("checks", [False, True])
+def test_attacks_without_a_usable_gradient_fail_the_gradient_check(checks):
+    """A model the attacks cannot move (a zero gradient) is not shown robust: its correct examples
+    stand untested, and the gradient check fails on every attacked row; a normal model passes it."""
+    x, y, layer = two_blob_problem()
+    settings = dict(eps=(0, 0.1, 0.45), checks=checks, **BINARY)
+    flat = evaluate_robustness(Constant([1.0, 0.0]), x, y, **settings)
+    assert [b["robust_acc"] for b in flat["budgets"]] == [flat["clean_acc"]] * 3 and flat["clean_acc"] < 1
+    assert all(b["max_perturbation"] == 0 for b in flat["budgets"])
+    gradient = next(c for c in flat["checks"] if c["name"] == "gradient")
+    n_correct = int(round(flat["clean_acc"] * len(y)))
+    assert not gradient["ok"] and gradient["eps"] == 0.1 and gradient["all_rows"]
+    assert f"on {n_correct} of {len(y)} examples at eps 0.1" in gradient["message"]
+    assert gradient["message"] in flat["warnings"]
+    assert [b["warnings"].count("gradient") for b in flat["budgets"]] == [0, 1, 1]
+    plain = evaluate_robustness(nn.Sequential(nn.Flatten(), layer), x, y, **settings)
+    assert next(c for c in plain["checks"] if c["name"] == "gradient")["ok"]
 
 
 def test_black_box_check_counts_the_white_box_survivors_it_attacked():
@@ -765,6 +836,61 @@ def test_attack_command_bad_input_is_one_line_exit_2_and_touches_nothing(
     err = capsys.readouterr().err.strip()
     assert err.startswith("spatialmix: error:") and message in err and "\n" not in err
     assert snapshot_files(tmp_path) == before
+
+
+def rewrite_weights(run_dir, change) -> None:
+    """Replace every tensor of the run's checkpoints by ``change(name, tensor)``."""
+    from safetensors.torch import load_file, save_file
+
+    for path in (run_dir / "checkpoints").rglob("model.safetensors"):
+        save_file({k: change(k, v).contiguous() for k, v in load_file(path).items()}, path)
+
+
+# The fast strength with no reference or checks, and the standard strength with them (sized down).
+STRENGTH_ARGS = {
+    "fast, no checks": [*CLI_FAST[:4], "--steps", "2", "--strength", "fast", "--reference-examples", "0"],
+    "standard, checks": CLI_FAST[:-1],
+}
+
+
+@pytest.mark.parametrize("strength", STRENGTH_ARGS)
+def test_attack_refuses_a_run_whose_logits_are_nan_and_writes_nothing(
+    two_runs, band_data, tmp_path, capsys, strength
+):
+    run_dir = two_runs[0]
+    rewrite_weights(run_dir, lambda name, t: torch.full_like(t, float("nan")) if t.is_floating_point() else t)
+    before = snapshot_files(tmp_path)
+    argv = ["attack", str(run_dir), *STRENGTH_ARGS[strength], "--no-progress", "--data-dir", str(band_data)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        "spatialmix: error: Full seed 0 (a): the model gives NaN or infinite logits on 16 of 16"
+    )
+    assert "\n" not in err
+    assert snapshot_files(tmp_path) == before
+
+
+@pytest.mark.parametrize("strength", STRENGTH_ARGS)
+def test_attack_marks_a_run_the_attacks_cannot_move_as_failing_the_gradient_check(
+    two_runs, band_data, capsys, strength
+):
+    """A head of zeros: finite logits, the same for every image, and no gradient to follow. The
+    robust accuracy equals the clean one with no perturbation found; the result says it is untested."""
+    run_dir = two_runs[0]
+    rewrite_weights(run_dir, lambda name, t: torch.zeros_like(t) if name == "head.weight" else t)
+    argv = ["attack", str(run_dir), *STRENGTH_ARGS[strength], "--no-progress", "--data-dir", str(band_data)]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "no usable gradient" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning (Full seed 0 (a)): the attacks found")
+    saved = json.loads((run_dir / "robustness.json").read_text())
+    assert saved["budgets"][1]["robust_acc"] == saved["clean_acc"] < 1
+    assert saved["budgets"][1]["max_perturbation"] == 0
+    gradient = next(c for c in saved["checks"] if c["name"] == "gradient")
+    assert not gradient["ok"] and gradient["message"] in saved["warnings"]
+    assert [row["warnings"] for row in saved["rows"]][0] == "ok" and "gradient" in saved["rows"][1][
+        "warnings"
+    ]
 
 
 @pytest.mark.slow

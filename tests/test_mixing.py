@@ -436,6 +436,101 @@ def test_the_stem_is_the_first_layer_the_image_reaches():
     assert kinds == {"blocks.0": SPATIAL, "blocks.1": CHANNEL, "stem": STEM_OR_FULL, "head": "head"}
 
 
+class OneByOneStem(nn.Module):
+    """A user's network with a 1 x 1 stem registered after its blocks, a batch norm and a random
+    draw before the stem, taking only sizes that are multiples of 64, and no image size recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1)
+        )
+        self.input_norm = nn.BatchNorm2d(3)
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        if x.shape[-1] % 64:
+            raise ValueError("this network takes sizes that are multiples of 64")
+        x = self.input_norm(x + 0 * torch.rand_like(x))
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def one_by_one_user_model(image_size):
+    model = OneByOneStem()
+    if image_size is not None:
+        model.spatialmix_input_shape = (3, image_size, image_size)
+    return model
+
+
+ONE_BY_ONE_STEMS = {
+    "convmixer": lambda size: create_model(
+        "convmixer",
+        in_chans=3,
+        num_classes=10,
+        image_size=size,
+        width=32,
+        depth=2,
+        kernel_size=3,
+        patch_size=1,
+    ),
+    "unshufflenet": lambda size: create_model(
+        "unshufflenet", in_chans=1, num_classes=10, image_size=size, width=8, depth=2
+    ),
+    "timm:convnext_atto": lambda size: create_model(
+        "timm:convnext_atto", in_chans=1, num_classes=10, image_size=size, patch_size=1
+    ),
+    "a user's module": one_by_one_user_model,
+}
+
+
+@pytest.mark.parametrize("name", ONE_BY_ONE_STEMS)
+def test_a_one_by_one_stem_is_found_without_an_image_size(name):
+    """Built without an image size, the 1 x 1 stem is still the stem: the classification is the
+    one the model gets with an image size, and Space keeps the stem trainable."""
+    build = ONE_BY_ONE_STEMS[name]
+    size = 64 if name == "a user's module" else 28
+    torch.manual_seed(0)
+    model = build(None)
+    assert not hasattr(model, "spatialmix_input_shape")
+    kinds = classify_layers(model)
+    assert kinds == classify_layers(build(size))
+    stem = "stem" if name == "a user's module" else "stem.0"
+    assert kinds[stem] == STEM_OR_FULL
+    apply_mixing(model, "space", seed=0)
+    stem_layer = dict(model.named_modules())[stem]
+    assert stem_layer.weight.requires_grad and stem_layer.bias.requires_grad
+    assert frozen_names(model) == {
+        f"{n}.{p}" for n, k in kinds.items() if k == CHANNEL for p in ("weight", "bias")
+    }
+
+
+def test_finding_the_stem_without_an_image_size_changes_nothing_in_the_model():
+    """The trace leaves every parameter and buffer bit for bit, the modes, the random generator and
+    no hook behind, even with a batch norm and a random draw before the stem, in training mode."""
+    model = one_by_one_user_model(None).train()
+    model.blocks[1].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    rng = torch.get_rng_state()
+    assert classify_layers(model)["stem"] == STEM_OR_FULL
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("image_size", [None, 16])
+def test_a_depthwise_conv_on_the_image_is_a_spatial_mixer_not_the_stem(image_size):
+    """The first layer the image reaches is the stem unless it mixes space alone (depthwise k x k)."""
+    model = nn.Sequential(wide_depthwise(3, 8), nn.Conv2d(8, 8, 1))
+    if image_size is not None:
+        model.spatialmix_input_shape = (8, image_size, image_size)
+    assert classify_layers(model) == {"0": SPATIAL, "1": CHANNEL}
+
+
 # --------------------------------------------------------------------------- whose init
 
 

@@ -190,8 +190,9 @@ def model_selector(model: nn.Module) -> LayerSelector | None:
 def classify_layers(model: nn.Module, selector: LayerSelector | None = None) -> dict[str, str]:
     """Map each parameter-owning layer's qualified name to its kind (see ``KINDS``).
 
-    ``selector`` (default: the one :func:`apply_mixing` recorded on the model) overrides the
-    automatic classification. The stem is ``full-conv`` whatever its kernel. A linear layer whose
+    ``selector`` (default: the one `apply_mixing` recorded on the model) overrides the
+    automatic classification. The stem is ``full-conv`` whatever its kernel (unless it is a depthwise
+    conv, a spatial mixer), found with or without a recorded image size. A linear layer whose
     axis the shapes cannot tell (width equal to the token count, a hidden layer of a token chain
     that never maps back to the tokens) and that no known block type or selector places is refused.
     """
@@ -216,7 +217,8 @@ def classify_layers(model: nn.Module, selector: LayerSelector | None = None) -> 
             kinds[name] = chosen[name]
         elif module is head:
             kinds[name] = HEAD
-        elif name == probe.stem:  # learned in every mode, whatever its kernel
+        elif name == probe.stem and not is_spatial_mixer(module):
+            # learned in every mode, whatever its kernel; a depthwise conv on the image mixes space
             kinds[name] = STEM_OR_FULL
         elif is_spatial_mixer(module) or name in probe.token_axis:
             kinds[name] = SPATIAL

@@ -2,7 +2,7 @@
 
 A token-mixing MLP (MLP-Mixer's ``mlp_tokens``, ResMLP's ``linear_tokens``, gMLP's spatial gating
 projection) is an ``nn.Linear`` like any channel MLP; what makes it a *spatial* mixer is the axis
-it is applied along. :func:`probe_token_mixers` finds that axis by running one image through the
+it is applied along. `probe_token_mixers` finds that axis by running one image through the
 model with hooks:
 
 * the patch grid (gh x gw, so N = gh * gw tokens) is the spatial size of the last 4-D activation
@@ -17,9 +17,9 @@ model with hooks:
 
 The shapes cannot tell the two axes apart when the width of the tensor a layer sees equals N (e.g.
 49 channels on a 7 x 7 grid), nor for the layers after the first of a token chain that never gives
-N features back. Those layers are looked up in :data:`KNOWN_BLOCKS`, a small table of published
+N features back. Those layers are looked up in `KNOWN_BLOCKS`, a small table of published
 block types and which of their children mix tokens; a layer that is ambiguous and not in the table
-makes :func:`spatialmix.core.mixing.classify_layers` refuse with a line that says how to declare it
+makes `spatialmix.core.mixing.classify_layers` refuse with a line that says how to declare it
 (``--spatial-pattern`` / ``--channel-pattern``).
 
 The same image finds the *stem*: the first layer with filters it reaches, when that layer takes
@@ -27,13 +27,18 @@ the image itself (its channels and size). ``classify_layers`` keeps it trainable
 whatever its kernel (a 1 x 1 stem is not a channel mixer).
 
 A model whose input size cannot be found (no ``spatialmix_input_shape``, no timm patch
-embedding) or whose forward fails on a blank image is classified from the table alone, and has no
-known stem.
+embedding) or whose forward fails on a blank image is classified from the table alone. Its stem is
+still found, by a shorter trace (`trace_stem`): blank images of the channel counts the model
+names (its ``in_chans``, then its convolutions' input channels) and a few sizes are passed in until
+the forward reaches its first layer with filters, and stopped there; the stem is that layer when
+it is a convolution that takes the image itself. Every trace runs in eval mode, without gradients,
+with the random generators forked, and leaves the modes, parameters and buffers as it found them.
 """
 
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -105,7 +110,10 @@ def probe_token_mixers(model: nn.Module, head: nn.Module | None = None) -> Token
         return cached[1]
     filters = {name: m for name, m in model.named_modules() if has_filters(m) and m is not head}
     linears = {name: m for name, m in filters.items() if isinstance(m, nn.Linear)}
-    found = _run_probe(model, filters, linears, shape) if shape is not None and filters else _Found()
+    if shape is not None and filters:
+        found = _run_probe(model, filters, linears, shape)
+    else:  # no image size: the linear layers go by the table, the stem by a trace of guessed inputs
+        found = _Found(stem=trace_stem(model, filters) if filters else None)
     token_axis, ambiguous = _classify(model, linears, found.calls, found.grid)
     probe = TokenProbe(found.grid, token_axis, tuple(ambiguous), bool(found.calls), found.stem)
     _CACHE[model] = (signature, probe)
@@ -127,7 +135,94 @@ class _StemFound(Exception):
     """Stops the forward pass at the stem when there are no linear layers to watch."""
 
 
-@torch.no_grad()
+@contextmanager
+def _blank_forward(model: nn.Module):
+    """Where a probe runs the model: eval mode (BatchNorm statistics untouched, no dropout), no
+    gradients, the random generators forked; every module's mode restored after. Yields a function
+    that passes one blank image of a (channels, height, width) shape through the model."""
+    modes = {m: m.training for m in model.modules()}
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(device)):
+            yield lambda shape: model(torch.zeros(1, *shape, device=device, dtype=dtype))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+# The sizes a stem trace tries when the model records none: small first (cheap), then ImageNet's.
+GUESSED_SIZES = (32, 64, 224)
+
+
+def trace_stem(model: nn.Module, filters: dict | None = None) -> str | None:
+    """The stem of a model that records no input size: the first layer with filters a blank image
+    reaches, when it is a convolution taking that image's channels and size (None: not found).
+
+    The channels tried are the model's ``in_chans``, then its convolutions' input channels in
+    order; the sizes `GUESSED_SIZES`. Each forward stops at the first layer with filters,
+    before it runs (nothing past the stem is computed).
+    """
+    if filters is None:
+        filters = {name: m for name, m in model.named_modules() if has_filters(m)}
+    reached: list = []
+
+    def on_filter(name):
+        def hook(module, args):
+            reached.append((name, module, args[0] if args and isinstance(args[0], torch.Tensor) else None))
+            raise _StemFound
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(on_filter(n)) for n, m in filters.items()]
+    try:
+        with _blank_forward(model) as run:
+            for channels in _channel_guesses(model):
+                shape = _first_taken_shape(run, channels, reached)
+                if shape is None:
+                    continue
+                name, module, x = reached[0]
+                if (
+                    isinstance(module, nn.modules.conv._ConvNd)
+                    and module.in_channels == channels
+                    and x is not None
+                    and tuple(x.shape[1:]) == shape
+                ):
+                    return name
+    finally:
+        for h in handles:
+            h.remove()
+    return None
+
+
+def _first_taken_shape(run, channels: int, reached: list) -> tuple[int, int, int] | None:
+    """The first shape of `GUESSED_SIZES` with which a blank image of ``channels`` reaches a
+    layer with filters (recorded in ``reached``); None when none does."""
+    for size in GUESSED_SIZES:
+        reached.clear()
+        try:
+            run((channels, size, size))
+        except _StemFound:
+            return channels, size, size
+        except Exception:  # whatever a model raises for an input it does not take: try the next size
+            continue
+        return None  # the forward ran through without a layer with filters
+    return None
+
+
+def _channel_guesses(model: nn.Module) -> list[int]:
+    """The input channel counts a stem trace tries: ``model.in_chans``, then each convolution's."""
+    guesses = [getattr(model, "in_chans", None)]
+    guesses += [m.in_channels for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    return list(dict.fromkeys(g for g in guesses if isinstance(g, int) and not isinstance(g, bool) and g > 0))
+
+
 def _run_probe(model: nn.Module, filters: dict, linears: dict, shape) -> _Found:
     """The linear calls, the patch grid and the stem, from one blank image in eval mode. Without
     linear layers only the stem is wanted, and the pass stops there."""
@@ -153,14 +248,9 @@ def _run_probe(model: nn.Module, filters: dict, linears: dict, shape) -> _Found:
 
     handles = [m.register_forward_pre_hook(on_filter(n)) for n, m in filters.items()]
     handles += [m.register_forward_hook(on_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    modes = {m: m.training for m in model.modules()}
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     try:
-        model.eval()  # BatchNorm statistics untouched, no dropout
-        with torch.random.fork_rng(devices=[]):
-            model(torch.zeros(1, *shape, device=device, dtype=dtype))
+        with _blank_forward(model) as run:
+            run(shape)
     except _StemFound:
         pass
     except (RuntimeError, ValueError, TypeError, AssertionError):
@@ -168,8 +258,6 @@ def _run_probe(model: nn.Module, filters: dict, linears: dict, shape) -> _Found:
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     return found
 
 

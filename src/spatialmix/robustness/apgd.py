@@ -38,6 +38,8 @@ class Outcome:
     grad: torch.Tensor | None = None  # warm start from there needs no forward-backward pass of its own
     margin: torch.Tensor | None = None  # the smallest z_y - max_(j != y) z_j the attack reached (how near
     # the decision boundary it took each example; inf where it evaluated no point of its own)
+    sighted: torch.Tensor | None = None  # bool: broken, or some gradient it computed was finite and not
+    # zero (False: the attack was blind there and could not move it; None: it uses no gradient)
 
 
 def project(adv: torch.Tensor, x: torch.Tensor, eps, norm: str) -> torch.Tensor:
@@ -64,6 +66,12 @@ def distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
 def _per_example(value, x: torch.Tensor) -> torch.Tensor:
     shape = (-1,) + (1,) * (x.dim() - 1)
     return torch.as_tensor(value, dtype=x.dtype, device=x.device).expand(len(x)).reshape(shape)
+
+
+def usable(grad: torch.Tensor) -> torch.Tensor:
+    """Per example, whether a gradient can steer an attack: finite everywhere and not all zero."""
+    size = grad.flatten(1).abs().sum(1)
+    return torch.isfinite(size) & (size > 0)
 
 
 def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
@@ -211,6 +219,7 @@ def apgd(
         reduced=torch.ones(len(x), dtype=torch.bool, device=x.device),
         increases=torch.zeros(len(x), device=x.device),
         margin=margin,
+        sighted=usable(grad),
         **({"target": target} if target is not None else {}),
     )
     _retire(b, wrong, broken, adv, closest)
@@ -234,6 +243,7 @@ def apgd(
         t["x_prev"], t["x_adv"] = t["x_adv"], new
         loss_now, t["grad"], wrong, margin = _loss_and_grad(model, new, t["y"], t.get("target"), loss_fn)
         t["margin"] = torch.minimum(t["margin"], margin)
+        t["sighted"] = t["sighted"] | usable(t["grad"])
         cost += len(b)
         t["increases"] = t["increases"] + (loss_now > t["loss"]).float()
         t["loss"] = loss_now
@@ -252,7 +262,14 @@ def apgd(
     end_loss[b.index.to(x.device)] = b.t["loss_best"]
     end_grad[b.index.to(x.device)] = b.t["grad_best"]
     closest[b.index.to(x.device)] = b.t["margin"]
-    return Outcome(broken, adv, cost, end_loss, end_grad, closest.cpu())
+    return Outcome(broken, adv, cost, end_loss, end_grad, closest.cpu(), _sighted(broken, b))
+
+
+def _sighted(broken: torch.Tensor, b: _Batch) -> torch.Tensor:
+    """The attack's ``sighted`` flags: every broken example, and the rest as their steps found."""
+    sighted = broken.clone()
+    sighted[b.index] = b.t["sighted"].cpu()
+    return sighted
 
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -310,10 +327,12 @@ def pgd(
     alpha = step_size * eps / steps
     closest = torch.full((len(x),), torch.inf, device=x.device)
     b = _Batch(x=x, y=y, x_adv=x_adv, margin=closest.clone())
+    b.t["sighted"] = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     cost = 0
     for i in range(steps + 1):
         if i < steps:  # the forward pass of each gradient also says which examples are already broken
             _, grad, wrong, margin = _loss_and_grad(model, b.t["x_adv"], b.t["y"], None, ce_loss)
+            b.t["sighted"] = b.t["sighted"] | usable(grad)
             cost += len(b)
         else:
             with torch.no_grad():
@@ -330,7 +349,7 @@ def pgd(
             b.t["x_adv"] = project(b.t["x_adv"] + alpha * _direction(grad, norm), b.t["x"], eps, norm)
     adv[b.index] = b.t["x_adv"].to(adv.dtype)
     closest[b.index.to(x.device)] = b.t["margin"]
-    return Outcome(broken, adv, cost, margin=closest.cpu())
+    return Outcome(broken, adv, cost, margin=closest.cpu(), sighted=_sighted(broken, b))
 
 
 def _uniform_start(x: torch.Tensor, eps: float, norm: str, generator) -> torch.Tensor:

@@ -53,10 +53,10 @@ def attack_mode(model: nn.Module):
     """Eval mode and no parameter gradients while attacking; the model is left as it was found.
 
     On a CPU also what makes each attack step faster without changing what it computes beyond
-    float rounding: the fast CPU kernels (:class:`speed.FastKernels`, batch norms as multiply-adds)
+    float rounding: the fast CPU kernels (`speed.FastKernels`, batch norms as multiply-adds)
     and 4-D weights in channels_last memory, so oneDNN's convolutions and their input gradients take their
-    faster path (with :data:`apgd.CPU_CHUNK`: 17.3 s -> 11.4 s for the default evaluation of 200
-    examples, the README's attack benchmark).
+    faster path (with `apgd.CPU_CHUNK`: 17.3 s -> 11.4 s for the 10-step attacks on 3 targets on
+    200 examples, docs/robustness.md).
     """
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -111,6 +111,7 @@ class Attacker:
         self.progress = progress or (lambda stage, steps: None)
         logits = self.logits(x)
         self.num_classes = logits.shape[1]
+        self.finite = torch.isfinite(logits).all(1)  # (no attack can measure an example without)
         self.correct = logits.argmax(1) == y
         # APGD-T's targets: the classes the model ranks next on the clean image (Croce & Hein).
         self.ranked = logits.argsort(1, descending=True)
@@ -121,6 +122,9 @@ class Attacker:
         # per budget, the smallest margin z_y - max_(j != y) z_j any attack reached inside its ball
         # (inf: none got there); the survivors with the smallest are the nearest the decision boundary
         self.closest: dict[float, torch.Tensor] = {}
+        # per budget, the examples some attack ran on, and those where one had a gradient to follow
+        self.attacked: dict[float, torch.Tensor] = {}
+        self.sighted: dict[float, torch.Tensor] = {}
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,6 +173,7 @@ class Attacker:
             )
             ends.store(part, outcome)
             self._note_margins(eps, idx[part], outcome)
+            self._note_sight(eps, idx[part], outcome)
         self.progress(f"{tag}: {attack} at eps {eps_label(eps)}", self.gradient_steps)
         return broken, ends
 
@@ -230,6 +235,19 @@ class Attacker:
             closest = self.closest.setdefault(eps, torch.full((len(self.y),), math.inf))
             closest[idx] = torch.minimum(closest[idx], outcome.margin.float())
 
+    def _note_sight(self, eps: float, idx: torch.Tensor, outcome: apgd.Outcome) -> None:
+        attacked = self.attacked.setdefault(eps, torch.zeros(len(self.y), dtype=torch.bool))
+        sighted = self.sighted.setdefault(eps, torch.zeros(len(self.y), dtype=torch.bool))
+        attacked[idx] = True
+        sighted[idx] |= True if outcome.sighted is None else outcome.sighted.cpu()
+
+    def blind(self, eps: float) -> torch.Tensor:
+        """The examples standing at ``eps`` that attacks ran on there without ever finding a gradient to
+        follow (NaN, infinite or zero at every point they tried): untested, not shown robust."""
+        attacked = self.attacked.get(eps, torch.zeros(len(self.y), dtype=torch.bool))
+        sighted = self.sighted.get(eps, torch.zeros(len(self.y), dtype=torch.bool))
+        return attacked & ~sighted & self.robust(eps)
+
     def nearest_the_boundary(
         self, eps: float, n: int | None, skip: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -273,7 +291,13 @@ def _merge(first: apgd.Outcome, second: apgd.Outcome, todo: torch.Tensor) -> apg
     if first.margin is not None and second.margin is not None:
         margin = first.margin.clone()
         margin[todo] = torch.minimum(margin[todo], second.margin)
-    return apgd.Outcome(broken, adv, first.gradient_steps + second.gradient_steps, margin=margin)
+    sighted = None
+    if first.sighted is not None and second.sighted is not None:
+        sighted = first.sighted.clone()
+        sighted[todo] |= second.sighted
+    return apgd.Outcome(
+        broken, adv, first.gradient_steps + second.gradient_steps, margin=margin, sighted=sighted
+    )
 
 
 @dataclass

@@ -67,6 +67,7 @@ def evaluate_robustness(
     try:
         with attack_mode(model), AttackProgress.for_setting(progress, label) as bar:
             attacker = Attacker(model, images, labels, settings, device, bar)
+            _check_finite(attacker, label)
             _check_classes(
                 attacker.num_classes, settings if checks else settings.replace(reference_examples=0)
             )
@@ -76,10 +77,23 @@ def evaluate_robustness(
     finally:
         if original_device is not None:
             model.to(original_device)
-    result = result_dict(label, settings, attacker, budgets, report)
+    gradients = masking.check_gradients(attacker, budgets, settings.tolerance)
+    result = result_dict(label, settings, attacker, budgets, report, always=[gradients])
     result["time_s"] = time.perf_counter() - started
     result["default_time_s"] = default_time
     return result
+
+
+def _check_finite(attacker: Attacker, label: str) -> None:
+    """Refuse a model whose clean logits are NaN or infinite: no attack can measure it (argmax would
+    call a NaN row its first class, and its gradient steers nowhere)."""
+    bad = int((~attacker.finite).sum())
+    if bad:
+        raise SpatialmixError(
+            f"{label}: the model gives NaN or infinite logits on {bad} of {len(attacker.y)} clean images, "
+            f"so no attack can measure it; its weights are damaged or its forward pass overflows "
+            f"(check the checkpoint, or train it again)"
+        )
 
 
 def _check_classes(num_classes: int, s: AttackSettings) -> None:
@@ -151,6 +165,7 @@ def attack_examples(
         return images.clone()
     with attack_mode(model):
         attacker = Attacker(model, images, labels, settings, torch.device("cpu"))
+        _check_finite(attacker, "model")
         _, ends = attacker.run(
             "apgd-t1" if name == "apgd-t" else name, eps, torch.arange(len(labels)), tag="attack_examples"
         )

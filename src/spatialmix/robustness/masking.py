@@ -28,6 +28,12 @@ evaluation (a seeded random subset of the test set, so its first examples are a 
 * ``chance``: at a very large budget (L-inf 0.5, or L2 0.5 sqrt(d)) every image can be moved to
   the uniform gray image, so at most the examples of the class the model predicts for gray may
   survive the default attacks.
+
+One check runs in every evaluation, checks on or off, as it costs nothing:
+
+* ``gradient``: at every budget, at most ``tolerance`` of the examples may stand after attacks
+  whose every gradient on them was NaN, infinite or zero: those attacks could not move them, so
+  they are untested rather than robust (a model whose gradients are broken or flat).
 """
 
 from __future__ import annotations
@@ -211,6 +217,28 @@ def _chance(attacker: Attacker, s: AttackSettings, sample: torch.Tensor) -> dict
 
 
 # --------------------------------------------------------------------------- the verdicts
+
+
+def check_gradients(attacker: Attacker, budgets: list[Budget], tolerance: float) -> Check:
+    """Fails when, at some budget, more than ``tolerance`` of the examples stand untested: attacked
+    there, but with a NaN, infinite or zero gradient at every point (see ``Attacker.blind``)."""
+    n = len(attacker.y)
+    blind = {b.eps: int(attacker.blind(b.eps).sum()) for b in budgets if b.eps > 0}
+    failing = [eps for eps, k in blind.items() if k > tolerance * n]
+    if failing:
+        eps = failing[0]
+        more = f" (and at {len(failing) - 1} larger budgets)" if len(failing) > 1 else ""
+        return Check(
+            "gradient",
+            False,
+            f"the attacks found no usable gradient (NaN, infinite or zero at every point) on {blind[eps]} of "
+            f"{n} examples at eps {eps_label(eps)}{more} and could not move them: they count as robust "
+            f"untested; the model's gradients are broken or flat, so its robust accuracy is not measured",
+            eps=eps,
+            all_rows=True,
+        )
+    worst = max(blind.values(), default=0)
+    return Check("gradient", True, f"at most {worst} of {n} examples stood without a usable gradient")
 
 
 def check_reference(reference: ReferenceCheck, tolerance: float) -> Check:

@@ -1,7 +1,8 @@
 """Robustness results: the result dict (``robustness.json``), saved runs, tables, plots, progress.
 
 The result dict is a contract other modules read (``report``, ``statistics``, ``verdicts``):
-``clean_acc``, ``n_examples``, ``settings``, ``checks``, ``warnings``, ``examples_sha256`` (the
+``clean_acc``, ``n_examples``, ``settings``, ``checks`` (the masking checks' and the gradient
+check, which every evaluation runs), ``warnings``, ``examples_sha256`` (the
 evaluated images and labels; equal for two results that saw the same examples, so their
 comparison can be paired), ``reference_check`` (the default's agreement with the strong reference
 on a sample: ``n``, ``eps``, ``default_acc``, ``reference_acc``, ``max_gap``) and ``budgets``:
@@ -25,9 +26,12 @@ from spatialmix.ui.display import ResultTable
 # --------------------------------------------------------------------------- the result dict
 
 
-def result_dict(label: str, s: AttackSettings, attacker: Attacker, budgets: list[Budget], report) -> dict:
-    """The JSON-able result of one evaluation (``report``: the masking checks', or None)."""
-    checks = [c.to_dict() for c in report.checks] if report else []
+def result_dict(
+    label: str, s: AttackSettings, attacker: Attacker, budgets: list[Budget], report, always=()
+) -> dict:
+    """The JSON-able result of one evaluation (``report``: the masking checks', or None; ``always``:
+    the checks every evaluation runs)."""
+    checks = [c.to_dict() for c in [*(report.checks if report else []), *always]]
     failed = [c for c in checks if not c["ok"]]
     rows = []
     for b in budgets:
