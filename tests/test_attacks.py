@@ -429,7 +429,8 @@ def test_an_evaluation_never_imports_torchattacks(checks):
         "import sys, torch; from torch import nn; import spatialmix as sm\n"
         "torch.manual_seed(0)\n"
         "r = sm.evaluate_robustness(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), torch.rand(8, 1, 4, 4),\n"
-        f"    torch.arange(8) % 4, eps=(0, 0.1), checks={checks}, square_queries=20, progress=False)\n"
+        f"    torch.arange(8) % 4, eps=(0, 0.1), checks={checks}, square_queries=20, targets=3,\n"
+        "    reference_targets=3, progress=False)\n"
         "print('torchattacks' in sys.modules, 'torchattacks_version' in r)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=SUBPROCESS_ENV)
