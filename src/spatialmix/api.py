@@ -52,6 +52,7 @@ from spatialmix.models.registry import MODEL_REGISTRY, register_model
 from spatialmix.report.document import write_report
 from spatialmix.report.published import publish_results, published_runs
 from spatialmix.report.render_docs import render_docs
+from spatialmix.robustness.catalog import ATTACKS, Attack, make_attack
 from spatialmix.robustness.evaluate import evaluate_robustness
 from spatialmix.robustness.results import robustness_table
 from spatialmix.robustness.run_attacks import attack_runs, evaluate_run

@@ -38,8 +38,8 @@ from torch import nn
 from spatialmix.accel.speed import FastKernels
 from spatialmix.robustness import apgd
 from spatialmix.robustness.apgd import distance, project
+from spatialmix.robustness.catalog import Batch, make_attack
 from spatialmix.robustness.settings import AttackSettings, eps_label
-from spatialmix.robustness.square import Square
 
 RESULT_NAME = "robustness"
 DLR_MIN_CLASSES = 4  # the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2
@@ -178,57 +178,18 @@ class Attacker:
         return broken, ends
 
     def _attack(self, attack, eps, x, y, idx, steps, start, generator) -> apgd.Outcome:
-        norm = self.s.norm
-        if attack == "square":
-            return self._square(eps, x, y, generator)
-        if attack == "fgsm":
-            outcome = apgd.pgd(self.model, x, y, eps, norm, 1, step_size=1.0, random=False)
-        else:
-            outcome = None
-            for r in range(self.s.restarts):  # a restart attacks only what the earlier ones missed
-                todo = torch.ones(len(y), dtype=torch.bool) if outcome is None else ~outcome.broken
-                warm = start.select(todo) if start is not None and r == 0 else {}
-                if attack == "pgd":
-                    o = apgd.pgd(
-                        self.model,
-                        x[todo],
-                        y[todo],
-                        eps,
-                        norm,
-                        steps,
-                        step_size=self.s.step_size,
-                        start=warm.get("start"),
-                        generator=generator,
-                    )
-                else:
-                    target = (
-                        self.ranked[idx, int(attack[6:])].to(self.device)
-                        if attack.startswith("apgd-t")
-                        else None
-                    )
-                    o = apgd.apgd(
-                        self.model,
-                        x[todo],
-                        y[todo],
-                        eps,
-                        norm,
-                        steps,
-                        generator=generator,
-                        loss="ce" if target is None else "dlr-targeted",
-                        target=None if target is None else target[todo],
-                        **warm,
-                    )
-                outcome = o if outcome is None else _merge(outcome, o, todo)
+        kind = make_attack(attack, self.s)
+        batch = Batch(x, y, self.ranked[idx])
+        outcome = None
+        for r in range(self.s.restarts if kind.restartable else 1):
+            # a restart attacks only what the earlier ones missed, from a random start
+            todo = torch.ones(len(y), dtype=torch.bool) if outcome is None else ~outcome.broken
+            warm = start.select(todo) if start is not None and r == 0 else {}
+            part = batch if outcome is None else Batch(x[todo], y[todo], batch.ranked[todo])
+            o = kind(self.model, part, eps, steps, generator, warm)
+            outcome = o if outcome is None else _merge(outcome, o, todo)
         self.gradient_steps += outcome.gradient_steps
         return outcome
-
-    def _square(self, eps, x, y, generator) -> apgd.Outcome:
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        adv = Square(self.model, eps, self.s.norm, self.s.square_queries, seed=seed)(x, y).to(x.dtype)
-        self.gradient_steps += len(y) * self.s.square_queries // 3  # (a query is about 1/3 of a step)
-        with torch.no_grad():
-            claimed = (apgd.forward(self.model, project(adv, x, eps, self.s.norm)).argmax(1) != y).cpu()
-        return apgd.Outcome(claimed, adv, 0)
 
     def _note_margins(self, eps: float, idx: torch.Tensor, outcome: apgd.Outcome) -> None:
         if outcome.margin is not None:
