@@ -2,7 +2,7 @@
 
 Every seed of a study is scored on the **same test examples**, so a verdict's interval has two
 sources of error to cover: how much the seeds differ, and which test examples happened to be
-drawn. :mod:`spatialmix.analysis.crossed` combines both (a seeds x examples decomposition); this
+drawn. `spatialmix.analysis.crossed` combines both (a seeds x examples decomposition); this
 module holds the intervals over seeds it builds on and falls back to, and the planning tools:
 
 * `mean_interval`: the mean over seeds with a **Student t-interval**

@@ -4,7 +4,7 @@ A round trains (or reuses) ``step`` more seeds for each study whose claims are s
 looks at the verdicts again. Looking after every round and stopping when an interval clears its
 threshold would inflate the error rate if every look used a 95% interval; instead the number of
 looks is fixed by ``max_seeds`` before the first one, and look ``j`` uses the level
-:func:`spatialmix.analysis.statistics.spending_levels` gives it (alpha spending, Kim & DeMets's
+`spatialmix.analysis.statistics.spending_levels` gives it (alpha spending, Kim & DeMets's
 power family with rho = 2, made valid for any stopping rule by the union bound): the intervals
 of all looks hold together with 95% probability, so the one a study stops at does too.
 
@@ -215,7 +215,7 @@ def reproduce_until_decided(
     threads: int | None = None,
     **overrides,
 ) -> dict:
-    """Run the studies of ``preset`` like :func:`spatialmix.studies.reproduce.reproduce`, then add
+    """Run the studies of ``preset`` like `spatialmix.studies.reproduce.reproduce`, then add
     ``seed_step`` seeds per round to the studies whose claims are still open, until each is decided, its
     ``max_seeds`` look was taken (default: 4 x the seeds of that study's first round, e.g. 24 for the
     quick preset's classification study and 12 for its robustness study) or the next round would end
