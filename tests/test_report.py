@@ -240,9 +240,10 @@ def test_the_report_leads_with_the_verdicts_and_ends_with_the_configuration(stud
     row = verdicts[start : verdicts.index("</tr>", start)]
     assert f'<td class="nowrap">{100 * effect:+.2f} pts</td>' in row and "<td>2</td>" in row
     # how the interval was made: the row's tooltip and its numbered note under the table
-    assert row.startswith('<tr title="t over 2 seed-paired differences') and '<td class="note">1</td>' in row
+    how = "t over 2 seeds + test-set variance of 32 test examples (crossed)"
+    assert row.startswith(f'<tr title="{how}') and '<td class="note">1</td>' in row
     assert "<td>32</td>" in row  # test_correct_bits of the 32 test images
-    assert "<th>how</th>" not in verdicts and '<ol class="notes"><li>t over 2 seed-paired' in verdicts
+    assert "<th>how</th>" not in verdicts and f'<ol class="notes"><li>{how}' in verdicts
     word = next(w for w in ("supports", "contradicts", "inconclusive") if f'"verdict-{w}">{w}</td>' in row)
     assert verdicts.count('<td class="verdict-not-run">not run</td>') == 5  # 1b (no Space), 2a, 2b, 3a, 3b
     # the study folder is named, not the machine's path to it

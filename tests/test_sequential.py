@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from conftest import SYSTEM_FASHION_MNIST
 from spatialmix.analysis.claims import CLAIMS, SUPPORTS, Verdict
-from spatialmix.analysis.statistics import Estimate, spending_levels
+from spatialmix.analysis.statistics import Estimate, continued_levels, spending_levels
 from spatialmix.analysis.verdicts import verdicts_for_study
 from spatialmix.cli import main as cli
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
+from spatialmix.io.study_results import StudyResult
 from spatialmix.studies import sequential
 from spatialmix.studies.context import PRESETS, StudyContext, classification_run_dir
 from spatialmix.studies.reproduce import reproduce
-from spatialmix.studies.sequential import SeedRounds, more_seeds, reproduce_until_decided
+from spatialmix.studies.sequential import SeedRounds, more_seeds, reproduce_until_decided, sequential_table
 from spatialmix.sweep.plan import study_sweep
 
 OVERRIDES = dict(train_subset=256, test_subset=128, epochs=1, width=8, depth=1, progress=False)
@@ -78,7 +81,7 @@ def test_until_decided_adds_seeds_to_the_max_and_reuses_runs_when_started_again(
     assert entry["seeds"] in (2, 3) and entry["looks"] == 2
     if entry["stopped"] == "max seeds":  # tiny models: usually still open after the first look
         expected = {"look": 2, "looks": 2, "seeds": 3, "level": spending_levels(2)[1], "stopped": "max seeds"}
-        assert entry == expected
+        assert entry == {**expected, "spent": pytest.approx(0.05), "max_seeds": 3}
         assert all(_finished(out, (0, 1, 2)).values())
     saved = json.loads((out / "results.json").read_text())
     assert saved["sequential"] == json.loads(json.dumps(record))
@@ -180,6 +183,8 @@ def test_until_decided_starts_each_study_from_the_seeds_its_preset_gives_it(tmp_
         "looks": 2,
         "seeds": 3,
         "level": spending_levels(2)[1],
+        "spent": pytest.approx(0.05),
+        "max_seeds": 3,
         "stopped": "max seeds",
     }
     # the first look: Full and Chans on the preset's 2 seeds, Space on 1; the second: every mode on 3
@@ -193,3 +198,107 @@ def test_repeated_seeds_are_refused_before_anything_is_written(tmp_path, until_d
     with pytest.raises(SpatialmixError, match=r"--seeds repeats seed 0 \(0 0 1\); give each seed once"):
         run("quick", tmp_path / "x", seeds=(0, 0, 1), studies=["classification"])
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- the schedule, run by stand-ins
+
+
+class StandIn:
+    """``reproduce`` and the verdicts replaced: each call records the seeds each study got and keeps
+    results.json's ``sequential`` record as ``reproduce`` does; no claim is ever decided."""
+
+    def __init__(self, monkeypatch, out: Path):
+        self.out, self.calls = out, []
+        monkeypatch.setattr(sequential, "reproduce", self.reproduce)
+        monkeypatch.setattr(sequential, "verdicts_for_study", lambda out: [])
+        monkeypatch.setattr(sequential, "_decided", lambda verdicts, study: False)
+
+    def reproduce(self, preset, out_dir, seeds, studies, sequential=None, **common):
+        self.calls.append((tuple(studies), len(seeds) if seeds else None))
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = json.loads(json.dumps(sequential))
+        (self.out / "results.json").write_text(json.dumps({"preset": preset, "sequential": record}))
+        return {s: StudyResult(s, data={"time_s": 1.0}) for s in studies}
+
+    def seeds_seen(self, study: str) -> list[int]:
+        return [count for studies, count in self.calls if study in studies and count is not None]
+
+
+def test_the_default_most_seeds_is_4x_each_studys_own_first_round(tmp_path, monkeypatch):
+    stand_in = StandIn(monkeypatch, tmp_path / "study")
+    record = reproduce_until_decided("quick", tmp_path / "study", studies=["classification", "robustness"])
+    # quick: classification starts from 6 seeds, robustness from 3 (as the docstring says)
+    assert record["studies"]["classification"]["max_seeds"] == 24
+    assert record["studies"]["robustness"]["max_seeds"] == 12
+    assert record["studies"]["robustness"]["looks"] == 1 + math.ceil((12 - 3) / 2)
+    assert max(stand_in.seeds_seen("robustness")) == 12 and max(stand_in.seeds_seen("classification")) == 24
+    assert "4 x the seeds of that study's first round" in " ".join(reproduce_until_decided.__doc__.split())
+    for entry in record["studies"].values():  # every look's error rate, spent in full by the last
+        assert entry["stopped"] == "max seeds" and entry["spent"] == pytest.approx(0.05)
+
+
+def test_a_rerun_with_more_seeds_continues_the_spending_of_the_first(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    stand_in = StandIn(monkeypatch, out)
+    # the first run stops after its first look (budget): 3 seeds of at most 7, looks at 3, 5, 7
+    first = reproduce_until_decided("quick", out, studies=["robustness"], max_seeds=7, budget=0.5)
+    entry = first["studies"]["robustness"]
+    assert (entry["look"], entry["looks"], entry["stopped"]) == (1, 3, "budget")
+    assert entry["spent"] == pytest.approx(0.05 / 9)
+    # started again with at most 11 seeds: it goes on from look 1 (3 seeds), not from a fresh schedule
+    stand_in.calls.clear()
+    again = reproduce_until_decided("quick", out, studies=["robustness"], max_seeds=11)
+    entry = again["studies"]["robustness"]
+    assert (entry["look"], entry["looks"], entry["seeds"], entry["stopped"]) == (5, 5, 11, "max seeds")
+    later = continued_levels(5, 1, 0.05 / 9)
+    assert entry["level"] == pytest.approx(later[-1]) and entry["spent"] == pytest.approx(0.05)
+    # the first round reuses the preset's 3 seeds, then one round per look
+    assert stand_in.calls[0] == (("robustness",), None) and stand_in.seeds_seen("robustness") == [5, 7, 9, 11]
+    # a fresh spending over the same seeds would spend more than 5% in all: 0.05 / 9 before, 0.05 now
+    assert 0.05 / 9 + sum(1 - v for v in spending_levels(5)) > 0.05
+    # started once more: nothing is left to spend, so no seed is added, whatever --max-seeds says
+    stand_in.calls.clear()
+    once_more = reproduce_until_decided("quick", out, studies=["robustness"], max_seeds=21)
+    assert once_more["studies"]["robustness"] == entry and max(stand_in.seeds_seen("robustness")) == 11
+    assert "its whole error rate is spent" in sequential_table(once_more).rows[0]["stopped"]
+
+
+def test_continued_levels_spend_what_the_earlier_looks_left():
+    # the same schedule, continued after look 2 of 4: the levels spending_levels gives it
+    assert continued_levels(4, 2, 0.05 * (2 / 4) ** 2) == pytest.approx(spending_levels(4)[2:])
+    # a longer schedule after look 1 of 3: what is left, 0.05 * (1 - 1/9), in the power family's shape
+    levels = continued_levels(6, 1, 0.05 / 9)
+    assert len(levels) == 5 and 0.05 / 9 + sum(1 - v for v in levels) == pytest.approx(0.05)
+    assert all(a > b for a, b in zip(levels, levels[1:]))  # little early, most late
+    assert continued_levels(3, 3, 0.05) == [] and continued_levels(5, 2, 0.05) == pytest.approx([1.0] * 3)
+    with pytest.raises(SpatialmixError, match="error rate spent must be between 0 and 0.05"):
+        continued_levels(5, 2, 0.2)
+
+
+@pytest.mark.parametrize(
+    "entry, field",
+    [
+        ({"look": 0, "looks": 3, "seeds": 3, "level": 0.99}, "look"),
+        ({"look": 4, "looks": 3, "seeds": 3, "level": 0.99}, "looks"),
+        ({"look": 1, "looks": 3, "seeds": 3, "level": 0.99, "spent": 0.5}, "spent"),
+        ({"look": 1, "looks": 3, "seeds": 3, "level": 0.99, "max_seeds": 2}, "max_seeds"),
+    ],
+)
+def test_a_damaged_earlier_record_is_one_error_naming_its_field(tmp_path, monkeypatch, entry, field):
+    StandIn(monkeypatch, tmp_path / "elsewhere")  # (nothing is trained, whatever happens)
+    results = {"preset": "quick", "sequential": {"studies": {"robustness": entry}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SpatialmixError, match=rf"field sequential\.studies\.robustness\.{field} must be"):
+        reproduce_until_decided("quick", tmp_path, studies=["robustness"])
+
+
+def test_an_earlier_record_without_its_spent_error_rate_is_read_by_its_schedule(tmp_path, monkeypatch):
+    # results.json written before the record kept what each study spent: look 2 of 4 spent 0.05 / 4
+    StandIn(monkeypatch, tmp_path)
+    old = {"look": 2, "looks": 4, "seeds": 5, "level": spending_levels(4)[1], "stopped": "budget"}
+    results = {"preset": "quick", "sequential": {"step": 2, "rho": 2.0, "studies": {"robustness": old}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    record = reproduce_until_decided("quick", tmp_path, studies=["robustness"])
+    entry = record["studies"]["robustness"]
+    assert (entry["looks"], entry["max_seeds"]) == (4, 9)  # 5 seeds + 2 more looks of 2
+    assert entry["level"] == pytest.approx(spending_levels(4)[3]) and entry["spent"] == pytest.approx(0.05)

@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from spatialmix.analysis.crossed import (
+    crossed_components,
+    crossed_interval,
+    crossed_ratio_interval,
+    example_slopes,
+)
 from spatialmix.analysis.statistics import (
     decision_power,
     detectable_distance,
+    examples_floor,
     hartung_knapp,
     mcnemar_exact,
     mean_interval,
@@ -200,3 +207,107 @@ def test_mcnemar_p_value_is_scipys_two_sided_binomial_test(first_only, second_on
     second = [0] * first_only + [1] * second_only
     expected = stats.binomtest(first_only, first_only + second_only, 0.5).pvalue
     assert mcnemar_exact(first, second).p_value == pytest.approx(expected, rel=1e-12)
+
+
+def test_hartung_knapp_never_goes_below_the_variances_it_was_given():
+    # y = (0, 0.1), v = (1, 1): the seeds agree far better than their variances say (q = 0.005);
+    # without the q >= 1 floor the interval would be t(0.975, 1) * sqrt(0.005 / 2) wide, 1/14 of this
+    est = hartung_knapp([0.0, 0.1], [1.0, 1.0])
+    half = stats.t.ppf(0.975, 1) * math.sqrt(1 / 2)
+    assert (est.low, est.high) == pytest.approx((0.05 - half, 0.05 + half))
+    assert "q >= 1" in est.method
+
+
+# --------------------------------------------------------------------------- seeds x examples crossed
+
+
+def test_crossed_interval_by_hand():
+    # 2 seeds x 3 examples: seed means 1, 2 (variance 0.5); example means 2, 0.5, 2, so the
+    # examples' mean square is 2 * 1.5 / 2 = 1.5; residuals +-0.5, 0: residual mean square 1 / 2.
+    # var(b) = (1.5 - 0.5) / 2 = 0.5 (the test set adds 0.5 / 3), on Satterthwaite's
+    # 1 / (1.5^2 / 2 + 0.5^2 / 2) = 0.8 df, held at 1
+    est = crossed_interval([[1.0, 0.0, 2.0], [3.0, 1.0, 2.0]])
+    t1 = stats.t.ppf(0.975, 1)
+    half = math.sqrt(t1**2 * 0.5 / 2 + t1**2 * 0.5 / 3)
+    assert est.value == pytest.approx(1.5) and (est.low, est.high) == pytest.approx((1.5 - half, 1.5 + half))
+    assert est.spread == pytest.approx(math.sqrt(0.5)) and est.test_set_variance == pytest.approx(0.5 / 3)
+    assert (est.n_seeds, est.n_examples) == (2, 3)
+    assert est.method == "t over 2 seeds + test-set variance of 3 test examples (crossed)"
+    components = crossed_components([[1.0, 0.0, 2.0], [3.0, 1.0, 2.0]])
+    assert (components.example_variance, components.example_df) == pytest.approx((0.5, 1.0))
+
+
+def test_crossed_interval_without_an_example_effect_is_the_t_interval_over_seeds():
+    # every example has the same mean over the seeds: nothing for the test set to add
+    table = [[0.0, 2.0], [4.0, 2.0], [2.0, 2.0]]
+    est, seeds = crossed_interval(table), mean_interval([1.0, 3.0, 2.0])
+    assert (est.value, est.low, est.high) == pytest.approx((seeds.value, seeds.low, seeds.high))
+    assert est.test_set_variance == 0.0
+
+
+def test_crossed_interval_on_nested_test_sets_of_different_sizes_by_hand():
+    # seeds on 2 and 4 examples, the first 2 shared; both means 0, so the seeds add nothing.
+    # var(b) from the shared block [[1, -1], [1, -1]]: examples' mean square 4, residual 0 -> 2 (1 df).
+    # Overlap min(n_s, n_t) / (n_s n_t) = [[1/2, 1/4], [1/4, 1/4]]: var(mean of means) = 0.3125 var(b),
+    # of which the spread of the two means holds 0.0625 var(b); the test set adds 0.25 * 2 = 0.5
+    est = crossed_interval([[1.0, -1.0], [1.0, -1.0, 1.0, -1.0]])
+    half = stats.t.ppf(0.975, 1) * math.sqrt(0.5)
+    assert est.value == 0.0 and (est.low, est.high) == pytest.approx((-half, half))
+    assert est.n_examples is None and "2-4 test examples" in est.method
+
+
+def test_crossed_ratio_is_the_delta_method_on_the_linearized_table():
+    top = np.array([[2.0, 4.0, 3.0], [4.0, 6.0, 5.5]])
+    bottom = np.array([[2.0, 2.0, 3.0], [4.0, 4.0, 3.5]])
+    est = crossed_ratio_interval(top, bottom)
+    ratio = top.mean() / bottom.mean()
+    linear = crossed_interval((top - ratio * bottom) / bottom.mean())  # mean 0
+    assert est.value == pytest.approx(ratio)
+    assert (est.low - ratio, est.high - ratio) == pytest.approx((linear.low, linear.high))
+    with pytest.raises(SpatialmixError, match="denominator must be above 0"):
+        crossed_ratio_interval(top, -bottom)
+
+
+def test_crossed_interval_of_one_seed_has_none_and_bad_tables_are_refused():
+    assert not crossed_interval([[0.0, 1.0, 1.0]]).defined
+    with pytest.raises(SpatialmixError, match="at least 2 examples"):
+        crossed_interval([[1.0], [0.0]])
+    with pytest.raises(SpatialmixError, match="finite"):
+        crossed_components([[1.0, float("nan")], [0.0, 1.0]])
+
+
+def test_example_slopes_are_each_examples_least_squares_slope():
+    rows = np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])  # x = 0, 1, 2
+    expected = [stats.linregress([0, 1, 2], rows[:, i]).slope for i in range(3)]
+    assert example_slopes([0, 1, 2], rows) == pytest.approx(expected)
+    with pytest.raises(SpatialmixError, match="two different x"):
+        example_slopes([1, 1, 1], rows)
+
+
+# --------------------------------------------------------------------------- power with a test set
+
+
+def test_the_test_set_sets_a_floor_no_number_of_seeds_passes():
+    floor = 0.01  # the test set's share of the variance: SE 0.1
+    z = 1.959964 + 0.841621
+    assert examples_floor(floor) == pytest.approx(z * 0.1, rel=1e-5)
+    # many seeds: what is left to decide is the test set's floor
+    assert detectable_distance(1.0, 1_000_000, test_set_variance=floor) == pytest.approx(z * 0.1, rel=1e-3)
+    assert seeds_needed(0.9 * z * 0.1, 1.0, test_set_variance=floor) is None  # below the floor
+    n = seeds_needed(1.5 * z * 0.1, 1.0, test_set_variance=floor)  # above it: seeds can
+    assert decision_power(1.5 * z * 0.1, 1.0, n, test_set_variance=floor) >= 0.8
+    assert decision_power(1.5 * z * 0.1, 1.0, n - 1, test_set_variance=floor) < 0.8
+    # without the floor the same distance needs fewer seeds
+    assert seeds_needed(1.5 * z * 0.1, 1.0) < n
+
+
+def test_decision_power_with_a_test_set_matches_simulated_crossed_studies():
+    # seeds' share spread^2 / n and the test set's share, each drawn as the crossed interval sees it
+    rng = np.random.default_rng(6)
+    n, spread, floor, distance, studies = 4, 0.5, 0.04, 0.8, 20_000
+    seed_means = rng.normal(0.0, spread, size=(studies, n))
+    test_set = rng.normal(0.0, math.sqrt(floor), size=(studies, 1))  # one test set per study, shared
+    values = distance + seed_means + test_set
+    half = np.sqrt(stats.t.ppf(0.975, n - 1) ** 2 * values.var(1, ddof=1) / n + 1.959964**2 * floor)
+    simulated = (values.mean(1) - half > 0).mean()
+    assert decision_power(distance, spread, n, test_set_variance=floor) == pytest.approx(simulated, abs=0.03)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -193,6 +194,10 @@ def test_task_evaluation_scores_the_oracle_perfectly_and_the_identity_as_the_flo
     assert identity["n"] == floor["n"] == 128
     assert identity["psnr"] == pytest.approx(floor["psnr"], abs=1e-3)
     assert identity["ssim"] == pytest.approx(floor["ssim"], abs=1e-4)
+    # each image's PSNR, in test-set order, to 0.01 dB: the same for the identity and the floor
+    per_image = identity["per_example"]["test_psnr_per_example"]
+    assert len(per_image) == 128 and per_image == floor["psnr_per_example"]
+    assert np.mean(per_image) == pytest.approx(identity["psnr"], abs=0.005)
 
 
 # --------------------------------------------------------------------------- model, presets, task
@@ -300,6 +305,8 @@ def test_a_new_process_rebuilds_the_same_permutation_and_the_saved_run(shapes_da
         config, run_dir, task=UnshuffleTask(perm_seed=9, window=14, loss="l1"), data=shapes_data
     )
     assert {"test_psnr", "test_ssim", "test_loss", "best_psnr"} <= set(summary)
+    assert len(summary["test_psnr_per_example"]) == len(shapes_data.test_images)
+    assert np.mean(summary["test_psnr_per_example"]) == pytest.approx(summary["test_psnr"], abs=0.005)
     record = runs.read_json(run_dir / runs.CONFIG)
     assert record["task"] == {"name": "unshuffle", "perm_seed": 9, "window": 14, "loss": "l1"}
     assert task_from_dict(record["task"]).to_dict() == record["task"]

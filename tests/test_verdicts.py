@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,16 @@ from spatialmix.analysis.claims import (
     CONTRADICTS,
     INCONCLUSIVE,
     NOT_RUN,
+    SEEDS_ONLY,
     SUPPORTS,
+    Verdict,
     claim_verdicts,
     decide,
     eps_value,
     power_text,
 )
-from spatialmix.analysis.statistics import Estimate, hartung_knapp
+from spatialmix.analysis.crossed import crossed_interval, crossed_ratio_interval
+from spatialmix.analysis.statistics import Estimate
 from spatialmix.analysis.verdicts import (
     reproduce_commands,
     verdict_table,
@@ -80,6 +84,26 @@ def test_the_rule(claim, low, high, word):
     assert decide(CLAIMS[claim], est(low, high)) == word
 
 
+def test_a_zero_width_interval_decides_nothing():
+    # every seed gave Space exactly 0.2 points below Full: no spread at all, not a decision
+    assert decide(CLAIMS["1b"], est(-0.002, -0.002)) == INCONCLUSIVE
+    assert decide(CLAIMS["1b"], est(-0.0021, -0.002)) == SUPPORTS
+
+
+def test_a_line_the_test_set_keeps_open_asks_for_more_test_images():
+    # 1a, 0.05 points above its -1 point margin; the seeds agree (0.01 points) but the test set
+    # alone leaves +-0.196 points (SE 0.1): no number of seeds decides it
+    estimate = Estimate(-0.95, -1.15, -0.75, "crossed", 20, 10_000, spread=0.01, test_set_variance=0.01)
+    verdict = Verdict("1a", CLAIMS["1a"].effect, estimate, INCONCLUSIVE, seeds_needed=None)
+    assert (
+        power_text(verdict)
+        == "needs more test images: the test set alone gives ±0.20 pts, whatever the number of seeds"
+    )
+    # far enough from the margin, seeds can decide it: the usual advice
+    farther = replace(verdict, estimate=replace(estimate, value=-0.5), detectable=0.3, seeds_needed=30)
+    assert power_text(farther) == "detects ≥ 0.30 pts from the threshold; needs about 30 seeds"
+
+
 def test_no_interval_is_inconclusive_and_no_data_is_not_run():
     assert decide(CLAIMS["1a"], Estimate(0.0, None, None, "one seed: interval undefined", 1)) == INCONCLUSIVE
     assert decide(CLAIMS["1a"], None) == NOT_RUN
@@ -100,7 +124,7 @@ def classification(acc_by_mode: dict, bits_by_mode: dict | None = None) -> dict:
     return out
 
 
-def test_claim_1_from_seed_accuracies_uses_the_seed_paired_t_interval():
+def test_claim_1_from_seed_accuracies_alone_uses_the_seed_paired_t_interval_and_says_what_it_leaves_out():
     full, chans, space = [0.900, 0.904, 0.898], [0.897, 0.903, 0.894], [0.860, 0.870, 0.850]
     verdicts = claim_verdicts(classification({"full": full, "chans": chans, "space": space}))
     one_a, one_b = by_claim(verdicts, "1a")[0], by_claim(verdicts, "1b")[0]
@@ -113,9 +137,8 @@ def test_claim_1_from_seed_accuracies_uses_the_seed_paired_t_interval():
     assert (one_a.estimate.low, one_a.estimate.high) == pytest.approx(
         (100 * (diffs.mean() - half), 100 * (diffs.mean() + half))
     )
-    assert (
-        one_a.verdict == SUPPORTS and one_a.estimate.n_seeds == 3 and "seed-paired" in one_a.estimate.method
-    )
+    assert one_a.verdict == SUPPORTS and one_a.estimate.n_seeds == 3
+    assert one_a.estimate.method == "t over 3 seeds only: test-set variance not included"
     assert one_b.verdict == SUPPORTS
     assert one_b.estimate.value == pytest.approx(100 * (np.mean(space) - np.mean(full)))
 
@@ -139,16 +162,20 @@ def test_claim_1_pairs_examples_when_both_runs_saved_them():
     )
     verdict = by_claim(claim_verdicts(data), "1a")[0]
     assert verdict.estimate.value == pytest.approx(-100 / 500)
-    assert verdict.estimate.method == "t over 3 seed-paired differences"
+    assert verdict.estimate.method == "t over 3 seeds + test-set variance of 500 test examples (crossed)"
     assert verdict.estimate.n_examples == 500
-    # every seed loses the same one example: the seeds agree exactly, so the interval has no width
-    # (example-level noise enters only through how much the seeds' effects differ)
-    assert verdict.verdict == SUPPORTS
-    assert verdict.estimate.low == verdict.estimate.high == pytest.approx(-100 / 500)
+    # every seed loses the same count of examples: the seeds agree exactly, but which examples
+    # change differs from seed to seed, so the crossed interval has a width and still decides
+    differences = np.stack([c.astype(float) - f for c, f in zip(chans, full)])
+    reference = crossed_interval(differences)
+    assert (verdict.estimate.low, verdict.estimate.high) == pytest.approx(
+        (100 * reference.low, 100 * reference.high)
+    )
+    assert verdict.estimate.low < -0.2 < verdict.estimate.high and verdict.verdict == SUPPORTS
     assert "1/2 p=1" in verdict.details  # McNemar: 1 only Chans right, 2 only Full right, each seed
-    # bits of another length in one pair: back to the seed-paired t-interval
+    # bits of another length in one pair: back to the seed-paired t-interval, which says so
     data["chans"][1]["test_correct_bits"] = data["chans"][1]["test_correct_bits"][:-1]
-    assert "seed-paired" in by_claim(claim_verdicts(data), "1a")[0].estimate.method
+    assert by_claim(claim_verdicts(data), "1a")[0].estimate.method == SEEDS_ONLY.format(3)
 
 
 def test_modes_without_a_common_seed_are_not_compared():
@@ -209,10 +236,10 @@ def test_claim_2a_pairs_only_runs_attacked_on_the_same_examples():
     paired = by_claim(claim_verdicts(robustness=records), "2a")[0]
     assert paired.details.startswith("exact McNemar per seed") and paired.estimate.n_examples == 500
     records[3]["examples_sha256"] = "other"
-    assert "seed-paired" in by_claim(claim_verdicts(robustness=records), "2a")[0].estimate.method
+    assert by_claim(claim_verdicts(robustness=records), "2a")[0].estimate.method == SEEDS_ONLY.format(3)
 
 
-def test_seeds_scored_on_different_examples_get_the_random_effects_interval():
+def test_seeds_scored_on_different_numbers_of_examples_get_the_crossed_interval():
     sizes = (200, 500, 1000)
     full = [correct(0.8, seed=s, n=n) for s, n in enumerate(sizes)]
     chans = [with_changes(f, to_right=k, to_wrong=0) for f, k in zip(full, (2, 10, 12))]
@@ -221,10 +248,13 @@ def test_seeds_scored_on_different_examples_get_the_random_effects_interval():
     )
     estimate = by_claim(claim_verdicts(data), "1a")[0].estimate
     differences = [c.astype(float) - f for c, f in zip(chans, full)]
-    reference = hartung_knapp([d.mean() for d in differences], [d.var(ddof=1) / d.size for d in differences])
+    reference = crossed_interval(differences)
     shown = (100 * reference.value, 100 * reference.low, 100 * reference.high, 100 * reference.spread)
     assert (estimate.value, estimate.low, estimate.high, estimate.spread) == pytest.approx(shown)
-    assert estimate.method == reference.method and "Hartung-Knapp" in estimate.method
+    assert estimate.method == "t over 3 seeds + test-set variance of 200-1,000 test examples (crossed)"
+    # each seed counts once: the mean of the seeds' effects (2/200, 10/500, 12/1000)
+    assert estimate.value == pytest.approx(100 * np.mean([2 / 200, 10 / 500, 12 / 1000]))
+    assert estimate.n_examples is None and estimate.test_set_variance >= 0
 
 
 def test_claim_2a_without_bits_falls_back_to_seeds():
@@ -232,8 +262,12 @@ def test_claim_2a_without_bits_falls_back_to_seeds():
     for r in records:
         r.pop("robust_bits")
     verdict = by_claim(claim_verdicts(robustness=records), "2a")[0]
-    assert "seed-paired" in verdict.estimate.method and verdict.estimate.value == pytest.approx(3000 / 500)
-    assert verdict.verdict == SUPPORTS  # the same shift on every seed: a zero-width interval
+    assert verdict.estimate.method == SEEDS_ONLY.format(3) and verdict.estimate.value == pytest.approx(
+        3000 / 500
+    )
+    # the same shift on every seed: a zero-width interval, which decides nothing
+    assert verdict.estimate.low == verdict.estimate.high and verdict.verdict == INCONCLUSIVE
+    assert verdict.details.startswith("zero-width interval") and power_text(verdict).startswith("no spread")
 
 
 def smoothing_records(slope: float, seeds=(0, 1, 2), noise: float = 0.005) -> list[dict]:
@@ -259,7 +293,7 @@ def test_claim_2b_is_the_slope_against_sigma(slope, word):
     verdict = by_claim(claim_verdicts(smoothing=records, robust_examples=500), "2b")[0]
     assert verdict.verdict == word and verdict.estimate.n_seeds == 3 and verdict.estimate.n_examples == 500
     assert verdict.unit == "pts/σ" and verdict.estimate.value == pytest.approx(100 * slope, abs=1)
-    assert verdict.estimate.method == "t over 3 per-seed slopes" and "sigmas 0, 0.5, 1, 2" in verdict.details
+    assert verdict.estimate.method == SEEDS_ONLY.format(3) and "sigmas 0, 0.5, 1, 2" in verdict.details
 
 
 # --------------------------------------------------------------------------- claim 3
@@ -290,6 +324,48 @@ def test_claim_3_relative_to_full_and_to_the_floor():
     falls_behind = claim_verdicts(unshuffle=unshuffle_payload([16.0, 16.5, 16.2], [12.0, 12.1, 11.9], n=1000))
     assert [v.verdict for v in falls_behind if v.claim.startswith("3")] == [CONTRADICTS, CONTRADICTS]
     assert [v.estimate.n_examples for v in falls_behind] == [1000, 1000]
+
+
+def unshuffle_per_image(n_seeds: int = 3, n: int = 200) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """An un-shuffling study that saved each image's PSNR (rounded to 0.01 dB), and its tables."""
+    rng = np.random.default_rng(3)
+    floor = np.round(np.broadcast_to(11 + rng.standard_normal(n), (n_seeds, n)), 2)
+    gain = 10 + 2 * rng.standard_normal(n)
+    full = np.round(floor + gain + 0.5 * rng.standard_normal((n_seeds, n)), 2)
+    fraction = 0.9 + 0.05 * rng.standard_normal(n)  # images differ in how much Chans recovers
+    chans = np.round(floor + fraction * gain + 0.5 * rng.standard_normal((n_seeds, n)), 2)
+
+    def runs(table):
+        return [
+            {"seed": s, "test_psnr": float(row.mean()), "test_psnr_per_example": row.tolist()}
+            for s, row in enumerate(table)
+        ]
+
+    payload = {
+        "runs": {"Full": runs(full), "Chans": runs(chans)},
+        "floor": [{"psnr": float(f.mean()), "n": n, "psnr_per_example": f.tolist()} for f in floor],
+        "settings": {"seeds": list(range(n_seeds))},
+    }
+    return payload, floor, full, chans
+
+
+def test_claim_3_with_each_images_psnr_covers_the_population_of_images():
+    payload, floor, full, chans = unshuffle_per_image()
+    three_a, three_b = (by_claim(claim_verdicts(unshuffle=payload), c)[0] for c in ("3a", "3b"))
+    difference = crossed_interval(chans - full)
+    assert (three_a.estimate.value, three_a.estimate.low, three_a.estimate.high) == pytest.approx(
+        (difference.value, difference.low, difference.high)
+    )
+    assert three_a.estimate.method == "t over 3 seeds + test-set variance of 200 test examples (crossed)"
+    ratio = crossed_ratio_interval(chans - floor, full - floor)
+    assert three_b.estimate.value == pytest.approx((chans - floor).mean() / (full - floor).mean())
+    assert (three_b.estimate.low, three_b.estimate.high) == pytest.approx((ratio.low, ratio.high))
+    assert three_b.estimate.method.startswith("ratio of means, delta method: t over 3 seeds")
+    assert three_b.estimate.test_set_variance > 0 and three_b.estimate.n_examples == 200
+    # one run's list is not the evaluation its test_psnr reports: the seeds' own numbers alone
+    payload["runs"]["Chans"][1]["test_psnr"] += 0.1
+    three_a, three_b = (by_claim(claim_verdicts(unshuffle=payload), c)[0] for c in ("3a", "3b"))
+    assert three_a.estimate.method == three_b.estimate.method == SEEDS_ONLY.format(3)
 
 
 # --------------------------------------------------------------------------- not run, the table
@@ -416,7 +492,7 @@ def test_verdicts_for_a_study_folder(tmp_path):
     one_a = by_claim(verdicts, "1a")[0]  # seed-level t-interval of accuracies over the 10,000 test images
     assert (
         one_a.verdict == SUPPORTS
-        and "seed-paired" in one_a.estimate.method
+        and one_a.estimate.method == SEEDS_ONLY.format(3)
         and one_a.estimate.n_examples == 10_000
     )
     assert all(
@@ -443,7 +519,9 @@ def test_the_verdicts_step_of_reproduce_saves_strict_json(tmp_path):
     assert [r["claim"] for r in table.rows] == ["1a", "1b", "2a", "2b", "3a", "3b"]
     saved = json.loads(json.dumps(result.data, allow_nan=False))["verdicts"]
     assert saved[0]["claim"] == "1a" and saved[0]["seeds"] == 2 and saved[0]["rule"] == "> -1 pts"
-    assert saved[2]["verdict"] == SUPPORTS and saved[3] == {**saved[3], "verdict": NOT_RUN, "estimate": None}
+    # 2a: seed 0 of Chans lost its robust_bits, so the seeds alone, which tie exactly: no width, no verdict
+    assert saved[2]["verdict"] == INCONCLUSIVE and saved[2]["details"].startswith("zero-width interval")
+    assert saved[3] == {**saved[3], "verdict": NOT_RUN, "estimate": None}
 
 
 def test_a_robustness_json_of_another_evaluation_is_not_paired(tmp_path):
@@ -452,7 +530,7 @@ def test_a_robustness_json_of_another_evaluation_is_not_paired(tmp_path):
     saved = json.loads(path.read_text())
     saved["settings"]["n_examples"] = 1000  # `spatialmix attack` re-ran it with other settings
     path.write_text(json.dumps(saved))
-    assert "seed-paired" in by_claim(verdicts_for_study(study), "2a")[0].estimate.method
+    assert by_claim(verdicts_for_study(study), "2a")[0].estimate.method == SEEDS_ONLY.format(3)
 
 
 def test_a_failed_attack_check_is_flagged_on_the_claim_2_line_from_study_and_run_folders(tmp_path):
@@ -475,7 +553,9 @@ def test_a_damaged_robustness_json_falls_back_to_the_seeds(tmp_path):
     study = make_study(tmp_path / "study")
     (study / "classification" / "full-seed2" / "robustness.json").write_text("{oops")
     verdict = by_claim(verdicts_for_study(study), "2a")[0]
-    assert "seed-paired" in verdict.estimate.method and verdict.estimate.value == pytest.approx(3000 / 500)
+    assert verdict.estimate.method == SEEDS_ONLY.format(3) and verdict.estimate.value == pytest.approx(
+        3000 / 500
+    )
 
 
 def test_verdicts_for_a_missing_empty_or_corrupt_study(tmp_path):
@@ -571,7 +651,11 @@ def test_smoothing_and_unshuffling_from_run_folders(tmp_path):
                 write_run(
                     tmp_path / f"unshuffle-{mode}-{seed}",
                     {"model": "unshufflenet", "mode": mode, "seed": seed},
-                    {"mode": mode, "seed": seed, "test_psnr": psnr + 0.1 * seed},
+                    {
+                        "mode": mode,
+                        "seed": seed,
+                        "test_psnr": psnr + (0.1 if mode == "full" else 0.12) * seed,
+                    },
                     task={"name": "unshuffle", "perm_seed": 0, "window": None, "loss": "mse"},
                 )
             )
@@ -579,7 +663,7 @@ def test_smoothing_and_unshuffling_from_run_folders(tmp_path):
     two_b = by_claim(verdicts, "2b")[0]
     assert two_b.verdict == SUPPORTS and two_b.estimate.n_examples == 500 and two_b.scope == ""
     three_a = by_claim(verdicts, "3a")[0]
-    assert three_a.estimate.value == pytest.approx(-0.1) and three_a.verdict == SUPPORTS
+    assert three_a.estimate.value == pytest.approx(-0.09) and three_a.verdict == SUPPORTS
     assert [v.verdict for v in by_claim(verdicts, "1a") + by_claim(verdicts, "3b")] == [NOT_RUN, NOT_RUN]
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "classify_layers",
     "count_parameters",
     "create_model",
+    "crossed_interval",
+    "crossed_ratio_interval",
     "DATASETS",
     "describe_model",
     "empirical_prior",

@@ -6,6 +6,7 @@ of one of them (importing it pulls in torch, which takes seconds; the command li
 """
 
 from spatialmix.analysis.claims import CLAIMS, Verdict
+from spatialmix.analysis.crossed import crossed_interval, crossed_ratio_interval
 from spatialmix.analysis.filters import analyze_run
 from spatialmix.analysis.statistics import (
     Estimate,

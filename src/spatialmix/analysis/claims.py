@@ -12,18 +12,21 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from spatialmix.analysis.crossed import crossed_interval, crossed_ratio_interval, example_slopes
 from spatialmix.analysis.statistics import (
+    LARGEST_DF,
     LEVEL,
     MAX_SEEDS,
     Estimate,
     McNemar,
     detectable_distance,
-    hartung_knapp,
+    examples_floor,
     mcnemar_exact,
     mean_interval,
     paired_t_interval,
     seed_slopes,
     seeds_needed,
+    t_quantile,
 )
 
 # The size of the test set a summary's accuracy was measured on (the readers add it from config.json).
@@ -149,11 +152,17 @@ def decide(claim: Claim, estimate: Estimate | None) -> str:
     """The word of the rule (stated in :mod:`spatialmix.analysis.verdicts`) for ``estimate``'s interval."""
     if estimate is None:
         return NOT_RUN
-    if not estimate.defined:
+    if not estimate.defined or zero_width(estimate):
         return INCONCLUSIVE
     low, high = (estimate.low - claim.threshold) * claim.side, (estimate.high - claim.threshold) * claim.side
     low, high = min(low, high), max(low, high)
     return SUPPORTS if low > 0 else CONTRADICTS if high < 0 else INCONCLUSIVE
+
+
+def zero_width(estimate: Estimate) -> bool:
+    """An interval of no width: the data showed no spread at all (every seed, or every seed and
+    example, gave the same difference), which says nothing about the seeds and examples not seen."""
+    return estimate.defined and estimate.high <= estimate.low
 
 
 def rule_text(claim: Claim) -> str:
@@ -178,6 +187,17 @@ def parse_bits(value) -> np.ndarray | None:
     return np.frombuffer(value.encode("ascii"), dtype=np.uint8).astype(np.int8) - ord("0")
 
 
+def parse_values(value, mean: float, tolerance: float) -> np.ndarray | None:
+    """A list of per-example numbers (e.g. PSNR rounded to 0.01 dB) whose mean is ``mean`` within
+    ``tolerance``; None for anything else (a list of another evaluation is not paired)."""
+    if not isinstance(value, list) or len(value) < 2 or finite_number(value[0]) is None:
+        return None
+    if not all(finite_number(v) is not None for v in value):
+        return None
+    array = np.asarray(value, dtype=float)
+    return array if abs(float(array.mean()) - mean) <= tolerance else None
+
+
 def _by_seed(items: list[dict], value_key: str, bits_key: str) -> dict:
     """``{seed: (value, bits)}`` of the items with a number at ``value_key`` (the first of a seed wins)."""
     out = {}
@@ -188,32 +208,34 @@ def _by_seed(items: list[dict], value_key: str, bits_key: str) -> dict:
     return out
 
 
+SEEDS_ONLY = "t over {} seeds only: test-set variance not included"
+
+
+def seeds_only(estimate: Estimate) -> Estimate:
+    """A t-interval over the seeds' own numbers, labelled as leaving the test set's variance out
+    (runs saved without their per-example results)."""
+    return replace(estimate, method=SEEDS_ONLY.format(estimate.n_seeds)) if estimate.defined else estimate
+
+
 def compare(first: dict, second: dict, level: float = LEVEL) -> tuple[Estimate, list[McNemar]] | None:
-    """``first - second`` over the seeds both have (``{seed: (value, bits)}``): one effect per seed and
-    the t-interval of those effects (df = seeds - 1). When the seeds were scored on different numbers
-    of examples and every pair has its per-example bits, the Hartung-Knapp random-effects interval
-    weighs each seed by its own precision. McNemar's test describes each seed with bits."""
+    """``first - second`` over the seeds both have (``{seed: (value, per-example values)}``).
+
+    When every pair has its per-example values (the same examples for both models of a seed), the
+    interval covers the population of seeds and test examples (`crossed_interval`: the seeds x
+    examples table of differences); otherwise it is the t-interval over the seeds' differences,
+    which leaves the test set's variance out and says so. McNemar's test describes each seed whose
+    values are 0/1 bits."""
     seeds = sorted(set(first) & set(second))
     if not seeds:
         return None
     pairs = [(first[s][1], second[s][1]) for s in seeds]
-    with_bits = all(a is not None and b is not None and a.size == b.size for a, b in pairs)
-    if not with_bits:
-        return paired_t_interval({s: first[s][0] for s in seeds}, {s: second[s][0] for s in seeds}, level), []
-    tests = [mcnemar_exact(a, b) for a, b in pairs]
-    # the per-example counts, exact (a saved accuracy may be a float32 mean)
-    differences = [a.astype(float) - b for a, b in pairs]
-    sizes = {d.size for d in differences}
-    if len(sizes) > 1:
-        estimate = hartung_knapp(
-            [d.mean() for d in differences], [d.var(ddof=1) / d.size for d in differences], level
-        )
-    else:
-        estimate = replace(
-            mean_interval([d.mean() for d in differences], level, "seed-paired differences"),
-            n_examples=sizes.pop(),
-        )
-    return estimate, tests
+    paired = all(a is not None and b is not None and a.size == b.size and a.size >= 2 for a, b in pairs)
+    if not paired:
+        values = paired_t_interval({s: first[s][0] for s in seeds}, {s: second[s][0] for s in seeds}, level)
+        return seeds_only(values), []
+    tests = [mcnemar_exact(a, b) for a, b in pairs if np.issubdtype(a.dtype, np.integer)]
+    # the per-example values, exact (a saved accuracy may be a float32 mean)
+    return crossed_interval([a.astype(float) - b for a, b in pairs], level), tests
 
 
 def _mcnemar_text(seeds_tests: list[McNemar], names: tuple[str, str]) -> str:
@@ -339,38 +361,62 @@ def robustness_verdicts(records: list[dict], scope: str = "", level: float = LEV
 def smoothing_verdicts(
     records: list[dict], scope: str = "", n_examples: int | None = None, level: float = LEVEL
 ) -> list[Verdict]:
-    """2b per budget: each seed's least-squares slope of Chans robust accuracy on ``smooth_sigma``, then
-    the t-interval over the seeds' slopes (a seed's runs share their initial tensors and examples)."""
+    """2b per budget: the slope of Chans robust accuracy on ``smooth_sigma``, one per seed (a seed's
+    runs share their initial tensors and examples). With every run's ``robust_bits`` on the same
+    examples (``examples_sha256``), one slope per seed and example and `crossed_interval` over
+    them; otherwise the t-interval over the seeds' slopes, which leaves the test set's variance out."""
     chans = [
         r
         for r in records
         if mode_name(r.get("mode", "chans")) == "chans" and finite_number(r.get("smooth_sigma")) is not None
     ]
     note = attack_check_note(chans)
+    same_examples = len({r.get("examples_sha256") for r in chans} - {None}) <= 1
     out = []
     for label in _budget_labels(chans):
-        by_seed: dict = {}
-        for r in chans:
-            accuracy = finite_number((r.get("robust_acc") or {}).get(label))
-            if accuracy is not None and isinstance(r.get("seed"), int):
-                sigmas, values = by_seed.setdefault(r["seed"], ([], []))
-                sigmas.append(float(r["smooth_sigma"]))
-                values.append(accuracy)
-        by_seed = {seed: points for seed, points in by_seed.items() if len(set(points[0])) >= 2}
-        if not by_seed:
+        points = _slope_points(chans, label, same_examples)
+        if not points:
             continue
-        estimate = replace(seed_slopes(by_seed, level), n_examples=n_examples)
-        sigmas = ", ".join(f"{s:g}" for s in sorted({x for xs, _ in by_seed.values() for x in xs}))
+        estimate = _slope_estimate(points, level, n_examples)
+        sigmas = ", ".join(f"{s:g}" for s in sorted({x for xs in points.values() for x, _, _ in xs}))
         details = "; ".join(x for x in (note, f"sigmas {sigmas}") if x)
         out.append(_verdict("2b", f"{CLAIMS['2b'].effect} at eps {label}", estimate, scope, details))
     return out
 
 
+def _slope_points(chans: list[dict], label: str, with_bits: bool) -> dict[int, list[tuple]]:
+    """``{seed: [(sigma, robust accuracy, bits or None), ...]}`` at ``label``, for the seeds with two
+    or more different sigmas."""
+    by_seed: dict[int, list[tuple]] = {}
+    for r in chans:
+        accuracy = finite_number((r.get("robust_acc") or {}).get(label))
+        if accuracy is not None and isinstance(r.get("seed"), int):
+            bits = parse_bits((r.get("robust_bits") or {}).get(label)) if with_bits else None
+            by_seed.setdefault(r["seed"], []).append((float(r["smooth_sigma"]), accuracy, bits))
+    return {seed: points for seed, points in by_seed.items() if len({x for x, _, _ in points}) >= 2}
+
+
+def _slope_estimate(points: dict[int, list[tuple]], level: float, n_examples: int | None) -> Estimate:
+    """Per-example slopes crossed with seeds when every point has bits of one length; otherwise the
+    seeds' slopes alone."""
+    bits = [b for seed_points in points.values() for _, _, b in seed_points]
+    if all(b is not None for b in bits) and len({b.size for b in bits}) == 1 and bits[0].size >= 2:
+        slopes = [
+            example_slopes([x for x, _, _ in seed_points], np.stack([b for _, _, b in seed_points]))
+            for seed_points in points.values()
+        ]
+        return crossed_interval(slopes, level)
+    by_seed = {seed: ([x for x, _, _ in p], [y for _, y, _ in p]) for seed, p in points.items()}
+    return replace(seeds_only(seed_slopes(by_seed, level)), n_examples=n_examples)
+
+
 def unshuffle_verdicts(payload: dict, scope: str = "", level: float = LEVEL) -> list[Verdict]:
     """3a and 3b from an un-shuffling study (``unshuffle.json``: ``runs`` = ``{label: [summary, ...]}``,
-    ``floor`` = one ``{"psnr"}`` per seed of ``settings.seeds``)."""
+    ``floor`` = one ``{"psnr"}`` per seed of ``settings.seeds``). With each run's per-example PSNR
+    (``test_psnr_per_example``, and the floor's ``psnr_per_example`` for 3b) the intervals cover the
+    population of seeds and test images; otherwise the seeds' own numbers alone."""
     labelled = payload.get("runs") if isinstance(payload.get("runs"), dict) else {}
-    psnr = {mode_name(k): _by_seed(v, "test_psnr", "") for k, v in labelled.items() if isinstance(v, list)}
+    psnr = {mode_name(k): _psnr_by_seed(v) for k, v in labelled.items() if isinstance(v, list)}
     chans, full = psnr.get("chans") or {}, psnr.get("full") or {}
     if not chans or not full:
         return []
@@ -383,16 +429,11 @@ def unshuffle_verdicts(payload: dict, scope: str = "", level: float = LEVEL) -> 
         else _no_pairs("3a", scope, "chans")
     )
     floors = _floors(payload)
-    fractions = [
-        (chans[s][0] - floors[s]) / (full[s][0] - floors[s])
-        for s in sorted(set(chans) & set(full) & set(floors))
-        if full[s][0] > floors[s]
-    ]
-    if fractions:
-        estimate = _with_examples(mean_interval(fractions, level, "per-seed ratios"), examples)
-        floor = np.mean(list(floors.values()))
+    estimate = _ratio_estimate(chans, full, floors, level)
+    if estimate is not None:
+        floor = np.mean([v for v, _ in floors.values()])
         note = f"Chans {_mean(chans):.2f} dB, Full {_mean(full):.2f} dB, floor {floor:.2f} dB"
-        out.append(_verdict("3b", CLAIMS["3b"].effect, estimate, scope, note))
+        out.append(_verdict("3b", CLAIMS["3b"].effect, _with_examples(estimate, examples), scope, note))
     elif floors:
         out.append(
             Verdict(
@@ -406,12 +447,49 @@ def unshuffle_verdicts(payload: dict, scope: str = "", level: float = LEVEL) -> 
     return out
 
 
-def _floors(payload: dict) -> dict[int, float]:
+PSNR_ROUNDING_DB = 0.01  # per-example PSNR is saved rounded to 0.01 dB
+
+
+def _psnr_by_seed(rows: list) -> dict:
+    """``{seed: (test PSNR, per-example PSNR or None)}`` of un-shuffling summaries."""
+    out = {}
+    for row in rows:
+        value = finite_number(row.get("test_psnr")) if isinstance(row, dict) else None
+        if value is not None and isinstance(row.get("seed"), int) and row["seed"] not in out:
+            per_example = parse_values(row.get("test_psnr_per_example"), value, PSNR_ROUNDING_DB)
+            out[row["seed"]] = (value, per_example)
+    return out
+
+
+def _ratio_estimate(chans: dict, full: dict, floors: dict, level: float) -> Estimate | None:
+    """3b: ``(Chans - floor) / (Full - floor)``. With per-example PSNR of all three on every seed (one
+    test-set size), the ratio of the means with its crossed delta-method interval; otherwise the mean
+    of the per-seed ratios with the t-interval over seeds (None when Full never beats the floor)."""
+    seeds = sorted(set(chans) & set(full) & set(floors))
+    arrays = [(chans[s][1], full[s][1], floors[s][1]) for s in seeds]
+    complete = arrays and all(a is not None for three in arrays for a in three)
+    if complete and len({a.size for three in arrays for a in three}) == 1:
+        top = np.stack([c - f for c, _, f in arrays])
+        bottom = np.stack([u - f for _, u, f in arrays])
+        if bottom.mean() > 0:
+            return crossed_ratio_interval(top, bottom, level)
+    fractions = [
+        (chans[s][0] - floors[s][0]) / (full[s][0] - floors[s][0]) for s in seeds if full[s][0] > floors[s][0]
+    ]
+    return seeds_only(mean_interval(fractions, level, "per-seed ratios")) if fractions else None
+
+
+def _floors(payload: dict) -> dict[int, tuple[float, np.ndarray | None]]:
+    """``{seed: (floor PSNR, per-example floor PSNR or None)}`` of an un-shuffling study."""
     floors = payload.get("floor") if isinstance(payload.get("floor"), list) else []
     settings = payload.get("settings") if isinstance(payload.get("settings"), dict) else {}
     seeds = settings.get("seeds") if isinstance(settings.get("seeds"), list) else []
-    values = [finite_number(f.get("psnr")) if isinstance(f, dict) else None for f in floors]
-    return {s: v for s, v in zip(seeds, values) if isinstance(s, int) and v is not None}
+    out = {}
+    for seed, floor in zip(seeds, floors):
+        value = finite_number(floor.get("psnr")) if isinstance(floor, dict) else None
+        if isinstance(seed, int) and value is not None:
+            out[seed] = (value, parse_values(floor.get("psnr_per_example"), value, PSNR_ROUNDING_DB))
+    return out
 
 
 def _mean(by_seed: dict) -> float:
@@ -429,21 +507,33 @@ def _verdict(claim_id: str, effect: str, estimate: Estimate, scope: str, details
         value=estimate.value * scale,
         low=None if estimate.low is None else estimate.low * scale,
         high=None if estimate.high is None else estimate.high * scale,
-        spread=None if estimate.spread is None else estimate.spread * scale,
+        spread=_scaled(estimate.spread, scale),
+        test_set_variance=_scaled(estimate.test_set_variance, scale**2),
     )
     detectable = None if detectable is None else detectable * scale
+    if zero_width(estimate):
+        details = "; ".join(x for x in (ZERO_WIDTH, details) if x)
     return Verdict(claim_id, effect, shown, verdict, scope, details, detectable, needed)
+
+
+def _scaled(value: float | None, scale: float) -> float | None:
+    return None if value is None else value * scale
+
+
+ZERO_WIDTH = "zero-width interval: the data show no spread at all, so they decide nothing"
 
 
 def power_of(claim: Claim, estimate: Estimate) -> tuple[float | None, int | None]:
     """What the seeds behind ``estimate`` can decide at 80% power: the smallest distance from the
-    claim's threshold, and the seeds the observed spread needs for the observed distance."""
-    if estimate.spread is None or not math.isfinite(estimate.value):
+    claim's threshold, and the seeds the observed spread needs for the observed distance (both
+    with the test set's share of the variance, which more seeds do not shrink)."""
+    if estimate.spread is None or not math.isfinite(estimate.value) or zero_width(estimate):
         return None, None
     distance = estimate.value - claim.threshold
+    floor = estimate.test_set_variance or 0.0
     return (
-        detectable_distance(estimate.spread, estimate.n_seeds, estimate.level),
-        seeds_needed(distance, estimate.spread, estimate.level),
+        detectable_distance(estimate.spread, estimate.n_seeds, estimate.level, test_set_variance=floor),
+        seeds_needed(distance, estimate.spread, estimate.level, test_set_variance=floor),
     )
 
 
@@ -501,12 +591,18 @@ def claim_verdicts(
 
 
 def power_text(verdict: Verdict) -> str:
-    """What an inconclusive line's seeds can decide, in a few words ("" for a decided line)."""
+    """What an inconclusive line's seeds can decide, in a few words ("" for a decided line); says
+    when more test images, not more seeds, are what the line needs."""
     est = verdict.estimate
     if verdict.verdict != INCONCLUSIVE or est is None or not math.isfinite(est.value):
         return ""
+    if zero_width(est):
+        return "no spread to judge by: more seeds or test images give the interval a width"
     if est.spread is None:
         return "one seed: train more seeds"
+    images = _test_images_text(verdict)
+    if images:
+        return images
     detects = "" if verdict.detectable is None else format_value(verdict.detectable, verdict.unit).lstrip("+")
     if verdict.seeds_needed is None:
         needs = f"needs more than {MAX_SEEDS:,} seeds"
@@ -517,6 +613,18 @@ def power_text(verdict: Verdict) -> str:
     if verdict.seeds_needed is None or verdict.seeds_needed > AFFORDABLE * est.n_seeds:
         return f"bound only (the interval), no verdict: detects ≥ {detects}; {needs}"
     return f"detects ≥ {detects} from the threshold; {needs}"
+
+
+def _test_images_text(verdict: Verdict) -> str:
+    """The line's advice when its distance from the threshold is within what the test set alone
+    leaves open ("" otherwise)."""
+    est, claim = verdict.estimate, CLAIMS[verdict.claim]
+    floor = est.test_set_variance or 0.0
+    distance = est.value - claim.threshold * claim.shown[0]
+    if floor <= 0 or abs(distance) > examples_floor(floor, est.level):
+        return ""
+    alone = format_value(t_quantile(est.level, LARGEST_DF) * math.sqrt(floor), verdict.unit).lstrip("+")
+    return f"needs more test images: the test set alone gives ±{alone}, whatever the number of seeds"
 
 
 def format_value(value: float, unit: str) -> str:

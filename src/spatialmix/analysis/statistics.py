@@ -1,24 +1,29 @@
 """The uncertainty behind every number a verdict rests on.
 
-Every verdict rests on **one effect per seed** (the per-example pairing of two models stays
-inside each seed's effect) and an interval whose width comes from how much the seeds disagree:
+Every seed of a study is scored on the **same test examples**, so a verdict's interval has two
+sources of error to cover: how much the seeds differ, and which test examples happened to be
+drawn. `spatialmix.analysis.crossed` combines both (a seeds x examples decomposition); this
+module holds the intervals over seeds it builds on and falls back to, and the planning tools:
 
-* :func:`mean_interval`: the mean over seeds with a **Student t-interval**
-  (``mean ± t(1 - alpha/2, n-1) · s / sqrt(n)``); one seed gives no interval, never an invented one;
-* :func:`paired_t_interval`: ``first - second`` per shared seed, then :func:`mean_interval`;
-* :func:`hartung_knapp`: the **random-effects** mean of per-seed effects measured on different
+* `mean_interval`: the mean over seeds with a **Student t-interval**
+  (``mean ± t(1 - alpha/2, n-1) · s / sqrt(n)``); one seed gives no interval, never an invented one.
+  Over seeds scored on one shared test set it covers this test set's mean, not the population's;
+* `paired_t_interval`: ``first - second`` per shared seed, then `mean_interval`;
+* `hartung_knapp`: the **random-effects** mean of per-seed effects measured on different
   numbers of examples, each with its own within-seed variance: DerSimonian-Laird's
-  between-seed variance, inverse-variance weights, and the Hartung-Knapp(-Sidik-Jonkman)
-  t-interval (df = seeds - 1), which keeps its coverage at 3-5 seeds where the plain
-  random-effects normal interval does not (IntHout, Ioannidis, Borm 2014);
-* :func:`seed_slopes`: one least-squares slope per seed, e.g. robust accuracy against the
-  smoothing sigma, then :func:`mean_interval` over the seeds' slopes;
-* :func:`mcnemar_exact`: McNemar's exact test of one seed's paired correctness, a per-seed
+  between-seed variance, inverse-variance weights, and the modified Hartung-Knapp
+  t-interval (df = seeds - 1, its variance factor q held at 1 or more: without that floor the
+  interval is too narrow when the seeds happen to agree; Röver, Knapp, Friede 2015);
+* `seed_slopes`: one least-squares slope per seed, e.g. robust accuracy against the
+  smoothing sigma, then `mean_interval` over the seeds' slopes;
+* `mcnemar_exact`: McNemar's exact test of one seed's paired correctness, a per-seed
   description, never a verdict;
-* :func:`detectable_distance` and :func:`seeds_needed`: what a t-interval over seeds can decide
-  at 80% power, from the spread the seeds showed;
-* :func:`spending_levels`: the level of each look when seeds are added until a claim is decided
-  (alpha spending over a fixed number of looks, valid under optional stopping).
+* `detectable_distance` and `seeds_needed`: what an interval over this many seeds can decide at
+  80% power, from the spread the seeds showed and the test set's own share of the variance, a
+  floor that no number of seeds passes (`examples_floor`);
+* `spending_levels` and `continued_levels`: the level of each look when seeds are added until a
+  claim is decided (alpha spending over a fixed number of looks, valid under optional stopping),
+  and how a later, longer schedule goes on spending what the looks already taken left.
 
 A percentile bootstrap over 3-5 seeds, or a fit that treats a seed's runs as independent points,
 covers far less than its nominal 95% when seeds differ; ``tests/test_coverage.py`` simulates it.
@@ -45,8 +50,11 @@ MAX_SEEDS = 100_000  # seeds_needed answers "more than this" beyond it
 class Estimate:
     """A number with its interval; ``low``/``high`` are None where the interval is undefined.
 
-    ``spread`` is the standard deviation of the per-seed values the interval rests on (None for
-    one seed): what :func:`seeds_needed` plans with.
+    ``spread`` is the standard deviation of the per-seed values the interval rests on, without
+    the part the seeds share through their common test set (None for one seed): what
+    `seeds_needed` plans with. ``test_set_variance`` is the test set's share of the variance of
+    ``value`` (the between-example variance over the number of examples), which more seeds do not
+    shrink; None where the interval rests on the seeds alone.
     """
 
     value: float
@@ -57,6 +65,7 @@ class Estimate:
     n_examples: int | None = None
     level: float = LEVEL
     spread: float | None = None
+    test_set_variance: float | None = None
 
     @property
     def defined(self) -> bool:
@@ -82,19 +91,20 @@ def _finite_array(values, what: str) -> np.ndarray:
     return array
 
 
-def _check_level(level: float) -> None:
+def check_level(level: float) -> None:
     if not 0 < level < 1:
         raise SpatialmixError(f"confidence level must be between 0 and 1, got {level}")
 
 
-def t_quantile(level: float, df: int) -> float:
+@functools.lru_cache(maxsize=4096)
+def t_quantile(level: float, df: float) -> float:
     """The two-sided critical value of Student's t for a ``level`` interval."""
     return float(stats.t.ppf(0.5 + level / 2, df))
 
 
 def mean_interval(values, level: float = LEVEL, what: str = "seeds") -> Estimate:
     """The mean of ``values`` (one per seed) and its Student t-interval; undefined for one value."""
-    _check_level(level)
+    check_level(level)
     x = _finite_array(values, "mean over seeds")
     n = x.size
     mean = float(x.mean())
@@ -118,13 +128,15 @@ def paired_t_interval(first: dict, second: dict, level: float = LEVEL) -> Estima
 
 def hartung_knapp(effects, variances, level: float = LEVEL) -> Estimate:
     """The random-effects mean of per-seed ``effects`` with within-seed ``variances`` (the squared
-    standard error of each effect) and its Hartung-Knapp t-interval, df = seeds - 1.
+    standard error of each effect) and its modified Hartung-Knapp t-interval, df = seeds - 1.
 
     The between-seed variance is DerSimonian-Laird's moment estimate; each seed is weighted by
-    ``1 / (variance + between)``. The Hartung-Knapp variance of the mean is the weighted spread of the
-    effects around it over ``(k - 1) · sum(weights)``.
+    ``1 / (variance + between)``. The variance of the mean is ``max(1, q) / sum(weights)``, where
+    ``q`` is the weighted spread of the effects around the mean over ``k - 1``: never below what the
+    within- and between-seed variances alone give. Seeds scored on one shared test set share its
+    sampling error, which these variances leave out; `spatialmix.analysis.crossed` adds it.
     """
-    _check_level(level)
+    check_level(level)
     y = _finite_array(effects, "random-effects mean")
     v = _finite_array(variances, "random-effects mean")
     if y.size != v.size:
@@ -141,13 +153,13 @@ def hartung_knapp(effects, variances, level: float = LEVEL) -> Estimate:
     between = max(0.0, (q - (k - 1)) / (w.sum() - (w @ w) / w.sum()))
     w = 1 / (v + between)
     mean = float(w @ y / w.sum())
-    variance = float(w @ (y - mean) ** 2) / ((k - 1) * w.sum())
-    half = t_quantile(level, k - 1) * math.sqrt(variance)
+    spread = float(w @ (y - mean) ** 2) / (k - 1)
+    half = t_quantile(level, k - 1) * math.sqrt(max(1.0, spread) / float(w.sum()))
     return Estimate(
         mean,
         mean - half,
         mean + half,
-        f"random effects, Hartung-Knapp t over {k} seeds",
+        f"random effects, Hartung-Knapp t (q >= 1) over {k} seeds",
         k,
         level=level,
         spread=float(y.std(ddof=1)),
@@ -209,7 +221,7 @@ def spending_levels(looks: int, level: float = LEVEL, rho: float = SPENDING_RHO)
     rule decides when to stop, with no assumption about how the looks' statistics are correlated
     (conservative where the Lan-DeMets boundaries would use that correlation).
     """
-    _check_level(level)
+    check_level(level)
     if not isinstance(looks, int) or looks < 1:
         raise SpatialmixError(f"looks must be a whole number of at least 1, got {looks!r}")
     alpha = 1 - level
@@ -217,28 +229,94 @@ def spending_levels(looks: int, level: float = LEVEL, rho: float = SPENDING_RHO)
     return [1 - (spent[j] - spent[j - 1]) for j in range(1, looks + 1)]
 
 
+def continued_levels(
+    looks: int, taken: int, spent: float, level: float = LEVEL, rho: float = SPENDING_RHO
+) -> list[float]:
+    """The levels of looks ``taken + 1`` to ``looks`` of a schedule whose first ``taken`` looks
+    already spent ``spent`` of the error rate (a study continued with a larger ``--max-seeds``).
+
+    What is left, ``alpha - spent``, is spent in the shape of the power family over the whole
+    schedule: look ``j`` reaches ``spent + (alpha - spent) * (f(j) - f(taken)) / (1 - f(taken))``
+    with ``f(j) = (j / looks) ** rho``. When ``spent`` is what the same schedule spent by look
+    ``taken``, these are the levels `spending_levels` gives; all looks together never spend more
+    than ``alpha``, so the union bound still holds.
+    """
+    check_level(level)
+    if not (isinstance(looks, int) and isinstance(taken, int) and 0 <= taken <= looks and looks >= 1):
+        raise SpatialmixError(f"looks must be whole numbers with 0 <= taken <= looks, got {taken} of {looks}")
+    alpha = 1 - level
+    if not 0 <= spent <= alpha + 1e-12:
+        raise SpatialmixError(f"the error rate spent must be between 0 and {alpha:g}, got {spent}")
+    if taken == looks:
+        return []
+    left = max(0.0, alpha - spent)
+    shape = [(j / looks) ** rho for j in range(looks + 1)]
+    reached = [spent + left * (shape[j] - shape[taken]) / (1 - shape[taken]) for j in range(taken, looks + 1)]
+    return [1 - (reached[i] - reached[i - 1]) for i in range(1, len(reached))]
+
+
 # --------------------------------------------------------------------------- power
 
+LARGEST_DF = 1e6  # beyond it a t quantile is the normal one
+CHI2_POINTS = 256  # quantiles of the seeds' sample variance the power averages over
 
-def decision_power(distance: float, spread: float, n_seeds: int, level: float = LEVEL) -> float:
-    """The chance that a t-interval over ``n_seeds`` seeds lies wholly on one side of the threshold
-    when the true effect is ``distance`` away from it and seeds spread with SD ``spread``
-    (the noncentral t; the tiny chance of deciding the wrong side is left out)."""
+
+def mean_variance(spread: float, n_seeds: int, test_set_variance: float = 0.0) -> float:
+    """The variance of a mean over ``n_seeds`` seeds that spread with SD ``spread`` around the
+    test set's own mean, whose share ``test_set_variance`` more seeds do not shrink."""
+    return spread**2 / n_seeds + test_set_variance
+
+
+def decision_power(
+    distance: float, spread: float, n_seeds: int, level: float = LEVEL, test_set_variance: float = 0.0
+) -> float:
+    """The chance that the interval over ``n_seeds`` seeds lies wholly on one side of the threshold
+    when the true effect is ``distance`` away from it, seeds spread with SD ``spread`` and the test
+    set adds ``test_set_variance`` (the tiny chance of deciding the wrong side is left out).
+
+    Without a test-set share this is the noncentral t of the t-interval over seeds. With one it is
+    the crossed interval's, ``sqrt(t(n-1)^2 s^2 / n + z^2 test_set_variance)`` wide, averaged over the
+    seeds' sample variance ``s^2`` (the test set's share taken as known: it rests on thousands of
+    examples)."""
     if n_seeds < 2:
         return 0.0
-    if spread <= 0:
+    variance = mean_variance(spread, n_seeds, test_set_variance)
+    if variance <= 0:
         return 1.0 if distance != 0 else 0.0
-    df = n_seeds - 1
-    noncentrality = abs(distance) * math.sqrt(n_seeds) / spread
-    return float(stats.nct.sf(t_quantile(level, df), df, noncentrality))
+    t = t_quantile(level, n_seeds - 1)
+    if test_set_variance <= 0:
+        return float(stats.nct.sf(t, n_seeds - 1, abs(distance) * math.sqrt(n_seeds) / spread))
+    z = t_quantile(level, LARGEST_DF)
+    half = np.sqrt(t**2 * spread**2 * _chi2_points(n_seeds - 1) / n_seeds + z**2 * test_set_variance)
+    return float(stats.norm.cdf((abs(distance) - half) / math.sqrt(variance)).mean())
 
 
-def detectable_distance(spread: float, n_seeds: int, level: float = LEVEL, power: float = POWER) -> float:
+@functools.lru_cache(maxsize=256)
+def _chi2_points(df: int) -> np.ndarray:
+    """Evenly spaced quantiles of chi-square(df) / df: the sample variance over the true one."""
+    return stats.chi2.ppf((np.arange(CHI2_POINTS) + 0.5) / CHI2_POINTS, df) / df
+
+
+def detectable_distance(
+    spread: float, n_seeds: int, level: float = LEVEL, power: float = POWER, test_set_variance: float = 0.0
+) -> float:
     """The smallest distance from the threshold that ``n_seeds`` seeds decide with ``power``, for
-    seeds that spread with SD ``spread`` (infinite for fewer than two seeds)."""
-    if n_seeds < 2 or not math.isfinite(spread):
+    seeds that spread with SD ``spread`` on a test set that adds ``test_set_variance`` (infinite
+    for fewer than two seeds)."""
+    if n_seeds < 2 or not (math.isfinite(spread) and math.isfinite(test_set_variance)):
         return math.inf
-    return spread * _detectable_per_sd(n_seeds, level, power) if spread > 0 else 0.0
+    if mean_variance(spread, n_seeds, test_set_variance) <= 0:
+        return 0.0
+    if test_set_variance <= 0:
+        return spread * _detectable_per_sd(n_seeds, level, power)
+
+    def short(d: float) -> float:
+        return decision_power(d, spread, n_seeds, level, test_set_variance) - power
+
+    high = math.sqrt(mean_variance(spread, n_seeds, test_set_variance))
+    while short(high) < 0:
+        high *= 2
+    return float(optimize.brentq(short, 0.0, high, xtol=1e-6 * high))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -250,24 +328,58 @@ def _detectable_per_sd(n_seeds: int, level: float, power: float) -> float:
     return float(optimize.brentq(lambda d: decision_power(d, 1.0, n_seeds, level) - power, 0.0, high))
 
 
+def examples_floor(test_set_variance: float, level: float = LEVEL, power: float = POWER) -> float:
+    """The smallest distance from the threshold that any number of seeds decides with ``power`` on
+    a test set that adds ``test_set_variance``: only more test examples go below it."""
+    return _normal_sum(level, power) * math.sqrt(max(0.0, test_set_variance))
+
+
+@functools.lru_cache(maxsize=64)
+def _normal_sum(level: float, power: float) -> float:
+    """z(1 - alpha/2) + z(power): the distance, in standard errors, a normal interval decides."""
+    return float(stats.norm.ppf(0.5 + level / 2) + stats.norm.ppf(power))
+
+
 def seeds_needed(
-    distance: float, spread: float, level: float = LEVEL, power: float = POWER, limit: int = MAX_SEEDS
+    distance: float,
+    spread: float,
+    level: float = LEVEL,
+    power: float = POWER,
+    limit: int = MAX_SEEDS,
+    test_set_variance: float = 0.0,
 ) -> int | None:
-    """The fewest seeds whose t-interval decides an effect ``distance`` from the threshold with
-    ``power``, for seeds that spread with SD ``spread``; None when more than ``limit`` are needed."""
+    """The fewest seeds whose interval decides an effect ``distance`` from the threshold with
+    ``power``, for seeds that spread with SD ``spread`` on a test set that adds
+    ``test_set_variance``; None when more than ``limit`` are needed, or when the test set alone
+    keeps the interval from deciding (``abs(distance)`` at or below `examples_floor`)."""
     if not (math.isfinite(distance) and math.isfinite(spread)) or distance == 0:
+        return None
+    if abs(distance) <= examples_floor(test_set_variance, level, power):
         return None
     if spread <= 0:
         return 2
-    # start from the normal approximation ((z + z_power) * sd / distance)^2; t needs a few more
-    z = stats.norm.ppf(0.5 + level / 2) + stats.norm.ppf(power)
-    n = max(2, math.ceil((z * spread / abs(distance)) ** 2))
+    # start from the normal approximation: (z + z_power)^2 (sd^2 / n + floor) = distance^2
+    room = (distance / _normal_sum(level, power)) ** 2 - test_set_variance
+    n = max(2, math.ceil(spread**2 / room))
     if n > limit:
         return None
-    while decision_power(distance, spread, n, level) < power:
-        n += 1
-        if n > limit:
-            return None
-    while n > 2 and decision_power(distance, spread, n - 1, level) >= power:
-        n -= 1
-    return n
+
+    def decides(count: int) -> bool:
+        return decision_power(distance, spread, count, level, test_set_variance) >= power
+
+    # the power grows with the seeds: the normal approximation is usually right or close; otherwise
+    # bracket the answer (doubling) and halve the bracket
+    if decides(n):
+        if n == 2 or not decides(n - 1):
+            return n
+        low, high = 1, n - 1  # one seed never decides
+    else:
+        low, high = n, n
+        while not decides(high):
+            if high >= limit:
+                return None
+            low, high = high, min(2 * high, limit)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if decides(middle) else (middle, high)
+    return high

@@ -4,8 +4,8 @@ Each line gives the effect, its 95% interval, the seeds and examples behind it, 
 
 * **supports**: the whole interval lies on the paper's side of the claim's threshold;
 * **contradicts**: the whole interval lies on the other side;
-* **inconclusive**: the interval covers the threshold, or cannot be computed (one seed and no
-  per-example results);
+* **inconclusive**: the interval covers the threshold, has zero width (the data show no spread at
+  all), or cannot be computed (one seed);
 * **not run**: no data for the claim; the line names the command that would test it.
 
 | claim | the paper says | effect measured | supports when the interval is |
@@ -23,19 +23,23 @@ input | above 0.9 |
 "contradicts" is the mirror image: the whole interval below -1 point (1a), above 0 (1b), below 0
 (2a, 2b), below -1 dB (3a), below 0.9 (3b).
 
-The intervals (:mod:`spatialmix.analysis.statistics`) rest on one effect per seed: the
-difference of the two models of a seed (the per-example pairing stays inside that number), and a
-Student t-interval over the seeds, df = seeds - 1 (undefined with one seed). Where the seeds were
-scored on different numbers of examples and saved per-example results (``test_correct_bits``,
-``robust_bits``), the Hartung-Knapp random-effects interval weighs each seed by its precision.
-The slope (2b) is one least-squares slope per seed (its runs share their initial tensors and
-examples), then the t-interval over the seeds' slopes; 3b is the t-interval of the per-seed
-ratios. McNemar's exact test per seed is listed beside a comparison as a description, never as
+The intervals cover the population of seeds and test examples, not one test set: every seed is
+scored on the same test examples, so the per-example results (``test_correct_bits``,
+``robust_bits``, ``test_psnr_per_example``) form a seeds x examples table, and
+`spatialmix.analysis.crossed` adds the test set's own sampling variance (the between-example
+variance over the number of examples, from a two-way analysis of variance) to the seeds' (the
+spread of their means, t with df = seeds - 1). A comparison (1a, 1b, 2a, 3a) uses the table of
+per-example differences; the slope (2b) one least-squares slope per seed and example (a seed's
+runs share their initial tensors and examples); 3b the ratio of the mean gains over the floor, by
+the delta method. Seeds on test sets of different sizes add the test set's share by how much their
+examples overlap. Runs saved without per-example results get the t-interval over the seeds alone,
+and their method says "test-set variance not included". An interval of zero width decides
+nothing. McNemar's exact test per seed is listed beside a comparison as a description, never as
 the verdict. Every line also says what its seeds can decide: the smallest distance from the
-threshold a t-interval over this many seeds finds at 80% power, and, for the spread the seeds
-showed, how many seeds the observed effect needs ("needs about 7 seeds"). Models are paired by
-seed within one setting: runs that differ in anything but mode and seed (and the smoothing sigma
-for 2b) are never compared with each other.
+threshold this many seeds find at 80% power, how many seeds the observed effect needs ("needs
+about 7 seeds"), or, when the test set alone keeps it open, that it needs more test images. Models
+are paired by seed within one setting: runs that differ in anything but mode and seed (and the
+smoothing sigma for 2b) are never compared with each other.
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ class WandbLogger(Callback):
         if self.run is None:
             return
         if summary is not None:
-            self.run.summary.update({k: v for k, v in summary.items() if k != "test_correct_bits"})
+            per_example = ("test_correct_bits", "test_psnr_per_example")  # long, one value per example
+            self.run.summary.update({k: v for k, v in summary.items() if k not in per_example})
         self.run.finish()
         self.run = None
 

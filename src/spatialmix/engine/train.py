@@ -82,6 +82,7 @@ class _Session:
     summary: dict | None = None  # set when the run had already finished
     steps_this_call: int = 0
     test_correct: torch.Tensor | None = None  # per example, from this call's last evaluation
+    test_per_example: dict | None = None  # summary entries of one value per test example (a task's own)
     evaluated_this_call: bool = False
     averaged: AveragedModel | None = None  # the moving average of the weights (config.ema_decay > 0)
 
@@ -324,6 +325,7 @@ def _evaluate_and_checkpoint(s: _Session, epoch: int, totals) -> dict:
     evaluation = s.task.evaluate(s.evaluated, s.test_loader, s.device, s.amp)
     s.evaluated_this_call = True
     s.test_correct = evaluation.pop("correct", None)  # per example; only rank 0's shard under DDP
+    s.test_per_example = evaluation.pop("per_example", None)
     test = distributed.mean_over_ranks(evaluation, s.test_loader.num_examples(), s.device)
     stop_if_not_finite(s.run_dir, s.state, s.evaluated, test, epoch, s.config, s.device)
     s.state.epoch = epoch + 1
@@ -374,10 +376,14 @@ def _finish(s: _Session) -> dict:
     if s.world.world_size == 1 and not s.evaluated_this_call:
         # Resumed after the last epoch's checkpoint (killed before the summary): evaluating the saved
         # weights again gives the same per-example answers (eval mode, same order).
-        s.test_correct = task.evaluate(s.evaluated, s.test_loader, s.device, s.amp).pop("correct", None)
+        evaluation = task.evaluate(s.evaluated, s.test_loader, s.device, s.amp)
+        s.test_correct = evaluation.pop("correct", None)
+        s.test_per_example = evaluation.pop("per_example", None)
     if s.world.world_size == 1 and s.test_correct is not None:
         # One character per test example, in test-set order: lets two runs be compared example by example.
         summary["test_correct_bits"] = "".join("1" if hit else "0" for hit in s.test_correct.tolist())
+    if s.world.world_size == 1 and s.test_per_example:
+        summary.update(s.test_per_example)
     if s.world.is_main:
         runs.atomic_write_json(s.run_dir / runs.SUMMARY, summary)
         runs.atomic_write_json(s.run_dir / runs.STATUS, {"state": "finished", "epoch": state.epoch})
