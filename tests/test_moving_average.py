@@ -37,7 +37,7 @@ def test_the_saved_model_is_the_average_of_the_trained_weights(tiny_config, tiny
     moved = [k for k in trained if trained[k].is_floating_point() and not torch.equal(trained[k], init[k])]
     assert moved and any(not torch.equal(saved[k], trained[k]) for k in moved)
     # ... and every frozen tensor (unchanged in training) is bitwise its init in the average too.
-    model = load_trained_model(run_dir)[0]
+    model = load_trained_model(run_dir)[0].model
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
     assert frozen
     for name in frozen:
@@ -51,7 +51,7 @@ def test_the_average_is_what_is_evaluated(tiny_config, tiny_data, tmp_path):
     summary = fit(config, run_dir, data=tiny_data)
     cpu = torch.device("cpu")
     test_loader = make_loaders(config, tiny_data, cpu, 0, 1)[1]
-    saved = evaluate(load_trained_model(run_dir)[0], test_loader, cpu, resolve_amp(config.amp, cpu))
+    saved = evaluate(load_trained_model(run_dir)[0].model, test_loader, cpu, resolve_amp(config.amp, cpu))
     bits = "".join("1" if hit else "0" for hit in saved["correct"].tolist())
     assert summary["test_correct_bits"] == bits and summary["test_acc"] == pytest.approx(saved["acc"])
 
@@ -107,5 +107,5 @@ def test_no_average_leaves_the_run_as_it_was(tiny_config, tiny_data, tmp_path):
     fit(tiny_config(), run_dir, data=tiny_data)
     saved, state = checkpoint(run_dir)
     assert TRAINED_WEIGHTS not in state and AVERAGED_STEPS not in state
-    model = load_trained_model(run_dir)[0]
+    model = load_trained_model(run_dir)[0].model
     assert frozen_fingerprint(model) == runs.read_json(run_dir / runs.SUMMARY)["frozen_fingerprint"]
