@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from spatialmix.analysis.claims import CLAIMS, parse_bits
+from spatialmix.analysis.claims import CLAIMS
+from spatialmix.analysis.decision import parse_bits
 from spatialmix.analysis.statistics import mean_interval, seeds_needed
 from spatialmix.io import runs
 from spatialmix.studies.context import PRESETS, StudyContext, classification_run_dir

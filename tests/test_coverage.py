@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from spatialmix.analysis.claims import CLAIMS, INCONCLUSIVE, compare, decide, smoothing_verdicts
+from spatialmix.analysis.claims import CLAIMS, INCONCLUSIVE
 from spatialmix.analysis.crossed import crossed_interval, crossed_ratio_interval
+from spatialmix.analysis.decision import compare, decide, smoothing_verdicts
 from spatialmix.analysis.statistics import mean_interval, seed_slopes, spending_levels
 from spatialmix.studies.sequential import SeedRounds
 

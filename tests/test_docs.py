@@ -314,7 +314,6 @@ def attribute_docstring(module: str, name: str) -> str | None:
     return None
 
 
-@pytest.mark.xfail(strict=False, reason="run scripts/convert_roles.py after merging")
 def test_no_docstring_holds_a_sphinx_role():
     """mkdocstrings renders docstrings as Markdown: a `:func:` role would show as raw text."""
     found = []
@@ -324,13 +323,7 @@ def test_no_docstring_holds_a_sphinx_role():
     assert not found, f"{len(found)} Sphinx roles (run scripts/convert_roles.py): {found[:10]}"
 
 
-def _public_name_param(name: str):
-    # CLAIMS moves with the split of analysis/claims.py; its docstring goes where it lands.
-    marks = [pytest.mark.xfail(strict=False, reason="CLAIMS gets its docstring where it lands")]
-    return pytest.param(name, marks=marks if name == "CLAIMS" else [], id=name)
-
-
-@pytest.mark.parametrize("name", [_public_name_param(n) for n in ["__version__", *sorted(api_homes())]])
+@pytest.mark.parametrize("name", ["__version__", *sorted(api_homes())])
 def test_every_public_name_has_a_docstring(name):
     import spatialmix as sm
 

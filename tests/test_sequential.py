@@ -12,7 +12,7 @@ import pytest
 from conftest import SYSTEM_FASHION_MNIST
 from spatialmix.analysis.claims import CLAIMS, SUPPORTS, Verdict
 from spatialmix.analysis.statistics import Estimate, continued_levels, spending_levels
-from spatialmix.analysis.verdicts import verdicts_for_study
+from spatialmix.analysis.verdicts_from_folders import verdicts_for_study
 from spatialmix.cli import main as cli
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs

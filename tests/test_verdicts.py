@@ -8,24 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spatialmix.analysis.claims import (
-    CLAIMS,
-    CONTRADICTS,
-    INCONCLUSIVE,
-    NOT_RUN,
-    SEEDS_ONLY,
-    SUPPORTS,
-    Verdict,
-    claim_verdicts,
-    decide,
-    eps_value,
-    power_text,
-)
+from spatialmix.analysis.claims import CLAIMS, CONTRADICTS, INCONCLUSIVE, NOT_RUN, SUPPORTS, Verdict
 from spatialmix.analysis.crossed import crossed_interval, crossed_ratio_interval
+from spatialmix.analysis.decision import SEEDS_ONLY, claim_verdicts, decide, eps_value
 from spatialmix.analysis.statistics import Estimate
-from spatialmix.analysis.verdicts import (
+from spatialmix.analysis.verdict_text import power_text, verdict_table
+from spatialmix.analysis.verdicts_from_folders import (
     reproduce_commands,
-    verdict_table,
     verdicts_for_runs,
     verdicts_for_study,
 )

@@ -1,6 +1,6 @@
 """spatialmix: which parts of a vision network need to be learned?
 
-Reproduce and extend "Rethinking the Role of Spatial Mixing" (Cazenavette, Julin, Lucey, 2025)::
+Reproduce and extend "Rethinking the Role of Spatial Mixing" (Cazenavette, Julin, Lucey, 2025):
 
     import spatialmix as sm
 
@@ -8,7 +8,7 @@ Reproduce and extend "Rethinking the Role of Spatial Mixing" (Cazenavette, Julin
     sm.apply_mixing(model, "chans", seed=0)      # spatial mixers frozen at their random init
     print(sm.summarize(model))
 
-Every name below lives in one module of the package (see :mod:`spatialmix.api` for which).
+Every name below lives in one module of the package (see `spatialmix.api` for which).
 """
 
 from spatialmix.version import __version__

@@ -17,7 +17,8 @@ from spatialmix.analysis.statistics import (
     seed_slopes,
     seeds_needed,
 )
-from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs, verdicts_for_study
+from spatialmix.analysis.verdict_text import verdict_table
+from spatialmix.analysis.verdicts_from_folders import verdicts_for_runs, verdicts_for_study
 from spatialmix.core.inits import InitSpec
 from spatialmix.core.mixing import (
     CHANNEL,

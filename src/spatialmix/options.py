@@ -181,7 +181,7 @@ def help_groups(cls) -> dict[str, str]:
 
 def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One argparse option per field of the dataclass ``cls`` (but those in ``skip``), in the option
-    groups of :func:`help_groups` (positional arguments stay the command's own)."""
+    groups of `help_groups` (positional arguments stay the command's own)."""
     starts = help_groups(cls)
     group = parser
     for field in dataclasses.fields(cls):
@@ -205,7 +205,7 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
 def given_values(cls, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
     """The fields of ``cls`` given on the command line (positional ones always), converted to their types.
 
-    Raises :class:`SpatialmixError` for a value the field's ``parse`` function refuses.
+    Raises `SpatialmixError` for a value the field's ``parse`` function refuses.
     """
     values = {}
     for field in dataclasses.fields(cls):

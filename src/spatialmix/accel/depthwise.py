@@ -9,12 +9,12 @@ in ``kernels/depthwise_grad.c`` computes the same sum in about 4 ms (0.4 ms on t
 about twice its forward pass; the forward conv of the output gradient with the flipped filters is
 the same sum.
 
-:func:`conv` is a stride-1 depthwise ``conv2d`` with those two gradients and torch's own forward
-pass. The kernel is built and checked by :mod:`spatialmix.accel.native`. Without it, or for shapes it
-does not handle (stride or dilation above 1, not channels_last, unequal padding), :func:`supports`
+`conv` is a stride-1 depthwise ``conv2d`` with those two gradients and torch's own forward
+pass. The kernel is built and checked by `spatialmix.accel.native`. Without it, or for shapes it
+does not handle (stride or dilation above 1, not channels_last, unequal padding), `supports`
 is False and callers keep torch's own convolution: the same results to float rounding, slower.
 
-The images are summed in fixed chunks of :data:`CHUNK` and the chunks added in order, so the
+The images are summed in fixed chunks of `CHUNK` and the chunks added in order, so the
 gradient is bitwise the same whatever the number of threads.
 """
 
@@ -71,12 +71,12 @@ def _pair(value) -> tuple | None:
 
 
 def same_padding(padding) -> int:
-    """The one padding of both sides that :func:`supports` accepted."""
+    """The one padding of both sides that `supports` accepted."""
     return _pair(padding)[0]
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, dtype: torch.dtype) -> bool:
-    """Whether :func:`conv` can run a depthwise ``conv2d(x, weight, ..., stride, padding, dilation)``
+    """Whether `conv` can run a depthwise ``conv2d(x, weight, ..., stride, padding, dilation)``
     in ``dtype`` (one filter per channel; a learned weight needs the kernel)."""
     k, p = weight.shape[-2:], _pair(padding)
     return (
@@ -129,5 +129,5 @@ class _DepthwiseConv(torch.autograd.Function):
 def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
     """A stride-1 depthwise ``conv2d`` of channels_last ``x`` in ``x``'s dtype, with fp32 ``weight``
     and ``bias`` (their gradients come back in fp32; a frozen weight needs no kernel). Check
-    :func:`supports` first."""
+    `supports` first."""
     return _DepthwiseConv.apply(x, weight, bias, padding)

@@ -1,8 +1,8 @@
 """The C kernels in ``spatialmix/kernels/*.c``: built on first use, checked, loaded with ctypes.
 
 torch has no fast CPU path for two backward passes that ConvMixer training and attacks run at
-every step: a depthwise conv's weight gradient (:mod:`spatialmix.accel.depthwise`) and a training-mode
-batch norm's backward (:class:`spatialmix.accel.speed.FastKernels`). Their kernels are plain C (GCC
+every step: a depthwise conv's weight gradient (`spatialmix.accel.depthwise`) and a training-mode
+batch norm's backward (`spatialmix.accel.speed.FastKernels`). Their kernels are plain C (GCC
 vector extensions, OpenMP), compiled with the machine's C compiler (``$CC``, else ``cc`` or
 ``gcc``) into ``~/.cache/spatialmix/kernels`` (or ``$SPATIALMIX_CACHE``), once per source,
 compiler and CPU (``-march=native``), to a unique temporary name and then renamed, so concurrent
@@ -21,7 +21,7 @@ folder could forge it, which is why the folder must be this user's alone.
 
 Before first use each kernel is also compared with torch on a small case; a library that disagrees
 (a bad build) is not used. Without a compiler, with ``SPATIALMIX_NATIVE=0``, or after any failure,
-:func:`library` is None, :func:`status` says why, and callers keep torch's own kernels: the same
+`library` is None, `status` says why, and callers keep torch's own kernels: the same
 results to float rounding, slower.
 """
 
@@ -357,7 +357,7 @@ def _agrees_with_torch(lib) -> bool:
 
 
 def library():
-    """The loaded kernels, building them on first use; None when they cannot be had (see :func:`status`)."""
+    """The loaded kernels, building them on first use; None when they cannot be had (see `status`)."""
     global _library, _unavailable
     if _library is not None or _unavailable is not None:
         return _library

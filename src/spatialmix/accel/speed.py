@@ -4,21 +4,21 @@ Facts of the quick model's shapes on a CPU, each measured with ``torch.profiler`
 gives the table):
 
 * **Threads.** A torch process with 2 threads beside one other busy process waits for the busier
-  core and can run 10x slower than with 1. :func:`set_threads` pins the number of threads a run
+  core and can run 10x slower than with 1. `set_threads` pins the number of threads a run
   uses (``--threads``); a study runs its independent trainings side by side with 1 thread each.
 * **The allocator.** glibc hands freed memory of more than 128 KiB back to the kernel at once, so
   every training step maps and faults in its activations again (thousands of page faults per
-  step). :func:`tune_allocator` raises glibc's mmap and trim thresholds so freed blocks are
+  step). `tune_allocator` raises glibc's mmap and trim thresholds so freed blocks are
   reused: the command line and the processes spatialmix starts call it; a library call leaves the
   caller's process as it was.
 * **GELU on channels_last** takes a slower strided kernel than the same memory viewed as a
-  contiguous NHWC tensor (:func:`_gelu` runs it on that view).
+  contiguous NHWC tensor (`_gelu` runs it on that view).
 * **Two backward passes torch has no fast CPU path for**: a depthwise conv's weight and input
-  gradients (:func:`_depthwise_conv`, :mod:`spatialmix.accel.depthwise`) and a training-mode batch
-  norm's backward (:func:`_batch_norm`) come from the C kernels of :mod:`spatialmix.accel.native`.
+  gradients (`_depthwise_conv`, `spatialmix.accel.depthwise`) and a training-mode batch
+  norm's backward (`_batch_norm`) come from the C kernels of `spatialmix.accel.native`.
 * **Eval-mode batch norms under attack** are the per-channel multiply-add they are.
 
-:class:`FastKernels` puts these in place of torch's own calls within a block (training and
+`FastKernels` puts these in place of torch's own calls within a block (training and
 attacks enter it); a model is never changed: its modules keep their classes, parameters and
 hooks, and outside the block it runs on torch's kernels. GELU gives the values of torch's
 vectorized kernel; the kernels compute the same sums as torch's in another order (fp32
@@ -98,7 +98,7 @@ def _gelu(x: torch.Tensor, approximate: str = "none"):
 
 
 def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """A stride-1 depthwise conv whose gradients come from :mod:`spatialmix.accel.depthwise`.
+    """A stride-1 depthwise conv whose gradients come from `spatialmix.accel.depthwise`.
 
     oneDNN's depthwise weight gradient is 8x (fp32) to 20x (bf16) slower than its forward pass on
     CPUs, and its input gradient about 2x: the weight gradient comes from a C kernel and the input
@@ -131,7 +131,7 @@ def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 class _TrainBatchNorm(torch.autograd.Function):
     """torch's own training-mode batch norm forward (batch statistics, running statistics updated
-    in place); the backward pass from the C kernel of :mod:`spatialmix.accel.native`."""
+    in place); the backward pass from the C kernel of `spatialmix.accel.native`."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):

@@ -1,10 +1,10 @@
 """What learned and random spatial mixers look like: filters, frequency responses, statistics.
 
-Everything works on a model (any ``nn.Module`` whose spatial mixers :mod:`spatialmix.core.mixing`
+Everything works on a model (any ``nn.Module`` whose spatial mixers `spatialmix.core.mixing`
 recognizes) or on a saved run directory, whose ``init.safetensors`` adds where each layer started.
 
 Frequency conventions. A k x k filter is zero-padded to ``size`` x ``size`` (default
-:data:`FFT_SIZE`) before its 2-D DFT, which samples the filter's continuous frequency response
+`FFT_SIZE`) before its 2-D DFT, which samples the filter's continuous frequency response
 finely without changing it; frequencies are in cycles per pixel, from -0.5 to 0.5 (Nyquist) on
 each axis, so the radius of a frequency runs from 0 (DC) to 0.5 in the inscribed disc and to
 about 0.71 in the corners. Magnitudes are not normalized per filter: by Parseval the power
@@ -12,13 +12,13 @@ summed over the grid is ``size**2`` times the filter's squared L2 norm, so every
 (energy fractions, the low/high ratio, the relative radial profile) is independent of the
 filters' scale and compares learned, random and smoothed filters on equal terms.
 
-* :func:`filter_spectrum`: per-filter magnitude |H| on the centred grid;
-* :func:`radial_profile`: the mean of a centred 2-D map over rings one frequency bin wide;
-* :class:`LayerSpectrum`: a layer's mean magnitude spectrum, its radial power profile relative
+* `filter_spectrum`: per-filter magnitude |H| on the centred grid;
+* `radial_profile`: the mean of a centred 2-D map over rings one frequency bin wide;
+* `LayerSpectrum`: a layer's mean magnitude spectrum, its radial power profile relative
   to the layer's mean power (1 everywhere for a white, flat spectrum such as a delta or i.i.d.
   random filters, in expectation), and the ratio of energy below and above
-  :data:`LOW_HIGH_CUTOFF` cycles/pixel;
-* :class:`LayerStats`: filter norms and the distance from initialization (exactly zero for
+  `LOW_HIGH_CUTOFF` cycles/pixel;
+* `LayerStats`: filter norms and the distance from initialization (exactly zero for
   frozen layers, which doubles as a check that freezing worked).
 """
 
@@ -53,7 +53,7 @@ def as_filter_bank(weight: torch.Tensor) -> torch.Tensor:
 
 
 def frequencies(size: int) -> torch.Tensor:
-    """The DFT frequencies in cycles/pixel, centred (the order of :func:`filter_spectrum`'s axes)."""
+    """The DFT frequencies in cycles/pixel, centred (the order of `filter_spectrum`'s axes)."""
     return torch.fft.fftshift(torch.fft.fftfreq(size, dtype=torch.float64))
 
 
@@ -139,7 +139,7 @@ def spatial_filters(
     """Each spatial mixer's filters as a bank (N, kh, kw); from ``state`` (a state dict) when given.
 
     Only convolutional mixers have k x k filters: token-mixing matrices (MLP-Mixer) are left out
-    here and described by their norms and distance from init (:func:`layer_statistics`).
+    here and described by their norms and distance from init (`layer_statistics`).
     """
     banks = {}
     for name, module in layers_of_kind(model, SPATIAL):
@@ -272,7 +272,7 @@ def analyze_model(
 
 
 def analyze_run(run_dir: str | Path, size: int = FFT_SIZE, label: str | None = None) -> FilterAnalysis:
-    """:func:`analyze_model` on a saved run's latest weights, measured against its ``init.safetensors``."""
+    """`analyze_model` on a saved run's latest weights, measured against its ``init.safetensors``."""
 
     run_dir = runs.check_run_dir(Path(run_dir))
     model, record = load_trained_model(run_dir, weights="latest")
@@ -288,7 +288,7 @@ def analyze_run(run_dir: str | Path, size: int = FFT_SIZE, label: str | None = N
 
 
 def analyze(source: nn.Module | str | Path, size: int = FFT_SIZE, label: str | None = None) -> FilterAnalysis:
-    """:func:`analyze_model` for a model, :func:`analyze_run` for a run directory."""
+    """`analyze_model` for a model, `analyze_run` for a run directory."""
     if isinstance(source, nn.Module):
         return analyze_model(source, label or type(source).__name__, size=size)
     return analyze_run(source, size, label)

@@ -2,7 +2,7 @@
 
 Each dataclass holds what one command adds to the library's own settings (where a run goes,
 which runs to read, ...); the command line generates its options from them
-(:mod:`spatialmix.options`). Imports nothing heavy.
+(`spatialmix.options`). Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ REPRODUCE_SKIP = ("mode", "seed", "threads")
 
 @dataclass(frozen=True)
 class ReproduceSettings:
-    """``spatialmix reproduce``: the arguments of :func:`spatialmix.studies.reproduce.reproduce` but
+    """``spatialmix reproduce``: the arguments of `spatialmix.studies.reproduce.reproduce` but
     the training overrides."""
 
     preset: str = option(

@@ -1,11 +1,11 @@
 """How random filters are drawn: the inits of the spatial (and channel) mixers, and their smoothing.
 
-:func:`initialize_layers` gives every layer its own generator seeded from (seed, layer name), so
+`initialize_layers` gives every layer its own generator seeded from (seed, layer name), so
 a frozen layer's filters are the same whatever else the model holds and whatever ran before;
-:class:`InitSpec` is what a run records to rebuild them. ``covariance`` and ``covariance-from``
-draw depthwise filters from the priors of :mod:`spatialmix.core.priors`. Smoothing (``smooth_sigma``)
+`InitSpec` is what a run records to rebuild them. ``covariance`` and ``covariance-from``
+draw depthwise filters from the priors of `spatialmix.core.priors`. Smoothing (``smooth_sigma``)
 blurs each k x k filter, or each token-mixing row over the patch grid, keeping its L2 norm (see
-:mod:`spatialmix.core.mixing`'s docstring).
+`spatialmix.core.mixing`'s docstring).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class InitSpec:
     ``name``: ``default`` (PyTorch's conv default, uniform in +-1/sqrt(fan_in), i.e. +-1/k for a
     depthwise k x k), ``gaussian`` (normal with ``std``), ``uniform`` (in +-``std``),
     ``covariance`` (depthwise filters drawn from the closed-form covariance of Trockman et al.,
-    see :mod:`spatialmix.core.priors`) or ``covariance-from`` (from the per-layer Gaussian fit of the
+    see `spatialmix.core.priors`) or ``covariance-from`` (from the per-layer Gaussian fit of the
     depthwise filters of the trained run in ``source``).
     ``smooth_sigma`` > 0 then blurs each k x k filter with a Gaussian of that sigma (in pixels)
     and rescales it to its original L2 norm, so smoothing changes the frequency content of the

@@ -13,9 +13,9 @@ network in three modes:
 Everything here works on any ``nn.Module`` (our models, timm, torchvision): layers are found by
 their structure, not their name. Spatial mixers are depthwise k x k convolutions and token-mixing
 linear layers (MLP-Mixer, ResMLP, gMLP; every layer of a token MLP, found by the axis it acts on,
-see :mod:`spatialmix.core.token_mixers`); channel mixers are 1 x 1 convolutions and the other
+see `spatialmix.core.token_mixers`); channel mixers are 1 x 1 convolutions and the other
 linear layers. The stem (the first layer the image reaches, a 1 x 1 conv too) is neither: it is
-learned in every mode. A :class:`LayerSelector` (``apply_mixing(..., spatial=..., channel=...)``, or
+learned in every mode. A `LayerSelector` (``apply_mixing(..., spatial=..., channel=...)``, or
 ``--spatial-pattern`` / ``--channel-pattern``) overrides that for any layer, so the mixers of an
 architecture spatialmix does not know can be declared in one line.
 
@@ -25,15 +25,15 @@ padding, and rescales it to its L2 norm: exactly what smoothing does to a depthw
 k x k window is a row of the equivalent token-mixing matrix. Where the grid indexes the output
 side only (MLP-Mixer's second token layer, hidden -> tokens) each column is smoothed instead.
 
-Whose init the mixers start from (:func:`mixer_inits`): the init asked for, in every mode; else the
+Whose init the mixers start from (`mixer_inits`): the init asked for, in every mode; else the
 one the model declares (``model.spatialmix_mixer_init``: spatialmix's built-in models declare
 ``default``, drawn per layer in every mode, so Full and Chans runs with one seed start from the
 same model); else the model's own where the mixers are learned (it is part of the architecture:
 gMLP's near-identity gate) and ``default`` where the mode freezes them.
 
-Frozen tensors get ``requires_grad=False``; :func:`trainable_parameters` and the optimizer built
-by :mod:`spatialmix.engine.train` only ever see trainable ones, so frozen tensors receive no gradient, no
-optimizer state and no weight decay, and :func:`frozen_fingerprint` proves they did not move.
+Frozen tensors get ``requires_grad=False``; `trainable_parameters` and the optimizer built
+by `spatialmix.engine.train` only ever see trainable ones, so frozen tensors receive no gradient, no
+optimizer state and no weight decay, and `frozen_fingerprint` proves they did not move.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ MODEL_OWN = "model's own"  # what a run records for mixers whose init was left a
 
 def is_spatial_mixer(module: nn.Module) -> bool:
     """A depthwise conv: one (or a few) k x k filters per input channel, k > 1 (token mixers: see
-    :func:`classify_layers`)."""
+    `classify_layers`)."""
     return (
         isinstance(module, nn.Conv2d)
         and module.in_channels > 1
@@ -183,7 +183,7 @@ def _selected(model: nn.Module, selector: LayerSelector | None, head) -> dict[st
 
 
 def model_selector(model: nn.Module) -> LayerSelector | None:
-    """The selector :func:`apply_mixing` recorded on ``model`` (None: automatic classification only)."""
+    """The selector `apply_mixing` recorded on ``model`` (None: automatic classification only)."""
     return getattr(model, "spatialmix_selector", None)
 
 
@@ -282,12 +282,12 @@ def apply_mixing(
     """Initialize the mixers and freeze the kind that ``mode`` says, in place.
 
     ``spatial_init`` / ``channel_init``: the init of the spatial / channel mixers, drawn in every
-    mode (Full too); None (not asked for) resolves as :func:`mixer_inits` says, and what each kind
-    got is recorded on the model (:func:`applied_inits`). Each layer is drawn from its own generator
+    mode (Full too); None (not asked for) resolves as `mixer_inits` says, and what each kind
+    got is recorded on the model (`applied_inits`). Each layer is drawn from its own generator
     seeded by (``seed``, layer name), so runs with one seed start from the same filters.
     ``spatial`` / ``channel``: glob patterns over layer names or predicates ``(name, module) ->
-    bool`` declaring layers spatial or channel mixers (see :class:`LayerSelector`); the selector
-    is recorded on the model, so later calls (:func:`summarize`, the analysis) see the same kinds.
+    bool`` declaring layers spatial or channel mixers (see `LayerSelector`); the selector
+    is recorded on the model, so later calls (`summarize`, the analysis) see the same kinds.
 
     Raises a clear error when the mode needs a kind of layer the model does not have.
     """
@@ -326,7 +326,7 @@ def apply_mixing(
 
 
 def applied_inits(model: nn.Module) -> dict[str, str] | None:
-    """Which init each mixer kind got from :func:`apply_mixing` (``{"spatial": "default", "channel":
+    """Which init each mixer kind got from `apply_mixing` (``{"spatial": "default", "channel":
     "model's own"}``); None when it never ran on ``model``."""
     return getattr(model, "spatialmix_inits", None)
 

@@ -8,9 +8,9 @@ is a bump centred on p, and the bumps widen in deeper layers. Sampling filters f
 covariance, either transferred from a trained network or built in closed form, beats i.i.d.
 init, in some cases without training the filters at all.
 
-Two priors, used by :func:`spatialmix.core.inits.initialize_layers` for ``--spatial-init``:
+Two priors, used by `spatialmix.core.inits.initialize_layers` for ``--spatial-init``:
 
-* :class:`ClosedFormPrior` (``covariance``): ``Sigma[p, q] = v * exp(-|p - q|^2 / (2 s_l^2))`` over
+* `ClosedFormPrior` (``covariance``): ``Sigma[p, q] = v * exp(-|p - q|^2 / (2 s_l^2))`` over
   the k x k positions p, q, i.e. every block is a Gaussian centred on its own position (the
   structure the paper constructs), with a width that grows linearly with relative depth,
   ``s_l = sigma0 + growth * l / (L - 1)`` pixels, as the paper's does. ``v`` is the variance of
@@ -19,13 +19,13 @@ Two priors, used by :func:`spatialmix.core.inits.initialize_layers` for ``--spat
   positive semi-definite for every sigma. Where this differs from the paper: the authors' code
   repository (github.com/locuslab/convcov) holds no code and their exact depth schedule and
   constants could not be retrieved here, so ``sigma0`` / ``growth`` are spatialmix's documented
-  defaults (:data:`SIGMA0`, :data:`GROWTH`), not the paper's fitted values.
-* :class:`EmpiricalPrior` (``covariance-from RUN_DIR``): the paper's transfer experiment. The
+  defaults (`SIGMA0`, `GROWTH`), not the paper's fitted values.
+* `EmpiricalPrior` (``covariance-from RUN_DIR``): the paper's transfer experiment. The
   depthwise filters of each spatial layer of a trained run are fitted with a Gaussian (their
   sample mean and covariance); a new model of any width draws its filters from the fit of the
   layer at the nearest relative depth (layer l of L reads source layer round(l (S-1) / (L-1))).
-  The run folder is read by :func:`spatialmix.engine.init_source.empirical_prior` (through
-  :mod:`spatialmix.io.runs`: safetensors, no pickle); every shape is checked here.
+  The run folder is read by `spatialmix.engine.init_source.empirical_prior` (through
+  `spatialmix.io.runs`: safetensors, no pickle); every shape is checked here.
 
 Sampling is ``mean + L z`` with z standard normal from the layer's own seeded generator and
 ``L = V sqrt(max(lambda, 0))`` from the eigendecomposition of the covariance (float64), which
@@ -91,7 +91,7 @@ def _depthwise_shape(name: str, shape: tuple) -> int:
 
 @dataclass(frozen=True)
 class ClosedFormPrior:
-    """``--spatial-init covariance``: filters from :func:`closed_form_covariance` at the layer's depth."""
+    """``--spatial-init covariance``: filters from `closed_form_covariance` at the layer's depth."""
 
     sigma0: float = SIGMA0
     growth: float = GROWTH

@@ -340,7 +340,7 @@ def _axis(layer: nn.Linear, n: int | None) -> str:
 
 
 def _table_kinds(model: nn.Module, linears: dict) -> dict[str, str]:
-    """``spatial`` / ``channel`` for the linear layers inside a block of :data:`KNOWN_BLOCKS`."""
+    """``spatial`` / ``channel`` for the linear layers inside a block of `KNOWN_BLOCKS`."""
     kinds = {}
     for block_name, block in model.named_modules():
         entry = KNOWN_BLOCKS.get(block_type(block))

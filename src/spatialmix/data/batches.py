@@ -1,10 +1,10 @@
 """Batches of in-memory uint8 images, augmented and normalized whole on the training device.
 
-:class:`BatchLoader` draws every random number of an epoch up front from ``(seed, epoch)``, so a
+`BatchLoader` draws every random number of an epoch up front from ``(seed, epoch)``, so a
 resumed or distributed run sees exactly the batches an uninterrupted single process would;
-cropping (:func:`random_crop`), flipping (:func:`random_flip`) and normalization are batched
-tensor operations, with no per-sample Python and no worker processes. :class:`Normalize`,
-:class:`InputSpaceModel` and :func:`to_unit_range` give a trained network the [0, 1] input space
+cropping (`random_crop`), flipping (`random_flip`) and normalization are batched
+tensor operations, with no per-sample Python and no worker processes. `Normalize`,
+`InputSpaceModel` and `to_unit_range` give a trained network the [0, 1] input space
 every model spatialmix hands out takes (RobustBench's convention, what attacks need).
 """
 

@@ -1,10 +1,10 @@
 """The small data sets: which exist, where their files are found, and the images in memory.
 
-:data:`DATASETS` is the table of data sets (file format, where the files sit, statistics, the
-usual augmentation, how to get them). :func:`load_dataset` finds one and holds it in memory as
-uint8 tensors (:class:`ImageData`); :mod:`spatialmix.data.files` reads the file formats,
-:mod:`spatialmix.data.batches` turns the tensors into augmented batches, and image folders (too big
-for memory) are :mod:`spatialmix.data.imagefolder`.
+`DATASETS` is the table of data sets (file format, where the files sit, statistics, the
+usual augmentation, how to get them). `load_dataset` finds one and holds it in memory as
+uint8 tensors (`ImageData`); `spatialmix.data.files` reads the file formats,
+`spatialmix.data.batches` turns the tensors into augmented batches, and image folders (too big
+for memory) are `spatialmix.data.imagefolder`.
 
 Files are looked for in this order: an explicit ``data_dir``; the ``SPATIALMIX_DATA``
 environment variable; the operating system's data package (Debian's ``dataset-fashion-mnist``);

@@ -1,11 +1,11 @@
 """The on-disk formats of the small data sets, read into uint8 tensors with clear errors.
 
-* IDX (MNIST, Fashion-MNIST), gzipped or not: :func:`read_idx`, :func:`load_idx_dir`;
+* IDX (MNIST, Fashion-MNIST), gzipped or not: `read_idx`, `load_idx_dir`;
 * CIFAR-10/100's python pickles, read by an unpickler that admits only what rebuilds numpy
-  arrays, so a crafted file cannot run code: :func:`load_cifar_pickle`, :func:`load_cifar_dir`.
+  arrays, so a crafted file cannot run code: `load_cifar_pickle`, `load_cifar_dir`.
 
-A truncated or damaged file raises :class:`~spatialmix.errors.SpatialmixError` saying to
-re-download it. Where the files are looked for is :mod:`spatialmix.data`'s business.
+A truncated or damaged file raises `SpatialmixError` saying to
+re-download it. Where the files are looked for is `spatialmix.data`'s business.
 """
 
 from __future__ import annotations

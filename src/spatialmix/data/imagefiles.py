@@ -8,7 +8,7 @@ resolved) is counted once, and a file or folder reached from two classes is refu
 checked when they are read, not up front (opening ImageNet's 1.3 million files first would add a
 pass over the whole data set to every start): one that PIL cannot read is a one-line error naming it.
 
-Imports torchvision (seconds): :mod:`spatialmix.data.imagefolder` imports this module only when an
+Imports torchvision (seconds): `spatialmix.data.imagefolder` imports this module only when an
 image folder is loaded.
 """
 
@@ -124,7 +124,7 @@ def find_images(
 
 
 class ImageFiles(torchvision.datasets.ImageFolder):
-    """torchvision's ``ImageFolder`` over the files :func:`find_images` finds, read by :func:`read_rgb`."""
+    """torchvision's ``ImageFolder`` over the files `find_images` finds, read by `read_rgb`."""
 
     def __init__(self, root: str, transform=None):
         super().__init__(root, transform=transform, loader=read_rgb)

@@ -1,8 +1,8 @@
 """Image folders in the ImageNet layout (``train/CLASS/*.jpg``, ``val/CLASS/*.jpg``), streamed from disk.
 
 Too many images to hold in memory: DataLoader workers decode and crop each sample (to uint8, so
-little crosses between processes), then :class:`FolderLoader` flips and normalizes whole batches
-on the device with :class:`~spatialmix.data.batches.BatchLoader`'s interface. Each sample's random
+little crosses between processes), then `FolderLoader` flips and normalizes whole batches
+on the device with `BatchLoader`'s interface. Each sample's random
 crop is drawn from a seed fixed by ``(seed, epoch)``, so the batches do not depend on the number
 of processes or workers.
 """

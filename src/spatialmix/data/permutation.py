@@ -1,9 +1,9 @@
 """One fixed, seeded permutation of an image's pixel positions, and its file.
 
-The scrambling of the un-shuffling task (:mod:`spatialmix.engine.unshuffle`): :func:`make_permutation`
+The scrambling of the un-shuffling task (`spatialmix.engine.unshuffle`): `make_permutation`
 draws the same permutation from a seed in every process and on every machine, optionally moving
 pixels only within ``window x window`` tiles (a milder scrambling). The channels of a pixel move
-together. :class:`PixelPermutation` scrambles and unscrambles exactly, and is saved as
+together. `PixelPermutation` scrambles and unscrambles exactly, and is saved as
 ``permutation.safetensors`` (source and inverse, sizes in the metadata) beside a run's
 ``config.json``; a damaged or edited file is refused, since it can always be rebuilt from its seed.
 """
@@ -89,7 +89,7 @@ class PixelPermutation:
         return self._gather(images, 0)
 
     def unscramble(self, images: torch.Tensor) -> torch.Tensor:
-        """Undo :meth:`scramble` exactly."""
+        """Undo `scramble` exactly."""
         return self._gather(images, 1)
 
     def _gather(self, images: torch.Tensor, which: int) -> torch.Tensor:

@@ -1,10 +1,10 @@
-"""Hooks into training: :class:`Callback`, and the TensorBoard and Weights & Biases loggers built on it.
+"""Hooks into training: `Callback`, and the TensorBoard and Weights & Biases loggers built on it.
 
 ``train(..., callbacks=[...])`` calls each callback at the start of the run, after every optimizer
 step, after every epoch (with the line just appended to ``metrics.jsonl``) and at the end, on rank
 0 only (under ``torchrun`` the other processes train silently). An exception raised by a callback
 stops the run like any other error: the run is left resumable and the exception reaches the caller.
-``spatialmix train --log tensorboard,wandb`` picks the built-in loggers by name (:data:`LOGGERS`).
+``spatialmix train --log tensorboard,wandb`` picks the built-in loggers by name (`LOGGERS`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _log_folder(run_dir: Path, name: str) -> Path:
 class TensorBoardLogger(Callback):
     """Every metric of every epoch as a TensorBoard scalar (its tag is the metric's name, its step the
     optimizer step), the training loss every ``every_n_steps`` steps as ``train_loss_step``, and the
-    config as text. Event files go to ``log_dir`` (default: ``RUN/logs/tensorboard``)::
+    config as text. Event files go to ``log_dir`` (default: ``RUN/logs/tensorboard``):
 
         tensorboard --logdir runs/my-run/logs/tensorboard
     """

@@ -1,4 +1,4 @@
-"""What a training run depends on: :class:`TrainConfig`, saved as ``config.json`` in its folder.
+"""What a training run depends on: `TrainConfig`, saved as ``config.json`` in its folder.
 
 Imports nothing heavy (no torch), so the command line can build its options and answer ``--help``
 at once; the names it validates against (data sets, models, modes) are looked up when a config
@@ -57,7 +57,7 @@ def check_seed(flag: str, value) -> None:
 
 
 def check_threads(flag: str, value) -> None:
-    """Refuse a thread count below 1 or above :data:`MAX_THREADS`."""
+    """Refuse a thread count below 1 or above `MAX_THREADS`."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
         raise SpatialmixError(
             f"{flag} must be a whole number from 1 to {MAX_THREADS}, got {value!r}; use at most the "
@@ -342,7 +342,7 @@ class TrainConfig:
 
     def spatial_init_spec(self) -> InitSpec | None:
         """The spatial mixers' init asked for (smoothing or --init-from ask for one too); None when none
-        was (see :func:`spatialmix.core.mixing.mixer_inits`)."""
+        was (see `spatialmix.core.mixing.mixer_inits`)."""
         from spatialmix.core.inits import InitSpec
 
         if self.spatial_init is None and self.smooth_sigma == 0 and self.init_from is None:
@@ -413,7 +413,7 @@ def default_run_dir(config: TrainConfig) -> str:
 
 
 def run_dir_for(out: str | os.PathLike | None, config: TrainConfig) -> str:
-    """The run folder of ``config``: ``out``, or :func:`default_run_dir` when none is given."""
+    """The run folder of ``config``: ``out``, or `default_run_dir` when none is given."""
     if out is not None and str(out) == "":
         raise SpatialmixError("--out is an empty string; pass a folder name such as runs/my-run")
     return str(out) if out is not None else default_run_dir(config)

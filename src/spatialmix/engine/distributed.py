@@ -1,11 +1,11 @@
 """Several processes training one model: PyTorch's process group, set up from the torchrun environment.
 
 ``torchrun --nproc-per-node N`` (or Slurm through submitit) starts N copies of the same program and
-tells each its ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in the environment. :func:`setup` reads
+tells each its ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in the environment. `setup` reads
 them, joins the process group (NCCL on GPUs, gloo on CPUs) and picks this process's device; a plain
 ``python`` run sees no such variables and stays a world of one, where every helper below is a no-op.
 
-The rules the training loop follows (see :func:`spatialmix.engine.train.fit`):
+The rules the training loop follows (see `spatialmix.engine.train.fit`):
 
 * every rank builds the same model from the same seeded config; DistributedDataParallel averages
   the gradients of the trainable tensors only (frozen ones have ``requires_grad=False``, so DDP
@@ -13,7 +13,7 @@ The rules the training loop follows (see :func:`spatialmix.engine.train.fit`):
 * ``config.batch_size`` is the global batch: each rank takes ``batch_size / world_size`` examples
   of every global batch, so a run means the same thing whatever the number of processes;
 * sums (loss, correct answers, examples) are all-reduced before they are printed or saved;
-* only rank 0 (:func:`is_main`) writes files and draws progress bars.
+* only rank 0 (`is_main`) writes files and draws progress bars.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _init_process_group(backend: str, device: torch.device) -> None:
 
 
 def teardown() -> None:
-    """Leave the process group (registered at exit by :func:`setup`; safe to call twice)."""
+    """Leave the process group (registered at exit by `setup`; safe to call twice)."""
     if is_initialized():
         dist.destroy_process_group()
 
@@ -196,7 +196,7 @@ def mean_over_ranks(metrics: dict, count: int, device: torch.device | None = Non
 
 
 def run_on_main(fn):
-    """Call ``fn()`` on rank 0 only; a :class:`SpatialmixError` it raises is raised on every rank.
+    """Call ``fn()`` on rank 0 only; a `SpatialmixError` it raises is raised on every rank.
 
     For checks that read the file system: one rank decides, so no rank waits forever for one that
     stopped with an error.
@@ -243,9 +243,9 @@ def wrap_model(model: nn.Module, world: World) -> nn.Module:
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """Every BatchNorm of ``model`` normalizes with the statistics of the global batch.
 
-    GPUs get :class:`torch.nn.SyncBatchNorm` (through timm's converter, which also handles timm's
+    GPUs get `torch.nn.SyncBatchNorm` (through timm's converter, which also handles timm's
     BatchNorm + activation layers). Its kernels exist only for GPUs and DDP refuses it on CPUs, so
-    on CPUs (gloo) the plain BatchNorm layers are replaced by :class:`CPUSyncBatchNorm` modules
+    on CPUs (gloo) the plain BatchNorm layers are replaced by `CPUSyncBatchNorm` modules
     holding the same parameter and buffer tensors, so state-dict keys (checkpoints) do not change.
     """
     if device.type != "cpu":

@@ -1,8 +1,8 @@
 """``--spatial-init covariance-from RUN_DIR``: the prior fitted to a trained run's spatial filters.
 
-The run folder is untrusted: it is read through :mod:`spatialmix.io.runs` (no link out of it,
+The run folder is untrusted: it is read through `spatialmix.io.runs` (no link out of it,
 safetensors, no pickle), its model is rebuilt from config.json on the meta device (shapes only) to know which
-layers mix space, and :meth:`~spatialmix.core.priors.EmpiricalPrior.from_filters` checks every
+layers mix space, and `from_filters` checks every
 shape it fits.
 """
 

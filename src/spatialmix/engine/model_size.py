@@ -2,11 +2,11 @@
 
 Its parameters, and the activations (every layer's output) of one training batch, are counted.
 
-Sizes that pass their limits one by one (:data:`~spatialmix.io.limits.SIZE_LIMITS`) can still
+Sizes that pass their limits one by one (`SIZE_LIMITS`) can still
 multiply into a model no machine holds, and a run folder's config.json may come from anyone. The
 model is built on torch's meta device, which records shapes and allocates nothing, and one image
-goes through it there; :func:`check_model_size` refuses a model above
-:data:`~spatialmix.io.limits.MAX_PARAMETERS` or :data:`~spatialmix.io.limits.MAX_ACTIVATIONS` in
+goes through it there; `check_model_size` refuses a model above
+`MAX_PARAMETERS` or `MAX_ACTIVATIONS` in
 one line naming the settings that make it large.
 """
 

@@ -22,7 +22,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over :func:`parameter_groups` (the ConvMixer recipe's optimizer)."""
+    """AdamW over `parameter_groups` (the ConvMixer recipe's optimizer)."""
     return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
 
 

@@ -3,7 +3,7 @@
 On a small CPU, two processes with one thread each do nearly twice the work of one process with
 one thread, and far more than one process with two threads when anything else runs on the
 machine (a 2-thread process waits for its slower core). So a study hands its independent jobs
-to :func:`run_side_by_side`, which runs them in ``processes`` worker processes with ``threads``
+to `run_side_by_side`, which runs them in ``processes`` worker processes with ``threads``
 torch threads each. A job's result does not depend on what ran beside it: it is bitwise the
 result of the same job run alone with the same number of threads (tested).
 

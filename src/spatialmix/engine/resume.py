@@ -1,8 +1,8 @@
-"""Starting, checkpointing and continuing a run folder (see :mod:`spatialmix.io.runs` for its files).
+"""Starting, checkpointing and continuing a run folder (see `spatialmix.io.runs` for its files).
 
-Everything :func:`spatialmix.engine.train.fit` needs to make a run survive a kill at any moment:
-whether a folder may be started or continued with a config (:func:`prepare_run_dir`,
-:func:`resume_config`), the record written at its start, saving and restoring the complete
+Everything `spatialmix.engine.train.fit` needs to make a run survive a kill at any moment:
+whether a folder may be started or continued with a config (`prepare_run_dir`,
+`resume_config`), the record written at its start, saving and restoring the complete
 training state (weights, optimizer, random generators, progress) with a fall-back to the newest
 complete checkpoint, and the refusal to save anything non-finite.
 """

@@ -1,11 +1,11 @@
 """What a run learns, and the model it learns it with.
 
-A task (:class:`~spatialmix.engine.classification.ClassificationTask`, or
-:class:`~spatialmix.engine.unshuffle.UnshuffleTask`) builds the network for the data, turns loader
+A task (`ClassificationTask`, or
+`UnshuffleTask`) builds the network for the data, turns loader
 batches into (inputs, targets), and gives the loss, a running score for the progress bar and the
-test metrics. :data:`TASKS` is the one table of them. :func:`build_model` turns a config into a
-model with its mixers initialized and frozen (:mod:`spatialmix.core.mixing`); a model of your own
-(:mod:`spatialmix.engine.user_model`) goes through the same steps.
+test metrics. `TASKS` is the one table of them. `build_model` turns a config into a
+model with its mixers initialized and frozen (`spatialmix.core.mixing`); a model of your own
+(`spatialmix.engine.user_model`) goes through the same steps.
 """
 
 from __future__ import annotations

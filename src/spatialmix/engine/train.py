@@ -1,11 +1,11 @@
 """Training one configuration: the loop, read top to bottom.
 
-:class:`~spatialmix.engine.config.TrainConfig` says everything a run depends on;
-:func:`~spatialmix.engine.tasks.build_model` turns it into a model with its mixers initialized and
-frozen; :func:`fit` runs it in four named steps (start or resume, one epoch, evaluate and
-checkpoint, finish) and keeps the run folder (:mod:`spatialmix.io.runs`, :mod:`spatialmix.engine.resume`)
+`TrainConfig` says everything a run depends on;
+`build_model` turns it into a model with its mixers initialized and
+frozen; `fit` runs it in four named steps (start or resume, one epoch, evaluate and
+checkpoint, finish) and keeps the run folder (`spatialmix.io.runs`, `spatialmix.engine.resume`)
 up to date after every epoch, so a run killed at any moment continues bit for bit. (The public
-``sm.train`` wraps it and returns a :class:`spatialmix.workflow.handle.Run`.)
+``sm.train`` wraps it and returns a `spatialmix.workflow.handle.Run`.)
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from spatialmix.ui.progress import TrainProgress
 
 @dataclass
 class _Session:
-    """Everything one call of :func:`fit` works with, built by :func:`_start_or_resume`."""
+    """Everything one call of `fit` works with, built by `_start_or_resume`."""
 
     config: TrainConfig
     run_dir: Path
@@ -115,7 +115,7 @@ def fit(
 ) -> dict:
     """Train ``config`` in ``run_dir`` (or continue it with ``resume=True``); return the summary.
 
-    The run folder is locked for the whole call (:func:`spatialmix.io.runs.locked`): a second writer
+    The run folder is locked for the whole call (`spatialmix.io.runs.locked`): a second writer
     gets an error naming the process that holds it. ``resume=True`` starts the run when nothing
     was saved yet, and otherwise continues it from its newest complete checkpoint. However the
     call ends (finished, diverged, Ctrl-C, SIGTERM, an error), ``status.json`` says so.
@@ -123,11 +123,11 @@ def fit(
     ``task`` is what is learned (default: classification). ``max_steps`` stops early after that
     many optimizer steps in this call (for benchmarks and tests); the run is then left resumable.
     ``model``: a model of your own (a factory or a module; ``config.model`` names it, see
-    :mod:`spatialmix.engine.user_model`); ``trust_code`` lets a ``config.model`` reference be imported
-    instead. ``callbacks``: :class:`~spatialmix.engine.callbacks.Callback` objects, called on rank 0.
+    `spatialmix.engine.user_model`); ``trust_code`` lets a ``config.model`` reference be imported
+    instead. ``callbacks``: `Callback` objects, called on rank 0.
     Under ``torchrun`` every process calls this with the same arguments: each rank trains on its
     shard of every global batch of ``config.batch_size`` examples, the numbers printed and saved
-    are global, and only rank 0 writes to ``run_dir`` (see :mod:`spatialmix.engine.distributed`).
+    are global, and only rank 0 writes to ``run_dir`` (see `spatialmix.engine.distributed`).
     """
     config.validate()
     task = task or ClassificationTask()

@@ -1,22 +1,22 @@
 """Pixel un-shuffling (the paper's third claim): reconstruct images from scrambled pixels.
 
 One fixed, seeded permutation of the H x W pixel positions scrambles every image, train and test
-alike (the channels of a pixel move together). An image-to-image network, :class:`UnshuffleNet`,
+alike (the channels of a pixel move together). An image-to-image network, `UnshuffleNet`,
 receives the scrambled image and must output the original. It is an isotropic ConvMixer at full
 resolution built from the classifier's blocks, so Full, Chans and Space apply unchanged.
 
 Pieces, top to bottom:
 
-* :func:`psnr`, :func:`ssim` and :func:`scrambled_floor`: how close a reconstruction is;
-* :class:`UnshuffleNet`: stem (1 x 1 conv) -> ConvMixer blocks -> 1 x 1 head to the image channels;
-* :class:`UnshuffleTask`: the task the training loop of :mod:`spatialmix.engine.train` runs (MSE or L1
+* `psnr`, `ssim` and `scrambled_floor`: how close a reconstruction is;
+* `UnshuffleNet`: stem (1 x 1 conv) -> ConvMixer blocks -> 1 x 1 head to the image channels;
+* `UnshuffleTask`: the task the training loop of `spatialmix.engine.train` runs (MSE or L1
   loss on normalized images; test metrics PSNR and SSIM on images in [0, 1]);
-* :data:`UNSHUFFLE_PRESETS`, :func:`train_unshuffle`, :func:`load_run_permutation` and
-  :func:`reconstruct`: training a run and reading one back.
+* `UNSHUFFLE_PRESETS`, `train_unshuffle`, `load_run_permutation` and
+  `reconstruct`: training a run and reading one back.
 
-The scrambling itself (:class:`PixelPermutation`, :func:`make_permutation`, its file) is
-:mod:`spatialmix.data.permutation`; the study that compares Full / Chans / Space (table and figure) is
-:mod:`spatialmix.studies.unshuffle`.
+The scrambling itself (`PixelPermutation`, `make_permutation`, its file) is
+`spatialmix.data.permutation`; the study that compares Full / Chans / Space (table and figure) is
+`spatialmix.studies.unshuffle`.
 
 Choices the paper leaves open, made explicit here: one permutation shared by all images; a 1 x 1
 output head learned in every mode; MSE on normalized images by default. With a patch size of 1
@@ -103,7 +103,7 @@ def scrambled_floor(images: torch.Tensor, permutation: PixelPermutation, batch_s
 
 class UnshuffleTask:
     """Learn to undo one fixed pixel permutation (see
-    :class:`spatialmix.engine.classification.ClassificationTask`).
+    `spatialmix.engine.classification.ClassificationTask`).
 
     Inputs are the scrambled normalized images, targets the original normalized images; the loss
     (``mse`` or ``l1``) is taken there. Test metrics: ``loss``, ``psnr`` (the score) and ``ssim``

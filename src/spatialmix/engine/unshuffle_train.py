@@ -23,7 +23,7 @@ def train_unshuffle(
     data: ImageData | None = None,
     max_steps: int | None = None,
 ) -> dict:
-    """Train an un-shuffling run (``spatialmix.engine.train.fit`` with :class:`UnshuffleTask`).
+    """Train an un-shuffling run (``spatialmix.engine.train.fit`` with `UnshuffleTask`).
 
     The permutation is saved as ``permutation.safetensors`` in ``run_dir``; when resuming, the one
     already there must be the one the task rebuilds from its seed.
@@ -44,7 +44,7 @@ def train_unshuffle(
 def load_run_permutation(run_dir: str | Path) -> PixelPermutation:
     """The permutation of a saved un-shuffling run, checked against the one its seed rebuilds.
 
-    Everything comes from the validated :class:`spatialmix.io.runs.Run` (a run folder is untrusted):
+    Everything comes from the validated `spatialmix.io.runs.Run` (a run folder is untrusted):
     a malformed config.json is one line naming the file and the field.
     """
     run = runs.Run(run_dir).check()

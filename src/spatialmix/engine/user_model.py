@@ -85,7 +85,7 @@ class UserModel:
 
 
 def as_user_model(model) -> UserModel:
-    """``model`` (an ``nn.Module`` or a callable returning one) as a :class:`UserModel`."""
+    """``model`` (an ``nn.Module`` or a callable returning one) as a `UserModel`."""
     if isinstance(model, UserModel):
         return model
     if not isinstance(model, nn.Module) and not callable(model):
@@ -279,7 +279,7 @@ def untrusted_message(where, reference: str) -> str:
 
 
 def rebuilder(run: runs.Run, source: dict, model=None, trust_code: bool = False) -> UserModel:
-    """What rebuilds the model of ``run``: ``model`` if given (here or by :func:`user_code`), else the
+    """What rebuilds the model of ``run``: ``model`` if given (here or by `user_code`), else the
     recorded reference imported when trusted; refused otherwise, and nothing is imported."""
     given = _GIVEN.get() or _Given()
     model = model if model is not None else given.model

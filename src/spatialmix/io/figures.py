@@ -1,7 +1,7 @@
 """The one place a matplotlib figure becomes a PNG.
 
 Every plot of spatialmix (attack curves, study figures, the report's own figures) goes through
-:func:`save_png`, so they are all written the same way: rendered in memory, written atomically
+`save_png`, so they are all written the same way: rendered in memory, written atomically
 (a crash never leaves half a PNG for the report to embed), and the figure released at once
 (a study draws dozens; pyplot would keep each one alive).
 """

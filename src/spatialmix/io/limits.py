@@ -39,7 +39,7 @@ SETTING_RANGES = {
 
 def out_of_range(values: dict) -> tuple[str, int, int, int] | None:
     """``(name, value, lowest, highest)`` of the first whole number of ``values`` outside
-    :data:`SETTING_RANGES`; None when all are inside (other types are the type check's to refuse)."""
+    `SETTING_RANGES`; None when all are inside (other types are the type check's to refuse)."""
     for name, (lowest, highest) in SETTING_RANGES.items():
         value = values.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and not lowest <= value <= highest:

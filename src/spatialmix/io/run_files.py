@@ -4,7 +4,7 @@ config.json, status.json, summary.json, ``checkpoints/latest.json`` and a checkp
 progress (``train_state.pt``) are checked here.
 
 Each check raises one line naming the file and the field (``bad_field``), so a damaged or hostile file
-is refused before anything relies on it; :mod:`spatialmix.io.runs` reads the files through them.
+is refused before anything relies on it; `spatialmix.io.runs` reads the files through them.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ _LIMITS_TEXT = ", ".join(f"{name} {limit:,}" for name, limit in SIZE_LIMITS.item
 
 
 def check_size_limits(path: Path, values: dict) -> None:
-    """Refuse a size above :data:`SIZE_LIMITS` in ``values`` (one section of config.json), before anything is
+    """Refuse a size above `SIZE_LIMITS` in ``values`` (one section of config.json), before anything is
     built."""
     for name, limit in SIZE_LIMITS.items():
         value = values.get(name)

@@ -1,6 +1,6 @@
 """A run directory on disk: resolved config, metrics, atomic checkpoints, one writer at a time.
 
-Layout::
+Layout:
 
     RUN_DIR/
       run.lock               held (flock) by the one process writing the run; holds its pid
@@ -18,11 +18,11 @@ fsynced after, so a run killed at any moment (or a power loss) leaves the previo
 intact. A checkpoint becomes visible only when ``latest.json`` points at it.
 
 A run folder is something people download and share, so everything read from it is untrusted:
-:class:`Run` refuses any link in it whose target leaves it (:meth:`Run.check_links`, and again at
-every read), reads every file through :mod:`spatialmix.io.untrusted` (no link followed out, no
+`Run` refuses any link in it whose target leaves it (`Run.check_links`, and again at
+every read), reads every file through `spatialmix.io.untrusted` (no link followed out, no
 device or fifo, a bounded size, JSON of bounded depth and numbers; never code unpickled) and checks
-the shape of every file (:mod:`spatialmix.io.run_files`: one line naming the file and the field).
-The writes are in :mod:`spatialmix.io.storage`, the lock in :mod:`spatialmix.io.lock`; the names
+the shape of every file (`spatialmix.io.run_files`: one line naming the file and the field).
+The writes are in `spatialmix.io.storage`, the lock in `spatialmix.io.lock`; the names
 other modules use are re-exported here.
 """
 

@@ -90,7 +90,7 @@ _OS_ERROR = re.compile(r"os error (\d+)")
 
 
 def _writer_failure(path: Path, err: BaseException) -> WriteError | None:
-    """The :class:`WriteError` that a writer's own exception stands for; None for any other error."""
+    """The `WriteError` that a writer's own exception stands for; None for any other error."""
     if isinstance(err, OSError):
         return write_error(path, err)
     if isinstance(err, SafetensorError) and (code := _OS_ERROR.search(str(err))):

@@ -1,10 +1,10 @@
 """What a study hands back, and how ``results.json`` keeps it.
 
 A study declares everything the report needs to place its results: the report section it feeds
-(:data:`SECTIONS`), its tables, its figures (a PNG it wrote, with a caption) and any other files
+(`SECTIONS`), its tables, its figures (a PNG it wrote, with a caption) and any other files
 it wrote, beside its raw numbers (``data``). ``reproduce`` writes one entry per study into the
-study folder's ``results.json`` (:func:`study_entry`, paths relative to the folder so it can be
-moved); the report reads the entries back with :func:`read_study_entry`.
+study folder's ``results.json`` (`study_entry`, paths relative to the folder so it can be
+moved); the report reads the entries back with `read_study_entry`.
 
 A ``results.json`` is untrusted input: every field of an entry is checked, a malformed one is a
 one-line error naming the file and the field, and a figure or file must be named by a relative

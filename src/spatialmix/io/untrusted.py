@@ -1,11 +1,11 @@
 """Reading files that may come from anyone: a run folder or a study folder someone shared.
 
-Every read goes through :func:`open_inside`. The file must lie inside the folder it belongs to once
+Every read goes through `open_inside`. The file must lie inside the folder it belongs to once
 links are followed (a link that stays inside is fine; one that leaves is refused), it is opened
 without following a link at any step of its resolved path (``O_NOFOLLOW``: a link swapped in after
 the check is refused, never followed), and it must be a regular file (not a device such as
 ``/dev/zero``, a fifo that would block, or a folder) of at most the bytes its kind may have
-(:mod:`spatialmix.io.limits`). JSON is parsed within bounds the standard parser lacks: at most
+(`spatialmix.io.limits`). JSON is parsed within bounds the standard parser lacks: at most
 ``JSON_DEPTH`` levels of nesting and whole numbers of at most ``JSON_INT_DIGITS`` digits, each
 refused in one line naming the file and the field. Weights are read with safetensors or
 ``torch.load(weights_only=True)``: no code is ever unpickled.
@@ -104,7 +104,7 @@ def _too_large(path: Path, size: int, max_bytes: int, what: str) -> SpatialmixEr
 
 
 def read_bytes(base: Path, path: Path, max_bytes: int, what: str = "file") -> bytes:
-    """The bytes of ``path`` (see :func:`open_inside`); a file that grows past the bound while read is
+    """The bytes of ``path`` (see `open_inside`); a file that grows past the bound while read is
     refused too."""
     with open_inside(base, path, max_bytes, what) as f:
         data = f.read(max_bytes + 1)

@@ -1,6 +1,6 @@
 """What ``spatialmix models`` tells about a model: its mixers of each kind and the modes it can train in.
 
-:func:`describe_model` builds a model by name and answers; :func:`supported_modes` is the rule
+`describe_model` builds a model by name and answers; `supported_modes` is the rule
 (a mode that freezes one kind of mixer needs at least one layer of that kind).
 """
 

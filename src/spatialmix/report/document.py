@@ -1,21 +1,21 @@
 """One page for every result: ``spatialmix report RUN_DIR_OR_STUDY_DIR ... -o report.html``.
 
-The page leads with the answer: the verdict of every claim of the paper (:mod:`spatialmix.analysis.verdicts`),
-then each claim's tables and figures, the filter analysis, and the configuration last. It is a
-single HTML file that needs nothing else to be read; its tables are also written as Markdown
-next to it (``report.md``) for a README or a paper draft.
+The page leads with the answer: the verdict of every claim of the paper
+(`spatialmix.analysis.decision`), then each claim's tables and figures, the filter analysis, and the
+configuration last. It is a single HTML file that needs nothing else to be read; its tables are
+also written as Markdown next to it (``report.md``) for a README or a paper draft.
 
 The report is made in three steps, each in its own module:
 
-* :mod:`spatialmix.report.inputs` reads and checks the inputs: run directories (``spatialmix
+* `spatialmix.report.inputs` reads and checks the inputs: run directories (``spatialmix
   train``) and study folders (``spatialmix reproduce``: ``results.json`` plus the runs below it);
-* :mod:`spatialmix.report.sections` fills each section from whatever results exist (with
-  :mod:`~spatialmix.report.verdicts`, :mod:`~spatialmix.report.curves`,
-  :mod:`~spatialmix.report.robustness`, :mod:`~spatialmix.report.filters` and the study files of
-  :mod:`~spatialmix.report.study_files`): a study's results go to the section it declared in
+* `spatialmix.report.sections` fills each section from whatever results exist (with
+  `verdicts`, `curves`,
+  `robustness`, `filters` and the study files of
+  `study_files`): a study's results go to the section it declared in
   ``results.json``; a section with nothing to show keeps its heading and says so, so a report of
   a single run or of an interrupted study is still a report;
-* :mod:`spatialmix.report.page` writes the sections out as HTML and Markdown.
+* `spatialmix.report.page` writes the sections out as HTML and Markdown.
 
 The page names each input as given when that is a relative path, else by its folder's name, also
 in the messages and commands it quotes: a report is shared, the folders of its machine are not.
@@ -88,7 +88,7 @@ def write_report(
 
     Everything is computed before anything is written, and both files are written atomically,
     so a failed report leaves the previous one intact. ``model`` / ``trust_code``: what rebuilds the
-    runs trained with a model of their own (see :func:`~spatialmix.engine.train.load_trained_model`).
+    runs trained with a model of their own (see `load_trained_model`).
     """
     out_html = Path(out_html)
     if out_html.suffix.lower() not in (".html", ".htm"):

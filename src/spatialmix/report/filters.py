@@ -1,5 +1,5 @@
 """The report's filter analysis: the spatial filters of every run's latest checkpoint, their spectra,
-norms and distance from initialization (computed by :mod:`spatialmix.analysis`), and the check that
+norms and distance from initialization (computed by `spatialmix.analysis`), and the check that
 frozen layers never moved."""
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 (``spatialmix reproduce``: ``results.json`` plus the runs below it).
 
 Everything is read and checked here, before the report computes or writes anything: each run
-folder through :class:`spatialmix.io.runs.Run` (every file validated) and each study's entry of
-``results.json`` through :func:`spatialmix.io.study_results.read_study_entry` (its section, tables,
+folder through `spatialmix.io.runs.Run` (every file validated) and each study's entry of
+``results.json`` through `spatialmix.io.study_results.read_study_entry` (its section, tables,
 figures and files), so a damaged input is one line naming the file and the field.
 
 A study folder is walked for runs without leaving it (`spatialmix.io.paths.FolderWalk`): a link whose
@@ -81,7 +81,7 @@ def shown_path(path: str | Path) -> str:
 
 
 def path_names(paths: list[str | Path]) -> dict[str, str]:
-    """Each input's path as given and as resolved -> :func:`shown_path` of it, longest first: what the
+    """Each input's path as given and as resolved -> `shown_path` of it, longest first: what the
     page replaces in the messages and tables it quotes (an error names the file it read)."""
     names = {}
     for path in map(Path, paths):

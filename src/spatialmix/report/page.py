@@ -132,7 +132,7 @@ def details_table(table: ResultTable) -> Details:
 
 
 def fold(table: ResultTable) -> ResultTable | Details:
-    """``table``, or behind its title when it is longer than :data:`LONG_TABLE` rows."""
+    """``table``, or behind its title when it is longer than `LONG_TABLE` rows."""
     return details_table(table) if len(table.rows) > LONG_TABLE else table
 
 

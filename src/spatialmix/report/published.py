@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from spatialmix.analysis.claims import Verdict
-from spatialmix.analysis.verdicts import verdict_table, verdicts_for_study
+from spatialmix.analysis.verdict_text import verdict_table
+from spatialmix.analysis.verdicts_from_folders import verdicts_for_study
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import storage
 from spatialmix.io.environment import code_commit, cpu_tag, machine_stamp, package_versions

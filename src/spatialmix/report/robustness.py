@@ -1,6 +1,6 @@
 """The report's robustness figures and the results ``spatialmix attack`` left in a run directory.
 
-:func:`interval_figure` draws, from the per-run numbers a robustness study keeps in ``results.json``
+`interval_figure` draws, from the per-run numbers a robustness study keeps in ``results.json``
 (mode, seed and robust accuracy per budget), each mode's mean robust accuracy over seeds with its
 95% t-interval against the budget, and beside it each mode minus Full paired by seed: what claim 2a
 asks, where the modes' own intervals overlap because seeds differ more than modes do.

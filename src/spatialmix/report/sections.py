@@ -1,11 +1,11 @@
 """The sections of the report, each filled from whatever results the inputs hold.
 
 The page leads with the verdicts, then classification, training curves, the studies' own
-sections, the filter analysis (:mod:`spatialmix.report.filters`) and the configuration last.
-A study's results go to the section the study declared (:class:`spatialmix.io.study_results.StudyResult`):
+sections, the filter analysis (`spatialmix.report.filters`) and the configuration last.
+A study's results go to the section the study declared (`spatialmix.io.study_results.StudyResult`):
 its tables, its figures with their captions and the names of its other files; nothing is
 placed by guessing from a file's name. A section with nothing to show keeps its heading and
-says why (:data:`ABSENT`), so a report of a single run or of an interrupted study is still a report.
+says why (`ABSENT`), so a report of a single run or of an interrupted study is still a report.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Its figures are embedded, its other files named, and each file that is missing o
 study folder is said so in one line.
 
 A study folder is untrusted and the page is meant to be shared, so a file is read only when it lies
-inside the folder once links are followed (:func:`spatialmix.io.paths.inside`), and it is read from
+inside the folder once links are followed (`spatialmix.io.paths.inside`), and it is read from
 the very file that check found, opened without following a link put in its place since
 (``O_NOFOLLOW``): a link to a private file never ends up base64-encoded in ``report.html``.
 Names are shown relative to the study folder, never as paths of the machine.
@@ -43,7 +43,7 @@ class NotShown(Exception):
 
 def checked_file(base: Path, path: Path) -> Path:
     """The file ``path`` names once links are followed, if it is a regular file inside ``base``; else
-    :class:`NotShown` (a link that leads out of ``base`` is OUTSIDE, whether or not its target exists)."""
+    `NotShown` (a link that leads out of ``base`` is OUTSIDE, whether or not its target exists)."""
     real = Path(os.path.realpath(path))
     if inside(base, real) is None:
         raise NotShown(OUTSIDE if os.path.lexists(path) else MISSING)
@@ -54,7 +54,7 @@ def checked_file(base: Path, path: Path) -> Path:
 
 def read_inside(base: Path, path: Path, limit: int = MAX_EMBED_BYTES) -> bytes:
     """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes inside ``base``; else
-    :class:`NotShown`. The file is opened without following a final link, so a link swapped in after
+    `NotShown`. The file is opened without following a final link, so a link swapped in after
     the check is refused rather than followed out of the folder."""
     real = checked_file(base, path)
     try:
@@ -73,7 +73,7 @@ def read_inside(base: Path, path: Path, limit: int = MAX_EMBED_BYTES) -> bytes:
 
 
 def read_image(base: Path, path: Path, caption: str) -> Image:
-    """``path`` as an image of the page; :class:`NotShown` when it cannot be shown (TOO_LARGE also for a
+    """``path`` as an image of the page; `NotShown` when it cannot be shown (TOO_LARGE also for a
     file that is no image: it is named instead)."""
     mime = IMAGE_TYPES.get(path.suffix.lower())
     if mime is None:

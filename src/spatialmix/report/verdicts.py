@@ -1,7 +1,7 @@
 """The report's first section: one headline per claim of the paper, then the verdict table behind them.
 
-The verdicts are computed afresh from the inputs (:mod:`spatialmix.analysis.verdicts`), never read
-from a saved table. Each claim gets one sentence that answers it ("Claim 1a — Chans reaches nearly
+The verdicts are computed afresh from the inputs (`spatialmix.analysis.verdicts_from_folders`), never
+read from a saved table. Each claim gets one sentence that answers it ("Claim 1a — Chans reaches nearly
 Full's accuracy: supports, -0.81 [-0.91, -0.71] pts, 20 seeds."), a claim judged at several budgets
 one clause per budget; the table below holds every number, and how each interval was made is a
 note of its line (`spatialmix.report.html_tables.NOTE_COLUMNS`).
@@ -10,7 +10,8 @@ note of its line (`spatialmix.report.html_tables.NOTE_COLUMNS`).
 from __future__ import annotations
 
 from spatialmix.analysis.claims import NOT_RUN
-from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs, verdicts_for_study
+from spatialmix.analysis.verdict_text import verdict_table
+from spatialmix.analysis.verdicts_from_folders import verdicts_for_runs, verdicts_for_study
 from spatialmix.errors import SpatialmixError
 from spatialmix.report.inputs import Inputs
 from spatialmix.report.page import Bullets, Section

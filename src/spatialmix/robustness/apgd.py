@@ -188,7 +188,7 @@ def apgd(
 
     ``start``: where each example begins (a warm start, projected into this ball), else a random
     point of the ball. ``start_loss`` and ``start_grad``: this loss and its gradient at ``start``
-    (from the :class:`Outcome` that ended there, whose examples were correctly classified): the
+    (from the `Outcome` that ended there, whose examples were correctly classified): the
     first pass is skipped and ``start`` is taken as it is, so it must lie in this ball.
     ``target``: the target class per example for ``loss="dlr-targeted"``.
     """

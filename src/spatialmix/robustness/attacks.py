@@ -1,14 +1,14 @@
 """Adversarial evaluation of trained models: the attack engine.
 
 The conventions are RobustBench's: inputs in [0, 1], normalization inside the attacked model
-(:class:`InputSpaceModel`), the model in eval mode and in float32. One evaluation, read top to
-bottom in :func:`attack_every_budget`:
+(`InputSpaceModel`), the model in eval mode and in float32. One evaluation, read top to
+bottom in `attack_every_budget`:
 
 * the budgets go from the smallest to the largest; at each one, every attack of
   ``settings.attacks`` (default: APGD-CE, then APGD-T on the ``targets`` classes the model ranks
   next) runs only on the examples still standing: an example broken at a smaller budget is broken
   at every larger one, since the smaller ball lies inside the larger;
-* every attack stops per example as soon as the model misclassifies it (:mod:`spatialmix.robustness.apgd`),
+* every attack stops per example as soon as the model misclassifies it (`spatialmix.robustness.apgd`),
   so the cost is spent on the robust examples;
 * an attack at a larger budget starts each example from its highest-loss point of the budget
   before (a warm start; ``warm_start=False``: random starts);
@@ -17,11 +17,11 @@ bottom in :func:`attack_every_budget`:
 
 An example counts as robust at ``eps`` only if no attack of the evaluation, at any budget, found a
 misclassified input within distance ``eps`` of it, so the curve never rises with eps. Then the
-checks of :mod:`spatialmix.robustness.masking` run on a fixed sample (the first ``reference_examples``):
+checks of `spatialmix.robustness.masking` run on a fixed sample (the first ``reference_examples``):
 the strong reference (100-step APGD-CE and APGD-T) at every budget, whose gap to the default is
 saved as ``result["reference_check"]``, and the checks against gradient masking. What they
-break counts in the results too. The settings: :mod:`spatialmix.robustness.settings`; reading,
-writing and plotting results: :mod:`spatialmix.robustness.results`.
+break counts in the results too. The settings: `spatialmix.robustness.settings`; reading,
+writing and plotting results: `spatialmix.robustness.results`.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ class WarmStart:
         )
 
     def select(self, mask: torch.Tensor) -> dict:
-        """Keyword arguments of :func:`spatialmix.robustness.apgd.apgd` for the examples of ``mask``."""
+        """Keyword arguments of `spatialmix.robustness.apgd.apgd` for the examples of ``mask``."""
         if self.grad is None:
             return {"start": self.points[mask]}
         return {"start": self.points[mask], "start_loss": self.loss[mask], "start_grad": self.grad[mask]}

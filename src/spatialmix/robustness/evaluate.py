@@ -1,7 +1,7 @@
 """Adversarial evaluation of a model in memory: every budget, the masking checks, one result dict.
 
-:func:`evaluate_robustness` is the library's entry point (RobustBench's conventions: inputs in
-[0, 1], normalization inside the attacked model, the model in eval mode); :func:`attack_examples`
+`evaluate_robustness` is the library's entry point (RobustBench's conventions: inputs in
+[0, 1], normalization inside the attacked model, the model in eval mode); `attack_examples`
 returns the adversarial images of one attack.
 """
 
@@ -45,11 +45,11 @@ def evaluate_robustness(
     """Clean and robust accuracy of ``model`` on ``images`` (floats in [0, 1], or uint8) over the budgets.
 
     ``model`` takes [0, 1] inputs, or give the ``mean`` and ``std`` it was trained with and it
-    is wrapped in :class:`InputSpaceModel`. ``settings`` (or keyword ``changes`` to the defaults,
-    e.g. ``eps=(0, 8/255), steps=20``) say what runs; see :class:`AttackSettings`. ``checks=False``
+    is wrapped in `InputSpaceModel`. ``settings`` (or keyword ``changes`` to the defaults,
+    e.g. ``eps=(0, 8/255), steps=20``) say what runs; see `AttackSettings`. ``checks=False``
     skips the reference and the masking checks (for benchmarks). ``progress``: a rich progress
     bar (True), none (False), or a callable ``(stage, gradient_steps)``. The model is left on its
-    device and in its mode. Returns a JSON-able dict (see :func:`spatialmix.robustness.results.result_dict`).
+    device and in its mode. Returns a JSON-able dict (see `spatialmix.robustness.results.result_dict`).
     """
 
     settings = (settings or AttackSettings()).replace(**changes).validate()
@@ -146,7 +146,7 @@ def attack_examples(
     square_queries: int = 1000,
     step_size: float = 2.5,
 ) -> torch.Tensor:
-    """Adversarial examples for ``images`` (in [0, 1]) from one seeded attack of :class:`Attacker`.
+    """Adversarial examples for ``images`` (in [0, 1]) from one seeded attack of `Attacker`.
 
     ``name``: apgd-ce, apgd-t (the next-ranked class), pgd, fgsm or square. The result is always
     inside the eps ball and [0, 1]; an example the attack did not break comes back at its end point.

@@ -140,7 +140,7 @@ PANELS_PER_ROW = 4
 
 def plot_robustness(results: list[dict], path: str | Path) -> Path:
     """Robust accuracy against eps: all runs together, then one panel per run, at most
-    :data:`PANELS_PER_ROW` to a row (PNG, written atomically)."""
+    `PANELS_PER_ROW` to a row (PNG, written atomically)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

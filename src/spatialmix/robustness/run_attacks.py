@@ -158,7 +158,7 @@ def attack_runs(
     ``data_dir``: where the test set is (default: ``$SPATIALMIX_DATA``, the OS package, the
     download cache; never the folder a run's config names). ``model`` / ``trust_code``: what rebuilds
     the runs trained with a model of their own (the others ignore them; see
-    :func:`~spatialmix.engine.train.load_trained_model`). Returns the results, in the order of
+    `load_trained_model`). Returns the results, in the order of
     ``run_dirs``.
 
     Each run's lock (the one `train` holds) is held from before its checkpoint is read until its

@@ -1,12 +1,12 @@
 """What every study of the paper shares: the presets, the context a study runs in, its training jobs.
 
 A study is a function ``(StudyContext) -> StudyResult`` (the table of them is
-:data:`spatialmix.studies.reproduce.STUDIES`); :data:`PRESETS` is the one table of presets.
+`spatialmix.studies.reproduce.STUDIES`); `PRESETS` is the one table of presets.
 
 Every run of a study lives in its own run directory below the study folder; a finished run is
 read back instead of retrained and an interrupted one is resumed, so ``reproduce`` can be
 killed and started again at any point without losing work. Independent trainings run side by
-side (:func:`train_all`, one process per core with one thread each).
+side (`train_all`, one process per core with one thread each).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class StudyContext:
 
 
 def check_job(config: TrainConfig, run_dir: Path) -> None:
-    """Raise now what :func:`train_or_reuse` would refuse for this job (a run in ``run_dir`` made
+    """Raise now what `train_or_reuse` would refuse for this job (a run in ``run_dir`` made
     with another config, finished or not), so a study refuses before it trains anything."""
     if runs.Run(run_dir).finished_summary(config) is None:
         prepare_run_dir(Path(run_dir), config, resume=True, task=ClassificationTask())
@@ -173,7 +173,7 @@ def check_job(config: TrainConfig, run_dir: Path) -> None:
 
 def train_or_reuse(config: TrainConfig, run_dir: Path) -> dict:
     """Train ``config`` in ``run_dir``: reuse it when it finished with this config, resume it when
-    interrupted; a run that finished with another config is an error (see :meth:`runs.Run.finished_summary`).
+    interrupted; a run that finished with another config is an error (see `runs.Run.finished_summary`).
     The run folder stays locked from the check to the end of training."""
     summary = runs.Run(run_dir).finished_summary(config)
     if summary is not None:  # a finished run is only read: no lock, nothing in its folder changes

@@ -7,15 +7,15 @@ from four priors, beside the classification study's Full and Space runs of the s
 * ``default``: PyTorch's i.i.d. uniform init (the classification study's Chans run, reused);
 * ``smoothed``: the same filters Gaussian-smoothed with the best sigma of the smoothing study
   (highest mean robust accuracy at the largest budget among its sigmas > 0) when it ran in this
-  or an earlier ``reproduce`` call of the same preset, else :data:`DEFAULT_SIGMA` (the run folder
+  or an earlier ``reproduce`` call of the same preset, else `DEFAULT_SIGMA` (the run folder
   is the smoothing study's, so a run both studies need is trained once);
-* ``covariance``: the closed-form covariance of Trockman et al. (ICLR 2023), :mod:`spatialmix.core.priors`;
+* ``covariance``: the closed-form covariance of Trockman et al. (ICLR 2023), `spatialmix.core.priors`;
 * ``covariance-from-Full``: each layer's filters drawn from the Gaussian fit of the trained
   filters of the classification study's Full run of the same seed.
 
 Every run is attacked with the robustness study's settings
-(:func:`spatialmix.studies.robustness.attack_settings`,
-:func:`spatialmix.robustness.run_attacks.attack_runs`; results saved as ``robustness.json`` in each run
+(`spatialmix.studies.robustness.attack_settings`,
+`spatialmix.robustness.run_attacks.attack_runs`; results saved as ``robustness.json`` in each run
 folder and
 reused). The result has a table of clean and robust accuracy (mean ± std over seeds), a table of
 what each prior buys over the default one, the first seed's frozen filters side by side with

@@ -1,7 +1,7 @@
 """``spatialmix reproduce``: the studies of the paper, one after the other, and their results.
 
-:data:`STUDIES` is the one table of them, in the order ``reproduce`` runs them; each study lives
-in its own module of :mod:`spatialmix.studies`. Every run lives in its own run directory below the
+`STUDIES` is the one table of them, in the order ``reproduce`` runs them; each study lives
+in its own module of `spatialmix.studies`. Every run lives in its own run directory below the
 study folder; a finished run is read back instead of retrained and an interrupted one is resumed,
 so ``reproduce`` can be killed and started again at any point without losing work.
 """
@@ -69,14 +69,14 @@ def reproduce(
     sequential: dict | None = None,
     **overrides,
 ) -> dict[str, StudyResult]:
-    """Run the studies of ``preset`` (by default every one of :data:`STUDIES` but those run
-    :data:`ON_REQUEST`) and save their tables.
+    """Run the studies of ``preset`` (by default every one of `STUDIES` but those run
+    `ON_REQUEST`) and save their tables.
 
     ``overrides`` replace fields of the preset's training config (e.g. ``epochs=1``).
     ``processes`` independent trainings and evaluations run side by side (default: one per
     available core) with ``threads`` torch threads each (default: 1 when side by side, else
     torch's default). Writes ``results.json`` and ``results.md`` in ``out_dir``; prints the time
-    each study took. ``sequential``: the record :func:`spatialmix.studies.sequential.reproduce_until_decided`
+    each study took. ``sequential``: the record `spatialmix.studies.sequential.reproduce_until_decided`
     keeps in results.json (each study's look and confidence level).
     """
     if preset not in PRESETS:

@@ -1,10 +1,10 @@
 """The paper's second claim, as two studies of ``spatialmix reproduce``.
 
 * ``robustness``: the classification study's Full, Chans and Space runs under attack
-  (:mod:`spatialmix.robustness.attacks`): clean and robust accuracy per budget, with the gradient-masking
+  (`spatialmix.robustness.attacks`): clean and robust accuracy per budget, with the gradient-masking
   checks of every evaluation.
 * ``smoothing``: Chans models whose frozen random spatial filters are Gaussian-smoothed at a
-  list of sigmas (``smooth_sigma``, see :class:`spatialmix.core.inits.InitSpec`), trained and
+  list of sigmas (``smooth_sigma``, see `spatialmix.core.inits.InitSpec`), trained and
   attacked the same way; clean and robust accuracy against sigma (table and plot).
 
 Settings come from ``Preset.options["robustness"]`` and ``Preset.options["smoothing"]``; every

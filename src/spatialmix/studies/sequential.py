@@ -29,9 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from spatialmix.analysis.claims import CLAIMS, CONTRADICTS, SUPPORTS, finite_number
+from spatialmix.analysis.claims import CLAIMS, CONTRADICTS, SUPPORTS
+from spatialmix.analysis.decision import finite_number
 from spatialmix.analysis.statistics import LEVEL, SPENDING_RHO, continued_levels, spending_levels
-from spatialmix.analysis.verdicts import verdicts_for_study
+from spatialmix.analysis.verdicts_from_folders import verdicts_for_study
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.io.untrusted import read_json
 from spatialmix.options import parse_duration

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from spatialmix.analysis.verdicts import verdict_record, verdict_table, verdicts_for_study
+from spatialmix.analysis.verdict_text import verdict_table
+from spatialmix.analysis.verdicts_from_folders import verdict_record, verdicts_for_study
 from spatialmix.io.study_results import StudyResult
 from spatialmix.report.document import write_report
 from spatialmix.studies.context import StudyContext

@@ -1,11 +1,11 @@
 """The un-shuffling study (claim 3): Full / Chans / Space against two references, one table, one figure.
 
-:func:`unshuffle_study` plans one run per mode and seed (plus the no-spatial-mixing reference,
+`unshuffle_study` plans one run per mode and seed (plus the no-spatial-mixing reference,
 kernel size 1), checks every run folder before writing anything, trains them (side by side with
 ``processes``), and compares them with the floor of the scrambled input itself. The task it
-trains (metrics, :class:`~spatialmix.models.unshufflenet.UnshuffleNet`, presets) lives in
-:mod:`spatialmix.engine.unshuffle`, the scrambling in :mod:`spatialmix.data.permutation`;
-:func:`unshuffle_reproduce_study` is its entry in :data:`spatialmix.studies.reproduce.STUDIES`.
+trains (metrics, `UnshuffleNet`, presets) lives in
+`spatialmix.engine.unshuffle`, the scrambling in `spatialmix.data.permutation`;
+`unshuffle_reproduce_study` is its entry in `spatialmix.studies.reproduce.STUDIES`.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def unshuffle_study(
     ``unshuffle.png`` (ground truth, scrambled, each model's reconstruction of the same test
     images). Finished runs are reused and interrupted ones resumed; everything is checked before
     anything is written, so a bad setting leaves ``out_dir`` as it was. ``processes`` runs train
-    side by side with ``threads`` threads each (see :mod:`spatialmix.engine.parallel`).
+    side by side with ``threads`` threads each (see `spatialmix.engine.parallel`).
     """
     out_dir = Path(out_dir)
     task = UnshuffleTask(perm_seed, window, loss)

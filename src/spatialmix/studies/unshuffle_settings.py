@@ -1,6 +1,6 @@
 """What the un-shuffling study depends on: the keyword arguments of ``unshuffle_study``, as a dataclass.
 
-``spatialmix unshuffle`` generates its options from :class:`UnshuffleSettings` and calls
+``spatialmix unshuffle`` generates its options from `UnshuffleSettings` and calls
 ``unshuffle_study(**settings.study_kwargs())``. Imports nothing heavy (``--help`` stays fast).
 """
 
@@ -33,7 +33,7 @@ TRAINING_OVERRIDES = (
 
 @dataclass(frozen=True)
 class UnshuffleSettings:
-    """The settings of ``unshuffle_study`` (see :func:`spatialmix.studies.unshuffle.unshuffle_study`)."""
+    """The settings of ``unshuffle_study`` (see `spatialmix.studies.unshuffle.unshuffle_study`)."""
 
     out: str = option("runs/unshuffle", "study folder")
     preset: str = option(

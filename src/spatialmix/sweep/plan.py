@@ -2,7 +2,7 @@
 
 A sweep is a list of configurations, each with its own run directory. It comes from
 
-* a grid file (YAML): every combination of the listed values is one configuration::
+* a grid file (YAML): every combination of the listed values is one configuration:
 
       preset: quick            # optional: start from a study preset's training config
       base:                    # optional: TrainConfig fields shared by every configuration
@@ -21,8 +21,8 @@ Each configuration is one job, which trains its run, resumes it from its last ch
 reads it back when it finished. Jobs run one after another in this process (``local``, the
 default), each in its own process on this machine through submitit (``submitit-local``), or one
 Slurm job per configuration through submitit (``slurm``; GPUs, time and partition per job; a job
-that runs out of time or is preempted is requeued and resumes): see :mod:`spatialmix.sweep.slurm`, and
-:mod:`spatialmix.sweep.settings` for the settings and each job's resources. A finished configuration is never
+that runs out of time or is preempted is requeued and resumes): see `spatialmix.sweep.slurm`, and
+`spatialmix.sweep.settings` for the settings and each job's resources. A finished configuration is never
 run again, so a sweep that was interrupted continues when it is started again. When every job has
 finished, the results are gathered into the same tables as a local run (``results.md``,
 ``results.json`` in the sweep folder).

@@ -10,7 +10,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from spatialmix.analysis.verdicts import verdict_table, verdicts_for_runs
+from spatialmix.analysis.verdict_text import verdict_table
+from spatialmix.analysis.verdicts_from_folders import verdicts_for_runs
 from spatialmix.engine import distributed
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.io import runs, storage

@@ -1,7 +1,7 @@
 """What a sweep depends on: where its configurations come from, how they run, what each job asks for.
 
-:class:`SweepSettings` (a grid file or a study preset, the folder, the executor) and
-:class:`JobResources` (a submitit / Slurm job's GPUs, nodes, time, ...), with their validation.
+`SweepSettings` (a grid file or a study preset, the folder, the executor) and
+`JobResources` (a submitit / Slurm job's GPUs, nodes, time, ...), with their validation.
 ``spatialmix sweep`` generates its options from both. Imports nothing heavy.
 """
 

@@ -1,8 +1,8 @@
 """Sweep jobs through submitit: a process per job on this machine, or a Slurm job per configuration.
 
-:func:`run_with_submitit` submits the pending configurations of a sweep (at most ``max_running``
+`run_with_submitit` submits the pending configurations of a sweep (at most ``max_running``
 at a time), waits for them and reports each as it ends; an interruption cancels the jobs still
-running. Inside a job, :class:`SubmititJob` joins the job's processes (one per GPU) into one DDP
+running. Inside a job, `SubmititJob` joins the job's processes (one per GPU) into one DDP
 group, and submitit requeues the job when Slurm stops it for time or preemption (it resumes from
 its checkpoint).
 """

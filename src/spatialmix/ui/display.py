@@ -1,6 +1,6 @@
 """What the user sees: the console and result tables (terminal, Markdown, CSV, JSON, pandas).
 
-Progress bars are in :mod:`spatialmix.ui.progress`.
+Progress bars are in `spatialmix.ui.progress`.
 """
 
 from __future__ import annotations

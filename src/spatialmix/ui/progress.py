@@ -1,8 +1,8 @@
 """Progress on the terminal: one live bar implementation, used by training and by attacks.
 
-:class:`LiveBar` owns the rich display on stderr and decides when it is worth redrawing (a few
+`LiveBar` owns the rich display on stderr and decides when it is worth redrawing (a few
 times a second: reading a running loss syncs the device, so redrawing every step would slow the
-work down). :class:`TrainProgress` and :class:`AttackProgress` only say what to show.
+work down). `TrainProgress` and `AttackProgress` only say what to show.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``sm.train(...)`` returns one; ``sm.Run.open(RUN_DIR)`` opens any run folder, finished or not.
 Every attribute reads the folder when it is asked for (a run still training shows its latest
-epoch), through the validated reader :class:`spatialmix.io.runs.Run`::
+epoch), through the validated reader `spatialmix.io.runs.Run`:
 
     run = sm.Run.open("runs/tiny")
     run.status, run.summary["test_acc"], run.metrics.tail(1)
@@ -31,7 +31,7 @@ class Run:
     """One run folder as a Python object.
 
     ``model``: for a run trained with a model of its own, the factory or module that rebuilds it
-    (what ``sm.train`` was given; :meth:`model` takes one too), and ``trust_code=True`` to import the
+    (what ``sm.train`` was given; `model` takes one too), and ``trust_code=True`` to import the
     factory its ``config.json`` names instead (only for runs you trust).
     """
 

@@ -1,6 +1,6 @@
-"""``sm.train``: train a config or a model of your own, and get the run back as a :class:`Run`.
+"""``sm.train``: train a config or a model of your own, and get the run back as a `Run`.
 
-The loop itself is :func:`spatialmix.engine.train.fit` (which returns the summary dict); this adds
+The loop itself is `spatialmix.engine.train.fit` (which returns the summary dict); this adds
 what a person calling it wants: a model (or its factory) as the first argument, the config's fields
 as keyword arguments, and a handle on the result.
 """
@@ -33,12 +33,12 @@ def train(
     task=None,
     **fields,
 ) -> Run:
-    """Train in ``run_dir`` and return the :class:`Run` (its ``summary``, ``metrics``, ``model()``, ...).
+    """Train in ``run_dir`` and return the `Run` (its ``summary``, ``metrics``, ``model()``, ...).
 
     The trained model, ``train(...).model()``, takes images in [0, 1] and normalizes them itself
     (RobustBench's convention; see ``Run.model``).
 
-    ``model_or_config``: a :class:`TrainConfig`, or a model of your own: an ``nn.Module``, or a
+    ``model_or_config``: a `TrainConfig`, or a model of your own: an ``nn.Module``, or a
     factory (a function or class returning one, called with whichever of ``in_chans``,
     ``num_classes``, ``image_size`` it takes, under the run's seed). Its mixers are initialized and
     frozen per ``mode`` as a built-in model's are; ``config.json`` records where it came from (the
@@ -46,9 +46,9 @@ def train(
     own (default ``TrainConfig()``); ``fields``: TrainConfig fields to change (``mode="chans"``,
     ``epochs=1``). ``resume=True`` continues the run (with its saved config, changed by ``fields``:
     ``sm.train(build, run_dir, resume=True, epochs=5)``). ``callbacks``:
-    :class:`~spatialmix.engine.callbacks.Callback` objects (``sm.TensorBoardLogger()``, ...).
+    `Callback` objects (``sm.TensorBoardLogger()``, ...).
     ``trust_code``: import the factory a config or a run names (only for code you trust).
-    ``data``, ``max_steps``, ``task``: see :func:`spatialmix.engine.train.fit`.
+    ``data``, ``max_steps``, ``task``: see `spatialmix.engine.train.fit`.
     """
     if isinstance(model_or_config, str):
         raise SpatialmixError(

@@ -1,44 +1,7 @@
-"""One verdict per claim of the paper, computed from the data, never written by hand.
+"""Verdicts from study and run folders: the data each claim needs, read from what `spatialmix
+reproduce` and `spatialmix train` / `attack` saved, then decided by `spatialmix.analysis.decision`.
 
-Each line gives the effect, its 95% interval, the seeds and examples behind it, and one word:
-
-* **supports**: the whole interval lies on the paper's side of the claim's threshold;
-* **contradicts**: the whole interval lies on the other side;
-* **inconclusive**: the interval covers the threshold, has zero width (the data show no spread at
-  all), or cannot be computed (one seed);
-* **not run**: no data for the claim; the line names the command that would test it.
-
-| claim | the paper says | effect measured | supports when the interval is |
-|---|---|---|---|
-| 1a | Chans reaches nearly Full's accuracy | Chans - Full clean test accuracy | above -1 point (the margin
-of "nearly the same") |
-| 1b | Space is clearly worse than Full | Space - Full clean test accuracy | below 0 |
-| 2a | Chans is more robust than Full (per eps > 0) | Chans - Full robust accuracy | above 0 |
-| 2b | smoothing Chans's frozen filters adds robustness (per eps > 0) | slope of Chans robust accuracy
-against the smoothing sigma | above 0 |
-| 3a | Chans un-shuffles as well as Full | Chans - Full un-shuffling test PSNR | above -1 dB |
-| 3b | Chans recovers nearly all Full recovers | (Chans - floor) / (Full - floor) PSNR, floor = the scrambled
-input | above 0.9 |
-
-"contradicts" is the mirror image: the whole interval below -1 point (1a), above 0 (1b), below 0
-(2a, 2b), below -1 dB (3a), below 0.9 (3b).
-
-The intervals cover the population of seeds and test examples, not one test set: every seed is
-scored on the same test examples, so the per-example results (``test_correct_bits``,
-``robust_bits``, ``test_psnr_per_example``) form a seeds x examples table, and
-`spatialmix.analysis.crossed` adds the test set's own sampling variance (the between-example
-variance over the number of examples, from a two-way analysis of variance) to the seeds' (the
-spread of their means, t with df = seeds - 1). A comparison (1a, 1b, 2a, 3a) uses the table of
-per-example differences; the slope (2b) one least-squares slope per seed and example (a seed's
-runs share their initial tensors and examples); 3b the ratio of the mean gains over the floor, by
-the delta method. Seeds on test sets of different sizes add the test set's share by how much their
-examples overlap. Runs saved without per-example results get the t-interval over the seeds alone,
-and their method says "test-set variance not included". An interval of zero width decides
-nothing. McNemar's exact test per seed is listed beside a comparison as a description, never as
-the verdict. Every line also says what its seeds can decide: the smallest distance from the
-threshold this many seeds find at 80% power, how many seeds the observed effect needs ("needs
-about 7 seeds"), or, when the test set alone keeps it open, that it needs more test images. Models
-are paired by seed within one setting: runs that differ in anything but mode and seed (and the
+Models are paired by seed within one setting: runs that differ in anything but mode and seed (and the
 smoothing sigma for 2b) are never compared with each other.
 """
 
@@ -50,25 +13,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 # The claims, the rule and the verdicts of plain data live in .claims; this module is their public face.
-from spatialmix.analysis.claims import (
-    CLAIMS,
-    NOT_RUN,
-    TEST_EXAMPLES,
-    Verdict,
-    claim_verdicts,
-    finite_number,
-    format_value,
-    mode_name,
-    parse_bits,
-    power_text,
-    rule_text,
-)
-from spatialmix.analysis.statistics import LEVEL
+from spatialmix.analysis.claims import CLAIMS, NOT_RUN, TEST_EXAMPLES, Verdict
+from spatialmix.analysis.decision import claim_verdicts, finite_number, mode_name, parse_bits
+from spatialmix.analysis.verdict_text import power_text, rule_text
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.io.paths import inside
 from spatialmix.io.runs import find_runs
-from spatialmix.ui.display import ResultTable
 
 ROBUSTNESS_FILE = "robustness.json"
 UNSHUFFLE_FILE = "unshuffle.json"
@@ -84,69 +35,6 @@ NOT_A_SETTING = {
     "threads",
     "channels_last",
 }
-
-
-# --------------------------------------------------------------------------- the table
-
-
-def _interval(v: Verdict) -> str:
-    est = v.estimate
-    if est is None:
-        return "-"
-    if not est.defined:
-        return "undefined"
-    low, high = format_value(est.low, v.unit), format_value(est.high, v.unit)
-    suffix = low.partition(" ")[2]
-    return f"[{low.partition(' ')[0]}, {high.partition(' ')[0]}]" + (f" {suffix}" if suffix else "")
-
-
-def verdict_table(
-    verdicts: list[Verdict], title: str = "Verdicts: each claim of the paper against the data"
-) -> ResultTable:
-    """One row per verdict: claim, what the paper says, the effect, its interval, seeds, examples,
-    the word, what the seeds can decide at 80% power, and how the interval was made."""
-    scoped = any(v.scope for v in verdicts)
-    levels = {v.estimate.level for v in verdicts if v.estimate is not None}
-    level = f"{100 * levels.pop():g}% interval" if len(levels) == 1 else "interval (level in how)"
-    columns = (
-        [("claim", "claim", "")]
-        + ([("scope", "setting", "")] if scoped else [])
-        + [
-            ("paper", "the paper says", ""),
-            ("effect", "effect measured", ""),
-            ("estimate", "estimate", ""),
-            ("interval", level, ""),
-            ("seeds", "seeds", ""),
-            ("examples", "examples", ""),
-            ("rule", "supports if interval", ""),
-            ("verdict", "verdict", ""),
-            ("power", "80% power", ""),
-            ("how", "how", ""),
-        ]
-    )
-    table = ResultTable(title, columns)
-    for v in verdicts:
-        est = v.estimate
-        known = est is not None and not math.isnan(est.value)
-        method = est.method if est is not None else ""
-        if est is not None and est.level != LEVEL:
-            method += f", {100 * est.level:.3g}% level"
-        how = "; ".join(x for x in (method, v.details) if x)
-        table.add(
-            claim=v.claim,
-            scope=v.scope or "-",
-            paper=v.paper,
-            effect=v.effect,
-            estimate=format_value(est.value, v.unit) if known else "-",
-            interval=_interval(v),
-            seeds=est.n_seeds if est is not None and est.n_seeds else "-",
-            examples=f"{est.n_examples:,}" if est is not None and est.n_examples else "-",
-            rule=rule_text(CLAIMS[v.claim]),
-            verdict=v.verdict,
-            power=power_text(v) or "-",
-            how=how,
-        )
-    return table
 
 
 # --------------------------------------------------------------------------- reading a study folder
@@ -262,7 +150,7 @@ def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
     seeds were added until its claims were decided (``reproduce --until-decided``).
 
     A folder with runs but no study results (a sweep, an interrupted study) is read as its runs
-    (:func:`verdicts_for_runs`).
+    (`verdicts_for_runs`).
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():  # a typo is not a study whose claims were "not run"
@@ -326,7 +214,7 @@ def sequential_levels(results: dict, path: Path) -> dict[str, float]:
 
 @dataclass
 class _FinishedRun:
-    """What the verdicts need of one finished run (read through :class:`runs.Run`)."""
+    """What the verdicts need of one finished run (read through `runs.Run`)."""
 
     path: Path
     train: dict
@@ -336,7 +224,7 @@ class _FinishedRun:
 
 
 def _read_run(path: Path) -> _FinishedRun | None:
-    """A finished run's config, summary and robustness.json, read through :class:`runs.Run` (every
+    """A finished run's config, summary and robustness.json, read through `runs.Run` (every
     file validated); None for a run that has not finished."""
     runs.check_run_dir(path)
     run = runs.Run(path)
