@@ -20,6 +20,8 @@ MODELS = (
     "mlpmixer",
     "mlpmixer-128/6",
     "mlpmixer-256/8",
+    "resnet",
+    "resnet-sep",
     "resnet18",
     "resnet34",
     "resnet50",
