@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from spatialmix.core.mixing import SPATIAL, STEM_OR_FULL, apply_mixing, classify_layers
 from spatialmix.engine.config import TrainConfig
 from spatialmix.errors import SpatialmixError
 from spatialmix.models.convmixer import ConvMixer
@@ -170,6 +171,51 @@ def test_separable_resnet_imagenet_stem_on_small_images():
     assert model.conv1.kernel_size == (7, 7) and model.conv1.stride == (2, 2)
     with torch.no_grad():
         assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def small_resnet_formula(width, depth, in_chans, num_classes, separable) -> int:
+    """Parameters of the small-image ResNet counted by hand: 3 x 3 convs (depthwise + pointwise when
+    separable), projection shortcuts where the width changes, BatchNorm scale + shift, the head."""
+
+    def conv3(cin, cout):
+        return cin * 9 + cin * cout if separable else cin * cout * 9
+
+    total = in_chans * width * 9 + 2 * width  # the stem stays a full conv
+    chans = width
+    for stage in range(3):
+        out = width * 2**stage
+        for _ in range(depth):
+            total += conv3(chans, out) + 2 * out + conv3(out, out) + 2 * out
+            if chans != out:
+                total += chans * out + 2 * out
+            chans = out
+    return total + chans * num_classes + num_classes
+
+
+@pytest.mark.parametrize("width,depth,patch,size", [(8, 2, 1, 28), (32, 1, 2, 28), (16, 3, 1, 32)])
+def test_small_resnet_has_he_et_als_layout(width, depth, patch, size):
+    """Three stages of basic blocks (width, 2 x width, 4 x width; the last two halve the resolution),
+    its 3 x 3 convs after the stem made depthwise + pointwise; its Chans mode freezes the depthwise
+    filters only."""
+    separable = create_model(
+        "resnet-sep", in_chans=1, num_classes=10, image_size=size, width=width, depth=depth, patch_size=patch
+    )
+    ordinary = create_model(
+        "resnet", in_chans=1, num_classes=10, image_size=size, width=width, depth=depth, patch_size=patch
+    )
+    assert count_parameters(separable) == small_resnet_formula(width, depth, 1, 10, separable=True)
+    assert count_parameters(ordinary) == small_resnet_formula(width, depth, 1, 10, separable=False)
+    kinds = classify_layers(separable)
+    assert kinds["stem.0"] == STEM_OR_FULL and separable.stem[0].stride == (patch, patch)
+    depthwise = [name for name, kind in kinds.items() if kind == SPATIAL]
+    assert len(depthwise) == 3 * depth * 2
+    x = torch.randn(2, 1, size, size)
+    features = separable.blocks(separable.stem(x))
+    assert features.shape[1:] == (4 * width, *[-(-size // patch // 4)] * 2)
+    assert separable.eval()(x).shape == ordinary.eval()(x).shape == (2, 10)
+    apply_mixing(separable, "chans")
+    frozen = sum(p.numel() for p in separable.parameters() if not p.requires_grad)
+    assert frozen == sum(dict(separable.named_modules())[n].weight.numel() for n in depthwise)
 
 
 # --------------------------------------------------------------------------- MLP-Mixer

@@ -301,14 +301,18 @@ def test_slurm_without_slurm_is_a_clear_error(tiny_grid, tmp_path, monkeypatch):
 def test_study_sweep_runs_land_where_reproduce_reads_them(fake_fashion_dir, tmp_path):
     overrides = {k: v for k, v in TINY_BASE.items() if k not in ("model",)}
     sweep = study_sweep("quick", tmp_path / "study", seeds=(3,), data_dir=str(fake_fashion_dir), **overrides)
-    assert [j.run_dir for j in sweep.jobs] == [
-        classification_run_dir(tmp_path / "study", m, 3) for m in ("full", "chans", "space")
+    modes = ("full", "chans", "space")
+    assert [j.run_dir for j in sweep.jobs] == [  # both model families of the classification study
+        classification_run_dir(tmp_path / "study", m, 3, prefix) for prefix in ("", "resnet-") for m in modes
     ]
     outcome = run_sweep(sweep)
-    assert sorted(outcome.ran) == ["chans-seed3", "full-seed3", "space-seed3"]
-    table, verdicts = outcome.tables
-    assert [r["mode"] for r in table.rows] == ["Full", "Chans", "Space"]
-    assert [(r["claim"], r["seeds"]) for r in verdicts.rows[:2]] == [("1a", 1), ("1b", 1)]
+    assert sorted(outcome.ran) == sorted(f"{p}{m}-seed3" for p in ("", "resnet-") for m in modes)
+    convmixer, resnet, verdicts = outcome.tables
+    for table in (convmixer, resnet):
+        assert [r["mode"] for r in table.rows] == ["Full", "Chans", "Space"]
+    lines = [(r["claim"], r["scope"], r["seeds"]) for r in verdicts.rows[:4]]
+    scopes = ("convmixer-8/1", "resnet-sep-32/1")
+    assert lines == [(claim, scope, 1) for claim in ("1a", "1b") for scope in scopes]
     results = json.loads((tmp_path / "study" / "results.json").read_text())
     assert (
         results["seeds"] == [3]

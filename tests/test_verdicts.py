@@ -682,3 +682,51 @@ def test_a_sequential_record_sets_the_level_of_its_study(tmp_path):
     (study / "results.json").write_text(json.dumps({**results, "sequential": record}))
     levels = {v.claim: v.estimate.level for v in verdicts_for_study(study) if v.estimate is not None}
     assert levels["2a"] == 0.99 and levels["1a"] == 0.95
+
+
+def test_each_model_family_of_a_study_gets_its_own_claim_1_lines(tmp_path):
+    """A classification study of two families: 1a and 1b per family, named by it; the ResNet's
+    summaries are completed from its own run folders (classification/resnet-<mode>-seed<k>); the
+    claim-2 lines are named by the model they attacked, the un-shuffling ones by none."""
+    study = make_study(tmp_path / "study")
+    results = json.loads((study / "results.json").read_text())
+    convmixer = results["studies"]["classification"]["data"]["runs"]
+    convmixer["space"] = classification({"space": [0.880, 0.885, 0.879]})["space"]
+    full = [correct(0.9, n=1000, seed=s) for s in range(3)]
+    bits = {
+        "full": full,
+        "chans": [with_changes(f, to_wrong=50) for f in full],  # 5 points behind: contradicts 1a
+        "space": [with_changes(f, to_wrong=120) for f in full],
+    }
+    resnet = classification({mode: [b.mean() for b in arrays] for mode, arrays in bits.items()})
+    for mode, rows in resnet.items():
+        for row in rows:
+            write_run(
+                study / "classification" / f"resnet-{mode}-seed{row['seed']}",
+                {"mode": mode, "seed": row["seed"], "model": "resnet-sep"},
+                {**row, "test_correct_bits": bits_of(bits[mode][row["seed"]])},  # only in the run folder
+            )
+    results["studies"]["classification"]["data"].update(
+        model="convmixer-64/4", families={"resnet-sep-32/1": {"prefix": "resnet-", "runs": resnet}}
+    )
+    (study / "results.json").write_text(json.dumps(results))
+
+    verdicts = verdicts_for_study(study)
+    lines = [(v.claim, v.scope, v.verdict) for v in verdicts if v.claim[0] == "1"]
+    assert lines == [
+        ("1a", "convmixer-64/4", SUPPORTS),
+        ("1a", "resnet-sep-32/1", CONTRADICTS),
+        ("1b", "convmixer-64/4", SUPPORTS),
+        ("1b", "resnet-sep-32/1", SUPPORTS),
+    ]
+    resnet_1a = next(v for v in verdicts if v.claim == "1a" and v.scope == "resnet-sep-32/1")
+    assert resnet_1a.estimate.value == pytest.approx(-5.0)  # its own runs, never paired with ConvMixer's
+    assert "exact McNemar per seed (only Chans / only Full right): 0/50" in resnet_1a.details
+    assert {v.scope for v in verdicts if v.claim == "2a"} == {"convmixer-64/4"}
+    assert {(v.scope, v.verdict) for v in verdicts if v.claim[0] == "3"} == {("", NOT_RUN)}
+    table = verdict_table(verdicts)
+    assert [r["scope"] for r in table.rows if r["claim"] == "1b"] == ["convmixer-64/4", "resnet-sep-32/1"]
+    # the same folder read as one family (results.json of one model): no names
+    results["studies"]["classification"]["data"].pop("families")
+    (study / "results.json").write_text(json.dumps(results))
+    assert {v.scope for v in verdicts_for_study(study)} == {""}

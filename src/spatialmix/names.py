@@ -22,6 +22,8 @@ MODELS = (
     "mlpmixer",
     "mlpmixer-128/6",
     "mlpmixer-256/8",
+    "resnet",
+    "resnet-sep",
     "resnet18",
     "resnet34",
     "resnet50",

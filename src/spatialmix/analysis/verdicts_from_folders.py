@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-# The claims, the rule and the verdicts of plain data live in .claims; this module is their public face.
 from spatialmix.analysis.claims import CLAIMS, NOT_RUN, TEST_EXAMPLES, Verdict
 from spatialmix.analysis.decision import claim_verdicts, finite_number, mode_name, parse_bits
+from spatialmix.analysis.families import Family, classification_families
 from spatialmix.analysis.verdict_text import power_text, rule_text
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
@@ -116,16 +116,16 @@ def _matching_bits(result, settings: dict, robust_acc: dict) -> dict:
     return bits
 
 
-def _with_run_files(summaries: dict, out_dir: Path) -> dict:
-    """Classification summaries completed from their run folders: ``test_correct_bits`` when the saved
-    copy lacks it (to compare clean accuracy example by example) and the test set's size."""
+def _with_run_files(family: Family, out_dir: Path) -> dict:
+    """A family's classification summaries completed from their run folders: ``test_correct_bits`` when
+    the saved copy lacks it (to compare clean accuracy example by example) and the test set's size."""
     completed = {}
-    for mode, rows in summaries.items():
+    for mode, rows in family.runs.items():
         completed[mode] = []
         for row in rows if isinstance(rows, list) else []:
             row = dict(row) if isinstance(row, dict) else {}
             run_dir = (
-                out_dir / "classification" / f"{mode_name(mode)}-seed{row.get('seed')}"
+                out_dir / "classification" / f"{family.prefix}{mode_name(mode)}-seed{row.get('seed')}"
             )  # classification_run_dir
             if isinstance(row.get("seed"), int) and inside(out_dir, run_dir) and runs.is_run_dir(run_dir):
                 saved = runs.Run(run_dir).summary()  # (inside: a link out of the study is not followed)
@@ -172,21 +172,39 @@ def verdicts_for_study(out_dir: str | Path) -> list[Verdict]:
         name: _dict(_dict(studies.get(name)).get("data"))
         for name in ("classification", "robustness", "smoothing")
     }
-    classification = data["classification"].get("runs")
+    own, *others = classification_families(data["classification"]) or [None]
     robustness, smoothing = (
         robust_records(data[n], out_dir) if data[n].get("runs") else None for n in ("robustness", "smoothing")
     )
     unshuffle = _read_json_or_none(out_dir / "unshuffle" / UNSHUFFLE_FILE, out_dir)
     examples = _dict(data["smoothing"].get("settings")).get("n_examples")
-    return claim_verdicts(
-        _with_run_files(classification, out_dir) if isinstance(classification, dict) else None,
+    levels = sequential_levels(results, out_dir / "results.json")
+    verdicts = claim_verdicts(
+        _with_run_files(own, out_dir) if own is not None else None,
         robustness,
         smoothing,
         unshuffle if isinstance(unshuffle, dict) else None,
         commands=reproduce_commands(out_dir, results.get("preset")),
         robust_examples=examples if isinstance(examples, int) else None,
-        levels=sequential_levels(results, out_dir / "results.json"),
+        levels=levels,
     )
+    return _with_families(verdicts, own, others, out_dir, levels) if others else verdicts
+
+
+def _with_families(
+    verdicts: list[Verdict], own: Family, others: list[Family], out_dir: Path, levels: dict[str, float]
+) -> list[Verdict]:
+    """The verdicts of the preset's own model named by it, and each other family's claim-1 lines
+    beside them, named by theirs (the claims in order; the un-shuffling claims, measured on a model
+    of their own, stay unnamed)."""
+    out = [
+        replace(v, scope=own.name) if v.verdict != NOT_RUN and CLAIMS[v.claim].studies != "unshuffle" else v
+        for v in verdicts
+    ]
+    for family in others:
+        out += claim_verdicts(_with_run_files(family, out_dir), scope=family.name, levels=levels)
+    order = list(CLAIMS)
+    return sorted(out, key=lambda v: order.index(v.claim))
 
 
 def sequential_levels(results: dict, path: Path) -> dict[str, float]:

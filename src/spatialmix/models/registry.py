@@ -27,7 +27,7 @@ from torch import nn
 
 from spatialmix.models.convmixer import CONVMIXER_CONFIGS, ConvMixer, convmixer_for_image
 from spatialmix.models.mlpmixer import MLPMIXER_CONFIGS, MLPMixer, mlpmixer_for_image
-from spatialmix.models.resnet import RESNET_DEPTHS, resnet, resnet_for_image
+from spatialmix.models.resnet import RESNET_DEPTHS, SmallResNet, resnet, resnet_for_image
 from spatialmix.models.unshufflenet import UnshuffleNet
 
 
@@ -76,6 +76,19 @@ MODEL_REGISTRY: dict[str, RegisteredModel] = _table(
     *(
         RegisteredModel(name, MLPMixer, sizes, f"MLP-Mixer {sizes}", mlpmixer_for_image)
         for name, sizes in MLPMIXER_CONFIGS.items()
+    ),
+    RegisteredModel(
+        "resnet-sep",
+        SmallResNet,
+        dict(width=16, depth=1, patch_size=1, separable=True),
+        "small-image ResNet (3 stages of basic blocks), separable after the stem, with explicit "
+        "width/depth/patch_size",
+    ),
+    RegisteredModel(
+        "resnet",
+        SmallResNet,
+        dict(width=16, depth=1, patch_size=1, separable=False),
+        "ordinary small-image ResNet (the baseline of resnet-sep)",
     ),
     *(
         entry

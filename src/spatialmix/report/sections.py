@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from spatialmix.analysis.families import classification_families
 from spatialmix.io.study_results import SavedStudy
 from spatialmix.report.inputs import Inputs, RunInfo, shown_path, skipped_links, task_name
 from spatialmix.report.page import Section, details_table, fold, format_value
@@ -71,25 +72,33 @@ def _is_classification_summary(summary) -> bool:
     )
 
 
-def _saved_summaries(entry: SavedStudy) -> dict[str, list[dict]]:
-    """The per-mode run summaries a classification study saved in results.json (only well-formed ones)."""
-    saved = entry.data.get("runs")
-    if not isinstance(saved, dict):
-        return {}
-    summaries = {
-        mode: [s for s in rows if _is_classification_summary(s)]
-        for mode, rows in saved.items()
-        if isinstance(rows, list)
-    }
-    return summaries if any(summaries.values()) else {}
+def _saved_summaries(entry: SavedStudy) -> list[dict[str, list[dict]]]:
+    """Per model family, the per-mode run summaries a classification study saved in results.json (only
+    well-formed ones)."""
+    found = []
+    for family in classification_families(entry.data):
+        summaries = {
+            mode: [s for s in rows if _is_classification_summary(s)]
+            for mode, rows in family.runs.items()
+            if isinstance(rows, list)
+        }
+        if any(summaries.values()):
+            found.append(summaries)
+    return found
 
 
 def classification_section(inputs: Inputs) -> Section:
-    """From each study's classification results, else from its runs' summaries; then the runs given."""
+    """From each study's classification results (a table per model family), else from its runs'
+    summaries; then the runs given."""
     section = Section("classification", SECTIONS["classification"])
     for study in inputs.studies:
-        saved = [_saved_summaries(entry) for entry in study.entries if entry.section == "classification"]
-        for summaries in [s for s in saved if s] or [_group_summaries(study.runs)]:
+        saved = [
+            family
+            for entry in study.entries
+            if entry.section == "classification"
+            for family in _saved_summaries(entry)
+        ]
+        for summaries in saved or [_group_summaries(study.runs)]:
             if summaries:
                 title = _classification_title(study.path.name, summaries)
                 section.items.append(classification_table(summaries, title))

@@ -34,8 +34,9 @@ class Preset:
     seeds: tuple[int, ...] = (0,)
     modes: tuple[str, ...] = MODES
     options: dict = field(default_factory=dict)  # per-study settings, keyed by study name
-    # How many of `seeds` a study or a mode uses when no seeds are given (e.g. {"space": 3}): the
-    # claims need different numbers of seeds, and seeds are the whole cost.
+    # How many of `seeds` a study, a mode or a model family of the classification study uses when no
+    # seeds are given (e.g. {"space": 3}): the claims need different numbers of seeds, and seeds are
+    # the whole cost.
     seed_counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -71,6 +72,14 @@ QUICK = Preset(
     seeds=(0, 1, 2, 3, 4, 5),
     seed_counts={"space": 3, "robustness": 3, "smoothing": 3, "unshuffle": 3, "init": 3},
     options={
+        # Claim 1 on a classical family too: the separable ResNet of He et al.'s small-image layout
+        # (stem stride 2: 14 x 14 like ConvMixer's patch 2; stages of 32, 64, 128 channels, one block
+        # each), sized to cost no more than ConvMixer-64/4 (see the seeds below).
+        "classification": {
+            "families": {
+                "resnet": {"model": "resnet-sep", "width": 32, "depth": 1, "patch_size": 2},
+            }
+        },
         # 500 fixed images at the standard strength (AttackSettings' defaults: APGD-CE-10 + APGD-T-10 on
         # one target on the examples still standing, then 30-step APGD-CE + APGD-T on every other class
         # for the 50 nearest the decision boundary; within 1 point of 100-step AutoAttack at every
@@ -185,8 +194,11 @@ def train_or_reuse(config: TrainConfig, run_dir: Path) -> dict:
         return fit(config, run.path, resume=True)
 
 
-def classification_run_dir(out_dir: Path, mode: str, seed: int) -> Path:
-    return Path(out_dir) / "classification" / f"{mode}-seed{seed}"
+def classification_run_dir(out_dir: Path, mode: str, seed: int, prefix: str = "") -> Path:
+    """The run folder of the classification study's `mode` run of `seed`: the preset's own model's
+    (reused by the robustness, smoothing and init studies), or with `prefix` another family's (see
+    `spatialmix.studies.classification.model_families`)."""
+    return Path(out_dir) / "classification" / f"{prefix}{mode}-seed{seed}"
 
 
 def _run_description(config: TrainConfig) -> str:

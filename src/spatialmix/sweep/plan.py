@@ -43,7 +43,8 @@ from spatialmix.engine.config import MODEL_SHAPE_FIELDS, TrainConfig
 from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.models.factory import model_kwargs
 from spatialmix.models.registry import MODEL_REGISTRY
-from spatialmix.studies.context import PRESETS, StudyContext, classification_run_dir
+from spatialmix.studies.classification import classification_jobs
+from spatialmix.studies.context import PRESETS, StudyContext
 from spatialmix.sweep.settings import SweepSettings, check_max_running
 
 GRID_KEYS = ("preset", "base", "grid")
@@ -217,12 +218,10 @@ def study_sweep(preset: str, out_dir: str | Path, seeds: tuple[int, ...] | None 
     ctx = StudyContext(p, Path(out_dir), tuple(seeds or p.seeds), overrides, seeds_given=bool(seeds))
     seeds = ctx.seeds
     jobs = []
-    for seed in ctx.seeds_for("classification"):
-        for mode in (m for m in p.modes if seed in ctx.seeds_for("classification", m)):
-            name = f"{mode}-seed{seed}"
-            config = _validated(p.base.replace(**overrides, mode=mode, seed=seed), name)
-            run_dir = classification_run_dir(out_dir, mode, seed)
-            jobs.append(SweepJob(name, config, run_dir, {"mode": mode, "seed": seed}))
+    for job in classification_jobs(ctx):  # every model family of the preset, as reproduce trains them
+        name = job.run_dir.name
+        labels = {"mode": job.config.mode, "seed": job.config.seed}
+        jobs.append(SweepJob(name, _validated(job.config, name), job.run_dir, labels))
     return Sweep(
         Path(out_dir),
         jobs,
