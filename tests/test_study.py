@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SYSTEM_FASHION_MNIST
-from spatialmix.analysis.verdicts import verdicts_for_study
+from spatialmix.analysis.verdicts_from_folders import verdicts_for_study
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.studies import context as study
