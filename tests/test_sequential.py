@@ -154,8 +154,11 @@ def test_a_preset_gives_each_study_and_mode_the_seeds_it_needs(tmp_path):
     assert given.seeds_for("classification", "space") == given.seeds_for("robustness") == (0, 1, 2, 3)
     jobs = study_sweep("quick", tmp_path).jobs
     assert sorted(j.name for j in jobs if j.name.startswith("space")) == [f"space-seed{s}" for s in (0, 1, 2)]
-    assert len(jobs) == 6 + 6 + 3
-    assert len(study_sweep("quick", tmp_path, seeds=(0, 1)).jobs) == 6
+    assert len(jobs) == 6 + 6 + 3 + 4 + 4 + 3  # ConvMixer, then the ResNet's 4 seeds ("resnet": 4)
+    assert sorted(j.name for j in jobs if j.name.startswith("resnet-chans")) == [
+        f"resnet-chans-seed{s}" for s in (0, 1, 2, 3)
+    ]
+    assert len(study_sweep("quick", tmp_path, seeds=(0, 1)).jobs) == 2 * 6
 
 
 @pytest.mark.slow
