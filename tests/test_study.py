@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SYSTEM_FASHION_MNIST
-from spatialmix.analysis.verdicts_from_folders import verdicts_for_study
+from spatialmix.analysis.verdicts_from_folders import reproduce_commands, verdicts_for_study
 from spatialmix.errors import SpatialmixError
 from spatialmix.io import runs
 from spatialmix.studies import context as study
@@ -254,7 +254,9 @@ def test_the_study_table_names_every_study_in_running_order():
     assert names.index("classification") < names.index("robustness") < names.index("smoothing")
     assert set(CLAIM_STUDIES) == {"classification", "robustness", "smoothing", "unshuffle"}
     assert set(CLAIM_STUDIES) <= set(names[: names.index("verdicts")])
-    assert set(names) >= reproduce_module.ON_REQUEST | reproduce_module.KEEP_SEQUENTIAL
+    on_request = {s for preset in PRESETS.values() for s in preset.on_request}
+    assert set(names) >= on_request | reproduce_module.KEEP_SEQUENTIAL
+
     for name in names:
         assert reproduce_module.STUDIES[name].__module__.startswith("spatialmix.studies.")
     with pytest.raises(SpatialmixError, match="unknown study 'segmentation'"):
@@ -267,6 +269,19 @@ def test_reproduce_prints_the_time_of_each_study_and_the_total(study_dir):
     assert "classification took" in printed and "total" in printed
     saved = json.loads((out / "results.json").read_text())
     assert saved["studies"]["classification"]["data"]["time_s"] > 0
+
+
+def test_the_quick_preset_leaves_claim_2_to_the_standard_preset(tmp_path):
+    """The quick preset runs what it can decide in minutes; its claim-2 lines name the standard preset."""
+    assert reproduce_module.default_studies("quick") == ["classification", "unshuffle", "verdicts", "report"]
+    assert {"robustness", "smoothing"} <= set(reproduce_module.default_studies("standard"))
+    commands = reproduce_commands(tmp_path, "quick")
+    assert (
+        commands["robustness"]
+        == commands["smoothing"]
+        == ("spatialmix reproduce --preset standard --out runs/standard")
+    )
+    assert commands["classification"] == f"spatialmix reproduce --out {tmp_path} --studies classification"
 
 
 def test_each_study_records_the_machine_and_command_that_ran_it(study_dir):

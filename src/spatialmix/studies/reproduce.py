@@ -46,10 +46,14 @@ STUDIES: dict[str, StudyFn] = {
     "report": report_study,  # report.html, last
 }
 """Every study `reproduce` can run, by name, in the order it runs them."""
-# Run only when asked for (`--studies ...,init`): not part of `make reproduce`'s time budget.
-ON_REQUEST: frozenset[str] = frozenset({"init"})
 # Studies that add no data to a claim: running them alone keeps an --until-decided record.
 KEEP_SEQUENTIAL: frozenset[str] = frozenset({"verdicts", "report", "init"})
+
+
+def default_studies(preset: str) -> list[str]:
+    """The studies `reproduce` runs for ``preset`` when none are named: all of `STUDIES` but the
+    preset's `Preset.on_request` ones."""
+    return [s for s in STUDIES if s not in PRESETS[preset].on_request]
 
 
 def study_function(name: str) -> StudyFn:
@@ -70,7 +74,7 @@ def reproduce(
     **overrides,
 ) -> dict[str, StudyResult]:
     """Run the studies of ``preset`` (by default every one of `STUDIES` but those run
-    `ON_REQUEST`) and save their tables.
+    the preset's `Preset.on_request` ones, `default_studies`) and save their tables.
 
     ``overrides`` replace fields of the preset's training config (e.g. ``epochs=1``).
     ``processes`` independent trainings and evaluations run side by side (default: one per
@@ -82,7 +86,7 @@ def reproduce(
     if preset not in PRESETS:
         raise unknown_name("preset", preset, PRESETS)
     check_seeds(seeds)
-    chosen = [s for s in STUDIES if s not in ON_REQUEST] if studies is None else list(studies)
+    chosen = default_studies(preset) if studies is None else list(studies)
     for name in chosen:
         if name not in STUDIES:
             raise unknown_name("study", name, STUDIES)

@@ -37,7 +37,7 @@ from spatialmix.errors import SpatialmixError, unknown_name
 from spatialmix.io.untrusted import read_json
 from spatialmix.options import parse_duration
 from spatialmix.studies.context import PRESETS
-from spatialmix.studies.reproduce import ON_REQUEST, STUDIES, check_count, check_seeds, reproduce
+from spatialmix.studies.reproduce import check_count, check_seeds, default_studies, reproduce
 from spatialmix.ui.display import ResultTable, say
 
 CLAIM_STUDIES = tuple(dict.fromkeys(c.studies for c in CLAIMS.values()))  # in the order of the claims
@@ -229,7 +229,7 @@ def reproduce_until_decided(
     check_seeds(seeds)
     first = tuple(seeds or PRESETS[preset].seeds)
     budget_s = None if budget is None else parse_duration(budget)
-    chosen = [s for s in STUDIES if s not in ON_REQUEST] if studies is None else list(studies)
+    chosen = default_studies(preset) if studies is None else list(studies)
     claim_studies = [s for s in CLAIM_STUDIES if s in chosen]
     if not claim_studies:
         raise SpatialmixError(
