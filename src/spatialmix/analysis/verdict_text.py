@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from spatialmix.analysis.claims import AFFORDABLE, CLAIMS, INCONCLUSIVE, Claim, Verdict
+from spatialmix.analysis.claims import AFFORDABLE, CLAIMS, INCONCLUSIVE, NOT_RUN, Claim, Verdict
 from spatialmix.analysis.decision import zero_width
 from spatialmix.analysis.statistics import LARGEST_DF, LEVEL, MAX_SEEDS, examples_floor, t_quantile
 from spatialmix.ui.display import ResultTable
@@ -19,9 +19,12 @@ def rule_text(claim: Claim) -> str:
 
 
 def power_text(verdict: Verdict) -> str:
-    """What an inconclusive line's seeds can decide, in a few words ("" for a decided line); says
-    when more test images, not more seeds, are what the line needs."""
+    """What deciding a line would take, in a few words ("" for a decided line): for a line not run,
+    the command that runs it; for an inconclusive one, what its seeds can decide, or that more test
+    images, not more seeds, are what it needs."""
     est = verdict.estimate
+    if verdict.verdict == NOT_RUN:
+        return verdict.details
     if verdict.verdict != INCONCLUSIVE or est is None or not math.isfinite(est.value):
         return ""
     if zero_width(est):
