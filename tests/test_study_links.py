@@ -96,12 +96,12 @@ def test_a_study_folder_of_one_link_out_reads_nothing_outside(capsys, outside_ru
 
 
 def test_a_link_up_the_tree_is_skipped_and_named_and_nothing_above_is_listed(capsys, study, tmp_path):
-    """A link two levels up (`up -> ../..`, the tree that holds the study) was walked for runs and
-    searched for the files an older results.json names; now it is skipped, in one warning line."""
+    """A link two levels up (`up -> ../..`, the tree that holds the study) is skipped, in one warning
+    line: neither walked for runs nor searched for a file results.json lists that is not there."""
     os.symlink("../..", study / "up")
     shutil.copytree(study / "classification" / "full-seed0", tmp_path / "elsewhere-run")
-    legacy = {"studies": {"robustness": {"files": ["/old/machine/figure.png"]}}}  # searched by name
-    (study / "results.json").write_text(json.dumps(legacy))
+    entry = {"section": "robustness", "data": {}, "tables": [], "figures": [], "files": ["figure.png"]}
+    (study / "results.json").write_text(json.dumps({"studies": {"robustness": entry}}))
     (tmp_path / "figure.png").write_bytes(b"not the study's")
     with touched() as paths:
         code, out, err = report_main(capsys, study, study / "r.html")
