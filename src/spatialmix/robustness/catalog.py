@@ -97,14 +97,20 @@ class APGD(Attack):
     restartable = True
 
     def __call__(self, model, batch, eps, steps, generator, start):
-        return apgd.apgd(model, batch.x, batch.y, eps, self.norm, steps, generator=generator, **start)
+        return apgd.apgd(
+            model, batch.x, batch.y, eps, self.norm, steps, generator=generator, **self.loss(batch), **start
+        )
+
+    def loss(self, batch: Batch) -> dict:
+        """The loss `apgd.apgd` follows (its default: the cross-entropy)."""
+        return {}
 
 
 _TARGETED = re.compile(r"apgd-t(\d+)")
 
 
 @dataclass(frozen=True)
-class APGDTargeted(Attack):
+class APGDTargeted(APGD):
     """APGD on the targeted DLR loss towards the ``rank``-th class the model ranks next (APGD-T)."""
 
     rank: int = 1
@@ -122,20 +128,8 @@ class APGDTargeted(Attack):
             raise SpatialmixError(f"{name}: APGD-T's targets are ranked from 1 (the class ranked next)")
         return cls(settings.norm, rank)
 
-    def __call__(self, model, batch, eps, steps, generator, start):
-        target = batch.ranked[:, self.rank].to(batch.x.device)
-        return apgd.apgd(
-            model,
-            batch.x,
-            batch.y,
-            eps,
-            self.norm,
-            steps,
-            generator=generator,
-            loss="dlr-targeted",
-            target=target,
-            **start,
-        )
+    def loss(self, batch: Batch) -> dict:
+        return {"loss": "dlr-targeted", "target": batch.ranked[:, self.rank].to(batch.x.device)}
 
 
 @dataclass(frozen=True)
