@@ -135,11 +135,15 @@ def test_settings_round_trip_through_json_and_the_command_line():
     )
     given = AttackSettings(**given_values(AttackSettings, args)).validate()
     assert given == chosen.replace(eps=settings.DEFAULT_EPS)
-    default = AttackSettings().validate()  # the standard strength: the boundary stage on every other class
-    assert (default.strength, default.boundary_targets, default.boundary_stage()) == ("standard", None, True)
+    default = AttackSettings().validate()  # the standard strength: the boundary stage on 4 targets
+    assert (default.strength, default.boundary_targets, default.boundary_stage()) == ("standard", 4, True)
     assert not default.replace(strength="fast").boundary_stage()
-    assert attacks.boundary_plan(default, 10) == ["apgd-ce"] + [f"apgd-t{j}" for j in range(1, 10)]
-    assert attacks.boundary_plan(default, 3) == ["apgd-ce"]  # the targeted DLR loss needs 4 classes
+    assert attacks.boundary_plan(default, 10) == ["apgd-ce"] + [f"apgd-t{j}" for j in range(1, 5)]
+    # up to 4: a model with fewer other classes gets all of them, none below the DLR loss's 4 classes
+    assert attacks.boundary_plan(default, 4) == ["apgd-ce", "apgd-t1", "apgd-t2", "apgd-t3"]
+    assert attacks.boundary_plan(default, 3) == ["apgd-ce"]
+    every = default.replace(boundary_targets=None)  # --boundary-targets all
+    assert attacks.boundary_plan(every, 10) == ["apgd-ce"] + [f"apgd-t{j}" for j in range(1, 10)]
 
 
 # --------------------------------------------------------------------------- exact answers
@@ -276,12 +280,12 @@ def test_the_boundary_stage_attacks_the_survivors_nearest_the_boundary(monkeypat
     seen = []
     real = attacks.Attacker.run
 
-    def spy(self, attack, eps, idx, *, tag, steps=None, start=None):
+    def spy(self, attack, eps, idx, *, tag, steps=None, start=None, ranked=None):
         if tag == "boundary" and attack == "apgd-ce":
             standing = self.standing(eps)
             closest = self.closest[eps]
             seen.append((eps, idx.tolist(), standing.tolist(), closest.clone(), steps))
-        return real(self, attack, eps, idx, tag=tag, steps=steps, start=start)
+        return real(self, attack, eps, idx, tag=tag, steps=steps, start=start, ranked=ranked)
 
     monkeypatch.setattr(attacks.Attacker, "run", spy)
     result = evaluate_robustness(
@@ -296,8 +300,48 @@ def test_the_boundary_stage_attacks_the_survivors_nearest_the_boundary(monkeypat
         assert closest[attacked].max() <= closest[others].min()
     broken = result["budgets"][-1]["broken_by"]
     assert [k for k in broken if k.startswith("boundary")] == ["boundary apgd-ce"] + [
-        f"boundary apgd-t{j}" for j in range(1, 10)
+        f"boundary apgd-t{j}" for j in range(1, 5)
     ]
+
+
+def test_the_boundary_stage_aims_at_the_classes_ranked_where_its_apgd_ce_left_each_example(monkeypatch):
+    model, x, y = linear_problem(classes=10, n=120, seed=5)
+    calls = []
+    real = attacks.Attacker.run
+
+    def spy(self, attack, eps, idx, *, tag, steps=None, start=None, ranked=None):
+        broken, ends = real(self, attack, eps, idx, tag=tag, steps=steps, start=start, ranked=ranked)
+        if tag == "boundary":
+            calls.append((attack, idx.clone(), ranked, broken, ends.points, self.logits(ends.points)))
+        return broken, ends
+
+    monkeypatch.setattr(attacks.Attacker, "run", spy)
+    evaluate_robustness(model, x, y, eps=(0, 0.05), boundary_examples=None, checks=False, progress=False)
+    (ce, idx, no_ranking, broken, _, at_end), *targeted = calls
+    assert ce == "apgd-ce" and no_ranking is None
+    assert [c[0] for c in targeted] == [f"apgd-t{j}" for j in (1, 2, 3, 4)]
+    kept = ~broken
+    ranked = targeted[0][2]
+    assert torch.equal(targeted[0][1], idx[kept]) and torch.equal(ranked[:, 0], y[idx[kept]])
+    # the other classes, highest logit first, at the point APGD-CE reached (not on the clean image)
+    others = at_end[kept].scatter(1, y[idx[kept]][:, None], -torch.inf)
+    assert torch.equal(others.gather(1, ranked[:, 1:]), others.sort(1, descending=True).values[:, :-1])
+    clean = attacks.Attacker(model, x, y, AttackSettings(device="cpu"), torch.device("cpu")).ranked[idx[kept]]
+    assert not torch.equal(ranked, clean)  # the test covers examples whose ranking moved
+    for (_, before, ranked_before, hit, _, _), (_, after, ranked_after, *_) in zip(targeted, targeted[1:]):
+        assert torch.equal(after, before[~hit]) and torch.equal(ranked_after, ranked_before[~hit])
+
+
+def test_two_targets_ranked_where_apgd_ce_left_each_example_reach_the_analytic_worst_case():
+    # A 10-class linear model, where 2 steps of APGD-CE leave examples for the boundary stage: with 2
+    # targets ranked at APGD-CE's end point it finds every breakable example, as with all 9.
+    model, x, y = linear_problem(classes=10, n=200, seed=11)
+    common = dict(eps=(0, 0.03, 0.06), attacks=("apgd-ce",), steps=2, boundary_examples=None)
+    common.update(boundary_steps=20, checks=False, progress=False)
+    for targets in (2, None):
+        result = evaluate_robustness(model, x, y, boundary_targets=targets, **common)
+        for budget in result["budgets"]:
+            assert torch.equal(bits(budget), analytic_robust(model, x, y, budget["eps"]))
 
 
 def test_the_standard_strength_is_at_least_as_strong_as_the_fast_one(trained_run, band_data):
@@ -974,7 +1018,10 @@ def test_study_settings_come_from_the_preset_options_and_are_checked(tmp_path):
             study.StudyContext(study.PRESETS[name], tmp_path, (0,), {})
         ).boundary_stage()
     described = robustness.describe_attacks(quick)
-    assert "then APGD-CE-30 + APGD-T-30 on every other class for the 50 nearest the boundary" in described
+    boundary = "then APGD-CE-30 + APGD-T-30 on the 4 classes ranked next after it for the 50 nearest"
+    assert boundary in described
+    every = robustness.describe_attacks(quick.replace(boundary_targets=None))
+    assert "APGD-T-30 on every other class for the 50 nearest" in every
     assert robustness.smoothing_sigmas(context({})) == (0.0, 0.5, 1.0, 2.0)
     assert robustness.attack_settings(context({"robustness": {"steps": 3}})).steps == 3
     with pytest.raises(SpatialmixError, match="robustness.stepz"):

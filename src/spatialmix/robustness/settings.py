@@ -69,8 +69,9 @@ class AttackSettings:
 
     ``steps`` and ``targets``: each iterative attack's steps and APGD-T's target classes in the
     default evaluation. ``strength="standard"`` adds the boundary stage at every budget: APGD-CE
-    and APGD-T on ``boundary_targets`` classes (None: every other class), ``boundary_steps`` steps
-    each, on the ``boundary_examples`` examples still standing nearest the decision boundary;
+    and APGD-T on up to ``boundary_targets`` classes, ranked where its APGD-CE left each example
+    (None: every other class), ``boundary_steps`` steps each, on the ``boundary_examples`` examples
+    still standing nearest the decision boundary;
     ``"fast"`` runs the attacks alone. ``reference_*``: the strong reference, run on the
     ``reference_examples`` survivors nearest the boundary that the boundary stage left alone, and
     the masking checks, run on the first ``reference_examples`` examples (None: all; 0: no
@@ -110,10 +111,11 @@ class AttackSettings:
     )
     boundary_steps: int = option(30, "steps of the boundary stage's APGD-CE and APGD-T")
     boundary_targets: int | None = option(
-        None,
-        "the boundary stage's APGD-T target classes; 'all': every other class (none below 4 classes)",
+        4,
+        "the boundary stage's APGD-T target classes: up to N, those with the highest logits where its "
+        "APGD-CE left each example; 'all': every other class (none below 4 classes)",
         parse=int_or_all("--boundary-targets"),
-        default_help="all",
+        metavar="N",
     )
     restarts: int = option(1, "random restarts")
     step_size: float = option(
@@ -229,11 +231,11 @@ class AttackSettings:
         return {k: v for k, v in self.to_dict().items() if k != "device"}
 
     def needs_targets(self) -> int:
-        """How many target classes the evaluation's APGD-T attacks ask for (0: none runs; 'all other
-        classes' asks for none: it adapts to the model)."""
+        """How many target classes the evaluation's APGD-T attacks ask for (0: none runs; the boundary
+        stage asks for none: it adapts to the model)."""
         default = self.targets if "apgd-t" in self.attacks else 0
-        boundary = (self.boundary_targets or 0) if self.boundary_stage() else 0
-        return max(default, boundary, self.reference_targets if self.reference_examples != 0 else 0)
+        # (not the boundary stage's: it takes as many as the model has, up to boundary_targets)
+        return max(default, self.reference_targets if self.reference_examples != 0 else 0)
 
     def boundary_stage(self) -> bool:
         """Whether the boundary stage runs (the standard strength, on at least one example)."""

@@ -43,11 +43,11 @@ class Preset:
 
 
 # 500 fixed images at the standard strength (AttackSettings' defaults: APGD-CE-10 + APGD-T-10 on one
-# target on the examples still standing, then 30-step APGD-CE + APGD-T on every other class for the 50
-# nearest the decision boundary; within 1 point of 100-step AutoAttack at every budget on these models,
-# benchmarks/attack_standard.py); the 100-step reference on the 25 survivors nearest the boundary after
-# those, the masking checks on the first 25. 1/255 left out: at the quick models' robustness it costs a
-# third of the time and decides nothing 2/255 does not.
+# target on the examples still standing, then 30-step APGD-CE + APGD-T on 4 targets for the 50 nearest
+# the decision boundary; within 1 point of 100-step AutoAttack at every budget on these models,
+# benchmarks/attack_standard.py, boundary_targets.py); the 100-step reference on the 25 survivors
+# nearest the boundary after those, the masking checks on the first 25. 1/255 left out: at the quick
+# models' robustness it costs a third of the time and decides nothing 2/255 does not.
 ATTACK_OPTIONS = {
     "eps": (0.0, 2 / 255, 4 / 255, 8 / 255),
     "n_examples": 500,

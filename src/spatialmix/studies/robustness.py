@@ -221,7 +221,7 @@ def describe_attacks(settings: AttackSettings) -> str:
     text = ", ".join(names[a] for a in settings.attacks)
     if settings.boundary_stage():
         steps, targets = settings.boundary_steps, settings.boundary_targets
-        targets = "every other class" if targets is None else f"{targets} targets"
+        targets = "every other class" if targets is None else f"the {targets} classes ranked next after it"
         near = settings.boundary_examples or "all"
         text += f", then APGD-CE-{steps} + APGD-T-{steps} on {targets} for the {near} nearest the boundary"
     return (
