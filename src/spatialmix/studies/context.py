@@ -127,7 +127,7 @@ QUICK = Preset(
     },
 )
 
-# Claim 2 on the cheapest recipe that decides it (benchmarks/seed_variance.py, 4 seeds per recipe, one
+# Claim 2 on the recipe cheapest to decide it (benchmarks/seed_variance.py, 4 seeds per recipe, one
 # thread of a 2-core Intel Xeon; docs/claims.md): three epochs cut the seed-to-seed SD of Chans − Full
 # robust accuracy at 4/255 from 2.6 to 1.0 points, so 80% power needs about 6 seeds at 2/255 and 4 at
 # 4/255 (Chans +2.0 and +3.2 points), at 405 CPU-seconds per seed (Full and Chans trained and
@@ -137,7 +137,9 @@ QUICK = Preset(
 # the first step (EMA 0.995 at 1 epoch, 0.998 at 3) lags behind training: Chans ends 17 and 5.5
 # points below Full in clean accuracy, so its differences measure the lag, not the modes. 500
 # attacked images also set a floor: their own sampling error is 0.4-0.6 points at 2/255 and 4/255.
-# Claims 1 and 3 are the quick preset's (`--studies classification,unshuffle` runs them here).
+# The preset's own run (8 seeds, results/standard/) found the seeds spreading 1.9 and 5.7 points at
+# 2/255 and 4/255 around +0.55 and -1.47, more than 4 seeds showed: within its budget it decided no
+# claim-2 line. Claims 1 and 3 are the quick preset's (`--studies classification,unshuffle`).
 STANDARD = replace(
     QUICK,
     name="standard",
