@@ -153,7 +153,7 @@ def row(name: str, records: list[dict]) -> dict:
         out[key] = (
             f"{100 * estimate.value:+.2f} [{100 * estimate.low:+.2f}, {100 * estimate.high:+.2f}] "
             f"SD {100 * spread:.2f}, test set {100 * math.sqrt(parts.test_set_variance):.2f}, "
-            f"needs {needed or 'more images' if parts.test_set_variance else needed or '>1,000'}"
+            f"needs {needed or ('more images' if parts.test_set_variance else '>1,000')}"
         )
     return out
 
