@@ -1030,3 +1030,16 @@ def test_study_settings_come_from_the_preset_options_and_are_checked(tmp_path):
         robustness.smoothing_sigmas(context({"smoothing": {"sigmas": (0, -1)}}))
     with pytest.raises(SpatialmixError, match="outside"):
         robustness.attack_settings(context({"robustness": {"eps": (0, 3)}}))
+    # the modes the robustness study attacks: the preset's, or those its option names
+    assert robustness.robustness_modes(context({})) == ("full", "chans", "space")
+    only = context({"robustness": {"modes": ("full", "chans")}})
+    assert robustness.robustness_modes(only) == ("full", "chans")
+    assert robustness.attack_settings(only) == robustness.attack_settings(
+        context({})
+    )  # not an attack setting
+    for bad in ((), ("full", "spaces")):
+        with pytest.raises(SpatialmixError, match=r"robustness.modes must name some of the preset's modes"):
+            robustness.robustness_modes(context({"robustness": {"modes": bad}}))
+    # claim 2 compares Chans with Full: the standard preset attacks those two only
+    standard = study.StudyContext(study.PRESETS["standard"], tmp_path, (0,), {})
+    assert robustness.robustness_modes(standard) == ("full", "chans")

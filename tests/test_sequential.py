@@ -51,9 +51,9 @@ def test_spending_levels_spend_exactly_alpha_little_early():
 def test_until_decided_needs_a_study_of_the_claims_and_room_for_its_first_round(tmp_path):
     with pytest.raises(SpatialmixError, match="names none of them"):
         reproduce_until_decided("quick", tmp_path, studies=["init"])
-    # the quick preset trains Full and Chans on 6 seeds in its first round
-    with pytest.raises(SpatialmixError, match="--max-seeds 4 is below the 6 seeds of the first round"):
-        reproduce_until_decided("quick", tmp_path / "x", max_seeds=4)
+    # the quick preset trains Full and Chans on 4 seeds in its first round
+    with pytest.raises(SpatialmixError, match="--max-seeds 3 is below the 4 seeds of the first round"):
+        reproduce_until_decided("quick", tmp_path / "x", max_seeds=3)
     assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
@@ -147,14 +147,14 @@ def test_following_the_advice_of_the_refusal_runs_with_a_budget(tmp_path, monkey
 def test_a_preset_gives_each_study_and_mode_the_seeds_it_needs(tmp_path):
     quick = PRESETS["quick"]
     ctx = StudyContext(quick, tmp_path, quick.seeds, {})
-    assert ctx.seeds_for("classification") == (0, 1, 2, 3, 4, 5)
+    assert ctx.seeds_for("classification") == (0, 1, 2, 3)
     assert ctx.seeds_for("classification", "space") == (0, 1, 2)
     assert ctx.seeds_for("robustness") == ctx.seeds_for("smoothing") == (0, 1, 2)
     given = StudyContext(quick, tmp_path, (0, 1, 2, 3), {}, seeds_given=True)
     assert given.seeds_for("classification", "space") == given.seeds_for("robustness") == (0, 1, 2, 3)
     jobs = study_sweep("quick", tmp_path).jobs
     assert sorted(j.name for j in jobs if j.name.startswith("space")) == [f"space-seed{s}" for s in (0, 1, 2)]
-    assert len(jobs) == 6 + 6 + 3 + 4 + 4 + 3  # ConvMixer, then the ResNet's 4 seeds ("resnet": 4)
+    assert len(jobs) == 4 + 4 + 3 + 4 + 4 + 3  # ConvMixer, then the ResNet
     assert sorted(j.name for j in jobs if j.name.startswith("resnet-chans")) == [
         f"resnet-chans-seed{s}" for s in (0, 1, 2, 3)
     ]
@@ -230,11 +230,11 @@ class StandIn:
 def test_the_default_most_seeds_is_4x_each_studys_own_first_round(tmp_path, monkeypatch):
     stand_in = StandIn(monkeypatch, tmp_path / "study")
     record = reproduce_until_decided("quick", tmp_path / "study", studies=["classification", "robustness"])
-    # quick: classification starts from 6 seeds, robustness from 3 (as the docstring says)
-    assert record["studies"]["classification"]["max_seeds"] == 24
+    # quick: classification starts from 4 seeds, robustness from 3 (as the docstring says)
+    assert record["studies"]["classification"]["max_seeds"] == 16
     assert record["studies"]["robustness"]["max_seeds"] == 12
     assert record["studies"]["robustness"]["looks"] == 1 + math.ceil((12 - 3) / 2)
-    assert max(stand_in.seeds_seen("robustness")) == 12 and max(stand_in.seeds_seen("classification")) == 24
+    assert max(stand_in.seeds_seen("robustness")) == 12 and max(stand_in.seeds_seen("classification")) == 16
     assert "4 x the seeds of that study's first round" in " ".join(reproduce_until_decided.__doc__.split())
     for entry in record["studies"].values():  # every look's error rate, spent in full by the last
         assert entry["stopped"] == "max seeds" and entry["spent"] == pytest.approx(0.05)

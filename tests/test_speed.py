@@ -58,6 +58,27 @@ def test_frozen_depthwise_conv_and_no_autocast_are_the_plain_conv():
     assert torch.equal(fast(x), plain(x))  # no autocast: untouched
 
 
+def test_a_frozen_strided_depthwise_conv_under_autocast_computes_in_fp32():
+    """oneDNN's bf16 input gradient of a stride-2 depthwise conv is ~25x slower than fp32's (the
+    separable ResNet's downsampling convs made its Chans runs 1.4x slower than Full): such a conv
+    computes in fp32 and hands its output back in bf16, frozen or learned."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False)
+    conv.weight.requires_grad_(False)
+    fast = UnderFastKernels(conv)
+    x = _channels_last(4, 8, 14, 14).requires_grad_(True)
+    fp32 = F.conv2d(x.detach(), conv.weight, None, 2, 1, 1, 8)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = fast(x)
+        plain = conv(x)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, fp32.to(torch.bfloat16))
+    assert not torch.equal(plain, y)  # autocast alone runs it in bf16: the rounding differs
+    y.float().sum().backward()  # the input gradient is the fp32 conv's too
+    reference = x.detach().clone().requires_grad_(True)
+    F.conv2d(reference, conv.weight, None, 2, 1, 1, 8).sum().backward()
+    assert x.grad.dtype == torch.float32 and torch.equal(x.grad, reference.grad)
+
+
 def test_fast_kernels_run_inside_the_block_and_leave_the_model_alone(monkeypatch):
     """The model keeps torch's classes and its own tensors; the kernels run only inside the block."""
     if native.library() is None:

@@ -365,16 +365,9 @@ def test_claims_without_data_are_not_run_with_the_command():
     verdicts = claim_verdicts(classification({"full": [0.9, 0.91], "chans": [0.9, 0.905]}), commands=commands)
     assert [v.claim for v in verdicts] == ["1a", "1b", "2a", "2b", "3a", "3b"]  # 1b: no Space runs
     assert [v.verdict for v in verdicts][1:] == [NOT_RUN] * 5
-    assert (
-        "spatialmix reproduce --preset standard --until-decided --budget 55m --max-seeds 10 "
-        "--out runs/standard" in verdicts[2].details
-    )
+    assert "spatialmix reproduce --preset standard --out runs/standard" in verdicts[2].details
     # what deciding a line not run takes is in the table's own column, not only in "how"
-    assert (
-        power_text(verdicts[2])
-        == "run `spatialmix reproduce --preset standard --until-decided --budget 55m --max-seeds 10 "
-        "--out runs/standard`"
-    )
+    assert power_text(verdicts[2]) == "run `spatialmix reproduce --preset standard --out runs/standard`"
     assert "spatialmix reproduce --out runs/study --studies unshuffle" in verdicts[4].details
     assert claim_verdicts() == []  # nothing and no commands: nothing to say
 

@@ -105,8 +105,11 @@ def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     gradient from the flipped-filter conv. A *learned* depthwise conv (Full, Space) computes in
     fp32 inside bf16 autocast (its output cast back to bf16 for the next op): in bf16 the quick
     preset's Full model lost 0.4 points (0.879 vs 0.883). A frozen one (Chans, or any model under
-    attack) runs in the autocast dtype. Without the C kernel a learned conv computes in fp32 with
-    torch's own conv. NotImplemented (torch's conv) for anything else.
+    attack) runs in the autocast dtype where the C kernel takes it. Any other depthwise conv inside
+    autocast (without the C kernel, or at stride 2 as in the separable ResNet) computes in fp32 with
+    torch's own conv: oneDNN's bf16 input gradient of a frozen stride-2 depthwise conv took 12 ms
+    against 0.5 ms in fp32 (64 x 32 x 14 x 14, kernel 3, one thread), which made the ResNet's Chans
+    runs 1.4x slower than its Full ones. NotImplemented (torch's conv) for anything else.
     """
     if not (
         isinstance(x, torch.Tensor)
@@ -123,7 +126,7 @@ def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if depthwise.supports(x, weight, stride, padding, dilation, dtype):
         with torch.autocast("cpu", enabled=False):
             return depthwise.conv(x.to(dtype), weight, bias, depthwise.same_padding(padding)).to(out_dtype)
-    if autocast and weight.requires_grad:
+    if autocast:  # learned, or frozen where oneDNN's bf16 input gradient is slow (stride 2)
         with torch.autocast("cpu", enabled=False):
             return F.conv2d(x.float(), weight, bias, stride, padding, dilation, groups).to(out_dtype)
     return NotImplemented

@@ -8,7 +8,9 @@
   attacked the same way; clean and robust accuracy against sigma (table and plot).
 
 Settings come from ``Preset.options["robustness"]`` and ``Preset.options["smoothing"]``; every
-key is optional (defaults below, sized for the quick preset on 2 CPU cores). The attack results
+key is optional (defaults below, sized for the quick preset on 2 CPU cores). Beside the attack
+settings, ``options["robustness"]["modes"]`` names the modes the robustness study attacks (default:
+the preset's). The attack results
 are saved in each run directory (``robustness.json``) and read back when ``reproduce`` runs
 again with the same settings and weights, so an interrupted study loses no attack either.
 """
@@ -54,12 +56,24 @@ def attack_settings(ctx: StudyContext) -> AttackSettings:
     """The attack settings of the preset (``options["robustness"]``), on the study's device."""
     options = ctx.preset.options.get("robustness", {})
     names = [f for f in AttackSettings.__dataclass_fields__ if f != "device"]
-    _check_keys("robustness", options, names)
+    _check_keys("robustness", options, [*names, "modes"])
     values = {
         name: options.get(name, ROBUSTNESS_DEFAULTS.get(name, getattr(AttackSettings, name)))
         for name in names
     }
     return AttackSettings(**values, device=ctx.config().device).validate()
+
+
+def robustness_modes(ctx: StudyContext) -> tuple[str, ...]:
+    """The modes the robustness study attacks: ``options["robustness"]["modes"]`` or the preset's."""
+    modes = tuple(ctx.preset.options.get("robustness", {}).get("modes", ctx.preset.modes))
+    unknown = [m for m in modes if m not in ctx.preset.modes]
+    if not modes or unknown:
+        raise SpatialmixError(
+            f"preset option robustness.modes must name some of the preset's modes "
+            f"({', '.join(ctx.preset.modes)}), got {list(modes)}"
+        )
+    return modes
 
 
 def smoothing_sigmas(ctx: StudyContext) -> tuple[float, ...]:
@@ -136,7 +150,7 @@ def robustness_study(ctx: StudyContext) -> StudyResult:
     jobs = [
         (ctx.config(mode=mode, seed=seed), classification_run_dir(ctx.out_dir, mode, seed))
         for seed in ctx.seeds_for("robustness")
-        for mode in ctx.preset.modes
+        for mode in robustness_modes(ctx)
         if seed in ctx.seeds_for("robustness", mode)
     ]
     folder = ctx.out_dir / "robustness"
