@@ -3,8 +3,8 @@ claim 2a for the fewest CPU-seconds?
 
 For each configuration (the quick preset's model trained 1, 3 or 6 epochs, with a moving average of
 the weights, more attacked images, a narrower model, ...) this trains Full and Chans on seeds
-0..K-1, attacks each with the standard preset's attack settings (500 fixed test images, L-inf
-2/255, 4/255, 8/255, `ATTACK_OPTIONS`), and tabulates per configuration:
+0..K-1, attacks each with the studies' attack settings at three budgets (`ATTACK_OPTIONS`: 500
+fixed test images, L-inf 2/255, 4/255, 8/255), and tabulates per configuration:
 
 * Full's clean accuracy (mean and seed SD);
 * per line (1a's clean accuracy, 2a's robust accuracy at every budget), Chans − Full with its 95%

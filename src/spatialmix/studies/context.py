@@ -99,8 +99,10 @@ QUICK = Preset(
         # (stem stride 2: 14 x 14 like ConvMixer's patch 2; stages of 32, 64, 128 channels, one block
         # each). Measured (seed 0, one thread, CPU seconds of a whole run beside other work on a
         # 2-core Xeon): Full / Chans / Space cost 41 / 55 / 29 s at 0.885 / 0.883 / 0.847 test
-        # accuracy, against ConvMixer-64/4's 72 / 66 / 59 s at 0.881 / 0.879 / 0.857. Width 16 at
-        # stride 1 cost 57 s for 0.875, two blocks per stage 66 s for 0.886 (Full).
+        # accuracy, against ConvMixer-64/4's 72 / 66 / 59 s at 0.881 / 0.879 / 0.857 (Chans's 55 s were
+        # oneDNN's bf16 gradient of its frozen stride-2 depthwise convs, now computed in fp32:
+        # `spatialmix.accel.speed`). Width 16 at stride 1 cost 57 s for 0.875, two blocks per stage
+        # 66 s for 0.886 (Full).
         "classification": {
             "families": {
                 "resnet": {"model": "resnet-sep", "width": 32, "depth": 1, "patch_size": 2},
@@ -133,9 +135,9 @@ QUICK = Preset(
 # degrees of freedom, the test set's share added), and decide 1a on the same runs. At 4/255 and
 # 8/255 the seeds spread 2.6-5.7 points around differences near 0: +-1 point there needs about
 # 100-200 seeds at either length, so those budgets are not attacked. Three epochs' 8 seeds
-# (results/standard/ at commit 1c9576d) had decided nothing at 2/4/8 of 255 in 50 minutes. Space is
-# trained for 1b but not attacked (no claim compares its robustness); the ResNet family and claim 3
-# are the quick preset's.
+# (results/standard/ as published at commit e83fb49) decided nothing at 2/4/8 of 255 in 50 minutes.
+# Space is trained for 1b but not attacked (no claim compares its robustness); the ResNet family
+# and claim 3 are the quick preset's.
 STANDARD = replace(
     QUICK,
     name="standard",
