@@ -126,7 +126,7 @@ def _conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if depthwise.supports(x, weight, stride, padding, dilation, dtype):
         with torch.autocast("cpu", enabled=False):
             return depthwise.conv(x.to(dtype), weight, bias, depthwise.same_padding(padding)).to(out_dtype)
-    if autocast:  # learned, or frozen where oneDNN's bf16 input gradient is slow (stride 2)
+    if autocast:  # learned, or frozen where the C kernel cannot run it (oneDNN's bf16 gradient is slow)
         with torch.autocast("cpu", enabled=False):
             return F.conv2d(x.float(), weight, bias, stride, padding, dilation, groups).to(out_dtype)
     return NotImplemented

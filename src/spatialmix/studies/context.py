@@ -85,7 +85,7 @@ QUICK = Preset(
     # (ResNet) points behind Full, so 3 seeds decide 1b. The ResNet's Chans - Full was -0.20, +0.41,
     # +0.52 points on seeds 0-2 (SD 0.39, 1.24 points from the 1a margin): 4 seeds detect 0.84 points
     # at 80% power, 3 only 1.23. ConvMixer's Chans - Full sits 0.4-0.6 points from the margin with
-    # the test set's share added, which takes about 10 seeds: 6 seeds left it open and cost 100 s of
+    # the test set's share added, which takes 8-10 seeds: 6 seeds left it open and cost 100 s of
     # `make reproduce` (680 s with them on an idle 2-core Xeon), so the quick preset trains 4 and the
     # standard preset's 24 decide it.
     seeds=(0, 1, 2, 3),

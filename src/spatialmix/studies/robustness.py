@@ -10,9 +10,9 @@
 Settings come from ``Preset.options["robustness"]`` and ``Preset.options["smoothing"]``; every
 key is optional (defaults below, sized for the quick preset on 2 CPU cores). Beside the attack
 settings, ``options["robustness"]["modes"]`` names the modes the robustness study attacks (default:
-the preset's). The attack results
-are saved in each run directory (``robustness.json``) and read back when ``reproduce`` runs
-again with the same settings and weights, so an interrupted study loses no attack either.
+the preset's). The attack results are saved in each run directory (``robustness.json``) and read
+back when ``reproduce`` runs again with the same settings and weights, so an interrupted study
+loses no attack either.
 """
 
 from __future__ import annotations
